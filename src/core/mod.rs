@@ -1,0 +1,1 @@
+//! Pure core: no sockets, no files, no clock reads. Time is always passed in.

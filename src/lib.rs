@@ -1,0 +1,9 @@
+//! alsentry: an edge alarm daemon for aluminium plants.
+//!
+//! Modbus acquisition → typed samples → ring-buffered windows → early-warning rules →
+//! ISA-18.2 alarms → MQTT. The `core` modules are pure (no I/O, `now` passed in); `io`
+//! holds the tasks that own sockets and files.
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+pub mod core;
