@@ -1,1 +1,2 @@
 //! Pure core: no sockets, no files, no clock reads. Time is always passed in.
+pub mod model;
