@@ -7,3 +7,4 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 pub mod core;
+pub mod config;

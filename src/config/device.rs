@@ -1,0 +1,274 @@
+//! `[[devices]]` entries and their expansion: one entry may stand for many devices over unit
+//! ids (`units = "1-3"`), ports (`ports = "5100-5499"`) or hosts (`hosts = "10.0.1.10-10.0.1.50"`).
+
+use toml::de::DeValue;
+use toml::Spanned;
+
+use super::endpoint::{parse_endpoint, Endpoint};
+use super::reader::{index, int_of, type_name, Problems, Source, TableReader};
+use super::tag::{parse_derived, parse_tag, Derived, Tag};
+use super::units::{parse_host_ranges, parse_int_ranges};
+
+/// One polled device after expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub name: String,
+    pub template: Option<String>,
+    pub endpoint: Endpoint,
+    pub unit: u8,
+    pub poll_ms: i64,
+    pub timeout_ms: i64,
+    pub tags: Vec<Tag>,
+    pub derived: Vec<Derived>,
+    /// Largest run of unused registers (or bits) bridged by one read.
+    pub max_gap: u16,
+    pub max_registers: u16,
+    pub max_bits: u16,
+    pub backoff_max_ms: i64,
+    /// Where the entry was written, for error messages about the expanded device.
+    pub origin: (usize, usize),
+}
+
+/// The raw, unexpanded entry.
+#[derive(Debug)]
+pub struct DeviceEntry {
+    pub name: String,
+    pub template: Option<String>,
+    pub endpoint: String,
+    pub units: Vec<u8>,
+    pub ports: Option<Vec<u16>>,
+    pub hosts: Option<Vec<String>>,
+    pub poll_ms: i64,
+    pub timeout_ms: i64,
+    pub tags: Vec<Tag>,
+    pub derived: Vec<Derived>,
+    pub max_gap: u16,
+    pub max_registers: u16,
+    pub max_bits: u16,
+    pub backoff_max_ms: i64,
+    pub offset: usize,
+}
+
+pub const DEFAULT_POLL_MS: i64 = 1_000;
+pub const DEFAULT_TIMEOUT_MS: i64 = 1_000;
+pub const DEFAULT_MAX_GAP: u16 = 16;
+pub const DEFAULT_BACKOFF_MAX_MS: i64 = 60_000;
+
+pub fn parse_device_entry(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) -> Option<DeviceEntry> {
+    let mut r = TableReader::of(v, src, path, p)?;
+    let name = r.req_str(p, "name", "a device name, or a pattern such as \"pot-{unit:03}\"");
+    let template = r.opt_str(p, "template");
+    let endpoint = r.req_str(p, "endpoint", "e.g. \"tcp://192.168.1.10:502\"");
+    let mut units = Vec::new();
+    if r.has("unit") && r.has("units") {
+        r.problem(p, "units", "give either `unit` or `units`, not both");
+    }
+    if let Some(u) = r.opt_int_in(p, "unit", 0, 255) {
+        units.push(u as u8);
+    }
+    if let Some(s) = r.opt_str(p, "units") {
+        match parse_int_ranges(&s, 0, 255) {
+            Ok(list) => units.extend(list.into_iter().map(|u| u as u8)),
+            Err(e) => r.problem(p, "units", e),
+        }
+    }
+    if units.is_empty() && !r.has("units") {
+        units.push(1);
+    }
+    let ports = r.opt_str(p, "ports").and_then(|s| match parse_int_ranges(&s, 1, 65_535) {
+        Ok(l) => Some(l.into_iter().map(|x| x as u16).collect()),
+        Err(e) => {
+            r.problem(p, "ports", e);
+            None
+        }
+    });
+    let hosts = r.opt_str(p, "hosts").and_then(|s| match parse_host_ranges(&s) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            r.problem(p, "hosts", e);
+            None
+        }
+    });
+    let poll_ms = r.opt_duration_ms(p, "poll").unwrap_or(DEFAULT_POLL_MS);
+    let timeout_ms = r.opt_duration_ms(p, "timeout").unwrap_or(DEFAULT_TIMEOUT_MS);
+    if poll_ms < 10 {
+        r.problem(p, "poll", "poll interval must be at least 10ms");
+    }
+    if timeout_ms < 1 {
+        r.problem(p, "timeout", "timeout must be at least 1ms");
+    }
+    let backoff_max_ms = r.opt_duration_ms(p, "backoff_max").unwrap_or(DEFAULT_BACKOFF_MAX_MS);
+    let max_gap = r.opt_int_in(p, "max_gap", 0, 2000).unwrap_or(i64::from(DEFAULT_MAX_GAP)) as u16;
+    let max_registers = r.opt_int_in(p, "max_registers", 1, 125).unwrap_or(125) as u16;
+    let max_bits = r.opt_int_in(p, "max_bits", 1, 2000).unwrap_or(2000) as u16;
+    let mut tags = Vec::new();
+    if let Some(t) = r.get("tags") {
+        tags = parse_tag_list(t, src, r.key_path("tags"), p);
+    }
+    let mut derived = Vec::new();
+    if let Some(d) = r.get("derived") {
+        derived = parse_list(d, src, r.key_path("derived"), p, parse_derived);
+    }
+    if template.is_none() && !r.has("tags") {
+        r.missing(p, "tags", "a device needs `template` or its own `tags`");
+    }
+    let offset = r.at.offset;
+    r.finish(p);
+    Some(DeviceEntry {
+        name: name?,
+        template,
+        endpoint: endpoint?,
+        units,
+        ports,
+        hosts,
+        poll_ms,
+        timeout_ms,
+        tags,
+        derived,
+        max_gap,
+        max_registers,
+        max_bits,
+        backoff_max_ms,
+        offset,
+    })
+}
+
+pub fn parse_tag_list(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut Problems) -> Vec<Tag> {
+    parse_list(v, src, path, p, parse_tag)
+}
+
+pub fn parse_list<T>(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+    f: impl Fn(&Spanned<DeValue<'_>>, &Source, String, &mut Problems) -> Option<T>,
+) -> Vec<T> {
+    match v.get_ref() {
+        DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| f(item, src, index(&path, i), p))
+            .collect(),
+        other => {
+            p.add(src, v.span().start, &path, format!("expected an array of tables, found {}", type_name(other)));
+            Vec::new()
+        }
+    }
+}
+
+/// Values a name or endpoint pattern can refer to.
+#[derive(Debug, Clone)]
+pub struct Expansion<'a> {
+    pub unit: u8,
+    pub port: Option<u16>,
+    pub host: Option<&'a str>,
+    /// 1-based position within the entry.
+    pub index: usize,
+}
+
+/// Fills `{unit}`, `{unit:03}`, `{index}`, `{port}`, `{host}` in a pattern.
+pub fn fill(pattern: &str, x: &Expansion<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in \"{pattern}\""))?;
+        let inner = &after[..close];
+        let (key, spec) = inner.split_once(':').unwrap_or((inner, ""));
+        let n: u64 = match key {
+            "unit" => u64::from(x.unit),
+            "index" => x.index as u64,
+            "port" => match x.port {
+                Some(p) => u64::from(p),
+                None => return Err(format!("\"{pattern}\" uses {{port}} but the entry has no `ports`")),
+            },
+            "host" => match x.host {
+                Some(h) => {
+                    out.push_str(h);
+                    rest = &after[close + 1..];
+                    continue;
+                }
+                None => return Err(format!("\"{pattern}\" uses {{host}} but the entry has no `hosts`")),
+            },
+            other => {
+                return Err(format!(
+                    "unknown placeholder {{{other}}} in \"{pattern}\"; accepted: {{unit}}, {{index}}, {{port}}, {{host}}, with optional zero padding such as {{unit:03}}"
+                ))
+            }
+        };
+        if spec.is_empty() {
+            out.push_str(&n.to_string());
+        } else {
+            let width: usize = spec
+                .strip_prefix('0')
+                .and_then(|w| w.parse().ok())
+                .filter(|w| *w <= 12)
+                .ok_or_else(|| format!("format \"{{{inner}}}\" in \"{pattern}\": only zero padding such as {{{key}:03}} is accepted"))?;
+            out.push_str(&format!("{n:0width$}"));
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// All (host, port, unit) combinations of an entry, hosts outermost.
+pub fn combinations(e: &DeviceEntry) -> Vec<Expansion<'_>> {
+    let hosts: Vec<Option<&str>> = match &e.hosts {
+        Some(h) => h.iter().map(|s| Some(s.as_str())).collect(),
+        None => vec![None],
+    };
+    let ports: Vec<Option<u16>> = match &e.ports {
+        Some(p) => p.iter().map(|x| Some(*x)).collect(),
+        None => vec![None],
+    };
+    let mut out = Vec::new();
+    for host in &hosts {
+        for port in &ports {
+            for unit in &e.units {
+                out.push(Expansion {
+                    unit: *unit,
+                    port: *port,
+                    host: *host,
+                    index: out.len() + 1,
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn int_or_none(v: &DeValue<'_>) -> Option<i64> {
+    int_of(v)
+}
+
+pub fn endpoint_for(pattern: &str, x: &Expansion<'_>) -> Result<Endpoint, String> {
+    parse_endpoint(&fill(pattern, x)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_patterns() {
+        let x = Expansion { unit: 7, port: Some(5107), host: Some("10.0.0.7"), index: 12 };
+        assert_eq!(fill("pot-{unit:03}", &x).unwrap(), "pot-007");
+        assert_eq!(fill("pot-{index}", &x).unwrap(), "pot-12");
+        assert_eq!(fill("tcp://{host}:{port}", &x).unwrap(), "tcp://10.0.0.7:5107");
+        assert!(fill("pot-{unt}", &x).is_err());
+        assert!(fill("pot-{unit", &x).is_err());
+        assert!(fill("pot-{unit:3x}", &x).is_err());
+        let y = Expansion { unit: 1, port: None, host: None, index: 1 };
+        assert!(fill("tcp://h:{port}", &y).unwrap_err().contains("no `ports`"));
+    }
+}

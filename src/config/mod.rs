@@ -1,0 +1,446 @@
+//! Configuration: parsed, then validated, then planned, before any socket opens.
+//!
+//! Loading never stops at the first problem: every problem is collected with its file, line,
+//! column and key path, so `alsentry check` shows them all at once.
+
+pub mod device;
+pub mod endpoint;
+pub mod mqtt;
+pub mod reader;
+pub mod rule;
+pub mod tag;
+pub mod units;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use toml::de::DeValue;
+
+pub use device::Device;
+pub use endpoint::Endpoint;
+pub use mqtt::MqttSink;
+pub use reader::Problem;
+pub use rule::{Rule, RuleKind, Selector};
+pub use tag::{Derived, Tag};
+
+use reader::{index, join, parse_document, read_source, type_name, Problems, Source, TableReader};
+
+pub const DEFAULT_PATH: &str = "/etc/alsentry/alsentry.toml";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: String,
+    pub site: String,
+    pub area: String,
+    pub state_dir: PathBuf,
+}
+
+/// The register map shared by every device of one model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Template {
+    pub tags: Vec<Tag>,
+    pub derived: Vec<Derived>,
+}
+
+/// A validated configuration. Its invariants hold: names are unique, tags do not overlap,
+/// rules name existing tags, quantities are within protocol limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub files: Vec<PathBuf>,
+    /// Hash of every file's text, published in status so operators can tell configs apart.
+    pub hash: String,
+    pub agent: Agent,
+    pub sinks: Vec<MqttSink>,
+    pub templates: BTreeMap<String, Template>,
+    pub devices: Vec<Device>,
+    pub rules: Vec<Rule>,
+}
+
+/// Why a configuration was refused: every problem found.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{} problem(s) in the configuration:\n{}", .problems.len(), .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let main = read_source(path).map_err(|p| ConfigError { problems: vec![p] })?;
+        load_from_sources(main)
+    }
+
+    pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        load_from_sources(Source { path: path.to_path_buf(), text: text.to_string() })
+    }
+
+    /// Devices a rule applies to.
+    pub fn rule_devices<'a>(&'a self, rule: &'a Rule) -> impl Iterator<Item = &'a Device> + 'a {
+        self.devices.iter().filter(move |d| selects(&rule.selector, d))
+    }
+}
+
+pub fn selects(sel: &Selector, d: &Device) -> bool {
+    match sel {
+        Selector::Template(t) => d.template.as_deref() == Some(t.as_str()),
+        Selector::Devices(pats) => pats.iter().any(|p| rule::glob_match(p, &d.name)),
+    }
+}
+
+fn fnv64(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
+    let mut p = Problems::default();
+    let mut sources = vec![main];
+    // Includes are read first so that every source outlives the parsed documents borrowing it.
+    let includes = {
+        let mut p_tmp = Problems::default();
+        let doc = parse_document(&sources[0], &mut p_tmp);
+        let mut inc = Vec::new();
+        if let Some(doc) = &doc {
+            if let Some(v) = doc.get_ref().get("include") {
+                match v.get_ref() {
+                    DeValue::Array(items) => {
+                        for item in items.iter() {
+                            if let DeValue::String(s) = item.get_ref() {
+                                inc.push((s.to_string(), item.span().start));
+                            }
+                        }
+                    }
+                    DeValue::String(s) => inc.push((s.to_string(), v.span().start)),
+                    _ => {}
+                }
+            }
+        }
+        inc
+    };
+    let base = sources[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for (inc, offset) in includes {
+        let path = base.join(&inc);
+        match read_source(&path) {
+            Ok(s) => sources.push(s),
+            Err(e) => {
+                let msg = format!("cannot read included file {}: {}", path.display(), e.message);
+                p.add(&sources[0], offset, "include", msg);
+            }
+        }
+    }
+    let hash = fnv64(&sources.iter().map(|s| s.text.as_str()).collect::<Vec<_>>());
+    let docs: Vec<_> = sources.iter().map(|s| parse_document(s, &mut p)).collect();
+
+    let mut agent = None;
+    let mut sinks = Vec::new();
+    let mut templates: BTreeMap<String, (Template, usize, usize)> = BTreeMap::new();
+    let mut entries = Vec::new();
+    let mut rules = Vec::new();
+
+    for (si, (src, doc)) in sources.iter().zip(docs.iter()).enumerate() {
+        let Some(doc) = doc else { continue };
+        let mut top = TableReader::new(doc.get_ref(), reader::At { src, offset: 0 }, String::new());
+        if si == 0 {
+            if let Some(v) = top.get("include") {
+                match v.get_ref() {
+                    DeValue::Array(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            if !matches!(item.get_ref(), DeValue::String(_)) {
+                                p.add(src, item.span().start, &index("include", i), "expected a file path string");
+                            }
+                        }
+                    }
+                    DeValue::String(_) => {}
+                    other => p.add(src, v.span().start, "include", format!("expected an array of file paths, found {}", type_name(other))),
+                }
+            }
+            match top.get("agent") {
+                Some(v) => agent = parse_agent(v, src, &mut p),
+                None => top.missing(&mut p, "agent", "an [agent] table with id, site and area"),
+            }
+            match top.get("mqtt") {
+                Some(v) => match v.get_ref() {
+                    DeValue::Array(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            if let Some(s) = mqtt::parse_sink(item, src, index("mqtt", i), &format!("sink{}", i + 1), &mut p) {
+                                sinks.push((s, item.span().start));
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(s) = mqtt::parse_sink(v, src, "mqtt".into(), "plant", &mut p) {
+                            sinks.push((s, v.span().start));
+                        }
+                    }
+                },
+                None => top.missing(&mut p, "mqtt", "an [mqtt] table with the broker url"),
+            }
+        }
+        if let Some(v) = top.get("templates") {
+            // Every key of [templates] is a template name, so there are no unknown keys here.
+            if let Some(tr) = TableReader::of(v, src, "templates".into(), &mut p) {
+                for (k, tv) in tr.table.iter() {
+                    let name = k.get_ref().to_string();
+                    let path = join("templates", &name);
+                    if let Some(t) = parse_template(tv, src, path.clone(), &mut p) {
+                        if let Some((_, prev_src, _)) = templates.get(&name) {
+                            p.add(src, k.span().start, &path, format!("template \"{name}\" is already defined in {}", sources[*prev_src].path.display()));
+                        } else {
+                            templates.insert(name, (t, si, k.span().start));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(v) = top.get("devices") {
+            for e in device::parse_list(v, src, "devices".into(), &mut p, device::parse_device_entry) {
+                entries.push((e, si));
+            }
+        }
+        if let Some(v) = top.get("rules") {
+            let list = device::parse_list(v, src, "rules".into(), &mut p, |v, s, path, p| rule::parse_rule(v, s, si, path, p));
+            rules.extend(list);
+        }
+        top.finish(&mut p);
+    }
+
+    let devices = expand_devices(&entries, &templates, &sources, &mut p);
+    check_sinks(&sinks, &sources[0], &mut p);
+    check_rules(&rules, &devices, &templates, &sources, &mut p);
+
+    if !p.is_empty() {
+        return Err(ConfigError { problems: p.sorted() });
+    }
+    let Some(agent) = agent else {
+        return Err(ConfigError { problems: p.sorted() });
+    };
+    Ok(Config {
+        files: sources.iter().map(|s| s.path.clone()).collect(),
+        hash,
+        agent,
+        sinks: sinks.into_iter().map(|(s, _)| s).collect(),
+        templates: templates.into_iter().map(|(k, (t, _, _))| (k, t)).collect(),
+        devices,
+        rules,
+    })
+}
+
+fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -> Option<Agent> {
+    let mut r = TableReader::of(v, src, "agent".into(), p)?;
+    let id = r.req_str(p, "id", "a gateway id unique in the plant, e.g. \"gw-qz-01\"");
+    let site = r.req_str(p, "site", "the plant, e.g. \"qingzhen\"");
+    let area = r.req_str(p, "area", "the area, e.g. \"potline-1\"");
+    for (key, val) in [("id", &id), ("site", &site), ("area", &area)] {
+        if let Some(s) = val {
+            if s.is_empty() || s.contains(['/', '+', '#']) || s.chars().any(char::is_whitespace) {
+                r.problem(p, key, "must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)");
+            }
+        }
+    }
+    let state_dir = r.opt_str(p, "state_dir").unwrap_or_else(|| "/var/lib/alsentry".to_string());
+    r.finish(p);
+    Some(Agent { id: id?, site: site?, area: area?, state_dir: PathBuf::from(state_dir) })
+}
+
+fn parse_template(v: &toml::Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut Problems) -> Option<Template> {
+    let mut r = TableReader::of(v, src, path, p)?;
+    let tags = match r.get("tags") {
+        Some(t) => device::parse_tag_list(t, src, r.key_path("tags"), p),
+        None => {
+            r.missing(p, "tags", "a template lists its tags: tags = [ { name = ..., table = ..., address = ..., type = ... } ]");
+            Vec::new()
+        }
+    };
+    let derived = match r.get("derived") {
+        Some(d) => device::parse_list(d, src, r.key_path("derived"), p, tag::parse_derived),
+        None => Vec::new(),
+    };
+    r.finish(p);
+    Some(Template { tags, derived })
+}
+
+fn expand_devices(
+    entries: &[(device::DeviceEntry, usize)],
+    templates: &BTreeMap<String, (Template, usize, usize)>,
+    sources: &[Source],
+    p: &mut Problems,
+) -> Vec<Device> {
+    let mut out: Vec<Device> = Vec::new();
+    let mut names: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut links: HashMap<String, (Endpoint, usize, usize)> = HashMap::new();
+    for (ei, (e, si)) in entries.iter().enumerate() {
+        let src = &sources[*si];
+        let path = index("devices", ei);
+        let mut tags = Vec::new();
+        let mut derived = Vec::new();
+        if let Some(t) = &e.template {
+            match templates.get(t) {
+                Some((tpl, _, _)) => {
+                    tags.extend(tpl.tags.iter().cloned());
+                    derived.extend(tpl.derived.iter().cloned());
+                }
+                None => {
+                    let known: Vec<&str> = templates.keys().map(String::as_str).collect();
+                    p.add(src, e.offset, &join(&path, "template"), format!("unknown template \"{t}\"; defined: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+                    continue;
+                }
+            }
+        }
+        tags.extend(e.tags.iter().cloned());
+        derived.extend(e.derived.iter().cloned());
+        check_tags(&tags, &derived, e, src, &path, p);
+        let combos = device::combinations(e);
+        if combos.len() > 1 && !e.name.contains('{') {
+            p.add(src, e.offset, &join(&path, "name"), format!("this entry expands to {} devices, so its name needs a placeholder such as \"{}-{{unit:03}}\"", combos.len(), e.name));
+            continue;
+        }
+        for x in &combos {
+            let name = match device::fill(&e.name, x) {
+                Ok(n) => n,
+                Err(msg) => {
+                    p.add(src, e.offset, &join(&path, "name"), msg);
+                    break;
+                }
+            };
+            let endpoint = match device::endpoint_for(&e.endpoint, x) {
+                Ok(ep) => ep,
+                Err(msg) => {
+                    p.add(src, e.offset, &join(&path, "endpoint"), msg);
+                    break;
+                }
+            };
+            if name.is_empty() || name.contains(['/', '+', '#']) || name.chars().any(char::is_whitespace) {
+                p.add(src, e.offset, &join(&path, "name"), format!("device name \"{name}\" must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"));
+                break;
+            }
+            if endpoint.is_serial_line() && !(1..=247).contains(&x.unit) {
+                p.add(src, e.offset, &join(&path, "unit"), format!("unit id {} is not valid on a serial line; accepted: 1 to 247", x.unit));
+                break;
+            }
+            if let Some((psi, poff)) = names.get(&name) {
+                let (line, _) = sources[*psi].line_col(*poff);
+                p.add(src, e.offset, &join(&path, "name"), format!("duplicate device name \"{name}\" (also defined at {}:{line})", sources[*psi].path.display()));
+                continue;
+            }
+            let key = endpoint.link_key();
+            if let Some((prev, psi, poff)) = links.get(&key) {
+                if prev != &endpoint {
+                    let (line, _) = sources[*psi].line_col(*poff);
+                    p.add(src, e.offset, &join(&path, "endpoint"), format!("serial settings differ from another device on {key} (line {line}); one line has one baud rate and framing"));
+                }
+            } else {
+                links.insert(key.clone(), (endpoint.clone(), *si, e.offset));
+            }
+            if out.iter().any(|d| d.endpoint.link_key() == key && d.unit == x.unit) {
+                p.add(src, e.offset, &join(&path, "unit"), format!("unit id {} on {key} is already used by another device", x.unit));
+                continue;
+            }
+            names.insert(name.clone(), (*si, e.offset));
+            out.push(Device {
+                name,
+                template: e.template.clone(),
+                endpoint,
+                unit: x.unit,
+                poll_ms: e.poll_ms,
+                timeout_ms: e.timeout_ms,
+                tags: tags.clone(),
+                derived: derived.clone(),
+                max_gap: e.max_gap,
+                max_registers: e.max_registers,
+                max_bits: e.max_bits,
+                backoff_max_ms: e.backoff_max_ms,
+                origin: (*si, e.offset),
+            });
+        }
+    }
+    out
+}
+
+fn check_tags(tags: &[Tag], derived: &[Derived], e: &device::DeviceEntry, src: &Source, path: &str, p: &mut Problems) {
+    let mut seen: HashSet<&str> = HashSet::new();
+    for t in tags.iter().map(|t| t.name.as_str()).chain(derived.iter().map(|d| d.name.as_str())) {
+        if !seen.insert(t) {
+            p.add(src, e.offset, &join(path, "tags"), format!("duplicate tag name \"{t}\" (template and device tags share one namespace)"));
+        }
+    }
+    for (i, a) in tags.iter().enumerate() {
+        for b in &tags[i + 1..] {
+            if a.encoding.table != b.encoding.table || a.address as u32 >= b.end() || b.address as u32 >= a.end() {
+                continue;
+            }
+            let both_bits = a.encoding.bit.is_some() && b.encoding.bit.is_some();
+            if both_bits && a.encoding.bit != b.encoding.bit {
+                continue;
+            }
+            p.add(
+                src,
+                e.offset,
+                &join(path, "tags"),
+                format!(
+                    "tags \"{}\" ({} {}..{}) and \"{}\" ({} {}..{}) overlap",
+                    a.name, a.encoding.table, a.address, a.end() - 1, b.name, b.encoding.table, b.address, b.end() - 1
+                ),
+            );
+        }
+    }
+}
+
+fn check_sinks(sinks: &[(MqttSink, usize)], src: &Source, p: &mut Problems) {
+    let mut seen = HashSet::new();
+    for (i, (s, off)) in sinks.iter().enumerate() {
+        if !seen.insert(s.name.clone()) {
+            p.add(src, *off, &join(&index("mqtt", i), "name"), format!("duplicate sink name \"{}\"", s.name));
+        }
+    }
+}
+
+fn check_rules(rules: &[Rule], devices: &[Device], templates: &BTreeMap<String, (Template, usize, usize)>, sources: &[Source], p: &mut Problems) {
+    let mut seen = HashSet::new();
+    for r in rules {
+        let src = &sources[r.origin.0];
+        let off = r.origin.1;
+        match &r.selector {
+            Selector::Template(t) => {
+                if let Some((tpl, _, _)) = templates.get(t) {
+                    let known = tpl.tags.iter().map(|t| t.name.as_str()).chain(tpl.derived.iter().map(|d| d.name.as_str())).collect::<Vec<_>>();
+                    if !known.contains(&r.tag.as_str()) {
+                        p.add(src, off, &join(&r.path, "tag"), format!("template \"{t}\" has no tag \"{}\"; its tags: {}", r.tag, known.join(", ")));
+                        continue;
+                    }
+                } else {
+                    let known: Vec<&str> = templates.keys().map(String::as_str).collect();
+                    p.add(src, off, &join(&r.path, "template"), format!("unknown template \"{t}\"; defined: {}", if known.is_empty() { "none".into() } else { known.join(", ") }));
+                    continue;
+                }
+            }
+            Selector::Devices(pats) => {
+                for pat in pats {
+                    let matched: Vec<&Device> = devices.iter().filter(|d| rule::glob_match(pat, &d.name)).collect();
+                    if matched.is_empty() {
+                        p.add(src, off, &join(&r.path, "devices"), format!("\"{pat}\" matches no device"));
+                    }
+                    for d in matched {
+                        let has = d.tags.iter().any(|t| t.name == r.tag) || d.derived.iter().any(|t| t.name == r.tag);
+                        if !has {
+                            let known = d.tags.iter().map(|t| t.name.as_str()).chain(d.derived.iter().map(|t| t.name.as_str())).collect::<Vec<_>>();
+                            p.add(src, off, &join(&r.path, "tag"), format!("device \"{}\" has no tag \"{}\"; its tags: {}", d.name, r.tag, known.join(", ")));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let devices_of_rule: Vec<&Device> = devices.iter().filter(|d| selects(&r.selector, d)).collect();
+        for d in devices_of_rule {
+            if !seen.insert((d.name.clone(), r.name.clone())) {
+                p.add(src, off, &join(&r.path, "name"), format!("rule name \"{}\" is used twice for device \"{}\"; one alarm per (device, rule)", r.name, d.name));
+                break;
+            }
+        }
+    }
+}
