@@ -6,5 +6,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
-pub mod core;
+pub mod app;
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod core;
+pub mod explain;
+pub mod io;
+pub mod metrics;
+pub mod outbox;
+pub mod telemetry;

@@ -61,7 +61,11 @@ pub fn parse_device_entry(
     p: &mut Problems,
 ) -> Option<DeviceEntry> {
     let mut r = TableReader::of(v, src, path, p)?;
-    let name = r.req_str(p, "name", "a device name, or a pattern such as \"pot-{unit:03}\"");
+    let name = r.req_str(
+        p,
+        "name",
+        "a device name, or a pattern such as \"pot-{unit:03}\"",
+    );
     let template = r.opt_str(p, "template");
     let endpoint = r.req_str(p, "endpoint", "e.g. \"tcp://192.168.1.10:502\"");
     let mut units = Vec::new();
@@ -80,30 +84,40 @@ pub fn parse_device_entry(
     if units.is_empty() && !r.has("units") {
         units.push(1);
     }
-    let ports = r.opt_str(p, "ports").and_then(|s| match parse_int_ranges(&s, 1, 65_535) {
-        Ok(l) => Some(l.into_iter().map(|x| x as u16).collect()),
-        Err(e) => {
-            r.problem(p, "ports", e);
-            None
-        }
-    });
-    let hosts = r.opt_str(p, "hosts").and_then(|s| match parse_host_ranges(&s) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            r.problem(p, "hosts", e);
-            None
-        }
-    });
+    let ports = r
+        .opt_str(p, "ports")
+        .and_then(|s| match parse_int_ranges(&s, 1, 65_535) {
+            Ok(l) => Some(l.into_iter().map(|x| x as u16).collect()),
+            Err(e) => {
+                r.problem(p, "ports", e);
+                None
+            }
+        });
+    let hosts = r
+        .opt_str(p, "hosts")
+        .and_then(|s| match parse_host_ranges(&s) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                r.problem(p, "hosts", e);
+                None
+            }
+        });
     let poll_ms = r.opt_duration_ms(p, "poll").unwrap_or(DEFAULT_POLL_MS);
-    let timeout_ms = r.opt_duration_ms(p, "timeout").unwrap_or(DEFAULT_TIMEOUT_MS);
+    let timeout_ms = r
+        .opt_duration_ms(p, "timeout")
+        .unwrap_or(DEFAULT_TIMEOUT_MS);
     if poll_ms < 10 {
         r.problem(p, "poll", "poll interval must be at least 10ms");
     }
     if timeout_ms < 1 {
         r.problem(p, "timeout", "timeout must be at least 1ms");
     }
-    let backoff_max_ms = r.opt_duration_ms(p, "backoff_max").unwrap_or(DEFAULT_BACKOFF_MAX_MS);
-    let max_gap = r.opt_int_in(p, "max_gap", 0, 2000).unwrap_or(i64::from(DEFAULT_MAX_GAP)) as u16;
+    let backoff_max_ms = r
+        .opt_duration_ms(p, "backoff_max")
+        .unwrap_or(DEFAULT_BACKOFF_MAX_MS);
+    let max_gap = r
+        .opt_int_in(p, "max_gap", 0, 2000)
+        .unwrap_or(i64::from(DEFAULT_MAX_GAP)) as u16;
     let max_registers = r.opt_int_in(p, "max_registers", 1, 125).unwrap_or(125) as u16;
     let max_bits = r.opt_int_in(p, "max_bits", 1, 2000).unwrap_or(2000) as u16;
     let mut tags = Vec::new();
@@ -138,7 +152,12 @@ pub fn parse_device_entry(
     })
 }
 
-pub fn parse_tag_list(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut Problems) -> Vec<Tag> {
+pub fn parse_tag_list(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) -> Vec<Tag> {
     parse_list(v, src, path, p, parse_tag)
 }
 
@@ -156,7 +175,12 @@ pub fn parse_list<T>(
             .filter_map(|(i, item)| f(item, src, index(&path, i), p))
             .collect(),
         other => {
-            p.add(src, v.span().start, &path, format!("expected an array of tables, found {}", type_name(other)));
+            p.add(
+                src,
+                v.span().start,
+                &path,
+                format!("expected an array of tables, found {}", type_name(other)),
+            );
             Vec::new()
         }
     }
@@ -261,14 +285,29 @@ mod tests {
 
     #[test]
     fn fills_patterns() {
-        let x = Expansion { unit: 7, port: Some(5107), host: Some("10.0.0.7"), index: 12 };
+        let x = Expansion {
+            unit: 7,
+            port: Some(5107),
+            host: Some("10.0.0.7"),
+            index: 12,
+        };
         assert_eq!(fill("pot-{unit:03}", &x).unwrap(), "pot-007");
         assert_eq!(fill("pot-{index}", &x).unwrap(), "pot-12");
-        assert_eq!(fill("tcp://{host}:{port}", &x).unwrap(), "tcp://10.0.0.7:5107");
+        assert_eq!(
+            fill("tcp://{host}:{port}", &x).unwrap(),
+            "tcp://10.0.0.7:5107"
+        );
         assert!(fill("pot-{unt}", &x).is_err());
         assert!(fill("pot-{unit", &x).is_err());
         assert!(fill("pot-{unit:3x}", &x).is_err());
-        let y = Expansion { unit: 1, port: None, host: None, index: 1 };
-        assert!(fill("tcp://h:{port}", &y).unwrap_err().contains("no `ports`"));
+        let y = Expansion {
+            unit: 1,
+            port: None,
+            host: None,
+            index: 1,
+        };
+        assert!(fill("tcp://h:{port}", &y)
+            .unwrap_err()
+            .contains("no `ports`"));
     }
 }

@@ -160,7 +160,10 @@ mod tests {
         else {
             panic!("not rtu")
         };
-        assert_eq!((s.path.as_str(), s.baud, s.parity, s.stop_bits), ("/dev/ttyUSB0", 9600, Parity::None, 2));
+        assert_eq!(
+            (s.path.as_str(), s.baud, s.parity, s.stop_bits),
+            ("/dev/ttyUSB0", 9600, Parity::None, 2)
+        );
         assert!(matches!(
             parse_endpoint("rtu+tcp://10.0.0.5:4001"),
             Ok(Endpoint::RtuOverTcp { port: 4001, .. })

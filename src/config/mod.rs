@@ -70,12 +70,17 @@ impl Config {
     }
 
     pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        load_from_sources(Source { path: path.to_path_buf(), text: text.to_string() })
+        load_from_sources(Source {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+        })
     }
 
     /// Devices a rule applies to.
     pub fn rule_devices<'a>(&'a self, rule: &'a Rule) -> impl Iterator<Item = &'a Device> + 'a {
-        self.devices.iter().filter(move |d| selects(&rule.selector, d))
+        self.devices
+            .iter()
+            .filter(move |d| selects(&rule.selector, d))
     }
 }
 
@@ -122,13 +127,21 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         }
         inc
     };
-    let base = sources[0].path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = sources[0]
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     for (inc, offset) in includes {
         let path = base.join(&inc);
         match read_source(&path) {
             Ok(s) => sources.push(s),
             Err(e) => {
-                let msg = format!("cannot read included file {}: {}", path.display(), e.message);
+                let msg = format!(
+                    "cannot read included file {}: {}",
+                    path.display(),
+                    e.message
+                );
                 p.add(&sources[0], offset, "include", msg);
             }
         }
@@ -151,12 +164,25 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
                     DeValue::Array(items) => {
                         for (i, item) in items.iter().enumerate() {
                             if !matches!(item.get_ref(), DeValue::String(_)) {
-                                p.add(src, item.span().start, &index("include", i), "expected a file path string");
+                                p.add(
+                                    src,
+                                    item.span().start,
+                                    &index("include", i),
+                                    "expected a file path string",
+                                );
                             }
                         }
                     }
                     DeValue::String(_) => {}
-                    other => p.add(src, v.span().start, "include", format!("expected an array of file paths, found {}", type_name(other))),
+                    other => p.add(
+                        src,
+                        v.span().start,
+                        "include",
+                        format!(
+                            "expected an array of file paths, found {}",
+                            type_name(other)
+                        ),
+                    ),
                 }
             }
             match top.get("agent") {
@@ -167,7 +193,13 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
                 Some(v) => match v.get_ref() {
                     DeValue::Array(items) => {
                         for (i, item) in items.iter().enumerate() {
-                            if let Some(s) = mqtt::parse_sink(item, src, index("mqtt", i), &format!("sink{}", i + 1), &mut p) {
+                            if let Some(s) = mqtt::parse_sink(
+                                item,
+                                src,
+                                index("mqtt", i),
+                                &format!("sink{}", i + 1),
+                                &mut p,
+                            ) {
                                 sinks.push((s, item.span().start));
                             }
                         }
@@ -189,7 +221,15 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
                     let path = join("templates", &name);
                     if let Some(t) = parse_template(tv, src, path.clone(), &mut p) {
                         if let Some((_, prev_src, _)) = templates.get(&name) {
-                            p.add(src, k.span().start, &path, format!("template \"{name}\" is already defined in {}", sources[*prev_src].path.display()));
+                            p.add(
+                                src,
+                                k.span().start,
+                                &path,
+                                format!(
+                                    "template \"{name}\" is already defined in {}",
+                                    sources[*prev_src].path.display()
+                                ),
+                            );
                         } else {
                             templates.insert(name, (t, si, k.span().start));
                         }
@@ -198,12 +238,16 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             }
         }
         if let Some(v) = top.get("devices") {
-            for e in device::parse_list(v, src, "devices".into(), &mut p, device::parse_device_entry) {
+            for e in
+                device::parse_list(v, src, "devices".into(), &mut p, device::parse_device_entry)
+            {
                 entries.push((e, si));
             }
         }
         if let Some(v) = top.get("rules") {
-            let list = device::parse_list(v, src, "rules".into(), &mut p, |v, s, path, p| rule::parse_rule(v, s, si, path, p));
+            let list = device::parse_list(v, src, "rules".into(), &mut p, |v, s, path, p| {
+                rule::parse_rule(v, s, si, path, p)
+            });
             rules.extend(list);
         }
         top.finish(&mut p);
@@ -214,10 +258,14 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     check_rules(&rules, &devices, &templates, &sources, &mut p);
 
     if !p.is_empty() {
-        return Err(ConfigError { problems: p.sorted() });
+        return Err(ConfigError {
+            problems: p.sorted(),
+        });
     }
     let Some(agent) = agent else {
-        return Err(ConfigError { problems: p.sorted() });
+        return Err(ConfigError {
+            problems: p.sorted(),
+        });
     };
     Ok(Config {
         files: sources.iter().map(|s| s.path.clone()).collect(),
@@ -232,7 +280,11 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
 
 fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -> Option<Agent> {
     let mut r = TableReader::of(v, src, "agent".into(), p)?;
-    let id = r.req_str(p, "id", "a gateway id unique in the plant, e.g. \"gw-qz-01\"");
+    let id = r.req_str(
+        p,
+        "id",
+        "a gateway id unique in the plant, e.g. \"gw-qz-01\"",
+    );
     let site = r.req_str(p, "site", "the plant, e.g. \"qingzhen\"");
     let area = r.req_str(p, "area", "the area, e.g. \"potline-1\"");
     for (key, val) in [("id", &id), ("site", &site), ("area", &area)] {
@@ -242,12 +294,24 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
             }
         }
     }
-    let state_dir = r.opt_str(p, "state_dir").unwrap_or_else(|| "/var/lib/alsentry".to_string());
+    let state_dir = r
+        .opt_str(p, "state_dir")
+        .unwrap_or_else(|| "/var/lib/alsentry".to_string());
     r.finish(p);
-    Some(Agent { id: id?, site: site?, area: area?, state_dir: PathBuf::from(state_dir) })
+    Some(Agent {
+        id: id?,
+        site: site?,
+        area: area?,
+        state_dir: PathBuf::from(state_dir),
+    })
 }
 
-fn parse_template(v: &toml::Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut Problems) -> Option<Template> {
+fn parse_template(
+    v: &toml::Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) -> Option<Template> {
     let mut r = TableReader::of(v, src, path, p)?;
     let tags = match r.get("tags") {
         Some(t) => device::parse_tag_list(t, src, r.key_path("tags"), p),
@@ -286,7 +350,19 @@ fn expand_devices(
                 }
                 None => {
                     let known: Vec<&str> = templates.keys().map(String::as_str).collect();
-                    p.add(src, e.offset, &join(&path, "template"), format!("unknown template \"{t}\"; defined: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+                    p.add(
+                        src,
+                        e.offset,
+                        &join(&path, "template"),
+                        format!(
+                            "unknown template \"{t}\"; defined: {}",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
                     continue;
                 }
             }
@@ -314,17 +390,36 @@ fn expand_devices(
                     break;
                 }
             };
-            if name.is_empty() || name.contains(['/', '+', '#']) || name.chars().any(char::is_whitespace) {
+            if name.is_empty()
+                || name.contains(['/', '+', '#'])
+                || name.chars().any(char::is_whitespace)
+            {
                 p.add(src, e.offset, &join(&path, "name"), format!("device name \"{name}\" must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"));
                 break;
             }
             if endpoint.is_serial_line() && !(1..=247).contains(&x.unit) {
-                p.add(src, e.offset, &join(&path, "unit"), format!("unit id {} is not valid on a serial line; accepted: 1 to 247", x.unit));
+                p.add(
+                    src,
+                    e.offset,
+                    &join(&path, "unit"),
+                    format!(
+                        "unit id {} is not valid on a serial line; accepted: 1 to 247",
+                        x.unit
+                    ),
+                );
                 break;
             }
             if let Some((psi, poff)) = names.get(&name) {
                 let (line, _) = sources[*psi].line_col(*poff);
-                p.add(src, e.offset, &join(&path, "name"), format!("duplicate device name \"{name}\" (also defined at {}:{line})", sources[*psi].path.display()));
+                p.add(
+                    src,
+                    e.offset,
+                    &join(&path, "name"),
+                    format!(
+                        "duplicate device name \"{name}\" (also defined at {}:{line})",
+                        sources[*psi].path.display()
+                    ),
+                );
                 continue;
             }
             let key = endpoint.link_key();
@@ -336,8 +431,19 @@ fn expand_devices(
             } else {
                 links.insert(key.clone(), (endpoint.clone(), *si, e.offset));
             }
-            if out.iter().any(|d| d.endpoint.link_key() == key && d.unit == x.unit) {
-                p.add(src, e.offset, &join(&path, "unit"), format!("unit id {} on {key} is already used by another device", x.unit));
+            if out
+                .iter()
+                .any(|d| d.endpoint.link_key() == key && d.unit == x.unit)
+            {
+                p.add(
+                    src,
+                    e.offset,
+                    &join(&path, "unit"),
+                    format!(
+                        "unit id {} on {key} is already used by another device",
+                        x.unit
+                    ),
+                );
                 continue;
             }
             names.insert(name.clone(), (*si, e.offset));
@@ -361,16 +467,37 @@ fn expand_devices(
     out
 }
 
-fn check_tags(tags: &[Tag], derived: &[Derived], e: &device::DeviceEntry, src: &Source, path: &str, p: &mut Problems) {
+fn check_tags(
+    tags: &[Tag],
+    derived: &[Derived],
+    e: &device::DeviceEntry,
+    src: &Source,
+    path: &str,
+    p: &mut Problems,
+) {
     let mut seen: HashSet<&str> = HashSet::new();
-    for t in tags.iter().map(|t| t.name.as_str()).chain(derived.iter().map(|d| d.name.as_str())) {
+    for t in tags
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(derived.iter().map(|d| d.name.as_str()))
+    {
         if !seen.insert(t) {
-            p.add(src, e.offset, &join(path, "tags"), format!("duplicate tag name \"{t}\" (template and device tags share one namespace)"));
+            p.add(
+                src,
+                e.offset,
+                &join(path, "tags"),
+                format!(
+                    "duplicate tag name \"{t}\" (template and device tags share one namespace)"
+                ),
+            );
         }
     }
     for (i, a) in tags.iter().enumerate() {
         for b in &tags[i + 1..] {
-            if a.encoding.table != b.encoding.table || a.address as u32 >= b.end() || b.address as u32 >= a.end() {
+            if a.encoding.table != b.encoding.table
+                || a.address as u32 >= b.end()
+                || b.address as u32 >= a.end()
+            {
                 continue;
             }
             let both_bits = a.encoding.bit.is_some() && b.encoding.bit.is_some();
@@ -383,7 +510,14 @@ fn check_tags(tags: &[Tag], derived: &[Derived], e: &device::DeviceEntry, src: &
                 &join(path, "tags"),
                 format!(
                     "tags \"{}\" ({} {}..{}) and \"{}\" ({} {}..{}) overlap",
-                    a.name, a.encoding.table, a.address, a.end() - 1, b.name, b.encoding.table, b.address, b.end() - 1
+                    a.name,
+                    a.encoding.table,
+                    a.address,
+                    a.end() - 1,
+                    b.name,
+                    b.encoding.table,
+                    b.address,
+                    b.end() - 1
                 ),
             );
         }
@@ -394,12 +528,23 @@ fn check_sinks(sinks: &[(MqttSink, usize)], src: &Source, p: &mut Problems) {
     let mut seen = HashSet::new();
     for (i, (s, off)) in sinks.iter().enumerate() {
         if !seen.insert(s.name.clone()) {
-            p.add(src, *off, &join(&index("mqtt", i), "name"), format!("duplicate sink name \"{}\"", s.name));
+            p.add(
+                src,
+                *off,
+                &join(&index("mqtt", i), "name"),
+                format!("duplicate sink name \"{}\"", s.name),
+            );
         }
     }
 }
 
-fn check_rules(rules: &[Rule], devices: &[Device], templates: &BTreeMap<String, (Template, usize, usize)>, sources: &[Source], p: &mut Problems) {
+fn check_rules(
+    rules: &[Rule],
+    devices: &[Device],
+    templates: &BTreeMap<String, (Template, usize, usize)>,
+    sources: &[Source],
+    p: &mut Problems,
+) {
     let mut seen = HashSet::new();
     for r in rules {
         let src = &sources[r.origin.0];
@@ -407,35 +552,86 @@ fn check_rules(rules: &[Rule], devices: &[Device], templates: &BTreeMap<String, 
         match &r.selector {
             Selector::Template(t) => {
                 if let Some((tpl, _, _)) = templates.get(t) {
-                    let known = tpl.tags.iter().map(|t| t.name.as_str()).chain(tpl.derived.iter().map(|d| d.name.as_str())).collect::<Vec<_>>();
+                    let known = tpl
+                        .tags
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .chain(tpl.derived.iter().map(|d| d.name.as_str()))
+                        .collect::<Vec<_>>();
                     if !known.contains(&r.tag.as_str()) {
-                        p.add(src, off, &join(&r.path, "tag"), format!("template \"{t}\" has no tag \"{}\"; its tags: {}", r.tag, known.join(", ")));
+                        p.add(
+                            src,
+                            off,
+                            &join(&r.path, "tag"),
+                            format!(
+                                "template \"{t}\" has no tag \"{}\"; its tags: {}",
+                                r.tag,
+                                known.join(", ")
+                            ),
+                        );
                         continue;
                     }
                 } else {
                     let known: Vec<&str> = templates.keys().map(String::as_str).collect();
-                    p.add(src, off, &join(&r.path, "template"), format!("unknown template \"{t}\"; defined: {}", if known.is_empty() { "none".into() } else { known.join(", ") }));
+                    p.add(
+                        src,
+                        off,
+                        &join(&r.path, "template"),
+                        format!(
+                            "unknown template \"{t}\"; defined: {}",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
                     continue;
                 }
             }
             Selector::Devices(pats) => {
                 for pat in pats {
-                    let matched: Vec<&Device> = devices.iter().filter(|d| rule::glob_match(pat, &d.name)).collect();
+                    let matched: Vec<&Device> = devices
+                        .iter()
+                        .filter(|d| rule::glob_match(pat, &d.name))
+                        .collect();
                     if matched.is_empty() {
-                        p.add(src, off, &join(&r.path, "devices"), format!("\"{pat}\" matches no device"));
+                        p.add(
+                            src,
+                            off,
+                            &join(&r.path, "devices"),
+                            format!("\"{pat}\" matches no device"),
+                        );
                     }
                     for d in matched {
-                        let has = d.tags.iter().any(|t| t.name == r.tag) || d.derived.iter().any(|t| t.name == r.tag);
+                        let has = d.tags.iter().any(|t| t.name == r.tag)
+                            || d.derived.iter().any(|t| t.name == r.tag);
                         if !has {
-                            let known = d.tags.iter().map(|t| t.name.as_str()).chain(d.derived.iter().map(|t| t.name.as_str())).collect::<Vec<_>>();
-                            p.add(src, off, &join(&r.path, "tag"), format!("device \"{}\" has no tag \"{}\"; its tags: {}", d.name, r.tag, known.join(", ")));
+                            let known = d
+                                .tags
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .chain(d.derived.iter().map(|t| t.name.as_str()))
+                                .collect::<Vec<_>>();
+                            p.add(
+                                src,
+                                off,
+                                &join(&r.path, "tag"),
+                                format!(
+                                    "device \"{}\" has no tag \"{}\"; its tags: {}",
+                                    d.name,
+                                    r.tag,
+                                    known.join(", ")
+                                ),
+                            );
                             break;
                         }
                     }
                 }
             }
         }
-        let devices_of_rule: Vec<&Device> = devices.iter().filter(|d| selects(&r.selector, d)).collect();
+        let devices_of_rule: Vec<&Device> =
+            devices.iter().filter(|d| selects(&r.selector, d)).collect();
         for d in devices_of_rule {
             if !seen.insert((d.name.clone(), r.name.clone())) {
                 p.add(src, off, &join(&r.path, "name"), format!("rule name \"{}\" is used twice for device \"{}\"; one alarm per (device, rule)", r.name, d.name));

@@ -44,7 +44,14 @@ pub fn parse_broker_url(s: &str) -> Result<BrokerUrl, String> {
     if host.is_empty() {
         return Err(format!("\"{s}\" has no host; {FORMS}"));
     }
-    Ok(BrokerUrl { tls, host: host.trim_start_matches('[').trim_end_matches(']').to_string(), port })
+    Ok(BrokerUrl {
+        tls,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    })
 }
 
 /// Where a password comes from; the value itself is never logged.
@@ -75,9 +82,17 @@ pub struct MqttSink {
     pub password: Option<PasswordSource>,
 }
 
-pub fn parse_sink(v: &Spanned<DeValue<'_>>, src: &Source, path: String, default_name: &str, p: &mut Problems) -> Option<MqttSink> {
+pub fn parse_sink(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    default_name: &str,
+    p: &mut Problems,
+) -> Option<MqttSink> {
     let mut r = TableReader::of(v, src, path, p)?;
-    let name = r.opt_str(p, "name").unwrap_or_else(|| default_name.to_string());
+    let name = r
+        .opt_str(p, "name")
+        .unwrap_or_else(|| default_name.to_string());
     let url = match r.req_str(p, "url", "e.g. \"mqtt://127.0.0.1:1883\"") {
         Some(u) => match parse_broker_url(&u) {
             Ok(u) => Some(u),
@@ -88,9 +103,15 @@ pub fn parse_sink(v: &Spanned<DeValue<'_>>, src: &Source, path: String, default_
         },
         None => None,
     };
-    let topic_root = r.opt_str(p, "topic_root").unwrap_or_else(|| "alsentry".to_string());
+    let topic_root = r
+        .opt_str(p, "topic_root")
+        .unwrap_or_else(|| "alsentry".to_string());
     if topic_root.contains(['+', '#']) || topic_root.starts_with('/') || topic_root.ends_with('/') {
-        r.problem(p, "topic_root", "a topic root may not contain '+' or '#' nor start or end with '/'");
+        r.problem(
+            p,
+            "topic_root",
+            "a topic root may not contain '+' or '#' nor start or end with '/'",
+        );
     }
     let client_id = r.opt_str(p, "client_id");
     let keep_alive_ms = r.opt_duration_ms(p, "keep_alive").unwrap_or(30_000);
@@ -104,7 +125,11 @@ pub fn parse_sink(v: &Spanned<DeValue<'_>>, src: &Source, path: String, default_
         (Some(f), None) => Some(PasswordSource::File(f)),
         (None, Some(e)) => Some(PasswordSource::Env(e)),
         (Some(_), Some(_)) => {
-            r.problem(p, "password_env", "give either `password_file` or `password_env`, not both");
+            r.problem(
+                p,
+                "password_env",
+                "give either `password_file` or `password_env`, not both",
+            );
             None
         }
         (None, None) => None,
@@ -113,7 +138,15 @@ pub fn parse_sink(v: &Spanned<DeValue<'_>>, src: &Source, path: String, default_
         r.missing(p, "username", "a password needs a username");
     }
     r.finish(p);
-    Some(MqttSink { name, url: url?, topic_root, client_id, keep_alive_ms, username, password })
+    Some(MqttSink {
+        name,
+        url: url?,
+        topic_root,
+        client_id,
+        keep_alive_ms,
+        username,
+        password,
+    })
 }
 
 #[cfg(test)]
@@ -124,7 +157,11 @@ mod tests {
     fn broker_urls() {
         assert_eq!(
             parse_broker_url("mqtt://127.0.0.1:1883"),
-            Ok(BrokerUrl { tls: false, host: "127.0.0.1".into(), port: 1883 })
+            Ok(BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1883
+            })
         );
         assert_eq!(parse_broker_url("mqtts://broker").map(|u| u.port), Ok(8883));
         assert!(parse_broker_url("http://x").is_err());

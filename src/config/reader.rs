@@ -288,7 +288,11 @@ impl<'a, 's> TableReader<'a, 's> {
     ) -> Option<i64> {
         let i = self.opt_int(p, key)?;
         if i < lo || i > hi {
-            self.problem(p, key, format!("{i} is out of range; accepted: {lo} to {hi}"));
+            self.problem(
+                p,
+                key,
+                format!("{i} is out of range; accepted: {lo} to {hi}"),
+            );
             return None;
         }
         Some(i)

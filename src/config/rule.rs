@@ -63,9 +63,17 @@ pub fn parse_rule(
     p: &mut Problems,
 ) -> Option<Rule> {
     let mut r = TableReader::of(v, src, path.clone(), p)?;
-    let name = r.req_str(p, "name", "a rule name, used in topics (e.g. \"anode_effect\")");
+    let name = r.req_str(
+        p,
+        "name",
+        "a rule name, used in topics (e.g. \"anode_effect\")",
+    );
     if let Some(n) = &name {
-        if n.is_empty() || !n.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        {
             r.problem(p, "name", "a rule name may contain only letters, digits, '_' and '-' (it becomes part of an MQTT topic)");
         }
     }
@@ -75,7 +83,11 @@ pub fn parse_rule(
         (Some(t), None) => Some(Selector::Template(t)),
         (None, Some(d)) => Some(Selector::Devices(d)),
         (Some(_), Some(_)) => {
-            r.problem(p, "devices", "give either `template` or `devices`, not both");
+            r.problem(
+                p,
+                "devices",
+                "give either `template` or `devices`, not both",
+            );
             None
         }
         (None, None) => {
@@ -104,7 +116,14 @@ pub fn parse_rule(
             })
         }
         Some(other) => {
-            r.problem(p, "type", format!("unknown rule type \"{other}\"; accepted: {}", RuleKind::NAMES));
+            r.problem(
+                p,
+                "type",
+                format!(
+                    "unknown rule type \"{other}\"; accepted: {}",
+                    RuleKind::NAMES
+                ),
+            );
             None
         }
         None => None,
@@ -113,7 +132,11 @@ pub fn parse_rule(
         Some(s) => match Priority::parse(&s) {
             Some(pr) => Some(pr),
             None => {
-                r.problem(p, "priority", format!("unknown priority \"{s}\"; accepted: critical, high, medium, low"));
+                r.problem(
+                    p,
+                    "priority",
+                    format!("unknown priority \"{s}\"; accepted: critical, high, medium, low"),
+                );
                 None
             }
         },

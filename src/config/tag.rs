@@ -56,7 +56,12 @@ pub fn parse_modicon(s: &str) -> Result<(Table, u16), String> {
     Ok((table, (n - 1) as u16))
 }
 
-pub fn parse_tag(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut Problems) -> Option<Tag> {
+pub fn parse_tag(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) -> Option<Tag> {
     let mut r = TableReader::of(v, src, path, p)?;
     let name = r.req_str(p, "name", "every tag needs a name");
     let table_str = r.opt_str(p, "table");
@@ -64,7 +69,11 @@ pub fn parse_tag(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut P
         Some(t) => match Table::parse(t) {
             Some(t) => Some(t),
             None => {
-                r.problem(p, "table", format!("unknown table \"{t}\"; accepted: {}", Table::NAMES));
+                r.problem(
+                    p,
+                    "table",
+                    format!("unknown table \"{t}\"; accepted: {}", Table::NAMES),
+                );
                 None
             }
         },
@@ -73,58 +82,82 @@ pub fn parse_tag(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut P
     let mut ok = true;
     let address = match r.get("address") {
         None => {
-            r.missing(p, "address", "0-based protocol address (integer) or Modicon string such as \"40011\"");
+            r.missing(
+                p,
+                "address",
+                "0-based protocol address (integer) or Modicon string such as \"40011\"",
+            );
             ok = false;
             0
         }
-        Some(a) => match a.get_ref() {
-            DeValue::Integer(_) => match int_of(a.get_ref()) {
-                Some(i) if (0..=65_535).contains(&i) => i as u16,
-                _ => {
-                    r.problem(p, "address", "address is out of range; accepted: 0 to 65535 (0-based protocol address)");
-                    ok = false;
-                    0
-                }
-            },
-            DeValue::String(s) => match parse_modicon(s) {
-                Ok((t, addr)) => {
-                    match (table, table_str.is_some()) {
-                        (Some(given), _) if given != t => {
-                            r.problem(
+        Some(a) => {
+            match a.get_ref() {
+                DeValue::Integer(_) => match int_of(a.get_ref()) {
+                    Some(i) if (0..=65_535).contains(&i) => i as u16,
+                    _ => {
+                        r.problem(p, "address", "address is out of range; accepted: 0 to 65535 (0-based protocol address)");
+                        ok = false;
+                        0
+                    }
+                },
+                DeValue::String(s) => match parse_modicon(s) {
+                    Ok((t, addr)) => {
+                        match (table, table_str.is_some()) {
+                            (Some(given), _) if given != t => {
+                                r.problem(
                                 p,
                                 "address",
                                 format!(
                                     "Modicon address \"{s}\" is in the {t} table but table = \"{given}\"; drop `table` or make them agree"
                                 ),
                             );
-                            ok = false;
+                                ok = false;
+                            }
+                            (None, true) => {}
+                            _ => table = Some(t),
                         }
-                        (None, true) => {}
-                        _ => table = Some(t),
+                        addr
                     }
-                    addr
-                }
-                Err(e) => {
-                    r.problem(p, "address", e);
+                    Err(e) => {
+                        r.problem(p, "address", e);
+                        ok = false;
+                        0
+                    }
+                },
+                other => {
+                    r.problem(
+                        p,
+                        "address",
+                        format!(
+                            "expected an integer or a Modicon string, found {}",
+                            type_name(other)
+                        ),
+                    );
                     ok = false;
                     0
                 }
-            },
-            other => {
-                r.problem(p, "address", format!("expected an integer or a Modicon string, found {}", type_name(other)));
-                ok = false;
-                0
             }
-        },
+        }
     };
     if table.is_none() && table_str.is_none() && ok {
-        r.missing(p, "table", &format!("one of {} (or give a Modicon address such as \"40011\")", Table::NAMES));
+        r.missing(
+            p,
+            "table",
+            &format!(
+                "one of {} (or give a Modicon address such as \"40011\")",
+                Table::NAMES
+            ),
+        );
     }
     let dtype = match r.opt_str(p, "type") {
         Some(t) => match DataType::parse(&t) {
             Some(d) => Some(d),
             None => {
-                r.problem(p, "type", format!("unknown type \"{t}\"; accepted: {}", DataType::NAMES));
+                r.problem(
+                    p,
+                    "type",
+                    format!("unknown type \"{t}\"; accepted: {}", DataType::NAMES),
+                );
                 None
             }
         },
@@ -138,7 +171,14 @@ pub fn parse_tag(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut P
             Some(o) => {
                 if let Some(d) = dtype {
                     if d.registers() < 2 {
-                        r.problem(p, "order", format!("word order applies only to 32- and 64-bit types, not {}", d.as_str()));
+                        r.problem(
+                            p,
+                            "order",
+                            format!(
+                                "word order applies only to 32- and 64-bit types, not {}",
+                                d.as_str()
+                            ),
+                        );
                     }
                 }
                 Some(o)
@@ -160,19 +200,43 @@ pub fn parse_tag(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut P
     if let (Some(b), Some(t)) = (bit, table) {
         let _ = b;
         if t.is_bits() {
-            r.problem(p, "bit", format!("`bit` selects a bit of a register; a {t} is already a single bit"));
+            r.problem(
+                p,
+                "bit",
+                format!("`bit` selects a bit of a register; a {t} is already a single bit"),
+            );
         } else if let Some(d) = dtype {
             if !matches!(d, DataType::Bool | DataType::U16) {
-                r.problem(p, "bit", format!("`bit` needs type = \"bool\" (one bit of a 16-bit register), not \"{}\"", d.as_str()));
+                r.problem(
+                    p,
+                    "bit",
+                    format!(
+                        "`bit` needs type = \"bool\" (one bit of a 16-bit register), not \"{}\"",
+                        d.as_str()
+                    ),
+                );
             }
         }
     }
     if let (Some(t), Some(d)) = (table, dtype) {
         if t.is_bits() && d != DataType::Bool {
-            r.problem(p, "type", format!("a {t} holds one bit; its type must be \"bool\", not \"{}\"", d.as_str()));
+            r.problem(
+                p,
+                "type",
+                format!(
+                    "a {t} holds one bit; its type must be \"bool\", not \"{}\"",
+                    d.as_str()
+                ),
+            );
         }
         if !t.is_bits() && d == DataType::Bool && bit.is_none() {
-            r.problem(p, "bit", format!("a bool in the {t} table needs `bit = 0..15` to say which bit of the register"));
+            r.problem(
+                p,
+                "bit",
+                format!(
+                    "a bool in the {t} table needs `bit = 0..15` to say which bit of the register"
+                ),
+            );
         }
     }
     let t = table?;
@@ -193,20 +257,40 @@ pub fn parse_tag(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut P
         unit,
     };
     if tag.end() > 65_536 {
-        r.problem(p, "address", format!("a {} at address {address} runs past the last address 65535", dtype.as_str()));
+        r.problem(
+            p,
+            "address",
+            format!(
+                "a {} at address {address} runs past the last address 65535",
+                dtype.as_str()
+            ),
+        );
         return None;
     }
     r.finish(p);
     ok.then_some(tag)
 }
 
-pub fn parse_derived(v: &Spanned<DeValue<'_>>, src: &Source, path: String, p: &mut Problems) -> Option<Derived> {
+pub fn parse_derived(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) -> Option<Derived> {
     let mut r = TableReader::of(v, src, path, p)?;
     let name = r.req_str(p, "name", "every derived tag needs a name");
-    let expr = r.req_str(p, "expr", "an expression over other tags of the device, e.g. \"(voltage - 1.65) / current\"");
+    let expr = r.req_str(
+        p,
+        "expr",
+        "an expression over other tags of the device, e.g. \"(voltage - 1.65) / current\"",
+    );
     let unit = r.opt_str(p, "unit").unwrap_or_default();
     r.finish(p);
-    Some(Derived { name: name?, expr: expr?, unit })
+    Some(Derived {
+        name: name?,
+        expr: expr?,
+        unit,
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Values that carry their unit: durations ("500ms", "10m"), sizes ("64MiB"), and the ranges
 //! that expand one device entry into many ("1-3,7", "5100-5499").
 
-const DURATION_FORMS: &str = "accepted forms: \"500ms\", \"1s\", \"1.5s\", \"10m\", \"2h\", \"1d\", \"1h30m\"";
+const DURATION_FORMS: &str =
+    "accepted forms: \"500ms\", \"1s\", \"1.5s\", \"10m\", \"2h\", \"1d\", \"1h30m\"";
 
 /// Parses a duration into milliseconds. A bare number is refused: its unit would be a guess.
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
@@ -82,7 +83,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Formats milliseconds back into the shortest exact form ("1s", "500ms", "10m").
 pub fn format_duration_ms(ms: i64) -> String {
-    const UNITS: [(i64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
     for (f, u) in UNITS {
         if ms != 0 && ms % f == 0 {
             return format!("{}{u}", ms / f);
@@ -97,23 +103,27 @@ pub fn parse_int_ranges(s: &str, lo: u32, hi: u32) -> Result<Vec<u32>, String> {
     for part in s.split(',') {
         let part = part.trim();
         if part.is_empty() {
-            return Err(format!("empty element in \"{s}\"; write e.g. \"1-3\" or \"1-10,12\""));
+            return Err(format!(
+                "empty element in \"{s}\"; write e.g. \"1-3\" or \"1-10,12\""
+            ));
         }
         let (a, b) = match part.split_once('-') {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let a: u32 = a
-            .parse()
-            .map_err(|_| format!("\"{part}\" is not a number or range; write e.g. \"1-3\" or \"1-10,12\""))?;
-        let b: u32 = b
-            .parse()
-            .map_err(|_| format!("\"{part}\" is not a number or range; write e.g. \"1-3\" or \"1-10,12\""))?;
+        let a: u32 = a.parse().map_err(|_| {
+            format!("\"{part}\" is not a number or range; write e.g. \"1-3\" or \"1-10,12\"")
+        })?;
+        let b: u32 = b.parse().map_err(|_| {
+            format!("\"{part}\" is not a number or range; write e.g. \"1-3\" or \"1-10,12\"")
+        })?;
         if a > b {
             return Err(format!("range \"{part}\" runs backwards"));
         }
         if a < lo || b > hi {
-            return Err(format!("\"{part}\" is out of range; accepted: {lo} to {hi}"));
+            return Err(format!(
+                "\"{part}\" is out of range; accepted: {lo} to {hi}"
+            ));
         }
         for v in a..=b {
             if out.contains(&v) {
@@ -170,7 +180,9 @@ mod tests {
         assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
         assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
         assert!(parse_duration_ms("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration_ms("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration_ms("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration_ms("").is_err());
         assert!(parse_duration_ms("s").is_err());
         assert_eq!(format_duration_ms(600_000), "10m");
@@ -196,7 +208,12 @@ mod tests {
         assert!(parse_int_ranges("a", 1, 247).is_err());
         assert_eq!(
             parse_host_ranges("10.0.0.254-10.0.1.1"),
-            Ok(vec!["10.0.0.254".into(), "10.0.0.255".into(), "10.0.1.0".into(), "10.0.1.1".into()])
+            Ok(vec![
+                "10.0.0.254".into(),
+                "10.0.0.255".into(),
+                "10.0.1.0".into(),
+                "10.0.1.1".into()
+            ])
         );
     }
 }

@@ -269,7 +269,12 @@ pub fn f32_be_registers(v: f32) -> [u16; 2] {
 
 pub fn f64_be_registers(v: f64) -> [u16; 4] {
     let b = v.to_bits();
-    [(b >> 48) as u16, (b >> 32) as u16, (b >> 16) as u16, b as u16]
+    [
+        (b >> 48) as u16,
+        (b >> 32) as u16,
+        (b >> 16) as u16,
+        b as u16,
+    ]
 }
 
 #[cfg(test)]
@@ -355,8 +360,14 @@ mod tests {
                 -10.0
             );
         }
-        assert_eq!(WordOrder::Cdab.encode(&be), [0x0708, 0x0506, 0x0304, 0x0102]);
-        assert_eq!(WordOrder::Badc.encode(&be), [0x0201, 0x0403, 0x0605, 0x0807]);
+        assert_eq!(
+            WordOrder::Cdab.encode(&be),
+            [0x0708, 0x0506, 0x0304, 0x0102]
+        );
+        assert_eq!(
+            WordOrder::Badc.encode(&be),
+            [0x0201, 0x0403, 0x0605, 0x0807]
+        );
     }
 
     #[test]

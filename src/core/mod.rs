@@ -1,4 +1,11 @@
 //! Pure core: no sockets, no files, no clock reads. Time is always passed in.
-pub mod model;
+pub mod alarm;
+pub mod command;
 pub mod decode;
+pub mod engine;
+pub mod flood;
+pub mod message;
+pub mod model;
+pub mod payload;
 pub mod plan;
+pub mod window;

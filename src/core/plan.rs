@@ -97,7 +97,13 @@ impl Planner {
         let mut order: Vec<usize> = (0..self.spans.len())
             .filter(|i| !self.unmapped.contains(i))
             .collect();
-        order.sort_by_key(|&i| (self.spans[i].table, self.spans[i].start, self.spans[i].width));
+        order.sort_by_key(|&i| {
+            (
+                self.spans[i].table,
+                self.spans[i].start,
+                self.spans[i].width,
+            )
+        });
         let mut blocks: Vec<ReadBlock> = Vec::new();
         let mut cur: Option<(Table, u16, u32, Vec<usize>)> = None;
         for i in order {
@@ -186,15 +192,26 @@ mod tests {
     use super::*;
 
     fn reg(start: u16, width: u16) -> TagSpan {
-        TagSpan { table: Table::Holding, start, width }
+        TagSpan {
+            table: Table::Holding,
+            start,
+            width,
+        }
     }
 
     fn limits(max_gap: u16) -> Limits {
-        Limits { max_gap, max_registers: 125, max_bits: 2000 }
+        Limits {
+            max_gap,
+            max_registers: 125,
+            max_bits: 2000,
+        }
     }
 
     fn shape(p: &Planner) -> Vec<(Table, u16, u16)> {
-        p.blocks().iter().map(|b| (b.table, b.start, b.count)).collect()
+        p.blocks()
+            .iter()
+            .map(|b| (b.table, b.start, b.count))
+            .collect()
     }
 
     #[test]
@@ -202,21 +219,40 @@ mod tests {
         let p = Planner::new(vec![reg(0, 2), reg(2, 2), reg(10, 2)], limits(8));
         assert_eq!(shape(&p), vec![(Table::Holding, 0, 12)]);
         let p = Planner::new(vec![reg(0, 2), reg(2, 2), reg(10, 2)], limits(5));
-        assert_eq!(shape(&p), vec![(Table::Holding, 0, 4), (Table::Holding, 10, 2)]);
+        assert_eq!(
+            shape(&p),
+            vec![(Table::Holding, 0, 4), (Table::Holding, 10, 2)]
+        );
     }
 
     #[test]
     fn tables_are_never_mixed() {
         let spans = vec![
             reg(0, 1),
-            TagSpan { table: Table::Input, start: 1, width: 1 },
-            TagSpan { table: Table::Coil, start: 0, width: 1 },
-            TagSpan { table: Table::Coil, start: 1999, width: 1 },
+            TagSpan {
+                table: Table::Input,
+                start: 1,
+                width: 1,
+            },
+            TagSpan {
+                table: Table::Coil,
+                start: 0,
+                width: 1,
+            },
+            TagSpan {
+                table: Table::Coil,
+                start: 1999,
+                width: 1,
+            },
         ];
         let p = Planner::new(spans, limits(2000));
         assert_eq!(
             shape(&p),
-            vec![(Table::Coil, 0, 2000), (Table::Holding, 0, 1), (Table::Input, 1, 1)]
+            vec![
+                (Table::Coil, 0, 2000),
+                (Table::Holding, 0, 1),
+                (Table::Input, 1, 1)
+            ]
         );
     }
 
@@ -224,23 +260,47 @@ mod tests {
     fn respects_the_125_register_and_2000_bit_limits() {
         let spans: Vec<TagSpan> = (0..100).map(|i| reg(i * 2, 2)).collect();
         let p = Planner::new(spans, limits(0));
-        assert_eq!(shape(&p), vec![(Table::Holding, 0, 124), (Table::Holding, 124, 76)]);
+        assert_eq!(
+            shape(&p),
+            vec![(Table::Holding, 0, 124), (Table::Holding, 124, 76)]
+        );
         assert!(p.blocks().iter().all(|b| b.count <= 125));
-        let bits: Vec<TagSpan> = (0..4001).map(|i| TagSpan { table: Table::Discrete, start: i, width: 1 }).collect();
+        let bits: Vec<TagSpan> = (0..4001)
+            .map(|i| TagSpan {
+                table: Table::Discrete,
+                start: i,
+                width: 1,
+            })
+            .collect();
         let p = Planner::new(bits, limits(0));
         assert_eq!(
             shape(&p),
-            vec![(Table::Discrete, 0, 2000), (Table::Discrete, 2000, 2000), (Table::Discrete, 4000, 1)]
+            vec![
+                (Table::Discrete, 0, 2000),
+                (Table::Discrete, 2000, 2000),
+                (Table::Discrete, 4000, 1)
+            ]
         );
     }
 
     #[test]
     fn a_device_specific_register_limit_is_honoured() {
         let spans: Vec<TagSpan> = (0..10).map(|i| reg(i * 2, 2)).collect();
-        let p = Planner::new(spans, Limits { max_gap: 0, max_registers: 8, max_bits: 2000 });
+        let p = Planner::new(
+            spans,
+            Limits {
+                max_gap: 0,
+                max_registers: 8,
+                max_bits: 2000,
+            },
+        );
         assert_eq!(
             shape(&p),
-            vec![(Table::Holding, 0, 8), (Table::Holding, 8, 8), (Table::Holding, 16, 4)]
+            vec![
+                (Table::Holding, 0, 8),
+                (Table::Holding, 8, 8),
+                (Table::Holding, 16, 4)
+            ]
         );
     }
 
@@ -269,7 +329,11 @@ mod tests {
         assert_eq!(p.unmapped().collect::<Vec<_>>(), vec![2]);
         // The next plan reads everything else without touching register 4.
         assert!(p.blocks().iter().all(|b| !device_refuses(b)));
-        let served: BTreeSet<usize> = p.blocks().iter().flat_map(|b| b.tags.iter().copied()).collect();
+        let served: BTreeSet<usize> = p
+            .blocks()
+            .iter()
+            .flat_map(|b| b.tags.iter().copied())
+            .collect();
         assert_eq!(served, [0, 1, 3].into_iter().collect());
         p.forget();
         assert_eq!(shape(&p), vec![(Table::Holding, 0, 8)]);
@@ -283,6 +347,9 @@ mod tests {
         let halves = p.split(&b);
         assert_eq!(halves.len(), 2);
         assert!(p.unmapped().next().is_none());
-        assert_eq!(shape(&p), vec![(Table::Holding, 0, 2), (Table::Holding, 10, 2)]);
+        assert_eq!(
+            shape(&p),
+            vec![(Table::Holding, 0, 2), (Table::Holding, 10, 2)]
+        );
     }
 }

@@ -1,0 +1,395 @@
+//! Wires the tasks together: link pollers → engine → sinks, with one cancellation token and an
+//! ordered shutdown. `main` is the only caller.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::mqtt::PasswordSource;
+use crate::config::Config;
+use crate::core::command::{self, Reply, Request, REPLY_SCHEMA};
+use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
+use crate::core::payload::{alarm_payload, Identity};
+use crate::io::poller::{links, Link};
+use crate::io::publisher::{InboundCommand, Message, SinkTask};
+use crate::io::seq::SeqLease;
+use crate::metrics::Metrics;
+use crate::outbox::{Class, Outbox, OutboxOptions};
+
+/// Handles to a running agent, for tests and the demo.
+#[derive(Debug)]
+pub struct Running {
+    pub cancel: CancellationToken,
+    pub tasks: JoinSet<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Running {
+    /// Stops every task and waits for them (bounded).
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+fn read_password(src: &PasswordSource) -> anyhow::Result<String> {
+    match src {
+        PasswordSource::File(p) => Ok(std::fs::read_to_string(p)
+            .with_context(|| format!("reading the MQTT password file {p}"))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string()),
+        PasswordSource::Env(v) => {
+            std::env::var(v).with_context(|| format!("the MQTT password variable {v} is not set"))
+        }
+    }
+}
+
+/// Starts every task of the agent for `cfg`.
+pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let metrics = Metrics::new(
+        cfg.devices.iter().map(|d| d.name.clone()),
+        cfg.sinks.iter().map(|s| s.name.clone()),
+    );
+    metrics
+        .started_ms
+        .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
+    let engine = Engine::new(&cfg).context("building the rule engine")?;
+
+    let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
+    let mut sink_txs = Vec::new();
+    let many = cfg.sinks.len() > 1;
+    for (i, s) in cfg.sinks.iter().enumerate() {
+        let dir = cfg.agent.state_dir.join("outbox").join(&s.name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the outbox directory {}", dir.display()))?;
+        let (outbox, report) = Outbox::open(&dir, OutboxOptions::default(), clock.now())
+            .with_context(|| format!("opening the outbox {}", dir.display()))?;
+        if report.recovered > 0 || report.torn_tails > 0 || report.corrupt_regions > 0 {
+            info!(sink = %s.name, recovered = report.recovered, torn = report.torn_tails, corrupt = report.corrupt_regions, "outbox reopened with a backlog");
+        }
+        if report.torn_tails > 0 || report.corrupt_regions > 0 {
+            warn!(sink = %s.name, torn_bytes = report.torn_bytes, corrupt_bytes = report.corrupt_bytes, "outbox had damaged records (power cut?); they were skipped");
+        }
+        let password = match &s.password {
+            Some(p) => Some(read_password(p)?),
+            None => None,
+        };
+        let client_id = s.client_id.clone().unwrap_or_else(|| {
+            if many {
+                format!("alsentry-{}-{}", cfg.agent.id, s.name)
+            } else {
+                format!("alsentry-{}", cfg.agent.id)
+            }
+        });
+        let (tx, rx) = mpsc::channel::<Arc<Message>>(1024);
+        sink_txs.push(tx);
+        let task = SinkTask {
+            index: i,
+            cfg: s.clone(),
+            who: identity(&cfg, s),
+            client_id,
+            outbox,
+            rx,
+            commands: cmd_tx.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            config_hash: cfg.hash.clone(),
+            password,
+        };
+        tasks.spawn(task.run(cancel.child_token()));
+    }
+
+    let (batch_tx, batch_rx) = mpsc::channel::<SampleBatch>(4096);
+    // The engine outlives the pollers so that their last batches are processed.
+    let engine_cancel = CancellationToken::new();
+    let seq = SeqLease::open(&cfg.agent.state_dir)
+        .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
+    let whos: Vec<Identity> = cfg.sinks.iter().map(|s| identity(&cfg, s)).collect();
+    let engine_task = EngineTask {
+        engine,
+        seq,
+        whos,
+        sinks: sink_txs,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    };
+    let pollers_cancel = cancel.child_token();
+    {
+        let engine_cancel = engine_cancel.clone();
+        let cancel = cancel.clone();
+        let mut pollers = JoinSet::new();
+        for (endpoint, devices) in links(&cfg.devices) {
+            let link = Link {
+                endpoint,
+                devices,
+                tx: batch_tx.clone(),
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+            };
+            pollers.spawn(link.run(pollers_cancel.clone()));
+        }
+        drop(batch_tx);
+        tasks.spawn(async move {
+            cancel.cancelled().await;
+            while pollers.join_next().await.is_some() {}
+            engine_cancel.cancel();
+        });
+    }
+    tasks.spawn(engine_task.run(batch_rx, cmd_rx, engine_cancel));
+    Ok(Running {
+        cancel,
+        tasks,
+        metrics,
+    })
+}
+
+fn identity(cfg: &Config, s: &crate::config::MqttSink) -> Identity {
+    Identity {
+        topic_root: s.topic_root.clone(),
+        agent: cfg.agent.id.clone(),
+        site: cfg.agent.site.clone(),
+        area: cfg.agent.area.clone(),
+    }
+}
+
+struct EngineTask {
+    engine: Engine,
+    seq: SeqLease,
+    whos: Vec<Identity>,
+    sinks: Vec<mpsc::Sender<Arc<Message>>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl EngineTask {
+    async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<SampleBatch>,
+        mut commands: mpsc::Receiver<InboundCommand>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events: Vec<AlarmEvent> = Vec::new();
+        loop {
+            tokio::select! {
+                b = batches.recv() => match b {
+                    Some(b) => self.engine.on_batch(&b, self.clock.now(), &mut events),
+                    None => {
+                        // Every poller stopped: deliver what is left, then let the sinks drain.
+                        self.engine.tick(self.clock.now(), &mut events);
+                        self.publish(&mut events).await;
+                        return;
+                    }
+                },
+                c = commands.recv() => {
+                    if let Some(c) = c {
+                        self.command(c, &mut events).await;
+                    }
+                }
+                _ = tick.tick() => self.engine.tick(self.clock.now(), &mut events),
+                _ = cancel.cancelled() => {
+                    while let Ok(b) = batches.try_recv() {
+                        self.engine.on_batch(&b, self.clock.now(), &mut events);
+                    }
+                    self.publish(&mut events).await;
+                    return;
+                }
+            }
+            self.publish(&mut events).await;
+        }
+    }
+
+    async fn publish(&mut self, events: &mut Vec<AlarmEvent>) {
+        for ev in events.drain(..) {
+            let (seq, err) = self.seq.next();
+            if let Some(e) = err {
+                warn!(error = %e, "cannot persist the event sequence lease");
+            }
+            self.metrics
+                .alarm_transitions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(device = %ev.device, rule = %ev.rule, state = ev.transition.to, priority = %ev.priority, message = %ev.message, "alarm");
+            for (i, tx) in self.sinks.iter().enumerate() {
+                let who = &self.whos[i];
+                let msg = Message {
+                    class: Class::Alarm,
+                    topic: who.alarm_topic(&ev.device, &ev.rule),
+                    payload: alarm_payload(who, seq, &ev),
+                    retain: true,
+                    priority: Some(ev.priority),
+                };
+                // Alarms are never dropped here: waiting is the backpressure.
+                if tx.send(Arc::new(msg)).await.is_err() {
+                    error!("a sink stopped; alarm not queued for it");
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, c: InboundCommand, events: &mut Vec<AlarmEvent>) {
+        let now = self.clock.now();
+        let reply = match command::parse(&c.payload, now) {
+            Err(e) => {
+                warn!(error = %e.message, "command refused");
+                Reply {
+                    schema: REPLY_SCHEMA,
+                    ok: false,
+                    request_id: e.request_id,
+                    op: e.op,
+                    device: None,
+                    rule: None,
+                    state: None,
+                    error: Some(e.message),
+                    ts: crate::clock::rfc3339_ms(now),
+                }
+            }
+            Ok(p) => match p.request {
+                Request::Reload { by } => {
+                    info!(by = %by, "reload requested");
+                    Reply {
+                        schema: REPLY_SCHEMA,
+                        ok: false,
+                        request_id: p.request_id,
+                        op: Some(p.op),
+                        device: None,
+                        rule: None,
+                        state: None,
+                        error: Some("reload is done by sending SIGHUP to the agent".into()),
+                        ts: crate::clock::rfc3339_ms(now),
+                    }
+                }
+                Request::Alarm {
+                    device,
+                    rule,
+                    by,
+                    command,
+                } => {
+                    self.engine.tick(now, events);
+                    match self.engine.command(&device, &rule, &by, &command, now) {
+                        Ok(ev) => {
+                            let state = ev.as_ref().map(|e| e.transition.to.to_string());
+                            info!(device = %device, rule = %rule, op = %p.op, by = %by, "command applied");
+                            events.extend(ev);
+                            Reply {
+                                schema: REPLY_SCHEMA,
+                                ok: true,
+                                request_id: p.request_id,
+                                op: Some(p.op),
+                                device: Some(device),
+                                rule: Some(rule),
+                                state,
+                                error: None,
+                                ts: crate::clock::rfc3339_ms(now),
+                            }
+                        }
+                        Err(e) => Reply {
+                            schema: REPLY_SCHEMA,
+                            ok: false,
+                            request_id: p.request_id,
+                            op: Some(p.op),
+                            device: Some(device),
+                            rule: Some(rule),
+                            state: None,
+                            error: Some(e.to_string()),
+                            ts: crate::clock::rfc3339_ms(now),
+                        },
+                    }
+                }
+            },
+        };
+        if let (Some(tx), Some(who)) = (self.sinks.get(c.sink), self.whos.get(c.sink)) {
+            let msg = Message {
+                class: Class::Status,
+                topic: who.agent_topic("cmd/reply"),
+                payload: serde_json::to_vec(&reply).unwrap_or_default(),
+                retain: false,
+                priority: None,
+            };
+            let _ = tx.send(Arc::new(msg)).await;
+        }
+    }
+}
+
+/// `alsentry run`: load, start, run until SIGTERM or Ctrl-C.
+pub fn main(config_path: &Path) -> ExitCode {
+    crate::telemetry::init(None);
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "{}: {} problem(s); not starting",
+                config_path.display(),
+                e.problems.len()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        for line in crate::explain::summary(&cfg).lines() {
+            info!("{line}");
+        }
+        let clock: Arc<dyn Clock> = SystemClock::new();
+        let running = match start(cfg, clock).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!("cannot start: {e:#}");
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_shutdown().await;
+        info!("stopping");
+        running.stop().await;
+        info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,207 @@
+//! The Modbus client edge: connect with a timeout, read one block with a timeout, and tell
+//! "the device said no" (an exception) apart from "the wire broke" (transport or protocol).
+//!
+//! tokio-modbus has no timeouts of its own, and a reply that arrives after a timeout leaves
+//! the TCP client out of step (standards.md 4.6): after any timeout or protocol error the
+//! caller must drop the connection and reconnect.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::Slave;
+
+use crate::config::endpoint::{Parity, Serial};
+use crate::config::Endpoint;
+use crate::core::decode::Table;
+
+/// What one read produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadData {
+    Registers(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The device answered with a Modbus exception; the connection is fine.
+    #[error("exception {0:02X}")]
+    Exception(u8),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke or the reply did not match the request.
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The reply was well-formed but had the wrong number of values.
+    #[error("reply has {got} values, expected {expected}")]
+    ShortReply { got: usize, expected: usize },
+}
+
+impl ReadError {
+    /// Whether the connection must be dropped before the next request.
+    pub fn poisons_connection(&self) -> bool {
+        matches!(
+            self,
+            ReadError::Timeout(_)
+                | ReadError::Transport(_)
+                | ReadError::Protocol(_)
+                | ReadError::ShortReply { .. }
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("connect to {0} timed out after {1:?}")]
+    Timeout(String, Duration),
+    #[error("connect to {0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+pub struct Connection {
+    ctx: Context,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
+}
+
+async fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let target = format!("{host}:{port}");
+    let fut = async {
+        let addrs: Vec<_> = tokio::net::lookup_host(&target)
+            .await
+            .map_err(|_| ConnectError::Resolve(target.clone()))?
+            .collect();
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect(a).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => ConnectError::Io(target.clone(), e),
+            None => ConnectError::Resolve(target.clone()),
+        })
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(target.clone(), timeout)),
+    }
+}
+
+fn open_serial(s: &Serial) -> Result<tokio_serial::SerialStream, ConnectError> {
+    use tokio_serial::SerialPortBuilderExt;
+    let parity = match s.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = match s.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let stop_bits = if s.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
+    tokio_serial::new(&s.path, s.baud)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .open_native_async()
+        .map_err(|e| ConnectError::Io(s.path.clone(), std::io::Error::other(e.to_string())))
+}
+
+impl Connection {
+    pub async fn open(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, ConnectError> {
+        let ctx = match endpoint {
+            Endpoint::Tcp { host, port } => {
+                let s = tcp_connect(host, *port, timeout).await?;
+                tokio_modbus::client::tcp::attach_slave(s, Slave(1))
+            }
+            Endpoint::RtuOverTcp { host, port } => {
+                let s = tcp_connect(host, *port, timeout).await?;
+                tokio_modbus::client::rtu::attach_slave(s, Slave(1))
+            }
+            Endpoint::Rtu(serial) => {
+                let s = open_serial(serial)?;
+                tokio_modbus::client::rtu::attach_slave(s, Slave(1))
+            }
+        };
+        Ok(Connection { ctx })
+    }
+
+    /// Reads `count` addresses from `table` of unit `unit`, within `timeout`.
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        table: Table,
+        start: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<ReadData, ReadError> {
+        self.ctx.set_slave(Slave(unit));
+        let fut = async {
+            match table {
+                Table::Holding => self
+                    .ctx
+                    .read_holding_registers(start, count)
+                    .await
+                    .map(|r| r.map(ReadData::Registers)),
+                Table::Input => self
+                    .ctx
+                    .read_input_registers(start, count)
+                    .await
+                    .map(|r| r.map(ReadData::Registers)),
+                Table::Coil => self
+                    .ctx
+                    .read_coils(start, count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+                Table::Discrete => self
+                    .ctx
+                    .read_discrete_inputs(start, count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+            }
+        };
+        let data = match tokio::time::timeout(timeout, fut).await {
+            Err(_) => return Err(ReadError::Timeout(timeout)),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                return Err(ReadError::Transport(e.to_string()))
+            }
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                return Err(ReadError::Protocol(e.to_string()))
+            }
+            Ok(Ok(Err(code))) => return Err(ReadError::Exception(u8::from(code))),
+            Ok(Ok(Ok(data))) => data,
+        };
+        let got = match &data {
+            ReadData::Registers(r) => r.len(),
+            // Bit replies are padded to whole bytes.
+            ReadData::Bits(b) => b.len().min(usize::from(count)),
+        };
+        if got < usize::from(count) {
+            return Err(ReadError::ShortReply {
+                got,
+                expected: usize::from(count),
+            });
+        }
+        Ok(data)
+    }
+}
