@@ -215,7 +215,7 @@ impl EngineTask {
 
     async fn publish(&mut self, events: &mut Vec<AlarmEvent>) {
         for ev in events.drain(..) {
-            let (seq, err) = self.seq.next();
+            let (seq, err) = self.seq.take();
             if let Some(e) = err {
                 warn!(error = %e, "cannot persist the event sequence lease");
             }

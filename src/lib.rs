@@ -7,6 +7,8 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 pub mod app;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -47,12 +47,18 @@ pub struct DeviceEntry {
     pub max_bits: u16,
     pub backoff_max_ms: i64,
     pub offset: usize,
+    /// Offsets of the keys later checks complain about.
+    pub name_offset: usize,
+    pub template_offset: usize,
+    pub endpoint_offset: usize,
+    pub unit_offset: usize,
+    pub tags_offset: usize,
 }
 
 pub const DEFAULT_POLL_MS: i64 = 1_000;
 pub const DEFAULT_TIMEOUT_MS: i64 = 1_000;
 pub const DEFAULT_MAX_GAP: u16 = 16;
-pub const DEFAULT_BACKOFF_MAX_MS: i64 = 60_000;
+pub const DEFAULT_BACKOFF_MAX_MS: i64 = 10_000;
 
 pub fn parse_device_entry(
     v: &Spanned<DeValue<'_>>,
@@ -72,7 +78,8 @@ pub fn parse_device_entry(
     if r.has("unit") && r.has("units") {
         r.problem(p, "units", "give either `unit` or `units`, not both");
     }
-    if let Some(u) = r.opt_int_in(p, "unit", 0, 255) {
+    let unit = r.opt_int_in(p, "unit", 0, 255);
+    if let (Some(u), false) = (unit, r.has("units")) {
         units.push(u as u8);
     }
     if let Some(s) = r.opt_str(p, "units") {
@@ -132,6 +139,15 @@ pub fn parse_device_entry(
         r.missing(p, "tags", "a device needs `template` or its own `tags`");
     }
     let offset = r.at.offset;
+    let name_offset = r.value_offset("name");
+    let template_offset = r.value_offset("template");
+    let endpoint_offset = r.value_offset("endpoint");
+    let unit_offset = if r.has("units") {
+        r.value_offset("units")
+    } else {
+        r.value_offset("unit")
+    };
+    let tags_offset = r.value_offset("tags");
     r.finish(p);
     Some(DeviceEntry {
         name: name?,
@@ -149,6 +165,11 @@ pub fn parse_device_entry(
         max_bits,
         backoff_max_ms,
         offset,
+        name_offset,
+        template_offset,
+        endpoint_offset,
+        unit_offset,
+        tags_offset,
     })
 }
 

@@ -352,7 +352,7 @@ fn expand_devices(
                     let known: Vec<&str> = templates.keys().map(String::as_str).collect();
                     p.add(
                         src,
-                        e.offset,
+                        e.template_offset,
                         &join(&path, "template"),
                         format!(
                             "unknown template \"{t}\"; defined: {}",
@@ -372,21 +372,21 @@ fn expand_devices(
         check_tags(&tags, &derived, e, src, &path, p);
         let combos = device::combinations(e);
         if combos.len() > 1 && !e.name.contains('{') {
-            p.add(src, e.offset, &join(&path, "name"), format!("this entry expands to {} devices, so its name needs a placeholder such as \"{}-{{unit:03}}\"", combos.len(), e.name));
+            p.add(src, e.name_offset, &join(&path, "name"), format!("this entry expands to {} devices, so its name needs a placeholder such as \"{}-{{unit:03}}\"", combos.len(), e.name));
             continue;
         }
         for x in &combos {
             let name = match device::fill(&e.name, x) {
                 Ok(n) => n,
                 Err(msg) => {
-                    p.add(src, e.offset, &join(&path, "name"), msg);
+                    p.add(src, e.name_offset, &join(&path, "name"), msg);
                     break;
                 }
             };
             let endpoint = match device::endpoint_for(&e.endpoint, x) {
                 Ok(ep) => ep,
                 Err(msg) => {
-                    p.add(src, e.offset, &join(&path, "endpoint"), msg);
+                    p.add(src, e.endpoint_offset, &join(&path, "endpoint"), msg);
                     break;
                 }
             };
@@ -394,13 +394,13 @@ fn expand_devices(
                 || name.contains(['/', '+', '#'])
                 || name.chars().any(char::is_whitespace)
             {
-                p.add(src, e.offset, &join(&path, "name"), format!("device name \"{name}\" must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"));
+                p.add(src, e.name_offset, &join(&path, "name"), format!("device name \"{name}\" must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"));
                 break;
             }
             if endpoint.is_serial_line() && !(1..=247).contains(&x.unit) {
                 p.add(
                     src,
-                    e.offset,
+                    e.unit_offset,
                     &join(&path, "unit"),
                     format!(
                         "unit id {} is not valid on a serial line; accepted: 1 to 247",
@@ -413,7 +413,7 @@ fn expand_devices(
                 let (line, _) = sources[*psi].line_col(*poff);
                 p.add(
                     src,
-                    e.offset,
+                    e.name_offset,
                     &join(&path, "name"),
                     format!(
                         "duplicate device name \"{name}\" (also defined at {}:{line})",
@@ -426,7 +426,7 @@ fn expand_devices(
             if let Some((prev, psi, poff)) = links.get(&key) {
                 if prev != &endpoint {
                     let (line, _) = sources[*psi].line_col(*poff);
-                    p.add(src, e.offset, &join(&path, "endpoint"), format!("serial settings differ from another device on {key} (line {line}); one line has one baud rate and framing"));
+                    p.add(src, e.endpoint_offset, &join(&path, "endpoint"), format!("serial settings differ from another device on {key} (line {line}); one line has one baud rate and framing"));
                 }
             } else {
                 links.insert(key.clone(), (endpoint.clone(), *si, e.offset));
@@ -437,7 +437,7 @@ fn expand_devices(
             {
                 p.add(
                     src,
-                    e.offset,
+                    e.unit_offset,
                     &join(&path, "unit"),
                     format!(
                         "unit id {} on {key} is already used by another device",
@@ -446,7 +446,7 @@ fn expand_devices(
                 );
                 continue;
             }
-            names.insert(name.clone(), (*si, e.offset));
+            names.insert(name.clone(), (*si, e.name_offset));
             out.push(Device {
                 name,
                 template: e.template.clone(),
@@ -484,7 +484,7 @@ fn check_tags(
         if !seen.insert(t) {
             p.add(
                 src,
-                e.offset,
+                e.tags_offset,
                 &join(path, "tags"),
                 format!(
                     "duplicate tag name \"{t}\" (template and device tags share one namespace)"
@@ -506,7 +506,7 @@ fn check_tags(
             }
             p.add(
                 src,
-                e.offset,
+                e.tags_offset,
                 &join(path, "tags"),
                 format!(
                     "tags \"{}\" ({} {}..{}) and \"{}\" ({} {}..{}) overlap",
@@ -561,7 +561,7 @@ fn check_rules(
                     if !known.contains(&r.tag.as_str()) {
                         p.add(
                             src,
-                            off,
+                            r.tag_offset,
                             &join(&r.path, "tag"),
                             format!(
                                 "template \"{t}\" has no tag \"{}\"; its tags: {}",
@@ -575,7 +575,7 @@ fn check_rules(
                     let known: Vec<&str> = templates.keys().map(String::as_str).collect();
                     p.add(
                         src,
-                        off,
+                        r.selector_offset,
                         &join(&r.path, "template"),
                         format!(
                             "unknown template \"{t}\"; defined: {}",
@@ -598,7 +598,7 @@ fn check_rules(
                     if matched.is_empty() {
                         p.add(
                             src,
-                            off,
+                            r.selector_offset,
                             &join(&r.path, "devices"),
                             format!("\"{pat}\" matches no device"),
                         );
@@ -615,13 +615,17 @@ fn check_rules(
                                 .collect::<Vec<_>>();
                             p.add(
                                 src,
-                                off,
+                                r.tag_offset,
                                 &join(&r.path, "tag"),
                                 format!(
                                     "device \"{}\" has no tag \"{}\"; its tags: {}",
                                     d.name,
                                     r.tag,
-                                    known.join(", ")
+                                    if known.is_empty() {
+                                        "(none)".to_string()
+                                    } else {
+                                        known.join(", ")
+                                    }
                                 ),
                             );
                             break;

@@ -52,8 +52,14 @@ pub struct Rule {
     pub message: String,
     /// Where the rule was written: (source index, byte offset).
     pub origin: (usize, usize),
+    /// Offsets of `tag` and of the selector (`template` or `devices`).
+    pub tag_offset: usize,
+    pub selector_offset: usize,
     pub path: String,
 }
+
+/// Keys specific to one rule type or another.
+const KIND_KEYS: [&str; 2] = ["limit", "deadband"];
 
 pub fn parse_rule(
     v: &Spanned<DeValue<'_>>,
@@ -124,6 +130,10 @@ pub fn parse_rule(
                     RuleKind::NAMES
                 ),
             );
+            // The other keys belong to a type we do not know: do not call them unknown too.
+            for k in KIND_KEYS {
+                r.get(k);
+            }
             None
         }
         None => None,
@@ -146,6 +156,17 @@ pub fn parse_rule(
     let off_delay_ms = r.opt_duration_ms(p, "off_delay").unwrap_or(0);
     let latching = r.opt_bool(p, "latching").unwrap_or(false);
     let message = r.opt_str(p, "message");
+    let tag_offset = r.value_offset("tag");
+    let selector_offset = if r.has("devices") {
+        r.value_offset("devices")
+    } else {
+        r.value_offset("template")
+    };
+    if let Some(m) = &message {
+        if let Err(e) = crate::core::message::MessageTemplate::parse(m) {
+            r.problem(p, "message", e.to_string());
+        }
+    }
     r.finish(p);
     let kind = kind?;
     let default_message = match &kind {
@@ -163,6 +184,8 @@ pub fn parse_rule(
         latching,
         message: message.unwrap_or_else(|| default_message.to_string()),
         origin: (src_idx, v.span().start),
+        tag_offset,
+        selector_offset,
         path,
     })
 }

@@ -229,7 +229,7 @@ pub fn parse_tag(
                 ),
             );
         }
-        if !t.is_bits() && d == DataType::Bool && bit.is_none() {
+        if !t.is_bits() && d == DataType::Bool && bit.is_none() && !r.has("bit") {
             r.problem(
                 p,
                 "bit",

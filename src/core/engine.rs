@@ -362,15 +362,21 @@ impl Engine {
             tag: tag.name.clone(),
             unit: tag.unit.clone(),
             priority: inst.alarm.priority(),
-            transition,
             value: inst.value,
             limit: inst.eval.limit(),
             quality: inst.quality,
             message,
             since: inst.alarm.since(),
             active_since: inst.alarm.active_since(),
-            acked_by: inst.alarm.acked_by().map(str::to_string),
+            // Acknowledging RTNUN lands in NORM, which keeps no acknowledger; the payload still
+            // says who did it.
+            acked_by: inst.alarm.acked_by().map(str::to_string).or_else(|| {
+                (transition.cause == super::alarm::Cause::Ack)
+                    .then(|| transition.by.clone())
+                    .flatten()
+            }),
             shelved_until: inst.alarm.shelved_until(),
+            transition,
         }
     }
 

@@ -171,8 +171,9 @@ impl Link {
                             if self.devices[i].next_due <= Instant::now() {
                                 self.report_all_bad(i, now_ms, BadReason::ConnectionLost)
                                     .await;
-                                inc(&self.metrics.devices[self.devices[i].index as usize]
-                                    .polls_failed);
+                                let m = &self.metrics.devices[self.devices[i].index as usize];
+                                inc(&m.polls_failed);
+                                m.up.store(false, std::sync::atomic::Ordering::Relaxed);
                                 self.devices[i].next_due = link_retry_at
                                     .max(self.devices[i].next_due + self.devices[i].poll);
                             }

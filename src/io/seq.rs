@@ -46,7 +46,7 @@ impl SeqLease {
 
     /// The next number. If the lease cannot be extended the sequence still advances in memory
     /// (an error is returned alongside so the caller can report it).
-    pub fn next(&mut self) -> (u64, Option<std::io::Error>) {
+    pub fn take(&mut self) -> (u64, Option<std::io::Error>) {
         let n = self.next;
         self.next += 1;
         let err = if self.next >= self.leased_to {
@@ -66,10 +66,10 @@ mod tests {
     fn monotonic_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = SeqLease::open(dir.path()).unwrap();
-        let first: Vec<u64> = (0..1_500).map(|_| a.next().0).collect();
+        let first: Vec<u64> = (0..1_500).map(|_| a.take().0).collect();
         assert!(first.windows(2).all(|w| w[1] == w[0] + 1));
         drop(a);
         let mut b = SeqLease::open(dir.path()).unwrap();
-        assert!(b.next().0 > *first.last().unwrap());
+        assert!(b.take().0 > *first.last().unwrap());
     }
 }

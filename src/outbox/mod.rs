@@ -73,6 +73,27 @@
 //! I/O failures (full disk, read-only or missing directory) return [`OutboxError::Io`] naming
 //! the operation and the path; the store stays usable and the caller can retry. A failed
 //! append cuts its partial bytes off again.
+//!
+//! # Notes for the publisher
+//!
+//! * Map rumqttc's `Outgoing::Publish(pkid)` to the record id and call `ack(id)` on the
+//!   matching `Incoming::PubAck`. After any reconnect (rumqttc drops its pending queue when
+//!   `session_present = false`), call `requeue_in_flight` and send again from `next_unsent`.
+//! * Call `expire(now)` and `sync_if_due(now)` from a timer and `flush()` on shutdown.
+//! * `append`, `ack` and `flush` may fsync (milliseconds on slow storage); run them where
+//!   blocking is acceptable (`spawn_blocking` or a dedicated thread), not on a busy runtime
+//!   worker.
+//! * [`OutboxError::Full`] is a counted drop, not a failure of the store.
+//!
+//! # Known limits
+//!
+//! * There is no lock against two processes opening the same directory (`File::lock` needs
+//!   Rust 1.89; the crate targets 1.85). One sink, one directory, one process.
+//! * Damage in the middle of a segment is skipped but not rewritten, so it is reported again
+//!   at every open until the segment is deleted.
+//! * Compaction copies live records forward; with alarms pinned in every segment and nothing
+//!   acked, it can rewrite a large share of the appended bytes (see
+//!   [`OutboxStats::compacted_bytes`]).
 pub mod frame;
 pub mod store;
 

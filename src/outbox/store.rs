@@ -162,6 +162,9 @@ pub struct OutboxStats {
     pub torn_tails: usize,
     pub torn_bytes: u64,
     pub corrupt_regions: usize,
+    /// Bytes of live records copied forward to reclaim mostly-dead segments (write
+    /// amplification; see the module docs on compaction).
+    pub compacted_bytes: u64,
     /// Creation time of the oldest live record.
     pub oldest_created: Option<Ts>,
     pub next_id: u64,
@@ -266,6 +269,7 @@ pub struct Outbox {
     replayed_pending: usize,
     drops: DropCounts,
     unreadable_dropped: u64,
+    compacted_bytes: u64,
     report: OpenReport,
     last_sync: Ts,
     scratch: Vec<u8>,
@@ -391,6 +395,7 @@ impl Outbox {
             replayed_pending: 0,
             drops: DropCounts::default(),
             unreadable_dropped: 0,
+            compacted_bytes: 0,
             report,
             last_sync: now,
             scratch: Vec::new(),
@@ -615,6 +620,7 @@ impl Outbox {
             torn_tails: self.report.torn_tails,
             torn_bytes: self.report.torn_bytes,
             corrupt_regions: self.report.corrupt_regions,
+            compacted_bytes: self.compacted_bytes,
             oldest_created: self.entries.iter().find(|e| !e.removed).map(|e| e.created),
             next_id: self.next_id,
         }
@@ -782,6 +788,11 @@ impl Outbox {
         self.segments.remove(&segment);
         if is_active {
             self.active = None;
+        }
+        // An unlink lost in a power cut would bring back a whole segment of acked records
+        // (its removals were never written), so make the deletion durable. Once per segment.
+        if self.opts.fsync != FsyncPolicy::Never {
+            sync_dir(&self.dir)?;
         }
         Ok(true)
     }
@@ -978,6 +989,15 @@ impl Outbox {
     /// worth, the live records of the emptiest closed segment are copied to the active one and
     /// the old file deleted. Without this, a few long-lived alarms could pin many segments.
     fn compact_if_needed(&mut self) -> Result<(), OutboxError> {
+        // Dead segments whose deletion failed earlier get another try first.
+        let active = self.active;
+        if self
+            .segments
+            .iter()
+            .any(|(base, s)| s.live == 0 && Some(*base) != active)
+        {
+            self.reclaim()?;
+        }
         let limit = self.opts.max_size_bytes + self.opts.segment_size_bytes;
         while self.disk_bytes() > limit {
             let victim = self
@@ -1024,6 +1044,7 @@ impl Outbox {
             let entry = &mut self.entries[pos];
             entry.segment = segment;
             entry.offset = offset;
+            self.compacted_bytes += u64::from(e.len);
         }
         // The copies must be durable before the originals go.
         if self.opts.fsync != FsyncPolicy::Never {
@@ -1056,8 +1077,9 @@ fn validate(opts: &OutboxOptions) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// A wall clock that stepped back counts as elapsed, so syncing never stalls on it.
 fn interval_elapsed(last: Ts, now: Ts, ms: u64) -> bool {
-    now.saturating_sub(last) >= i64::try_from(ms).unwrap_or(i64::MAX)
+    now < last || now.saturating_sub(last) >= i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -1568,6 +1590,12 @@ mod tests {
         }
         let stats = ob.stats();
         assert_eq!(stats.depth_by_class[Class::Alarm.index()], 60);
+        assert!(stats.compacted_bytes > 0);
+        eprintln!(
+            "compacted {} bytes for {} appended",
+            stats.compacted_bytes,
+            3000 * frame::encoded_len(1, 300).unwrap()
+        );
         let on_disk: u64 = segment_files(dir.path())
             .iter()
             .map(|p| fs::metadata(p).unwrap().len())
@@ -1679,6 +1707,114 @@ mod tests {
         let err = ob.append(rec(Class::Alarm, "t", b"a"), T0).unwrap_err();
         assert_eq!(err.io_kind(), Some(io::ErrorKind::AlreadyExists));
         assert_eq!(fs::read(&squatter).unwrap(), b"not ours");
+    }
+
+    #[test]
+    fn every_fsync_policy_persists_records() {
+        for fsync in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Alarms,
+            FsyncPolicy::Interval(100),
+            FsyncPolicy::Never,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut o = opts();
+            o.fsync = fsync;
+            let (mut ob, _) = Outbox::open(dir.path(), o, T0).unwrap();
+            let mut ids = append_n(&mut ob, Class::Data, 20, T0);
+            ids.extend(append_n(&mut ob, Class::Alarm, 20, T0 + 150));
+            ob.sync_if_due(T0 + 300).unwrap();
+            ob.sync_if_due(T0 - 5).unwrap(); // clock stepped back
+            ob.flush().unwrap();
+            drop(ob);
+            let (mut ob, report) = Outbox::open(dir.path(), o, T0 + 400).unwrap();
+            assert_eq!(report.recovered, 40, "{fsync:?}");
+            assert_eq!(drain_ids(&mut ob), ids, "{fsync:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_options_and_records_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = [
+            OutboxOptions {
+                max_size_bytes: 0,
+                ..opts()
+            },
+            OutboxOptions {
+                max_age_ms: 0,
+                ..opts()
+            },
+            OutboxOptions {
+                segment_size_bytes: 100,
+                ..opts()
+            },
+            OutboxOptions {
+                fsync: FsyncPolicy::Interval(0),
+                ..opts()
+            },
+        ];
+        for o in bad {
+            assert!(matches!(
+                Outbox::open(dir.path(), o, T0),
+                Err(OutboxError::InvalidOptions(_))
+            ));
+        }
+        let mut o = opts();
+        o.max_size_bytes = 1000;
+        let (mut ob, _) = Outbox::open(dir.path(), o, T0).unwrap();
+        let mut bad_qos = rec(Class::Alarm, "t", b"p");
+        bad_qos.qos = 3;
+        assert!(matches!(
+            ob.append(bad_qos, T0),
+            Err(OutboxError::InvalidRecord(_))
+        ));
+        let huge = vec![0u8; 2000];
+        assert!(matches!(
+            ob.append(rec(Class::Alarm, "t", &huge), T0),
+            Err(OutboxError::InvalidRecord(_))
+        ));
+        let long_topic = "t".repeat(70_000);
+        assert!(ob.append(rec(Class::Alarm, &long_topic, b""), T0).is_err());
+        assert_eq!(ob.stats().depth, 0);
+    }
+
+    #[test]
+    fn damaged_ack_file_only_resends_the_damaged_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, ids) = five_records(dir.path());
+        {
+            let (mut ob, _) = Outbox::open(dir.path(), opts(), T0).unwrap();
+            for id in &ids[..3] {
+                assert!(ob.ack(*id).unwrap());
+            }
+        }
+        let acks: Vec<PathBuf> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ACK_EXT))
+            .collect();
+        assert_eq!(acks.len(), 1);
+        let mut bytes = fs::read(&acks[0]).unwrap();
+        assert_eq!(bytes.len(), 3 * frame::ENTRY_LEN);
+        bytes[3] ^= 0xFF; // first ack entry fails its CRC
+        bytes.truncate(bytes.len() - 5); // third one torn
+        fs::write(&acks[0], &bytes).unwrap();
+
+        let (mut ob, report) = Outbox::open(dir.path(), opts(), T0).unwrap();
+        assert_eq!(report.bad_ack_entries, 1);
+        assert_eq!(drain_ids(&mut ob), vec![ids[0], ids[2], ids[3], ids[4]]);
+        // The torn entry was cut off, so new acks line up again.
+        assert!(ob.ack(ids[4]).unwrap());
+        drop(ob);
+        let (mut ob, report) = Outbox::open(dir.path(), opts(), T0).unwrap();
+        assert_eq!(report.bad_ack_entries, 1);
+        assert_eq!(drain_ids(&mut ob), vec![ids[0], ids[2], ids[3]]);
+    }
+
+    #[test]
+    fn index_entry_stays_compact() {
+        assert!(std::mem::size_of::<Entry>() <= 40);
     }
 
     proptest! {
