@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::core::command::{self, Reply, Request, REPLY_SCHEMA};
 use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
 use crate::core::payload::{alarm_payload, Identity};
+use crate::io::http::{self, AlarmSnapshot, HttpState};
 use crate::io::poller::{links, Link};
 use crate::io::publisher::{InboundCommand, Message, SinkTask};
 use crate::io::seq::SeqLease;
@@ -118,6 +119,20 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let seq = SeqLease::open(&cfg.agent.state_dir)
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
     let whos: Vec<Identity> = cfg.sinks.iter().map(|s| identity(&cfg, s)).collect();
+    let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
+    if let Some(h) = &cfg.http {
+        let listener = tokio::net::TcpListener::bind(h.listen)
+            .await
+            .with_context(|| format!("binding the HTTP endpoint {}", h.listen))?;
+        info!(listen = %h.listen, "HTTP endpoint: /metrics /healthz /readyz /alarms");
+        let state = HttpState {
+            metrics: metrics.clone(),
+            alarms: alarms_rx,
+            clock: clock.clone(),
+            config_loaded: true,
+        };
+        tasks.spawn(http::serve(listener, state, cancel.child_token()));
+    }
     let engine_task = EngineTask {
         engine,
         seq,
@@ -125,6 +140,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         sinks: sink_txs,
         clock: clock.clone(),
         metrics: metrics.clone(),
+        alarms: alarms_tx,
     };
     let pollers_cancel = cancel.child_token();
     {
@@ -172,6 +188,7 @@ struct EngineTask {
     sinks: Vec<mpsc::Sender<Arc<Message>>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    alarms: tokio::sync::watch::Sender<AlarmSnapshot>,
 }
 
 impl EngineTask {
@@ -214,6 +231,14 @@ impl EngineTask {
     }
 
     async fn publish(&mut self, events: &mut Vec<AlarmEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        self.alarms.send_replace(AlarmSnapshot::from_events(
+            &self.engine.shown_alarms(),
+            0,
+            0,
+        ));
         for ev in events.drain(..) {
             let (seq, err) = self.seq.take();
             if let Some(e) = err {

@@ -22,7 +22,11 @@ fn enabled() -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Kills the child when the test ends, even on panic.
@@ -45,8 +49,18 @@ fn wait_port(port: u16) {
 fn mosquitto(dir: &Path) -> (Proc, u16) {
     let port = free_port();
     let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
-    let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto installed");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto installed");
     wait_port(port);
     (Proc(child), port)
 }
@@ -60,13 +74,24 @@ struct PyServer {
 impl PyServer {
     fn start(port: u16, units: u8) -> PyServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pymodbus_server.py");
-        let mut child = Command::new("python3").arg(script).arg(port.to_string()).arg(units.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(units.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdin = child.stdin.take().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "READY");
-        PyServer { _proc: Proc(child), stdin, out }
+        PyServer {
+            _proc: Proc(child),
+            stdin,
+            out,
+        }
     }
 
     fn set(&mut self, unit: u8, table: &str, addr: u16, words: &[u16]) {
@@ -99,7 +124,10 @@ async fn example_config_against_pymodbus_and_mosquitto() {
 
     // The shipped example, pointed at these servers, plus probe rules that expose each value
     // in an alarm payload, and one ABCD float.
-    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/alsentry.example.toml")).unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/alsentry.example.toml"),
+    )
+    .unwrap();
     let cfg = example
         .replace("tcp://127.0.0.1:5020", &format!("tcp://127.0.0.1:{cell_port}"))
         .replace("tcp://127.0.0.1:5021", &format!("tcp://127.0.0.1:{kiln_port}"))
@@ -146,11 +174,30 @@ limit = 1e9
 "#;
     let cfg_path = support::write_config(dir.path(), &cfg);
     let mut sub = Subscriber::connect("127.0.0.1", mport, "interop-sub", "alsentry/#").await;
-    let agent = Proc(Command::new(env!("CARGO_BIN_EXE_alsentry")).args(["run", "--config"]).arg(&cfg_path).stderr(Stdio::null()).spawn().unwrap());
+    let agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_alsentry"))
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     let t = |d: &str, r: &str| format!("alsentry/qingzhen/potline-1/{d}/alarm/{r}");
-    let topics = [t("pot-001", "probe_current"), t("pot-002", "probe_bath"), t("pot-003", "probe_feed"), t("pot-001", "probe_big"), t("kiln-1", "probe_flue"), t("kiln-1", "probe_draft")];
-    let got = sub.wait_all(Duration::from_secs(20), &topics.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let topics = [
+        t("pot-001", "probe_current"),
+        t("pot-002", "probe_bath"),
+        t("pot-003", "probe_feed"),
+        t("pot-001", "probe_big"),
+        t("kiln-1", "probe_flue"),
+        t("kiln-1", "probe_draft"),
+    ];
+    let got = sub
+        .wait_all(
+            Duration::from_secs(20),
+            &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
     let v = |i: usize| got[&topics[i]].json()["value"].as_f64().unwrap();
     assert_eq!(v(0), 498.75);
     assert!((v(1) - 957.3).abs() < 1e-9, "{}", v(1));
@@ -161,13 +208,31 @@ limit = 1e9
 
     cells.set(2, "input", 0, &f32_words(9.0, "CDAB"));
     let t0 = Instant::now();
-    let m = sub.wait_for(Duration::from_secs(15), |m| m.topic == t("pot-002", "anode_effect")).await.expect("anode effect");
-    assert!(t0.elapsed() >= Duration::from_millis(1_900), "on-delay of 2 s not respected: {:?}", t0.elapsed());
+    let m = sub
+        .wait_for(Duration::from_secs(15), |m| {
+            m.topic == t("pot-002", "anode_effect")
+        })
+        .await
+        .expect("anode effect");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1_900),
+        "on-delay of 2 s not respected: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(m.json()["state"], "active_unacked");
     cells.set(2, "input", 0, &f32_words(7.7, "CDAB"));
-    assert!(sub.wait_for(Duration::from_secs(3), |m| m.topic == t("pot-002", "anode_effect")).await.is_none());
+    assert!(sub
+        .wait_for(Duration::from_secs(3), |m| m.topic
+            == t("pot-002", "anode_effect"))
+        .await
+        .is_none());
     cells.set(2, "input", 0, &f32_words(7.2, "CDAB"));
-    let m = sub.wait_for(Duration::from_secs(10), |m| m.topic == t("pot-002", "anode_effect")).await.expect("clear");
+    let m = sub
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic == t("pot-002", "anode_effect")
+        })
+        .await
+        .expect("clear");
     assert_eq!(m.json()["state"], "returned_unacked");
     drop(agent);
 }
@@ -181,7 +246,14 @@ fn mbpoll_reads_what_alsentry_decodes() {
     let port = free_port();
     let mut srv = PyServer::start(port, 1);
     srv.set(1, "holding", 0, &[0x47F1, 0x2000]);
-    let out = Command::new("mbpoll").args(["-m", "tcp", "-a", "1", "-r", "1", "-c", "1", "-t", "4:float", "-B", "-1", "-p"]).arg(port.to_string()).arg("127.0.0.1").output().expect("mbpoll installed");
+    let out = Command::new("mbpoll")
+        .args([
+            "-m", "tcp", "-a", "1", "-r", "1", "-c", "1", "-t", "4:float", "-B", "-1", "-p",
+        ])
+        .arg(port.to_string())
+        .arg("127.0.0.1")
+        .output()
+        .expect("mbpoll installed");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("123456"), "mbpoll: {text}");
 }

@@ -54,6 +54,13 @@ pub struct Config {
     pub templates: BTreeMap<String, Template>,
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
+    pub http: Option<Http>,
+}
+
+/// The operations endpoint (`/metrics`, `/healthz`, `/readyz`, `/alarms`); off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    pub listen: std::net::SocketAddr,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -154,6 +161,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     let mut templates: BTreeMap<String, (Template, usize, usize)> = BTreeMap::new();
     let mut entries = Vec::new();
     let mut rules = Vec::new();
+    let mut http = None;
 
     for (si, (src, doc)) in sources.iter().zip(docs.iter()).enumerate() {
         let Some(doc) = doc else { continue };
@@ -211,6 +219,11 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
                     }
                 },
                 None => top.missing(&mut p, "mqtt", "an [mqtt] table with the broker url"),
+            }
+        }
+        if si == 0 {
+            if let Some(v) = top.get("http") {
+                http = parse_http(v, src, &mut p);
             }
         }
         if let Some(v) = top.get("templates") {
@@ -275,7 +288,26 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         templates: templates.into_iter().map(|(k, (t, _, _))| (k, t)).collect(),
         devices,
         rules,
+        http,
     })
+}
+
+fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -> Option<Http> {
+    let mut r = TableReader::of(v, src, "http".into(), p)?;
+    let listen = r.req_str(
+        p,
+        "listen",
+        "the address to serve on, e.g. \"127.0.0.1:9184\"",
+    );
+    let out = listen.and_then(|l| match l.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(Http { listen: a }),
+        Err(_) => {
+            r.problem(p, "listen", format!("\"{l}\" is not an address; write IP:PORT such as \"127.0.0.1:9184\" (use 0.0.0.0 only behind a firewall)"));
+            None
+        }
+    });
+    r.finish(p);
+    out
 }
 
 fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -> Option<Agent> {

@@ -1,5 +1,6 @@
 //! The I/O shell: tasks that own sockets, files and timers.
 
+pub mod http;
 pub mod modbus;
 pub mod poller;
 pub mod publisher;

@@ -1,0 +1,1165 @@
+//! The operations endpoint: `/metrics` (Prometheus text 0.0.4), `/healthz`, `/readyz` and
+//! `/alarms`, served by a deliberately small HTTP/1.1 server.
+//!
+//! The server only answers GET and HEAD, reads one request head per connection (bounded in
+//! size and time) and closes the connection after each response. It never trusts the peer:
+//! every malformed or oversized request gets a 4xx and the server keeps serving. Connections
+//! are capped; extra ones get a 503.
+//!
+//! Alarm state is owned by the engine task, which publishes an [`AlarmSnapshot`] on a
+//! `tokio::sync::watch` channel; this module only reads it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::clock::{rfc3339_ms, Clock};
+use crate::core::engine::AlarmEvent;
+use crate::core::model::{Priority, Ts};
+use crate::metrics::{Metrics, SinkMetrics};
+
+/// Bounds that keep one hostile or slow client from costing more than a little memory and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request head (request line + headers) accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Most header lines accepted; more get 431.
+    pub max_headers: usize,
+    /// Time allowed for the whole request head to arrive (not per read: slow loris defence).
+    pub read_timeout: Duration,
+    /// Time allowed to write a response.
+    pub write_timeout: Duration,
+    /// Connections served at once; extra ones get a 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: 8 * 1024,
+            max_headers: 64,
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 32,
+        }
+    }
+}
+
+/// One alarm as operators see it, detached from the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmView {
+    pub device: String,
+    pub rule: String,
+    pub tag: String,
+    pub priority: Priority,
+    /// Published state label, e.g. `active_unacked`.
+    pub state: &'static str,
+    /// When the current published state began.
+    pub since: Ts,
+    pub value: Option<f64>,
+    pub limit: Option<f64>,
+    pub unit: String,
+    /// `good` or `bad:<reason>`.
+    pub quality: String,
+    pub message: String,
+    pub acked_by: Option<String>,
+    pub shelved_until: Option<Ts>,
+}
+
+impl AlarmView {
+    pub fn from_event(ev: &AlarmEvent) -> AlarmView {
+        AlarmView {
+            device: ev.device.to_string(),
+            rule: ev.rule.to_string(),
+            tag: ev.tag.to_string(),
+            priority: ev.priority,
+            state: ev.transition.to,
+            since: ev.since,
+            value: ev.value,
+            limit: ev.limit,
+            unit: ev.unit.to_string(),
+            quality: ev.quality.label(),
+            message: ev.message.clone(),
+            acked_by: ev.acked_by.clone(),
+            shelved_until: ev.shelved_until,
+        }
+    }
+}
+
+/// The wire form of [`AlarmView`] in `/alarms`: times as RFC 3339, like the MQTT payloads.
+#[derive(Debug, Serialize)]
+struct AlarmJson<'a> {
+    device: &'a str,
+    rule: &'a str,
+    tag: &'a str,
+    priority: &'static str,
+    state: &'static str,
+    since: String,
+    since_ms: Ts,
+    value: Option<f64>,
+    limit: Option<f64>,
+    unit: &'a str,
+    quality: &'a str,
+    message: &'a str,
+    acked_by: Option<&'a str>,
+    shelved_until: Option<String>,
+}
+
+impl<'a> From<&'a AlarmView> for AlarmJson<'a> {
+    fn from(a: &'a AlarmView) -> Self {
+        AlarmJson {
+            device: &a.device,
+            rule: &a.rule,
+            tag: &a.tag,
+            priority: a.priority.as_str(),
+            state: a.state,
+            since: rfc3339_ms(a.since),
+            since_ms: a.since,
+            // JSON has no NaN/inf; serde_json would write null anyway, say so explicitly.
+            value: a.value.filter(|v| v.is_finite()),
+            limit: a.limit.filter(|v| v.is_finite()),
+            unit: &a.unit,
+            quality: &a.quality,
+            message: &a.message,
+            acked_by: a.acked_by.as_deref(),
+            shelved_until: a.shelved_until.map(rfc3339_ms),
+        }
+    }
+}
+
+/// States an alarm can be shown in; `alsentry_alarms` always reports these (0 when empty) so
+/// that series do not appear and vanish.
+pub const SHOWN_STATES: [&str; 4] = [
+    "active_unacked",
+    "active_acked",
+    "returned_unacked",
+    "latched",
+];
+
+/// What the engine publishes for the HTTP endpoint after each change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlarmSnapshot {
+    /// Alarms operators currently see, highest priority first, then oldest first.
+    pub alarms: Vec<AlarmView>,
+    /// Alarm floods detected since start.
+    pub floods_total: u64,
+    /// Chattering episodes detected since start.
+    pub chattering_total: u64,
+}
+
+impl AlarmSnapshot {
+    /// Builds a snapshot from `Engine::shown_alarms()` and the flood/chatter KPI counters.
+    pub fn from_events(
+        events: &[AlarmEvent],
+        floods_total: u64,
+        chattering_total: u64,
+    ) -> AlarmSnapshot {
+        let mut alarms: Vec<AlarmView> = events.iter().map(AlarmView::from_event).collect();
+        alarms.sort_by(|a, b| {
+            (a.priority, a.since, &a.device, &a.rule)
+                .cmp(&(b.priority, b.since, &b.device, &b.rule))
+        });
+        AlarmSnapshot {
+            alarms,
+            floods_total,
+            chattering_total,
+        }
+    }
+
+    /// Count of alarms by (published state, priority); every shown state and priority is
+    /// present, plus any other state that occurs.
+    pub fn by_state_priority(&self) -> BTreeMap<(&'static str, Priority), u64> {
+        let mut out = BTreeMap::new();
+        for s in SHOWN_STATES {
+            for p in Priority::ALL {
+                out.insert((s, p), 0);
+            }
+        }
+        for a in &self.alarms {
+            *out.entry((a.state, a.priority)).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+/// Everything the endpoint reads. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub alarms: watch::Receiver<AlarmSnapshot>,
+    /// Gives `now` for uptime and the sample rate; uptime counts from `Metrics::started_ms`.
+    pub clock: Arc<dyn Clock>,
+    pub config_loaded: bool,
+}
+
+/// Serves the endpoint on `listener` with [`HttpLimits::default`] until `cancel` fires.
+pub async fn serve(listener: TcpListener, state: HttpState, cancel: CancellationToken) {
+    serve_with_limits(listener, state, HttpLimits::default(), cancel).await;
+}
+
+/// [`serve`] with explicit limits (tests shorten the timeouts).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    state: HttpState,
+    limits: HttpLimits,
+    cancel: CancellationToken,
+) {
+    let state = Arc::new(state);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Rejections are bounded too, so a connection flood cannot spawn unbounded tasks.
+    let reject_permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        warn!(error = %e, "an HTTP connection task panicked");
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((sock, _peer)) => {
+                    if let Ok(permit) = permits.clone().try_acquire_owned() {
+                        let state = state.clone();
+                        conns.spawn(async move {
+                            handle_connection(sock, &state, &limits).await;
+                            drop(permit);
+                        });
+                    } else if let Ok(permit) = reject_permits.clone().try_acquire_owned() {
+                        conns.spawn(async move {
+                            let resp = Response::text(503, "too many connections\n");
+                            finish(sock, &resp, false, &limits).await;
+                            drop(permit);
+                        });
+                    } else {
+                        drop(sock);
+                    }
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on a failing accept.
+                    warn!(error = %e, "HTTP accept failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+    // Dropping the set aborts connections still in flight; they are short-lived anyway.
+    conns.abort_all();
+}
+
+async fn handle_connection(mut sock: TcpStream, state: &HttpState, limits: &HttpLimits) {
+    let head = tokio::time::timeout(
+        limits.read_timeout,
+        read_head(&mut sock, limits.max_header_bytes),
+    )
+    .await;
+    let resp = match head {
+        Err(_) => Response::text(408, "request timeout\n"),
+        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::Io(e))) => {
+            debug!(error = %e, "HTTP read failed");
+            return;
+        }
+        Ok(Err(HeadError::TooLarge)) => Response::text(431, "request header too large\n"),
+        Ok(Err(HeadError::Truncated)) => Response::text(400, "incomplete request\n"),
+        Ok(Ok(head)) => match parse_request(&head, limits.max_headers) {
+            Ok(req) => {
+                let resp = route(&req.path, state);
+                finish(sock, &resp, req.head_only, limits).await;
+                return;
+            }
+            Err(status) => Response::text(status, reason(status)),
+        },
+    };
+    finish(sock, &resp, false, limits).await;
+}
+
+/// Writes `resp`, closes our side and drains what the peer still sends for a moment, so that
+/// closing with unread input does not reset the connection before the peer reads the response.
+async fn finish(mut sock: TcpStream, resp: &Response, head_only: bool, limits: &HttpLimits) {
+    let bytes = resp.to_bytes(head_only);
+    let written = tokio::time::timeout(limits.write_timeout, async {
+        sock.write_all(&bytes).await?;
+        sock.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match sock.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+#[derive(Debug)]
+enum HeadError {
+    /// The peer closed before sending anything (e.g. a port probe).
+    Closed,
+    /// The peer closed in the middle of the head.
+    Truncated,
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads until the blank line that ends the request head; returns the head without it.
+async fn read_head(sock: &mut TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = sock.read(&mut chunk).await.map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Closed
+            } else {
+                HeadError::Truncated
+            });
+        }
+        let scan_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&buf[scan_from..]) {
+            let end = scan_from + end;
+            if end > max {
+                return Err(HeadError::TooLarge);
+            }
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() > max {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// Offset of the end of the head (start of the terminating blank line), accepting bare LF
+/// line endings as RFC 9112 §2.2 allows.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    (0..buf.len()).find(|&i| buf[i..].starts_with(b"\r\n\r\n") || buf[i..].starts_with(b"\n\n"))
+}
+
+/// A parsed request: only what routing needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub head_only: bool,
+    /// Path without the query string.
+    pub path: String,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parses a request head (without the blank line). Returns the HTTP status to answer with when
+/// the request cannot be served: 400 for malformed input, 405 for methods other than GET/HEAD,
+/// 431 for too many headers, 505 for HTTP versions other than 1.x.
+pub fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, u16> {
+    let text = std::str::from_utf8(head).map_err(|_| 400u16)?;
+    // RFC 9112 §2.2: ignore empty lines before the request line.
+    let mut lines = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .skip_while(|l| l.is_empty());
+    let request_line = lines.next().ok_or(400u16)?;
+    let mut parts = request_line.split(' ');
+    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(t), Some(v), None) => (m, t, v),
+        _ => return Err(400),
+    };
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(400);
+    }
+    if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(400);
+    }
+    match version {
+        "HTTP/1.1" | "HTTP/1.0" => {}
+        v if is_http_version(v) => return Err(505),
+        _ => return Err(400),
+    }
+    let mut headers = 0usize;
+    for line in lines {
+        if line.is_empty() {
+            // Only possible with stray bytes after a bare-LF terminator; treat as garbage.
+            return Err(400);
+        }
+        headers += 1;
+        if headers > max_headers {
+            return Err(431);
+        }
+        let (name, _value) = line.split_once(':').ok_or(400u16)?;
+        // Obsolete line folding and whitespace before the colon are rejected (RFC 9112 §5).
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(400);
+        }
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err(405),
+    };
+    let origin = origin_form(target).ok_or(400u16)?;
+    let path = origin
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(origin)
+        .to_string();
+    Ok(Request { head_only, path })
+}
+
+/// The path-and-query of a target in origin form (`/x?y`) or absolute form
+/// (`http://host/x?y`, which RFC 9112 §3.2.2 says servers must accept).
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => Some(&rest[i..]),
+        // `http://host` or `http://host?q`: the path is "/".
+        _ => Some("/"),
+    }
+}
+
+fn is_http_version(v: &str) -> bool {
+    v.strip_prefix("HTTP/").is_some_and(|n| {
+        let mut it = n.split('.');
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), b, None) => {
+                !a.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.is_none_or(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()))
+            }
+            _ => false,
+        }
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn json(status: u16, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        if self.status == 405 {
+            out.push_str("Allow: GET, HEAD\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if !head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+fn route(path: &str, state: &HttpState) -> Response {
+    match path {
+        "/metrics" => {
+            // Clone out of the watch so the engine is never blocked by a slow render.
+            let alarms = state.alarms.borrow().clone();
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: render_metrics(&state.metrics, &alarms, state.clock.now()).into_bytes(),
+            }
+        }
+        "/healthz" => Response::text(200, "ok\n"),
+        "/readyz" => {
+            let r = readiness(&state.metrics, state.config_loaded);
+            let status = if r.ready { 200 } else { 503 };
+            Response::json(status, serde_json::to_vec(&r).unwrap_or_default())
+        }
+        "/alarms" => {
+            let alarms = state.alarms.borrow().clone();
+            let wire: Vec<AlarmJson<'_>> = alarms.alarms.iter().map(AlarmJson::from).collect();
+            Response::json(200, serde_json::to_vec(&wire).unwrap_or_default())
+        }
+        _ => Response::text(404, "not found\n"),
+    }
+}
+
+/// The `/readyz` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub config_loaded: bool,
+    pub sinks_connected: usize,
+    pub devices_up: usize,
+    /// Each failing condition, in words.
+    pub failing: Vec<&'static str>,
+}
+
+/// Ready = config loaded, at least one sink connected, at least one device answering.
+pub fn readiness(metrics: &Metrics, config_loaded: bool) -> Readiness {
+    let sinks_connected = metrics
+        .sinks
+        .iter()
+        .filter(|s| s.connected.load(Ordering::Relaxed))
+        .count();
+    let devices_up = metrics.devices_up();
+    let mut failing = Vec::new();
+    if !config_loaded {
+        failing.push("config not loaded");
+    }
+    if sinks_connected == 0 {
+        failing.push("no sink connected");
+    }
+    if devices_up == 0 {
+        failing.push("no device answering");
+    }
+    Readiness {
+        ready: failing.is_empty(),
+        config_loaded,
+        sinks_connected,
+        devices_up,
+        failing,
+    }
+}
+
+/// Escapes a label value per the exposition format: backslash, double quote and newline.
+pub fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes HELP text per the exposition format: backslash and newline.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Formats a float the way Prometheus parses it (`+Inf`, `-Inf`, `NaN`).
+fn fmt_f64(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v == f64::INFINITY {
+        "+Inf".to_string()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Accumulates one exposition; each family is written whole (HELP, TYPE, then its samples).
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label_value(v));
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        self.out.push_str(value);
+        self.out.push('\n');
+    }
+
+    fn int(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, labels, &value.to_string());
+    }
+
+    fn float(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, labels, &fmt_f64(value));
+    }
+}
+
+/// Reads one per-sink value for a family that has a sample per sink.
+type SinkValue = fn(&SinkMetrics) -> u64;
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn micros_to_seconds(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// Renders every metric in Prometheus text format 0.0.4. Pure: `now` is passed in.
+///
+/// `alsentry_samples_per_second` is the average since start (all samples / uptime); for the
+/// current rate use `rate(alsentry_samples_total[1m])`.
+pub fn render_metrics(metrics: &Metrics, alarms: &AlarmSnapshot, now: Ts) -> String {
+    let mut e = Exposition {
+        out: String::with_capacity(4096),
+    };
+    let uptime_s = (now - metrics.started_ms.load(Ordering::Relaxed)).max(0) as f64 / 1000.0;
+
+    e.family(
+        "alsentry_polls_total",
+        "counter",
+        "Device polls by result (missed = due but skipped because the link fell behind or the unit was backing off).",
+    );
+    for d in &metrics.devices {
+        for (result, c) in [
+            ("ok", &d.polls_ok),
+            ("failed", &d.polls_failed),
+            ("missed", &d.polls_missed),
+        ] {
+            e.int(
+                "alsentry_polls_total",
+                &[("device", &d.name), ("result", result)],
+                load(c),
+            );
+        }
+    }
+    e.family(
+        "alsentry_poll_rtt_seconds",
+        "gauge",
+        "Round trip of the last successful Modbus read.",
+    );
+    for d in &metrics.devices {
+        e.float(
+            "alsentry_poll_rtt_seconds",
+            &[("device", &d.name)],
+            micros_to_seconds(load(&d.rtt_us_last)),
+        );
+    }
+    e.family(
+        "alsentry_poll_duration_seconds",
+        "summary",
+        "Time spent in polls (ok and failed); count is the number of those polls.",
+    );
+    for d in &metrics.devices {
+        let labels = [("device", d.name.as_str())];
+        e.float(
+            "alsentry_poll_duration_seconds_sum",
+            &labels,
+            micros_to_seconds(load(&d.rtt_us_sum)),
+        );
+        e.int(
+            "alsentry_poll_duration_seconds_count",
+            &labels,
+            load(&d.polls_ok).saturating_add(load(&d.polls_failed)),
+        );
+    }
+    e.family(
+        "alsentry_samples_total",
+        "counter",
+        "Samples produced by device polls.",
+    );
+    let mut samples_all: u64 = 0;
+    for d in &metrics.devices {
+        let n = load(&d.samples);
+        samples_all = samples_all.saturating_add(n);
+        e.int("alsentry_samples_total", &[("device", &d.name)], n);
+    }
+    e.family(
+        "alsentry_decode_errors_total",
+        "counter",
+        "Registers read that did not decode to a usable value.",
+    );
+    for d in &metrics.devices {
+        e.int(
+            "alsentry_decode_errors_total",
+            &[("device", &d.name)],
+            load(&d.decode_errors),
+        );
+    }
+    e.family(
+        "alsentry_device_up",
+        "gauge",
+        "1 when the device answered its last poll.",
+    );
+    for d in &metrics.devices {
+        e.int(
+            "alsentry_device_up",
+            &[("device", &d.name)],
+            u64::from(d.up.load(Ordering::Relaxed)),
+        );
+    }
+    e.family(
+        "alsentry_samples_per_second",
+        "gauge",
+        "Average samples per second since start (use rate(alsentry_samples_total[1m]) for the current rate).",
+    );
+    let sps = if uptime_s > 0.0 {
+        samples_all as f64 / uptime_s
+    } else {
+        0.0
+    };
+    e.float("alsentry_samples_per_second", &[], sps);
+    e.family(
+        "alsentry_batches_dropped_total",
+        "counter",
+        "Sample batches dropped because the engine fell behind.",
+    );
+    e.int(
+        "alsentry_batches_dropped_total",
+        &[],
+        load(&metrics.batches_dropped),
+    );
+    e.family(
+        "alsentry_alarm_transitions_total",
+        "counter",
+        "Alarm state transitions published.",
+    );
+    e.int(
+        "alsentry_alarm_transitions_total",
+        &[],
+        load(&metrics.alarm_transitions),
+    );
+    e.family(
+        "alsentry_alarms",
+        "gauge",
+        "Alarms currently shown to operators, by published state and priority.",
+    );
+    for ((state, priority), n) in alarms.by_state_priority() {
+        e.int(
+            "alsentry_alarms",
+            &[("state", state), ("priority", priority.as_str())],
+            n,
+        );
+    }
+    e.family(
+        "alsentry_alarm_floods_total",
+        "counter",
+        "Alarm floods detected (an area annunciating more than its flood threshold, by default 10 alarms in 10 minutes).",
+    );
+    e.int("alsentry_alarm_floods_total", &[], alarms.floods_total);
+    e.family(
+        "alsentry_alarm_chattering_total",
+        "counter",
+        "Chattering alarm episodes detected.",
+    );
+    e.int(
+        "alsentry_alarm_chattering_total",
+        &[],
+        alarms.chattering_total,
+    );
+
+    e.family(
+        "alsentry_sink_connected",
+        "gauge",
+        "1 when the sink is connected to its broker.",
+    );
+    for s in &metrics.sinks {
+        e.int(
+            "alsentry_sink_connected",
+            &[("sink", &s.name)],
+            u64::from(s.connected.load(Ordering::Relaxed)),
+        );
+    }
+    let sink_counters: [(&str, &str, SinkValue); 4] = [
+        (
+            "alsentry_sink_published_total",
+            "Messages published to the broker.",
+            |s| load(&s.published),
+        ),
+        (
+            "alsentry_sink_acked_total",
+            "Publishes acknowledged by the broker (PUBACK).",
+            |s| load(&s.acked),
+        ),
+        (
+            "alsentry_sink_bytes_total",
+            "Payload bytes published.",
+            |s| load(&s.bytes),
+        ),
+        (
+            "alsentry_outbox_dropped_total",
+            "Messages dropped from the outbox (full or expired).",
+            |s| load(&s.dropped),
+        ),
+    ];
+    for (name, help, get) in sink_counters {
+        e.family(name, "counter", help);
+        for s in &metrics.sinks {
+            e.int(name, &[("sink", &s.name)], get(s));
+        }
+    }
+    let sink_gauges: [(&str, &str, SinkValue); 2] = [
+        (
+            "alsentry_outbox_depth",
+            "Messages waiting in the outbox.",
+            |s| load(&s.outbox_depth),
+        ),
+        ("alsentry_outbox_bytes", "Bytes held by the outbox.", |s| {
+            load(&s.outbox_bytes)
+        }),
+    ];
+    for (name, help, get) in sink_gauges {
+        e.family(name, "gauge", help);
+        for s in &metrics.sinks {
+            e.int(name, &[("sink", &s.name)], get(s));
+        }
+    }
+    e.family(
+        "alsentry_puback_latency_seconds",
+        "gauge",
+        "Publish-to-PUBACK latency of the last acknowledged message.",
+    );
+    for s in &metrics.sinks {
+        e.float(
+            "alsentry_puback_latency_seconds",
+            &[("sink", &s.name)],
+            micros_to_seconds(load(&s.puback_latency_us_last)),
+        );
+    }
+    e.family(
+        "alsentry_puback_duration_seconds",
+        "summary",
+        "Publish-to-PUBACK latency over all acknowledged messages.",
+    );
+    for s in &metrics.sinks {
+        let labels = [("sink", s.name.as_str())];
+        e.float(
+            "alsentry_puback_duration_seconds_sum",
+            &labels,
+            micros_to_seconds(load(&s.puback_latency_us_sum)),
+        );
+        e.int(
+            "alsentry_puback_duration_seconds_count",
+            &labels,
+            load(&s.acked),
+        );
+    }
+
+    e.family(
+        "alsentry_uptime_seconds",
+        "gauge",
+        "Seconds since the agent started.",
+    );
+    e.float("alsentry_uptime_seconds", &[], uptime_s);
+    e.family(
+        "alsentry_build_info",
+        "gauge",
+        "Build information; the value is always 1.",
+    );
+    e.int(
+        "alsentry_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    e.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alarm::{Cause, Transition};
+    use crate::core::model::Quality;
+
+    fn event(device: &str, rule: &str, priority: Priority, state: &'static str) -> AlarmEvent {
+        AlarmEvent {
+            device: Arc::from(device),
+            rule: Arc::from(rule),
+            tag: Arc::from("voltage"),
+            unit: Arc::from("V"),
+            priority,
+            transition: Transition {
+                from: state,
+                to: state,
+                at: 1_000,
+                cause: Cause::Condition,
+                by: None,
+                note: None,
+            },
+            value: Some(12.5),
+            limit: Some(8.0),
+            quality: Quality::Good,
+            message: "high".into(),
+            since: 1_000,
+            active_since: Some(1_000),
+            acked_by: None,
+            shelved_until: None,
+        }
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        let m = Metrics::new(
+            ["pot \"7\"\\a\nb".to_string(), "kiln".to_string()],
+            ["plant".to_string()],
+        );
+        m.started_ms.store(10_000, Ordering::Relaxed);
+        m.devices[0].polls_ok.store(40, Ordering::Relaxed);
+        m.devices[0].polls_failed.store(2, Ordering::Relaxed);
+        m.devices[0].samples.store(300, Ordering::Relaxed);
+        m.devices[1].samples.store(100, Ordering::Relaxed);
+        m.devices[0].rtt_us_last.store(1_500, Ordering::Relaxed);
+        m
+    }
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("x\ny"), "x\\ny");
+        assert_eq!(escape_help("a\\b\nc \"q\""), "a\\\\b\\nc \"q\"");
+        let text = render_metrics(&metrics(), &AlarmSnapshot::default(), 20_000);
+        assert!(
+            text.contains(r#"alsentry_polls_total{device="pot \"7\"\\a\nb",result="ok"} 40"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_line_is_a_comment_or_a_sample_and_families_are_declared_once() {
+        let text = render_metrics(&metrics(), &AlarmSnapshot::default(), 20_000);
+        assert!(text.ends_with('\n'));
+        let mut declared: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap().to_string();
+                assert!(!declared.contains(&name), "{name} declared twice");
+                declared.push(name);
+            } else if line.starts_with("# HELP ") {
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = declared.last().expect("sample before any TYPE");
+                assert!(
+                    name == family
+                        || name == format!("{family}_sum")
+                        || name == format!("{family}_count"),
+                    "{name} outside its family {family}"
+                );
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+        for name in &declared {
+            let kind = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")))
+                .unwrap();
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{name}");
+        }
+    }
+
+    #[test]
+    fn rates_and_uptime_use_the_given_now() {
+        let text = render_metrics(&metrics(), &AlarmSnapshot::default(), 20_000);
+        assert!(text.contains("\nalsentry_uptime_seconds 10\n"), "{text}");
+        assert!(
+            text.contains("\nalsentry_samples_per_second 40\n"),
+            "{text}"
+        );
+        assert!(text.contains("alsentry_poll_rtt_seconds{device=\"kiln\"} 0\n"));
+        assert!(text.contains("alsentry_poll_duration_seconds_count{device=\"kiln\"} 0\n"));
+        // Before start (clock skew) the uptime is 0, not negative, and the rate is 0.
+        let text = render_metrics(&metrics(), &AlarmSnapshot::default(), 5_000);
+        assert!(text.contains("\nalsentry_uptime_seconds 0\n"));
+        assert!(text.contains("\nalsentry_samples_per_second 0\n"));
+    }
+
+    #[test]
+    fn alarms_are_counted_by_state_and_priority_with_zeros() {
+        let snap = AlarmSnapshot::from_events(
+            &[
+                event("pot-2", "a", Priority::Low, "active_acked"),
+                event("pot-1", "a", Priority::Critical, "active_unacked"),
+                event("pot-3", "b", Priority::Critical, "active_unacked"),
+            ],
+            3,
+            4,
+        );
+        assert_eq!(snap.alarms[0].priority, Priority::Critical);
+        assert_eq!(snap.alarms[2].priority, Priority::Low);
+        let counts = snap.by_state_priority();
+        assert_eq!(counts.len(), 16);
+        assert_eq!(counts[&("active_unacked", Priority::Critical)], 2);
+        assert_eq!(counts[&("latched", Priority::High)], 0);
+        let text = render_metrics(&metrics(), &snap, 20_000);
+        assert!(
+            text.contains("alsentry_alarms{state=\"active_unacked\",priority=\"critical\"} 2\n")
+        );
+        assert!(text.contains("alsentry_alarms{state=\"active_acked\",priority=\"low\"} 1\n"));
+        assert!(text.contains("alsentry_alarms{state=\"latched\",priority=\"medium\"} 0\n"));
+        assert!(text.contains("\nalsentry_alarm_floods_total 3\n"));
+        assert!(text.contains("\nalsentry_alarm_chattering_total 4\n"));
+    }
+
+    #[test]
+    fn floats_use_prometheus_spellings() {
+        assert_eq!(fmt_f64(f64::NAN), "NaN");
+        assert_eq!(fmt_f64(f64::INFINITY), "+Inf");
+        assert_eq!(fmt_f64(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(fmt_f64(0.0015), "0.0015");
+        assert_eq!(fmt_f64(1e21).parse::<f64>().unwrap(), 1e21);
+    }
+
+    #[test]
+    fn request_heads_are_parsed_strictly() {
+        let ok = |s: &str| parse_request(s.as_bytes(), 8);
+        assert_eq!(
+            ok("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*"),
+            Ok(Request {
+                head_only: false,
+                path: "/metrics".into()
+            })
+        );
+        assert_eq!(
+            ok("\r\nHEAD /healthz HTTP/1.0"),
+            Ok(Request {
+                head_only: true,
+                path: "/healthz".into()
+            })
+        );
+        assert_eq!(ok("POST /metrics HTTP/1.1\r\nHost: a"), Err(405));
+        assert_eq!(ok("DELETE /x HTTP/1.1"), Err(405));
+        assert_eq!(ok("GET /metrics HTTP/2.0"), Err(505));
+        assert_eq!(ok("GET /metrics HTTP/1.1 extra"), Err(400));
+        assert_eq!(ok("GET  /metrics HTTP/1.1"), Err(400));
+        assert_eq!(ok("GET /metrics"), Err(400));
+        assert_eq!(ok("GET /metrics FOO/1.1"), Err(400));
+        assert_eq!(ok("G(T /metrics HTTP/1.1"), Err(400));
+        assert_eq!(ok("GET metrics HTTP/1.1"), Err(400));
+        assert_eq!(ok("GET ftp://h/metrics HTTP/1.1"), Err(400));
+        assert_eq!(
+            ok("GET HTTP://host:9184/alarms?x HTTP/1.1").map(|r| r.path),
+            Ok("/alarms".to_string())
+        );
+        assert_eq!(
+            ok("GET http://host HTTP/1.1").map(|r| r.path),
+            Ok("/".to_string())
+        );
+        assert_eq!(ok("GET /met\x01rics HTTP/1.1"), Err(400));
+        assert_eq!(ok("GET / HTTP/1.1\r\nno colon here"), Err(400));
+        assert_eq!(ok("GET / HTTP/1.1\r\nBad Name: x"), Err(400));
+        assert_eq!(ok("GET / HTTP/1.1\r\nA: b\r\n folded"), Err(400));
+        assert_eq!(ok(""), Err(400));
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\xff: x", 8), Err(400));
+        let many = format!("GET / HTTP/1.1{}", "\r\nX: y".repeat(9));
+        assert_eq!(ok(&many), Err(431));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(
+            head in proptest::collection::vec(proptest::num::u8::ANY, 0..512)
+        ) {
+            let _ = parse_request(&head, 8);
+            let _ = head_end(&head);
+        }
+
+        #[test]
+        fn parsing_near_valid_requests_never_panics(
+            method in "[A-Z]{0,7}",
+            target in "[ -~\u{80}-\u{10ffff}]{0,40}",
+            version in "HTTP/[0-9.]{0,4}",
+            header in "[ -~]{0,40}",
+        ) {
+            let head = format!("{method} {target} {version}\r\n{header}");
+            if let Ok(r) = parse_request(head.as_bytes(), 8) {
+                proptest::prop_assert!(r.path.starts_with('/'));
+                proptest::prop_assert!(method == "GET" || method == "HEAD");
+            }
+        }
+    }
+
+    #[test]
+    fn head_end_accepts_crlf_and_bare_lf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+
+    #[test]
+    fn readiness_names_each_failing_condition() {
+        let m = metrics();
+        let r = readiness(&m, false);
+        assert!(!r.ready);
+        assert_eq!(
+            r.failing,
+            vec![
+                "config not loaded",
+                "no sink connected",
+                "no device answering"
+            ]
+        );
+        m.sinks[0].connected.store(true, Ordering::Relaxed);
+        m.devices[1].up.store(true, Ordering::Relaxed);
+        let r = readiness(&m, true);
+        assert!(r.ready);
+        assert_eq!((r.sinks_connected, r.devices_up), (1, 1));
+    }
+}
