@@ -9,3 +9,5 @@ pub mod model;
 pub mod payload;
 pub mod plan;
 pub mod window;
+pub mod expr;
+pub mod stats;
