@@ -141,6 +141,22 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         clock: clock.clone(),
         metrics: metrics.clone(),
         alarms: alarms_tx,
+        summary: cfg.summary.clone(),
+        data: cfg.data.clone(),
+        data_filter: Default::default(),
+        names: cfg
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.tags
+                        .iter()
+                        .map(|t| (t.name.clone(), t.unit.clone()))
+                        .collect(),
+                )
+            })
+            .collect(),
     };
     let pollers_cancel = cancel.child_token();
     {
@@ -189,6 +205,11 @@ struct EngineTask {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     alarms: tokio::sync::watch::Sender<AlarmSnapshot>,
+    summary: crate::config::SummaryOptions,
+    data: crate::config::DataOptions,
+    data_filter: crate::core::payload::DataFilter,
+    /// Per device: name and (tag, unit) names, for raw data payloads.
+    names: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl EngineTask {
@@ -201,10 +222,19 @@ impl EngineTask {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events: Vec<AlarmEvent> = Vec::new();
+        let summary_every = Duration::from_millis(self.summary.interval_ms.max(1_000) as u64);
+        let mut summaries =
+            tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 b = batches.recv() => match b {
-                    Some(b) => self.engine.on_batch(&b, self.clock.now(), &mut events),
+                    Some(b) => {
+                        self.engine.on_batch(&b, self.clock.now(), &mut events);
+                        if self.data.mode != crate::config::DataMode::Off {
+                            self.publish_data(&b).await;
+                        }
+                    }
                     None => {
                         // Every poller stopped: deliver what is left, then let the sinks drain.
                         self.engine.tick(self.clock.now(), &mut events);
@@ -218,6 +248,7 @@ impl EngineTask {
                     }
                 }
                 _ = tick.tick() => self.engine.tick(self.clock.now(), &mut events),
+                _ = summaries.tick(), if self.summary.interval_ms > 0 => self.publish_summaries().await,
                 _ = cancel.cancelled() => {
                     while let Ok(b) = batches.try_recv() {
                         self.engine.on_batch(&b, self.clock.now(), &mut events);
@@ -234,10 +265,11 @@ impl EngineTask {
         if events.is_empty() {
             return;
         }
+        let kpis = self.engine.kpis(self.clock.now());
         self.alarms.send_replace(AlarmSnapshot::from_events(
             &self.engine.shown_alarms(),
-            0,
-            0,
+            kpis.floods,
+            kpis.chattering_episodes,
         ));
         for ev in events.drain(..) {
             let (seq, err) = self.seq.take();
@@ -263,6 +295,54 @@ impl EngineTask {
                 }
             }
         }
+    }
+
+    async fn fan_out(&mut self, msg: Message) {
+        let msg = Arc::new(msg);
+        for tx in &self.sinks {
+            // Summaries and data wait like alarms: the sink stores them at disk speed.
+            let _ = tx.send(msg.clone()).await;
+        }
+    }
+
+    async fn publish_summaries(&mut self) {
+        let now = self.clock.now();
+        let ce = self.summary.current_efficiency;
+        let rect = self.summary.rectifier_efficiency;
+        for s in self.engine.take_summaries(now) {
+            for (i, tx) in self.sinks.iter().enumerate() {
+                let who = &self.whos[i];
+                let msg = Message {
+                    class: Class::Summary,
+                    topic: who.summary_topic(&s.device),
+                    payload: crate::core::payload::summary_payload(who, &s, ce, rect),
+                    retain: false,
+                    priority: None,
+                };
+                let _ = tx.send(Arc::new(msg)).await;
+            }
+        }
+    }
+
+    async fn publish_data(&mut self, b: &SampleBatch) {
+        let Some((device, names)) = self.names.get(b.device as usize) else {
+            return;
+        };
+        let deadband =
+            (self.data.mode == crate::config::DataMode::Change).then_some(self.data.deadband);
+        let Some(who) = self.whos.first() else { return };
+        let Some(payload) = self.data_filter.payload(who, device, names, b, deadband) else {
+            return;
+        };
+        let topic = who.data_topic(device);
+        self.fan_out(Message {
+            class: Class::Data,
+            topic,
+            payload,
+            retain: false,
+            priority: None,
+        })
+        .await;
     }
 
     async fn command(&mut self, c: InboundCommand, events: &mut Vec<AlarmEvent>) {

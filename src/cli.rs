@@ -24,6 +24,10 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate a configuration: exit 0 if it is valid, or list every problem and exit 1.
     Check(CheckArgs),
+    /// Run the Modbus plant simulator (cells, kilns, a calciner; scripted faults).
+    Sim(crate::sim::SimArgs),
+    /// Simulated plant + embedded broker + agent in one process; alarms print to the terminal.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]

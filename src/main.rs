@@ -26,5 +26,27 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => alsentry::app::main(&args.config),
+        Command::Demo(args) => alsentry::demo::main(args),
+        Command::Sim(args) => {
+            alsentry::telemetry::init(None);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(alsentry::sim::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sim: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }

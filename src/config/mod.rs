@@ -55,6 +55,79 @@ pub struct Config {
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
     pub http: Option<Http>,
+    pub alarms: AlarmOptions,
+    pub summary: SummaryOptions,
+    pub data: DataOptions,
+}
+
+/// `[alarms]`: agent-wide alarm behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmOptions {
+    /// A built-in communication-loss alarm per device.
+    pub comm_loss: bool,
+    pub comm_loss_priority: crate::core::model::Priority,
+    pub comm_loss_delay_ms: i64,
+    /// A flood starts above this many annunciations in `flood_window_ms` in the area.
+    pub flood_threshold: usize,
+    pub flood_window_ms: i64,
+}
+
+impl Default for AlarmOptions {
+    fn default() -> Self {
+        AlarmOptions {
+            comm_loss: true,
+            comm_loss_priority: crate::core::model::Priority::High,
+            comm_loss_delay_ms: 10_000,
+            flood_threshold: 10,
+            flood_window_ms: 600_000,
+        }
+    }
+}
+
+/// `[summary]`: the periodic per-device summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryOptions {
+    /// 0 turns summaries off.
+    pub interval_ms: i64,
+    /// Current efficiency (fraction) for the DC energy estimate 2980 * V / CE kWh/t.
+    pub current_efficiency: f64,
+    /// Rectifier efficiency (fraction) to turn DC into AC energy.
+    pub rectifier_efficiency: f64,
+}
+
+impl Default for SummaryOptions {
+    fn default() -> Self {
+        SummaryOptions {
+            interval_ms: 60_000,
+            current_efficiency: 0.93,
+            rectifier_efficiency: 0.98,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataMode {
+    Off,
+    /// Every poll.
+    Poll,
+    /// Only values that moved more than the deadband since last published.
+    Change,
+}
+
+/// `[data]`: raw samples on `{device}/data` (off by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataOptions {
+    pub mode: DataMode,
+    pub deadband: f64,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            mode: DataMode::Off,
+            deadband: 0.0,
+        }
+    }
 }
 
 /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`, `/alarms`); off unless configured.
@@ -162,6 +235,9 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
     let mut rules = Vec::new();
     let mut http = None;
+    let mut alarms = AlarmOptions::default();
+    let mut summary = SummaryOptions::default();
+    let mut data = DataOptions::default();
 
     for (si, (src, doc)) in sources.iter().zip(docs.iter()).enumerate() {
         let Some(doc) = doc else { continue };
@@ -224,6 +300,15 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         if si == 0 {
             if let Some(v) = top.get("http") {
                 http = parse_http(v, src, &mut p);
+            }
+            if let Some(v) = top.get("alarms") {
+                alarms = parse_alarm_options(v, src, &mut p);
+            }
+            if let Some(v) = top.get("summary") {
+                summary = parse_summary_options(v, src, &mut p);
+            }
+            if let Some(v) = top.get("data") {
+                data = parse_data_options(v, src, &mut p);
             }
         }
         if let Some(v) = top.get("templates") {
@@ -289,7 +374,111 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         devices,
         rules,
         http,
+        alarms,
+        summary,
+        data,
     })
+}
+
+fn parse_alarm_options(
+    v: &toml::Spanned<DeValue<'_>>,
+    src: &Source,
+    p: &mut Problems,
+) -> AlarmOptions {
+    let mut o = AlarmOptions::default();
+    let Some(mut r) = TableReader::of(v, src, "alarms".into(), p) else {
+        return o;
+    };
+    if let Some(b) = r.opt_bool(p, "comm_loss") {
+        o.comm_loss = b;
+    }
+    if let Some(s) = r.opt_str(p, "comm_loss_priority") {
+        match crate::core::model::Priority::parse(&s) {
+            Some(pr) => o.comm_loss_priority = pr,
+            None => r.problem(
+                p,
+                "comm_loss_priority",
+                format!("unknown priority \"{s}\"; accepted: critical, high, medium, low"),
+            ),
+        }
+    }
+    if let Some(d) = r.opt_duration_ms(p, "comm_loss_delay") {
+        o.comm_loss_delay_ms = d;
+    }
+    if let Some(n) = r.opt_int_in(p, "flood_threshold", 1, 100_000) {
+        o.flood_threshold = n as usize;
+    }
+    if let Some(d) = r.opt_duration_ms(p, "flood_window") {
+        if d <= 0 {
+            r.problem(p, "flood_window", "must be positive");
+        } else {
+            o.flood_window_ms = d;
+        }
+    }
+    r.finish(p);
+    o
+}
+
+fn parse_summary_options(
+    v: &toml::Spanned<DeValue<'_>>,
+    src: &Source,
+    p: &mut Problems,
+) -> SummaryOptions {
+    let mut o = SummaryOptions::default();
+    let Some(mut r) = TableReader::of(v, src, "summary".into(), p) else {
+        return o;
+    };
+    if let Some(d) = r.opt_duration_ms(p, "interval") {
+        if d != 0 && d < 1_000 {
+            r.problem(
+                p,
+                "interval",
+                "a summary interval must be at least 1s (or \"0s\" to turn summaries off)",
+            );
+        } else {
+            o.interval_ms = d;
+        }
+    }
+    for (key, slot) in [
+        ("current_efficiency", &mut o.current_efficiency),
+        ("rectifier_efficiency", &mut o.rectifier_efficiency),
+    ] {
+        if let Some(f) = r.opt_f64(p, key) {
+            if f > 0.0 && f <= 1.0 {
+                *slot = f;
+            } else {
+                r.problem(p, key, "an efficiency is a fraction in (0, 1], e.g. 0.93");
+            }
+        }
+    }
+    r.finish(p);
+    o
+}
+
+fn parse_data_options(
+    v: &toml::Spanned<DeValue<'_>>,
+    src: &Source,
+    p: &mut Problems,
+) -> DataOptions {
+    let mut o = DataOptions::default();
+    let Some(mut r) = TableReader::of(v, src, "data".into(), p) else {
+        return o;
+    };
+    match r.opt_str(p, "mode").as_deref() {
+        None | Some("off") => {}
+        Some("poll") => o.mode = DataMode::Poll,
+        Some("change") => o.mode = DataMode::Change,
+        Some(other) => r.problem(p, "mode", format!("unknown mode \"{other}\"; accepted: off, poll (every poll), change (by exception, with `deadband`)")),
+    }
+    if let Some(d) = r.opt_f64(p, "deadband") {
+        if d < 0.0 {
+            r.problem(p, "deadband", "deadband must be 0 or positive");
+        } else {
+            o.deadband = d;
+        }
+    }
+    r.finish(p);
+    o
 }
 
 fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -> Option<Http> {
@@ -524,6 +713,33 @@ fn check_tags(
             );
         }
     }
+    for (i, d) in derived.iter().enumerate() {
+        match crate::core::expr::Expr::parse(&d.expr) {
+            Err(err) => p.add(
+                src,
+                e.tags_offset,
+                &join(path, "derived"),
+                format!("derived tag \"{}\": {err}", d.name),
+            ),
+            Ok(expr) => {
+                for v in expr.variables() {
+                    let known = tags.iter().any(|t| &t.name == v)
+                        || derived[..i].iter().any(|x| &x.name == v);
+                    if !known {
+                        p.add(src, e.tags_offset, &join(path, "derived"), format!("derived tag \"{}\" uses \"{v}\", which is not a tag of this device (or a derived tag defined before it)", d.name));
+                    }
+                }
+                if let Err(err) = expr.compile(|v| expr.variables().iter().position(|x| x == v)) {
+                    p.add(
+                        src,
+                        e.tags_offset,
+                        &join(path, "derived"),
+                        format!("derived tag \"{}\": {err}", d.name),
+                    );
+                }
+            }
+        }
+    }
     for (i, a) in tags.iter().enumerate() {
         for b in &tags[i + 1..] {
             if a.encoding.table != b.encoding.table
@@ -534,6 +750,13 @@ fn check_tags(
             }
             let both_bits = a.encoding.bit.is_some() && b.encoding.bit.is_some();
             if both_bits && a.encoding.bit != b.encoding.bit {
+                continue;
+            }
+            // A status word and the bits it is made of may both be tags.
+            let word_and_bit = (a.encoding.bit.is_some() != b.encoding.bit.is_some())
+                && a.encoding.width() == 1
+                && b.encoding.width() == 1;
+            if word_and_bit {
                 continue;
             }
             p.add(
@@ -668,6 +891,63 @@ fn check_rules(
         }
         let devices_of_rule: Vec<&Device> =
             devices.iter().filter(|d| selects(&r.selector, d)).collect();
+        let has_tag = |d: &Device, t: &str| {
+            d.tags.iter().any(|x| x.name == t) || d.derived.iter().any(|x| x.name == t)
+        };
+        for extra in r.kind.extra_tags() {
+            if let Some(d) = devices_of_rule.iter().find(|d| !has_tag(d, extra)) {
+                p.add(
+                    src,
+                    off,
+                    &r.path,
+                    format!(
+                        "device \"{}\" has no tag \"{extra}\" (used by this {} rule)",
+                        d.name,
+                        r.kind.type_name()
+                    ),
+                );
+            }
+        }
+        match &r.suppress_when {
+            Some(rule::Suppression::Alarm { rule: name, .. }) => {
+                let builtin = [
+                    crate::core::engine::COMM_LOSS_RULE,
+                    crate::core::engine::FLOOD_RULE,
+                ];
+                if !rules.iter().any(|x| &x.name == name) && !builtin.contains(&name.as_str()) {
+                    p.add(
+                        src,
+                        off,
+                        &join(&r.path, "suppress_when"),
+                        format!("no rule is named \"{name}\""),
+                    );
+                }
+                if name == &r.name {
+                    p.add(
+                        src,
+                        off,
+                        &join(&r.path, "suppress_when"),
+                        "a rule cannot suppress itself",
+                    );
+                }
+            }
+            Some(rule::Suppression::Expr(e)) => {
+                if let Ok(expr) = crate::core::expr::Expr::parse(e) {
+                    for v in expr.variables() {
+                        if let Some(d) = devices_of_rule.iter().find(|d| !has_tag(d, v)) {
+                            p.add(
+                                src,
+                                off,
+                                &join(&r.path, "suppress_when"),
+                                format!("device \"{}\" has no tag \"{v}\"", d.name),
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
         for d in devices_of_rule {
             if !seen.insert((d.name.clone(), r.name.clone())) {
                 p.add(src, off, &join(&r.path, "name"), format!("rule name \"{}\" is used twice for device \"{}\"; one alarm per (device, rule)", r.name, d.name));

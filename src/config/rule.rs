@@ -3,7 +3,7 @@
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::reader::{Problems, Source, TableReader};
+use super::reader::{f64_of, index, type_name, Problems, Source, TableReader};
 use crate::core::model::Priority;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,29 +14,169 @@ pub enum Selector {
     Devices(Vec<String>),
 }
 
+/// Which side of the limit is abnormal for rules that compare a statistic with a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Above,
+    Below,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CurveSource {
+    /// Setpoint from a piecewise-linear curve over elapsed time (`curve` points), the elapsed
+    /// time read from `time_tag` (in `time_unit_ms` units) or counted from the first sample.
+    Points {
+        points: Vec<(f64, f64)>,
+        time_tag: Option<String>,
+        time_unit_ms: i64,
+    },
+    /// Setpoint served by the device itself in another tag.
+    Tag(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuleKind {
     /// Active while value > limit; clears at value < limit - deadband.
     High { limit: f64, deadband: f64 },
     /// Active while value < limit; clears at value > limit + deadband.
     Low { limit: f64, deadband: f64 },
+    /// Change between the oldest and newest sample of the window, per `per_ms`.
+    Rate {
+        window_ms: i64,
+        per_ms: i64,
+        limit: f64,
+        deadband: f64,
+        direction: Direction,
+    },
+    /// Least-squares slope over the window, per `per_ms`.
+    Slope {
+        window_ms: i64,
+        per_ms: i64,
+        limit: f64,
+        deadband: f64,
+        direction: Direction,
+    },
+    /// Active when the least-squares trend reaches `limit` within `horizon_ms`.
+    Predict {
+        window_ms: i64,
+        limit: f64,
+        horizon_ms: i64,
+    },
+    /// RMS of the detrended signal over the window.
+    Noise {
+        window_ms: i64,
+        limit: f64,
+        deadband: f64,
+    },
+    /// A live signal that stopped moving: zero spread over the window.
+    Frozen { window_ms: i64 },
+    /// No good sample for `max_age_ms`.
+    Stale { max_age_ms: i64 },
+    /// Distance from a slow EWMA baseline, in standard deviations.
+    Deviation {
+        lambda: f64,
+        limit: f64,
+        warmup: u32,
+    },
+    /// Two-sided CUSUM drift detection on the EWMA-standardised signal.
+    Cusum {
+        lambda: f64,
+        k: f64,
+        h: f64,
+        warmup: u32,
+    },
+    /// Deviation from a setpoint curve with a tolerance band and an allowed lag.
+    Curve {
+        source: CurveSource,
+        tolerance: f64,
+        lag_ms: i64,
+    },
 }
 
 impl RuleKind {
-    pub const NAMES: &'static str = "high, low";
+    pub const NAMES: &'static str =
+        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve";
 
     pub fn type_name(&self) -> &'static str {
         match self {
             RuleKind::High { .. } => "high",
             RuleKind::Low { .. } => "low",
+            RuleKind::Rate { .. } => "rate",
+            RuleKind::Slope { .. } => "slope",
+            RuleKind::Predict { .. } => "predict",
+            RuleKind::Noise { .. } => "noise",
+            RuleKind::Frozen { .. } => "frozen",
+            RuleKind::Stale { .. } => "stale",
+            RuleKind::Deviation { .. } => "deviation",
+            RuleKind::Cusum { .. } => "cusum",
+            RuleKind::Curve { .. } => "curve",
         }
     }
 
-    pub fn limit(&self) -> Option<f64> {
+    /// The span of samples the rule needs kept.
+    pub fn window_ms(&self) -> i64 {
         match self {
-            RuleKind::High { limit, .. } | RuleKind::Low { limit, .. } => Some(*limit),
+            RuleKind::Rate { window_ms, .. }
+            | RuleKind::Slope { window_ms, .. }
+            | RuleKind::Predict { window_ms, .. }
+            | RuleKind::Noise { window_ms, .. }
+            | RuleKind::Frozen { window_ms } => *window_ms,
+            _ => 0,
         }
     }
+
+    /// The limit shown in messages and payloads, where the rule has one.
+    pub fn limit_hint(&self) -> Option<f64> {
+        match self {
+            RuleKind::High { limit, .. }
+            | RuleKind::Low { limit, .. }
+            | RuleKind::Rate { limit, .. }
+            | RuleKind::Slope { limit, .. }
+            | RuleKind::Predict { limit, .. }
+            | RuleKind::Noise { limit, .. }
+            | RuleKind::Deviation { limit, .. } => Some(*limit),
+            RuleKind::Curve { tolerance, .. } => Some(*tolerance),
+            _ => None,
+        }
+    }
+
+    /// Other tags of the device the rule reads.
+    pub fn extra_tags(&self) -> Vec<&str> {
+        match self {
+            RuleKind::Curve {
+                source: CurveSource::Tag(t),
+                ..
+            } => vec![t.as_str()],
+            RuleKind::Curve {
+                source:
+                    CurveSource::Points {
+                        time_tag: Some(t), ..
+                    },
+                ..
+            } => vec![t.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What suppresses a rule by design.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Suppression {
+    /// Any active alarm of this rule (on any device of the area, or on `device`).
+    Alarm {
+        rule: String,
+        device: Option<String>,
+    },
+    /// An expression over the device's tags, true (non-zero) to suppress.
+    Expr(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope {
+    /// One alarm per device (the default).
+    Device,
+    /// One alarm for the whole area, active when at least `quorum` of the devices are.
+    Area { quorum: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +190,8 @@ pub struct Rule {
     pub off_delay_ms: i64,
     pub latching: bool,
     pub message: String,
+    pub suppress_when: Option<Suppression>,
+    pub scope: Scope,
     /// Where the rule was written: (source index, byte offset).
     pub origin: (usize, usize),
     /// Offsets of `tag` and of the selector (`template` or `devices`).
@@ -59,7 +201,376 @@ pub struct Rule {
 }
 
 /// Keys specific to one rule type or another.
-const KIND_KEYS: [&str; 2] = ["limit", "deadband"];
+const KIND_KEYS: [&str; 17] = [
+    "limit",
+    "deadband",
+    "window",
+    "per",
+    "direction",
+    "horizon",
+    "max_age",
+    "lambda",
+    "warmup",
+    "k",
+    "h",
+    "curve",
+    "time_tag",
+    "time_unit",
+    "setpoint_tag",
+    "tolerance",
+    "lag",
+];
+
+fn per_ms(r: &mut TableReader<'_, '_>, p: &mut Problems) -> i64 {
+    match r.opt_str(p, "per").as_deref() {
+        None | Some("s") => 1_000,
+        Some("min") | Some("m") => 60_000,
+        Some("h") => 3_600_000,
+        Some(other) => {
+            r.problem(
+                p,
+                "per",
+                format!("unknown unit \"{other}\"; accepted: s, min, h"),
+            );
+            1_000
+        }
+    }
+}
+
+fn direction(r: &mut TableReader<'_, '_>, p: &mut Problems) -> Direction {
+    match r.opt_str(p, "direction").as_deref() {
+        None | Some("above") => Direction::Above,
+        Some("below") => Direction::Below,
+        Some(other) => {
+            r.problem(
+                p,
+                "direction",
+                format!("unknown direction \"{other}\"; accepted: above, below"),
+            );
+            Direction::Above
+        }
+    }
+}
+
+fn req_f64(
+    r: &mut TableReader<'_, '_>,
+    p: &mut Problems,
+    key: &'static str,
+    what: &str,
+) -> Option<f64> {
+    if !r.has(key) {
+        r.missing(p, key, what);
+        return None;
+    }
+    r.opt_f64(p, key)
+}
+
+fn req_window(
+    r: &mut TableReader<'_, '_>,
+    p: &mut Problems,
+    key: &'static str,
+    what: &str,
+) -> Option<i64> {
+    if !r.has(key) {
+        r.missing(p, key, what);
+        return None;
+    }
+    let w = r.opt_duration_ms(p, key)?;
+    if w <= 0 || w > 31 * 86_400_000 {
+        r.problem(p, key, "must be between 1ms and 31d");
+        return None;
+    }
+    Some(w)
+}
+
+fn deadband(r: &mut TableReader<'_, '_>, p: &mut Problems) -> f64 {
+    let d = r.opt_f64(p, "deadband").unwrap_or(0.0);
+    if d < 0.0 {
+        r.problem(p, "deadband", "deadband must be 0 or positive");
+    }
+    d.max(0.0)
+}
+
+fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Option<RuleKind> {
+    Some(match name {
+        "high" | "low" => {
+            let limit = req_f64(r, p, "limit", "the alarm limit, in the tag's unit");
+            let deadband = deadband(r, p);
+            let limit = limit?;
+            if name == "high" {
+                RuleKind::High { limit, deadband }
+            } else {
+                RuleKind::Low { limit, deadband }
+            }
+        }
+        "rate" | "slope" => {
+            let window_ms = req_window(
+                r,
+                p,
+                "window",
+                "the span the change is measured over, e.g. \"10m\"",
+            );
+            let per_ms = per_ms(r, p);
+            let limit = req_f64(
+                r,
+                p,
+                "limit",
+                "the limit in the tag's unit per `per` (s, min or h)",
+            );
+            let deadband = deadband(r, p);
+            let direction = direction(r, p);
+            let (window_ms, limit) = (window_ms?, limit?);
+            if name == "rate" {
+                RuleKind::Rate {
+                    window_ms,
+                    per_ms,
+                    limit,
+                    deadband,
+                    direction,
+                }
+            } else {
+                RuleKind::Slope {
+                    window_ms,
+                    per_ms,
+                    limit,
+                    deadband,
+                    direction,
+                }
+            }
+        }
+        "predict" => {
+            let window_ms = req_window(r, p, "window", "the span of the trend fit, e.g. \"5m\"");
+            let limit = req_f64(r, p, "limit", "the value whose crossing is predicted");
+            let horizon = req_window(
+                r,
+                p,
+                "horizon",
+                "warn when the limit is expected within this time, e.g. \"10m\"",
+            );
+            RuleKind::Predict {
+                window_ms: window_ms?,
+                limit: limit?,
+                horizon_ms: horizon?,
+            }
+        }
+        "noise" => {
+            let window_ms = req_window(
+                r,
+                p,
+                "window",
+                "the span the noise is measured over, e.g. \"2m\"",
+            );
+            let limit = req_f64(r, p, "limit", "the RMS limit in the tag's unit");
+            let deadband = deadband(r, p);
+            RuleKind::Noise {
+                window_ms: window_ms?,
+                limit: limit?,
+                deadband,
+            }
+        }
+        "frozen" => RuleKind::Frozen {
+            window_ms: req_window(
+                r,
+                p,
+                "window",
+                "how long the signal must stay exactly constant, e.g. \"60s\"",
+            )?,
+        },
+        "stale" => RuleKind::Stale {
+            max_age_ms: req_window(
+                r,
+                p,
+                "max_age",
+                "how long without a good sample, e.g. \"30s\"",
+            )?,
+        },
+        "deviation" | "cusum" => {
+            let lambda = r.opt_f64(p, "lambda").unwrap_or(0.01);
+            if !(lambda > 0.0 && lambda <= 1.0) {
+                r.problem(
+                    p,
+                    "lambda",
+                    "EWMA smoothing must be in (0, 1]; small values make a slow baseline",
+                );
+            }
+            let warmup = r.opt_int_in(p, "warmup", 2, 10_000_000).unwrap_or(60) as u32;
+            if name == "deviation" {
+                let limit = req_f64(
+                    r,
+                    p,
+                    "limit",
+                    "the distance from the baseline in standard deviations, e.g. 4",
+                );
+                RuleKind::Deviation {
+                    lambda,
+                    limit: limit?,
+                    warmup,
+                }
+            } else {
+                let k = r.opt_f64(p, "k").unwrap_or(0.5);
+                let h = r.opt_f64(p, "h").unwrap_or(5.0);
+                if k < 0.0 {
+                    r.problem(
+                        p,
+                        "k",
+                        "the CUSUM slack must be 0 or positive (in standard deviations)",
+                    );
+                }
+                if h <= 0.0 {
+                    r.problem(
+                        p,
+                        "h",
+                        "the CUSUM threshold must be positive (in standard deviations)",
+                    );
+                }
+                RuleKind::Cusum {
+                    lambda,
+                    k,
+                    h,
+                    warmup,
+                }
+            }
+        }
+        "curve" => {
+            let tolerance = req_f64(
+                r,
+                p,
+                "tolerance",
+                "the allowed distance from the curve, in the tag's unit",
+            );
+            let lag_ms = r.opt_duration_ms(p, "lag").unwrap_or(0);
+            let setpoint_tag = r.opt_str(p, "setpoint_tag");
+            let points = parse_points(r, p);
+            let time_tag = r.opt_str(p, "time_tag");
+            let time_unit_ms = match r.opt_str(p, "time_unit").as_deref() {
+                None | Some("h") => 3_600_000,
+                Some("s") => 1_000,
+                Some("min") => 60_000,
+                Some(other) => {
+                    r.problem(
+                        p,
+                        "time_unit",
+                        format!("unknown unit \"{other}\"; accepted: s, min, h"),
+                    );
+                    3_600_000
+                }
+            };
+            let source = match (setpoint_tag, points) {
+                (Some(t), None) => CurveSource::Tag(t),
+                (None, Some(points)) => CurveSource::Points {
+                    points,
+                    time_tag,
+                    time_unit_ms,
+                },
+                (Some(_), Some(_)) => {
+                    r.problem(
+                        p,
+                        "setpoint_tag",
+                        "give either `curve` points or `setpoint_tag`, not both",
+                    );
+                    return None;
+                }
+                (None, None) => {
+                    r.missing(p, "curve", "curve = [[0, 120], [40, 620], ...] (time, setpoint) or setpoint_tag = \"curve_temp\"");
+                    return None;
+                }
+            };
+            RuleKind::Curve {
+                source,
+                tolerance: tolerance?,
+                lag_ms,
+            }
+        }
+        other => {
+            r.problem(
+                p,
+                "type",
+                format!(
+                    "unknown rule type \"{other}\"; accepted: {}",
+                    RuleKind::NAMES
+                ),
+            );
+            return None;
+        }
+    })
+}
+
+fn parse_points(r: &mut TableReader<'_, '_>, p: &mut Problems) -> Option<Vec<(f64, f64)>> {
+    let v = r.get("curve")?;
+    let path = r.key_path("curve");
+    let DeValue::Array(items) = v.get_ref() else {
+        r.problem(
+            p,
+            "curve",
+            format!(
+                "expected an array of [time, setpoint] pairs, found {}",
+                type_name(v.get_ref())
+            ),
+        );
+        return None;
+    };
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let pair = match item.get_ref() {
+            DeValue::Array(a) if a.len() == 2 => {
+                match (f64_of(a[0].get_ref()), f64_of(a[1].get_ref())) {
+                    (Some(t), Some(v)) if t.is_finite() && v.is_finite() => Some((t, v)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match pair {
+            Some((t, v)) => {
+                if out.last().is_some_and(|(pt, _)| *pt >= t) {
+                    p.add(
+                        r.at.src,
+                        item.span().start,
+                        &index(&path, i),
+                        "curve times must increase",
+                    );
+                    return None;
+                }
+                out.push((t, v));
+            }
+            None => {
+                p.add(
+                    r.at.src,
+                    item.span().start,
+                    &index(&path, i),
+                    "expected a [time, setpoint] pair of numbers",
+                );
+                return None;
+            }
+        }
+    }
+    if out.len() < 2 {
+        r.problem(p, "curve", "a curve needs at least two points");
+        return None;
+    }
+    Some(out)
+}
+
+fn parse_suppression(s: &str) -> Result<Suppression, String> {
+    if let Some(rest) = s.strip_prefix("alarm:") {
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Err("\"alarm:\" needs a rule name, e.g. \"alarm:line_current_loss\" or \"alarm:rectifier/line_current_loss\"".into());
+        }
+        return Ok(match rest.split_once('/') {
+            Some((d, r)) => Suppression::Alarm {
+                rule: r.to_string(),
+                device: Some(d.to_string()),
+            },
+            None => Suppression::Alarm {
+                rule: rest.to_string(),
+                device: None,
+            },
+        });
+    }
+    crate::core::expr::Expr::parse(s).map_err(|e| format!("{e}; write an expression over the device's tags (e.g. \"current < 100\") or \"alarm:RULE\""))?;
+    Ok(Suppression::Expr(s.to_string()))
+}
 
 pub fn parse_rule(
     v: &Spanned<DeValue<'_>>,
@@ -103,41 +614,13 @@ pub fn parse_rule(
     };
     let tag = r.req_str(p, "tag", "the tag this rule watches");
     let kind_name = r.req_str(p, "type", &format!("one of {}", RuleKind::NAMES));
-    let kind = match kind_name.as_deref() {
-        Some("high") | Some("low") => {
-            let limit = r.opt_f64(p, "limit");
-            if limit.is_none() && !r.has("limit") {
-                r.missing(p, "limit", "the alarm limit, in the tag's unit");
-            }
-            let deadband = r.opt_f64(p, "deadband").unwrap_or(0.0);
-            if deadband < 0.0 {
-                r.problem(p, "deadband", "deadband must be 0 or positive");
-            }
-            limit.map(|limit| {
-                if kind_name.as_deref() == Some("high") {
-                    RuleKind::High { limit, deadband }
-                } else {
-                    RuleKind::Low { limit, deadband }
-                }
-            })
+    let kind = kind_name.as_deref().and_then(|k| parse_kind(k, &mut r, p));
+    if kind.is_none() {
+        // Keys of a type we could not read are not "unknown" too.
+        for k in KIND_KEYS {
+            r.get(k);
         }
-        Some(other) => {
-            r.problem(
-                p,
-                "type",
-                format!(
-                    "unknown rule type \"{other}\"; accepted: {}",
-                    RuleKind::NAMES
-                ),
-            );
-            // The other keys belong to a type we do not know: do not call them unknown too.
-            for k in KIND_KEYS {
-                r.get(k);
-            }
-            None
-        }
-        None => None,
-    };
+    }
     let priority = match r.opt_str(p, "priority") {
         Some(s) => match Priority::parse(&s) {
             Some(pr) => Some(pr),
@@ -156,6 +639,39 @@ pub fn parse_rule(
     let off_delay_ms = r.opt_duration_ms(p, "off_delay").unwrap_or(0);
     let latching = r.opt_bool(p, "latching").unwrap_or(false);
     let message = r.opt_str(p, "message");
+    let suppress_when = r
+        .opt_str(p, "suppress_when")
+        .and_then(|s| match parse_suppression(&s) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                r.problem(p, "suppress_when", e);
+                None
+            }
+        });
+    let scope = match r.opt_str(p, "scope").as_deref() {
+        None | Some("device") => Scope::Device,
+        Some("area") => Scope::Area { quorum: 0.5 },
+        Some(other) => {
+            r.problem(p, "scope", format!("unknown scope \"{other}\"; accepted: device (one alarm per device), area (one alarm for the area)"));
+            Scope::Device
+        }
+    };
+    let scope = match (scope, r.opt_f64(p, "quorum")) {
+        (Scope::Area { .. }, Some(q)) if q > 0.0 && q <= 1.0 => Scope::Area { quorum: q },
+        (_, Some(_)) if !matches!(scope, Scope::Area { .. }) => {
+            r.problem(p, "quorum", "`quorum` applies only with scope = \"area\"");
+            scope
+        }
+        (_, Some(_)) => {
+            r.problem(
+                p,
+                "quorum",
+                "the share of devices must be in (0, 1], e.g. 0.5",
+            );
+            scope
+        }
+        (s, None) => s,
+    };
     let tag_offset = r.value_offset("tag");
     let selector_offset = if r.has("devices") {
         r.value_offset("devices")
@@ -172,6 +688,12 @@ pub fn parse_rule(
     let default_message = match &kind {
         RuleKind::High { .. } => "{rule} on {device}: {tag} {value} {unit} above {limit}",
         RuleKind::Low { .. } => "{rule} on {device}: {tag} {value} {unit} below {limit}",
+        RuleKind::Predict { .. } => {
+            "{rule} on {device}: {tag} expected to reach {limit} {unit} in {eta}"
+        }
+        RuleKind::Stale { .. } => "{rule} on {device}: no good {tag} sample",
+        RuleKind::Frozen { .. } => "{rule} on {device}: {tag} frozen at {value} {unit}",
+        _ => "{rule} on {device}: {tag} {value} (limit {limit})",
     };
     Some(Rule {
         name: name?,
@@ -183,6 +705,8 @@ pub fn parse_rule(
         off_delay_ms,
         latching,
         message: message.unwrap_or_else(|| default_message.to_string()),
+        suppress_when,
+        scope,
         origin: (src_idx, v.span().start),
         tag_offset,
         selector_offset,
@@ -220,7 +744,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
 
     #[test]
     fn globs() {
@@ -230,5 +754,29 @@ mod tests {
         assert!(glob_match("pot-?1?", "pot-013"));
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("pot-1*", "pot-017"));
+    }
+
+    #[test]
+    fn suppressions() {
+        assert_eq!(
+            parse_suppression("alarm:line_loss"),
+            Ok(Suppression::Alarm {
+                rule: "line_loss".into(),
+                device: None
+            })
+        );
+        assert_eq!(
+            parse_suppression("alarm:rect/line_loss"),
+            Ok(Suppression::Alarm {
+                rule: "line_loss".into(),
+                device: Some("rect".into())
+            })
+        );
+        assert_eq!(
+            parse_suppression("current < 100"),
+            Ok(Suppression::Expr("current < 100".into()))
+        );
+        assert!(parse_suppression("current <").is_err());
+        assert!(parse_suppression("alarm:").is_err());
     }
 }

@@ -1,14 +1,24 @@
 //! The engine owns every window and every alarm. It is fed sample batches and clock ticks,
 //! and answers with alarm events; it never does I/O and never reads the clock.
+//!
+//! Per sample: the tag's window is updated once, then each rule watching the tag updates its
+//! own incremental statistics and yields a condition for its alarm. Derived tags are computed
+//! from the device's latest values after each batch. Suppression by design (by another alarm
+//! or by an expression), area-scoped rules (one alarm for many devices), the built-in
+//! communication-loss alarm, flood handling and the alarm KPIs live here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::alarm::{Alarm, AlarmSettings, CommandError, Condition, Transition};
+use super::alarm::{Alarm, AlarmSettings, Cause, CommandError, Condition, Transition};
+use super::expr::{Compiled, Expr};
+use super::flood::{AlarmKpis, FloodConfig, FloodDecision, FloodDetector, FloodEvent, KpiSnapshot};
 use super::message::{MessageContext, MessageTemplate};
 use super::model::{BadReason, Priority, Quality, Ts};
+use super::rules::{Eval, Lookup};
 use super::window::{capacity_for, Point, Window};
-use crate::config::{Config, RuleKind};
+use crate::config::rule::{Scope, Suppression};
+use crate::config::Config;
 
 /// Values read from one device in one poll.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,117 +70,6 @@ pub enum EngineError {
     Refused(#[from] CommandError),
 }
 
-#[derive(Debug)]
-struct TagState {
-    name: Arc<str>,
-    unit: Arc<str>,
-    window: Window,
-    last: Option<Point>,
-    quality: Quality,
-    /// Rule instances watching this tag.
-    watchers: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Eval {
-    High {
-        limit: f64,
-        deadband: f64,
-        active: bool,
-    },
-    Low {
-        limit: f64,
-        deadband: f64,
-        active: bool,
-    },
-}
-
-impl Eval {
-    fn from_kind(kind: &RuleKind) -> Eval {
-        match *kind {
-            RuleKind::High { limit, deadband } => Eval::High {
-                limit,
-                deadband,
-                active: false,
-            },
-            RuleKind::Low { limit, deadband } => Eval::Low {
-                limit,
-                deadband,
-                active: false,
-            },
-        }
-    }
-
-    /// Deadband delays only the return to normal: a high alarm at L activates above L and
-    /// clears below L - deadband.
-    fn step(&mut self, v: f64) -> Condition {
-        let now_active = match self {
-            Eval::High {
-                limit,
-                deadband,
-                active,
-            } => {
-                *active = if *active {
-                    v >= *limit - *deadband
-                } else {
-                    v > *limit
-                };
-                *active
-            }
-            Eval::Low {
-                limit,
-                deadband,
-                active,
-            } => {
-                *active = if *active {
-                    v <= *limit + *deadband
-                } else {
-                    v < *limit
-                };
-                *active
-            }
-        };
-        if now_active {
-            Condition::Active
-        } else {
-            Condition::Clear
-        }
-    }
-
-    fn limit(&self) -> Option<f64> {
-        match self {
-            Eval::High { limit, .. } | Eval::Low { limit, .. } => Some(*limit),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Instance {
-    device: u32,
-    slot: u32,
-    rule: Arc<str>,
-    message: Arc<MessageTemplate>,
-    eval: Eval,
-    alarm: Alarm,
-    value: Option<f64>,
-    quality: Quality,
-}
-
-#[derive(Debug)]
-struct DeviceState {
-    name: Arc<str>,
-    first_slot: u32,
-    tag_count: u16,
-}
-
-#[derive(Debug)]
-pub struct Engine {
-    devices: Vec<DeviceState>,
-    tags: Vec<TagState>,
-    instances: Vec<Instance>,
-    by_name: HashMap<(Arc<str>, Arc<str>), u32>,
-}
-
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("rule \"{rule}\": {message}")]
 pub struct BuildError {
@@ -178,132 +77,841 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// Name used as the device of alarms that belong to the whole area.
+pub const AREA_DEVICE: &str = "_area";
+pub const COMM_LOSS_RULE: &str = "comm_loss";
+pub const FLOOD_RULE: &str = "alarm_flood";
+
+/// Per-tag running figures over one summary interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TagSummary {
+    pub count: u64,
+    pub good: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub sum_sq: f64,
+    pub last: Option<f64>,
+}
+
+impl Default for TagSummary {
+    fn default() -> Self {
+        TagSummary {
+            count: 0,
+            good: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            sum: 0.0,
+            sum_sq: 0.0,
+            last: None,
+        }
+    }
+}
+
+impl TagSummary {
+    fn add(&mut self, v: f64, good: bool) {
+        self.count += 1;
+        if good {
+            self.good += 1;
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+            self.sum += v;
+            self.sum_sq += v * v;
+            self.last = Some(v);
+        }
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.good > 0).then(|| self.sum / self.good as f64)
+    }
+
+    pub fn std(&self) -> Option<f64> {
+        let m = self.mean()?;
+        (self.good > 1).then(|| ((self.sum_sq / self.good as f64 - m * m).max(0.0)).sqrt())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSummary {
+    pub device: Arc<str>,
+    pub from: Ts,
+    pub to: Ts,
+    pub tags: Vec<(Arc<str>, Arc<str>, TagSummary)>,
+}
+
+#[derive(Debug)]
+struct TagState {
+    name: Arc<str>,
+    unit: Arc<str>,
+    window: Window,
+    last: Option<Point>,
+    quality: Quality,
+    watchers: Vec<u32>,
+    summary: TagSummary,
+}
+
+/// Where an evaluator's condition goes.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Alarm(u32),
+    /// Member `member` of area aggregate `area`.
+    Area {
+        area: u32,
+        member: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Evaluator {
+    eval: Eval,
+    target: Target,
+}
+
+/// Everything an alarm needs to describe itself.
+#[derive(Debug)]
+struct AlarmSlot {
+    device: Arc<str>,
+    rule: Arc<str>,
+    tag: Arc<str>,
+    unit: Arc<str>,
+    message: Arc<MessageTemplate>,
+    alarm: Alarm,
+    value: Option<f64>,
+    quality: Quality,
+    limit: Option<f64>,
+    eta_ms: Option<i64>,
+    chatter_seen: u64,
+}
+
+#[derive(Debug)]
+struct AreaAggregate {
+    alarm: u32,
+    quorum: f64,
+    conditions: Vec<Condition>,
+    values: Vec<Option<f64>>,
+}
+
+#[derive(Debug)]
+struct Derived {
+    slot: u32,
+    program: Compiled,
+    inputs: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct ExprSuppression {
+    program: Compiled,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    state: Option<bool>,
+}
+
+#[derive(Debug)]
+struct DeviceState {
+    name: Arc<str>,
+    first_slot: u32,
+    raw_count: u16,
+    slot_count: u16,
+    derived: Vec<Derived>,
+    comm_alarm: Option<u32>,
+    suppressions: Vec<ExprSuppression>,
+}
+
+#[derive(Debug)]
+struct AlarmSuppression {
+    rule: Arc<str>,
+    device: Option<Arc<str>>,
+    targets: Vec<u32>,
+    state: bool,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    area: Arc<str>,
+    started: Option<Ts>,
+    devices: Vec<DeviceState>,
+    tags: Vec<TagState>,
+    latest: Vec<f64>,
+    evaluators: Vec<Evaluator>,
+    alarms: Vec<AlarmSlot>,
+    areas: Vec<AreaAggregate>,
+    by_name: HashMap<(Arc<str>, Arc<str>), u32>,
+    active_by_rule: HashMap<Arc<str>, usize>,
+    alarm_suppressions: Vec<AlarmSuppression>,
+    suppression_dirty: bool,
+    flood: FloodDetector,
+    flood_alarm: u32,
+    held: HashMap<u64, u32>,
+    kpis: AlarmKpis,
+    summary_from: Option<Ts>,
+    scratch: Vec<Stored>,
+}
+
+/// A sample stored in its slot, waiting for its rules to run.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    slot: u32,
+    p: Point,
+    quality: Quality,
+    good: bool,
+    evicted: Option<(u64, Point)>,
+}
+
+/// Latest value of every slot, NaN while bad: what curve rules and expressions read.
+struct Latest<'a>(&'a [f64]);
+
+impl Lookup for Latest<'_> {
+    fn value(&self, slot: u32) -> Option<f64> {
+        self.0.get(slot as usize).copied().filter(|v| v.is_finite())
+    }
+}
+
+fn settings(rule: &crate::config::Rule) -> AlarmSettings {
+    AlarmSettings {
+        priority: rule.priority,
+        on_delay_ms: rule.on_delay_ms,
+        off_delay_ms: rule.off_delay_ms,
+        latching: rule.latching,
+    }
+}
+
+fn template(src: &str, rule: &str) -> Result<Arc<MessageTemplate>, BuildError> {
+    MessageTemplate::parse(src)
+        .map(Arc::new)
+        .map_err(|e| BuildError {
+            rule: rule.to_string(),
+            message: format!("message: {e}"),
+        })
+}
+
 impl Engine {
     pub fn new(cfg: &Config) -> Result<Engine, BuildError> {
+        let area: Arc<str> = Arc::from(cfg.agent.area.as_str());
         let mut devices = Vec::with_capacity(cfg.devices.len());
-        let mut tags = Vec::new();
-        let mut slot_of: HashMap<(&str, &str), u32> = HashMap::new();
+        let mut tags: Vec<TagState> = Vec::new();
+        let mut alarms: Vec<AlarmSlot> = Vec::new();
+        let mut by_name = HashMap::new();
+        // Window span each tag needs: the longest window of the rules watching it.
+        let mut span: HashMap<(&str, &str), i64> = HashMap::new();
+        for rule in &cfg.rules {
+            for d in cfg
+                .devices
+                .iter()
+                .filter(|d| crate::config::selects(&rule.selector, d))
+            {
+                let e = span
+                    .entry((d.name.as_str(), rule.tag.as_str()))
+                    .or_insert(0);
+                *e = (*e).max(rule.kind.window_ms());
+            }
+        }
+        let comm_template = template(
+            "{device}: no answer from the device (communication lost)",
+            COMM_LOSS_RULE,
+        )?;
         for d in &cfg.devices {
             let first_slot = tags.len() as u32;
-            for t in &d.tags {
-                slot_of.insert((d.name.as_str(), t.name.as_str()), tags.len() as u32);
+            let names: Vec<(&str, &str)> = d
+                .tags
+                .iter()
+                .map(|t| (t.name.as_str(), t.unit.as_str()))
+                .chain(d.derived.iter().map(|t| (t.name.as_str(), t.unit.as_str())))
+                .collect();
+            for (name, unit) in &names {
+                let w = span.get(&(d.name.as_str(), *name)).copied().unwrap_or(0);
                 tags.push(TagState {
-                    name: Arc::from(t.name.as_str()),
-                    unit: Arc::from(t.unit.as_str()),
-                    window: Window::new(capacity_for(0, d.poll_ms)),
+                    name: Arc::from(*name),
+                    unit: Arc::from(*unit),
+                    window: Window::new(capacity_for(w, d.poll_ms)),
                     last: None,
                     quality: Quality::Bad(BadReason::ConnectionLost),
                     watchers: Vec::new(),
+                    summary: TagSummary::default(),
                 });
             }
-            devices.push(DeviceState {
-                name: Arc::from(d.name.as_str()),
-                first_slot,
-                tag_count: d.tags.len() as u16,
-            });
-        }
-        let mut instances = Vec::new();
-        let mut by_name = HashMap::new();
-        for rule in &cfg.rules {
-            let message =
-                Arc::new(
-                    MessageTemplate::parse(&rule.message).map_err(|e| BuildError {
-                        rule: rule.name.clone(),
-                        message: format!("message: {e}"),
-                    })?,
-                );
-            let rule_name: Arc<str> = Arc::from(rule.name.as_str());
-            for (di, d) in cfg.devices.iter().enumerate() {
-                if !crate::config::selects(&rule.selector, d) {
-                    continue;
-                }
-                let Some(&slot) = slot_of.get(&(d.name.as_str(), rule.tag.as_str())) else {
+            let slot_of = |n: &str| {
+                names
+                    .iter()
+                    .position(|(x, _)| *x == n)
+                    .map(|i| first_slot + i as u32)
+            };
+            let mut derived = Vec::new();
+            for dt in &d.derived {
+                let expr = Expr::parse(&dt.expr).map_err(|e| BuildError {
+                    rule: dt.name.clone(),
+                    message: format!("derived tag expression: {e}"),
+                })?;
+                let inputs: Vec<u32> = expr.variables().iter().filter_map(|v| slot_of(v)).collect();
+                let program = expr
+                    .compile(|v| expr.variables().iter().position(|x| x == v))
+                    .map_err(|e| BuildError {
+                        rule: dt.name.clone(),
+                        message: format!("derived tag expression: {e}"),
+                    })?;
+                if inputs.len() != expr.variables().len() {
                     return Err(BuildError {
-                        rule: rule.name.clone(),
-                        message: format!("device \"{}\" has no tag \"{}\"", d.name, rule.tag),
+                        rule: dt.name.clone(),
+                        message: format!(
+                            "derived tag \"{}\" on device \"{}\" uses an unknown tag",
+                            dt.name, d.name
+                        ),
                     });
-                };
-                let id = instances.len() as u32;
-                tags[slot as usize].watchers.push(id);
-                by_name.insert((devices[di].name.clone(), rule_name.clone()), id);
-                instances.push(Instance {
-                    device: di as u32,
-                    slot,
-                    rule: rule_name.clone(),
-                    message: message.clone(),
-                    eval: Eval::from_kind(&rule.kind),
+                }
+                derived.push(Derived {
+                    slot: slot_of(&dt.name).unwrap_or(first_slot),
+                    program,
+                    inputs,
+                });
+            }
+            let name: Arc<str> = Arc::from(d.name.as_str());
+            let comm_alarm = cfg.alarms.comm_loss.then(|| {
+                let id = alarms.len() as u32;
+                alarms.push(AlarmSlot {
+                    device: name.clone(),
+                    rule: Arc::from(COMM_LOSS_RULE),
+                    tag: Arc::from(""),
+                    unit: Arc::from(""),
+                    message: comm_template.clone(),
                     alarm: Alarm::new(AlarmSettings {
-                        priority: rule.priority,
-                        on_delay_ms: rule.on_delay_ms,
-                        off_delay_ms: rule.off_delay_ms,
-                        latching: rule.latching,
+                        priority: cfg.alarms.comm_loss_priority,
+                        on_delay_ms: cfg.alarms.comm_loss_delay_ms,
+                        off_delay_ms: 0,
+                        latching: false,
                     }),
                     value: None,
-                    quality: Quality::Bad(BadReason::ConnectionLost),
+                    quality: Quality::Good,
+                    limit: None,
+                    eta_ms: None,
+                    chatter_seen: 0,
                 });
+                by_name.insert((name.clone(), Arc::from(COMM_LOSS_RULE)), id);
+                id
+            });
+            devices.push(DeviceState {
+                name,
+                first_slot,
+                raw_count: d.tags.len() as u16,
+                slot_count: names.len() as u16,
+                derived,
+                comm_alarm,
+                suppressions: Vec::new(),
+            });
+        }
+        let mut engine = Engine {
+            area: area.clone(),
+            started: None,
+            devices,
+            latest: vec![f64::NAN; tags.len()],
+            tags,
+            evaluators: Vec::new(),
+            alarms,
+            areas: Vec::new(),
+            by_name,
+            active_by_rule: HashMap::new(),
+            alarm_suppressions: Vec::new(),
+            suppression_dirty: false,
+            flood: FloodDetector::new(FloodConfig {
+                window_ms: cfg.alarms.flood_window_ms,
+                start_above: cfg.alarms.flood_threshold,
+                end_below: cfg.alarms.flood_threshold.div_ceil(2),
+            }),
+            flood_alarm: 0,
+            held: HashMap::new(),
+            kpis: AlarmKpis::new(),
+            summary_from: None,
+            scratch: Vec::new(),
+        };
+        engine.flood_alarm = engine.alarms.len() as u32;
+        let flood_template = template(
+            "Alarm flood in {device}: low-priority alarms are held back until it ends",
+            FLOOD_RULE,
+        )?;
+        engine.alarms.push(AlarmSlot {
+            device: area.clone(),
+            rule: Arc::from(FLOOD_RULE),
+            tag: Arc::from(""),
+            unit: Arc::from(""),
+            message: flood_template,
+            alarm: Alarm::new(AlarmSettings {
+                priority: Priority::High,
+                on_delay_ms: 0,
+                off_delay_ms: 0,
+                latching: false,
+            }),
+            value: None,
+            quality: Quality::Good,
+            limit: None,
+            eta_ms: None,
+            chatter_seen: 0,
+        });
+        for rule in &cfg.rules {
+            engine.add_rule(cfg, rule)?;
+        }
+        Ok(engine)
+    }
+
+    fn slot_of(&self, device: usize, tag: &str) -> Option<u32> {
+        let d = &self.devices[device];
+        (d.first_slot..d.first_slot + u32::from(d.slot_count))
+            .find(|&s| &*self.tags[s as usize].name == tag)
+    }
+
+    fn add_rule(&mut self, cfg: &Config, rule: &crate::config::Rule) -> Result<(), BuildError> {
+        let message = template(&rule.message, &rule.name)?;
+        let rule_name: Arc<str> = Arc::from(rule.name.as_str());
+        let err = |m: String| BuildError {
+            rule: rule.name.clone(),
+            message: m,
+        };
+        let area_index = match rule.scope {
+            Scope::Device => None,
+            Scope::Area { quorum } => {
+                let id = self.alarms.len() as u32;
+                let unit = cfg
+                    .devices
+                    .iter()
+                    .find(|d| crate::config::selects(&rule.selector, d))
+                    .and_then(|d| d.tags.iter().find(|t| t.name == rule.tag))
+                    .map(|t| t.unit.as_str())
+                    .unwrap_or("");
+                self.alarms.push(AlarmSlot {
+                    device: Arc::from(AREA_DEVICE),
+                    rule: rule_name.clone(),
+                    tag: Arc::from(rule.tag.as_str()),
+                    unit: Arc::from(unit),
+                    message: message.clone(),
+                    alarm: Alarm::new(settings(rule)),
+                    value: None,
+                    quality: Quality::Good,
+                    limit: rule.kind.limit_hint(),
+                    eta_ms: None,
+                    chatter_seen: 0,
+                });
+                self.by_name
+                    .insert((Arc::from(AREA_DEVICE), rule_name.clone()), id);
+                self.areas.push(AreaAggregate {
+                    alarm: id,
+                    quorum,
+                    conditions: Vec::new(),
+                    values: Vec::new(),
+                });
+                Some((self.areas.len() - 1) as u32)
+            }
+        };
+        let mut targets = Vec::new();
+        for (di, d) in cfg.devices.iter().enumerate() {
+            if !crate::config::selects(&rule.selector, d) {
+                continue;
+            }
+            let slot = self
+                .slot_of(di, &rule.tag)
+                .ok_or_else(|| err(format!("device \"{}\" has no tag \"{}\"", d.name, rule.tag)))?;
+            let tag = &self.tags[slot as usize];
+            let capacity = tag.window.capacity();
+            let eval = Eval::new(&rule.kind, &tag.window, capacity, &|t| self.slot_of(di, t))
+                .map_err(err)?;
+            for extra in rule.kind.extra_tags() {
+                if self.slot_of(di, extra).is_none() {
+                    return Err(err(format!("device \"{}\" has no tag \"{extra}\"", d.name)));
+                }
+            }
+            let target = match area_index {
+                Some(area) => {
+                    let a = &mut self.areas[area as usize];
+                    a.conditions.push(Condition::Unknown);
+                    a.values.push(None);
+                    Target::Area {
+                        area,
+                        member: (a.conditions.len() - 1) as u32,
+                    }
+                }
+                None => {
+                    let id = self.alarms.len() as u32;
+                    let dev_name = self.devices[di].name.clone();
+                    self.alarms.push(AlarmSlot {
+                        device: dev_name.clone(),
+                        rule: rule_name.clone(),
+                        tag: tag.name.clone(),
+                        unit: tag.unit.clone(),
+                        message: message.clone(),
+                        alarm: Alarm::new(settings(rule)),
+                        value: None,
+                        quality: Quality::Bad(BadReason::ConnectionLost),
+                        limit: eval.limit(),
+                        eta_ms: None,
+                        chatter_seen: 0,
+                    });
+                    self.by_name.insert((dev_name, rule_name.clone()), id);
+                    targets.push((di, id));
+                    Target::Alarm(id)
+                }
+            };
+            let ev = self.evaluators.len() as u32;
+            self.tags[slot as usize].watchers.push(ev);
+            self.evaluators.push(Evaluator { eval, target });
+        }
+        if let Some(area) = area_index {
+            targets.push((usize::MAX, self.areas[area as usize].alarm));
+        }
+        match &rule.suppress_when {
+            None => {}
+            Some(Suppression::Alarm { rule: r, device }) => {
+                self.alarm_suppressions.push(AlarmSuppression {
+                    rule: Arc::from(r.as_str()),
+                    device: device.as_deref().map(Arc::from),
+                    targets: targets.iter().map(|(_, id)| *id).collect(),
+                    state: false,
+                })
+            }
+            Some(Suppression::Expr(src)) => {
+                let expr = Expr::parse(src).map_err(|e| err(format!("suppress_when: {e}")))?;
+                for (di, id) in targets.iter().filter(|(di, _)| *di != usize::MAX) {
+                    let inputs: Vec<u32> = expr
+                        .variables()
+                        .iter()
+                        .filter_map(|v| self.slot_of(*di, v))
+                        .collect();
+                    if inputs.len() != expr.variables().len() {
+                        return Err(err(format!(
+                            "suppress_when uses a tag device \"{}\" does not have",
+                            self.devices[*di].name
+                        )));
+                    }
+                    let program = expr
+                        .compile(|v| expr.variables().iter().position(|x| x == v))
+                        .map_err(|e| err(format!("suppress_when: {e}")))?;
+                    let dev = &mut self.devices[*di];
+                    match dev.suppressions.iter_mut().find(|s| s.program == program) {
+                        Some(s) => s.targets.push(*id),
+                        None => dev.suppressions.push(ExprSuppression {
+                            program,
+                            inputs,
+                            targets: vec![*id],
+                            state: None,
+                        }),
+                    }
+                }
             }
         }
-        Ok(Engine {
-            devices,
-            tags,
-            instances,
-            by_name,
-        })
+        Ok(())
     }
 
     /// Applies one batch of samples; alarm transitions are appended to `out`.
     pub fn on_batch(&mut self, batch: &SampleBatch, now: Ts, out: &mut Vec<AlarmEvent>) {
-        let Some(dev) = self.devices.get(batch.device as usize) else {
+        self.started.get_or_insert(now);
+        self.summary_from.get_or_insert(now);
+        let di = batch.device as usize;
+        let Some(dev) = self.devices.get(di) else {
             return;
         };
-        let (first, count) = (dev.first_slot, dev.tag_count);
+        let (first, raw_count) = (dev.first_slot, dev.raw_count);
+        let mut any_good = false;
+        let mut comm_bad = !batch.values.is_empty();
+        // Values first, then derived tags and design suppression, then rules: a rule never
+        // fires on a batch whose own values suppress it.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
         for &(tag, v, quality) in &batch.values {
-            if tag >= count {
+            if tag >= raw_count {
                 continue;
             }
-            let slot = (first + u32::from(tag)) as usize;
-            self.on_sample(slot, batch.ts, v, quality, now, out);
+            let good = quality.is_good() && v.is_finite();
+            any_good |= good;
+            if good
+                || !matches!(
+                    quality,
+                    Quality::Bad(
+                        BadReason::Timeout
+                            | BadReason::ConnectionLost
+                            | BadReason::Exception(0x0A | 0x0B)
+                    )
+                )
+            {
+                comm_bad = false;
+            }
+            let stored = self.store((first + u32::from(tag)) as usize, batch.ts, v, quality);
+            scratch.push(stored);
         }
-    }
-
-    fn on_sample(
-        &mut self,
-        slot: usize,
-        ts: Ts,
-        v: f64,
-        quality: Quality,
-        now: Ts,
-        out: &mut Vec<AlarmEvent>,
-    ) {
-        let good = quality.is_good() && v.is_finite();
-        let t = &mut self.tags[slot];
-        t.quality = if good { Quality::Good } else { quality };
-        if good {
-            let p = Point { ts, v };
-            t.window.push(p);
-            t.last = Some(p);
+        for i in 0..self.devices[di].derived.len() {
+            let d = &self.devices[di].derived[i];
+            let mut inputs = [f64::NAN; 16];
+            let mut ok = d.inputs.len() <= inputs.len();
+            for (k, &s) in d.inputs.iter().enumerate().take(inputs.len()) {
+                match Latest(&self.latest).value(s) {
+                    Some(v) => inputs[k] = v,
+                    None => ok = false,
+                }
+            }
+            let slot = d.slot as usize;
+            let v = d.program.eval(&inputs[..d.inputs.len().min(16)]);
+            let (v, q) = match (ok, v.is_finite()) {
+                (true, true) => (v, Quality::Good),
+                (true, false) => (f64::NAN, Quality::Bad(BadReason::Decode)),
+                (false, _) => (f64::NAN, Quality::Bad(BadReason::Input)),
+            };
+            let stored = self.store(slot, batch.ts, v, q);
+            scratch.push(stored);
         }
-        for wi in 0..self.tags[slot].watchers.len() {
-            let id = self.tags[slot].watchers[wi] as usize;
-            let inst = &mut self.instances[id];
-            let condition = if good {
-                inst.value = Some(v);
-                inst.eval.step(v)
+        for i in 0..self.devices[di].suppressions.len() {
+            let s = &self.devices[di].suppressions[i];
+            let mut inputs = [f64::NAN; 16];
+            let mut ok = true;
+            for (k, &slot) in s.inputs.iter().enumerate().take(16) {
+                match Latest(&self.latest).value(slot) {
+                    Some(v) => inputs[k] = v,
+                    None => ok = false,
+                }
+            }
+            let v = s.program.eval(&inputs[..s.inputs.len().min(16)]);
+            if !ok || !v.is_finite() {
+                continue;
+            }
+            let on = v != 0.0;
+            if s.state != Some(on) {
+                let targets = s.targets.clone();
+                self.devices[di].suppressions[i].state = Some(on);
+                for t in targets {
+                    self.suppress(t, on, now, out);
+                }
+            }
+        }
+        for stored in scratch.drain(..) {
+            self.evaluate(stored, now, out);
+        }
+        self.scratch = scratch;
+        if let Some(id) = self.devices[di].comm_alarm {
+            let c = if any_good {
+                Condition::Clear
+            } else if comm_bad {
+                Condition::Active
             } else {
                 Condition::Unknown
             };
-            inst.quality = if good { Quality::Good } else { quality };
-            if let Some(tr) = inst.alarm.condition(condition, now) {
-                out.push(self.event(id, tr));
+            self.apply(id, c, now, out);
+        }
+        self.apply_alarm_suppressions(now, out);
+    }
+
+    /// Records a sample of a slot: latest value, quality, summary and window.
+    fn store(&mut self, slot: usize, ts: Ts, v: f64, quality: Quality) -> Stored {
+        let good = quality.is_good() && v.is_finite();
+        let t = &mut self.tags[slot];
+        self.latest[slot] = if good { v } else { f64::NAN };
+        t.quality = if good { Quality::Good } else { quality };
+        t.summary.add(v, good);
+        let p = Point { ts, v };
+        let evicted = if good {
+            t.last = Some(p);
+            t.window.push(p)
+        } else {
+            None
+        };
+        Stored {
+            slot: slot as u32,
+            p,
+            quality,
+            good,
+            evicted,
+        }
+    }
+
+    /// Runs the rules watching a slot on the sample just stored.
+    fn evaluate(&mut self, s: Stored, now: Ts, out: &mut Vec<AlarmEvent>) {
+        let (slot, p, good, quality) = (s.slot as usize, s.p, s.good, s.quality);
+        for wi in 0..self.tags[slot].watchers.len() {
+            let ev = self.tags[slot].watchers[wi] as usize;
+            let condition = {
+                let e = &mut self.evaluators[ev];
+                if let Some((seq, old)) = s.evicted {
+                    e.eval.evicted(seq, old);
+                }
+                if good {
+                    Some(
+                        e.eval
+                            .on_good(&mut self.tags[slot].window, p, &Latest(&self.latest)),
+                    )
+                } else {
+                    e.eval.on_bad()
+                }
+            };
+            let Some(condition) = condition else { continue };
+            let e = &self.evaluators[ev];
+            let (limit, eta) = (e.eval.limit(), e.eval.eta_ms());
+            match e.target {
+                Target::Alarm(id) => {
+                    let a = &mut self.alarms[id as usize];
+                    if good {
+                        a.value = Some(p.v);
+                    }
+                    a.quality = if good { Quality::Good } else { quality };
+                    a.limit = limit.or(a.limit);
+                    a.eta_ms = eta;
+                    self.apply(id, condition, now, out);
+                }
+                Target::Area { area, member } => {
+                    let agg = &mut self.areas[area as usize];
+                    agg.conditions[member as usize] = condition;
+                    agg.values[member as usize] = good.then_some(p.v);
+                    let n = agg.conditions.len() as f64;
+                    let known = agg
+                        .conditions
+                        .iter()
+                        .filter(|c| **c != Condition::Unknown)
+                        .count() as f64;
+                    let active = agg
+                        .conditions
+                        .iter()
+                        .filter(|c| **c == Condition::Active)
+                        .count() as f64;
+                    let c = if active >= agg.quorum * n {
+                        Condition::Active
+                    } else if known >= agg.quorum * n {
+                        Condition::Clear
+                    } else {
+                        Condition::Unknown
+                    };
+                    let (sum, cnt) = agg
+                        .values
+                        .iter()
+                        .flatten()
+                        .fold((0.0, 0usize), |(s, c), v| (s + v, c + 1));
+                    let id = agg.alarm;
+                    let a = &mut self.alarms[id as usize];
+                    a.value = (cnt > 0).then(|| sum / cnt as f64);
+                    a.limit = limit.or(a.limit);
+                    self.apply(id, c, now, out);
+                }
             }
         }
     }
 
-    /// Advances timers (on/off delays, shelve expiry) without new samples.
+    /// Feeds a condition to an alarm and routes what it produces.
+    fn apply(&mut self, id: u32, c: Condition, now: Ts, out: &mut Vec<AlarmEvent>) {
+        let a = &mut self.alarms[id as usize];
+        let was = a.alarm.is_active();
+        let tr = a.alarm.condition(c, now);
+        self.after(id, was, tr, now, out);
+    }
+
+    fn after(
+        &mut self,
+        id: u32,
+        was_active: bool,
+        tr: Option<Transition>,
+        now: Ts,
+        out: &mut Vec<AlarmEvent>,
+    ) {
+        let a = &mut self.alarms[id as usize];
+        let is = a.alarm.is_active();
+        if was_active != is {
+            let n = self.active_by_rule.entry(a.rule.clone()).or_insert(0);
+            *n = if is { *n + 1 } else { n.saturating_sub(1) };
+            self.suppression_dirty = true;
+        }
+        let episodes = a.alarm.chattering_episodes();
+        if episodes > a.chatter_seen {
+            a.chatter_seen = episodes;
+            self.kpis.on_chattering_episode();
+        }
+        let Some(tr) = tr else { return };
+        if tr.is_annunciation() && id != self.flood_alarm {
+            let a = &self.alarms[id as usize];
+            let source = format!("{}/{}", a.device, a.rule);
+            let prio = a.alarm.priority();
+            self.kpis.on_activation(&source, prio, now);
+            if let FloodDecision::Hold(h) = self.flood.on_activation(&self.area, prio, now) {
+                self.held.insert(h.0, id);
+                return;
+            }
+        }
+        out.push(self.event(id, tr));
+    }
+
+    fn suppress(&mut self, id: u32, on: bool, now: Ts, out: &mut Vec<AlarmEvent>) {
+        let a = &mut self.alarms[id as usize];
+        let was = a.alarm.is_active();
+        let tr = a.alarm.set_suppressed(on, now).ok().flatten();
+        self.after(id, was, tr, now, out);
+    }
+
+    fn apply_alarm_suppressions(&mut self, now: Ts, out: &mut Vec<AlarmEvent>) {
+        // Suppressing can clear alarms that suppress others: settle in a few rounds.
+        for _ in 0..4 {
+            if !self.suppression_dirty {
+                return;
+            }
+            self.suppression_dirty = false;
+            for i in 0..self.alarm_suppressions.len() {
+                let s = &self.alarm_suppressions[i];
+                let on = match &s.device {
+                    Some(d) => self
+                        .by_name
+                        .get(&(d.clone(), s.rule.clone()))
+                        .is_some_and(|&id| self.alarms[id as usize].alarm.is_active()),
+                    None => self.active_by_rule.get(&s.rule).copied().unwrap_or(0) > 0,
+                };
+                if on != s.state {
+                    let targets = s.targets.clone();
+                    self.alarm_suppressions[i].state = on;
+                    for t in targets {
+                        self.suppress(t, on, now, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Advances timers (on/off delays, shelve expiry, stale rules, floods) without samples.
     pub fn tick(&mut self, now: Ts, out: &mut Vec<AlarmEvent>) {
-        for id in 0..self.instances.len() {
-            if let Some(tr) = self.instances[id].alarm.tick(now) {
-                out.push(self.event(id, tr));
+        let started = *self.started.get_or_insert(now);
+        self.summary_from.get_or_insert(now);
+        for ev in 0..self.evaluators.len() {
+            if let Some(c) = self.evaluators[ev].eval.on_tick(now, started) {
+                if let Target::Alarm(id) = self.evaluators[ev].target {
+                    self.apply(id, c, now, out);
+                }
+            }
+        }
+        for id in 0..self.alarms.len() as u32 {
+            let a = &mut self.alarms[id as usize];
+            let was = a.alarm.is_active();
+            let tr = a.alarm.tick(now);
+            self.after(id, was, tr, now, out);
+        }
+        self.apply_alarm_suppressions(now, out);
+        for fe in self.flood.tick(now) {
+            self.kpis.on_flood_event(&fe);
+            let c = match &fe {
+                FloodEvent::Started { .. } => Condition::Active,
+                FloodEvent::Ended { .. } => Condition::Clear,
+            };
+            let fid = self.flood_alarm;
+            self.alarms[fid as usize].value = match &fe {
+                FloodEvent::Started { count, .. } => Some(*count as f64),
+                FloodEvent::Ended { .. } => None,
+            };
+            self.apply(fid, c, now, out);
+            if let FloodEvent::Ended { held, .. } = fe {
+                // Release what was held back, as it stands now.
+                for h in held {
+                    if let Some(id) = self.held.remove(&h.0) {
+                        let a = &self.alarms[id as usize];
+                        if a.alarm.is_shown() {
+                            let s = a.alarm.published_state();
+                            out.push(self.event(
+                                id,
+                                Transition {
+                                    from: s,
+                                    to: s,
+                                    at: now,
+                                    cause: Cause::Condition,
+                                    by: None,
+                                    note: Some("held back during an alarm flood".into()),
+                                },
+                            ));
+                        }
+                    }
+                }
             }
         }
     }
@@ -323,12 +931,15 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownAlarm {
                 device: device.into(),
                 rule: rule.into(),
-            })? as usize;
-        let mut pending = Vec::new();
-        if let Some(tr) = self.instances[id].alarm.tick(now) {
-            pending.push(tr);
-        }
-        let alarm = &mut self.instances[id].alarm;
+            })?;
+        let mut out = Vec::new();
+        let a = &mut self.alarms[id as usize];
+        let was = a.alarm.is_active();
+        let tr = a.alarm.tick(now);
+        self.after(id, was, tr, now, &mut out);
+        let a = &mut self.alarms[id as usize];
+        let was = a.alarm.is_active();
+        let alarm = &mut a.alarm;
         let tr = match cmd {
             Command::Ack { note } => alarm.ack(by, note.as_deref(), now)?,
             Command::Shelve { until } => alarm.shelve(*until, by, now)?,
@@ -337,55 +948,75 @@ impl Engine {
             Command::OutOfService => alarm.remove_from_service(by, now)?,
             Command::ReturnToService => alarm.return_to_service(by, now)?,
         };
+        let is_active = self.alarms[id as usize].alarm.is_active();
+        if was != is_active {
+            let n = self
+                .active_by_rule
+                .entry(self.alarms[id as usize].rule.clone())
+                .or_insert(0);
+            *n = if is_active {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+            self.suppression_dirty = true;
+        }
         Ok(tr.map(|tr| self.event(id, tr)))
     }
 
-    fn event(&self, id: usize, transition: Transition) -> AlarmEvent {
-        let inst = &self.instances[id];
-        let tag = &self.tags[inst.slot as usize];
-        let device = &self.devices[inst.device as usize];
-        let state = inst.alarm.published_state();
-        let message = inst.message.render(&MessageContext {
-            device: &device.name,
-            tag: &tag.name,
-            rule: &inst.rule,
-            unit: &tag.unit,
-            value: inst.value,
-            limit: inst.eval.limit(),
-            eta_ms: None,
-            priority: Some(inst.alarm.priority()),
+    fn event(&self, id: u32, transition: Transition) -> AlarmEvent {
+        let a = &self.alarms[id as usize];
+        let state = a.alarm.published_state();
+        let device: &str = if id == self.flood_alarm {
+            &self.area
+        } else {
+            &a.device
+        };
+        let message = a.message.render(&MessageContext {
+            device,
+            tag: &a.tag,
+            rule: &a.rule,
+            unit: &a.unit,
+            value: a.value,
+            limit: a.limit,
+            eta_ms: a.eta_ms,
+            priority: Some(a.alarm.priority()),
             state,
         });
         AlarmEvent {
-            device: device.name.clone(),
-            rule: inst.rule.clone(),
-            tag: tag.name.clone(),
-            unit: tag.unit.clone(),
-            priority: inst.alarm.priority(),
-            value: inst.value,
-            limit: inst.eval.limit(),
-            quality: inst.quality,
+            device: if id == self.flood_alarm {
+                Arc::from(AREA_DEVICE)
+            } else {
+                a.device.clone()
+            },
+            rule: a.rule.clone(),
+            tag: a.tag.clone(),
+            unit: a.unit.clone(),
+            priority: a.alarm.priority(),
+            value: a.value,
+            limit: a.limit,
+            quality: a.quality,
             message,
-            since: inst.alarm.since(),
-            active_since: inst.alarm.active_since(),
+            since: a.alarm.since(),
+            active_since: a.alarm.active_since(),
             // Acknowledging RTNUN lands in NORM, which keeps no acknowledger; the payload still
             // says who did it.
-            acked_by: inst.alarm.acked_by().map(str::to_string).or_else(|| {
-                (transition.cause == super::alarm::Cause::Ack)
+            acked_by: a.alarm.acked_by().map(str::to_string).or_else(|| {
+                (transition.cause == Cause::Ack)
                     .then(|| transition.by.clone())
                     .flatten()
             }),
-            shelved_until: inst.alarm.shelved_until(),
+            shelved_until: a.alarm.shelved_until(),
             transition,
         }
     }
 
-    /// Every alarm that operators currently see (not normal, not hidden).
+    /// Every alarm operators currently see (not normal, not hidden), as events of their state.
     pub fn shown_alarms(&self) -> Vec<AlarmEvent> {
-        (0..self.instances.len())
-            .filter(|&id| self.instances[id].alarm.is_shown())
+        (0..self.alarms.len() as u32)
+            .filter(|&id| self.alarms[id as usize].alarm.is_shown())
             .map(|id| {
-                let a = &self.instances[id].alarm;
+                let a = &self.alarms[id as usize].alarm;
                 let s = a.published_state();
                 self.event(
                     id,
@@ -393,7 +1024,7 @@ impl Engine {
                         from: s,
                         to: s,
                         at: a.since(),
-                        cause: super::alarm::Cause::Condition,
+                        cause: Cause::Condition,
                         by: None,
                         note: None,
                     },
@@ -402,18 +1033,73 @@ impl Engine {
             .collect()
     }
 
+    /// Current state of one alarm, as an event.
+    pub fn alarm_state(&self, device: &str, rule: &str) -> Option<AlarmEvent> {
+        let id = *self.by_name.get(&(Arc::from(device), Arc::from(rule)))?;
+        let a = &self.alarms[id as usize].alarm;
+        let s = a.published_state();
+        Some(self.event(
+            id,
+            Transition {
+                from: s,
+                to: s,
+                at: a.since(),
+                cause: Cause::Condition,
+                by: None,
+                note: None,
+            },
+        ))
+    }
+
     pub fn instance_count(&self) -> usize {
-        self.instances.len()
+        self.alarms.len()
+    }
+
+    pub fn kpis(&self, now: Ts) -> KpiSnapshot {
+        self.kpis.snapshot(
+            now,
+            self.alarms.iter().filter_map(|a| {
+                if a.alarm.is_active() {
+                    a.alarm.active_since()
+                } else {
+                    None
+                }
+            }),
+        )
     }
 
     /// Latest good value and current quality of a tag, for tests and summaries.
     pub fn tag_value(&self, device: &str, tag: &str) -> Option<(Option<f64>, Quality)> {
-        let d = self.devices.iter().find(|d| &*d.name == device)?;
-        let range = d.first_slot as usize..(d.first_slot as usize + d.tag_count as usize);
-        self.tags[range]
-            .iter()
-            .find(|t| &*t.name == tag)
-            .map(|t| (t.last.map(|p| p.v), t.quality))
+        let di = self.devices.iter().position(|d| &*d.name == device)?;
+        let s = self.slot_of(di, tag)?;
+        let t = &self.tags[s as usize];
+        Some((t.last.map(|p| p.v), t.quality))
+    }
+
+    /// The figures of every tag since the last call, per device; starts a new interval.
+    pub fn take_summaries(&mut self, now: Ts) -> Vec<DeviceSummary> {
+        let from = self.summary_from.replace(now).unwrap_or(now);
+        let mut out = Vec::with_capacity(self.devices.len());
+        for d in &self.devices {
+            let range = d.first_slot as usize..(d.first_slot + u32::from(d.slot_count)) as usize;
+            let tags = self.tags[range]
+                .iter_mut()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.unit.clone(),
+                        std::mem::take(&mut t.summary),
+                    )
+                })
+                .collect();
+            out.push(DeviceSummary {
+                device: d.name.clone(),
+                from,
+                to: now,
+                tags,
+            });
+        }
+        out
     }
 }
 
@@ -422,20 +1108,29 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    const CFG: &str = r#"
+    const BASE: &str = r#"
 [agent]
 id = "gw"
 site = "s"
-area = "a"
+area = "potline-1"
 [mqtt]
 url = "mqtt://127.0.0.1:1883"
+[alarms]
+comm_loss_delay = "0s"
 [templates.cell]
-tags = [ { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" } ]
+tags = [
+  { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" },
+  { name = "current", table = "input", address = 2, type = "f32", unit = "kA" },
+]
+derived = [ { name = "pseudo_r", expr = "(voltage - 1.65) / current * 1000", unit = "uOhm" } ]
 [[devices]]
 name = "pot-{unit:03}"
 template = "cell"
 endpoint = "tcp://127.0.0.1:5020"
-units = "1-2"
+units = "1-4"
+"#;
+
+    const AE: &str = r#"
 [[rules]]
 name = "anode_effect"
 template = "cell"
@@ -448,17 +1143,23 @@ priority = "critical"
 message = "Anode effect on {device}: {value} V"
 "#;
 
-    fn engine() -> Engine {
-        Engine::new(&Config::from_str(Path::new("t.toml"), CFG).unwrap()).unwrap()
+    fn engine(rules: &str) -> Engine {
+        let cfg = Config::from_str(Path::new("t.toml"), &format!("{BASE}{rules}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Engine::new(&cfg).unwrap()
     }
 
     fn feed(e: &mut Engine, dev: u32, t: Ts, v: f64) -> Vec<AlarmEvent> {
+        feed2(e, dev, t, v, 500.0)
+    }
+
+    fn feed2(e: &mut Engine, dev: u32, t: Ts, v: f64, i: f64) -> Vec<AlarmEvent> {
         let mut out = Vec::new();
         e.on_batch(
             &SampleBatch {
                 device: dev,
                 ts: t,
-                values: vec![(0, v, Quality::Good)],
+                values: vec![(0, v, Quality::Good), (1, i, Quality::Good)],
             },
             t,
             &mut out,
@@ -466,57 +1167,213 @@ message = "Anode effect on {device}: {value} V"
         out
     }
 
+    fn rule_events<'a>(ev: &'a [AlarmEvent], rule: &str) -> Vec<&'a AlarmEvent> {
+        ev.iter().filter(|e| &*e.rule == rule).collect()
+    }
+
     #[test]
     fn high_rule_with_on_delay_and_deadband() {
-        let mut e = engine();
-        assert!(feed(&mut e, 0, 0, 4.2).is_empty());
+        let mut e = engine(AE);
+        assert!(rule_events(&feed(&mut e, 0, 0, 4.2), "anode_effect").is_empty());
         assert!(
-            feed(&mut e, 0, 1_000, 9.0).is_empty(),
+            rule_events(&feed(&mut e, 0, 1_000, 9.0), "anode_effect").is_empty(),
             "on-delay not elapsed"
         );
-        assert!(feed(&mut e, 0, 2_000, 9.5).is_empty());
+        assert!(rule_events(&feed(&mut e, 0, 2_000, 9.5), "anode_effect").is_empty());
         let ev = feed(&mut e, 0, 3_000, 12.0);
+        let ev = rule_events(&ev, "anode_effect");
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].transition.to, "active_unacked");
         assert_eq!(&*ev[0].device, "pot-001");
         assert_eq!(ev[0].message, "Anode effect on pot-001: 12 V");
         assert_eq!(ev[0].limit, Some(8.0));
-        // Within the deadband: still active.
-        assert!(feed(&mut e, 0, 4_000, 7.6).is_empty());
+        assert!(rule_events(&feed(&mut e, 0, 4_000, 7.6), "anode_effect").is_empty());
         let ev = feed(&mut e, 0, 5_000, 7.4);
-        assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].transition.to, "returned_unacked");
-        // The other device is untouched.
-        assert!(feed(&mut e, 1, 5_000, 4.1).is_empty());
+        assert_eq!(
+            rule_events(&ev, "anode_effect")[0].transition.to,
+            "returned_unacked"
+        );
+        assert!(rule_events(&feed(&mut e, 1, 5_000, 4.1), "anode_effect").is_empty());
     }
 
     #[test]
-    fn a_short_excursion_never_alarms_and_bad_samples_never_trigger() {
-        let mut e = engine();
+    fn bad_samples_never_trigger_and_comm_loss_is_built_in() {
+        let mut e = engine(AE);
         feed(&mut e, 0, 0, 9.0);
-        feed(&mut e, 0, 1_000, 4.0);
-        assert!(feed(&mut e, 0, 2_500, 9.0).is_empty());
+        let mut out = Vec::new();
+        let bad = SampleBatch {
+            device: 0,
+            ts: 3_000,
+            values: vec![
+                (0, f64::NAN, Quality::Bad(BadReason::Timeout)),
+                (1, f64::NAN, Quality::Bad(BadReason::Timeout)),
+            ],
+        };
+        e.on_batch(&bad, 3_000, &mut out);
+        e.tick(10_000, &mut out);
+        assert!(rule_events(&out, "anode_effect").is_empty(), "{out:?}");
+        let comm = rule_events(&out, COMM_LOSS_RULE);
+        assert_eq!(comm.len(), 1);
+        assert_eq!(comm[0].transition.to, "active_unacked");
+        assert_eq!(comm[0].priority, Priority::High);
+        assert_eq!(
+            e.tag_value("pot-001", "voltage").map(|x| x.1),
+            Some(Quality::Bad(BadReason::Timeout))
+        );
+        let back = feed(&mut e, 0, 11_000, 4.2);
+        assert_eq!(
+            rule_events(&back, COMM_LOSS_RULE)[0].transition.to,
+            "returned_unacked"
+        );
+    }
+
+    #[test]
+    fn derived_tags_are_computed_and_alarmed_like_any_tag() {
+        let mut e = engine(
+            r#"
+[[rules]]
+name = "r_high"
+template = "cell"
+tag = "pseudo_r"
+type = "high"
+limit = 6.0
+"#,
+        );
+        assert!(feed2(&mut e, 0, 0, 4.0, 500.0).is_empty());
+        let (v, q) = e.tag_value("pot-001", "pseudo_r").unwrap();
+        assert!((v.unwrap() - 4.7).abs() < 1e-9 && q.is_good());
+        let ev = feed2(&mut e, 0, 1_000, 4.0, 300.0);
+        assert_eq!(rule_events(&ev, "r_high").len(), 1, "R = 7.83 uOhm");
+        // A bad input makes the derived tag bad, not a stale value.
         let mut out = Vec::new();
         e.on_batch(
             &SampleBatch {
                 device: 0,
-                ts: 3_000,
-                values: vec![(0, f64::NAN, Quality::Bad(BadReason::Timeout))],
+                ts: 2_000,
+                values: vec![
+                    (0, 4.0, Quality::Good),
+                    (1, f64::NAN, Quality::Bad(BadReason::Decode)),
+                ],
             },
-            3_000,
+            2_000,
             &mut out,
         );
-        e.tick(10_000, &mut out);
-        assert!(out.is_empty(), "{out:?}");
         assert_eq!(
-            e.tag_value("pot-001", "voltage").map(|x| x.1),
-            Some(Quality::Bad(BadReason::Timeout))
+            e.tag_value("pot-001", "pseudo_r").unwrap().1,
+            Quality::Bad(BadReason::Input)
+        );
+    }
+
+    #[test]
+    fn a_potline_outage_raises_one_area_alarm_and_suppresses_cell_alarms() {
+        let mut e = engine(
+            r#"
+[[rules]]
+name = "line_current_loss"
+template = "cell"
+tag = "current"
+type = "low"
+limit = 450
+scope = "area"
+priority = "critical"
+[[rules]]
+name = "cell_voltage_low"
+template = "cell"
+tag = "voltage"
+type = "low"
+limit = 3.0
+on_delay = "3s"
+suppress_when = "alarm:line_current_loss"
+"#,
+        );
+        for d in 0..4 {
+            feed2(&mut e, d, 0, 4.2, 500.0);
+        }
+        let mut all = Vec::new();
+        for t in 1..10 {
+            for d in 0..4 {
+                all.extend(feed2(&mut e, d, t * 1_000, 0.5, 0.0));
+            }
+            e.tick(t * 1_000 + 500, &mut all);
+        }
+        let line = rule_events(&all, "line_current_loss");
+        assert_eq!(line.len(), 1, "{line:?}");
+        assert_eq!(&*line[0].device, AREA_DEVICE);
+        assert!(
+            all.iter()
+                .filter(|e| &*e.rule == "cell_voltage_low")
+                .all(|e| e.transition.to == "suppressed"),
+            "{all:?}"
+        );
+        assert!(all
+            .iter()
+            .all(|e| e.transition.to != "active_unacked" || &*e.rule == "line_current_loss"));
+    }
+
+    #[test]
+    fn expression_suppression_uses_the_devices_own_values() {
+        let mut e = engine(
+            r#"
+[[rules]]
+name = "v_low"
+template = "cell"
+tag = "voltage"
+type = "low"
+limit = 3.0
+suppress_when = "current < 100"
+"#,
+        );
+        let ev = feed2(&mut e, 0, 0, 1.0, 0.0);
+        assert!(
+            rule_events(&ev, "v_low")
+                .iter()
+                .all(|e| e.transition.to == "suppressed"),
+            "{ev:?}"
+        );
+        let ev = feed2(&mut e, 1, 0, 1.0, 500.0);
+        assert_eq!(rule_events(&ev, "v_low")[0].transition.to, "active_unacked");
+    }
+
+    #[test]
+    fn a_flood_holds_back_low_priority_alarms_and_raises_one_summary() {
+        let mut rules = String::new();
+        for i in 0..15 {
+            rules.push_str(&format!("[[rules]]\nname = \"r{i}\"\ntemplate = \"cell\"\ntag = \"voltage\"\ntype = \"high\"\nlimit = {}\npriority = \"{}\"\n", 5.0 + i as f64 * 0.1, if i < 12 { "medium" } else { "low" }));
+        }
+        let mut e = engine(&rules);
+        let mut out = feed(&mut e, 0, 0, 10.0);
+        e.tick(1_000, &mut out);
+        let flood = rule_events(&out, FLOOD_RULE);
+        assert_eq!(flood.len(), 1);
+        assert_eq!(flood[0].transition.to, "active_unacked");
+        let low: Vec<_> = out
+            .iter()
+            .filter(|e| e.priority == Priority::Low && &*e.rule != FLOOD_RULE)
+            .collect();
+        assert!(
+            low.is_empty(),
+            "low-priority alarms are held during the flood: {low:?}"
+        );
+        assert_eq!(e.kpis(1_000).floods, 1);
+        // After the window passes quietly, the flood ends and held alarms come out.
+        let mut later = Vec::new();
+        e.tick(700_000, &mut later);
+        assert_eq!(
+            rule_events(&later, FLOOD_RULE)[0].transition.to,
+            "returned_unacked"
+        );
+        assert_eq!(
+            later
+                .iter()
+                .filter(|e| e.priority == Priority::Low && &*e.rule != FLOOD_RULE)
+                .count(),
+            3
         );
     }
 
     #[test]
     fn commands_reach_the_alarm() {
-        let mut e = engine();
+        let mut e = engine(AE);
         feed(&mut e, 0, 0, 9.0);
         feed(&mut e, 0, 2_000, 9.0);
         let ev = e
@@ -535,6 +1392,28 @@ message = "Anode effect on {device}: {value} V"
             e.command("pot-009", "anode_effect", "x", &Command::Reset, 3_000),
             Err(EngineError::UnknownAlarm { .. })
         ));
-        assert_eq!(e.shown_alarms().len(), 1);
+        assert_eq!(
+            e.shown_alarms()
+                .iter()
+                .filter(|a| &*a.rule == "anode_effect")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn summaries_cover_the_interval_and_reset() {
+        let mut e = engine("");
+        for (t, v) in [(0, 4.0), (1_000, 4.4), (2_000, 4.2)] {
+            feed(&mut e, 0, t, v);
+        }
+        let s = e.take_summaries(60_000);
+        let v = &s[0].tags[0].2;
+        assert_eq!(
+            (v.count, v.good, v.min, v.max, v.last),
+            (3, 3, 4.0, 4.4, Some(4.2))
+        );
+        assert!((v.mean().unwrap() - 4.2).abs() < 1e-12);
+        assert_eq!(e.take_summaries(120_000)[0].tags[0].2.count, 0);
     }
 }

@@ -221,3 +221,267 @@ mod tests {
         );
     }
 }
+
+pub const SUMMARY_SCHEMA: &str = "alsentry/summary/1";
+pub const DATA_SCHEMA: &str = "alsentry/data/1";
+
+/// National benchmark and baseline for AC energy of liquid aluminium (NDRC 2021-2025), kWh/t.
+pub const ENERGY_BENCHMARK_KWH_T: f64 = 13_000.0;
+pub const ENERGY_BASELINE_KWH_T: f64 = 13_350.0;
+/// Faraday's constant for aluminium: 3F/M = 2,980 Ah/kg, so DC kWh/t = 2980 * V / CE.
+pub const AH_PER_KG: f64 = 2_980.0;
+
+impl Identity {
+    pub fn summary_topic(&self, device: &str) -> String {
+        format!(
+            "{}/{}/{}/{}/summary",
+            self.topic_root, self.site, self.area, device
+        )
+    }
+
+    pub fn data_topic(&self, device: &str) -> String {
+        format!(
+            "{}/{}/{}/{}/data",
+            self.topic_root, self.site, self.area, device
+        )
+    }
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+/// Cell KPIs from the interval's voltage and current: mean pseudo-resistance
+/// R = (V - 1.65) / I, noise (standard deviation of voltage), and the DC/AC energy estimate
+/// against the benchmark.
+pub fn cell_kpi(
+    tags: &[(
+        std::sync::Arc<str>,
+        std::sync::Arc<str>,
+        super::engine::TagSummary,
+    )],
+    ce: f64,
+    rectifier: f64,
+) -> Option<serde_json::Value> {
+    let find = |n: &str| {
+        tags.iter()
+            .find(|(name, _, _)| &**name == n)
+            .map(|(_, _, s)| s)
+    };
+    let v = find("voltage")?;
+    let i = find("current")?;
+    let (vm, im) = (v.mean()?, i.mean()?);
+    let r_uohm = if im > 0.0 {
+        Some((vm - 1.65) / im * 1_000.0)
+    } else {
+        None
+    };
+    let dc = AH_PER_KG * vm / ce;
+    let ac = dc / rectifier;
+    Some(serde_json::json!({
+        "pseudo_resistance_uohm": r_uohm.and_then(finite),
+        "voltage_noise_mv": v.std().map(|s| s * 1_000.0),
+        "energy_dc_kwh_t": finite(dc),
+        "energy_ac_kwh_t": finite(ac),
+        "benchmark_kwh_t": ENERGY_BENCHMARK_KWH_T,
+        "baseline_kwh_t": ENERGY_BASELINE_KWH_T,
+        "vs_benchmark_pct": finite((ac / ENERGY_BENCHMARK_KWH_T - 1.0) * 100.0),
+        "current_efficiency": ce,
+    }))
+}
+
+pub fn summary_payload(
+    who: &Identity,
+    s: &super::engine::DeviceSummary,
+    ce: f64,
+    rectifier: f64,
+) -> Vec<u8> {
+    let mut tags = serde_json::Map::new();
+    for (name, unit, t) in &s.tags {
+        tags.insert(
+            name.to_string(),
+            serde_json::json!({
+                "min": (t.good > 0).then_some(t.min),
+                "max": (t.good > 0).then_some(t.max),
+                "mean": t.mean(),
+                "last": t.last,
+                "count": t.count,
+                "good_ratio": if t.count > 0 { Some(t.good as f64 / t.count as f64) } else { None },
+                "unit": &**unit,
+            }),
+        );
+    }
+    let mut v = serde_json::json!({
+        "schema": SUMMARY_SCHEMA,
+        "agent": who.agent,
+        "site": who.site,
+        "area": who.area,
+        "device": &*s.device,
+        "ts": rfc3339_ms(s.to),
+        "from": rfc3339_ms(s.from),
+        "interval_s": (s.to - s.from) as f64 / 1_000.0,
+        "tags": tags,
+    });
+    if let Some(kpi) = cell_kpi(&s.tags, ce, rectifier) {
+        v["kpi"] = kpi;
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Decides which raw values to publish: every poll, or only those that moved more than a
+/// deadband since they were last published (or changed quality).
+#[derive(Debug, Default)]
+pub struct DataFilter {
+    last: std::collections::HashMap<(u32, u16), (f64, bool)>,
+}
+
+impl DataFilter {
+    pub fn payload(
+        &mut self,
+        who: &Identity,
+        device: &str,
+        names: &[(String, String)],
+        batch: &super::engine::SampleBatch,
+        deadband: Option<f64>,
+    ) -> Option<Vec<u8>> {
+        let mut values = serde_json::Map::new();
+        for &(tag, v, q) in &batch.values {
+            let Some((name, unit)) = names.get(tag as usize) else {
+                continue;
+            };
+            let good = q.is_good() && v.is_finite();
+            if let Some(db) = deadband {
+                let key = (batch.device, tag);
+                match self.last.get(&key) {
+                    Some(&(pv, pg)) if pg == good && (!good || (v - pv).abs() <= db) => continue,
+                    _ => {
+                        self.last.insert(key, (v, good));
+                    }
+                }
+            }
+            values.insert(
+                name.clone(),
+                serde_json::json!({ "v": finite(v), "q": q.label(), "unit": unit }),
+            );
+        }
+        if values.is_empty() {
+            return None;
+        }
+        let v = serde_json::json!({
+            "schema": DATA_SCHEMA,
+            "agent": who.agent,
+            "device": device,
+            "ts": rfc3339_ms(batch.ts),
+            "values": values,
+        });
+        serde_json::to_vec(&v).ok()
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+    use crate::core::engine::{DeviceSummary, SampleBatch, TagSummary};
+    use crate::core::model::{BadReason, Quality};
+    use std::sync::Arc;
+
+    fn who() -> Identity {
+        Identity {
+            topic_root: "alsentry".into(),
+            agent: "gw".into(),
+            site: "s".into(),
+            area: "a".into(),
+        }
+    }
+
+    #[test]
+    fn cell_summary_has_energy_against_the_benchmark() {
+        let mut v = TagSummary::default();
+        let mut i = TagSummary::default();
+        for x in [4.09, 4.10, 4.11] {
+            v.count += 1;
+            v.good += 1;
+            v.sum += x;
+            v.sum_sq += x * x;
+            v.min = v.min.min(x);
+            v.max = v.max.max(x);
+        }
+        i.count = 1;
+        i.good = 1;
+        i.sum = 500.0;
+        i.sum_sq = 250_000.0;
+        let s = DeviceSummary {
+            device: Arc::from("pot-001"),
+            from: 0,
+            to: 60_000,
+            tags: vec![
+                (Arc::from("voltage"), Arc::from("V"), v),
+                (Arc::from("current"), Arc::from("kA"), i),
+            ],
+        };
+        let j: serde_json::Value =
+            serde_json::from_slice(&summary_payload(&who(), &s, 0.92, 0.98)).unwrap();
+        assert_eq!(j["schema"], SUMMARY_SCHEMA);
+        assert_eq!(j["interval_s"], 60.0);
+        assert_eq!(j["tags"]["voltage"]["count"], 3);
+        // 4.10 V at 92 % CE: 13,280 kWh/t DC (domain.md B), about 13,551 AC.
+        assert!((j["kpi"]["energy_dc_kwh_t"].as_f64().unwrap() - 13_280.43).abs() < 0.1);
+        assert!((j["kpi"]["pseudo_resistance_uohm"].as_f64().unwrap() - 4.9).abs() < 1e-9);
+        assert!(j["kpi"]["vs_benchmark_pct"].as_f64().unwrap() > 4.0);
+    }
+
+    #[test]
+    fn data_by_exception_respects_the_deadband_and_quality_changes() {
+        let names = vec![("voltage".to_string(), "V".to_string())];
+        let mut f = DataFilter::default();
+        let b = |ts, v, q| SampleBatch {
+            device: 0,
+            ts,
+            values: vec![(0, v, q)],
+        };
+        assert!(f
+            .payload(
+                &who(),
+                "pot-001",
+                &names,
+                &b(0, 4.20, Quality::Good),
+                Some(0.05)
+            )
+            .is_some());
+        assert!(f
+            .payload(
+                &who(),
+                "pot-001",
+                &names,
+                &b(1, 4.22, Quality::Good),
+                Some(0.05)
+            )
+            .is_none());
+        assert!(f
+            .payload(
+                &who(),
+                "pot-001",
+                &names,
+                &b(2, 4.30, Quality::Good),
+                Some(0.05)
+            )
+            .is_some());
+        let bad = f
+            .payload(
+                &who(),
+                "pot-001",
+                &names,
+                &b(3, f64::NAN, Quality::Bad(BadReason::Timeout)),
+                Some(0.05),
+            )
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&bad).unwrap();
+        assert_eq!(j["values"]["voltage"]["q"], "bad:timeout");
+        assert!(j["values"]["voltage"]["v"].is_null());
+        assert!(
+            f.payload(&who(), "pot-001", &names, &b(4, 4.30, Quality::Good), None)
+                .is_some(),
+            "every poll without deadband"
+        );
+    }
+}

@@ -171,6 +171,11 @@ impl SpanCursor {
         }
     }
 
+    /// Sequence of the oldest point inside the span (valid when `points_in_span() > 0`).
+    pub fn oldest(&self) -> u64 {
+        self.oldest
+    }
+
     pub fn points_in_span(&self) -> u64 {
         self.next - self.oldest
     }

@@ -1,0 +1,753 @@
+//! Rule evaluators: one per (device, rule), each turning samples of its tag into a
+//! [`Condition`]. Window statistics are incremental: a [`SpanCursor`] feeds each rule's
+//! accumulator with the samples that enter and leave its span, O(1) amortised per sample.
+
+use super::alarm::Condition;
+use super::model::Ts;
+use super::stats::{Cusum, Ewma, MinMax, Regression};
+use super::window::{Accumulate, Point, SpanCursor, Window};
+use crate::config::rule::{CurveSource, Direction, RuleKind};
+
+/// Compares a statistic with a limit; the deadband delays only the return to normal.
+#[derive(Debug, Clone, Copy)]
+pub struct Threshold {
+    pub direction: Direction,
+    pub limit: f64,
+    pub deadband: f64,
+    pub active: bool,
+}
+
+impl Threshold {
+    pub fn new(direction: Direction, limit: f64, deadband: f64) -> Threshold {
+        Threshold {
+            direction,
+            limit,
+            deadband,
+            active: false,
+        }
+    }
+
+    pub fn step(&mut self, m: f64) -> Condition {
+        self.active = match (self.direction, self.active) {
+            (Direction::Above, false) => m > self.limit,
+            (Direction::Above, true) => m >= self.limit - self.deadband,
+            (Direction::Below, false) => m < self.limit,
+            (Direction::Below, true) => m <= self.limit + self.deadband,
+        };
+        if self.active {
+            Condition::Active
+        } else {
+            Condition::Clear
+        }
+    }
+}
+
+struct RegAcc<'a>(&'a mut Regression);
+impl Accumulate for RegAcc<'_> {
+    fn add(&mut self, p: Point) {
+        self.0.add(p.ts, p.v);
+    }
+    fn remove(&mut self, p: Point) {
+        self.0.remove(p.ts, p.v);
+    }
+}
+
+struct MinMaxAcc<'a>(&'a mut MinMax);
+impl Accumulate for MinMaxAcc<'_> {
+    fn add(&mut self, p: Point) {
+        // Capacity matches the window's, so this cannot overflow.
+        let _ = self.0.add(p.ts, p.v);
+    }
+    fn remove(&mut self, p: Point) {
+        self.0.remove(p.ts, p.v);
+    }
+}
+
+struct Nothing;
+impl Accumulate for Nothing {
+    fn add(&mut self, _: Point) {}
+    fn remove(&mut self, _: Point) {}
+}
+
+/// Values of the other tags of the device, by slot, for curve rules.
+pub trait Lookup {
+    fn value(&self, slot: u32) -> Option<f64>;
+}
+
+#[derive(Debug, Clone)]
+pub enum Eval {
+    Threshold(Threshold),
+    Rate {
+        cursor: SpanCursor,
+        per_ms: i64,
+        th: Threshold,
+    },
+    Slope {
+        cursor: SpanCursor,
+        reg: Regression,
+        per_ms: i64,
+        th: Threshold,
+    },
+    Predict {
+        cursor: SpanCursor,
+        reg: Regression,
+        limit: f64,
+        horizon_ms: i64,
+        eta_ms: Option<i64>,
+        active: bool,
+    },
+    Noise {
+        cursor: SpanCursor,
+        reg: Regression,
+        th: Threshold,
+    },
+    Frozen {
+        cursor: SpanCursor,
+        mm: MinMax,
+    },
+    Stale {
+        max_age_ms: i64,
+        last_good: Option<Ts>,
+    },
+    Deviation {
+        ewma: Ewma,
+        warmup: u32,
+        th: Threshold,
+    },
+    Cusum {
+        ewma: Ewma,
+        cusum: Cusum,
+        warmup: u32,
+    },
+    Curve {
+        curve: CurveEval,
+        th: Threshold,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct CurveEval {
+    pub points: Vec<(f64, f64)>,
+    pub time_slot: Option<u32>,
+    pub setpoint_slot: Option<u32>,
+    pub time_unit_ms: i64,
+    pub lag_ms: i64,
+    pub tolerance: f64,
+    pub first_ts: Option<Ts>,
+}
+
+/// Piecewise-linear interpolation, clamped at the ends.
+pub fn interpolate(points: &[(f64, f64)], t: f64) -> Option<f64> {
+    let first = points.first()?;
+    let last = points.last()?;
+    if t <= first.0 {
+        return Some(first.1);
+    }
+    if t >= last.0 {
+        return Some(last.1);
+    }
+    let i = points.partition_point(|(pt, _)| *pt <= t);
+    let (t0, v0) = points[i - 1];
+    let (t1, v1) = points[i];
+    Some(v0 + (v1 - v0) * (t - t0) / (t1 - t0))
+}
+
+impl CurveEval {
+    /// Distance outside the tolerance band (0 inside), signed: negative when behind (below).
+    fn excess(&mut self, p: Point, others: &dyn Lookup) -> Option<f64> {
+        if let Some(slot) = self.setpoint_slot {
+            let sp = others.value(slot)?;
+            let d = p.v - sp;
+            return Some(if d.abs() <= self.tolerance { 0.0 } else { d });
+        }
+        let first = *self.first_ts.get_or_insert(p.ts);
+        let elapsed_ms = match self.time_slot {
+            Some(slot) => others.value(slot)? * self.time_unit_ms as f64,
+            None => (p.ts - first) as f64,
+        };
+        let unit = self.time_unit_ms as f64;
+        let at = |ms: f64| interpolate(&self.points, ms / unit);
+        // Within the band of the curve anywhere between `lag` behind and `lag` ahead: fine.
+        let behind = at(elapsed_ms - self.lag_ms as f64)?;
+        let now_sp = at(elapsed_ms)?;
+        let ahead = at(elapsed_ms + self.lag_ms as f64)?;
+        let lo = behind.min(now_sp).min(ahead) - self.tolerance;
+        let hi = behind.max(now_sp).max(ahead) + self.tolerance;
+        Some(if p.v < lo {
+            p.v - lo
+        } else if p.v > hi {
+            p.v - hi
+        } else {
+            0.0
+        })
+    }
+}
+
+/// Enough of the span is covered to trust a window statistic.
+fn covered(cursor: &SpanCursor, window: &mut Window, newest: Ts, share: f64) -> bool {
+    if cursor.points_in_span() < 3 {
+        return false;
+    }
+    match window.get(cursor.oldest()) {
+        Some(o) => (newest - o.ts) as f64 >= cursor.span_ms as f64 * share,
+        None => false,
+    }
+}
+
+impl Eval {
+    pub fn new(
+        kind: &RuleKind,
+        window: &Window,
+        window_capacity: usize,
+        slot_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<Eval, String> {
+        Ok(match kind {
+            RuleKind::High { limit, deadband } => {
+                Eval::Threshold(Threshold::new(Direction::Above, *limit, *deadband))
+            }
+            RuleKind::Low { limit, deadband } => {
+                Eval::Threshold(Threshold::new(Direction::Below, *limit, *deadband))
+            }
+            RuleKind::Rate {
+                window_ms,
+                per_ms,
+                limit,
+                deadband,
+                direction,
+            } => Eval::Rate {
+                cursor: SpanCursor::new(*window_ms, window),
+                per_ms: *per_ms,
+                th: Threshold::new(*direction, *limit, *deadband),
+            },
+            RuleKind::Slope {
+                window_ms,
+                per_ms,
+                limit,
+                deadband,
+                direction,
+            } => Eval::Slope {
+                cursor: SpanCursor::new(*window_ms, window),
+                reg: Regression::new(),
+                per_ms: *per_ms,
+                th: Threshold::new(*direction, *limit, *deadband),
+            },
+            RuleKind::Predict {
+                window_ms,
+                limit,
+                horizon_ms,
+            } => Eval::Predict {
+                cursor: SpanCursor::new(*window_ms, window),
+                reg: Regression::new(),
+                limit: *limit,
+                horizon_ms: *horizon_ms,
+                eta_ms: None,
+                active: false,
+            },
+            RuleKind::Noise {
+                window_ms,
+                limit,
+                deadband,
+            } => Eval::Noise {
+                cursor: SpanCursor::new(*window_ms, window),
+                reg: Regression::new(),
+                th: Threshold::new(Direction::Above, *limit, *deadband),
+            },
+            RuleKind::Frozen { window_ms } => Eval::Frozen {
+                cursor: SpanCursor::new(*window_ms, window),
+                mm: MinMax::new(window_capacity),
+            },
+            RuleKind::Stale { max_age_ms } => Eval::Stale {
+                max_age_ms: *max_age_ms,
+                last_good: None,
+            },
+            RuleKind::Deviation {
+                lambda,
+                limit,
+                warmup,
+            } => Eval::Deviation {
+                ewma: Ewma::new(*lambda).map_err(|e| e.to_string())?,
+                warmup: *warmup,
+                th: Threshold::new(Direction::Above, *limit, 0.0),
+            },
+            RuleKind::Cusum {
+                lambda,
+                k,
+                h,
+                warmup,
+            } => Eval::Cusum {
+                ewma: Ewma::new(*lambda).map_err(|e| e.to_string())?,
+                cusum: Cusum::new(*k, *h).map_err(|e| e.to_string())?,
+                warmup: *warmup,
+            },
+            RuleKind::Curve {
+                source,
+                tolerance,
+                lag_ms,
+            } => {
+                let curve = match source {
+                    CurveSource::Points {
+                        points,
+                        time_tag,
+                        time_unit_ms,
+                    } => CurveEval {
+                        points: points.clone(),
+                        time_slot: time_tag.as_deref().and_then(slot_of),
+                        setpoint_slot: None,
+                        time_unit_ms: *time_unit_ms,
+                        lag_ms: *lag_ms,
+                        tolerance: *tolerance,
+                        first_ts: None,
+                    },
+                    CurveSource::Tag(t) => CurveEval {
+                        points: Vec::new(),
+                        time_slot: None,
+                        setpoint_slot: slot_of(t),
+                        time_unit_ms: 1,
+                        lag_ms: 0,
+                        tolerance: *tolerance,
+                        first_ts: None,
+                    },
+                };
+                Eval::Curve {
+                    curve,
+                    th: Threshold::new(Direction::Above, 0.0, 0.0),
+                }
+            }
+        })
+    }
+
+    /// The cursor of a windowed rule, to hand it points the ring overwrote.
+    pub fn evicted(&mut self, seq: u64, p: Point) {
+        match self {
+            Eval::Rate { cursor, .. } => cursor.evicted(seq, p, &mut Nothing),
+            Eval::Slope { cursor, reg, .. }
+            | Eval::Predict { cursor, reg, .. }
+            | Eval::Noise { cursor, reg, .. } => cursor.evicted(seq, p, &mut RegAcc(reg)),
+            Eval::Frozen { cursor, mm } => cursor.evicted(seq, p, &mut MinMaxAcc(mm)),
+            _ => {}
+        }
+    }
+
+    /// A good sample `p` was just pushed into `window`.
+    pub fn on_good(&mut self, window: &mut Window, p: Point, others: &dyn Lookup) -> Condition {
+        match self {
+            Eval::Threshold(th) => th.step(p.v),
+            Eval::Rate { cursor, per_ms, th } => {
+                cursor.advance(window, p.ts, &mut Nothing);
+                if !covered(cursor, window, p.ts, 0.5) {
+                    return Condition::Unknown;
+                }
+                match window.get(cursor.oldest()) {
+                    Some(o) if p.ts > o.ts => {
+                        th.step((p.v - o.v) / (p.ts - o.ts) as f64 * *per_ms as f64)
+                    }
+                    _ => Condition::Unknown,
+                }
+            }
+            Eval::Slope {
+                cursor,
+                reg,
+                per_ms,
+                th,
+            } => {
+                cursor.advance(window, p.ts, &mut RegAcc(reg));
+                if !covered(cursor, window, p.ts, 0.5) {
+                    return Condition::Unknown;
+                }
+                match reg.slope_per_s() {
+                    Some(s) => th.step(s * *per_ms as f64 / 1_000.0),
+                    None => Condition::Unknown,
+                }
+            }
+            Eval::Predict {
+                cursor,
+                reg,
+                limit,
+                horizon_ms,
+                eta_ms,
+                active,
+            } => {
+                cursor.advance(window, p.ts, &mut RegAcc(reg));
+                if !covered(cursor, window, p.ts, 0.5) {
+                    *eta_ms = None;
+                    return Condition::Unknown;
+                }
+                *eta_ms = reg.time_to_reach(*limit, p.ts);
+                // Clear only once the forecast moves well past the horizon (hysteresis).
+                let clear_after = *horizon_ms + *horizon_ms / 4;
+                *active = match (*eta_ms, *active) {
+                    (Some(eta), false) => eta <= *horizon_ms,
+                    (Some(eta), true) => eta <= clear_after,
+                    (None, _) => false,
+                };
+                if *active {
+                    Condition::Active
+                } else {
+                    Condition::Clear
+                }
+            }
+            Eval::Noise { cursor, reg, th } => {
+                cursor.advance(window, p.ts, &mut RegAcc(reg));
+                if !covered(cursor, window, p.ts, 0.5) {
+                    return Condition::Unknown;
+                }
+                match reg.residual_rms() {
+                    Some(r) => th.step(r),
+                    None => Condition::Unknown,
+                }
+            }
+            Eval::Frozen { cursor, mm } => {
+                cursor.advance(window, p.ts, &mut MinMaxAcc(mm));
+                if !covered(cursor, window, p.ts, 0.9) {
+                    // Too little history to call it frozen; a change always clears.
+                    return if mm.is_frozen() {
+                        Condition::Unknown
+                    } else {
+                        Condition::Clear
+                    };
+                }
+                if mm.is_frozen() {
+                    Condition::Active
+                } else {
+                    Condition::Clear
+                }
+            }
+            Eval::Stale { last_good, .. } => {
+                *last_good = Some(p.ts);
+                Condition::Clear
+            }
+            Eval::Deviation { ewma, warmup, th } => {
+                let z = ewma.zscore(p.v);
+                ewma.update(p.v);
+                match z {
+                    Some(z) if ewma.count() > u64::from(*warmup) => th.step(z.abs()),
+                    _ => Condition::Unknown,
+                }
+            }
+            Eval::Cusum {
+                ewma,
+                cusum,
+                warmup,
+            } => {
+                let z = ewma.zscore(p.v);
+                ewma.update(p.v);
+                match z {
+                    Some(z) if ewma.count() > u64::from(*warmup) => {
+                        if cusum.update(z).alarm {
+                            Condition::Active
+                        } else {
+                            Condition::Clear
+                        }
+                    }
+                    _ => Condition::Unknown,
+                }
+            }
+            Eval::Curve { curve, th } => match curve.excess(p, others) {
+                Some(x) => th.step(x.abs()),
+                None => Condition::Unknown,
+            },
+        }
+    }
+
+    /// A bad sample: value rules cannot tell; stale keeps counting.
+    pub fn on_bad(&mut self) -> Option<Condition> {
+        match self {
+            Eval::Stale { .. } => None,
+            _ => Some(Condition::Unknown),
+        }
+    }
+
+    /// Time-driven conditions (only `stale`).
+    pub fn on_tick(&mut self, now: Ts, started: Ts) -> Option<Condition> {
+        match self {
+            Eval::Stale {
+                max_age_ms,
+                last_good,
+            } => {
+                let since = last_good.unwrap_or(started);
+                Some(if now - since > *max_age_ms {
+                    Condition::Active
+                } else {
+                    Condition::Clear
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn limit(&self) -> Option<f64> {
+        match self {
+            Eval::Threshold(th)
+            | Eval::Rate { th, .. }
+            | Eval::Slope { th, .. }
+            | Eval::Noise { th, .. }
+            | Eval::Deviation { th, .. } => Some(th.limit),
+            Eval::Predict { limit, .. } => Some(*limit),
+            Eval::Curve { curve, .. } => Some(curve.tolerance),
+            _ => None,
+        }
+    }
+
+    pub fn eta_ms(&self) -> Option<i64> {
+        match self {
+            Eval::Predict { eta_ms, .. } => *eta_ms,
+            _ => None,
+        }
+    }
+
+    pub fn is_windowed(&self) -> bool {
+        matches!(
+            self,
+            Eval::Rate { .. }
+                | Eval::Slope { .. }
+                | Eval::Predict { .. }
+                | Eval::Noise { .. }
+                | Eval::Frozen { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::window::Window;
+
+    struct NoOthers;
+    impl Lookup for NoOthers {
+        fn value(&self, _: u32) -> Option<f64> {
+            None
+        }
+    }
+
+    fn run(kind: RuleKind, series: &[(Ts, f64)]) -> Vec<Condition> {
+        let mut w = Window::new(1_000);
+        let mut e = Eval::new(&kind, &w, 1_000, &|_| None).unwrap();
+        series
+            .iter()
+            .map(|&(ts, v)| {
+                let p = Point { ts, v };
+                if let Some((seq, old)) = w.push(p) {
+                    e.evicted(seq, old);
+                }
+                e.on_good(&mut w, p, &NoOthers)
+            })
+            .collect()
+    }
+
+    fn last(kind: RuleKind, series: &[(Ts, f64)]) -> Condition {
+        *run(kind, series).last().unwrap()
+    }
+
+    #[test]
+    fn threshold_deadband_only_delays_the_return() {
+        let mut th = Threshold::new(Direction::Above, 8.0, 0.5);
+        assert_eq!(th.step(8.0), Condition::Clear);
+        assert_eq!(th.step(8.1), Condition::Active);
+        assert_eq!(th.step(7.6), Condition::Active);
+        assert_eq!(th.step(7.49), Condition::Clear);
+        let mut lo = Threshold::new(Direction::Below, 1.5, 0.2);
+        assert_eq!(lo.step(1.4), Condition::Active);
+        assert_eq!(lo.step(1.65), Condition::Active);
+        assert_eq!(lo.step(1.71), Condition::Clear);
+    }
+
+    #[test]
+    fn rate_per_hour_over_a_window() {
+        // Heating at 20 degC/h sampled every minute for 2 h, window 1 h, limit 18 degC/h.
+        let series: Vec<(Ts, f64)> = (0..120)
+            .map(|m| (m * 60_000, 200.0 + m as f64 / 3.0))
+            .collect();
+        let kind = RuleKind::Rate {
+            window_ms: 3_600_000,
+            per_ms: 3_600_000,
+            limit: 18.0,
+            deadband: 1.0,
+            direction: Direction::Above,
+        };
+        let c = run(kind.clone(), &series);
+        assert_eq!(c[5], Condition::Unknown, "less than half the window");
+        assert_eq!(c[119], Condition::Active);
+        let slow: Vec<(Ts, f64)> = (0..120)
+            .map(|m| (m * 60_000, 200.0 + m as f64 / 6.0))
+            .collect();
+        assert_eq!(last(kind, &slow), Condition::Clear);
+    }
+
+    #[test]
+    fn slope_detects_a_rising_trend_and_ignores_noise() {
+        let kind = RuleKind::Slope {
+            window_ms: 300_000,
+            per_ms: 60_000,
+            limit: 0.004,
+            deadband: 0.0,
+            direction: Direction::Above,
+        };
+        // 5 mV/min rise with +-10 mV alternating noise, 1 sample / 5 s.
+        let rising: Vec<(Ts, f64)> = (0..120)
+            .map(|i| {
+                (
+                    i * 5_000,
+                    4.2 + 0.005 * i as f64 / 12.0 + if i % 2 == 0 { 0.01 } else { -0.01 },
+                )
+            })
+            .collect();
+        assert_eq!(last(kind.clone(), &rising), Condition::Active);
+        let flat: Vec<(Ts, f64)> = (0..120)
+            .map(|i| (i * 5_000, 4.2 + if i % 2 == 0 { 0.01 } else { -0.01 }))
+            .collect();
+        assert_eq!(last(kind, &flat), Condition::Clear);
+    }
+
+    #[test]
+    fn predict_warns_before_the_limit_with_an_eta() {
+        let kind = RuleKind::Predict {
+            window_ms: 60_000,
+            limit: 8.0,
+            horizon_ms: 240_000,
+        };
+        let mut w = Window::new(1_000);
+        let mut e = Eval::new(&kind, &w, 1_000, &|_| None).unwrap();
+        let mut first_active = None;
+        // Voltage rising 1 V/min from 4.2 V: reaches 8 V at t = 228 s.
+        for i in 0..200 {
+            let p = Point {
+                ts: i * 1_000,
+                v: 4.2 + i as f64 / 60.0,
+            };
+            w.push(p);
+            if e.on_good(&mut w, p, &NoOthers) == Condition::Active && first_active.is_none() {
+                first_active = Some((i, e.eta_ms().unwrap()));
+            }
+        }
+        let (t, eta) = first_active.expect("warned");
+        assert!(
+            t < 228 && eta <= 240_000,
+            "warned at {t}s with eta {eta} ms"
+        );
+        assert!(
+            ((t * 1_000 + eta) - 228_000).abs() < 2_000,
+            "predicted crossing {} ms",
+            t * 1_000 + eta
+        );
+    }
+
+    #[test]
+    fn noise_is_the_rms_around_the_trend() {
+        let kind = RuleKind::Noise {
+            window_ms: 60_000,
+            limit: 0.03,
+            deadband: 0.0,
+        };
+        // A steep trend with small noise is not noisy; a flat signal with 50 mV swings is.
+        let trend: Vec<(Ts, f64)> = (0..120)
+            .map(|i| {
+                (
+                    i * 1_000,
+                    4.0 + i as f64 * 0.01 + if i % 2 == 0 { 0.005 } else { -0.005 },
+                )
+            })
+            .collect();
+        assert_eq!(last(kind.clone(), &trend), Condition::Clear);
+        let noisy: Vec<(Ts, f64)> = (0..120)
+            .map(|i| (i * 1_000, 4.2 + if i % 2 == 0 { 0.05 } else { -0.05 }))
+            .collect();
+        assert_eq!(last(kind, &noisy), Condition::Active);
+    }
+
+    #[test]
+    fn frozen_needs_a_full_window_and_any_change_clears() {
+        let kind = RuleKind::Frozen { window_ms: 60_000 };
+        let mut series: Vec<(Ts, f64)> = (0..30).map(|i| (i * 1_000, 4.2)).collect();
+        assert_eq!(last(kind.clone(), &series), Condition::Unknown);
+        series.extend((30..70).map(|i| (i * 1_000, 4.2)));
+        assert_eq!(last(kind.clone(), &series), Condition::Active);
+        series.push((70_000, 4.2001));
+        assert_eq!(last(kind, &series), Condition::Clear);
+    }
+
+    #[test]
+    fn stale_counts_time_without_good_samples() {
+        let mut e = Eval::new(
+            &RuleKind::Stale { max_age_ms: 30_000 },
+            &Window::new(4),
+            4,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(e.on_tick(20_000, 0), Some(Condition::Clear));
+        assert_eq!(e.on_tick(31_000, 0), Some(Condition::Active));
+        let mut w = Window::new(4);
+        assert_eq!(
+            e.on_good(&mut w, Point { ts: 32_000, v: 1.0 }, &NoOthers),
+            Condition::Clear
+        );
+        assert_eq!(e.on_bad(), None, "bad samples do not reset stale");
+        assert_eq!(e.on_tick(61_000, 0), Some(Condition::Clear));
+        assert_eq!(e.on_tick(62_001, 0), Some(Condition::Active));
+    }
+
+    #[test]
+    fn deviation_and_cusum_catch_a_step_after_warmup() {
+        let mut series: Vec<(Ts, f64)> = (0..300)
+            .map(|i| (i * 1_000, 950.0 + ((i * 7919) % 11) as f64 / 10.0 - 0.5))
+            .collect();
+        let dev = RuleKind::Deviation {
+            lambda: 0.01,
+            limit: 4.0,
+            warmup: 60,
+        };
+        let cus = RuleKind::Cusum {
+            lambda: 0.01,
+            k: 0.5,
+            h: 5.0,
+            warmup: 60,
+        };
+        assert_eq!(
+            run(dev.clone(), &series)[10],
+            Condition::Unknown,
+            "warming up"
+        );
+        assert_eq!(last(dev.clone(), &series), Condition::Clear);
+        assert_eq!(last(cus.clone(), &series), Condition::Clear);
+        series.extend((300..330).map(|i| (i * 1_000, 960.0)));
+        assert!(run(dev, &series)[300..].contains(&Condition::Active));
+        assert_eq!(last(cus, &series), Condition::Active);
+    }
+
+    #[test]
+    fn curve_band_and_lag() {
+        struct Elapsed(f64);
+        impl Lookup for Elapsed {
+            fn value(&self, _: u32) -> Option<f64> {
+                Some(self.0)
+            }
+        }
+        let kind = RuleKind::Curve {
+            source: CurveSource::Points {
+                points: vec![(0.0, 100.0), (10.0, 600.0)],
+                time_tag: Some("elapsed".into()),
+                time_unit_ms: 3_600_000,
+            },
+            tolerance: 20.0,
+            lag_ms: 3_600_000,
+        };
+        let mut w = Window::new(4);
+        let mut e = Eval::new(&kind, &w, 4, &|t| (t == "elapsed").then_some(0)).unwrap();
+        // At 5 h the setpoint is 350; one hour behind is 300; so 285 is within lag + tolerance.
+        assert_eq!(
+            e.on_good(&mut w, Point { ts: 0, v: 285.0 }, &Elapsed(5.0)),
+            Condition::Clear
+        );
+        assert_eq!(
+            e.on_good(&mut w, Point { ts: 1, v: 270.0 }, &Elapsed(5.0)),
+            Condition::Active
+        );
+        assert_eq!(
+            e.on_good(&mut w, Point { ts: 2, v: 420.0 }, &Elapsed(5.0)),
+            Condition::Active,
+            "too far ahead"
+        );
+        assert_eq!(interpolate(&[(0.0, 1.0), (2.0, 3.0)], 1.0), Some(2.0));
+        assert_eq!(interpolate(&[(0.0, 1.0), (2.0, 3.0)], 9.0), Some(3.0));
+    }
+}

@@ -1,0 +1,486 @@
+//! Scenario files: the plant layout and a timeline of faults (TOML, `config/scenarios/`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::faults::{FaultKind, FaultSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario is not valid TOML: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid(msg.into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cell,
+    Kiln,
+    Calciner,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Cell => "cell",
+            DeviceKind::Kiln => "kiln",
+            DeviceKind::Calciner => "calciner",
+        }
+    }
+
+    /// Signal names of the model, in index order.
+    pub fn signals(self) -> &'static [&'static str] {
+        match self {
+            DeviceKind::Cell => &super::cell::sig::NAMES,
+            DeviceKind::Kiln => &super::kiln::sig::NAMES,
+            DeviceKind::Calciner => &super::calciner::sig::NAMES,
+        }
+    }
+}
+
+/// `[plant]`: global settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantCfg {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Model step, e.g. "100ms". Values are a function of seed and step index only.
+    #[serde(default = "default_tick")]
+    pub tick: String,
+    /// Default potline current setpoint for cell groups, kA.
+    #[serde(default = "default_line")]
+    pub line_current_ka: f64,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_tick() -> String {
+    "100ms".to_string()
+}
+fn default_line() -> f64 {
+    500.0
+}
+
+impl Default for PlantCfg {
+    fn default() -> Self {
+        PlantCfg {
+            name: String::new(),
+            seed: default_seed(),
+            tick: default_tick(),
+            line_current_ka: default_line(),
+        }
+    }
+}
+
+/// `[[groups]]`: a set of devices of one kind behind one gateway or one port each.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCfg {
+    /// Group id, used to target faults at a whole group (a potline, a furnace).
+    pub id: String,
+    pub kind: DeviceKind,
+    /// Device name pattern: `{unit}`, `{index}` (1-based), `{port}`, with optional `:03` padding.
+    pub name: String,
+    /// Gateway layout: one TCP endpoint, unit ids from `units` (or 1..=count).
+    pub listen: Option<String>,
+    pub units: Option<String>,
+    pub count: Option<u32>,
+    /// Port-per-device layout: `host` + `ports = "5100-5499"`, each device on `unit` (default 1).
+    pub host: Option<String>,
+    pub ports: Option<String>,
+    pub unit: Option<u8>,
+    /// Also serve these devices over Modbus RTU on this serial device (same unit ids).
+    pub serial: Option<String>,
+    pub baud: Option<u32>,
+    /// Cell groups: this potline's current setpoint, kA (default `[plant] line_current_ka`).
+    pub line_current_ka: Option<f64>,
+}
+
+/// `[[faults]]`: one fault on chosen devices at a time offset.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultCfg {
+    pub kind: String,
+    /// Device names or group ids. Line faults take cell group ids (or any cell of the line).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Offset from the simulator start, e.g. "90s", "10m".
+    pub at: String,
+    pub duration: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default)]
+    plant: PlantCfg,
+    #[serde(default)]
+    groups: Vec<GroupCfg>,
+    #[serde(default)]
+    faults: Vec<FaultCfg>,
+}
+
+/// One simulated device after expansion.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub kind: DeviceKind,
+    pub group: usize,
+    pub unit: u8,
+    /// Listener key: the configured TCP address (several devices can share one).
+    pub listen: String,
+    /// Port-per-device layout: the device answers any unit id on its port.
+    pub own_port: bool,
+}
+
+/// A parsed, validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub plant: PlantCfg,
+    pub groups: Vec<GroupCfg>,
+    pub tick: Duration,
+    pub devices: Vec<DeviceSpec>,
+    pub faults: Vec<FaultSpec>,
+}
+
+/// Parse "a-b" or "a" into an inclusive range.
+pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let parse = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{s}` is not a number or a range like 1-8"))
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(s)?, parse(s)?),
+    };
+    if b < a {
+        return Err(format!("range `{s}` is reversed"));
+    }
+    Ok((a, b))
+}
+
+/// Expand `{unit}`, `{index}`, `{port}` with optional zero padding (`{unit:03}`).
+pub fn expand_name(pattern: &str, vars: &[(&str, u32)]) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in name pattern `{pattern}`"))?;
+        let inner = &after[..close];
+        let (var, width) = match inner.split_once(':') {
+            Some((v, w)) => (
+                v,
+                w.parse::<usize>()
+                    .map_err(|_| format!("bad width `{w}` in name pattern `{pattern}`"))?,
+            ),
+            None => (inner, 0),
+        };
+        let value = vars
+            .iter()
+            .find(|(n, _)| *n == var)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("unknown variable `{{{var}}}` in name pattern `{pattern}`"))?;
+        out.push_str(&format!("{value:0width$}"));
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ScenarioError> {
+    humantime::parse_duration(s)
+        .map_err(|e| invalid(format!("{what}: `{s}` is not a duration ({e})")))
+}
+
+impl Scenario {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Scenario::parse(&text).map_err(|e| match e {
+            ScenarioError::Invalid(m) => invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(text)
+    }
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        let file: ScenarioFile = toml::from_str(text)?;
+        let tick = parse_duration("[plant] tick", &file.plant.tick)?;
+        if tick < Duration::from_millis(10) || tick > Duration::from_secs(10) {
+            return Err(invalid("[plant] tick must be between 10ms and 10s"));
+        }
+        if file.groups.is_empty() {
+            return Err(invalid("no [[groups]]: the plant has no devices"));
+        }
+        let mut devices = Vec::new();
+        let mut group_ids = HashMap::new();
+        for (gi, g) in file.groups.iter().enumerate() {
+            let ctx = |m: String| invalid(format!("group `{}`: {m}", g.id));
+            if group_ids.insert(g.id.clone(), gi).is_some() {
+                return Err(ctx("duplicate group id".into()));
+            }
+            match (&g.listen, &g.ports) {
+                (Some(listen), None) => {
+                    let (lo, hi) = match (&g.units, g.count) {
+                        (Some(u), _) => parse_range(u).map_err(ctx)?,
+                        (None, Some(n)) if n > 0 => (1, n),
+                        _ => return Err(ctx("give `units = \"1-8\"` or `count`".into())),
+                    };
+                    if lo == 0 || hi > 247 {
+                        return Err(ctx(format!(
+                            "unit ids must be within 1-247 (got {lo}-{hi}); use `ports` for more devices"
+                        )));
+                    }
+                    if let Some(n) = g.count {
+                        if n != hi - lo + 1 {
+                            return Err(ctx("`count` disagrees with `units`".into()));
+                        }
+                    }
+                    for (i, u) in (lo..=hi).enumerate() {
+                        let name = expand_name(&g.name, &[("unit", u), ("index", i as u32 + 1)])
+                            .map_err(ctx)?;
+                        devices.push(DeviceSpec {
+                            name,
+                            kind: g.kind,
+                            group: gi,
+                            unit: u as u8,
+                            listen: listen.clone(),
+                            own_port: false,
+                        });
+                    }
+                }
+                (None, Some(ports)) => {
+                    let (lo, hi) = parse_range(ports).map_err(ctx)?;
+                    if hi > 65535 {
+                        return Err(ctx("ports must be at most 65535".into()));
+                    }
+                    let host = g.host.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+                    let unit = g.unit.unwrap_or(1);
+                    for (i, p) in (lo..=hi).enumerate() {
+                        let name = expand_name(
+                            &g.name,
+                            &[
+                                ("unit", u32::from(unit)),
+                                ("index", i as u32 + 1),
+                                ("port", p),
+                            ],
+                        )
+                        .map_err(ctx)?;
+                        devices.push(DeviceSpec {
+                            name,
+                            kind: g.kind,
+                            group: gi,
+                            unit,
+                            listen: format!("{host}:{p}"),
+                            own_port: true,
+                        });
+                    }
+                }
+                _ => {
+                    return Err(ctx(
+                        "give exactly one of `listen` (gateway) or `ports` (one port per device)"
+                            .into(),
+                    ))
+                }
+            }
+            if g.serial.is_some() && g.ports.is_some() {
+                return Err(ctx(
+                    "`serial` needs the gateway layout (`listen` + `units`)".into(),
+                ));
+            }
+        }
+        let mut names = HashMap::new();
+        for (i, d) in devices.iter().enumerate() {
+            if let Some(j) = names.insert(d.name.clone(), i) {
+                return Err(invalid(format!(
+                    "device name `{}` is used twice (devices {j} and {i}); fix the name patterns",
+                    d.name
+                )));
+            }
+        }
+        // Several groups may share a gateway; unit ids must then not collide.
+        let mut seen = HashMap::new();
+        for d in devices.iter().filter(|d| !d.own_port) {
+            if let Some(other) = seen.insert((d.listen.clone(), d.unit), d.name.clone()) {
+                return Err(invalid(format!(
+                    "`{}` and `{other}` both answer unit {} on {}",
+                    d.name, d.unit, d.listen
+                )));
+            }
+        }
+        let mut faults = Vec::new();
+        for (i, f) in file.faults.iter().enumerate() {
+            let spec = FaultSpec::resolve(i, f, &file.groups, &group_ids, &devices, &names, tick)
+                .map_err(|m| invalid(format!("fault #{} ({}): {m}", i + 1, f.kind)))?;
+            faults.push(spec);
+        }
+        Ok(Scenario {
+            plant: file.plant,
+            groups: file.groups,
+            tick,
+            devices,
+            faults,
+        })
+    }
+
+    pub fn device_index(&self, name: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.name == name)
+    }
+
+    /// Kinds of fault used, for listing.
+    pub fn fault_kinds(&self) -> Vec<&'static str> {
+        self.faults.iter().map(|f| f.kind.name()).collect()
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = ScenarioError;
+
+    fn from_str(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(text)
+    }
+}
+
+/// Default for signal-level sensor faults when the scenario names none.
+pub fn default_signal(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::Cell => "voltage",
+        DeviceKind::Kiln => "flue_temp",
+        DeviceKind::Calciner => "furnace_temp",
+    }
+}
+
+pub(crate) fn kind_accepts(kind: DeviceKind, fault: &FaultKind) -> bool {
+    use FaultKind::*;
+    match fault {
+        AnodeEffect { .. } | NoiseBurst { .. } | HotCell { .. } => kind == DeviceKind::Cell,
+        LineCurrentDrop { .. } | PotlineOutage => kind == DeviceKind::Cell,
+        CurveLag { .. } | DraftLoss { .. } | IncompleteCombustion { .. } => {
+            kind != DeviceKind::Cell
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_expand_with_padding() {
+        assert_eq!(
+            expand_name("pot-{unit:03}", &[("unit", 7)]).unwrap(),
+            "pot-007"
+        );
+        assert_eq!(
+            expand_name("k{index}-{port}", &[("index", 2), ("port", 5101)]).unwrap(),
+            "k2-5101"
+        );
+        assert!(expand_name("pot-{nope}", &[("unit", 1)]).is_err());
+    }
+
+    #[test]
+    fn gateway_and_port_layouts_expand() {
+        let s = Scenario::from_str(
+            r#"
+            [[groups]]
+            id = "line1"
+            kind = "cell"
+            name = "pot-{unit:03}"
+            listen = "127.0.0.1:5020"
+            units = "1-3"
+            [[groups]]
+            id = "kilns"
+            kind = "kiln"
+            name = "kiln-{index:02}"
+            host = "127.0.0.1"
+            ports = "6000-6001"
+            "#,
+        )
+        .unwrap();
+        let names: Vec<_> = s.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["pot-001", "pot-002", "pot-003", "kiln-01", "kiln-02"]
+        );
+        assert_eq!(s.devices[4].listen, "127.0.0.1:6001");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Scenario::from_str(
+            r#"
+            [[groups]]
+            id = "g"
+            kind = "cell"
+            name = "pot-{unit}"
+            listen = "127.0.0.1:5020"
+            count = 2
+            [[faults]]
+            kind = "anode_effect"
+            devices = ["pot-9"]
+            at = "1s"
+            duration = "20m"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pot-9"), "{e}");
+        let e = Scenario::from_str(
+            r#"
+            [[groups]]
+            id = "g"
+            kind = "kiln"
+            name = "k{unit}"
+            listen = "127.0.0.1:5021"
+            count = 1
+            [[faults]]
+            kind = "draft_loss"
+            devices = ["g"]
+            at = "1s"
+            duration = "5s"
+            params = { to_pascal = 3.0 }
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("fault #1 (draft_loss)") && e.contains("to_pascal"),
+            "{e}"
+        );
+        let e = Scenario::from_str("[[groups]]\nid='g'\nkind='oven'\nname='x'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("oven"), "{e}");
+    }
+}

@@ -1,0 +1,164 @@
+//! deploy/systemd/alsentry.service checked by systemd itself, offline.
+//!
+//! `systemd-analyze verify` refuses a unit whose ExecStart binary does not exist, and the
+//! shipped unit points at /usr/local/bin/alsentry, which a build machine does not have. So
+//! the test verifies a temporary copy in which only that path is replaced by the binary
+//! cargo just built; every other line is the shipped one. (Installing a stub at
+//! /usr/local/bin would need root and leave traces on the machine.)
+//!
+//! Needs `systemd-analyze` (Debian package `systemd`); without it each test says so and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SHIPPED_BIN: &str = "/usr/local/bin/alsentry";
+
+fn systemd_analyze() -> Option<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("systemd-analyze"))
+        .find(|p| p.is_file())
+}
+
+macro_rules! require_systemd_analyze {
+    () => {
+        match systemd_analyze() {
+            Some(p) => p,
+            None => {
+                eprintln!("SKIPPED: systemd-analyze is not installed (apt-get install systemd)");
+                return;
+            }
+        }
+    };
+}
+
+fn shipped_unit() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/alsentry.service");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Writes the unit, with the binary path swapped, as `alsentry.service` in a temp dir.
+fn unit_for_this_build(unit: &str) -> (tempfile::TempDir, PathBuf) {
+    assert!(
+        unit.contains(&format!("ExecStart={SHIPPED_BIN} run"))
+            && unit.contains(&format!("ExecStartPre={SHIPPED_BIN} check")),
+        "the shipped unit no longer runs {SHIPPED_BIN}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alsentry.service");
+    let text = unit.replace(SHIPPED_BIN, env!("CARGO_BIN_EXE_alsentry"));
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn verify(bin: &Path, unit: &Path) -> Output {
+    Command::new(bin)
+        .arg("verify")
+        .arg(unit)
+        // Offline: no manager to talk to, and no pager.
+        .env("SYSTEMD_PAGER", "")
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .unwrap()
+}
+
+/// Lines systemd wrote about our unit (it prints unknown keys as warnings but exits 0).
+fn complaints(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stdout).lines())
+        .filter(|l| l.contains("alsentry.service"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn shipped_unit_passes_systemd_analyze_verify() {
+    let bin = require_systemd_analyze!();
+    let (_dir, unit) = unit_for_this_build(&shipped_unit());
+    let out = verify(&bin, &unit);
+    assert!(
+        out.status.success() && complaints(&out).is_empty(),
+        "systemd-analyze verify: {}\n{}",
+        out.status,
+        complaints(&out).join("\n")
+    );
+}
+
+#[test]
+fn verify_catches_a_broken_unit() {
+    // Guards the test above against passing for the wrong reason (e.g. output we ignore).
+    let bin = require_systemd_analyze!();
+    let broken = shipped_unit().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes");
+    let (_dir, unit) = unit_for_this_build(&broken);
+    let out = verify(&bin, &unit);
+    assert!(
+        complaints(&out)
+            .iter()
+            .any(|l| l.contains("NoNewPrivilege")),
+        "a misspelt key went unnoticed: {out:?}"
+    );
+}
+
+#[test]
+fn shipped_unit_has_the_required_hardening() {
+    let unit = shipped_unit();
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    for line in [
+        "User=alsentry",
+        "SupplementaryGroups=dialout",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "StateDirectory=alsentry",
+        "ConfigurationDirectory=alsentry",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStartPre=/usr/local/bin/alsentry check --config /etc/alsentry/alsentry.toml",
+        "ExecStart=/usr/local/bin/alsentry run --config /etc/alsentry/alsentry.toml",
+        "DeviceAllow=char-ttyUSB rw",
+        "DeviceAllow=char-ttyS rw",
+    ] {
+        assert!(has(line), "alsentry.service lacks `{line}`");
+    }
+}
+
+#[test]
+fn shipped_unit_exposure_is_low() {
+    let bin = require_systemd_analyze!();
+    let (_dir, unit) = unit_for_this_build(&shipped_unit());
+    // `--offline` appeared in systemd 250; older versions cannot score a unit file alone.
+    let out = Command::new(&bin)
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(&unit)
+        .env("SYSTEMD_PAGER", "")
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() && !text.contains("Overall exposure level") {
+        eprintln!(
+            "SKIPPED: this systemd-analyze cannot score offline: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    // systemd rates 0.0 (best) to 10.0; "OK" ends below 2.0. --threshold is in tenths.
+    assert!(
+        out.status.success(),
+        "exposure above 2.0:\n{}",
+        text.lines()
+            .filter(|l| l.contains('✗') || l.contains("Overall"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
