@@ -23,7 +23,7 @@ use crate::io::poller::{links, Link};
 use crate::io::publisher::{InboundCommand, Message, SinkTask};
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
-use crate::outbox::{Class, Outbox, OutboxOptions};
+use crate::outbox::{Class, Outbox};
 
 /// Handles to a running agent, for tests and the demo.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         let dir = cfg.agent.state_dir.join("outbox").join(&s.name);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the outbox directory {}", dir.display()))?;
-        let (outbox, report) = Outbox::open(&dir, OutboxOptions::default(), clock.now())
+        let (outbox, report) = Outbox::open(&dir, s.outbox_options(), clock.now())
             .with_context(|| format!("opening the outbox {}", dir.display()))?;
         if report.recovered > 0 || report.torn_tails > 0 || report.corrupt_regions > 0 {
             info!(sink = %s.name, recovered = report.recovered, torn = report.torn_tails, corrupt = report.corrupt_regions, "outbox reopened with a backlog");
@@ -133,7 +133,15 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         };
         tasks.spawn(http::serve(listener, state, cancel.child_token()));
     }
+    let recorder = cfg.record.as_ref().map(|rc| {
+        let (rec, writer) =
+            crate::io::record::recorder(rc, &cfg, crate::io::record::DEFAULT_CAPACITY);
+        // Blocking file writes on their own thread; it ends when the engine drops `rec`.
+        tasks.spawn_blocking(move || writer.run());
+        rec
+    });
     let engine_task = EngineTask {
+        recorder,
         engine,
         seq,
         whos,
@@ -198,6 +206,7 @@ fn identity(cfg: &Config, s: &crate::config::MqttSink) -> Identity {
 }
 
 struct EngineTask {
+    recorder: Option<crate::io::record::Recorder>,
     engine: Engine,
     seq: SeqLease,
     whos: Vec<Identity>,
@@ -230,6 +239,9 @@ impl EngineTask {
             tokio::select! {
                 b = batches.recv() => match b {
                     Some(b) => {
+                        if let Some(r) = &self.recorder {
+                            r.offer(&b);
+                        }
                         self.engine.on_batch(&b, self.clock.now(), &mut events);
                         if self.data.mode != crate::config::DataMode::Off {
                             self.publish_data(&b).await;
@@ -251,6 +263,9 @@ impl EngineTask {
                 _ = summaries.tick(), if self.summary.interval_ms > 0 => self.publish_summaries().await,
                 _ = cancel.cancelled() => {
                     while let Ok(b) = batches.try_recv() {
+                        if let Some(r) = &self.recorder {
+                            r.offer(&b);
+                        }
                         self.engine.on_batch(&b, self.clock.now(), &mut events);
                     }
                     self.publish(&mut events).await;

@@ -28,6 +28,10 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Simulated plant + embedded broker + agent in one process; alarms print to the terminal.
     Demo(crate::demo::DemoArgs),
+    /// Replay recorded samples (CSV) through the engine on file time; score against ground truth.
+    Replay(crate::replay::ReplayArgs),
+    /// Run simulator scenarios through the rule engine on simulated time and score the warnings.
+    Evaluate(crate::evaluate::EvaluateArgs),
 }
 
 #[derive(Debug, Args)]

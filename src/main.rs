@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => alsentry::app::main(&args.config),
         Command::Demo(args) => alsentry::demo::main(args),
+        Command::Evaluate(args) => alsentry::evaluate::main(args),
+        Command::Replay(args) => alsentry::replay::main(args),
         Command::Sim(args) => {
             alsentry::telemetry::init(None);
             let rt = match tokio::runtime::Builder::new_multi_thread()

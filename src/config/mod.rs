@@ -7,6 +7,7 @@ pub mod device;
 pub mod endpoint;
 pub mod mqtt;
 pub mod reader;
+pub mod record;
 pub mod rule;
 pub mod tag;
 pub mod units;
@@ -58,6 +59,8 @@ pub struct Config {
     pub alarms: AlarmOptions,
     pub summary: SummaryOptions,
     pub data: DataOptions,
+    /// `[record]`: write the samples read to CSV files for `alsentry replay`.
+    pub record: Option<record::RecordConfig>,
 }
 
 /// `[alarms]`: agent-wide alarm behaviour.
@@ -238,6 +241,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     let mut alarms = AlarmOptions::default();
     let mut summary = SummaryOptions::default();
     let mut data = DataOptions::default();
+    let mut record_cfg = None;
 
     for (si, (src, doc)) in sources.iter().zip(docs.iter()).enumerate() {
         let Some(doc) = doc else { continue };
@@ -310,6 +314,10 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             if let Some(v) = top.get("data") {
                 data = parse_data_options(v, src, &mut p);
             }
+            if let Some(v) = top.get("record") {
+                record_cfg = record::parse_record(v, src, "record".into(), &mut p)
+                    .map(|r| (r, v.span().start));
+            }
         }
         if let Some(v) = top.get("templates") {
             // Every key of [templates] is a template name, so there are no unknown keys here.
@@ -318,18 +326,16 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
                     let name = k.get_ref().to_string();
                     let path = join("templates", &name);
                     if let Some(t) = parse_template(tv, src, path.clone(), &mut p) {
-                        if let Some((_, prev_src, _)) = templates.get(&name) {
-                            p.add(
-                                src,
-                                k.span().start,
-                                &path,
-                                format!(
-                                    "template \"{name}\" is already defined in {}",
-                                    sources[*prev_src].path.display()
-                                ),
-                            );
-                        } else {
-                            templates.insert(name, (t, si, k.span().start));
+                        // A template may be split across files (register map in one, derived
+                        // tags of a rule preset in another): the parts add up.
+                        match templates.get_mut(&name) {
+                            Some((prev, _, _)) => {
+                                prev.tags.extend(t.tags);
+                                prev.derived.extend(t.derived);
+                            }
+                            None => {
+                                templates.insert(name, (t, si, k.span().start));
+                            }
                         }
                     }
                 }
@@ -352,6 +358,9 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     }
 
     let devices = expand_devices(&entries, &templates, &sources, &mut p);
+    if let Some((rc, offset)) = &record_cfg {
+        record::check_tags(rc, &devices, &sources[0], *offset, &mut p);
+    }
     check_sinks(&sinks, &sources[0], &mut p);
     check_rules(&rules, &devices, &templates, &sources, &mut p);
 
@@ -377,6 +386,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         alarms,
         summary,
         data,
+        record: record_cfg.map(|(r, _)| r),
     })
 }
 
@@ -536,6 +546,7 @@ fn parse_template(
     let mut r = TableReader::of(v, src, path, p)?;
     let tags = match r.get("tags") {
         Some(t) => device::parse_tag_list(t, src, r.key_path("tags"), p),
+        None if r.has("derived") => Vec::new(),
         None => {
             r.missing(p, "tags", "a template lists its tags: tags = [ { name = ..., table = ..., address = ..., type = ... } ]");
             Vec::new()

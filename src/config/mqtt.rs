@@ -4,6 +4,8 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::reader::{Problems, Source, TableReader};
+use crate::core::model::Priority;
+use crate::outbox::{Class, FsyncPolicy, OutboxOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
@@ -70,6 +72,23 @@ impl std::fmt::Debug for PasswordSource {
     }
 }
 
+/// MQTT protocol version spoken to one broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    V311,
+    V5,
+}
+
+/// Files for `mqtts://`: the CA that signed the broker's certificate, and optionally a client
+/// certificate and key for mutual TLS. All PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: String,
+    /// (certificate chain, private key)
+    pub client: Option<(String, String)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSink {
     pub name: String,
@@ -80,6 +99,92 @@ pub struct MqttSink {
     pub keep_alive_ms: i64,
     pub username: Option<String>,
     pub password: Option<PasswordSource>,
+    /// Message classes this broker receives (`carry`); default: all.
+    pub carry: Vec<Class>,
+    /// Alarms less important than this are not carried (`min_priority`); default: low.
+    pub min_priority: Priority,
+    /// `[mqtt.outbox]`: limits and durability of this sink's outbox.
+    pub outbox: OutboxOptions,
+    /// Most backlog records sent per second after a reconnect (`replay_rate`).
+    pub replay_rate: u32,
+    /// Cap of the jittered exponential reconnect backoff (`reconnect_max`).
+    pub reconnect_max_ms: i64,
+    pub protocol: Protocol,
+    /// MQTT 5 only: message expiry for `data` messages (`data_expiry`).
+    pub data_expiry_ms: Option<i64>,
+    pub tls: Option<TlsFiles>,
+}
+
+impl MqttSink {
+    /// The options to open this sink's outbox with.
+    pub fn outbox_options(&self) -> OutboxOptions {
+        self.outbox
+    }
+
+    /// Whether a message of `class` (with `priority` for alarms) goes to this broker.
+    pub fn carries(&self, class: Class, priority: Option<Priority>) -> bool {
+        self.carry.contains(&class)
+            && match (class, priority) {
+                // Priority orders from critical (smallest) to low.
+                (Class::Alarm, Some(p)) => p <= self.min_priority,
+                _ => true,
+            }
+    }
+}
+
+const CLASSES: [Class; 4] = [Class::Alarm, Class::Summary, Class::Status, Class::Data];
+
+fn parse_class(s: &str) -> Option<Class> {
+    CLASSES.into_iter().find(|c| c.as_str() == s)
+}
+
+/// `fsync = "alarms" | "always" | "never" | "<duration>"`.
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    match s {
+        "alarms" => Ok(FsyncPolicy::Alarms),
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        other => match super::units::parse_duration_ms(other) {
+            Ok(ms) if ms > 0 => Ok(FsyncPolicy::Interval(ms as u64)),
+            _ => Err(format!(
+                "\"{other}\" is not an fsync policy; accepted: \"alarms\" (default), \"always\", \"never\", or an interval such as \"1s\""
+            )),
+        },
+    }
+}
+
+fn parse_outbox(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) -> OutboxOptions {
+    let mut o = OutboxOptions::default();
+    let Some(mut r) = TableReader::of(v, src, path, p) else {
+        return o;
+    };
+    if let Some(b) = r.opt_size(p, "max_size") {
+        if b < 1024 {
+            r.problem(p, "max_size", "max_size must be at least 1KiB");
+        } else {
+            o.max_size_bytes = b;
+        }
+    }
+    if let Some(ms) = r.opt_duration_ms(p, "max_age") {
+        if ms < 1000 {
+            r.problem(p, "max_age", "max_age must be at least 1s");
+        } else {
+            o.max_age_ms = ms;
+        }
+    }
+    if let Some(f) = r.opt_str(p, "fsync") {
+        match parse_fsync(&f) {
+            Ok(f) => o.fsync = f,
+            Err(e) => r.problem(p, "fsync", e),
+        }
+    }
+    r.finish(p);
+    o
 }
 
 pub fn parse_sink(
@@ -137,6 +242,142 @@ pub fn parse_sink(
     if password.is_some() && username.is_none() {
         r.missing(p, "username", "a password needs a username");
     }
+    let carry = match r.opt_str_list(p, "carry") {
+        None => CLASSES.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for c in list {
+                match parse_class(&c) {
+                    Some(c) if !out.contains(&c) => out.push(c),
+                    Some(_) => {}
+                    None => r.problem(
+                        p,
+                        "carry",
+                        format!("unknown message class \"{c}\"; accepted: \"alarm\", \"summary\", \"status\", \"data\""),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let min_priority = match r.opt_str(p, "min_priority") {
+        None => Priority::Low,
+        Some(s) => Priority::parse(&s).unwrap_or_else(|| {
+            r.problem(
+                p,
+                "min_priority",
+                format!("unknown priority \"{s}\"; accepted: \"critical\", \"high\", \"medium\", \"low\""),
+            );
+            Priority::Low
+        }),
+    };
+    let outbox = match r.get("outbox") {
+        Some(v) => parse_outbox(v, src, r.key_path("outbox"), p),
+        None => OutboxOptions::default(),
+    };
+    let replay_rate = match r.opt_int(p, "replay_rate") {
+        None => 200,
+        Some(n) if (1..=100_000).contains(&n) => n as u32,
+        Some(_) => {
+            r.problem(
+                p,
+                "replay_rate",
+                "replay_rate is messages per second, 1 to 100000",
+            );
+            200
+        }
+    };
+    let reconnect_max_ms = r.opt_duration_ms(p, "reconnect_max").unwrap_or(30_000);
+    if !(1_000..=3_600_000).contains(&reconnect_max_ms) {
+        r.problem(
+            p,
+            "reconnect_max",
+            "reconnect_max must be between 1s and 1h",
+        );
+    }
+    let protocol = match r.opt_str(p, "protocol").as_deref() {
+        None | Some("3.1.1") => Protocol::V311,
+        Some("5") | Some("5.0") => Protocol::V5,
+        Some(other) => {
+            r.problem(
+                p,
+                "protocol",
+                format!("unknown MQTT protocol \"{other}\"; accepted: \"3.1.1\" (default), \"5\""),
+            );
+            Protocol::V311
+        }
+    };
+    let data_expiry_ms = match r.opt_duration_ms(p, "data_expiry") {
+        Some(_) if protocol != Protocol::V5 => {
+            r.problem(
+                p,
+                "data_expiry",
+                "message expiry needs MQTT 5; add protocol = \"5\"",
+            );
+            None
+        }
+        Some(ms) if !(1_000..=u32::MAX as i64 * 1000).contains(&ms) => {
+            r.problem(p, "data_expiry", "data_expiry must be at least 1s");
+            None
+        }
+        Some(ms) => Some(ms),
+        None if protocol == Protocol::V5 => Some(60_000),
+        None => None,
+    };
+    let ca_file = r.opt_str(p, "ca_file");
+    let client_cert = r.opt_str(p, "client_cert");
+    let client_key = r.opt_str(p, "client_key");
+    let client = match (client_cert, client_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (Some(_), None) => {
+            r.missing(
+                p,
+                "client_key",
+                "mutual TLS needs both client_cert and client_key",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.missing(
+                p,
+                "client_cert",
+                "mutual TLS needs both client_cert and client_key",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let tls = match (&url, ca_file) {
+        (Some(u), Some(ca)) if u.tls => Some(TlsFiles {
+            ca_file: ca,
+            client,
+        }),
+        (Some(u), None) if u.tls => {
+            r.missing(
+                p,
+                "ca_file",
+                "mqtts:// needs the PEM file of the CA that signed the broker's certificate",
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            r.problem(
+                p,
+                "ca_file",
+                "ca_file is for mqtts:// URLs; this one is plain mqtt://",
+            );
+            None
+        }
+        (Some(_), None) if client.is_some() => {
+            r.problem(
+                p,
+                "client_cert",
+                "client certificates are for mqtts:// URLs",
+            );
+            None
+        }
+        _ => None,
+    };
     r.finish(p);
     Some(MqttSink {
         name,
@@ -146,6 +387,14 @@ pub fn parse_sink(
         keep_alive_ms,
         username,
         password,
+        carry,
+        min_priority,
+        outbox,
+        replay_rate,
+        reconnect_max_ms,
+        protocol,
+        data_expiry_ms,
+        tls,
     })
 }
 
@@ -166,5 +415,111 @@ mod tests {
         assert_eq!(parse_broker_url("mqtts://broker").map(|u| u.port), Ok(8883));
         assert!(parse_broker_url("http://x").is_err());
         assert!(parse_broker_url("mqtt://:1883").is_err());
+    }
+
+    fn load(mqtt: &str) -> Result<crate::config::Config, Vec<String>> {
+        let text = format!("[agent]\nid = \"gw\"\nsite = \"s\"\narea = \"a\"\n{mqtt}");
+        crate::config::Config::from_str(std::path::Path::new("t.toml"), &text)
+            .map_err(|e| e.problems.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn defaults_carry_everything_with_default_outbox() {
+        let c = load("[mqtt]\nurl = \"mqtt://b:1883\"\n").unwrap();
+        let s = &c.sinks[0];
+        assert_eq!(s.carry.len(), 4);
+        assert_eq!(s.min_priority, Priority::Low);
+        assert_eq!(s.outbox_options(), OutboxOptions::default());
+        assert_eq!(s.replay_rate, 200);
+        assert_eq!(s.protocol, Protocol::V311);
+        assert_eq!(s.data_expiry_ms, None);
+        assert!(s.carries(Class::Data, None));
+        assert!(s.carries(Class::Alarm, Some(Priority::Low)));
+    }
+
+    #[test]
+    fn two_sinks_with_filters_outbox_tls_and_v5() {
+        let c = load(
+            r#"
+[[mqtt]]
+name = "plant"
+url = "mqtt://plant:1883"
+[mqtt.outbox]
+max_size = "1MiB"
+max_age = "2d"
+fsync = "500ms"
+[[mqtt]]
+name = "province"
+url = "mqtts://prov:8883"
+ca_file = "/etc/alsentry/ca.pem"
+client_cert = "/etc/alsentry/gw.pem"
+client_key = "/etc/alsentry/gw.key"
+protocol = "5"
+carry = ["alarm", "summary"]
+min_priority = "high"
+replay_rate = 50
+outbox = { max_size = "64MiB", fsync = "always" }
+"#,
+        )
+        .unwrap();
+        let (a, b) = (&c.sinks[0], &c.sinks[1]);
+        assert_eq!(a.outbox.max_size_bytes, 1 << 20);
+        assert_eq!(a.outbox.max_age_ms, 2 * 86_400_000);
+        assert_eq!(a.outbox.fsync, FsyncPolicy::Interval(500));
+        assert_eq!(b.outbox.fsync, FsyncPolicy::Always);
+        assert_eq!(b.outbox.max_size_bytes, 64 << 20);
+        assert_eq!(b.protocol, Protocol::V5);
+        assert_eq!(b.data_expiry_ms, Some(60_000));
+        assert_eq!(b.replay_rate, 50);
+        let tls = b.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file, "/etc/alsentry/ca.pem");
+        assert!(tls.client.is_some());
+        assert!(b.carries(Class::Alarm, Some(Priority::Critical)));
+        assert!(b.carries(Class::Alarm, Some(Priority::High)));
+        assert!(!b.carries(Class::Alarm, Some(Priority::Medium)));
+        assert!(b.carries(Class::Summary, None));
+        assert!(!b.carries(Class::Data, None));
+        assert!(!b.carries(Class::Status, None));
+    }
+
+    #[test]
+    fn every_new_key_reports_its_location() {
+        let e = load(
+            r#"[mqtt]
+url = "mqtts://b"
+carry = ["alarm", "gossip"]
+min_priority = "urgent"
+replay_rate = 0
+protocol = "4"
+data_expiry = "1m"
+client_cert = "c.pem"
+outbox = { max_size = "lots", fsync = "sometimes", colour = "red" }
+"#,
+        )
+        .unwrap_err();
+        let all = e.join("\n");
+        for expected in [
+            "t.toml:7:9: mqtt.carry: unknown message class \"gossip\"",
+            "t.toml:8:16: mqtt.min_priority: unknown priority \"urgent\"",
+            "t.toml:9:15: mqtt.replay_rate: replay_rate is messages per second",
+            "t.toml:10:12: mqtt.protocol: unknown MQTT protocol \"4\"",
+            "t.toml:11:15: mqtt.data_expiry: message expiry needs MQTT 5",
+            "mqtt.client_key: missing required key; mutual TLS needs both",
+            "mqtt.ca_file: missing required key; mqtts:// needs",
+            "t.toml:13:23: mqtt.outbox.max_size:",
+            "mqtt.outbox.fsync: \"sometimes\" is not an fsync policy",
+            "mqtt.outbox.colour: unknown key",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        std::env::set_var("ALSENTRY_TEST_PW_VAR", "hunter2-secret");
+        let c = load("[mqtt]\nurl = \"mqtt://b\"\nusername = \"u\"\npassword_env = \"ALSENTRY_TEST_PW_VAR\"\n").unwrap();
+        let dbg = format!("{:?}", c.sinks[0]);
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("Env(ALSENTRY_TEST_PW_VAR)"), "{dbg}");
     }
 }

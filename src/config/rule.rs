@@ -91,11 +91,19 @@ pub enum RuleKind {
         tolerance: f64,
         lag_ms: i64,
     },
+    /// Exponentially weighted moving average with time constant `window_ms` (O(1) memory, so
+    /// a 7-day KPI window costs nothing), compared with a limit.
+    Average {
+        window_ms: i64,
+        limit: f64,
+        deadband: f64,
+        direction: Direction,
+    },
 }
 
 impl RuleKind {
     pub const NAMES: &'static str =
-        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve";
+        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve, average";
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -110,6 +118,7 @@ impl RuleKind {
             RuleKind::Deviation { .. } => "deviation",
             RuleKind::Cusum { .. } => "cusum",
             RuleKind::Curve { .. } => "curve",
+            RuleKind::Average { .. } => "average",
         }
     }
 
@@ -134,7 +143,8 @@ impl RuleKind {
             | RuleKind::Slope { limit, .. }
             | RuleKind::Predict { limit, .. }
             | RuleKind::Noise { limit, .. }
-            | RuleKind::Deviation { limit, .. } => Some(*limit),
+            | RuleKind::Deviation { limit, .. }
+            | RuleKind::Average { limit, .. } => Some(*limit),
             RuleKind::Curve { tolerance, .. } => Some(*tolerance),
             _ => None,
         }
@@ -366,6 +376,23 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 window_ms: window_ms?,
                 limit: limit?,
                 deadband,
+            }
+        }
+        "average" => {
+            let window_ms = req_window(r, p, "window", "the averaging time constant, e.g. \"7d\"");
+            let limit = req_f64(
+                r,
+                p,
+                "limit",
+                "the limit for the average, in the tag's unit",
+            );
+            let deadband = deadband(r, p);
+            let direction = direction(r, p);
+            RuleKind::Average {
+                window_ms: window_ms?,
+                limit: limit?,
+                deadband,
+                direction,
             }
         }
         "frozen" => RuleKind::Frozen {

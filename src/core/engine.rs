@@ -233,6 +233,8 @@ pub struct Engine {
     tags: Vec<TagState>,
     latest: Vec<f64>,
     evaluators: Vec<Evaluator>,
+    /// The slot each evaluator watches.
+    evaluator_slot: Vec<u32>,
     alarms: Vec<AlarmSlot>,
     areas: Vec<AreaAggregate>,
     by_name: HashMap<(Arc<str>, Arc<str>), u32>,
@@ -404,6 +406,7 @@ impl Engine {
             latest: vec![f64::NAN; tags.len()],
             tags,
             evaluators: Vec::new(),
+            evaluator_slot: Vec::new(),
             alarms,
             areas: Vec::new(),
             by_name,
@@ -549,6 +552,7 @@ impl Engine {
             let ev = self.evaluators.len() as u32;
             self.tags[slot as usize].watchers.push(ev);
             self.evaluators.push(Evaluator { eval, target });
+            self.evaluator_slot.push(slot);
         }
         if let Some(area) = area_index {
             targets.push((usize::MAX, self.areas[area as usize].alarm));
@@ -828,6 +832,17 @@ impl Engine {
     }
 
     fn suppress(&mut self, id: u32, on: bool, now: Ts, out: &mut Vec<AlarmEvent>) {
+        if !on {
+            // Windows filled while suppressed (an outage, a sensor swap) would fake a trend.
+            for ev in 0..self.evaluators.len() {
+                if matches!(self.evaluators[ev].target, Target::Alarm(t) if t == id)
+                    && self.evaluators[ev].eval.is_windowed()
+                {
+                    let slot = self.evaluator_slot[ev] as usize;
+                    self.evaluators[ev].eval.restart(&self.tags[slot].window);
+                }
+            }
+        }
         let a = &mut self.alarms[id as usize];
         let was = a.alarm.is_active();
         let tr = a.alarm.set_suppressed(on, now).ok().flatten();

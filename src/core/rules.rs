@@ -123,6 +123,14 @@ pub enum Eval {
         curve: CurveEval,
         th: Threshold,
     },
+    Average {
+        tau_ms: i64,
+        mean: Option<f64>,
+        first_ts: Ts,
+        last_ts: Ts,
+        count: u32,
+        th: Threshold,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +286,19 @@ impl Eval {
                 ewma: Ewma::new(*lambda).map_err(|e| e.to_string())?,
                 cusum: Cusum::new(*k, *h).map_err(|e| e.to_string())?,
                 warmup: *warmup,
+            },
+            RuleKind::Average {
+                window_ms,
+                limit,
+                deadband,
+                direction,
+            } => Eval::Average {
+                tau_ms: *window_ms,
+                mean: None,
+                first_ts: 0,
+                last_ts: 0,
+                count: 0,
+                th: Threshold::new(*direction, *limit, *deadband),
             },
             RuleKind::Curve {
                 source,
@@ -442,10 +463,70 @@ impl Eval {
                     _ => Condition::Unknown,
                 }
             }
+            Eval::Average {
+                tau_ms,
+                mean,
+                first_ts,
+                last_ts,
+                count,
+                th,
+            } => {
+                // Time-weighted EWMA: irregular sampling weighs by elapsed time.
+                let m = match *mean {
+                    None => p.v,
+                    Some(m) => {
+                        let dt = (p.ts - *last_ts).max(0) as f64;
+                        let a = 1.0 - (-dt / (*tau_ms).max(1) as f64).exp();
+                        m + a * (p.v - m)
+                    }
+                };
+                if mean.is_none() {
+                    *first_ts = p.ts;
+                }
+                *mean = Some(m);
+                *last_ts = p.ts;
+                *count = count.saturating_add(1);
+                // A long average means little until it has seen a tenth of its window (at most
+                // a day): a 7-day KPI does not judge the first minutes.
+                if *count < 3 || p.ts - *first_ts < (*tau_ms / 10).min(86_400_000) {
+                    Condition::Unknown
+                } else {
+                    th.step(m)
+                }
+            }
             Eval::Curve { curve, th } => match curve.excess(p, others) {
                 Some(x) => th.step(x.abs()),
                 None => Condition::Unknown,
             },
+        }
+    }
+
+    /// Forgets the window statistics, e.g. when a design suppression ends: samples taken
+    /// during a potline outage must not make a trend afterwards.
+    pub fn restart(&mut self, window: &Window) {
+        match self {
+            Eval::Rate { cursor, .. } => *cursor = SpanCursor::new(cursor.span_ms, window),
+            Eval::Slope { cursor, reg, .. } | Eval::Noise { cursor, reg, .. } => {
+                *cursor = SpanCursor::new(cursor.span_ms, window);
+                *reg = Regression::new();
+            }
+            Eval::Predict {
+                cursor,
+                reg,
+                eta_ms,
+                active,
+                ..
+            } => {
+                *cursor = SpanCursor::new(cursor.span_ms, window);
+                *reg = Regression::new();
+                *eta_ms = None;
+                *active = false;
+            }
+            Eval::Frozen { cursor, mm } => {
+                *cursor = SpanCursor::new(cursor.span_ms, window);
+                *mm = MinMax::new(mm.capacity());
+            }
+            _ => {}
         }
     }
 
@@ -712,6 +793,27 @@ mod tests {
         series.extend((300..330).map(|i| (i * 1_000, 960.0)));
         assert!(run(dev, &series)[300..].contains(&Condition::Active));
         assert_eq!(last(cus, &series), Condition::Active);
+    }
+
+    #[test]
+    fn average_follows_a_long_time_constant() {
+        let kind = RuleKind::Average {
+            window_ms: 3_600_000,
+            limit: 13_000.0,
+            deadband: 50.0,
+            direction: Direction::Above,
+        };
+        // One hour at 12,900 then a step to 13,300: the average crosses 13,000 after ~25 min.
+        let mut series: Vec<(Ts, f64)> = (0..60).map(|m| (m * 60_000, 12_900.0)).collect();
+        series.extend((60..180).map(|m| (m * 60_000, 13_300.0)));
+        let c = run(kind, &series);
+        assert_eq!(c[59], Condition::Clear);
+        let first = c.iter().position(|x| *x == Condition::Active).unwrap();
+        assert!(
+            (75..95).contains(&first),
+            "crossed after {} min",
+            first - 60
+        );
     }
 
     #[test]

@@ -4,4 +4,5 @@ pub mod http;
 pub mod modbus;
 pub mod poller;
 pub mod publisher;
+pub mod record;
 pub mod seq;

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod modbus;
 pub mod mqtt;
+pub mod net;
 
 use std::path::{Path, PathBuf};
 

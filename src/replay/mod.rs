@@ -1,0 +1,710 @@
+//! `alsentry replay`: runs the live engine over recorded samples on file time, writes the alarm
+//! transitions as the same JSON the MQTT sinks publish, summarises them per rule and, given the
+//! simulator's ground truth, scores detections. See `docs/REPLAY.md`.
+//!
+//! Live and replay share one code path: the [`Engine`], fed `SampleBatch`es and ticks. Only
+//! the source of time differs: here `now` is the file's timestamp, so an hour replays in a second.
+
+pub mod csv;
+pub mod samples;
+pub mod score;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::units::parse_duration_ms;
+use crate::config::{Config, DEFAULT_PATH};
+use crate::core::engine::{AlarmEvent, BuildError, Engine, SampleBatch};
+use crate::core::model::Ts;
+use crate::core::payload::{alarm_payload, Identity};
+use samples::{HeaderError, Names, Next, RowErrorKind, SampleReader};
+use score::{Activation, Matches, ScoreInput};
+
+/// Longest gap between samples that is ticked through on the tick grid; past it the engine jumps
+/// to the next sample. Bounds the work a bogus timestamp (say epoch 0) can cause, at the price of
+/// delays longer than this not firing inside a gap.
+pub const MAX_TICKED_GAP_MS: i64 = 3_600_000;
+
+fn duration_arg(s: &str) -> Result<i64, String> {
+    parse_duration_ms(s)
+}
+
+/// `alsentry replay`: run the engine over recorded samples.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Configuration file (devices, tags and rules; MQTT settings are not used).
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Sample CSV: `ts,device,tag,value[,quality]`. Repeat for several files; a directory
+    /// replays its `*.csv` files in name order (as `[record]` writes them); `-` reads stdin.
+    #[arg(short, long, value_name = "FILE|DIR|-", required = true)]
+    pub input: Vec<PathBuf>,
+    /// Where to write alarm transitions as JSON lines (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Exit 0 even if some rows were bad (they are still reported and skipped).
+    #[arg(long)]
+    pub lenient: bool,
+    /// Engine tick period on file time; on/off delays fire on this grid, as live.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration_arg)]
+    pub tick: i64,
+    /// A row older than the newest row so far by at most this much is applied at the current
+    /// replay time (as live, where late batches are evaluated on arrival); older rows are
+    /// rejected as out of order.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration_arg)]
+    pub reorder_tolerance: i64,
+    /// Ground truth from the simulator (JSON lines) to score the alarms against.
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+    /// Rules that detect a fault kind, e.g. `anode_effect=ae_event,ae_warning`; replaces the
+    /// default mapping for that kind. Repeatable.
+    #[arg(long = "match", value_name = "KIND=RULE[,RULE]")]
+    pub matches: Vec<String>,
+    /// Slack around each fault window within which an activation still counts as detection.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg)]
+    pub margin: i64,
+    /// Also write the score as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub score_json: Option<PathBuf>,
+    /// How many bad rows to print individually (all are counted).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_errors: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayOptions {
+    pub inputs: Vec<PathBuf>,
+    pub tick_ms: i64,
+    pub reorder_tolerance_ms: i64,
+    /// Bad rows kept with their message in the report; the rest are only counted.
+    pub max_reported: usize,
+}
+
+impl ReplayOptions {
+    pub fn new(inputs: Vec<PathBuf>) -> ReplayOptions {
+        ReplayOptions {
+            inputs,
+            tick_ms: 250,
+            reorder_tolerance_ms: 2_000,
+            max_reported: 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Header { path: PathBuf, source: HeaderError },
+    #[error("{}: no *.csv files in this directory", .0.display())]
+    EmptyDir(PathBuf),
+    #[error("building the rule engine: {0}")]
+    Engine(#[from] BuildError),
+    #[error("writing the alarm output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Per-rule totals over the replay.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleSummary {
+    pub rule: String,
+    pub activations: u64,
+    pub clears: u64,
+    /// Distinct devices on which the rule activated.
+    pub devices: usize,
+    /// Summed active time; alarms still active at the end count up to the last sample.
+    pub active_ms: i64,
+    pub still_active: usize,
+}
+
+/// One alarm transition, as seen in the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionSeen {
+    pub device: String,
+    pub rule: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub at: Ts,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplayReport {
+    pub files: usize,
+    /// Rows applied to the engine.
+    pub rows: u64,
+    pub batches: u64,
+    pub bad_rows: u64,
+    pub bad_by_kind: BTreeMap<&'static str, u64>,
+    /// The first `max_reported` bad rows: `file:line: message`.
+    pub problems: Vec<String>,
+    /// Rows that arrived late within the tolerance and were applied at the current time.
+    pub late_rows: u64,
+    /// Rows of derived tags, which the engine computes itself.
+    pub derived_rows: u64,
+    pub first_ts: Option<Ts>,
+    pub last_ts: Option<Ts>,
+    /// Devices with at least one row.
+    pub devices: usize,
+    pub transitions: Vec<TransitionSeen>,
+    pub activations: Vec<Activation>,
+    pub rules: Vec<RuleSummary>,
+}
+
+fn is_active(label: &str) -> bool {
+    matches!(label, "active_unacked" | "active_acked")
+}
+
+#[derive(Debug, Default)]
+struct RuleAcc {
+    activations: u64,
+    clears: u64,
+    devices: std::collections::BTreeSet<Arc<str>>,
+    active_ms: i64,
+}
+
+/// The replay loop: batches rows, ticks on file time, collects what comes out.
+struct Replayer<'w> {
+    engine: Engine,
+    who: Identity,
+    out: &'w mut dyn Write,
+    seq: u64,
+    batch: SampleBatch,
+    pending: bool,
+    /// Replay time: the latest time applied to the engine. Never goes back.
+    now: Option<Ts>,
+    /// Newest row timestamp accepted so far.
+    newest: Option<Ts>,
+    tick_ms: i64,
+    events: Vec<AlarmEvent>,
+    rules: BTreeMap<Arc<str>, RuleAcc>,
+    active: HashMap<(Arc<str>, Arc<str>), Ts>,
+    seen_device: Vec<bool>,
+    report: ReplayReport,
+    report_limit: usize,
+}
+
+impl Replayer<'_> {
+    fn flush(&mut self) -> Result<(), ReplayError> {
+        if !self.pending {
+            return Ok(());
+        }
+        self.pending = false;
+        let t = self.now.map_or(self.batch.ts, |n| n.max(self.batch.ts));
+        self.advance_to(t);
+        self.engine.on_batch(&self.batch, t, &mut self.events);
+        self.batch.values.clear();
+        self.report.batches += 1;
+        self.drain()
+    }
+
+    /// Ticks on the grid up to `t`, like the live engine task's periodic tick.
+    fn advance_to(&mut self, t: Ts) {
+        if let (Some(prev), true) = (self.now, self.tick_ms > 0) {
+            let step = self.tick_ms;
+            let stop = t.min(prev.saturating_add(MAX_TICKED_GAP_MS));
+            let mut g = (prev.div_euclid(step) + 1) * step;
+            while g <= stop {
+                self.engine.tick(g, &mut self.events);
+                g += step;
+            }
+        }
+        self.now = Some(t);
+    }
+
+    fn drain(&mut self) -> Result<(), ReplayError> {
+        for ev in self.events.drain(..) {
+            self.seq += 1;
+            let mut line = alarm_payload(&self.who, self.seq, &ev);
+            line.push(b'\n');
+            self.out.write_all(&line).map_err(ReplayError::Output)?;
+            let (from, to, at) = (ev.transition.from, ev.transition.to, ev.transition.at);
+            let acc = self.rules.entry(ev.rule.clone()).or_default();
+            let key = (ev.device.clone(), ev.rule.clone());
+            if is_active(to) && !is_active(from) {
+                acc.activations += 1;
+                acc.devices.insert(ev.device.clone());
+                self.active.insert(key, at);
+                self.report.activations.push(Activation {
+                    device: ev.device.to_string(),
+                    rule: ev.rule.to_string(),
+                    at,
+                });
+            } else if is_active(from) && !is_active(to) {
+                acc.clears += 1;
+                if let Some(since) = self.active.remove(&key) {
+                    acc.active_ms += at - since;
+                }
+            }
+            self.report.transitions.push(TransitionSeen {
+                device: ev.device.to_string(),
+                rule: ev.rule.to_string(),
+                from,
+                to,
+                at,
+            });
+        }
+        Ok(())
+    }
+
+    fn bad(&mut self, file: &str, line: u64, kind: RowErrorKind, message: &str) {
+        self.report.bad_rows += 1;
+        *self.report.bad_by_kind.entry(kind.as_str()).or_default() += 1;
+        if self.report.problems.len() < self.report_limit {
+            self.report
+                .problems
+                .push(format!("{file}:{line}: {message}"));
+        }
+    }
+
+    fn feed<R: BufRead>(
+        &mut self,
+        reader: &mut SampleReader<'_, R>,
+        file: &str,
+        path: &Path,
+        tolerance: i64,
+    ) -> Result<(), ReplayError> {
+        loop {
+            let next = reader.next_row().map_err(|source| ReplayError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let row = match next {
+                Next::End => return Ok(()),
+                Next::Derived => {
+                    self.report.derived_rows += 1;
+                    continue;
+                }
+                Next::Bad(e) => {
+                    self.bad(file, e.line, e.kind, &e.message);
+                    continue;
+                }
+                Next::Row(r) => r,
+            };
+            if let Some(newest) = self.newest {
+                if row.ts < newest {
+                    if newest - row.ts > tolerance {
+                        let msg = format!(
+                            "out of order: {} is {} ms before an earlier row's {} (tolerance {} ms); rows must be in time order",
+                            crate::clock::rfc3339_ms(row.ts),
+                            newest - row.ts,
+                            crate::clock::rfc3339_ms(newest),
+                            tolerance
+                        );
+                        self.bad(file, row.line, RowErrorKind::OutOfOrder, &msg);
+                        continue;
+                    }
+                    self.report.late_rows += 1;
+                }
+            }
+            if self.pending && (row.ts != self.batch.ts || row.device != self.batch.device) {
+                self.flush()?;
+            }
+            if !self.pending {
+                self.batch.device = row.device;
+                self.batch.ts = row.ts;
+                self.pending = true;
+            }
+            self.batch.values.push((row.tag, row.value, row.quality));
+            self.report.rows += 1;
+            self.newest = Some(self.newest.map_or(row.ts, |n| n.max(row.ts)));
+            self.report.first_ts = Some(self.report.first_ts.map_or(row.ts, |f| f.min(row.ts)));
+            if let Some(seen) = self.seen_device.get_mut(row.device as usize) {
+                *seen = true;
+            }
+        }
+    }
+}
+
+/// Files to replay, in order: directories expand to their `*.csv` files sorted by name.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ReplayError> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.as_os_str() != "-" && p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|source| ReplayError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "csv"))
+                .collect();
+            if files.is_empty() {
+                return Err(ReplayError::EmptyDir(p.clone()));
+            }
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Replays `opts.inputs` through a fresh engine built from `cfg`, writing each alarm transition
+/// to `out` as one JSON line (the MQTT alarm payload, with the replay's own sequence from 1).
+/// Bad rows are counted and skipped; only an unreadable input or header stops the replay.
+pub fn run_replay(
+    cfg: &Config,
+    opts: &ReplayOptions,
+    out: &mut dyn Write,
+) -> Result<ReplayReport, ReplayError> {
+    let engine = Engine::new(cfg)?;
+    let names = Names::new(cfg);
+    let files = expand_inputs(&opts.inputs)?;
+    let mut r = Replayer {
+        engine,
+        who: Identity {
+            topic_root: cfg
+                .sinks
+                .first()
+                .map_or_else(|| "alsentry".to_string(), |s| s.topic_root.clone()),
+            agent: cfg.agent.id.clone(),
+            site: cfg.agent.site.clone(),
+            area: cfg.agent.area.clone(),
+        },
+        out,
+        seq: 0,
+        batch: SampleBatch {
+            device: 0,
+            ts: 0,
+            values: Vec::with_capacity(64),
+        },
+        pending: false,
+        now: None,
+        newest: None,
+        tick_ms: opts.tick_ms,
+        events: Vec::new(),
+        rules: BTreeMap::new(),
+        active: HashMap::new(),
+        seen_device: vec![false; cfg.devices.len()],
+        report: ReplayReport::default(),
+        report_limit: opts.max_reported,
+    };
+    for path in &files {
+        let read_err = |source| ReplayError::Read {
+            path: path.clone(),
+            source,
+        };
+        let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
+            Box::new(BufReader::with_capacity(1 << 16, std::io::stdin()))
+        } else {
+            Box::new(BufReader::with_capacity(
+                1 << 16,
+                File::open(path).map_err(read_err)?,
+            ))
+        };
+        let mut reader = SampleReader::new(input, &names).map_err(|e| match e {
+            HeaderError::Csv(csv::CsvError::Io(source)) => read_err(source),
+            other => ReplayError::Header {
+                path: path.clone(),
+                source: other,
+            },
+        })?;
+        let display = path.display().to_string();
+        r.feed(&mut reader, &display, path, opts.reorder_tolerance_ms)?;
+        r.report.files += 1;
+    }
+    r.flush()?;
+    if let Some(now) = r.now {
+        // Delays due by the last sample fire; nothing is invented past the data.
+        r.advance_to(now);
+        r.engine.tick(now, &mut r.events);
+        r.drain()?;
+    }
+    r.out.flush().map_err(ReplayError::Output)?;
+    let last = r.now;
+    let mut report = std::mem::take(&mut r.report);
+    report.last_ts = last;
+    report.devices = r.seen_device.iter().filter(|s| **s).count();
+    let mut still: HashMap<Arc<str>, (usize, i64)> = HashMap::new();
+    for ((_, rule), since) in &r.active {
+        let e = still.entry(rule.clone()).or_default();
+        e.0 += 1;
+        e.1 += last.unwrap_or(*since) - since;
+    }
+    report.rules = r
+        .rules
+        .iter()
+        .map(|(rule, acc)| {
+            let (open, open_ms) = still.get(rule).copied().unwrap_or((0, 0));
+            RuleSummary {
+                rule: rule.to_string(),
+                activations: acc.activations,
+                clears: acc.clears,
+                devices: acc.devices.len(),
+                active_ms: acc.active_ms + open_ms,
+                still_active: open,
+            }
+        })
+        .collect();
+    Ok(report)
+}
+
+/// The per-rule summary as a table.
+pub fn summary_table(report: &ReplayReport) -> String {
+    let mut s = format!(
+        "{:<24} {:>11} {:>7} {:>8} {:>14} {:>12}\n",
+        "rule", "activations", "clears", "devices", "active time", "still active"
+    );
+    for r in &report.rules {
+        s.push_str(&format!(
+            "{:<24} {:>11} {:>7} {:>8} {:>14} {:>12}\n",
+            r.rule,
+            r.activations,
+            r.clears,
+            r.devices,
+            humantime::format_duration(std::time::Duration::from_secs(
+                (r.active_ms.max(0) / 1000) as u64
+            ))
+            .to_string(),
+            r.still_active
+        ));
+    }
+    if report.rules.is_empty() {
+        s.push_str("(no alarm transitions)\n");
+    }
+    s
+}
+
+/// Mapping mistakes that would silently score every fault as missed.
+fn match_warnings(
+    cfg: &Config,
+    matches: &Matches,
+    given: &[String],
+    faults: &[score::Fault],
+) -> Vec<String> {
+    let known: std::collections::BTreeSet<&str> =
+        cfg.rules.iter().map(|r| r.name.as_str()).collect();
+    let mut out = Vec::new();
+    for g in given {
+        if let Some((kind, rules)) = g.split_once('=') {
+            for r in rules.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                if !known.contains(r) {
+                    out.push(format!(
+                        "--match {}: the configuration has no rule \"{r}\"",
+                        kind.trim()
+                    ));
+                }
+            }
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = faults.iter().map(|f| f.kind.as_str()).collect();
+    for kind in kinds {
+        let rules = matches.rules_for(kind);
+        if !rules.iter().any(|r| known.contains(r.as_str())) {
+            out.push(format!(
+                "no rule in the configuration detects \"{kind}\" (looked for: {}); every such fault will count as missed; map one with --match {kind}=RULE",
+                rules.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    out
+}
+
+fn open_output(path: &Option<PathBuf>) -> std::io::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::with_capacity(1 << 16, File::create(p)?)),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+/// `alsentry replay`. Exit codes: 0 = clean (or `--lenient`); 1 = some rows were bad;
+/// 2 = nothing sensible could be replayed (configuration, unreadable input or header, truth).
+pub fn main(args: ReplayArgs) -> ExitCode {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "{}: {} problem(s); not replaying",
+                args.config.display(),
+                e.problems.len()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let matches = match Matches::with_overrides(&args.matches) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Truth is read first: a typo in its path should not cost a whole replay.
+    let truth = match &args.truth {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => {
+                let (faults, problems) = score::parse_truth(&t);
+                for pr in &problems {
+                    eprintln!("{}: {pr} (skipped)", p.display());
+                }
+                Some(faults)
+            }
+            Err(e) => {
+                eprintln!("{}: cannot read the ground truth: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let mut out = match open_output(&args.output) {
+        Ok(o) => o,
+        Err(e) => {
+            let name = args
+                .output
+                .as_ref()
+                .map_or_else(|| "stdout".into(), |p| p.display().to_string());
+            eprintln!("{name}: cannot open for writing: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = ReplayOptions {
+        inputs: args.input.clone(),
+        tick_ms: args.tick,
+        reorder_tolerance_ms: args.reorder_tolerance,
+        max_reported: args.max_errors,
+    };
+    let started = std::time::Instant::now();
+    let report = match run_replay(&cfg, &opts, &mut out) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(out);
+    let elapsed = started.elapsed().as_secs_f64();
+
+    for p in &report.problems {
+        eprintln!("{p}");
+    }
+    if report.bad_rows > report.problems.len() as u64 {
+        eprintln!(
+            "... and {} more bad row(s)",
+            report.bad_rows - report.problems.len() as u64
+        );
+    }
+    eprint!("{}", summary_table(&report));
+    let span_s = match (report.first_ts, report.last_ts) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    eprintln!(
+        "{} row(s) in {} batch(es) from {} file(s), {} device(s), {:.0} s of data, replayed in {:.2} s ({:.0} rows/s); {} transition(s)",
+        report.rows,
+        report.batches,
+        report.files,
+        report.devices,
+        span_s,
+        elapsed,
+        report.rows as f64 / elapsed.max(1e-9),
+        report.transitions.len()
+    );
+    if report.late_rows > 0 {
+        eprintln!(
+            "{} row(s) were up to {} ms late and applied at the replay time",
+            report.late_rows, args.reorder_tolerance
+        );
+    }
+    if report.derived_rows > 0 {
+        eprintln!(
+            "{} row(s) of derived tags skipped (the engine computes them)",
+            report.derived_rows
+        );
+    }
+    if report.bad_rows > 0 {
+        let kinds: Vec<String> = report
+            .bad_by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        eprintln!("{} bad row(s): {}", report.bad_rows, kinds.join(", "));
+    }
+
+    if let Some(faults) = truth {
+        for w in match_warnings(&cfg, &matches, &args.matches, &faults) {
+            eprintln!("warning: {w}");
+        }
+        let s = score::score(&ScoreInput {
+            faults: &faults,
+            activations: &report.activations,
+            matches: &matches,
+            margin_ms: args.margin,
+            replay_start: report.first_ts.unwrap_or(0),
+            replay_end: report.last_ts.unwrap_or(0),
+            devices: report.devices,
+        });
+        eprint!("{}", score::table(&s));
+        if let Some(p) = &args.score_json {
+            let written = serde_json::to_vec_pretty(&s)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(p, b));
+            if let Err(e) = written {
+                eprintln!("{}: cannot write the score: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        }
+    } else if args.score_json.is_some() {
+        eprintln!("--score-json needs --truth; no score written");
+    }
+
+    if report.bad_rows > 0 && !args.lenient {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_mistakes_are_warned_about() {
+        let cfg = Config::from_str(
+            Path::new("t.toml"),
+            r#"
+[agent]
+id = "gw"
+site = "s"
+area = "a"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ { name = "voltage", table = "input", address = 0, type = "f32" } ]
+[[rules]]
+name = "ae_event"
+devices = ["pot-*"]
+tag = "voltage"
+type = "high"
+limit = 8.0
+"#,
+        )
+        .unwrap();
+        let given = vec!["frozen=stuck_voltage".to_string()];
+        let m = Matches::with_overrides(&given).unwrap();
+        let fault = |kind: &str| score::Fault {
+            device: "pot-001".into(),
+            kind: kind.into(),
+            start_ms: 0,
+            end_ms: None,
+            onset_ms: None,
+        };
+        let w = match_warnings(&cfg, &m, &given, &[fault("anode_effect"), fault("frozen")]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("no rule \"stuck_voltage\""), "{w:?}");
+        assert!(w[1].contains("detects \"frozen\""), "{w:?}");
+    }
+}
