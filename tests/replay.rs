@@ -20,6 +20,11 @@ area = "potline-1"
 [mqtt]
 url = "mqtt://127.0.0.1:1883"
 
+# Only the anode-effect rule is under test here; the built-in communication-loss alarm would
+# react to the bad rows too.
+[alarms]
+comm_loss = false
+
 [templates.cell]
 tags = [
   { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" },
