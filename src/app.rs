@@ -31,9 +31,42 @@ pub struct Running {
     pub cancel: CancellationToken,
     pub tasks: JoinSet<()>,
     pub metrics: Arc<Metrics>,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+}
+
+/// Asks the supervisor to re-read the configuration file.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// When the request came over MQTT: (sink, request id, operator), for the reply.
+    pub from: Option<(usize, Option<String>, String)>,
+    pub reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+}
+
+/// Messages from the supervisor to the engine task.
+#[derive(Debug)]
+enum EngineControl {
+    Reload(
+        Box<Config>,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 impl Running {
+    /// Re-reads the configuration file: a valid one is applied without losing alarm states or
+    /// windows of unchanged tags and without reconnecting unchanged links; an invalid one is
+    /// refused with its problems and the running configuration stays.
+    pub async fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reload_tx
+            .send(ReloadRequest {
+                from: None,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+
     /// Stops every task and waits for them (bounded).
     pub async fn stop(mut self) {
         self.cancel.cancel();
@@ -141,6 +174,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         rec
     });
     let engine_task = EngineTask {
+        reload: None,
         recorder,
         engine,
         seq,
@@ -166,34 +200,212 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             })
             .collect(),
     };
-    let pollers_cancel = cancel.child_token();
-    {
-        let engine_cancel = engine_cancel.clone();
-        let cancel = cancel.clone();
-        let mut pollers = JoinSet::new();
-        for (endpoint, devices) in links(&cfg.devices) {
-            let link = Link {
-                endpoint,
-                devices,
-                tx: batch_tx.clone(),
-                clock: clock.clone(),
-                metrics: metrics.clone(),
-            };
-            pollers.spawn(link.run(pollers_cancel.clone()));
-        }
-        drop(batch_tx);
-        tasks.spawn(async move {
-            cancel.cancelled().await;
-            while pollers.join_next().await.is_some() {}
-            engine_cancel.cancel();
-        });
-    }
-    tasks.spawn(engine_task.run(batch_rx, cmd_rx, engine_cancel));
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let (ctl_tx, ctl_rx) = mpsc::channel::<EngineControl>(4);
+    let mut supervisor = Supervisor {
+        cfg: cfg.clone(),
+        links: Vec::new(),
+        batch_tx,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        engine: ctl_tx,
+        sinks: engine_task.sinks.clone(),
+        whos: engine_task.whos.clone(),
+    };
+    supervisor.spawn_links(&cfg.devices, None);
+    tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
+    let mut engine_task = engine_task;
+    engine_task.reload = Some(reload_tx.clone());
+    tasks.spawn(engine_task.run(batch_rx, cmd_rx, ctl_rx, engine_cancel));
     Ok(Running {
         cancel,
         tasks,
         metrics,
+        reload_tx,
     })
+}
+
+/// Owns the link pollers and applies reloads.
+struct Supervisor {
+    cfg: Config,
+    /// (link key, devices as configured, cancel, task).
+    links: Vec<(
+        String,
+        Vec<crate::config::Device>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
+    batch_tx: mpsc::Sender<SampleBatch>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    engine: mpsc::Sender<EngineControl>,
+    sinks: Vec<mpsc::Sender<Arc<Message>>>,
+    whos: Vec<Identity>,
+}
+
+impl Supervisor {
+    /// Starts a poller for every link, or only for the links in `only`.
+    fn spawn_links(&mut self, devices: &[crate::config::Device], only: Option<&[String]>) {
+        for (endpoint, link_devices) in links(devices) {
+            let key = endpoint.link_key();
+            if only.is_some_and(|keys| !keys.contains(&key)) {
+                continue;
+            }
+            let configured: Vec<crate::config::Device> = link_devices
+                .iter()
+                .map(|d| devices[d.index as usize].clone())
+                .collect();
+            let token = CancellationToken::new();
+            let link = Link {
+                endpoint,
+                devices: link_devices,
+                tx: self.batch_tx.clone(),
+                clock: self.clock.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let handle = tokio::spawn(link.run(token.clone()));
+            self.links.push((key, configured, token, handle));
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        cancel: CancellationToken,
+        engine_cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = requests.recv() => match r {
+                    Some(r) => self.handle(r).await,
+                    None => break,
+                },
+            }
+        }
+        for (_, _, token, _) in &self.links {
+            token.cancel();
+        }
+        for (_, _, _, handle) in self.links.drain(..) {
+            let _ = handle.await;
+        }
+        // The engine outlives the pollers so that their last batches are processed.
+        engine_cancel.cancel();
+    }
+
+    async fn handle(&mut self, r: ReloadRequest) {
+        let result = self.reload().await;
+        match &result {
+            Ok(m) => info!("configuration reloaded: {m}"),
+            Err(e) => warn!("configuration reload refused; the running configuration stays:\n{e}"),
+        }
+        if let Some((sink, request_id, _by)) = &r.from {
+            let now = self.clock.now();
+            let reply = Reply {
+                schema: REPLY_SCHEMA,
+                ok: result.is_ok(),
+                request_id: request_id.clone(),
+                op: Some("reload".into()),
+                device: None,
+                rule: None,
+                state: result.as_ref().ok().cloned(),
+                error: result.as_ref().err().cloned(),
+                ts: crate::clock::rfc3339_ms(now),
+            };
+            if let (Some(tx), Some(who)) = (self.sinks.get(*sink), self.whos.get(*sink)) {
+                let msg = Message {
+                    class: Class::Status,
+                    topic: who.agent_topic("cmd/reply"),
+                    payload: serde_json::to_vec(&reply).unwrap_or_default(),
+                    retain: false,
+                    priority: None,
+                };
+                let _ = tx.send(Arc::new(msg)).await;
+            }
+        }
+        if let Some(tx) = r.reply {
+            let _ = tx.send(result);
+        }
+    }
+
+    async fn reload(&mut self) -> Result<String, String> {
+        let path = self
+            .cfg
+            .files
+            .first()
+            .cloned()
+            .ok_or("no configuration file to re-read")?;
+        let new = Config::load(&path).map_err(|e| {
+            e.problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        if new.agent != self.cfg.agent {
+            return Err(
+                "changes in [agent] take effect at the next restart; nothing was applied".into(),
+            );
+        }
+        if new.sinks != self.cfg.sinks {
+            return Err(
+                "changes in [mqtt] take effect at the next restart; nothing was applied".into(),
+            );
+        }
+        let old_names: Vec<&str> = self.cfg.devices.iter().map(|d| d.name.as_str()).collect();
+        let new_names: Vec<&str> = new.devices.iter().map(|d| d.name.as_str()).collect();
+        if old_names != new_names {
+            return Err("adding, removing or reordering devices takes effect at the next restart; devices can be changed in place".into());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine
+            .send(EngineControl::Reload(Box::new(new.clone()), tx))
+            .await
+            .map_err(|_| "the engine stopped".to_string())?;
+        rx.await.map_err(|_| "the engine stopped".to_string())??;
+        // Restart only the links whose devices changed.
+        let mut changed: Vec<String> = Vec::new();
+        let new_links: Vec<(String, Vec<crate::config::Device>)> = links(&new.devices)
+            .into_iter()
+            .map(|(e, ds)| {
+                (
+                    e.link_key(),
+                    ds.iter()
+                        .map(|d| new.devices[d.index as usize].clone())
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut kept = 0;
+        let mut i = 0;
+        while i < self.links.len() {
+            let (key, devs, _, _) = &self.links[i];
+            match new_links.iter().find(|(k, _)| k == key) {
+                Some((_, nd)) if nd == devs => {
+                    kept += 1;
+                    i += 1;
+                }
+                _ => {
+                    let (key, _, token, handle) = self.links.remove(i);
+                    token.cancel();
+                    let _ = handle.await;
+                    changed.push(key);
+                }
+            }
+        }
+        for (k, _) in &new_links {
+            if !self.links.iter().any(|(key, ..)| key == k) && !changed.contains(k) {
+                changed.push(k.clone());
+            }
+        }
+        self.spawn_links(&new.devices, Some(&changed));
+        let rules = new.rules.len();
+        self.cfg = new;
+        Ok(format!(
+            "{rules} rules; {kept} links kept, {} restarted",
+            changed.len()
+        ))
+    }
 }
 
 fn identity(cfg: &Config, s: &crate::config::MqttSink) -> Identity {
@@ -206,6 +418,7 @@ fn identity(cfg: &Config, s: &crate::config::MqttSink) -> Identity {
 }
 
 struct EngineTask {
+    reload: Option<mpsc::Sender<ReloadRequest>>,
     recorder: Option<crate::io::record::Recorder>,
     engine: Engine,
     seq: SeqLease,
@@ -226,6 +439,7 @@ impl EngineTask {
         mut self,
         mut batches: mpsc::Receiver<SampleBatch>,
         mut commands: mpsc::Receiver<InboundCommand>,
+        mut control: mpsc::Receiver<EngineControl>,
         cancel: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -260,6 +474,11 @@ impl EngineTask {
                     }
                 }
                 _ = tick.tick() => self.engine.tick(self.clock.now(), &mut events),
+                c = control.recv() => {
+                    if let Some(EngineControl::Reload(cfg, reply)) = c {
+                        let _ = reply.send(self.swap(&cfg));
+                    }
+                }
                 _ = summaries.tick(), if self.summary.interval_ms > 0 => self.publish_summaries().await,
                 _ = cancel.cancelled() => {
                     while let Ok(b) = batches.try_recv() {
@@ -310,6 +529,29 @@ impl EngineTask {
                 }
             }
         }
+    }
+
+    /// Replaces the engine with one built for `cfg`, carrying the state over.
+    fn swap(&mut self, cfg: &Config) -> Result<(), String> {
+        let next = Engine::new(cfg).map_err(|e| e.to_string())?;
+        let old = std::mem::replace(&mut self.engine, next);
+        self.engine.adopt(old);
+        self.summary = cfg.summary.clone();
+        self.data = cfg.data.clone();
+        self.names = cfg
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.tags
+                        .iter()
+                        .map(|t| (t.name.clone(), t.unit.clone()))
+                        .collect(),
+                )
+            })
+            .collect();
+        Ok(())
     }
 
     async fn fan_out(&mut self, msg: Message) {
@@ -379,17 +621,25 @@ impl EngineTask {
             }
             Ok(p) => match p.request {
                 Request::Reload { by } => {
-                    info!(by = %by, "reload requested");
-                    Reply {
-                        schema: REPLY_SCHEMA,
-                        ok: false,
-                        request_id: p.request_id,
-                        op: Some(p.op),
-                        device: None,
-                        rule: None,
-                        state: None,
-                        error: Some("reload is done by sending SIGHUP to the agent".into()),
-                        ts: crate::clock::rfc3339_ms(now),
+                    info!(by = %by, "reload requested over MQTT");
+                    let req = ReloadRequest {
+                        from: Some((c.sink, p.request_id.clone(), by)),
+                        reply: None,
+                    };
+                    match self.reload.as_ref().map(|r| r.try_send(req)) {
+                        // The supervisor applies it and sends the reply itself.
+                        Some(Ok(())) => return,
+                        _ => Reply {
+                            schema: REPLY_SCHEMA,
+                            ok: false,
+                            request_id: p.request_id,
+                            op: Some(p.op),
+                            device: None,
+                            rule: None,
+                            state: None,
+                            error: Some("a reload is already in progress; try again".into()),
+                            ts: crate::clock::rfc3339_ms(now),
+                        },
                     }
                 }
                 Request::Alarm {
@@ -484,7 +734,7 @@ pub fn main(config_path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_shutdown().await;
+        wait_for_shutdown(&running).await;
         info!("stopping");
         running.stop().await;
         info!("stopped");
@@ -492,24 +742,33 @@ pub fn main(config_path: &Path) -> ExitCode {
     })
 }
 
-async fn wait_for_shutdown() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP re-reads the configuration meanwhile.
+async fn wait_for_shutdown(running: &Running) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => {
+                    info!("SIGHUP: re-reading the configuration");
+                    // The supervisor logs the outcome.
+                    let _ = running.reload().await;
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = running;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -234,6 +234,11 @@ impl Alarm {
         }
     }
 
+    /// New settings from a reloaded configuration; the state is kept.
+    pub fn set_settings(&mut self, settings: AlarmSettings) {
+        self.settings = settings;
+    }
+
     pub fn settings(&self) -> &AlarmSettings {
         &self.settings
     }

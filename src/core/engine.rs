@@ -163,6 +163,8 @@ enum Target {
 
 #[derive(Debug)]
 struct Evaluator {
+    /// The rule as configured, to tell on reload whether its state can be kept.
+    kind: crate::config::RuleKind,
     eval: Eval,
     target: Target,
 }
@@ -551,7 +553,11 @@ impl Engine {
             };
             let ev = self.evaluators.len() as u32;
             self.tags[slot as usize].watchers.push(ev);
-            self.evaluators.push(Evaluator { eval, target });
+            self.evaluators.push(Evaluator {
+                kind: rule.kind.clone(),
+                eval,
+                target,
+            });
             self.evaluator_slot.push(slot);
         }
         if let Some(area) = area_index {
@@ -1026,6 +1032,113 @@ impl Engine {
         }
     }
 
+    /// Takes over the state of the engine this one replaces (a reloaded configuration): alarm
+    /// states of every (device, rule) that still exists, the windows of tags whose device and
+    /// name are unchanged, the statistics of rules whose definition is unchanged, floods and
+    /// KPIs. Nothing is published for the carried-over states.
+    pub fn adopt(&mut self, mut old: Engine) {
+        let old_slots: HashMap<(Arc<str>, Arc<str>), usize> = old
+            .devices
+            .iter()
+            .flat_map(|d| {
+                (d.first_slot..d.first_slot + u32::from(d.slot_count))
+                    .map(move |s| (d.name.clone(), s as usize))
+            })
+            .map(|(d, s)| ((d, old.tags[s].name.clone()), s))
+            .collect();
+        let mut moved_slots: HashMap<usize, usize> = HashMap::new();
+        for d in &self.devices {
+            for s in d.first_slot as usize..(d.first_slot + u32::from(d.slot_count)) as usize {
+                let key = (d.name.clone(), self.tags[s].name.clone());
+                let Some(&os) = old_slots.get(&key) else {
+                    continue;
+                };
+                let (new_t, old_t) = (&mut self.tags[s], &mut old.tags[os]);
+                new_t.last = old_t.last;
+                new_t.quality = old_t.quality;
+                new_t.summary = old_t.summary;
+                self.latest[s] = old.latest[os];
+                if new_t.window.capacity() == old_t.window.capacity() {
+                    std::mem::swap(&mut new_t.window, &mut old_t.window);
+                    moved_slots.insert(s, os);
+                }
+            }
+        }
+        // Alarm states, by (device, rule).
+        let mut old_ids: HashMap<(Arc<str>, Arc<str>), u32> = HashMap::new();
+        for (k, v) in &old.by_name {
+            old_ids.insert(k.clone(), *v);
+        }
+        for (key, &id) in &self.by_name {
+            let Some(&oid) = old_ids.get(key) else {
+                continue;
+            };
+            let settings = *self.alarms[id as usize].alarm.settings();
+            let o = &old.alarms[oid as usize];
+            let a = &mut self.alarms[id as usize];
+            a.alarm = o.alarm.clone();
+            a.alarm.set_settings(settings);
+            a.value = o.value;
+            a.quality = o.quality;
+            a.chatter_seen = o.chatter_seen;
+        }
+        // Rule statistics, where the rule and its window are unchanged.
+        let old_evals: HashMap<(Arc<str>, Arc<str>), usize> = old
+            .evaluators
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.target {
+                Target::Alarm(id) => {
+                    let a = &old.alarms[id as usize];
+                    Some(((a.device.clone(), a.rule.clone()), i))
+                }
+                Target::Area { .. } => None,
+            })
+            .collect();
+        for i in 0..self.evaluators.len() {
+            let Target::Alarm(id) = self.evaluators[i].target else {
+                continue;
+            };
+            let key = (
+                self.alarms[id as usize].device.clone(),
+                self.alarms[id as usize].rule.clone(),
+            );
+            let Some(&oi) = old_evals.get(&key) else {
+                continue;
+            };
+            let slot = self.evaluator_slot[i] as usize;
+            let same_window = moved_slots.get(&slot) == Some(&(old.evaluator_slot[oi] as usize));
+            if old.evaluators[oi].kind == self.evaluators[i].kind
+                && (same_window || !self.evaluators[i].eval.is_windowed())
+            {
+                self.evaluators[i].eval = old.evaluators[oi].eval.clone();
+            } else {
+                let active = self.alarms[id as usize].alarm.is_active();
+                self.evaluators[i].eval.set_active(active);
+            }
+        }
+        self.active_by_rule.clear();
+        for a in &self.alarms {
+            if a.alarm.is_active() {
+                *self.active_by_rule.entry(a.rule.clone()).or_insert(0) += 1;
+            }
+        }
+        for s in &mut self.alarm_suppressions {
+            s.state = s
+                .targets
+                .first()
+                .is_some_and(|&t| self.alarms[t as usize].alarm.is_suppressed());
+        }
+        self.suppression_dirty = true;
+        self.flood = old.flood;
+        self.kpis = old.kpis;
+        self.held = HashMap::new();
+        self.started = old.started;
+        self.summary_from = old.summary_from;
+        let fid = self.flood_alarm;
+        self.alarms[fid as usize].alarm = old.alarms[old.flood_alarm as usize].alarm.clone();
+    }
+
     /// Every alarm operators currently see (not normal, not hidden), as events of their state.
     pub fn shown_alarms(&self) -> Vec<AlarmEvent> {
         (0..self.alarms.len() as u32)
@@ -1414,6 +1527,38 @@ suppress_when = "current < 100"
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_reload_that_changes_a_limit_keeps_the_active_alarm_and_the_windows() {
+        let mut e = engine(AE);
+        feed(&mut e, 0, 0, 9.0);
+        feed(&mut e, 0, 3_000, 9.0);
+        e.command(
+            "pot-001",
+            "anode_effect",
+            "op",
+            &Command::Ack { note: None },
+            3_500,
+        )
+        .unwrap();
+        let cfg = Config::from_str(
+            Path::new("t.toml"),
+            &format!("{BASE}{}", AE.replace("limit = 8.0", "limit = 8.5")),
+        )
+        .unwrap();
+        let mut next = Engine::new(&cfg).unwrap();
+        next.adopt(e);
+        let st = next.alarm_state("pot-001", "anode_effect").unwrap();
+        assert_eq!(
+            st.transition.to, "active_acked",
+            "state survives the reload"
+        );
+        assert_eq!(next.tag_value("pot-001", "voltage").unwrap().0, Some(9.0));
+        // The new limit applies with its deadband: 8.2 V >= 8.5 - 0.5 keeps it active, 7.9 V clears.
+        assert!(rule_events(&feed(&mut next, 0, 4_000, 8.2), "anode_effect").is_empty());
+        let ev = feed(&mut next, 0, 5_000, 7.9);
+        assert_eq!(rule_events(&ev, "anode_effect")[0].transition.to, "normal");
     }
 
     #[test]

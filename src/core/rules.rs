@@ -501,6 +501,22 @@ impl Eval {
         }
     }
 
+    /// Seeds the hysteresis of a rebuilt rule with the state of its alarm (on reload), so a
+    /// changed limit is applied with the deadband, not as a fresh activation test.
+    pub fn set_active(&mut self, active: bool) {
+        match self {
+            Eval::Threshold(th)
+            | Eval::Rate { th, .. }
+            | Eval::Slope { th, .. }
+            | Eval::Noise { th, .. }
+            | Eval::Deviation { th, .. }
+            | Eval::Average { th, .. }
+            | Eval::Curve { th, .. } => th.active = active,
+            Eval::Predict { active: a, .. } => *a = active,
+            _ => {}
+        }
+    }
+
     /// Forgets the window statistics, e.g. when a design suppression ends: samples taken
     /// during a potline outage must not make a trend afterwards.
     pub fn restart(&mut self, window: &Window) {
