@@ -186,19 +186,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         summary: cfg.summary.clone(),
         data: cfg.data.clone(),
         data_filter: Default::default(),
-        names: cfg
-            .devices
-            .iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    d.tags
-                        .iter()
-                        .map(|t| (t.name.clone(), t.unit.clone()))
-                        .collect(),
-                )
-            })
-            .collect(),
+        names: data_names(&cfg),
     };
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let (ctl_tx, ctl_rx) = mpsc::channel::<EngineControl>(4);
@@ -408,6 +396,22 @@ impl Supervisor {
     }
 }
 
+/// Per device: its name and its tags' (name, unit), as raw-data payloads name them.
+fn data_names(cfg: &Config) -> Vec<(String, Vec<(String, String)>)> {
+    cfg.devices
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                d.tags
+                    .iter()
+                    .map(|t| (t.name.clone(), t.unit.clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 fn identity(cfg: &Config, s: &crate::config::MqttSink) -> Identity {
     Identity {
         topic_root: s.topic_root.clone(),
@@ -538,19 +542,7 @@ impl EngineTask {
         self.engine.adopt(old);
         self.summary = cfg.summary.clone();
         self.data = cfg.data.clone();
-        self.names = cfg
-            .devices
-            .iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    d.tags
-                        .iter()
-                        .map(|t| (t.name.clone(), t.unit.clone()))
-                        .collect(),
-                )
-            })
-            .collect();
+        self.names = data_names(cfg);
         Ok(())
     }
 
