@@ -449,6 +449,7 @@ impl EngineTask {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events: Vec<AlarmEvent> = Vec::new();
+        let mut ticks: u64 = 0;
         let summary_every = Duration::from_millis(self.summary.interval_ms.max(1_000) as u64);
         let mut summaries =
             tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
@@ -477,7 +478,16 @@ impl EngineTask {
                         self.command(c, &mut events).await;
                     }
                 }
-                _ = tick.tick() => self.engine.tick(self.clock.now(), &mut events),
+                _ = tick.tick() => {
+                    ticks += 1;
+                    // Small drifts are NTP slewing; a step (boot without RTC, operator) is followed.
+                    if ticks % 40 == 0 {
+                        if let Some(step) = self.clock.resync(2_000) {
+                            warn!(step_ms = step, "the system clock stepped; timestamps follow it (pending alarm delays see the step)");
+                        }
+                    }
+                    self.engine.tick(self.clock.now(), &mut events);
+                }
                 c = control.recv() => {
                     if let Some(EngineControl::Reload(cfg, reply)) = c {
                         let _ = reply.send(self.swap(&cfg));

@@ -9,6 +9,13 @@ use crate::core::model::Ts;
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now(&self) -> Ts;
+
+    /// Follows a forward step of the system clock larger than `max_drift_ms` (e.g. NTP setting
+    /// the time of a gateway without a battery-backed clock after boot); returns the step.
+    /// Clocks that never step return None.
+    fn resync(&self, _max_drift_ms: i64) -> Option<i64> {
+        None
+    }
 }
 
 /// Wall time that never jumps: anchored to the system clock at start and advanced by the
@@ -30,11 +37,14 @@ impl SystemClock {
 
     /// Re-anchors to the wall clock if it moved more than `max_drift_ms` from our timeline;
     /// returns the step in ms when it did.
-    pub fn resync(&self, max_drift_ms: i64) -> Option<i64> {
+    fn resync_now(&self, max_drift_ms: i64) -> Option<i64> {
         let ours = self.now();
         let wall = wall_ms();
         let step = wall - ours;
-        if step.abs() > max_drift_ms {
+        // Only forward: a gateway that boots without a battery-backed clock gets its time later
+        // (a step forward). Following a backward step would postpone pending alarm delays by
+        // the step, so the timeline then keeps running monotonically instead.
+        if step > max_drift_ms {
             let elapsed = self.anchor_mono.elapsed().as_millis() as i64;
             self.anchor_wall.store(wall - elapsed, Ordering::Relaxed);
             Some(step)
@@ -47,6 +57,10 @@ impl SystemClock {
 impl Clock for SystemClock {
     fn now(&self) -> Ts {
         self.anchor_wall.load(Ordering::Relaxed) + self.anchor_mono.elapsed().as_millis() as i64
+    }
+
+    fn resync(&self, max_drift_ms: i64) -> Option<i64> {
+        self.resync_now(max_drift_ms)
     }
 }
 
@@ -129,5 +143,8 @@ mod tests {
         c.anchor_wall.fetch_sub(3_600_000, Ordering::Relaxed);
         let step = c.resync(1_000).unwrap();
         assert!((step - 3_600_000).abs() < 100);
+        // A backward step is not followed.
+        c.anchor_wall.fetch_add(3_600_000, Ordering::Relaxed);
+        assert_eq!(c.resync(1_000), None);
     }
 }

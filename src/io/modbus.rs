@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_modbus::client::{Context, Reader};
-use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::prelude::{Request, Response, SlaveContext};
 use tokio_modbus::Slave;
 
 use crate::config::endpoint::{Parity, Serial};
@@ -156,31 +156,16 @@ impl Connection {
         timeout: Duration,
     ) -> Result<ReadData, ReadError> {
         self.ctx.set_slave(Slave(unit));
-        let fut = async {
-            match table {
-                Table::Holding => self
-                    .ctx
-                    .read_holding_registers(start, count)
-                    .await
-                    .map(|r| r.map(ReadData::Registers)),
-                Table::Input => self
-                    .ctx
-                    .read_input_registers(start, count)
-                    .await
-                    .map(|r| r.map(ReadData::Registers)),
-                Table::Coil => self
-                    .ctx
-                    .read_coils(start, count)
-                    .await
-                    .map(|r| r.map(ReadData::Bits)),
-                Table::Discrete => self
-                    .ctx
-                    .read_discrete_inputs(start, count)
-                    .await
-                    .map(|r| r.map(ReadData::Bits)),
-            }
+        // `Client::call`, not the `Reader` helpers: those `debug_assert` the reply length, so a
+        // device answering with fewer values than asked would panic the link task in debug
+        // builds. The length is checked below for every build.
+        let request = match table {
+            Table::Holding => Request::ReadHoldingRegisters(start, count),
+            Table::Input => Request::ReadInputRegisters(start, count),
+            Table::Coil => Request::ReadCoils(start, count),
+            Table::Discrete => Request::ReadDiscreteInputs(start, count),
         };
-        let data = match tokio::time::timeout(timeout, fut).await {
+        let response = match tokio::time::timeout(timeout, self.ctx.call(request)).await {
             Err(_) => return Err(ReadError::Timeout(timeout)),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 return Err(ReadError::Transport(e.to_string()))
@@ -189,7 +174,18 @@ impl Connection {
                 return Err(ReadError::Protocol(e.to_string()))
             }
             Ok(Ok(Err(code))) => return Err(ReadError::Exception(u8::from(code))),
-            Ok(Ok(Ok(data))) => data,
+            Ok(Ok(Ok(response))) => response,
+        };
+        let mut data = match (table, response) {
+            (Table::Holding, Response::ReadHoldingRegisters(words))
+            | (Table::Input, Response::ReadInputRegisters(words)) => ReadData::Registers(words),
+            (Table::Coil, Response::ReadCoils(bits))
+            | (Table::Discrete, Response::ReadDiscreteInputs(bits)) => ReadData::Bits(bits),
+            (_, other) => {
+                return Err(ReadError::Protocol(format!(
+                    "reply {other:?} does not answer a read of the {table} table"
+                )))
+            }
         };
         let got = match &data {
             ReadData::Registers(r) => r.len(),
@@ -202,6 +198,69 @@ impl Connection {
                 expected: usize::from(count),
             });
         }
+        if let ReadData::Bits(b) = &mut data {
+            b.truncate(usize::from(count));
+        }
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every read with one value fewer than asked (a well-formed frame).
+    async fn short_replier() -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            while s.read_exact(&mut req).await.is_ok() {
+                let (fc, qty) = (req[7], u16::from_be_bytes([req[10], req[11]]));
+                let pdu: Vec<u8> = if fc <= 2 {
+                    // qty - 8 bits: one whole byte short.
+                    let bytes = usize::from(qty.saturating_sub(8)).div_ceil(8);
+                    [vec![fc, bytes as u8], vec![0xFF; bytes]].concat()
+                } else {
+                    let words = usize::from(qty.saturating_sub(1));
+                    [vec![fc, (words * 2) as u8], vec![0x12; words * 2]].concat()
+                };
+                let len = (pdu.len() + 1) as u16;
+                let mut f = vec![req[0], req[1], 0, 0];
+                f.extend_from_slice(&len.to_be_bytes());
+                f.push(req[6]);
+                f.extend_from_slice(&pdu);
+                if s.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_reply_with_fewer_values_than_asked_is_an_error_not_a_panic() {
+        let addr = short_replier().await;
+        let ep = Endpoint::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        let t = Duration::from_secs(2);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        for (table, count) in [
+            (Table::Holding, 4),
+            (Table::Input, 2),
+            (Table::Coil, 16),
+            (Table::Discrete, 9),
+        ] {
+            let r = c.read(1, table, 0, count, t).await;
+            assert!(
+                matches!(r, Err(ReadError::ShortReply { .. })),
+                "{table}: {r:?}"
+            );
+            assert!(r.unwrap_err().poisons_connection());
+        }
     }
 }

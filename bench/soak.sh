@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Soak on the release binaries: `alsentry sim` plays config/scenarios/potline_400.toml (400 cells
+# on 127.0.0.1:15100-15499 + 20 kiln sections on :5021), `alsentry run` polls all 420 devices
+# once a second with the rules of tests/reliability.rs and publishes to a private Mosquitto.
+# Samples VmRSS of the agent (and of the simulator) every SAMPLE_S seconds and says whether the
+# agent's resident memory stayed flat after warm-up.
+#
+#   bench/soak.sh                       # 10 minutes
+#   DURATION_S=3600 bench/soak.sh       # an hour
+#
+# Env: DURATION_S (600), WARMUP_S (60), SAMPLE_S (10), MQTT_PORT (18830), OUT (bench/soak-<date>.csv),
+#      NO_BUILD=1 to skip `cargo build --release`.
+# Needs: Linux (/proc), mosquitto on PATH, free ports 15100-15499, 5021 and MQTT_PORT.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION_S=${DURATION_S:-600}
+WARMUP_S=${WARMUP_S:-60}
+SAMPLE_S=${SAMPLE_S:-10}
+MQTT_PORT=${MQTT_PORT:-18830}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${OUT:-bench/soak-$STAMP.csv}
+
+command -v mosquitto >/dev/null || { echo "soak: mosquitto not found on PATH" >&2; exit 2; }
+if [[ -z "${NO_BUILD:-}" ]]; then
+  cargo build --release --bin alsentry
+fi
+BIN="$ROOT/target/release/alsentry"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A private broker.
+cat >"$WORK/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+EOF
+mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+PIDS+=($!)
+
+# The agent config: config/sim_potline_400.toml with absolute includes, our broker, a private
+# state dir, and the soak rules (the same as tests/reliability.rs).
+sed -e "s#\"templates/#\"$ROOT/config/templates/#g" \
+    -e "s#mqtt://127.0.0.1:1883#mqtt://127.0.0.1:$MQTT_PORT#" \
+    -e "s#^area = \"potline-400\"#area = \"potline-400\"\nstate_dir = \"$WORK/state\"#" \
+    config/sim_potline_400.toml >"$WORK/agent.toml"
+cat >>"$WORK/agent.toml" <<'EOF'
+
+[summary]
+interval = "10s"
+
+[[rules]]
+name = "anode_effect"
+template = "cell"
+tag = "voltage"
+type = "high"
+limit = 8.0
+deadband = 0.5
+on_delay = "2s"
+priority = "critical"
+[[rules]]
+name = "voltage_noise"
+template = "cell"
+tag = "voltage"
+type = "noise"
+window = "20s"
+limit = 0.2
+[[rules]]
+name = "resistance_rise"
+template = "cell"
+tag = "resistance"
+type = "slope"
+window = "20s"
+limit = 0.5
+per = "min"
+[[rules]]
+name = "heartbeat_stale"
+template = "cell"
+tag = "heartbeat"
+type = "stale"
+max_age = "10s"
+[[rules]]
+name = "bath_hot"
+template = "cell"
+tag = "bath_temp"
+type = "high"
+limit = 990
+[[rules]]
+name = "draft_loss"
+template = "kiln"
+tag = "draft"
+type = "high"
+limit = -5
+on_delay = "5s"
+EOF
+"$BIN" check --config "$WORK/agent.toml" >/dev/null
+
+"$BIN" sim --scenario config/scenarios/potline_400.toml --run-for "$((DURATION_S + 60))s" >"$WORK/sim.log" 2>&1 &
+SIM=$!
+PIDS+=($SIM)
+# Readiness: the simulator prints its listeners once every port is bound.
+for _ in $(seq 1 100); do
+  grep -q "group furnace" "$WORK/sim.log" && break
+  sleep 0.1
+done
+grep -q "group furnace" "$WORK/sim.log" || { echo "soak: simulator did not start" >&2; cat "$WORK/sim.log" >&2; exit 1; }
+
+RUST_LOG=${RUST_LOG:-warn} "$BIN" run --config "$WORK/agent.toml" >"$WORK/agent.log" 2>&1 &
+AGENT=$!
+PIDS+=($AGENT)
+
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+echo "t_s,agent_rss_kib,sim_rss_kib,agent_cpu_ticks" >"$OUT"
+START=$(date +%s)
+while :; do
+  NOW=$(date +%s)
+  T=$((NOW - START))
+  kill -0 "$AGENT" 2>/dev/null || { echo "soak: the agent exited at ${T}s" >&2; tail -20 "$WORK/agent.log" >&2; exit 1; }
+  echo "$T,$(rss "$AGENT"),$(rss "$SIM"),$(cpu "$AGENT")" >>"$OUT"
+  [[ $T -ge $DURATION_S ]] && break
+  sleep "$SAMPLE_S"
+done
+
+ERRORS=$(grep -c -E " (ERROR|WARN) " "$WORK/agent.log" || true)
+awk -F, -v warm="$WARMUP_S" -v dur="$DURATION_S" -v errors="$ERRORS" -v hz="$(getconf CLK_TCK)" '
+  NR == 1 { next }
+  $1 >= warm && first == "" { first = $2; t_first = $1; c_first = $4 }
+  $1 >= warm { last = $2; t_last = $1; c_last = $4; if ($2 > max) max = $2; if (min == "" || $2 < min) min = $2 }
+  END {
+    growth = (last - first) * 100.0 / first
+    printf "soak: %ds, warm-up %ds; agent VmRSS after warm-up: first %d KiB, last %d KiB, min %d, max %d, growth %+.1f %%\n", dur, warm, first, last, min, max, growth
+    printf "soak: agent CPU after warm-up: %.1f %% of one core; %d warning/error log lines\n", (c_last - c_first) * 100.0 / hz / (t_last - t_first), errors
+    flat = (max - first) < ((first / 10 > 4096) ? first / 10 : 4096)
+    printf "soak: %s (bound: growth below 10 %% or 4 MiB, whichever is larger)\n", flat ? "FLAT" : "GROWING"
+    exit flat ? 0 : 1
+  }' "$OUT"
+echo "soak: samples in $OUT"
