@@ -28,6 +28,8 @@ pub struct SinkMetrics {
     pub outbox_depth: AtomicU64,
     pub outbox_bytes: AtomicU64,
     pub dropped: AtomicU64,
+    /// Appends the outbox refused with an I/O error (disk full, unwritable).
+    pub outbox_write_errors: AtomicU64,
     pub puback_latency_us_sum: AtomicU64,
     pub puback_latency_us_last: AtomicU64,
 }

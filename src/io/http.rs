@@ -830,7 +830,7 @@ pub fn render_metrics(metrics: &Metrics, alarms: &AlarmSnapshot, now: Ts) -> Str
             u64::from(s.connected.load(Ordering::Relaxed)),
         );
     }
-    let sink_counters: [(&str, &str, SinkValue); 4] = [
+    let sink_counters: [(&str, &str, SinkValue); 5] = [
         (
             "alsentry_sink_published_total",
             "Messages published to the broker.",
@@ -850,6 +850,11 @@ pub fn render_metrics(metrics: &Metrics, alarms: &AlarmSnapshot, now: Ts) -> Str
             "alsentry_outbox_dropped_total",
             "Messages dropped from the outbox (full or expired).",
             |s| load(&s.dropped),
+        ),
+        (
+            "alsentry_outbox_write_errors_total",
+            "Messages the outbox could not store (disk full, unwritable); alarms then go out without durability while connected.",
+            |s| load(&s.outbox_write_errors),
         ),
     ];
     for (name, help, get) in sink_counters {

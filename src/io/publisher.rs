@@ -517,9 +517,11 @@ impl Runner {
     /// instead of stalling them (on a current-thread runtime it just runs inline). With an
     /// interval policy at most one append per interval syncs, so appends run inline rather
     /// than paying the hand-off on every record.
-    fn store(&mut self, m: &Message) {
+    /// Returns false when the message should have been stored but the outbox could not take
+    /// it (disk full, unwritable).
+    fn store(&mut self, m: &Message) -> bool {
         if !self.t.cfg.carries(m.class, m.priority) && !self.is_reply(m) {
-            return;
+            return true;
         }
         let now = self.t.clock.now();
         let may_sync = match self.t.cfg.outbox.fsync {
@@ -544,17 +546,43 @@ impl Runner {
             outbox.append(rec, now)
         };
         match result {
-            Ok(_) => {}
+            Ok(_) => true,
             Err(crate::outbox::OutboxError::Full { class, .. }) => {
                 // Counted by the outbox per class and reported in the status.
                 warn!(sink = %self.t.cfg.name, class = class.as_str(), "outbox full; message dropped");
+                true
             }
             Err(e) => {
                 // The outbox is unusable (disk full, read-only): say so loudly, keep running.
-                error!(sink = %self.t.cfg.name, error = %e, "outbox append failed; message lost");
-                self.own_drops.io[m.class.index()] += 1;
+                error!(sink = %self.t.cfg.name, error = %e, "outbox append failed");
+                if let Some(sm) = self.t.sink_metrics() {
+                    sm.outbox_write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                false
             }
         }
+    }
+
+    /// An alarm the outbox could not take still goes out while the broker is connected (QoS 1,
+    /// without durability); otherwise it is lost and counted.
+    fn store_or_send(&mut self, m: &Message, conn: Option<&Conn>, flight: &mut Flight) {
+        if self.store(m) {
+            return;
+        }
+        if m.class == Class::Alarm {
+            if let Some(c) = conn.filter(|c| c.connected) {
+                let props = self.props(m.class, Some(&m.payload), 0);
+                if c.client
+                    .publish(m.topic.clone(), 1, m.retain, m.payload.clone(), props)
+                    .is_ok()
+                {
+                    flight.awaiting_pkid.push_back(None);
+                    warn!(sink = %self.t.cfg.name, topic = %m.topic, "outbox unusable: alarm sent directly, without durability");
+                    return;
+                }
+            }
+        }
+        self.own_drops.io[m.class.index()] += 1;
     }
 
     /// Replies to commands answer something this sink received: always carried.
@@ -601,7 +629,7 @@ impl Runner {
                     return;
                 }
                 msg = self.t.rx.recv() => match msg {
-                    Some(m) => self.store(&m),
+                    Some(m) => self.store_or_send(&m, conn.as_ref(), &mut session.flight),
                     None => {
                         self.shutdown(conn.take(), &mut session.flight).await;
                         return;
