@@ -1,0 +1,1021 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: `alsentry sim` -> `alsentry run` (release) -> Mosquitto -> a counting
+subscriber, plus the transport ceiling (examples/modbus_ceiling.rs), a plain pymodbus + paho
+peer and Node-RED (node-red-contrib-modbus), all on loopback. Writes BENCHMARKS.md.
+
+    cargo build --release --bin alsentry --example modbus_ceiling
+    cargo bench --bench engine --bench core --bench outbox --bench core_stats   # optional
+    python3 bench/e2e.py                      # about 12-14 min; --quick for a smoke run
+
+Everything runs in a temporary directory; the simulator, Mosquitto and the HTTP endpoint use
+free ports found at start. Node-RED is installed from npm into --nodered-dir (not committed).
+"""
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "alsentry")
+CEILING = os.path.join(ROOT, "target", "release", "examples", "modbus_ceiling")
+TICK = os.sysconf("SC_CLK_TCK")
+TAGS_PER_CELL = 22
+CELL_TEMPLATE = os.path.join(ROOT, "config", "templates", "cell.toml")
+
+# ---------------------------------------------------------------- process and /proc helpers
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def mem_kib(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0])
+    return out.get("VmRSS", 0), out.get("VmHWM", 0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_range_free(base, n):
+    for p in range(base, base + n):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
+
+
+def find_port_range(n, start=25100):
+    for base in range(start, 60000 - n, 1000):
+        if port_range_free(base, n):
+            return base
+    raise SystemExit(f"no free range of {n} ports")
+
+
+def wait_port(port, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class Proc:
+    def __init__(self, name, argv, tmp, env=None, cwd=None):
+        self.name = name
+        self.log = open(os.path.join(tmp, f"{name}.log"), "w")
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                  start_new_session=True)
+        self.pid = self.p.pid
+
+    def stop(self, timeout=15.0):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.log.close()
+
+    def alive(self):
+        return self.p.poll() is None
+
+
+def sh(argv, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, **kw).stdout.strip()
+
+
+# ---------------------------------------------------------------- subscriber
+
+
+def parse_ts_ms(s):
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000.0
+
+
+class Subscriber:
+    """Counts data messages per topic root and measures alarm latency (payload ts -> receipt)."""
+
+    def __init__(self, port):
+        import paho.mqtt.client as mqtt
+
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.latencies = []
+        self.alarms = 0
+        self.recording = False
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
+        self.c.on_message = self.on_message
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alsentry/#", 0), ("peer/#", 0)])
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+
+    def on_message(self, client, userdata, msg):
+        now = time.time() * 1000.0
+        t = msg.topic
+        with self.lock:
+            if t.endswith("/data"):
+                root = t.split("/", 2)[0] + ("/" + t.split("/")[1] if t.startswith("peer/") else "")
+                self.counts[root] = self.counts.get(root, 0) + 1
+            elif "/alarm/lat" in t and self.recording and not msg.retain:
+                try:
+                    ts = parse_ts_ms(json.loads(msg.payload)["ts"])
+                    self.latencies.append(now - ts)
+                    self.alarms += 1
+                except (ValueError, KeyError):
+                    pass
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.counts)
+
+    def start_latency(self):
+        with self.lock:
+            self.latencies, self.alarms, self.recording = [], 0, True
+
+    def stop_latency(self):
+        with self.lock:
+            self.recording = False
+            return list(self.latencies)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, int(round(p / 100.0 * (len(xs) - 1)))))
+    return xs[k]
+
+
+# ---------------------------------------------------------------- configs
+
+
+def scenario(path, base, cells):
+    with open(path, "w") as f:
+        f.write(f"""# generated by bench/e2e.py
+[plant]
+name = "bench_{cells}"
+seed = 400
+tick = "100ms"
+line_current_ka = 500.0
+
+[[groups]]
+id = "potline"
+kind = "cell"
+name = "pot-{{index:03}}"
+host = "127.0.0.1"
+ports = "{base}-{base + cells - 1}"
+unit = 1
+""")
+
+
+# The rule set of every agent run: a realistic potline set plus the latency probe.
+RULES = """
+[[rules]]
+name = "anode_effect"
+template = "cell"
+tag = "voltage"
+type = "high"
+limit = 8.0
+deadband = 0.5
+on_delay = "2s"
+priority = "critical"
+message = "Anode effect on {device}: {value} V"
+
+[[rules]]
+name = "voltage_noise"
+template = "cell"
+tag = "voltage"
+type = "noise"
+window = "60s"
+limit = 0.05
+
+[[rules]]
+name = "voltage_frozen"
+template = "cell"
+tag = "voltage"
+type = "frozen"
+window = "120s"
+
+[[rules]]
+name = "resistance_slope"
+template = "cell"
+tag = "resistance"
+type = "slope"
+window = "300s"
+per = "min"
+limit = 0.02
+
+[[rules]]
+name = "bath_hot"
+template = "cell"
+tag = "bath_temp"
+type = "high"
+limit = 975.0
+deadband = 2.0
+
+[[rules]]
+name = "line_current_low"
+template = "cell"
+tag = "line_current"
+type = "low"
+limit = 450.0
+deadband = 5.0
+
+# Latency probe: voltage (f32) minus voltage_mv (the same reading rounded to 1 mV) is the
+# rounding error, in [-0.5, 0.5] mV and random from one poll to the next, so this alarm
+# toggles about every other poll on pot-001..pot-009.
+[[rules]]
+name = "lat"
+devices = ["pot-00*"]
+tag = "vq"
+type = "high"
+limit = 0.0
+priority = "high"
+message = "probe {value}"
+"""
+
+RULE_DESC = ("6 rules per cell (voltage high/anode effect with 2 s on-delay, voltage noise 60 s, voltage frozen "
+             "120 s, resistance slope 300 s, bath_temp high, line_current low) + 1 derived tag per cell "
+             "(`vq = voltage - voltage_mv`) + the latency probe rule `lat` (high on `vq`, pot-001..pot-009)")
+
+
+def agent_config(path, tmp, run, mqtt_port, http_port, base, cells, poll, data_mode, rules=True):
+    with open(CELL_TEMPLATE) as f:
+        template = f.read()
+    with open(path, "w") as f:
+        f.write(f"""# generated by bench/e2e.py ({run})
+[agent]
+id = "bench"
+site = "bench"
+area = "potline"
+state_dir = "{tmp}/state-{run}"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+topic_root = "alsentry"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[data]
+mode = "{data_mode}"
+
+[summary]
+interval = "60s"
+
+{template}
+
+[[devices]]
+name = "pot-{{index:03}}"
+template = "cell"
+endpoint = "tcp://127.0.0.1:{{port}}"
+ports = "{base}-{base + cells - 1}"
+unit = 1
+poll = "{poll}"
+timeout = "500ms"
+derived = [{{ name = "vq", expr = "voltage - voltage_mv", unit = "V" }}]
+{RULES if rules else ""}""")
+
+
+def polls(http_port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out = {"ok": 0, "failed": 0, "missed": 0, "dropped": 0}
+    for line in text.splitlines():
+        m = re.match(r'alsentry_polls_total\{.*result="(\w+)".*\}\s+(\d+)', line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+        m = re.match(r"alsentry_batches_dropped_total(?:\{.*\})?\s+(\d+)", line)
+        if m:
+            out["dropped"] += int(m.group(1))
+    return out
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter_root=None, latency=False):
+    """Samples CPU, memory, polls and subscriber counts over [warmup, warmup + window]."""
+    time.sleep(warmup)
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    s0 = cpu_seconds(sim_pid) if sim_pid else None
+    p0 = polls(http_port) if http_port else None
+    n0 = sub.snapshot() if sub else {}
+    if latency and sub:
+        sub.start_latency()
+    rss = []
+    end = t0 + window
+    while time.monotonic() < end:
+        rss.append(mem_kib(pid)[0])
+        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    s1 = cpu_seconds(sim_pid) if sim_pid else None
+    p1 = polls(http_port) if http_port else None
+    n1 = sub.snapshot() if sub else {}
+    lat = sub.stop_latency() if (latency and sub) else []
+    rss_now, hwm = mem_kib(pid)
+    rss.append(rss_now)
+    r = {
+        "seconds": t1 - t0,
+        "cpu_s": c1 - c0,
+        "rss_kib": statistics.median(rss),
+        "hwm_kib": hwm,
+        "sim_cpu_s": (s1 - s0) if sim_pid else None,
+        "lat": lat,
+    }
+    if p0 and p1:
+        r["polls"] = {k: p1.get(k, 0) - p0.get(k, 0) for k in p1}
+    if counter_root:
+        r["msgs"] = n1.get(counter_root, 0) - n0.get(counter_root, 0)
+    return r
+
+
+def agent_run(a, env, name, cells, period_s, data_mode="poll", latency=True, rules=True):
+    poll = f"{int(round(period_s * 1000))}ms"
+    http_port = free_port()
+    cfg = os.path.join(a.tmp, f"{name}.toml")
+    agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells, poll, data_mode, rules)
+    check = subprocess.run([BIN, "check", "--config", cfg], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise SystemExit(f"generated config {cfg} does not pass `alsentry check`:\n{check.stdout}{check.stderr}")
+    env = dict(env, RUST_LOG="warn")
+    p = Proc(name, [BIN, "run", "--config", cfg], a.tmp, env=env)
+    try:
+        if not wait_port(http_port, 20):
+            raise SystemExit(f"{name}: agent HTTP endpoint did not come up; see {a.tmp}/{name}.log")
+        m = measure(p.pid, a.warmup, a.window, a.sub, a.sim.pid, http_port, "alsentry", latency)
+    finally:
+        p.stop()
+    sched = cells * m["seconds"] / period_s
+    ok = m["polls"]["ok"]
+    m.update(
+        name=name, system="alsentry", cells=cells, period_s=period_s, poll=poll, data_mode=data_mode, rules=rules,
+        scheduled=sched, completed=ok, samples=ok * TAGS_PER_CELL,
+        cores=m["cpu_s"] / m["seconds"],
+        cpu_us_per_sample=(m["cpu_s"] / (ok * TAGS_PER_CELL) * 1e6) if ok else None,
+    )
+    return m
+
+
+def peer_run(a, kind, cells, period_s):
+    name = f"{kind}-{cells}c-{period_s}s"
+    root = f"peer/{kind}"
+    if kind == "py":
+        argv = [sys.executable, os.path.join(ROOT, "bench", "peer_pymodbus.py"), "--first-port", str(a.base),
+                "--cells", str(cells), "--period", str(period_s), "--mqtt-port", str(a.mqtt_port)]
+        p = Proc(name, argv, a.tmp)
+    else:
+        p = nodered_start(a, name, cells, period_s)
+    try:
+        m = measure(p.pid, a.warmup + (10 if kind == "nr" else 0), a.window, a.sub, a.sim.pid,
+                    counter_root=root)
+        alive = p.alive()
+    finally:
+        p.stop()
+    sched = cells * m["seconds"] / period_s
+    done = m["msgs"]
+    m.update(
+        name=name, system={"py": "pymodbus+paho", "nr": "Node-RED"}[kind], cells=cells, period_s=period_s,
+        poll=f"{int(period_s * 1000)}ms", data_mode="poll", scheduled=sched, completed=done,
+        samples=done * TAGS_PER_CELL, cores=m["cpu_s"] / m["seconds"], alive=alive,
+        cpu_us_per_sample=(m["cpu_s"] / (done * TAGS_PER_CELL) * 1e6) if done else None,
+    )
+    return m
+
+
+def profile_run(a, env, cells, period_s, seconds=15):
+    """perf profile of the agent at one load (separate run: perf's own overhead stays out of the table)."""
+    if not shutil.which("perf"):
+        return None
+    http_port = free_port()
+    name = f"profile-{cells}c-{period_s}s"
+    cfg = os.path.join(a.tmp, f"{name}.toml")
+    agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells, f"{int(period_s * 1000)}ms", "poll")
+    p = Proc(name, [BIN, "run", "--config", cfg], a.tmp, env=dict(env, RUST_LOG="warn"))
+    data = os.path.join(a.tmp, "perf.data")
+    try:
+        wait_port(http_port, 20)
+        time.sleep(a.warmup)
+        r = subprocess.run(["perf", "record", "-F", "499", "-g", "-p", str(p.pid), "-o", data, "--", "sleep",
+                            str(seconds)], capture_output=True, text=True)
+        if r.returncode != 0:
+            return {"error": r.stderr.strip()[-300:]}
+    finally:
+        p.stop()
+
+    def report(*extra):
+        out = sh(["perf", "report", "-i", data, "--stdio", "--percent-limit", "0.5"] + list(extra))
+        rows = []
+        for line in out.splitlines():
+            m = re.match(r"^\s+([0-9.]+)%\s+(?:([0-9.]+)%\s+)?(.*\S)\s*$", line)
+            if m and not line.lstrip().startswith(("|", "-")):
+                rows.append((float(m.group(1)), m.group(3)))
+        return rows
+
+    dso = report("--no-children", "--sort", "dso", "-g", "none")
+    syms = report("--no-children", "--sort", "dso,sym", "-g", "none")[:15]
+    kids = report("--children", "--sort", "sym", "-g", "none")
+    keys = ("__GI___writev", "epoll_wait", "__x64_sys_futex", "__libc_recv", "__GI___libc_read", "recvfrom",
+            "finish_task_switch.isra.0", "malloc", "_int_malloc", "_int_free", "alsentry::core::engine::Engine::on_batch",
+            "alsentry::io::poller::Link::run", "alsentry::core::payload::DataFilter::payload")
+    inclusive = [(pc, sym) for pc, sym in kids if any(k in sym for k in keys)]
+    return {"cells": cells, "period_s": period_s, "seconds": seconds, "dso": dso, "syms": syms,
+            "inclusive": inclusive}
+
+
+def run_ceiling(a, cells, secs, plan):
+    t = time.monotonic()
+    out_path = os.path.join(a.tmp, f"ceiling-{plan}.out")
+    with open(out_path, "w") as fo:
+        cp = subprocess.Popen([CEILING, "--cells", str(cells), "--first-port", str(a.base),
+                               "--seconds", str(secs), "--plan", plan], stdout=fo)
+        _, _, usage = os.wait4(cp.pid, 0)
+    with open(out_path) as fi:
+        c = json.loads(fi.read().strip().splitlines()[-1])
+    # Whole process lifetime (2 s warm-up included) from the kernel's accounting.
+    c["cores"] = (usage.ru_utime + usage.ru_stime) / (time.monotonic() - t)
+    return c
+
+
+# ---------------------------------------------------------------- Node-RED
+
+NR_DECODE = r"""
+// One function node for every cell: keeps the latest of the three small reads of each cell
+// (input 20, holding 0-1, holding 10-14) and, on each input 0-15 read, decodes the 22 tags of
+// the cell template and publishes one message per poll.
+const [dev, part] = msg.topic.split('|');
+if (part !== 'in0') { context.set(dev + part, msg.payload); return null; }
+const in20 = context.get(dev + 'in20'), h0 = context.get(dev + 'h0'), h10 = context.get(dev + 'h10');
+if (!in20 || !h0 || !h10) return null;
+const regs = msg.payload.concat([0, 0, 0, 0], in20);
+const hold = h0.concat([0, 0, 0, 0, 0, 0, 0, 0], h10);
+function f32(r, a, order) {
+  let w = [r[a], r[a + 1]];
+  if (order === 'CDAB' || order === 'DCBA') w = [w[1], w[0]];
+  const b = Buffer.alloc(4); b.writeUInt16BE(w[0], 0); b.writeUInt16BE(w[1], 2);
+  if (order === 'BADC' || order === 'DCBA') { b.swap16(); }
+  return b.readFloatBE(0);
+}
+function u32(r, a, order) {
+  let w = [r[a], r[a + 1]];
+  if (order === 'CDAB') w = [w[1], w[0]];
+  return w[0] * 65536 + w[1];
+}
+const i16 = (x) => (x > 32767 ? x - 65536 : x);
+const s = regs[7];
+const v = {
+  voltage: f32(regs, 0, 'CDAB'), current: f32(regs, 2, 'CDAB'), bath_temp: i16(regs[4]) * 0.1,
+  alumina: regs[5] * 0.01, resistance: regs[6] * 0.001, status: s, feeding: s & 1,
+  ae_active: (s >> 1) & 1, overfeed: (s >> 2) & 1, underfeed: (s >> 3) & 1, line_low: (s >> 4) & 1,
+  heartbeat: regs[8], voltage_mv: regs[9] * 0.001, line_current: f32(regs, 10, 'ABCD'),
+  voltage_badc: f32(regs, 12, 'BADC'), resistance_dcba: f32(regs, 14, 'DCBA'),
+  line_current_int: regs[20] * 0.1, voltage_target: hold[0] * 0.001, line_setpoint: hold[1] * 0.1,
+  feed_count: u32(hold, 10, 'ABCD'), ae_count: hold[12], uptime: u32(hold, 13, 'CDAB'),
+};
+msg.topic = 'peer/nr/' + dev + '/data';
+msg.payload = JSON.stringify({ device: dev, ts: Date.now(), values: v });
+return msg;
+"""
+
+
+def nodered_install(a):
+    d = a.nodered_dir
+    red = os.path.join(d, "node_modules", "node-red", "red.js")
+    mod = os.path.join(d, "node_modules", "node-red-contrib-modbus", "package.json")
+    if not (os.path.exists(red) and os.path.exists(mod)):
+        os.makedirs(d, exist_ok=True)
+        # node-red-contrib-modbus 5.4x+ depends on a fork of modbus-serial served from
+        # dl.cloudsmith.io, which this machine cannot reach; the override maps it to the
+        # upstream modbus-serial on the npm registry (same API).
+        with open(os.path.join(d, "package.json"), "w") as fp:
+            json.dump({"name": "alsentry-bench-nodered", "version": "0.0.0", "private": True,
+                       "dependencies": {"node-red": "4", "node-red-contrib-modbus": "5.60.2"},
+                       "overrides": {"@openp4nr/modbus-serial": "npm:modbus-serial@8.0.25"}}, fp)
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=d,
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(f"npm install failed: {r.stderr[-2000:]}")
+    with open(mod) as f:
+        ver = json.load(f)["version"]
+    with open(os.path.join(d, "node_modules", "node-red", "package.json")) as f:
+        nr_ver = json.load(f)["version"]
+    return red, nr_ver, ver
+
+
+def nodered_flows(a, cells, period_s):
+    rate_ms = str(int(round(period_s * 1000)))
+    nodes = [{"id": "tab1", "type": "tab", "label": "bench"},
+             {"id": "broker", "type": "mqtt-broker", "name": "bench", "broker": "127.0.0.1",
+              "port": str(a.mqtt_port), "clientid": "peer-nr", "autoConnect": True, "usetls": False,
+              "protocolVersion": "4", "keepalive": "60", "cleansession": True},
+             {"id": "decode", "type": "function", "z": "tab1", "name": "decode", "func": NR_DECODE,
+              "outputs": 1, "x": 300, "y": 40, "wires": [["out"]]},
+             {"id": "out", "type": "mqtt out", "z": "tab1", "name": "", "topic": "", "qos": "0",
+              "retain": "false", "broker": "broker", "x": 500, "y": 40, "wires": []}]
+    for i in range(cells):
+        dev = f"pot-{i + 1:03}"
+        cid = f"client{i}"
+        nodes.append({"id": cid, "type": "modbus-client", "name": dev, "clienttype": "tcp",
+                      "bufferCommands": True, "stateLogEnabled": False, "queueLogEnabled": False,
+                      "failureLogEnabled": False, "tcpHost": "127.0.0.1", "tcpPort": str(a.base + i),
+                      "tcpType": "DEFAULT", "serialPort": "", "serialType": "RTU-BUFFERD",
+                      "serialBaudrate": "9600", "serialDatabits": "8", "serialStopbits": "1",
+                      "serialParity": "none", "serialConnectionDelay": "100",
+                      "serialAsciiResponseStartDelimiter": "0x3A", "unit_id": "1", "commandDelay": "1",
+                      "clientTimeout": "1000", "reconnectOnTimeout": True, "reconnectTimeout": "2000",
+                      "parallelUnitIdsAllowed": True, "showErrors": False, "showWarnings": False,
+                      "showLogs": False})
+        for part, fc, adr, qty in (("in0", "InputRegister", 0, 16), ("in20", "InputRegister", 20, 1),
+                                   ("h0", "HoldingRegister", 0, 2), ("h10", "HoldingRegister", 10, 5)):
+            nodes.append({"id": f"read{i}{part}", "type": "modbus-read", "z": "tab1",
+                          "name": f"{dev}-{part}", "topic": f"{dev}|{part}", "showStatusActivities": False,
+                          "logIOActivities": False, "showErrors": False, "showWarnings": False,
+                          "unitid": "1", "dataType": fc, "adr": str(adr), "quantity": str(qty),
+                          "rate": rate_ms, "rateUnit": "ms", "delayOnStart": False, "startDelayTime": "",
+                          "server": cid, "useIOFile": False, "ioFile": "", "useIOForPayload": False,
+                          "emptyMsgOnFail": False, "x": 0, "y": 0, "wires": [["decode"], []]})
+    return nodes
+
+
+def nodered_start(a, name, cells, period_s):
+    red = a.nodered_red
+    user = os.path.join(a.tmp, f"nr-{name}")
+    os.makedirs(user, exist_ok=True)
+    flows = os.path.join(user, "flows.json")
+    with open(flows, "w") as f:
+        json.dump(nodered_flows(a, cells, period_s), f)
+    with open(os.path.join(user, "settings.js"), "w") as f:
+        f.write("""module.exports = {
+  uiHost: "127.0.0.1", uiPort: %d, httpAdminRoot: false, httpNodeRoot: false,
+  credentialSecret: false, flowFilePretty: false,
+  logging: { console: { level: "warn", metrics: false, audit: false } },
+  externalModules: { autoInstall: false },
+};
+""" % free_port())
+    # node-red-contrib-modbus is resolved from the install dir's node_modules.
+    env = dict(os.environ, NODE_PATH=os.path.join(a.nodered_dir, "node_modules"))
+    shutil.rmtree(os.path.join(user, "node_modules"), ignore_errors=True)
+    os.symlink(os.path.join(a.nodered_dir, "node_modules"), os.path.join(user, "node_modules"))
+    with open(os.path.join(user, "package.json"), "w") as f:
+        json.dump({"name": "bench-nr", "version": "0.0.0",
+                   "dependencies": {"node-red-contrib-modbus": "*"}}, f)
+    return Proc(name, ["node", red, "--userDir", user, "--settings", os.path.join(user, "settings.js"), flows],
+                a.tmp, env=env)
+
+
+# ---------------------------------------------------------------- criterion results
+
+
+def criterion_medians():
+    base = os.path.join(ROOT, "target", "criterion")
+    rows = []
+    if not os.path.isdir(base):
+        return rows
+    for dirpath, _, files in os.walk(base):
+        if not dirpath.endswith(os.path.join("new")) or "estimates.json" not in files:
+            continue
+        with open(os.path.join(dirpath, "estimates.json")) as f:
+            est = json.load(f)
+        with open(os.path.join(dirpath, "benchmark.json")) as f:
+            meta = json.load(f)
+        median_ns = est["median"]["point_estimate"]
+        thr = meta.get("throughput") or {}
+        elems = thr.get("Elements")
+        mtime = os.path.getmtime(os.path.join(dirpath, "estimates.json"))
+        rows.append((meta.get("full_id") or meta.get("title"), median_ns, elems, mtime))
+    return sorted(rows)
+
+
+def by_load_of(runs):
+    return {(r["cells"], r["period_s"]): r for r in runs}
+
+
+def fmt_ns(ns):
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.1f} ns"
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine():
+    model = ""
+    for line in sh(["lscpu"]).splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "rustc": sh(["rustc", "--version"]),
+        "mosquitto": sh(["/usr/sbin/mosquitto", "-h"]).splitlines()[0] if os.path.exists("/usr/sbin/mosquitto") else "",
+        "python": platform.python_version(),
+        "node": sh(["node", "--version"]),
+    }
+
+
+def f(x, spec, none="n/a"):
+    return none if x is None else format(x, spec)
+
+
+def verdict(ok, how):
+    return ("**met**" if ok else "**missed**") + f" ({how})"
+
+
+def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, out):
+    L = []
+    w = L.append
+    w("# alsentry benchmarks")
+    w("")
+    w("_Generated by `bench/e2e.py`; do not edit by hand. Rerun to regenerate._")
+    w("")
+    w("## How to run")
+    w("")
+    w("```sh")
+    w("cargo build --release --bin alsentry --example modbus_ceiling")
+    w("cargo bench --bench engine --bench core --bench outbox --bench core_stats   # criterion, ~6 min")
+    w("python3 bench/e2e.py            # end to end + peers, writes this file (~13 min)")
+    w("```")
+    w("")
+    w(f"Invocation this time: `{' '.join(sys.argv)}`")
+    w("")
+    w("## Machine and conditions")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    w(f"| Date | {started} UTC |")
+    w(f"| CPU | {mach['model']}, {mach['cores']} cores (shared with other builds) |")
+    w(f"| Memory | {mach['mem_gib']} GiB; kernel {mach['kernel']} |")
+    w(f"| Load average | {load_start} at start, {load_end} at end |")
+    w(f"| Toolchain | {mach['rustc']}; release profile (thin LTO); Python {mach['python']}; Node {mach['node']}; {mach['mosquitto']} |")
+    w(f"| Layout | all on 127.0.0.1: `alsentry sim` (cells on ports {a.base}-{a.base + a.max_cells - 1}, 100 ms model tick), Mosquitto on :{a.mqtt_port}, one paho subscriber (in the harness) counting every data message and timing alarms |")
+    w(f"| Per run | {a.warmup:.0f} s warm-up, then a {a.window:.0f} s steady window; CPU = utime+stime of the measured process from /proc/<pid>/stat over the window |")
+    w("")
+    w("**Noise warning:** the machine has 2 cores shared with other helpers' builds, and the simulator, "
+      "Mosquitto and the subscriber run on the same 2 cores as the process measured. Treat every figure as "
+      "a single noisy sample; ratios between runs made minutes apart are more trustworthy than absolutes. "
+      "Criterion figures are medians.")
+    w("")
+    w("## End to end: alsentry")
+    w("")
+    w(f"Cell template: all **{TAGS_PER_CELL} tags** of `config/templates/cell.toml` (the brief's \"16 tags per cell\" "
+      "adapted to the template), read in 7 requests per poll once the planner has learned the simulator's unmapped registers (its first plan, input 0-20 and holding 0-14, meets exception 02; see the ceiling section). "
+      f"Rules: {RULE_DESC}. `[data] mode = \"poll\"` (one JSON message per poll on `.../data`), summaries every 60 s, "
+      "alarms through the durable outbox.")
+    w("")
+    w("| Load | Polls scheduled | completed (ok) | failed | missed | Tag samples/s | CPU (cores) | CPU µs / tag sample | RSS steady (MiB) | RSS peak VmHWM (MiB) | Data msgs received | Alarm latency p50 / p90 / p99 / max (ms, n) | Sim CPU (cores) |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        p = r["polls"]
+        lat = r["lat"]
+        w(f"| {r['cells']} cells @ {1 / r['period_s']:g} Hz | {r['scheduled']:.0f} | {p['ok']} | {p['failed']} | {p['missed']} | "
+          f"{r['samples'] / r['seconds']:.0f} | {r['cores']:.3f} | {f(r['cpu_us_per_sample'], '.2f')} | "
+          f"{r['rss_kib'] / 1024:.1f} | {r['hwm_kib'] / 1024:.1f} | {r['msgs']} | "
+          f"{f(pct(lat, 50), '.1f')} / {f(pct(lat, 90), '.1f')} / {f(pct(lat, 99), '.1f')} / {f(max(lat) if lat else None, '.1f')} ({len(lat)}) | {r['sim_cpu_s'] / r['seconds']:.3f} |")
+    w("")
+    w("Alarm latency = subscriber receive time − the alarm payload's `ts` (the transition time the engine "
+      "stamps when it processes the poll's batch, ms resolution), for the probe rule `lat`. It covers "
+      "engine → outbox (disk) → MQTT → Mosquitto → subscriber; the hop poller → engine (an in-process "
+      "channel) is not in it because the payload carries no separate sample time.")
+    w("")
+    if diags:
+        w("### Variants at 400 cells @ 1 Hz (what the rules and the data stream cost)")
+        w("")
+        w("| Variant | CPU (cores) | CPU µs / tag sample | RSS steady (MiB) | RSS peak (MiB) | Alarm latency p50 / p90 / p99 / max (ms, n) |")
+        w("|---|---|---|---|---|---|")
+        full = by_load_of(runs).get((400, 1.0))
+        for r in ([full] if full else []) + diags:
+            lat = r["lat"]
+            what = {"poll": "as in the table (rules + data per poll)"}.get(r["data_mode"], "")
+            if r["data_mode"] == "off":
+                what = "rules, data off" if r.get("rules", True) else "no rules, data off (acquisition only)"
+            w(f"| {what} | {r['cores']:.3f} | {f(r['cpu_us_per_sample'], '.2f')} | {r['rss_kib'] / 1024:.1f} | "
+              f"{r['hwm_kib'] / 1024:.1f} | {f(pct(lat, 50), '.1f')} / {f(pct(lat, 90), '.1f')} / "
+              f"{f(pct(lat, 99), '.1f')} / {f(max(lat) if lat else None, '.1f')} ({len(lat)}) |")
+        w("")
+    w("## Transport ceiling")
+    w("")
+    if ceiling and fast and ceiling["polls_per_s"] > 0:
+        cps = ceiling["polls_per_s"]
+        aps = fast["polls"]["ok"] / fast["seconds"]
+        w(f"`target/release/examples/modbus_ceiling --cells {ceiling['cells']}`: a bare tokio-modbus client, one "
+          "connection per cell, polls back to back with no decoding or publishing. Plan `alsentry` = the same 7 "
+          "reads per poll alsentry's planner settles on for this device; plan `minimal` = the 4 reads a "
+          "hand-written client would use.")
+        w("")
+        w("| | reads/poll | polls/s | tag samples/s | CPU (cores) | failed | missed |")
+        w("|---|---|---|---|---|---|---|")
+        for c in [ceiling] + ([minimal] if minimal else []):
+            w(f"| bare tokio-modbus loop, plan {c['plan']}, {c['cells']} cells | {c['reads_per_poll']} | {c['polls_per_s']:.0f} | {c['polls_per_s'] * TAGS_PER_CELL:.0f} | {c.get('cores', 0):.2f} | {c['errors']} | - |")
+        w(f"| alsentry, {fast['cells']} cells, poll = \"10ms\", data mode {fast['data_mode']} | 7 | {aps:.0f} | {aps * TAGS_PER_CELL:.0f} | {fast['cores']:.2f} | {fast['polls']['failed']} | {fast['polls']['missed']} |")
+        w("")
+        w(f"alsentry at fastest polling = **{aps / cps * 100:.0f} %** of the ceiling for the same reads "
+          f"(scheduled {fast['scheduled'] / fast['seconds']:.0f} polls/s)"
+          + (f"; {aps / minimal['polls_per_s'] * 100:.0f} % of the 4-read minimal client." if minimal and minimal['polls_per_s'] > 0 else "."))
+    else:
+        w("not run")
+    w("")
+    w("## Peers (same job: poll the same simulator, decode 22 tags, publish one JSON message per poll)")
+    w("")
+    w("| System | Load | Polls scheduled | completed (messages received) | CPU (cores) | CPU µs / tag sample | RSS steady (MiB) | peak (MiB) | alsentry µs / tag sample (same load) | peer / alsentry |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    by_load = {(r["cells"], r["period_s"]): r for r in runs}
+    for r in peers:
+        base = by_load.get((r["cells"], r["period_s"]))
+        ratio = (r["cpu_us_per_sample"] / base["cpu_us_per_sample"]) if (base and r["cpu_us_per_sample"] and base["cpu_us_per_sample"]) else None
+        w(f"| {r['system']} | {r['cells']} cells @ {1 / r['period_s']:g} Hz | {r['scheduled']:.0f} | {r['completed']} | {r['cores']:.3f} | "
+          f"{f(r['cpu_us_per_sample'], '.2f')} | {r['rss_kib'] / 1024:.1f} | {r['hwm_kib'] / 1024:.1f} | "
+          f"{f(base['cpu_us_per_sample'] if base else None, '.2f')} | {f(ratio, '.1f')}× |")
+    w("")
+    w("The pymodbus peer: `bench/peer_pymodbus.py` (asyncio, one connection per cell, paho loop thread). "
+      "Node-RED: flows generated by the harness (one modbus-client per cell, four modbus-read nodes per cell (the 4 reads "
+      "of the minimal plan), one shared function node joining them per cell and decoding the 22 tags, one mqtt out node), "
+      "installed from npm into a temp dir. Peers run no rules, no windows and no outbox.")
+    w("")
+    for n in notes:
+        w(f"- {n}")
+    if notes:
+        w("")
+    w("## Where the agent's CPU goes")
+    w("")
+    if prof and "dso" in prof:
+        w(f"`perf record -F 499 -g` on the agent for {prof['seconds']} s at {prof['cells']} cells @ {1 / prof['period_s']:g} Hz "
+          "(a separate run, same config as the table). Share of samples:")
+        w("")
+        w("| Where (self time by DSO) | share |")
+        w("|---|---|")
+        for pc, name in prof["dso"]:
+            w(f"| `{name}` | {pc:.1f} % |")
+        w("")
+        w("| Inclusive (self + callees) | share |")
+        w("|---|---|")
+        for pc, name in prof["inclusive"]:
+            w(f"| `{name}` | {pc:.1f} % |")
+        w("")
+        w("| Top symbols (self) | share |")
+        w("|---|---|")
+        for pc, name in prof["syms"]:
+            w(f"| `{name}` | {pc:.1f} % |")
+    elif prof:
+        w(f"perf failed: {prof.get('error')}")
+    else:
+        w("not profiled (perf missing or stage skipped)")
+    w("")
+    w("## Criterion medians")
+    w("")
+    crit = criterion_medians()
+    if crit:
+        w("From `target/criterion/*/new/estimates.json` (the latest `cargo bench` run on this machine; each row "
+          "is the median time per iteration).")
+        w("")
+        w("| Benchmark | median / iteration | throughput | measured |")
+        w("|---|---|---|---|")
+        for name, ns, elems, mtime in crit:
+            rate = elems / ns * 1e9 if elems else 0
+            thr = (f"{rate / 1e6:.2f} M elements/s" if rate >= 1e5 else f"{rate:,.0f} elements/s") if elems else ""
+            when = dt.datetime.utcfromtimestamp(mtime).strftime("%Y-%m-%d %H:%M")
+            w(f"| `{name}` | {fmt_ns(ns)} | {thr} | {when} |")
+    else:
+        w("No criterion results in target/criterion (run the `cargo bench` line above).")
+    w("")
+    w("Engine bench (`benches/engine.rs`): `Engine::on_batch` with one batch = one poll of one cell (22 tag "
+      "samples), 4 rules on each watched analog tag (high, slope over 600 s, noise over 600 s, frozen over 600 s "
+      "or predict over 600 s), 1 s polling, so every windowed rule spans 600 samples; windows filled before "
+      "measuring. Throughput is tag samples per second on one core.")
+    w("")
+    w("## Simulator")
+    w("")
+    sim_md = os.path.join(ROOT, "bench", "sim-figures.md")
+    if os.path.exists(sim_md):
+        w("| | |")
+        w("|---|---|")
+        with open(sim_md) as fsim:
+            for line in fsim:
+                if "Simulator CPU" in line or "Resident memory" in line or line.startswith("| Load"):
+                    w(line.rstrip())
+        w("")
+        w("(from `bench/sim-figures.md`; the simulator's own CPU during each end-to-end run is in the last column above)")
+    w("")
+    w("## Targets")
+    w("")
+    w("| Target | Result | Verdict |")
+    w("|---|---|---|")
+    r400 = by_load.get((400, 1.0))
+    nr400 = next((p for p in peers if p["system"] == "Node-RED" and p["cells"] == 400 and p["period_s"] == 1.0), None)
+    if r400 and nr400 and nr400["cpu_us_per_sample"] and r400["cpu_us_per_sample"]:
+        ratio = nr400["cpu_us_per_sample"] / r400["cpu_us_per_sample"]
+        w(f"| 400 cells @ 1 Hz: ≥ 20× less CPU per tag sample than Node-RED | {ratio:.1f}× | {verdict(ratio >= 20, f'{ratio / 20:.2f}× the target')} |")
+    else:
+        w("| 400 cells @ 1 Hz: ≥ 20× less CPU per tag sample than Node-RED | Node-RED not measured | **not measured** |")
+    if r400:
+        mib = r400["hwm_kib"] / 1024
+        w(f"| 400 cells @ 1 Hz: < 16 MiB RSS | steady {r400['rss_kib'] / 1024:.1f} MiB, peak {mib:.1f} MiB | {verdict(mib < 16, f'{16 - mib:+.1f} MiB headroom on the peak')} |")
+    r410 = by_load.get((400, 0.1))
+    if r410:
+        p = r410["polls"]
+        every = p["failed"] == 0 and p["missed"] == 0 and p["ok"] >= 0.98 * r410["scheduled"]
+        share = p["ok"] / r410["scheduled"] * 100
+        budget = r410["cores"] / 0.2 * 100
+        w(f"| 400 cells @ 10 Hz: every scheduled poll completed on < 0.2 core | {p['ok']} / {r410['scheduled']:.0f} ok, {p['failed']} failed, {p['missed']} missed; {r410['cores']:.3f} cores | "
+          f"{verdict(every and r410['cores'] < 0.2, f'polls {share:.1f} % of scheduled, CPU {budget:.0f} % of the 0.2-core budget')} |")
+    if ceiling and fast and ceiling["polls_per_s"] > 0:
+        frac = fast["polls"]["ok"] / fast["seconds"] / ceiling["polls_per_s"]
+        w(f"| ≥ 90 % of the transport ceiling at poll = 10ms | {frac * 100:.0f} % | {verdict(frac >= 0.9, f'{(frac - 0.9) * 100:+.0f} points')} |")
+    # The 0-rule case is the baseline (windows and summaries only), not a rule-engine figure.
+    eng = [(n, ns, e) for n, ns, e, _ in crit if n.startswith("engine_on_batch/") and "_0x4rules" not in n] if crit else []
+    for n, ns, e in eng:
+        rate = e / ns * 1e9
+        w(f"| engine ≥ 2 M tag samples/s (`{n.split('/', 1)[1]}`) | {rate / 1e6:.2f} M/s | {verdict(rate >= 2e6, f'{rate / 2e6:.2f}× the target')} |")
+    lat_all = [(r, pct(r["lat"], 99)) for r in runs if r["lat"]]
+    for r, p99 in lat_all:
+        w(f"| alarm poll-to-publish p99 < 10 ms ({r['cells']} cells @ {1 / r['period_s']:g} Hz) | {p99:.1f} ms (n={len(r['lat'])}) | {verdict(p99 < 10, f'{10 - p99:+.1f} ms margin')} |")
+    for r in diags:
+        if r["lat"]:
+            p99 = pct(r["lat"], 99)
+            w(f"| (variant) alarm p99 < 10 ms, {r['cells']} cells @ {1 / r['period_s']:g} Hz, data stream off | {p99:.1f} ms (n={len(r['lat'])}) | {verdict(p99 < 10, f'{10 - p99:+.1f} ms margin')} |")
+    w("")
+    with open(out, "w") as fo:
+        fo.write("\n".join(L) + "\n")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--warmup", type=float, default=12.0)
+    ap.add_argument("--window", type=float, default=35.0)
+    ap.add_argument("--quick", action="store_true", help="short windows, fewer loads (smoke test)")
+    ap.add_argument("--no-nodered", action="store_true")
+    ap.add_argument("--no-python", action="store_true")
+    ap.add_argument("--only", default="", help="comma list of stages: alsentry,diag,ceiling,profile,python,nodered")
+    ap.add_argument("--nodered-dir", default=os.path.join(tempfile.gettempdir(), "alsentry-bench-nodered"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--render", metavar="RESULTS_JSON",
+                    help="only rewrite the report from a kept run's results.json (and the current criterion results)")
+    a = ap.parse_args()
+    if a.quick:
+        a.warmup, a.window = 6.0, 10.0
+    if a.render:
+        with open(a.render) as fr:
+            res = json.load(fr)
+        meta = res["meta"]
+        a.base, a.mqtt_port, a.max_cells = meta["base"], meta["mqtt_port"], meta["max_cells"]
+        a.warmup, a.window = meta["warmup"], meta["window"]
+        sys.argv = meta["argv"]
+        write_report(a, meta["machine"], meta["load_start"], meta["load_end"], meta["started"], res["runs"],
+                     res["diags"], res["ceiling"], res["minimal"], res["fast"], res["profile"], res["peers"], meta["notes"], a.out)
+        print(f"wrote {a.out} from {a.render}")
+        return
+    stages = set(a.only.split(",")) if a.only else {"alsentry", "diag", "ceiling", "profile", "python", "nodered"}
+    if a.no_nodered:
+        stages.discard("nodered")
+    if a.no_python:
+        stages.discard("python")
+    for path in (BIN, CEILING):
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} missing: cargo build --release --bin alsentry --example modbus_ceiling")
+
+    started = dt.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    mach = machine()
+    a.tmp = tempfile.mkdtemp(prefix="alsentry-e2e-")
+    print(f"work dir {a.tmp}", flush=True)
+    a.max_cells = 400
+    a.base = find_port_range(a.max_cells)
+    a.mqtt_port = free_port()
+    procs = []
+    notes = []
+    runs, peers, diags = [], [], []
+    ceiling = minimal = fast = prof = None
+    try:
+        with open(os.path.join(a.tmp, "mosquitto.conf"), "w") as fm:
+            fm.write(f"listener {a.mqtt_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+                     "persistence false\nlog_type error\n")
+        mosq = Proc("mosquitto", ["/usr/sbin/mosquitto", "-c", os.path.join(a.tmp, "mosquitto.conf")], a.tmp)
+        procs.append(mosq)
+        scen = os.path.join(a.tmp, "scenario.toml")
+        scenario(scen, a.base, a.max_cells)
+        a.sim = Proc("sim", [BIN, "sim", "--scenario", scen], a.tmp)
+        procs.append(a.sim)
+        if not (wait_port(a.mqtt_port) and wait_port(a.base) and wait_port(a.base + a.max_cells - 1)):
+            raise SystemExit(f"mosquitto or the simulator did not start; logs in {a.tmp}")
+        a.sub = Subscriber(a.mqtt_port)
+        time.sleep(1)
+        env = dict(os.environ)
+
+        loads = [(100, 1.0), (400, 1.0), (100, 0.1), (400, 0.1)]
+        if a.quick:
+            loads = [(100, 1.0), (400, 0.1)]
+        if "alsentry" in stages:
+            for cells, period in loads:
+                name = f"alsentry-{cells}c-{period}s"
+                print(f"run {name}", flush=True)
+                r = agent_run(a, env, name, cells, period)
+                print(f"  {r['polls']} cpu {r['cores']:.3f} cores, {f(r['cpu_us_per_sample'], '.2f')} µs/sample, "
+                      f"rss {r['rss_kib'] / 1024:.1f} MiB, lat n={len(r['lat'])} p99={f(pct(r['lat'], 99), '.1f')}", flush=True)
+                runs.append(r)
+        if "ceiling" in stages:
+            cells = 100
+            print("run ceiling", flush=True)
+            secs = 10 if a.quick else 20
+            ceiling = run_ceiling(a, cells, secs, "alsentry")
+            print(f"  {ceiling}", flush=True)
+            minimal = run_ceiling(a, cells, secs, "minimal")
+            print(f"  {ceiling}", flush=True)
+            print("run alsentry at poll = 10ms", flush=True)
+            fast = agent_run(a, env, "alsentry-fastest", cells, 0.01, data_mode="off", latency=False)
+            print(f"  {fast['polls']} cpu {fast['cores']:.3f}", flush=True)
+        if "diag" in stages:
+            for name, data, rules in (("alsentry-400c-1.0s-nodata", "off", True),
+                                      ("alsentry-400c-1.0s-bare", "off", False)):
+                print(f"run {name}", flush=True)
+                r = agent_run(a, env, name, 400, 1.0, data_mode=data, latency=rules, rules=rules)
+                print(f"  cpu {r['cores']:.3f} rss {r['rss_kib'] / 1024:.1f} MiB lat n={len(r['lat'])} "
+                      f"p99={f(pct(r['lat'], 99), '.1f')}", flush=True)
+                diags.append(r)
+        if "profile" in stages:
+            print("profile alsentry (perf)", flush=True)
+            prof = profile_run(a, env, 400, 1.0)
+        peer_loads = [(100, 1.0), (400, 1.0), (100, 0.1)]
+        if a.quick:
+            peer_loads = [(100, 1.0)]
+        if "python" in stages:
+            for cells, period in peer_loads:
+                print(f"run pymodbus peer {cells} cells {period}s", flush=True)
+                r = peer_run(a, "py", cells, period)
+                print(f"  completed {r['completed']}/{r['scheduled']:.0f} cpu {r['cores']:.3f}", flush=True)
+                peers.append(r)
+        if "nodered" in stages:
+            try:
+                print("install Node-RED (npm)", flush=True)
+                a.nodered_red, nr_ver, mb_ver = nodered_install(a)
+                notes.append(f"Node-RED {nr_ver} with node-red-contrib-modbus {mb_ver} (npm, installed into {a.nodered_dir}).")
+                for cells, period in peer_loads:
+                    print(f"run Node-RED {cells} cells {period}s", flush=True)
+                    r = peer_run(a, "nr", cells, period)
+                    print(f"  completed {r['completed']}/{r['scheduled']:.0f} cpu {r['cores']:.3f}", flush=True)
+                    peers.append(r)
+                    if not r["alive"]:
+                        notes.append(f"Node-RED exited during the {cells}-cell run; see its log.")
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                notes.append(f"Node-RED not measured: {e}")
+        a.sub.close()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, a.out)
+    with open(os.path.join(a.tmp, "results.json"), "w") as fj:
+        meta = {"base": a.base, "mqtt_port": a.mqtt_port, "max_cells": a.max_cells, "warmup": a.warmup,
+                "window": a.window, "argv": sys.argv, "machine": mach, "load_start": load_start,
+                "load_end": load_end, "started": started, "notes": notes}
+        json.dump({"meta": meta, "runs": runs, "diags": diags, "ceiling": ceiling, "minimal": minimal, "fast": fast, "profile": prof,
+                   "peers": peers}, fj, indent=1, default=str)
+    print(f"wrote {a.out}; raw results in {a.tmp}/results.json", flush=True)
+    if not a.keep:
+        shutil.rmtree(a.tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+//! Transport ceiling for the end-to-end bench: a bare tokio-modbus client polling simulated
+//! cells back to back, as fast as they answer. `--plan alsentry` (default) issues the 7 reads per
+//! poll alsentry's planner settles on for the cell template once the simulator's unmapped
+//! registers (input 16-19, holding 2-9: exception 02) have split its first plan: input 0-7,
+//! 8-11, 12-13, 14-15, 20 and holding 0-1, 10-14. `--plan minimal` issues the 4 reads a
+//! hand-written client needs (input 0-15, 20, holding 0-1, 10-14). No decoding, no rules, no MQTT:
+//! what is left is the cost of Modbus TCP on this machine, simulator included.
+//!
+//! `cargo run --release --example modbus_ceiling -- --cells 100 --seconds 20`
+//! Prints one JSON line: {"cells":..,"seconds":..,"polls":..,"polls_per_s":..,"errors":..}.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio_modbus::client::Reader;
+use tokio_modbus::Slave;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port of the first cell; cell i listens on first_port + i.
+    #[arg(long, default_value_t = 15100)]
+    first_port: u16,
+    #[arg(long, default_value_t = 100)]
+    cells: u16,
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Seconds polled before counting starts (connections open, caches warm).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Reads per poll: "alsentry" (the agent's learned plan, 7 reads) or "minimal" (4 reads).
+    #[arg(long, default_value = "alsentry")]
+    plan: String,
+}
+
+/// (input register?, start, count) of each read of one poll.
+fn reads(plan: &str) -> anyhow::Result<Vec<(bool, u16, u16)>> {
+    Ok(match plan {
+        "alsentry" => vec![
+            (true, 0, 8),
+            (true, 8, 4),
+            (true, 12, 2),
+            (true, 14, 2),
+            (true, 20, 1),
+            (false, 0, 2),
+            (false, 10, 5),
+        ],
+        "minimal" => vec![(true, 0, 16), (true, 20, 1), (false, 0, 2), (false, 10, 5)],
+        other => anyhow::bail!("unknown plan {other:?}: alsentry or minimal"),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let polls = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let plan = Arc::new(reads(&args.plan)?);
+    let mut tasks = Vec::new();
+    for i in 0..args.cells {
+        let addr = format!("{}:{}", args.host, args.first_port + i).parse()?;
+        let (polls, errors, stop, plan) =
+            (polls.clone(), errors.clone(), stop.clone(), plan.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut ctx) = tokio_modbus::client::tcp::connect_slave(addr, Slave(1)).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let mut ok = true;
+                for &(input, start, count) in plan.iter() {
+                    let r = if input {
+                        ctx.read_input_registers(start, count).await
+                    } else {
+                        ctx.read_holding_registers(start, count).await
+                    };
+                    ok &= matches!(r, Ok(Ok(_)));
+                }
+                if ok {
+                    polls.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let (p0, t0) = (polls.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let (p1, dt) = (polls.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let n = p1 - p0;
+    println!(
+        "{{\"plan\":\"{}\",\"reads_per_poll\":{},\"cells\":{},\"seconds\":{:.3},\"polls\":{},\"polls_per_s\":{:.1},\"errors\":{}}}",
+        args.plan,
+        plan.len(),
+        args.cells,
+        dt,
+        n,
+        n as f64 / dt,
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
