@@ -128,8 +128,7 @@ impl RuleKind {
             RuleKind::Rate { window_ms, .. }
             | RuleKind::Slope { window_ms, .. }
             | RuleKind::Predict { window_ms, .. }
-            | RuleKind::Noise { window_ms, .. }
-            | RuleKind::Frozen { window_ms } => *window_ms,
+            | RuleKind::Noise { window_ms, .. } => *window_ms,
             _ => 0,
         }
     }

@@ -519,9 +519,7 @@ impl Engine {
                 .slot_of(di, &rule.tag)
                 .ok_or_else(|| err(format!("device \"{}\" has no tag \"{}\"", d.name, rule.tag)))?;
             let tag = &self.tags[slot as usize];
-            let capacity = tag.window.capacity();
-            let eval = Eval::new(&rule.kind, &tag.window, capacity, &|t| self.slot_of(di, t))
-                .map_err(err)?;
+            let eval = Eval::new(&rule.kind, &tag.window, &|t| self.slot_of(di, t)).map_err(err)?;
             for extra in rule.kind.extra_tags() {
                 if self.slot_of(di, extra).is_none() {
                     return Err(err(format!("device \"{}\" has no tag \"{extra}\"", d.name)));

@@ -4,7 +4,7 @@
 
 use super::alarm::Condition;
 use super::model::Ts;
-use super::stats::{Cusum, Ewma, MinMax, Regression};
+use super::stats::{Cusum, Ewma, Regression};
 use super::window::{Accumulate, Point, SpanCursor, Window};
 use crate::config::rule::{CurveSource, Direction, RuleKind};
 
@@ -52,17 +52,6 @@ impl Accumulate for RegAcc<'_> {
     }
 }
 
-struct MinMaxAcc<'a>(&'a mut MinMax);
-impl Accumulate for MinMaxAcc<'_> {
-    fn add(&mut self, p: Point) {
-        // Capacity matches the window's, so this cannot overflow.
-        let _ = self.0.add(p.ts, p.v);
-    }
-    fn remove(&mut self, p: Point) {
-        self.0.remove(p.ts, p.v);
-    }
-}
-
 struct Nothing;
 impl Accumulate for Nothing {
     fn add(&mut self, _: Point) {}
@@ -101,9 +90,12 @@ pub enum Eval {
         reg: Regression,
         th: Threshold,
     },
+    /// Frozen needs no window: only when the value last changed (O(1) memory).
     Frozen {
-        cursor: SpanCursor,
-        mm: MinMax,
+        window_ms: i64,
+        last: Option<f64>,
+        since: Ts,
+        changed_once: bool,
     },
     Stale {
         max_age_ms: i64,
@@ -206,7 +198,6 @@ impl Eval {
     pub fn new(
         kind: &RuleKind,
         window: &Window,
-        window_capacity: usize,
         slot_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Result<Eval, String> {
         Ok(match kind {
@@ -261,8 +252,10 @@ impl Eval {
                 th: Threshold::new(Direction::Above, *limit, *deadband),
             },
             RuleKind::Frozen { window_ms } => Eval::Frozen {
-                cursor: SpanCursor::new(*window_ms, window),
-                mm: MinMax::new(window_capacity),
+                window_ms: *window_ms,
+                last: None,
+                since: 0,
+                changed_once: false,
             },
             RuleKind::Stale { max_age_ms } => Eval::Stale {
                 max_age_ms: *max_age_ms,
@@ -344,7 +337,6 @@ impl Eval {
             Eval::Slope { cursor, reg, .. }
             | Eval::Predict { cursor, reg, .. }
             | Eval::Noise { cursor, reg, .. } => cursor.evicted(seq, p, &mut RegAcc(reg)),
-            Eval::Frozen { cursor, mm } => cursor.evicted(seq, p, &mut MinMaxAcc(mm)),
             _ => {}
         }
     }
@@ -417,20 +409,25 @@ impl Eval {
                     None => Condition::Unknown,
                 }
             }
-            Eval::Frozen { cursor, mm } => {
-                cursor.advance(window, p.ts, &mut MinMaxAcc(mm));
-                if !covered(cursor, window, p.ts, 0.9) {
-                    // Too little history to call it frozen; a change always clears.
-                    return if mm.is_frozen() {
-                        Condition::Unknown
-                    } else {
-                        Condition::Clear
-                    };
+            Eval::Frozen {
+                window_ms,
+                last,
+                since,
+                changed_once,
+            } => {
+                // Exact comparison on purpose: a live analogue signal always moves a little.
+                if *last != Some(p.v) {
+                    *changed_once |= last.is_some();
+                    *last = Some(p.v);
+                    *since = p.ts;
                 }
-                if mm.is_frozen() {
+                if p.ts - *since >= *window_ms {
                     Condition::Active
-                } else {
+                } else if *changed_once {
                     Condition::Clear
+                } else {
+                    // Too little history to call it live or frozen.
+                    Condition::Unknown
                 }
             }
             Eval::Stale { last_good, .. } => {
@@ -538,9 +535,11 @@ impl Eval {
                 *eta_ms = None;
                 *active = false;
             }
-            Eval::Frozen { cursor, mm } => {
-                *cursor = SpanCursor::new(cursor.span_ms, window);
-                *mm = MinMax::new(mm.capacity());
+            Eval::Frozen {
+                last, changed_once, ..
+            } => {
+                *last = None;
+                *changed_once = false;
             }
             _ => {}
         }
@@ -595,11 +594,7 @@ impl Eval {
     pub fn is_windowed(&self) -> bool {
         matches!(
             self,
-            Eval::Rate { .. }
-                | Eval::Slope { .. }
-                | Eval::Predict { .. }
-                | Eval::Noise { .. }
-                | Eval::Frozen { .. }
+            Eval::Rate { .. } | Eval::Slope { .. } | Eval::Predict { .. } | Eval::Noise { .. }
         )
     }
 }
@@ -618,7 +613,7 @@ mod tests {
 
     fn run(kind: RuleKind, series: &[(Ts, f64)]) -> Vec<Condition> {
         let mut w = Window::new(1_000);
-        let mut e = Eval::new(&kind, &w, 1_000, &|_| None).unwrap();
+        let mut e = Eval::new(&kind, &w, &|_| None).unwrap();
         series
             .iter()
             .map(|&(ts, v)| {
@@ -703,7 +698,7 @@ mod tests {
             horizon_ms: 240_000,
         };
         let mut w = Window::new(1_000);
-        let mut e = Eval::new(&kind, &w, 1_000, &|_| None).unwrap();
+        let mut e = Eval::new(&kind, &w, &|_| None).unwrap();
         let mut first_active = None;
         // Voltage rising 1 V/min from 4.2 V: reaches 8 V at t = 228 s.
         for i in 0..200 {
@@ -767,7 +762,6 @@ mod tests {
         let mut e = Eval::new(
             &RuleKind::Stale { max_age_ms: 30_000 },
             &Window::new(4),
-            4,
             &|_| None,
         )
         .unwrap();
@@ -850,7 +844,7 @@ mod tests {
             lag_ms: 3_600_000,
         };
         let mut w = Window::new(4);
-        let mut e = Eval::new(&kind, &w, 4, &|t| (t == "elapsed").then_some(0)).unwrap();
+        let mut e = Eval::new(&kind, &w, &|t| (t == "elapsed").then_some(0)).unwrap();
         // At 5 h the setpoint is 350; one hour behind is 300; so 285 is within lag + tolerance.
         assert_eq!(
             e.on_good(&mut w, Point { ts: 0, v: 285.0 }, &Elapsed(5.0)),
