@@ -40,6 +40,19 @@ pub struct Limits {
     pub max_bits: u16,
 }
 
+/// A search in progress for the address that makes a read fail with exception 02.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The block's tags by address.
+    pub tags: Vec<usize>,
+    /// Longest prefix known to read.
+    good: usize,
+    /// Shortest prefix known to fail.
+    bad: usize,
+    /// Reading `tags[good]` alone decides between an unmapped tag and an unmapped hole.
+    single: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Planner {
     spans: Vec<TagSpan>,
@@ -180,6 +193,84 @@ impl Planner {
             }
         }
         halves
+    }
+
+    /// The read covering exactly these tags (of one table).
+    pub fn block_of(&self, tags: &[usize]) -> Option<ReadBlock> {
+        let first = *tags.first()?;
+        let table = self.spans[first].table;
+        let start = tags.iter().map(|&i| self.spans[i].start).min()?;
+        let end = tags.iter().map(|&i| self.spans[i].end()).max()?;
+        Some(ReadBlock {
+            table,
+            start,
+            count: (end - u32::from(start)) as u16,
+            tags: tags.to_vec(),
+        })
+    }
+
+    /// Starts the search for what makes `block` answer exception 02: the longest prefix of its
+    /// tags that reads, then whether the next tag is unmapped or the hole before it is. Every
+    /// boundary found costs O(log n) reads and becomes one cut, so the next plan has the fewest
+    /// reads around it.
+    pub fn probe(&self, block: &ReadBlock) -> Probe {
+        let mut tags = block.tags.clone();
+        tags.sort_by_key(|&i| (self.spans[i].start, self.spans[i].width));
+        let n = tags.len();
+        Probe {
+            tags,
+            good: 0,
+            bad: n,
+            single: n == 1,
+        }
+    }
+
+    /// Applies what a finished probe learned; returns the tags still to read (after the
+    /// boundary), if any.
+    fn learn(&mut self, probe: &Probe, single_ok: bool) -> Vec<usize> {
+        let at = probe.good;
+        let tag = probe.tags[at];
+        if single_ok {
+            self.cuts
+                .insert((self.spans[tag].table, self.spans[tag].start));
+            self.replan();
+            probe.tags[at..].to_vec()
+        } else {
+            self.unmapped.insert(tag);
+            self.replan();
+            probe.tags[at + 1..].to_vec()
+        }
+    }
+
+    /// The next read of a probe, or None when it has finished (see [`Planner::probe_result`]).
+    pub fn probe_read(&self, probe: &Probe) -> Option<ReadBlock> {
+        if probe.single {
+            return self.block_of(&probe.tags[probe.good..probe.good + 1]);
+        }
+        if probe.bad - probe.good > 1 {
+            let mid = (probe.good + probe.bad) / 2;
+            return self.block_of(&probe.tags[..mid]);
+        }
+        None
+    }
+
+    /// Feeds the outcome of `probe_read` (true: it read; false: exception 02). Returns what to
+    /// read next once the probe is done: `Some(rest)` (possibly empty) after the boundary.
+    pub fn probe_result(&mut self, probe: &mut Probe, ok: bool) -> Option<Vec<usize>> {
+        if probe.single {
+            return Some(self.learn(probe, ok));
+        }
+        let mid = (probe.good + probe.bad) / 2;
+        if ok {
+            probe.good = mid;
+        } else {
+            probe.bad = mid;
+        }
+        if probe.bad - probe.good <= 1 {
+            // Prefix `good` reads and prefix `good + 1` does not: read tag `good` alone.
+            probe.single = true;
+        }
+        None
     }
 
     pub fn span(&self, tag: usize) -> TagSpan {
@@ -337,6 +428,80 @@ mod tests {
         assert_eq!(served, [0, 1, 3].into_iter().collect());
         p.forget();
         assert_eq!(shape(&p), vec![(Table::Holding, 0, 8)]);
+    }
+
+    /// Drives the probe the way the poller does, against a device that refuses any read
+    /// touching `refused`; returns the number of reads it took.
+    fn probe_until_clean(p: &mut Planner, refused: &[u16]) -> usize {
+        let bad = |b: &ReadBlock| {
+            refused
+                .iter()
+                .any(|a| b.start <= *a && *a < b.start + b.count)
+        };
+        let mut reads = 0;
+        let mut queue: Vec<ReadBlock> = p.blocks().to_vec();
+        while let Some(b) = queue.pop() {
+            reads += 1;
+            assert!(reads < 100, "probing must terminate");
+            if !bad(&b) {
+                continue;
+            }
+            let mut probe = p.probe(&b);
+            while let Some(r) = p.probe_read(&probe) {
+                reads += 1;
+                if let Some(rest) = p.probe_result(&mut probe, !bad(&r)) {
+                    if let Some(nb) = p.block_of(&rest) {
+                        queue.push(nb);
+                    }
+                    break;
+                }
+            }
+        }
+        reads
+    }
+
+    #[test]
+    fn probing_finds_holes_with_the_fewest_cuts() {
+        // The simulator's cell: input tags 0..15 and 20, with 16..19 unmapped.
+        let mut spans: Vec<TagSpan> = [0u16, 2, 4, 5, 6, 7, 7, 8, 9, 10, 12, 14]
+            .iter()
+            .map(|&a| TagSpan {
+                table: Table::Input,
+                start: a,
+                width: if a == 0 || a == 2 || a >= 10 { 2 } else { 1 },
+            })
+            .collect();
+        spans.push(TagSpan {
+            table: Table::Input,
+            start: 20,
+            width: 1,
+        });
+        let mut p = Planner::new(
+            spans,
+            Limits {
+                max_gap: 16,
+                max_registers: 125,
+                max_bits: 2000,
+            },
+        );
+        assert_eq!(p.blocks().len(), 1);
+        probe_until_clean(&mut p, &[16, 17, 18, 19]);
+        assert_eq!(
+            shape(&p),
+            vec![(Table::Input, 0, 16), (Table::Input, 20, 1)],
+            "one cut, at the hole"
+        );
+        assert!(p.unmapped().next().is_none());
+        // An unmapped tag among many is found and only it is excluded.
+        let spans: Vec<TagSpan> = (0..20).map(|i| reg(i, 1)).collect();
+        let mut p = Planner::new(spans, limits(0));
+        let reads = probe_until_clean(&mut p, &[13]);
+        assert_eq!(p.unmapped().collect::<Vec<_>>(), vec![13]);
+        assert_eq!(
+            shape(&p),
+            vec![(Table::Holding, 0, 13), (Table::Holding, 14, 6)]
+        );
+        assert!(reads <= 10, "{reads} reads");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::config::{Device, Endpoint, Tag};
 use crate::core::decode::{decode_bit, decode_registers};
 use crate::core::engine::SampleBatch;
 use crate::core::model::{BadReason, Quality};
-use crate::core::plan::{Planner, ReadBlock};
+use crate::core::plan::{Planner, Probe, ReadBlock};
 use crate::metrics::{inc, Metrics};
 
 /// Bad re-probes of unmapped registers: a device may be reconfigured.
@@ -93,6 +93,13 @@ pub fn links(devices: &[Device]) -> Vec<(Endpoint, Vec<LinkDevice>)> {
         }
     }
     out
+}
+
+/// A read still to do in this poll.
+#[derive(Debug)]
+enum Pending {
+    Read(ReadBlock),
+    Probe(Probe),
 }
 
 #[derive(Debug)]
@@ -247,18 +254,46 @@ impl Link {
             }
         }
         let mut values: Vec<Option<(f64, Quality)>> = vec![None; d.tags.len()];
-        let mut queue: VecDeque<ReadBlock> = d.planner.blocks().iter().cloned().collect();
+        let mut queue: VecDeque<Pending> = d
+            .planner
+            .blocks()
+            .iter()
+            .cloned()
+            .map(Pending::Read)
+            .collect();
         let started = Instant::now();
         let mut outcome = PollOutcome::Ok;
         let mut reads: u32 = 0;
         let m = &self.metrics.devices[d.index as usize];
-        while let Some(block) = queue.pop_front() {
+        while let Some(item) = queue.pop_front() {
+            let (block, probe) = match item {
+                Pending::Read(b) => (b, None),
+                Pending::Probe(pr) => match d.planner.probe_read(&pr) {
+                    Some(b) => (b, Some(pr)),
+                    None => continue,
+                },
+            };
             reads += 1;
             let t0 = Instant::now();
-            match conn
+            let result = conn
                 .read(d.unit, block.table, block.start, block.count, d.timeout)
-                .await
-            {
+                .await;
+            // A probe learns from success and from exception 02 alike.
+            if let (Some(mut pr), Ok(_) | Err(ReadError::Exception(2))) = (probe, &result) {
+                let ok = result.is_ok();
+                match d.planner.probe_result(&mut pr, ok) {
+                    Some(rest) => {
+                        if let Some(nb) = d.planner.block_of(&rest) {
+                            queue.push_front(Pending::Read(nb));
+                        }
+                    }
+                    None => queue.push_front(Pending::Probe(pr)),
+                }
+                if !ok {
+                    continue;
+                }
+            }
+            match result {
                 Ok(data) => {
                     m.rtt_us_last.store(
                         t0.elapsed().as_micros() as u64,
@@ -288,14 +323,9 @@ impl Link {
                     }
                 }
                 Err(ReadError::Exception(2)) => {
-                    let halves = d.planner.split(&block);
-                    if halves.is_empty() {
-                        info!(device = %d.name, table = %block.table, address = block.start, "exception 02: address not served by the device; reading around it");
-                    }
+                    info!(device = %d.name, table = %block.table, address = block.start, count = block.count, "exception 02: part of this read is not served by the device; finding which");
                     d.learned_at.get_or_insert_with(Instant::now);
-                    for h in halves.into_iter().rev() {
-                        queue.push_front(h);
-                    }
+                    queue.push_front(Pending::Probe(d.planner.probe(&block)));
                 }
                 Err(ReadError::Exception(code)) => {
                     for &ti in &block.tags {
