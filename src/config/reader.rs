@@ -322,34 +322,39 @@ impl<'a, 's> TableReader<'a, 's> {
     }
 
     pub fn opt_duration_ms(&mut self, p: &mut Problems, key: &'static str) -> Option<i64> {
-        let v = self.get(key)?;
-        match v.get_ref() {
-            DeValue::String(s) => match super::units::parse_duration_ms(s) {
-                Ok(ms) => Some(ms),
-                Err(e) => {
-                    self.problem(p, key, e);
-                    None
-                }
-            },
-            other => {
-                self.problem(
-                    p,
-                    key,
-                    format!(
-                        "expected a duration string with its unit, found {}; accepted forms: \"500ms\", \"1s\", \"10m\", \"2h\", \"1d\"",
-                        type_name(other)
-                    ),
-                );
-                None
-            }
-        }
+        self.opt_with_unit(
+            p,
+            key,
+            super::units::parse_duration_ms,
+            "a duration",
+            "\"500ms\", \"1s\", \"10m\", \"2h\", \"1d\"",
+        )
     }
 
     pub fn opt_size(&mut self, p: &mut Problems, key: &'static str) -> Option<u64> {
+        self.opt_with_unit(
+            p,
+            key,
+            super::units::parse_size,
+            "a size",
+            "\"512KiB\", \"64MiB\", \"1GiB\", \"100MB\"",
+        )
+    }
+
+    /// A string value that carries its unit, parsed by `parse`; a bare number is refused with
+    /// the accepted forms.
+    fn opt_with_unit<T>(
+        &mut self,
+        p: &mut Problems,
+        key: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+        what: &str,
+        forms: &str,
+    ) -> Option<T> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::String(s) => match super::units::parse_size(s) {
-                Ok(b) => Some(b),
+            DeValue::String(s) => match parse(s) {
+                Ok(x) => Some(x),
                 Err(e) => {
                     self.problem(p, key, e);
                     None
@@ -360,7 +365,7 @@ impl<'a, 's> TableReader<'a, 's> {
                     p,
                     key,
                     format!(
-                        "expected a size string with its unit, found {}; accepted forms: \"512KiB\", \"64MiB\", \"1GiB\", \"100MB\"",
+                        "expected {what} string with its unit, found {}; accepted forms: {forms}",
                         type_name(other)
                     ),
                 );
