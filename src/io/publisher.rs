@@ -594,6 +594,7 @@ impl Runner {
         let cmd_topic = self.t.who.agent_topic("cmd");
         let reconnect_max = Duration::from_millis(self.t.cfg.reconnect_max_ms.max(1000) as u64);
         let mut conn: Option<Conn> = None;
+        let mut ever_connected = false;
         let mut session = Session {
             flight: Flight::default(),
             connected_at: 0,
@@ -646,7 +647,11 @@ impl Runner {
                         c.connected = true;
                         failures = 0;
                         session.flight.clear();
-                        session.connected_at = self.t.clock.now();
+                        // What waited for the first connection of this run is not a replay of
+                        // anything; after a disconnection, what waited is (restart backlog is
+                        // flagged by the outbox itself).
+                        session.connected_at = if ever_connected { self.t.clock.now() } else { i64::MIN };
+                        ever_connected = true;
                         session.replaying = true;
                         session.throttle.reset();
                         session.wake_at = None;
