@@ -891,6 +891,7 @@ def main():
     ap.add_argument("--nodered-dir", default=os.path.join(tempfile.gettempdir(), "alsentry-bench-nodered"))
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--loads", default="", help="comma list of CELLSxPERIOD for the alsentry stage, e.g. 400x1.0,400x0.1")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()
@@ -947,6 +948,8 @@ def main():
         loads = [(100, 1.0), (400, 1.0), (100, 0.1), (400, 0.1)]
         if a.quick:
             loads = [(100, 1.0), (400, 0.1)]
+        if a.loads:
+            loads = [(int(c), float(p)) for c, p in (x.split("x") for x in a.loads.split(","))]
         if "alsentry" in stages:
             for cells, period in loads:
                 name = f"alsentry-{cells}c-{period}s"

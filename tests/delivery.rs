@@ -398,6 +398,129 @@ async fn a_full_outbox_drops_summaries_keeps_alarms_and_says_so_in_status() {
     );
 }
 
+// (4b) Raw data with the default data_qos = 0: while the broker is away it waits in the
+// outbox and is delivered after the reconnect; once connected it goes out live at QoS 0, never
+// written to disk, while alarms still go through the outbox at QoS 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_data_goes_live_at_qos0_and_waits_in_the_outbox_while_the_broker_is_away() {
+    // Mosquitto: the embedded rumqttd delivers at the subscription's QoS, hiding the publish's.
+    if !have("mosquitto") {
+        return;
+    }
+    let t0 = Instant::now();
+    let mdir = tempfile::tempdir().unwrap();
+    let port = support::net::free_port();
+    let _mosq = mosquitto(mdir.path(), port, "");
+    let mut sub = Subscriber::connect("127.0.0.1", port, "sub4b", "alsentry/#").await;
+    let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
+    proxy.set_up(false);
+    let text = format!(
+        "[agent]\nid = \"gw\"\nsite = \"s\"\narea = \"a\"\n[mqtt]\nurl = \"mqtt://{}\"\nreconnect_max = \"1s\"\n",
+        proxy.addr
+    );
+    let cfg = config(&text);
+    assert_eq!(cfg.sinks[0].data_qos, 0, "the default");
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _) = Outbox::open(
+        dir.path(),
+        cfg.sinks[0].outbox_options(),
+        SystemClock::new().now(),
+    )
+    .unwrap();
+    let metrics = Metrics::new(Vec::<String>::new(), vec!["plant".to_string()]);
+    let (task, tx, _crx) = sink_task(&cfg, 0, outbox, metrics.clone());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(task.run(cancel.clone()));
+    let data_msg = |tag: &str, n: usize| {
+        Arc::new(Message {
+            class: Class::Data,
+            topic: "alsentry/s/a/pot-1/data".into(),
+            payload: format!(r#"{{"schema":"alsentry/data/1","tag":"{tag}","n":{n}}}"#)
+                .into_bytes(),
+            retain: false,
+            priority: None,
+        })
+    };
+    for n in 0..5 {
+        tx.send(data_msg("spooled", n)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.sinks[0].outbox_depth.load(Ordering::Relaxed) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "data kept while the broker is away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.set_up(true);
+    let mut spooled = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while spooled.len() < 5 {
+        let m = tokio::time::timeout_at(deadline, sub.rx.recv())
+            .await
+            .expect("the spooled data after the reconnect")
+            .unwrap();
+        let j = m.json();
+        if m.topic.ends_with("/data") && j["tag"] == "spooled" {
+            assert_eq!(m.qos, 1, "spooled data leaves the outbox on its PUBACK");
+            spooled.insert(j["n"].as_u64().unwrap());
+        }
+    }
+    // Connected now: data goes live, alarms through the outbox.
+    for n in 0..200 {
+        tx.send(data_msg("live", n)).await.unwrap();
+        if n == 100 {
+            tx.send(msg(Class::Alarm, "alsentry/s/a/pot-1/alarm/hi1", 1, 0))
+                .await
+                .unwrap();
+        }
+    }
+    let mut live = BTreeSet::new();
+    let mut alarm_qos = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while live.len() < 200 || alarm_qos.is_none() {
+        let m = tokio::time::timeout_at(deadline, sub.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of 200 live data, alarm {alarm_qos:?}", live.len()))
+            .unwrap();
+        let j = m.json();
+        if m.topic.ends_with("/data") && j["tag"] == "live" {
+            assert_eq!(m.qos, 0, "live data is QoS 0");
+            live.insert(j["n"].as_u64().unwrap());
+        } else if m.topic.ends_with("/alarm/hi1") {
+            alarm_qos = Some(m.qos);
+        }
+    }
+    assert_eq!(alarm_qos, Some(1));
+    // Nothing of the live data touched the disk; the alarm and the spooled data did.
+    let mut on_disk = Vec::new();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            on_disk.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    let text = String::from_utf8_lossy(&on_disk);
+    assert!(
+        text.contains("\"spooled\""),
+        "spooled data was in the outbox"
+    );
+    assert!(
+        text.contains("alarm/hi1"),
+        "the alarm went through the outbox"
+    );
+    assert!(
+        !text.contains("\"live\""),
+        "live data was written to the outbox"
+    );
+    cancel.cancel();
+    let _ = handle.await;
+    eprintln!(
+        "(4b) 5 spooled data at QoS 1 after the outage, 200 live at QoS 0 not on disk, in {:?}",
+        t0.elapsed()
+    );
+}
+
 // (5) Two brokers, one hanging: the other still gets every alarm within 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_broker_never_delays_the_other() {

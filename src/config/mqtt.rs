@@ -112,6 +112,9 @@ pub struct MqttSink {
     pub protocol: Protocol,
     /// MQTT 5 only: message expiry for `data` messages (`data_expiry`).
     pub data_expiry_ms: Option<i64>,
+    /// QoS of live raw data (`data_qos`): 0 sends it around the outbox while connected, 1
+    /// keeps every data message in the outbox until its PUBACK.
+    pub data_qos: u8,
     pub tls: Option<TlsFiles>,
 }
 
@@ -324,6 +327,14 @@ pub fn parse_sink(
         None if protocol == Protocol::V5 => Some(60_000),
         None => None,
     };
+    let data_qos = match r.opt_int(p, "data_qos") {
+        None => 0,
+        Some(q @ 0..=1) => q as u8,
+        Some(_) => {
+            r.problem(p, "data_qos", "data_qos is 0 or 1");
+            0
+        }
+    };
     let ca_file = r.opt_str(p, "ca_file");
     let client_cert = r.opt_str(p, "client_cert");
     let client_key = r.opt_str(p, "client_key");
@@ -394,6 +405,7 @@ pub fn parse_sink(
         reconnect_max_ms,
         protocol,
         data_expiry_ms,
+        data_qos,
         tls,
     })
 }

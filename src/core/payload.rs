@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::engine::AlarmEvent;
-use super::model::Ts;
+use super::model::{Quality, Ts};
 use crate::clock::rfc3339_ms;
 
 /// Version of the payload contract, carried in every payload.
@@ -344,7 +344,10 @@ impl DataFilter {
         batch: &super::engine::SampleBatch,
         deadband: Option<f64>,
     ) -> Option<Vec<u8>> {
-        let mut values = serde_json::Map::new();
+        // Written straight into the output: at 10 Hz x 400 devices this runs 4,000 times a
+        // second, and a `serde_json::Value` tree per poll cost more than the poll itself.
+        let mut values: Vec<(&str, Option<f64>, Quality, &str)> =
+            Vec::with_capacity(batch.values.len());
         for &(tag, v, q) in &batch.values {
             let Some((name, unit)) = names.get(tag as usize) else {
                 continue;
@@ -359,22 +362,64 @@ impl DataFilter {
                     }
                 }
             }
-            values.insert(
-                name.clone(),
-                serde_json::json!({ "v": finite(v), "q": q.label(), "unit": unit }),
-            );
+            values.push((name, finite(v), q, unit));
         }
         if values.is_empty() {
             return None;
         }
-        let v = serde_json::json!({
-            "schema": DATA_SCHEMA,
-            "agent": who.agent,
-            "device": device,
-            "ts": rfc3339_ms(batch.ts),
-            "values": values,
-        });
-        serde_json::to_vec(&v).ok()
+        let payload = DataPayload {
+            schema: DATA_SCHEMA,
+            agent: &who.agent,
+            device,
+            ts: rfc3339_ms(batch.ts),
+            values: DataValues(&values),
+        };
+        let mut out = Vec::with_capacity(96 + 48 * values.len());
+        serde_json::to_writer(&mut out, &payload).ok()?;
+        Some(out)
+    }
+}
+
+#[derive(Serialize)]
+struct DataPayload<'a> {
+    schema: &'static str,
+    agent: &'a str,
+    device: &'a str,
+    ts: String,
+    values: DataValues<'a>,
+}
+
+/// `{"tag": {"v": .., "q": .., "unit": ..}, ...}` in the device's tag order.
+struct DataValues<'a>(&'a [(&'a str, Option<f64>, Quality, &'a str)]);
+
+impl Serialize for DataValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for &(name, v, q, unit) in self.0 {
+            map.serialize_entry(name, &DataValue { v, q, unit })?;
+        }
+        map.end()
+    }
+}
+
+struct DataValue<'a> {
+    v: Option<f64>,
+    q: Quality,
+    unit: &'a str,
+}
+
+impl Serialize for DataValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("v", &self.v)?;
+        match self.q {
+            Quality::Good => map.serialize_entry("q", "good")?,
+            q => map.serialize_entry("q", &q.label())?,
+        }
+        map.serialize_entry("unit", self.unit)?;
+        map.end()
     }
 }
 

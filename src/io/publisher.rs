@@ -60,9 +60,12 @@ pub struct InboundCommand {
 
 /// Publishes handed to rumqttc and not yet acknowledged, at most.
 const WINDOW: usize = 64;
-/// The one bounded request channel to rumqttc. At most WINDOW publishes plus a subscribe and
-/// a status are ever queued in it, so `try_publish` never finds it full.
-const CHANNEL_CAPACITY: usize = 4 * WINDOW;
+/// Live raw data at QoS 0 handed to rumqttc and not yet written to the socket, at most. Past
+/// it, data waits in the outbox like everything else.
+const DATA_WINDOW: usize = 64;
+/// The one bounded request channel to rumqttc. At most WINDOW + DATA_WINDOW publishes plus a
+/// subscribe and a status are ever queued in it, so `try_publish` never finds it full.
+const CHANNEL_CAPACITY: usize = 2 * (WINDOW + DATA_WINDOW);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 /// Periodic status; a change of devices up/down or of the drop counters sends one at once.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
@@ -101,9 +104,21 @@ impl std::fmt::Debug for SinkTask {
 struct Flight {
     /// Outbox ids (None for messages sent around the outbox) in the order they were handed to
     /// rumqttc, waiting for their packet id.
-    awaiting_pkid: VecDeque<Option<(u64, Class)>>,
+    awaiting_pkid: VecDeque<(Option<(u64, Class)>, Lane)>,
+    /// How many of `awaiting_pkid` are live data sent at QoS 0 around the outbox: they have
+    /// their own budget, so a burst of data never takes the window from alarms.
+    data_waiting: usize,
     /// Packet id → (outbox id and class, when sent).
     unacked: HashMap<u16, (Option<(u64, Class)>, Instant)>,
+}
+
+/// Which budget a publish handed to rumqttc counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Outbox records, status and commands' replies: the `WINDOW`.
+    Main,
+    /// Live raw data at QoS 0: `DATA_WINDOW`.
+    Data,
 }
 
 /// What an event means for the record it belongs to.
@@ -119,21 +134,35 @@ enum Settled {
 }
 
 impl Flight {
+    /// Publishes in the main lane not yet settled.
     fn len(&self) -> usize {
-        self.awaiting_pkid.len() + self.unacked.len()
+        self.awaiting_pkid.len() + self.unacked.len() - self.data_waiting
     }
     fn clear(&mut self) {
         self.awaiting_pkid.clear();
         self.unacked.clear();
+        self.data_waiting = 0;
+    }
+    /// A publish was handed to rumqttc: `id` is its outbox record (None around the outbox).
+    fn handed(&mut self, id: Option<(u64, Class)>) {
+        self.awaiting_pkid.push_back((id, Lane::Main));
+    }
+    /// Live data handed to rumqttc at QoS 0.
+    fn handed_data(&mut self) {
+        self.awaiting_pkid.push_back((None, Lane::Data));
+        self.data_waiting += 1;
     }
     /// `Outgoing::Publish(pkid)`: rumqttc reports the publishes it writes in the order they
     /// were handed over (a packet-id collision reports `AwaitAck` first and this event later,
     /// still in order), so the oldest waiting record got `pkid`. QoS 0 (pkid 0) gets no
     /// PUBACK and is settled right away.
     fn on_sent(&mut self, pkid: u16) -> Settled {
-        let Some(id) = self.awaiting_pkid.pop_front() else {
+        let Some((id, lane)) = self.awaiting_pkid.pop_front() else {
             return Settled::No;
         };
+        if lane == Lane::Data {
+            self.data_waiting -= 1;
+        }
         let now = Instant::now();
         if pkid == 0 {
             return Settled::Yes { id, sent: now };
@@ -566,6 +595,9 @@ impl Runner {
     /// An alarm the outbox could not take still goes out while the broker is connected (QoS 1,
     /// without durability); otherwise it is lost and counted.
     fn store_or_send(&mut self, m: &Message, conn: Option<&Conn>, flight: &mut Flight) {
+        if self.send_live_data(m, conn, flight) {
+            return;
+        }
         if self.store(m) {
             return;
         }
@@ -576,13 +608,43 @@ impl Runner {
                     .publish(m.topic.clone(), 1, m.retain, m.payload.clone(), props)
                     .is_ok()
                 {
-                    flight.awaiting_pkid.push_back(None);
+                    flight.handed(None);
                     warn!(sink = %self.t.cfg.name, topic = %m.topic, "outbox unusable: alarm sent directly, without durability");
                     return;
                 }
             }
         }
         self.own_drops.io[m.class.index()] += 1;
+    }
+
+    /// Raw data with `data_qos = 0` goes straight to a connected broker at QoS 0: no disk
+    /// write, no PUBACK to wait for, and no place in the window alarms use. While the broker
+    /// is away (or the data lane is full) it is kept in the outbox and replayed like the rest.
+    fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>, flight: &mut Flight) -> bool {
+        if m.class != Class::Data
+            || self.t.cfg.data_qos != 0
+            || flight.data_waiting >= DATA_WINDOW
+            || !self.t.cfg.carries(m.class, m.priority)
+        {
+            return false;
+        }
+        let Some(c) = conn.filter(|c| c.connected) else {
+            return false;
+        };
+        let props = self.props(m.class, Some(&m.payload), 0);
+        if c.client
+            .publish(m.topic.clone(), 0, m.retain, m.payload.clone(), props)
+            .is_err()
+        {
+            return false;
+        }
+        flight.handed_data();
+        if let Some(sm) = self.t.sink_metrics() {
+            sm.published.fetch_add(1, Ordering::Relaxed);
+            sm.bytes
+                .fetch_add(m.payload.len() as u64, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Replies to commands answer something this sink received: always carried.
@@ -666,7 +728,7 @@ impl Runner {
                         // regenerated on every connect, so there is nothing to keep.
                         let payload = self.status_json(true);
                         if c.client.publish(self.t.who.agent_topic("status"), 1, true, payload, self.props(Class::Status, None, 0)).is_ok() {
-                            session.flight.awaiting_pkid.push_back(None);
+                            session.flight.handed(None);
                         }
                         self.last_status = Some((Instant::now(), self.status_key()));
                     }
@@ -813,10 +875,7 @@ impl Runner {
                 let len = payload.len() as u64;
                 match client.publish(r.topic, r.qos, r.retain, payload, props) {
                     Ok(()) => {
-                        session
-                            .flight
-                            .awaiting_pkid
-                            .push_back(Some((r.id, r.class)));
+                        session.flight.handed(Some((r.id, r.class)));
                         if let Some(sm) = self.t.sink_metrics() {
                             sm.published.fetch_add(1, Ordering::Relaxed);
                             sm.bytes.fetch_add(len, Ordering::Relaxed);
@@ -958,7 +1017,7 @@ impl Runner {
                 .publish(self.t.who.agent_topic("status"), 1, true, payload, props)
                 .is_ok()
             {
-                flight.awaiting_pkid.push_back(None);
+                flight.handed(None);
             }
             self.last_status = Some((Instant::now(), key));
         }
@@ -982,7 +1041,7 @@ impl Runner {
                 )
                 .is_ok()
             {
-                flight.awaiting_pkid.push_back(None);
+                flight.handed(None);
             }
             let deadline = Instant::now() + Duration::from_secs(2);
             while flight.len() > 0 {
@@ -1063,9 +1122,9 @@ mod tests {
     fn acks_match_records_by_packet_id_in_any_order() {
         let mut f = Flight::default();
         for id in [10, 11, 12] {
-            f.awaiting_pkid.push_back(rec(id));
+            f.handed(rec(id));
         }
-        f.awaiting_pkid.push_back(None); // a status sent around the outbox
+        f.handed(None); // a status sent around the outbox
         assert_eq!(f.on_sent(1), Settled::No);
         assert_eq!(f.on_sent(2), Settled::No);
         assert_eq!(f.on_sent(3), Settled::No);
@@ -1085,8 +1144,8 @@ mod tests {
     #[test]
     fn a_reused_packet_id_after_its_ack_maps_to_the_new_record() {
         let mut f = Flight::default();
-        f.awaiting_pkid.push_back(rec(1));
-        f.awaiting_pkid.push_back(rec(2));
+        f.handed(rec(1));
+        f.handed(rec(2));
         f.on_sent(1);
         // Record 2 collided on pkid 1 (rumqttc said AwaitAck); its Publish event only comes
         // after the ack for the first holder of pkid 1.
@@ -1099,7 +1158,7 @@ mod tests {
     fn qos0_settles_when_written_and_strays_are_ignored() {
         let mut f = Flight::default();
         assert_eq!(f.on_sent(5), Settled::No, "nothing was waiting");
-        f.awaiting_pkid.push_back(rec(7));
+        f.handed(rec(7));
         assert_eq!(settled_id(f.on_sent(0)), Some(rec(7)));
         assert_eq!(f.len(), 0);
     }

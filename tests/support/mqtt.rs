@@ -12,6 +12,8 @@ pub struct Msg {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// QoS as delivered (the lower of the publish's and the subscription's).
+    pub qos: u8,
 }
 
 impl Msg {
@@ -57,6 +59,7 @@ impl Subscriber {
                             topic: p.topic.clone(),
                             payload: p.payload.to_vec(),
                             retain: p.retain,
+                            qos: p.qos as u8,
                         });
                     }
                     Ok(_) => {}
