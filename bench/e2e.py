@@ -3,7 +3,7 @@
 subscriber, plus the transport ceiling (examples/modbus_ceiling.rs), a plain pymodbus + paho
 peer and Node-RED (node-red-contrib-modbus), all on loopback. Writes BENCHMARKS.md.
 
-    cargo build --release --bin alsentry --example modbus_ceiling
+    cargo build --release --no-default-features --bin alsentry --example modbus_ceiling
     cargo bench --bench engine --bench core --bench outbox --bench core_stats   # optional
     python3 bench/e2e.py                      # about 12-14 min; --quick for a smoke run
 
@@ -47,10 +47,26 @@ def mem_kib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:")):
                 k, v = line.split(":")
                 out[k] = int(v.split()[0])
     return out.get("VmRSS", 0), out.get("VmHWM", 0)
+
+
+def anon_kib(pid):
+    """Resident anonymous memory: what the process itself allocated, without mapped files."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def build_kind():
+    """The gateway build (--no-default-features) has no embedded broker."""
+    with open(BIN, "rb") as f:
+        return "default features (with the embedded broker)" if b"rumqttd" in f.read() else \
+            "gateway build (`--no-default-features`: no embedded broker)"
 
 
 def free_port():
@@ -339,9 +355,11 @@ def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter
     if latency and sub:
         sub.start_latency()
     rss = []
+    anon = []
     end = t0 + window
     while time.monotonic() < end:
         rss.append(mem_kib(pid)[0])
+        anon.append(anon_kib(pid))
         time.sleep(min(1.0, max(0.0, end - time.monotonic())))
     c1, t1 = cpu_seconds(pid), time.monotonic()
     s1 = cpu_seconds(sim_pid) if sim_pid else None
@@ -354,6 +372,7 @@ def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter
         "seconds": t1 - t0,
         "cpu_s": c1 - c0,
         "rss_kib": statistics.median(rss),
+        "anon_kib": statistics.median(anon) if anon else None,
         "hwm_kib": hwm,
         "sim_cpu_s": (s1 - s0) if sim_pid else None,
         "lat": lat,
@@ -671,7 +690,7 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w("## How to run")
     w("")
     w("```sh")
-    w("cargo build --release --bin alsentry --example modbus_ceiling")
+    w("cargo build --release --no-default-features --bin alsentry --example modbus_ceiling   # the gateway build")
     w("cargo bench --bench engine --bench core --bench outbox --bench core_stats   # criterion, ~6 min")
     w("python3 bench/e2e.py            # end to end + peers, writes this file (~13 min)")
     w("```")
@@ -686,7 +705,7 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w(f"| CPU | {mach['model']}, {mach['cores']} cores (shared with other builds) |")
     w(f"| Memory | {mach['mem_gib']} GiB; kernel {mach['kernel']} |")
     w(f"| Load average | {load_start} at start, {load_end} at end |")
-    w(f"| Toolchain | {mach['rustc']}; release profile (thin LTO); Python {mach['python']}; Node {mach['node']}; {mach['mosquitto']} |")
+    w(f"| Toolchain | {mach['rustc']}; release profile (fat LTO, 1 codegen unit), {build_kind()}; Python {mach['python']}; Node {mach['node']}; {mach['mosquitto']} |")
     w(f"| Layout | all on 127.0.0.1: `alsentry sim` (cells on ports {a.base}-{a.base + a.max_cells - 1}, 100 ms model tick), Mosquitto on :{a.mqtt_port}, one paho subscriber (in the harness) counting every data message and timing alarms |")
     w(f"| Per run | {a.warmup:.0f} s warm-up, then a {a.window:.0f} s steady window; CPU = utime+stime of the measured process from /proc/<pid>/stat over the window |")
     w("")

@@ -9,7 +9,7 @@ use alsentry::core::alarm::{Cause, Transition};
 use alsentry::core::decode::{decode_bit, decode_registers, DataType, Encoding, Table, WordOrder};
 use alsentry::core::engine::{AlarmEvent, DeviceSummary, SampleBatch, TagSummary};
 use alsentry::core::model::{Priority, Quality, Ts};
-use alsentry::core::payload::{alarm_payload, summary_payload, DataFilter, Identity};
+use alsentry::core::payload::{alarm_payload, summary_payload, DataFilter, DataTags, Identity};
 use alsentry::core::plan::{Limits, Planner, TagSpan};
 use alsentry::core::window::{Accumulate, Point, SpanCursor, Window};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -285,17 +285,10 @@ fn payloads(c: &mut Criterion) {
             .map(|t| (t, 4.0 + f64::from(t) * 0.37, Quality::Good))
             .collect(),
     };
+    let tags = DataTags::new("pot-017", &names_owned);
     let mut filter = DataFilter::default();
     g.bench_function("data_payload_22_tags", |b| {
-        b.iter(|| {
-            filter.payload(
-                black_box(&who),
-                "pot-017",
-                black_box(&names_owned),
-                black_box(&batch),
-                None,
-            )
-        })
+        b.iter(|| filter.payload(black_box(&who), black_box(&tags), black_box(&batch), None))
     });
     g.finish();
 }

@@ -397,17 +397,28 @@ impl Supervisor {
 }
 
 /// Per device: its name and its tags' (name, unit), as raw-data payloads name them.
-fn data_names(cfg: &Config) -> Vec<(String, Vec<(String, String)>)> {
+fn data_names(cfg: &Config) -> Vec<crate::core::payload::DataTags> {
+    use crate::core::payload::{DataTag, DataTags};
+    // Devices expanded from one entry share their tag list, and so their fragments.
+    let mut shared: Vec<(*const crate::config::Tag, Arc<[DataTag]>)> = Vec::new();
     cfg.devices
         .iter()
         .map(|d| {
-            (
-                d.name.clone(),
-                d.tags
-                    .iter()
-                    .map(|t| (t.name.clone(), t.unit.clone()))
-                    .collect(),
-            )
+            let key = d.tags.as_ptr();
+            let tags = match shared.iter().find(|(k, _)| *k == key) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let names: Vec<(String, String)> = d
+                        .tags
+                        .iter()
+                        .map(|t| (t.name.clone(), t.unit.clone()))
+                        .collect();
+                    let t = DataTags::spell(&names);
+                    shared.push((key, t.clone()));
+                    t
+                }
+            };
+            DataTags::with_tags(&d.name, tags)
         })
         .collect()
 }
@@ -435,7 +446,7 @@ struct EngineTask {
     data: crate::config::DataOptions,
     data_filter: crate::core::payload::DataFilter,
     /// Per device: name and (tag, unit) names, for raw data payloads.
-    names: Vec<(String, Vec<(String, String)>)>,
+    names: Vec<crate::core::payload::DataTags>,
 }
 
 impl EngineTask {
@@ -584,16 +595,16 @@ impl EngineTask {
     }
 
     async fn publish_data(&mut self, b: &SampleBatch) {
-        let Some((device, names)) = self.names.get(b.device as usize) else {
+        let Some(tags) = self.names.get(b.device as usize) else {
             return;
         };
         let deadband =
             (self.data.mode == crate::config::DataMode::Change).then_some(self.data.deadband);
         let Some(who) = self.whos.first() else { return };
-        let Some(payload) = self.data_filter.payload(who, device, names, b, deadband) else {
+        let Some(payload) = self.data_filter.payload(who, tags, b, deadband) else {
             return;
         };
-        let topic = who.data_topic(device);
+        let topic = who.data_topic(tags.device());
         self.fan_out(Message {
             class: Class::Data,
             topic,
@@ -713,11 +724,13 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A multi-thread runtime even with one worker: an outbox fsync on slow storage runs under
+    // `block_in_place` and must not stall the pollers.
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.agent.worker_threads)
         .enable_all()
-        .build()
-    {
+        .build();
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -18,8 +18,9 @@ pub struct Device {
     pub unit: u8,
     pub poll_ms: i64,
     pub timeout_ms: i64,
-    pub tags: Vec<Tag>,
-    pub derived: Vec<Derived>,
+    /// Shared by every device expanded from one entry: 400 cells hold one copy of the map.
+    pub tags: std::sync::Arc<[Tag]>,
+    pub derived: std::sync::Arc<[Derived]>,
     /// Largest run of unused registers (or bits) bridged by one read.
     pub max_gap: u16,
     pub max_registers: u16,

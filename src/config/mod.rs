@@ -34,6 +34,9 @@ pub struct Agent {
     pub site: String,
     pub area: String,
     pub state_dir: PathBuf,
+    /// Runtime worker threads (`worker_threads`, default 1). Polling is I/O-bound: one thread
+    /// carries hundreds of devices at 10 Hz, and more threads cost CPU in wake-ups.
+    pub worker_threads: usize,
 }
 
 /// The register map shared by every device of one model.
@@ -528,12 +531,21 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
     let state_dir = r
         .opt_str(p, "state_dir")
         .unwrap_or_else(|| "/var/lib/alsentry".to_string());
+    let worker_threads = match r.opt_int(p, "worker_threads") {
+        None => 1,
+        Some(n @ 1..=64) => n as usize,
+        Some(_) => {
+            r.problem(p, "worker_threads", "worker_threads is 1 to 64");
+            1
+        }
+    };
     r.finish(p);
     Some(Agent {
         id: id?,
         site: site?,
         area: area?,
         state_dir: PathBuf::from(state_dir),
+        worker_threads,
     })
 }
 
@@ -602,6 +614,8 @@ fn expand_devices(
         tags.extend(e.tags.iter().cloned());
         derived.extend(e.derived.iter().cloned());
         check_tags(&tags, &derived, e, src, &path, p);
+        let tags: std::sync::Arc<[Tag]> = tags.into();
+        let derived: std::sync::Arc<[Derived]> = derived.into();
         let combos = device::combinations(e);
         if combos.len() > 1 && !e.name.contains('{') {
             p.add(src, e.name_offset, &join(&path, "name"), format!("this entry expands to {} devices, so its name needs a placeholder such as \"{}-{{unit:03}}\"", combos.len(), e.name));

@@ -328,6 +328,58 @@ pub fn summary_payload(
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// A device as raw-data payloads spell it: names and units JSON-escaped once, so that each
+/// poll only writes numbers (at 10 Hz x 400 devices this runs 4,000 times a second).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataTags {
+    device: String,
+    /// `,"device":"pot-001"`
+    device_json: Vec<u8>,
+    /// Shared by the devices of one template.
+    tags: std::sync::Arc<[DataTag]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataTag {
+    /// `"voltage":{"v":`
+    head: Vec<u8>,
+    /// `,"unit":"V"}`
+    tail: Vec<u8>,
+}
+
+impl DataTags {
+    /// `tags`: (name, unit) in the device's tag order.
+    pub fn new(device: &str, tags: &[(String, String)]) -> DataTags {
+        DataTags::with_tags(device, DataTags::spell(tags))
+    }
+
+    /// The tags' fragments, to share between devices with the same map.
+    pub fn spell(tags: &[(String, String)]) -> std::sync::Arc<[DataTag]> {
+        tags.iter()
+            .map(|(name, unit)| DataTag {
+                head: format!("{}:{{\"v\":", json_str(name)).into_bytes(),
+                tail: format!(",\"unit\":{}}}", json_str(unit)).into_bytes(),
+            })
+            .collect()
+    }
+
+    pub fn with_tags(device: &str, tags: std::sync::Arc<[DataTag]>) -> DataTags {
+        DataTags {
+            device: device.to_string(),
+            device_json: format!(",\"device\":{}", json_str(device)).into_bytes(),
+            tags,
+        }
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
 /// Decides which raw values to publish: every poll, or only those that moved more than a
 /// deadband since they were last published (or changed quality).
 #[derive(Debug, Default)]
@@ -336,20 +388,18 @@ pub struct DataFilter {
 }
 
 impl DataFilter {
+    /// `{"schema":..,"agent":..,"device":..,"ts":..,"values":{"tag":{"v":..,"q":..,"unit":..},..}}`
+    /// with the tags in the device's order; None when nothing is to be published.
     pub fn payload(
         &mut self,
         who: &Identity,
-        device: &str,
-        names: &[(String, String)],
+        device: &DataTags,
         batch: &super::engine::SampleBatch,
         deadband: Option<f64>,
     ) -> Option<Vec<u8>> {
-        // Written straight into the output: at 10 Hz x 400 devices this runs 4,000 times a
-        // second, and a `serde_json::Value` tree per poll cost more than the poll itself.
-        let mut values: Vec<(&str, Option<f64>, Quality, &str)> =
-            Vec::with_capacity(batch.values.len());
+        let mut out: Vec<u8> = Vec::new();
         for &(tag, v, q) in &batch.values {
-            let Some((name, unit)) = names.get(tag as usize) else {
+            let Some(t) = device.tags.get(tag as usize) else {
                 continue;
             };
             let good = q.is_good() && v.is_finite();
@@ -362,64 +412,38 @@ impl DataFilter {
                     }
                 }
             }
-            values.push((name, finite(v), q, unit));
+            if out.is_empty() {
+                out.reserve(160 + 48 * batch.values.len());
+                out.extend_from_slice(b"{\"schema\":");
+                serde_json::to_writer(&mut out, DATA_SCHEMA).ok()?;
+                out.extend_from_slice(b",\"agent\":");
+                serde_json::to_writer(&mut out, &who.agent).ok()?;
+                out.extend_from_slice(&device.device_json);
+                out.extend_from_slice(b",\"ts\":\"");
+                out.extend_from_slice(rfc3339_ms(batch.ts).as_bytes());
+                out.extend_from_slice(b"\",\"values\":{");
+            } else {
+                out.push(b',');
+            }
+            out.extend_from_slice(&t.head);
+            match finite(v) {
+                Some(x) => serde_json::to_writer(&mut out, &x).ok()?,
+                None => out.extend_from_slice(b"null"),
+            }
+            match q {
+                Quality::Good => out.extend_from_slice(b",\"q\":\"good\""),
+                q => {
+                    out.extend_from_slice(b",\"q\":");
+                    serde_json::to_writer(&mut out, &q.label()).ok()?;
+                }
+            }
+            out.extend_from_slice(&t.tail);
         }
-        if values.is_empty() {
+        if out.is_empty() {
             return None;
         }
-        let payload = DataPayload {
-            schema: DATA_SCHEMA,
-            agent: &who.agent,
-            device,
-            ts: rfc3339_ms(batch.ts),
-            values: DataValues(&values),
-        };
-        let mut out = Vec::with_capacity(96 + 48 * values.len());
-        serde_json::to_writer(&mut out, &payload).ok()?;
+        out.extend_from_slice(b"}}");
         Some(out)
-    }
-}
-
-#[derive(Serialize)]
-struct DataPayload<'a> {
-    schema: &'static str,
-    agent: &'a str,
-    device: &'a str,
-    ts: String,
-    values: DataValues<'a>,
-}
-
-/// `{"tag": {"v": .., "q": .., "unit": ..}, ...}` in the device's tag order.
-struct DataValues<'a>(&'a [(&'a str, Option<f64>, Quality, &'a str)]);
-
-impl Serialize for DataValues<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for &(name, v, q, unit) in self.0 {
-            map.serialize_entry(name, &DataValue { v, q, unit })?;
-        }
-        map.end()
-    }
-}
-
-struct DataValue<'a> {
-    v: Option<f64>,
-    q: Quality,
-    unit: &'a str,
-}
-
-impl Serialize for DataValue<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(3))?;
-        map.serialize_entry("v", &self.v)?;
-        match self.q {
-            Quality::Good => map.serialize_entry("q", "good")?,
-            q => map.serialize_entry("q", &q.label())?,
-        }
-        map.serialize_entry("unit", self.unit)?;
-        map.end()
     }
 }
 
@@ -437,6 +461,53 @@ mod summary_tests {
             site: "s".into(),
             area: "a".into(),
         }
+    }
+
+    #[test]
+    fn data_payload_is_json_in_tag_order_with_escaped_names() {
+        let tags = DataTags::new(
+            "pot \"7\"",
+            &[
+                ("voltage".to_string(), "V".to_string()),
+                ("bath\\temp".to_string(), "°C".to_string()),
+                ("alumina".to_string(), "%".to_string()),
+            ],
+        );
+        let batch = SampleBatch {
+            device: 0,
+            ts: 1_764_345_953_123,
+            values: vec![
+                (0, 4.125, Quality::Good),
+                (1, f64::NAN, Quality::Bad(BadReason::Exception(2))),
+                (2, 2.5, Quality::Good),
+                (9, 1.0, Quality::Good),
+            ],
+        };
+        let out = DataFilter::default()
+            .payload(&who(), &tags, &batch, None)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(j["schema"], DATA_SCHEMA);
+        assert_eq!(j["agent"], "gw");
+        assert_eq!(j["device"], "pot \"7\"");
+        assert_eq!(j["ts"], "2025-11-28T16:05:53.123Z");
+        assert_eq!(j["values"]["voltage"]["v"], 4.125);
+        assert_eq!(j["values"]["voltage"]["q"], "good");
+        assert_eq!(j["values"]["voltage"]["unit"], "V");
+        assert!(j["values"]["bath\\temp"]["v"].is_null());
+        assert_eq!(j["values"]["bath\\temp"]["q"], "bad:exception_02");
+        assert_eq!(j["values"]["bath\\temp"]["unit"], "°C");
+        assert_eq!(
+            j["values"].as_object().unwrap().len(),
+            3,
+            "unknown tag 9 skipped"
+        );
+        let order: Vec<usize> = ["voltage", "bath", "alumina"]
+            .iter()
+            .map(|k| text.find(k).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "tag order: {text}");
     }
 
     #[test]
@@ -477,7 +548,7 @@ mod summary_tests {
 
     #[test]
     fn data_by_exception_respects_the_deadband_and_quality_changes() {
-        let names = vec![("voltage".to_string(), "V".to_string())];
+        let names = DataTags::new("pot-001", &[("voltage".to_string(), "V".to_string())]);
         let mut f = DataFilter::default();
         let b = |ts, v, q| SampleBatch {
             device: 0,
@@ -485,36 +556,17 @@ mod summary_tests {
             values: vec![(0, v, q)],
         };
         assert!(f
-            .payload(
-                &who(),
-                "pot-001",
-                &names,
-                &b(0, 4.20, Quality::Good),
-                Some(0.05)
-            )
+            .payload(&who(), &names, &b(0, 4.20, Quality::Good), Some(0.05))
             .is_some());
         assert!(f
-            .payload(
-                &who(),
-                "pot-001",
-                &names,
-                &b(1, 4.22, Quality::Good),
-                Some(0.05)
-            )
+            .payload(&who(), &names, &b(1, 4.22, Quality::Good), Some(0.05))
             .is_none());
         assert!(f
-            .payload(
-                &who(),
-                "pot-001",
-                &names,
-                &b(2, 4.30, Quality::Good),
-                Some(0.05)
-            )
+            .payload(&who(), &names, &b(2, 4.30, Quality::Good), Some(0.05))
             .is_some());
         let bad = f
             .payload(
                 &who(),
-                "pot-001",
                 &names,
                 &b(3, f64::NAN, Quality::Bad(BadReason::Timeout)),
                 Some(0.05),
@@ -524,7 +576,7 @@ mod summary_tests {
         assert_eq!(j["values"]["voltage"]["q"], "bad:timeout");
         assert!(j["values"]["voltage"]["v"].is_null());
         assert!(
-            f.payload(&who(), "pot-001", &names, &b(4, 4.30, Quality::Good), None)
+            f.payload(&who(), &names, &b(4, 4.30, Quality::Good), None)
                 .is_some(),
             "every poll without deadband"
         );

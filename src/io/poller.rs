@@ -35,7 +35,7 @@ pub struct LinkDevice {
     pub poll: Duration,
     pub timeout: Duration,
     pub backoff_max: Duration,
-    pub tags: Vec<Tag>,
+    pub tags: Arc<[Tag]>,
     pub planner: Planner,
     next_due: Instant,
     failures: u32,
