@@ -8,9 +8,13 @@
 #   bench/soak.sh                       # 10 minutes
 #   DURATION_S=3600 bench/soak.sh       # an hour
 #
-# Env: DURATION_S (600), WARMUP_S (60), SAMPLE_S (10), MQTT_PORT (18830), OUT (bench/soak-<date>.csv),
-#      NO_BUILD=1 to skip `cargo build --release`.
-# Needs: Linux (/proc), mosquitto on PATH, free ports 15100-15499, 5021 and MQTT_PORT.
+# Env: DURATION_S (600), WARMUP_S (60), SAMPLE_S (10), MQTT_PORT (18830), HTTP_PORT (18831),
+#      CELL_BASE (15100: the cells listen on CELL_BASE..+399), KILN_PORT (5021),
+#      OUT (bench/soak-<date>.csv), NO_BUILD=1 to skip `cargo build --release`, BIN (the binary;
+#      default target/release/alsentry; `.ci/run` uses target/soak/alsentry).
+# Passes when the agent's RSS is flat after warm-up AND it kept polling: at least 95 % of the
+# scheduled polls of the window completed, none of them failed.
+# Needs: Linux (/proc), mosquitto on PATH, free ports CELL_BASE..+399, KILN_PORT, MQTT_PORT, HTTP_PORT.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,7 +30,11 @@ command -v mosquitto >/dev/null || { echo "soak: mosquitto not found on PATH" >&
 if [[ -z "${NO_BUILD:-}" ]]; then
   cargo build --release --bin alsentry
 fi
-BIN="$ROOT/target/release/alsentry"
+BIN=${BIN:-$ROOT/target/release/alsentry}
+HTTP_PORT=${HTTP_PORT:-18831}
+CELL_BASE=${CELL_BASE:-15100}
+KILN_PORT=${KILN_PORT:-5021}
+CELL_LAST=$((CELL_BASE + 399))
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -50,8 +58,14 @@ PIDS+=($!)
 # state dir, and the soak rules (the same as tests/reliability.rs).
 sed -e "s#\"templates/#\"$ROOT/config/templates/#g" \
     -e "s#mqtt://127.0.0.1:1883#mqtt://127.0.0.1:$MQTT_PORT#" \
+    -e "s#15100-15499#$CELL_BASE-$CELL_LAST#" -e "s#127.0.0.1:5021#127.0.0.1:$KILN_PORT#" \
     -e "s#^area = \"potline-400\"#area = \"potline-400\"\nstate_dir = \"$WORK/state\"#" \
     config/sim_potline_400.toml >"$WORK/agent.toml"
+cat >>"$WORK/agent.toml" <<EOF
+
+[http]
+listen = "127.0.0.1:$HTTP_PORT"
+EOF
 cat >>"$WORK/agent.toml" <<'EOF'
 
 [summary]
@@ -103,7 +117,9 @@ on_delay = "5s"
 EOF
 "$BIN" check --config "$WORK/agent.toml" >/dev/null
 
-"$BIN" sim --scenario config/scenarios/potline_400.toml --run-for "$((DURATION_S + 60))s" >"$WORK/sim.log" 2>&1 &
+sed -e "s#15100-15499#$CELL_BASE-$CELL_LAST#" -e "s#127.0.0.1:5021#127.0.0.1:$KILN_PORT#" \
+    config/scenarios/potline_400.toml >"$WORK/scenario.toml"
+"$BIN" sim --scenario "$WORK/scenario.toml" --run-for "$((DURATION_S + 60))s" >"$WORK/sim.log" 2>&1 &
 SIM=$!
 PIDS+=($SIM)
 # Readiness: the simulator prints its listeners once every port is bound.
@@ -120,6 +136,24 @@ PIDS+=($AGENT)
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
+# Polls completed / failed so far, from the agent's /metrics (python3: no curl needed).
+polls() {
+  python3 - "$HTTP_PORT" <<'PY'
+import sys, urllib.request
+ok = failed = 0
+try:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+except OSError:
+    print("0 0"); sys.exit(0)
+for line in text.splitlines():
+    if line.startswith("alsentry_polls_total{"):
+        v = float(line.rsplit(" ", 1)[1])
+        if 'result="ok"' in line: ok += v
+        elif 'result="failed"' in line: failed += v
+print(f"{ok:.0f} {failed:.0f}")
+PY
+}
+
 echo "t_s,agent_rss_kib,sim_rss_kib,agent_cpu_ticks" >"$OUT"
 START=$(date +%s)
 while :; do
@@ -127,11 +161,25 @@ while :; do
   T=$((NOW - START))
   kill -0 "$AGENT" 2>/dev/null || { echo "soak: the agent exited at ${T}s" >&2; tail -20 "$WORK/agent.log" >&2; exit 1; }
   echo "$T,$(rss "$AGENT"),$(rss "$SIM"),$(cpu "$AGENT")" >>"$OUT"
+  if [[ -z "${POLLS_AT_WARM:-}" && $T -ge $WARMUP_S ]]; then
+    POLLS_AT_WARM=$(polls)
+    T_WARM=$T
+  fi
   [[ $T -ge $DURATION_S ]] && break
   sleep "$SAMPLE_S"
 done
 
 ERRORS=$(grep -c -E " (ERROR|WARN) " "$WORK/agent.log" || true)
+read -r OK0 FAILED0 <<<"${POLLS_AT_WARM:-0 0}"
+read -r OK1 FAILED1 <<<"$(polls)"
+python3 - "$OK0" "$FAILED0" "$OK1" "$FAILED1" "$((T - ${T_WARM:-0}))" 420 <<'PY' || POLLS_BAD=1
+import sys
+ok0, f0, ok1, f1, secs, devices = map(float, sys.argv[1:])
+done, failed, scheduled = ok1 - ok0, f1 - f0, secs * devices
+print(f"soak: polls after warm-up: {done:.0f} completed of ~{scheduled:.0f} scheduled "
+      f"({done / max(scheduled, 1) * 100:.1f} %), {failed:.0f} failed")
+sys.exit(0 if done >= 0.95 * scheduled and failed == 0 else 1)
+PY
 awk -F, -v warm="$WARMUP_S" -v dur="$DURATION_S" -v errors="$ERRORS" -v hz="$(getconf CLK_TCK)" '
   NR == 1 { next }
   $1 >= warm && first == "" { first = $2; t_first = $1; c_first = $4 }
@@ -143,5 +191,9 @@ awk -F, -v warm="$WARMUP_S" -v dur="$DURATION_S" -v errors="$ERRORS" -v hz="$(ge
     flat = (max - first) < ((first / 10 > 4096) ? first / 10 : 4096)
     printf "soak: %s (bound: growth below 10 %% or 4 MiB, whichever is larger)\n", flat ? "FLAT" : "GROWING"
     exit flat ? 0 : 1
-  }' "$OUT"
+  }' "$OUT" || RSS_BAD=1
 echo "soak: samples in $OUT"
+if [[ -n "${POLLS_BAD:-}${RSS_BAD:-}" ]]; then
+  echo "soak: FAILED" >&2
+  exit 1
+fi
