@@ -451,9 +451,10 @@ impl SinkTask {
         status_payload(&self.who, false, self.clock.now(), None, None, None, None)
     }
 
-    /// A fresh client and event loop for one connection attempt. TCP_NODELAY: with raw data
-    /// streaming, Nagle held a small alarm publish back until the broker's delayed ACK of the
-    /// previous segment (40 ms on Linux), which was the whole of the alarm latency's p99.
+    /// A fresh client and event loop for one connection attempt. TCP_NODELAY: while raw data
+    /// streams, Nagle can hold a small alarm publish back until the broker's delayed ACK of the
+    /// previous segment (up to 40 ms on Linux); brokers need the same towards subscribers
+    /// (docs/MQTT.md, "Latency").
     fn connect(&self) -> Result<Conn, String> {
         let transport = match &self.cfg.tls {
             Some(files) => Some(Transport::tls_with_config(TlsConfiguration::Rustls(
