@@ -4,45 +4,42 @@
 //! per second (one element = one tag value of one batch).
 
 use std::hint::black_box;
-use std::path::Path;
 
-use alsentry::config::Config;
 use alsentry::core::engine::{AlarmEvent, Engine, SampleBatch};
 use alsentry::core::model::{Quality, Ts};
+use alsentry::core::rule::{Direction, RuleKind};
+use alsentry::core::spec::{Draft, RuleDraft, Spec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const EPOCH: Ts = 1_764_000_000_000;
 const POLL_MS: Ts = 1_000;
 
-/// The simulator's cell register map (config/templates/cell.toml), inlined so the bench does
-/// not depend on the working directory.
-const CELL_TAGS: &str = r#"
-[templates.cell]
-tags = [
-  { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" },
-  { name = "current", table = "input", address = 2, type = "f32", order = "CDAB", unit = "kA" },
-  { name = "bath_temp", table = "input", address = 4, type = "i16", scale = 0.1, unit = "degC" },
-  { name = "alumina", table = "input", address = 5, type = "u16", scale = 0.01, unit = "wt%" },
-  { name = "resistance", table = "input", address = 6, type = "u16", scale = 0.001, unit = "uOhm" },
-  { name = "status", table = "input", address = 7, type = "u16" },
-  { name = "feeding", table = "input", address = 7, type = "bool", bit = 0 },
-  { name = "ae_active", table = "input", address = 7, type = "bool", bit = 1 },
-  { name = "overfeed", table = "input", address = 7, type = "bool", bit = 2 },
-  { name = "underfeed", table = "input", address = 7, type = "bool", bit = 3 },
-  { name = "line_low", table = "input", address = 7, type = "bool", bit = 4 },
-  { name = "heartbeat", table = "input", address = 8, type = "u16" },
-  { name = "voltage_mv", table = "input", address = 9, type = "u16", scale = 0.001, unit = "V" },
-  { name = "line_current", table = "input", address = 10, type = "f32", order = "ABCD", unit = "kA" },
-  { name = "voltage_badc", table = "input", address = 12, type = "f32", order = "BADC", unit = "V" },
-  { name = "resistance_dcba", table = "input", address = 14, type = "f32", order = "DCBA", unit = "uOhm" },
-  { name = "line_current_int", table = "input", address = 20, type = "u16", scale = 0.1, unit = "kA" },
-  { name = "voltage_target", table = "holding", address = 0, type = "u16", scale = 0.001, unit = "V" },
-  { name = "line_setpoint", table = "holding", address = 1, type = "u16", scale = 0.1, unit = "kA" },
-  { name = "feed_count", table = "holding", address = 10, type = "u32", order = "ABCD" },
-  { name = "ae_count", table = "holding", address = 12, type = "u16" },
-  { name = "uptime", table = "holding", address = 13, type = "u32", order = "CDAB", unit = "s" },
-]
-"#;
+/// The simulator's cell tags (config/templates/cell.toml) as (name, unit), in register-map
+/// order: a batch's tag index is the position here.
+const CELL_TAGS: [(&str, &str); TAGS_PER_CELL] = [
+    ("voltage", "V"),
+    ("current", "kA"),
+    ("bath_temp", "degC"),
+    ("alumina", "wt%"),
+    ("resistance", "uOhm"),
+    ("status", ""),
+    ("feeding", ""),
+    ("ae_active", ""),
+    ("overfeed", ""),
+    ("underfeed", ""),
+    ("line_low", ""),
+    ("heartbeat", ""),
+    ("voltage_mv", "V"),
+    ("line_current", "kA"),
+    ("voltage_badc", "V"),
+    ("resistance_dcba", "uOhm"),
+    ("line_current_int", "kA"),
+    ("voltage_target", "V"),
+    ("line_setpoint", "kA"),
+    ("feed_count", ""),
+    ("ae_count", ""),
+    ("uptime", "s"),
+];
 
 const TAGS_PER_CELL: usize = 22;
 
@@ -79,102 +76,77 @@ const BASE: [f64; TAGS_PER_CELL] = [
     4.1, 500.0, 1000.0, 0.0, 3600.0,
 ];
 
-/// Agent config with `cells` cells and, on each of the first `watched` analog tags, four rules:
-/// high, slope over 600 s, noise over 600 s, and frozen (variant "frozen") or predict.
-fn config(cells: usize, watched: usize, fourth: &str) -> Config {
-    let mut text = format!(
-        r#"
-[agent]
-id = "bench"
-site = "bench-site"
-area = "potline-1"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-{CELL_TAGS}
-[[devices]]
-name = "pot-{{index:03}}"
-template = "cell"
-endpoint = "tcp://127.0.0.1:{{port}}"
-ports = "20000-{last}"
-unit = 1
-poll = "1s"
-"#,
-        last = 20_000 + cells - 1
-    );
+/// A potline of `cells` cells and, on each of the first `watched` analog tags, four rules:
+/// high, slope over 600 s, noise over 600 s, and frozen (variant "frozen") or predict. Built
+/// as a spec directly: the bench measures the engine, not the config reader.
+fn spec(cells: usize, watched: usize, fourth: &str) -> Spec {
+    let mut d = Draft::new("potline-1");
+    let cell = d.table(&CELL_TAGS, &[]);
+    for i in 0..cells {
+        d.device(&format!("pot-{:03}", i + 1), cell, POLL_MS);
+    }
+    const WINDOW_MS: i64 = 600_000;
     for tag in WATCHED.iter().take(watched) {
         let i = tag_index(tag);
         let (base, spread) = (BASE[i], BASE[i].abs() * 0.01 + 0.01);
-        text.push_str(&format!(
-            r#"
-[[rules]]
-name = "{tag}_high"
-template = "cell"
-tag = "{tag}"
-type = "high"
-limit = {high}
-deadband = {db}
-
-[[rules]]
-name = "{tag}_slope"
-template = "cell"
-tag = "{tag}"
-type = "slope"
-window = "600s"
-per = "min"
-limit = {slope}
-
-[[rules]]
-name = "{tag}_noise"
-template = "cell"
-tag = "{tag}"
-type = "noise"
-window = "600s"
-limit = {noise}
-"#,
-            high = base + 3.0 * spread,
-            db = spread * 0.5,
-            slope = spread,
-            noise = spread * 2.0,
+        d.rule_on_all(RuleDraft::new(
+            &format!("{tag}_high"),
+            tag,
+            RuleKind::High {
+                limit: base + 3.0 * spread,
+                deadband: spread * 0.5,
+            },
+        ));
+        d.rule_on_all(RuleDraft::new(
+            &format!("{tag}_slope"),
+            tag,
+            RuleKind::Slope {
+                window_ms: WINDOW_MS,
+                per_ms: 60_000,
+                limit: spread,
+                deadband: 0.0,
+                direction: Direction::Above,
+            },
+        ));
+        d.rule_on_all(RuleDraft::new(
+            &format!("{tag}_noise"),
+            tag,
+            RuleKind::Noise {
+                window_ms: WINDOW_MS,
+                limit: spread * 2.0,
+                deadband: 0.0,
+            },
         ));
         if fourth == "frozen" {
-            text.push_str(&format!(
-                r#"
-[[rules]]
-name = "{tag}_frozen"
-template = "cell"
-tag = "{tag}"
-type = "frozen"
-window = "600s"
-"#
+            d.rule_on_all(RuleDraft::new(
+                &format!("{tag}_frozen"),
+                tag,
+                RuleKind::Frozen {
+                    window_ms: WINDOW_MS,
+                },
             ));
         } else {
-            text.push_str(&format!(
-                r#"
-[[rules]]
-name = "{tag}_predict"
-template = "cell"
-tag = "{tag}"
-type = "predict"
-window = "600s"
-limit = {limit}
-horizon = "30m"
-"#,
-                limit = base + 10.0 * spread
+            d.rule_on_all(RuleDraft::new(
+                &format!("{tag}_predict"),
+                tag,
+                RuleKind::Predict {
+                    window_ms: WINDOW_MS,
+                    limit: base + 10.0 * spread,
+                    horizon_ms: 1_800_000,
+                },
             ));
         }
     }
-    match Config::from_str(Path::new("bench.toml"), &text) {
-        Ok(c) => c,
-        Err(e) => panic!("bench config does not load: {e}\n{text}"),
+    match d.compile() {
+        Ok(s) => s,
+        Err(e) => panic!("bench spec does not compile: {e:?}"),
     }
 }
 
 fn tag_index(name: &str) -> usize {
     CELL_TAGS
-        .lines()
-        .filter(|l| l.contains("name = "))
-        .position(|l| l.contains(&format!("name = \"{name}\"")))
+        .iter()
+        .position(|(n, _)| *n == name)
         .unwrap_or_else(|| panic!("no tag {name}"))
 }
 
@@ -231,11 +203,8 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(cfg: &Config, cells: usize) -> Driver {
-        let engine = match Engine::new(cfg) {
-            Ok(e) => e,
-            Err(e) => panic!("engine does not build: {e}"),
-        };
+    fn new(spec: &Spec, cells: usize) -> Driver {
+        let engine = Engine::new(spec);
         let mut d = Driver {
             engine,
             feed: Feed::new(cells),
@@ -275,8 +244,8 @@ fn engine(c: &mut Criterion) {
         (400, 8, "frozen"),
         (100, 0, "frozen"),
     ] {
-        let cfg = config(cells, watched, fourth);
-        let mut d = Driver::new(&cfg, cells);
+        let spec = spec(cells, watched, fourth);
+        let mut d = Driver::new(&spec, cells);
         let id = format!(
             "{cells}cells_{watched}x4rules_{fourth}_{}rules_per_batch",
             watched * 4

@@ -100,7 +100,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     metrics
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
-    let engine = Engine::new(&cfg).context("building the rule engine")?;
+    let engine = Engine::new(&cfg.spec);
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
@@ -558,7 +558,7 @@ impl EngineTask {
 
     /// Replaces the engine with one built for `cfg`, carrying the state over.
     fn swap(&mut self, cfg: &Config) -> Result<(), String> {
-        let next = Engine::new(cfg).map_err(|e| e.to_string())?;
+        let next = Engine::new(&cfg.spec);
         let old = std::mem::replace(&mut self.engine, next);
         self.engine.adopt(old);
         self.summary = cfg.summary.clone();
@@ -738,7 +738,7 @@ pub fn main(config_path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        for line in crate::explain::summary(&cfg).lines() {
+        for line in cfg.summary().lines() {
             info!("{line}");
         }
         let clock: Arc<dyn Clock> = SystemClock::new();

@@ -99,23 +99,8 @@ impl Clock for ManualClock {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. "2026-11-28T16:05:53.123Z".
-pub fn rfc3339_ms(ts: Ts) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(ts.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// Parses RFC 3339 or epoch milliseconds.
-pub fn parse_ts(s: &str) -> Option<Ts> {
-    let s = s.trim();
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    humantime::parse_rfc3339_weak(s)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-}
+// Pure conversions live in core (payloads need them); re-exported for the shell.
+pub use crate::core::time::{parse_ts, rfc3339_ms};
 
 #[cfg(test)]
 mod tests {

@@ -105,7 +105,7 @@ pub fn run(
     let epoch: Ts = 1_767_225_600_000; // 2026-01-01T00:00:00Z: any fixed origin keeps runs identical
     let truth = Truth::new(None, epoch, scenario.tick).context("ground truth")?;
     let mut plant = Plant::new(scenario.clone(), seed);
-    let mut engine = Engine::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut engine = Engine::new(&cfg.spec);
     // Config device index → plant device index.
     let map: Vec<Option<usize>> = cfg
         .devices

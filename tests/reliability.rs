@@ -1007,7 +1007,7 @@ limit = 500
 on_delay = "3s"
 "#;
     let cfg = Config::from_str(Path::new("step.toml"), text).unwrap();
-    alsentry::core::engine::Engine::new(&cfg).unwrap()
+    alsentry::core::engine::Engine::new(&cfg.spec)
 }
 
 fn sample(e: &mut alsentry::core::engine::Engine, ts: i64, v: f64) -> Vec<String> {

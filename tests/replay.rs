@@ -349,7 +349,7 @@ fn main_writes_json_lines_scores_truth_and_sets_the_exit_code() {
 /// Drives the engine the way the live engine task does (`on_batch` at arrival, `tick` every
 /// 250 ms), feeding the recorder on the side, and returns the transitions.
 fn live(cfg: &Config, batches: &[SampleBatch], offer: impl Fn(&SampleBatch)) -> Vec<AlarmEvent> {
-    let mut engine = Engine::new(cfg).unwrap();
+    let mut engine = Engine::new(&cfg.spec);
     let mut out = Vec::new();
     let mut next_tick = (batches[0].ts / 250 + 1) * 250;
     for b in batches {

@@ -5,9 +5,12 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::endpoint::{parse_endpoint, Endpoint};
-use super::reader::{index, int_of, type_name, Problems, Source, TableReader};
+use super::reader::{
+    index, int_of, name_of, type_name, value_offset_of, Problems, Source, TableReader,
+};
 use super::tag::{parse_derived, parse_tag, Derived, Tag};
-use super::units::{parse_host_ranges, parse_int_ranges};
+use super::units::parse_host_ranges;
+use crate::core::expand::{self, parse_int_ranges, Var};
 
 /// One polled device after expansion.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +46,8 @@ pub struct DeviceEntry {
     pub timeout_ms: i64,
     pub tags: Vec<Tag>,
     pub derived: Vec<Derived>,
+    /// Names of this entry's tags and derived tags that were refused.
+    pub broken: Vec<String>,
     pub max_gap: u16,
     pub max_registers: u16,
     pub max_bits: u16,
@@ -131,12 +136,17 @@ pub fn parse_device_entry(
     let max_registers = r.opt_int_in(p, "max_registers", 1, 125).unwrap_or(125) as u16;
     let max_bits = r.opt_int_in(p, "max_bits", 1, 2000).unwrap_or(2000) as u16;
     let mut tags = Vec::new();
+    let mut broken = Vec::new();
     if let Some(t) = r.get("tags") {
-        tags = parse_tag_list(t, src, r.key_path("tags"), p);
+        let listed = parse_listed(t, src, r.key_path("tags"), p, parse_tag);
+        tags = listed.items.into_iter().map(|(t, _)| t).collect();
+        broken.extend(listed.broken);
     }
     let mut derived = Vec::new();
     if let Some(d) = r.get("derived") {
-        derived = parse_list(d, src, r.key_path("derived"), p, parse_derived);
+        let listed = parse_listed(d, src, r.key_path("derived"), p, parse_derived);
+        derived = listed.items.into_iter().map(|(d, _)| d).collect();
+        broken.extend(listed.broken);
     }
     if template.is_none() && !r.has("tags") {
         r.missing(p, "tags", "a device needs `template` or its own `tags`");
@@ -163,6 +173,7 @@ pub fn parse_device_entry(
         timeout_ms,
         tags,
         derived,
+        broken,
         max_gap,
         max_registers,
         max_bits,
@@ -192,21 +203,84 @@ pub fn parse_list<T>(
     p: &mut Problems,
     f: impl Fn(&Spanned<DeValue<'_>>, &Source, String, &mut Problems) -> Option<T>,
 ) -> Vec<T> {
-    match v.get_ref() {
-        DeValue::Array(items) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, item)| f(item, src, index(&path, i), p))
-            .collect(),
-        other => {
-            p.add(
-                src,
-                v.span().start,
-                &path,
-                format!("expected an array of tables, found {}", type_name(other)),
-            );
-            Vec::new()
+    let mut out = Vec::new();
+    parse_items(v, src, path, p, |item, src, path, p| {
+        if let Some(x) = f(item, src, path, p) {
+            out.push(x);
         }
+    });
+    out
+}
+
+/// An array of tables read item by item, each with where it was written and, for the items
+/// that failed, the name they are still known by.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub items: Vec<(T, Item)>,
+    /// Names of the items that were refused: references to them are not reported again.
+    pub broken: Vec<String>,
+    /// Some item was refused, named or not.
+    pub incomplete: bool,
+}
+
+/// Where one item of an array of tables was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub offset: usize,
+    pub path: String,
+    pub name_offset: usize,
+    pub expr_offset: usize,
+}
+
+pub fn parse_listed<T>(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+    f: impl Fn(&Spanned<DeValue<'_>>, &Source, String, &mut Problems) -> Option<T>,
+) -> Listed<T> {
+    let mut out = Listed {
+        items: Vec::new(),
+        broken: Vec::new(),
+        incomplete: false,
+    };
+    parse_items(v, src, path, p, |item, src, path, p| {
+        let at = Item {
+            offset: item.span().start,
+            path: path.clone(),
+            name_offset: value_offset_of(item, "name"),
+            expr_offset: value_offset_of(item, "expr"),
+        };
+        match f(item, src, path, p) {
+            Some(x) => out.items.push((x, at)),
+            None => {
+                out.incomplete = true;
+                out.broken.extend(name_of(item));
+            }
+        }
+    });
+    out
+}
+
+fn parse_items(
+    v: &Spanned<DeValue<'_>>,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+    mut f: impl FnMut(&Spanned<DeValue<'_>>, &Source, String, &mut Problems),
+) {
+    match v.get_ref() {
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                f(item, src, index(&path, i), p);
+            }
+        }
+        other => p.add(
+            src,
+            v.span().start,
+            &path,
+            format!("expected an array of tables, found {}", type_name(other)),
+        ),
     }
 }
 
@@ -220,53 +294,25 @@ pub struct Expansion<'a> {
     pub index: usize,
 }
 
+impl Expansion<'_> {
+    /// What each placeholder stands for in this expansion.
+    fn vars(&self) -> [(&'static str, Var<'_>); 4] {
+        [
+            ("unit", Var::Int(u64::from(self.unit))),
+            ("index", Var::Int(self.index as u64)),
+            (
+                "port",
+                self.port
+                    .map_or(Var::Unset("ports"), |p| Var::Int(u64::from(p))),
+            ),
+            ("host", self.host.map_or(Var::Unset("hosts"), Var::Text)),
+        ]
+    }
+}
+
 /// Fills `{unit}`, `{unit:03}`, `{index}`, `{port}`, `{host}` in a pattern.
 pub fn fill(pattern: &str, x: &Expansion<'_>) -> Result<String, String> {
-    let mut out = String::with_capacity(pattern.len() + 8);
-    let mut rest = pattern;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in \"{pattern}\""))?;
-        let inner = &after[..close];
-        let (key, spec) = inner.split_once(':').unwrap_or((inner, ""));
-        let n: u64 = match key {
-            "unit" => u64::from(x.unit),
-            "index" => x.index as u64,
-            "port" => match x.port {
-                Some(p) => u64::from(p),
-                None => return Err(format!("\"{pattern}\" uses {{port}} but the entry has no `ports`")),
-            },
-            "host" => match x.host {
-                Some(h) => {
-                    out.push_str(h);
-                    rest = &after[close + 1..];
-                    continue;
-                }
-                None => return Err(format!("\"{pattern}\" uses {{host}} but the entry has no `hosts`")),
-            },
-            other => {
-                return Err(format!(
-                    "unknown placeholder {{{other}}} in \"{pattern}\"; accepted: {{unit}}, {{index}}, {{port}}, {{host}}, with optional zero padding such as {{unit:03}}"
-                ))
-            }
-        };
-        if spec.is_empty() {
-            out.push_str(&n.to_string());
-        } else {
-            let width: usize = spec
-                .strip_prefix('0')
-                .and_then(|w| w.parse().ok())
-                .filter(|w| *w <= 12)
-                .ok_or_else(|| format!("format \"{{{inner}}}\" in \"{pattern}\": only zero padding such as {{{key}:03}} is accepted"))?;
-            out.push_str(&format!("{n:0width$}"));
-        }
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    expand::fill(pattern, &x.vars()).map_err(|e| e.to_string())
 }
 
 /// All (host, port, unit) combinations of an entry, hosts outermost.

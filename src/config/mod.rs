@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: every problem is collected with its file, line,
 //! column and key path, so `alsentry check` shows them all at once.
 
+mod compile;
 pub mod device;
 pub mod endpoint;
 pub mod mqtt;
@@ -13,10 +14,14 @@ pub mod tag;
 pub mod units;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::de::DeValue;
 
+/// `[alarms]` is read here and used by the engine: the type is core's.
+pub use crate::core::spec::AlarmOptions;
 pub use device::Device;
 pub use endpoint::Endpoint;
 pub use mqtt::MqttSink;
@@ -24,6 +29,8 @@ pub use reader::Problem;
 pub use rule::{Rule, RuleKind, Selector};
 pub use tag::{Derived, Tag};
 
+use crate::core::spec::Spec;
+use device::{parse_listed, Item};
 use reader::{index, join, parse_document, read_source, type_name, Problems, Source, TableReader};
 
 pub const DEFAULT_PATH: &str = "/etc/alsentry/alsentry.toml";
@@ -47,8 +54,8 @@ pub struct Template {
 }
 
 /// A validated configuration. Its invariants hold: names are unique, tags do not overlap,
-/// rules name existing tags, quantities are within protocol limits.
-#[derive(Debug, Clone, PartialEq)]
+/// rules name existing tags, quantities are within protocol limits, and the rules compiled.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub files: Vec<PathBuf>,
     /// Hash of every file's text, published in status so operators can tell configs apart.
@@ -64,30 +71,8 @@ pub struct Config {
     pub data: DataOptions,
     /// `[record]`: write the samples read to CSV files for `alsentry replay`.
     pub record: Option<record::RecordConfig>,
-}
-
-/// `[alarms]`: agent-wide alarm behaviour.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlarmOptions {
-    /// A built-in communication-loss alarm per device.
-    pub comm_loss: bool,
-    pub comm_loss_priority: crate::core::model::Priority,
-    pub comm_loss_delay_ms: i64,
-    /// A flood starts above this many annunciations in `flood_window_ms` in the area.
-    pub flood_threshold: usize,
-    pub flood_window_ms: i64,
-}
-
-impl Default for AlarmOptions {
-    fn default() -> Self {
-        AlarmOptions {
-            comm_loss: true,
-            comm_loss_priority: crate::core::model::Priority::High,
-            comm_loss_delay_ms: 10_000,
-            flood_threshold: 10,
-            flood_window_ms: 600_000,
-        }
-    }
+    /// The devices' tags and the rules, compiled once at load: what the engine is built from.
+    pub spec: Arc<Spec>,
 }
 
 /// `[summary]`: the periodic per-device summary.
@@ -160,6 +145,57 @@ impl Config {
             path: path.to_path_buf(),
             text: text.to_string(),
         })
+    }
+
+    /// A few lines naming what the configuration holds (`check` prints them, reloads log them).
+    pub fn summary(&self) -> String {
+        let tags: usize = self
+            .devices
+            .iter()
+            .map(|d| d.tags.len() + d.derived.len())
+            .sum();
+        let links: std::collections::BTreeSet<String> =
+            self.devices.iter().map(|d| d.endpoint.link_key()).collect();
+        let instances: usize = self
+            .rules
+            .iter()
+            .map(|r| self.rule_devices(r).count())
+            .sum();
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "agent {} at {}/{}; config {} (hash {})",
+            self.agent.id,
+            self.agent.site,
+            self.agent.area,
+            self.files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.hash
+        );
+        let _ = writeln!(
+            s,
+            "{} devices on {} links, {} tags",
+            self.devices.len(),
+            links.len(),
+            tags
+        );
+        let _ = writeln!(
+            s,
+            "{} rules, {} alarm instances",
+            self.rules.len(),
+            instances
+        );
+        for sink in &self.sinks {
+            let _ = writeln!(
+                s,
+                "sink {}: {} topic root {}",
+                sink.name, sink.url, sink.topic_root
+            );
+        }
+        s
     }
 
     /// Devices a rule applies to.
@@ -237,9 +273,12 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
 
     let mut agent = None;
     let mut sinks = Vec::new();
-    let mut templates: BTreeMap<String, (Template, usize, usize)> = BTreeMap::new();
+    let mut templates: BTreeMap<String, TemplateParts> = BTreeMap::new();
     let mut entries = Vec::new();
     let mut rules = Vec::new();
+    // What was refused, by the name it is still known by: references to it are not reported
+    // a second time (one bad value, one problem).
+    let mut refused = Refused::default();
     let mut http = None;
     let mut alarms = AlarmOptions::default();
     let mut summary = SummaryOptions::default();
@@ -328,51 +367,72 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
                 for (k, tv) in tr.table.iter() {
                     let name = k.get_ref().to_string();
                     let path = join("templates", &name);
-                    if let Some(t) = parse_template(tv, src, path.clone(), &mut p) {
+                    match parse_template(tv, src, si, path, &mut p) {
                         // A template may be split across files (register map in one, derived
                         // tags of a rule preset in another): the parts add up.
-                        match templates.get_mut(&name) {
-                            Some((prev, _, _)) => {
-                                prev.tags.extend(t.tags);
-                                prev.derived.extend(t.derived);
-                            }
+                        Some(t) => match templates.get_mut(&name) {
+                            Some(prev) => prev.add(t),
                             None => {
-                                templates.insert(name, (t, si, k.span().start));
+                                templates.insert(name, t);
                             }
+                        },
+                        None => {
+                            refused.templates.insert(name);
                         }
                     }
                 }
             }
         }
         if let Some(v) = top.get("devices") {
-            for e in
-                device::parse_list(v, src, "devices".into(), &mut p, device::parse_device_entry)
-            {
-                entries.push((e, si));
-            }
+            let listed = parse_listed(v, src, "devices".into(), &mut p, device::parse_device_entry);
+            refused.devices |= listed.incomplete;
+            entries.extend(listed.items.into_iter().map(|(e, _)| (e, si)));
         }
         if let Some(v) = top.get("rules") {
-            let list = device::parse_list(v, src, "rules".into(), &mut p, |v, s, path, p| {
+            let listed = parse_listed(v, src, "rules".into(), &mut p, |v, s, path, p| {
                 rule::parse_rule(v, s, si, path, p)
             });
-            rules.extend(list);
+            refused.rules.extend(listed.broken);
+            rules.extend(listed.items.into_iter().map(|(r, _)| r));
         }
         top.finish(&mut p);
     }
 
-    let devices = expand_devices(&entries, &templates, &sources, &mut p);
+    let expanded = expand_devices(&entries, &templates, &refused, &sources, &mut p);
+    refused.devices |= expanded.incomplete;
+    let devices = expanded.devices;
     if let Some((rc, offset)) = &record_cfg {
-        record::check_tags(rc, &devices, &sources[0], *offset, &mut p);
+        let refused_tags: HashSet<String> = expanded
+            .tables
+            .iter()
+            .flat_map(|t| t.broken.iter().cloned())
+            .collect();
+        record::check_tags(rc, &devices, &refused_tags, &sources[0], *offset, &mut p);
     }
     check_sinks(&sinks, &sources[0], &mut p);
-    check_rules(&rules, &devices, &templates, &sources, &mut p);
+    let selector_refused = check_rules(&rules, &devices, &templates, &refused, &sources, &mut p);
+    let spec = compile::compile(
+        &compile::Input {
+            sources: &sources,
+            area: agent.as_ref().map_or("", |a| a.area.as_str()),
+            alarms: &alarms,
+            devices: &devices,
+            device_table: &expanded.device_table,
+            tables: &expanded.tables,
+            templates: &templates,
+            rules: &rules,
+            refused_rules: &refused.rules,
+            selector_refused: &selector_refused,
+        },
+        &mut p,
+    );
 
     if !p.is_empty() {
         return Err(ConfigError {
             problems: p.sorted(),
         });
     }
-    let Some(agent) = agent else {
+    let (Some(agent), Some(spec)) = (agent, spec) else {
         return Err(ConfigError {
             problems: p.sorted(),
         });
@@ -382,7 +442,10 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         hash,
         agent,
         sinks: sinks.into_iter().map(|(s, _)| s).collect(),
-        templates: templates.into_iter().map(|(k, (t, _, _))| (k, t)).collect(),
+        templates: templates
+            .into_iter()
+            .map(|(k, t)| (k, t.template))
+            .collect(),
         devices,
         rules,
         http,
@@ -390,6 +453,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         summary,
         data,
         record: record_cfg.map(|(r, _)| r),
+        spec: Arc::new(spec),
     })
 }
 
@@ -549,36 +613,126 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
     })
 }
 
+/// What was refused while reading, by name.
+#[derive(Debug, Default)]
+struct Refused {
+    /// Templates whose value could not be read at all.
+    templates: HashSet<String>,
+    /// Some device entry (or some device of an entry) was refused: a pattern that matches
+    /// nothing may have been meant for it.
+    devices: bool,
+    rules: HashSet<String>,
+}
+
+/// Where a template's tag or derived tag was written: (source index, item).
+type Site = (usize, Item);
+
+/// A template and where each of its items was written, so that a problem inside it is
+/// reported once, at its own line and key, whatever the devices using it.
+#[derive(Debug)]
+struct TemplateParts {
+    template: Template,
+    tag_sites: Vec<Site>,
+    derived_sites: Vec<Site>,
+    /// Names of its tags and derived tags that were refused.
+    broken: HashSet<String>,
+}
+
+impl TemplateParts {
+    fn add(&mut self, other: TemplateParts) {
+        self.template.tags.extend(other.template.tags);
+        self.template.derived.extend(other.template.derived);
+        self.tag_sites.extend(other.tag_sites);
+        self.derived_sites.extend(other.derived_sites);
+        self.broken.extend(other.broken);
+    }
+}
+
 fn parse_template(
     v: &toml::Spanned<DeValue<'_>>,
     src: &Source,
+    si: usize,
     path: String,
     p: &mut Problems,
-) -> Option<Template> {
+) -> Option<TemplateParts> {
     let mut r = TableReader::of(v, src, path, p)?;
-    let tags = match r.get("tags") {
-        Some(t) => device::parse_tag_list(t, src, r.key_path("tags"), p),
-        None if r.has("derived") => Vec::new(),
-        None => {
-            r.missing(p, "tags", "a template lists its tags: tags = [ { name = ..., table = ..., address = ..., type = ... } ]");
-            Vec::new()
+    let mut parts = TemplateParts {
+        template: Template::default(),
+        tag_sites: Vec::new(),
+        derived_sites: Vec::new(),
+        broken: HashSet::new(),
+    };
+    match r.get("tags") {
+        Some(t) => {
+            let listed = parse_listed(t, src, r.key_path("tags"), p, tag::parse_tag);
+            for (tag, at) in listed.items {
+                parts.template.tags.push(tag);
+                parts.tag_sites.push((si, at));
+            }
+            parts.broken.extend(listed.broken);
         }
-    };
-    let derived = match r.get("derived") {
-        Some(d) => device::parse_list(d, src, r.key_path("derived"), p, tag::parse_derived),
-        None => Vec::new(),
-    };
+        None if r.has("derived") => {}
+        None => r.missing(p, "tags", "a template lists its tags: tags = [ { name = ..., table = ..., address = ..., type = ... } ]"),
+    }
+    if let Some(d) = r.get("derived") {
+        let listed = parse_listed(d, src, r.key_path("derived"), p, tag::parse_derived);
+        for (derived, at) in listed.items {
+            parts.template.derived.push(derived);
+            parts.derived_sites.push((si, at));
+        }
+        parts.broken.extend(listed.broken);
+    }
     r.finish(p);
-    Some(Template { tags, derived })
+    Some(parts)
+}
+
+/// The tags one `[[devices]]` entry gives its devices: its template's first, then its own.
+#[derive(Debug)]
+struct EntryTable {
+    si: usize,
+    /// `devices[i]`.
+    path: String,
+    tags_offset: usize,
+    /// The template's name, when it exists.
+    template: Option<String>,
+    tags: Arc<[Tag]>,
+    derived: Arc<[Derived]>,
+    /// Refused tag names of the template and of the entry.
+    broken: HashSet<String>,
+}
+
+impl EntryTable {
+    /// How many of its tags come from the template (they come first).
+    fn template_tags(&self, templates: &BTreeMap<String, TemplateParts>) -> usize {
+        self.template
+            .as_ref()
+            .and_then(|t| templates.get(t))
+            .map_or(0, |t| t.template.tags.len())
+    }
+}
+
+#[derive(Debug)]
+struct Expanded {
+    devices: Vec<Device>,
+    /// The index in `tables` of each device's entry.
+    device_table: Vec<usize>,
+    /// One per entry that names an existing template or none, in entry order.
+    tables: Vec<EntryTable>,
+    /// Some entry did not give all its devices.
+    incomplete: bool,
 }
 
 fn expand_devices(
     entries: &[(device::DeviceEntry, usize)],
-    templates: &BTreeMap<String, (Template, usize, usize)>,
+    templates: &BTreeMap<String, TemplateParts>,
+    refused: &Refused,
     sources: &[Source],
     p: &mut Problems,
-) -> Vec<Device> {
+) -> Expanded {
     let mut out: Vec<Device> = Vec::new();
+    let mut device_table = Vec::new();
+    let mut tables = Vec::with_capacity(entries.len());
+    let mut incomplete = false;
     let mut names: HashMap<String, (usize, usize)> = HashMap::new();
     let mut links: HashMap<String, (Endpoint, usize, usize)> = HashMap::new();
     for (ei, (e, si)) in entries.iter().enumerate() {
@@ -586,12 +740,18 @@ fn expand_devices(
         let path = index("devices", ei);
         let mut tags = Vec::new();
         let mut derived = Vec::new();
+        let mut broken: HashSet<String> = e.broken.iter().cloned().collect();
+        let mut template = None;
         if let Some(t) = &e.template {
             match templates.get(t) {
-                Some((tpl, _, _)) => {
-                    tags.extend(tpl.tags.iter().cloned());
-                    derived.extend(tpl.derived.iter().cloned());
+                Some(tpl) => {
+                    tags.extend(tpl.template.tags.iter().cloned());
+                    derived.extend(tpl.template.derived.iter().cloned());
+                    broken.extend(tpl.broken.iter().cloned());
+                    template = Some(t.clone());
                 }
+                // Refused already, where it is written.
+                None if refused.templates.contains(t) => incomplete = true,
                 None => {
                     let known: Vec<&str> = templates.keys().map(String::as_str).collect();
                     p.add(
@@ -607,18 +767,31 @@ fn expand_devices(
                             }
                         ),
                     );
+                    incomplete = true;
                     continue;
                 }
             }
         }
         tags.extend(e.tags.iter().cloned());
         derived.extend(e.derived.iter().cloned());
-        check_tags(&tags, &derived, e, src, &path, p);
-        let tags: std::sync::Arc<[Tag]> = tags.into();
-        let derived: std::sync::Arc<[Derived]> = derived.into();
+        let table = EntryTable {
+            si: *si,
+            path: path.clone(),
+            tags_offset: e.tags_offset,
+            template,
+            tags: tags.into(),
+            derived: derived.into(),
+            broken,
+        };
+        check_overlaps(&table, templates, sources, p);
+        let (tags, derived) = (table.tags.clone(), table.derived.clone());
+        let table_index = tables.len();
+        tables.push(table);
         let combos = device::combinations(e);
+        let before = out.len();
         if combos.len() > 1 && !e.name.contains('{') {
             p.add(src, e.name_offset, &join(&path, "name"), format!("this entry expands to {} devices, so its name needs a placeholder such as \"{}-{{unit:03}}\"", combos.len(), e.name));
+            incomplete = true;
             continue;
         }
         for x in &combos {
@@ -708,65 +881,30 @@ fn expand_devices(
                 backoff_max_ms: e.backoff_max_ms,
                 origin: (*si, e.offset),
             });
+            device_table.push(table_index);
         }
+        incomplete |= out.len() - before < combos.len();
     }
-    out
+    Expanded {
+        devices: out,
+        device_table,
+        tables,
+        incomplete,
+    }
 }
 
-fn check_tags(
-    tags: &[Tag],
-    derived: &[Derived],
-    e: &device::DeviceEntry,
-    src: &Source,
-    path: &str,
+/// Register ranges of one entry's tags must not overlap. Two tags of its template that do
+/// are reported at the template, once; otherwise at the entry's tags.
+fn check_overlaps(
+    table: &EntryTable,
+    templates: &BTreeMap<String, TemplateParts>,
+    sources: &[Source],
     p: &mut Problems,
 ) {
-    let mut seen: HashSet<&str> = HashSet::new();
-    for t in tags
-        .iter()
-        .map(|t| t.name.as_str())
-        .chain(derived.iter().map(|d| d.name.as_str()))
-    {
-        if !seen.insert(t) {
-            p.add(
-                src,
-                e.tags_offset,
-                &join(path, "tags"),
-                format!(
-                    "duplicate tag name \"{t}\" (template and device tags share one namespace)"
-                ),
-            );
-        }
-    }
-    for (i, d) in derived.iter().enumerate() {
-        match crate::core::expr::Expr::parse(&d.expr) {
-            Err(err) => p.add(
-                src,
-                e.tags_offset,
-                &join(path, "derived"),
-                format!("derived tag \"{}\": {err}", d.name),
-            ),
-            Ok(expr) => {
-                for v in expr.variables() {
-                    let known = tags.iter().any(|t| &t.name == v)
-                        || derived[..i].iter().any(|x| &x.name == v);
-                    if !known {
-                        p.add(src, e.tags_offset, &join(path, "derived"), format!("derived tag \"{}\" uses \"{v}\", which is not a tag of this device (or a derived tag defined before it)", d.name));
-                    }
-                }
-                if let Err(err) = expr.compile(|v| expr.variables().iter().position(|x| x == v)) {
-                    p.add(
-                        src,
-                        e.tags_offset,
-                        &join(path, "derived"),
-                        format!("derived tag \"{}\": {err}", d.name),
-                    );
-                }
-            }
-        }
-    }
+    let tags = &table.tags;
+    let from_template = table.template_tags(templates);
     for (i, a) in tags.iter().enumerate() {
-        for b in &tags[i + 1..] {
+        for (j, b) in tags.iter().enumerate().skip(i + 1) {
             if a.encoding.table != b.encoding.table
                 || a.address as u32 >= b.end()
                 || b.address as u32 >= a.end()
@@ -784,22 +922,32 @@ fn check_tags(
             if word_and_bit {
                 continue;
             }
-            p.add(
-                src,
-                e.tags_offset,
-                &join(path, "tags"),
-                format!(
-                    "tags \"{}\" ({} {}..{}) and \"{}\" ({} {}..{}) overlap",
-                    a.name,
-                    a.encoding.table,
-                    a.address,
-                    a.end() - 1,
-                    b.name,
-                    b.encoding.table,
-                    b.address,
-                    b.end() - 1
-                ),
+            let message = format!(
+                "tags \"{}\" ({} {}..{}) and \"{}\" ({} {}..{}) overlap",
+                a.name,
+                a.encoding.table,
+                a.address,
+                a.end() - 1,
+                b.name,
+                b.encoding.table,
+                b.address,
+                b.end() - 1
             );
+            let site = table
+                .template
+                .as_ref()
+                .and_then(|t| templates.get(t))
+                .filter(|_| j < from_template)
+                .map(|t| &t.tag_sites[j]);
+            match site {
+                Some((si, at)) => p.add(&sources[*si], at.offset, &at.path, message),
+                None => p.add(
+                    &sources[table.si],
+                    table.tags_offset,
+                    &join(&table.path, "tags"),
+                    message,
+                ),
+            }
         }
     }
 }
@@ -818,64 +966,70 @@ fn check_sinks(sinks: &[(MqttSink, usize)], src: &Source, p: &mut Problems) {
     }
 }
 
+/// Checks what the rules select: templates that exist and have the watched tag, patterns that
+/// match devices. Returns the rules refused here (by index): what their devices lack is then
+/// not reported again. What each device lacks is found when the spec compiles.
 fn check_rules(
     rules: &[Rule],
     devices: &[Device],
-    templates: &BTreeMap<String, (Template, usize, usize)>,
+    templates: &BTreeMap<String, TemplateParts>,
+    refused: &Refused,
     sources: &[Source],
     p: &mut Problems,
-) {
-    let mut seen = HashSet::new();
-    for r in rules {
+) -> HashSet<usize> {
+    let mut out = HashSet::new();
+    for (ri, r) in rules.iter().enumerate() {
         let src = &sources[r.origin.0];
-        let off = r.origin.1;
         match &r.selector {
-            Selector::Template(t) => {
-                if let Some((tpl, _, _)) = templates.get(t) {
+            Selector::Template(t) => match templates.get(t) {
+                Some(tpl) => {
                     let known = tpl
+                        .template
                         .tags
                         .iter()
                         .map(|t| t.name.as_str())
-                        .chain(tpl.derived.iter().map(|d| d.name.as_str()))
+                        .chain(tpl.template.derived.iter().map(|d| d.name.as_str()))
                         .collect::<Vec<_>>();
                     if !known.contains(&r.tag.as_str()) {
+                        out.insert(ri);
+                        if !tpl.broken.contains(&r.tag) {
+                            p.add(
+                                src,
+                                r.tag_offset,
+                                &join(&r.path, "tag"),
+                                format!(
+                                    "template \"{t}\" has no tag \"{}\"; its tags: {}",
+                                    r.tag,
+                                    known.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+                None => {
+                    out.insert(ri);
+                    if !refused.templates.contains(t) {
+                        let known: Vec<&str> = templates.keys().map(String::as_str).collect();
                         p.add(
                             src,
-                            r.tag_offset,
-                            &join(&r.path, "tag"),
+                            r.selector_offset,
+                            &join(&r.path, "template"),
                             format!(
-                                "template \"{t}\" has no tag \"{}\"; its tags: {}",
-                                r.tag,
-                                known.join(", ")
+                                "unknown template \"{t}\"; defined: {}",
+                                if known.is_empty() {
+                                    "none".into()
+                                } else {
+                                    known.join(", ")
+                                }
                             ),
                         );
-                        continue;
                     }
-                } else {
-                    let known: Vec<&str> = templates.keys().map(String::as_str).collect();
-                    p.add(
-                        src,
-                        r.selector_offset,
-                        &join(&r.path, "template"),
-                        format!(
-                            "unknown template \"{t}\"; defined: {}",
-                            if known.is_empty() {
-                                "none".into()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    );
-                    continue;
                 }
-            }
+            },
             Selector::Devices(pats) => {
                 for pat in pats {
-                    let matched: Vec<&Device> = devices
-                        .iter()
-                        .filter(|d| rule::glob_match(pat, &d.name))
-                        .collect();
-                    if matched.is_empty() {
+                    let matched = devices.iter().any(|d| rule::glob_match(pat, &d.name));
+                    if !matched && !refused.devices {
                         p.add(
                             src,
                             r.selector_offset,
@@ -883,101 +1037,9 @@ fn check_rules(
                             format!("\"{pat}\" matches no device"),
                         );
                     }
-                    for d in matched {
-                        let has = d.tags.iter().any(|t| t.name == r.tag)
-                            || d.derived.iter().any(|t| t.name == r.tag);
-                        if !has {
-                            let known = d
-                                .tags
-                                .iter()
-                                .map(|t| t.name.as_str())
-                                .chain(d.derived.iter().map(|t| t.name.as_str()))
-                                .collect::<Vec<_>>();
-                            p.add(
-                                src,
-                                r.tag_offset,
-                                &join(&r.path, "tag"),
-                                format!(
-                                    "device \"{}\" has no tag \"{}\"; its tags: {}",
-                                    d.name,
-                                    r.tag,
-                                    if known.is_empty() {
-                                        "(none)".to_string()
-                                    } else {
-                                        known.join(", ")
-                                    }
-                                ),
-                            );
-                            break;
-                        }
-                    }
                 }
-            }
-        }
-        let devices_of_rule: Vec<&Device> =
-            devices.iter().filter(|d| selects(&r.selector, d)).collect();
-        let has_tag = |d: &Device, t: &str| {
-            d.tags.iter().any(|x| x.name == t) || d.derived.iter().any(|x| x.name == t)
-        };
-        for extra in r.kind.extra_tags() {
-            if let Some(d) = devices_of_rule.iter().find(|d| !has_tag(d, extra)) {
-                p.add(
-                    src,
-                    off,
-                    &r.path,
-                    format!(
-                        "device \"{}\" has no tag \"{extra}\" (used by this {} rule)",
-                        d.name,
-                        r.kind.type_name()
-                    ),
-                );
-            }
-        }
-        match &r.suppress_when {
-            Some(rule::Suppression::Alarm { rule: name, .. }) => {
-                let builtin = [
-                    crate::core::engine::COMM_LOSS_RULE,
-                    crate::core::engine::FLOOD_RULE,
-                ];
-                if !rules.iter().any(|x| &x.name == name) && !builtin.contains(&name.as_str()) {
-                    p.add(
-                        src,
-                        off,
-                        &join(&r.path, "suppress_when"),
-                        format!("no rule is named \"{name}\""),
-                    );
-                }
-                if name == &r.name {
-                    p.add(
-                        src,
-                        off,
-                        &join(&r.path, "suppress_when"),
-                        "a rule cannot suppress itself",
-                    );
-                }
-            }
-            Some(rule::Suppression::Expr(e)) => {
-                if let Ok(expr) = crate::core::expr::Expr::parse(e) {
-                    for v in expr.variables() {
-                        if let Some(d) = devices_of_rule.iter().find(|d| !has_tag(d, v)) {
-                            p.add(
-                                src,
-                                off,
-                                &join(&r.path, "suppress_when"),
-                                format!("device \"{}\" has no tag \"{v}\"", d.name),
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
-            None => {}
-        }
-        for d in devices_of_rule {
-            if !seen.insert((d.name.clone(), r.name.clone())) {
-                p.add(src, off, &join(&r.path, "name"), format!("rule name \"{}\" is used twice for device \"{}\"; one alarm per (device, rule)", r.name, d.name));
-                break;
             }
         }
     }
+    out
 }

@@ -424,6 +424,26 @@ impl<'a, 's> TableReader<'a, 's> {
     }
 }
 
+/// The `name` string of a table, read without reporting anything: what an item that failed to
+/// parse is still known by.
+pub fn name_of(v: &Spanned<DeValue<'_>>) -> Option<String> {
+    match v.get_ref() {
+        DeValue::Table(t) => match t.get("name").map(|n| n.get_ref()) {
+            Some(DeValue::String(s)) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Offset of a key's value in a table, or of the table itself.
+pub fn value_offset_of(v: &Spanned<DeValue<'_>>, key: &str) -> usize {
+    match v.get_ref() {
+        DeValue::Table(t) => t.get(key).map_or(v.span().start, |x| x.span().start),
+        _ => v.span().start,
+    }
+}
+
 pub fn int_of(v: &DeValue<'_>) -> Option<i64> {
     match v {
         DeValue::Integer(i) => {

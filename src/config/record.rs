@@ -88,15 +88,21 @@ impl RecordConfig {
 }
 
 /// Reports `tags` entries no device has, at `offset` (the `[record]` table), once devices are
-/// expanded. A typo there would otherwise silently record nothing.
+/// expanded. A typo there would otherwise silently record nothing. Names of tags refused where
+/// they are defined (`refused`) are not reported again.
 pub fn check_tags(
     rc: &RecordConfig,
     devices: &[Device],
+    refused: &std::collections::HashSet<String>,
     src: &Source,
     offset: usize,
     p: &mut Problems,
 ) {
-    for t in rc.unknown_tags(devices) {
+    for t in rc
+        .unknown_tags(devices)
+        .into_iter()
+        .filter(|t| !refused.contains(t))
+    {
         p.add(
             src,
             offset,
@@ -200,7 +206,7 @@ tags = [ { name = "voltage", table = "input", address = 0, type = "f32" } ]
             tags: Some(vec!["voltage".into(), "volts".into()]),
         };
         let mut p = Problems::default();
-        check_tags(&rc, &cfg.devices, &src, 0, &mut p);
+        check_tags(&rc, &cfg.devices, &Default::default(), &src, 0, &mut p);
         let all: Vec<String> = p.sorted().iter().map(|x| x.to_string()).collect();
         assert_eq!(
             all,

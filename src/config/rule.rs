@@ -4,7 +4,9 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::reader::{f64_of, index, type_name, Problems, Source, TableReader};
+use crate::core::duration::time_unit_ms;
 use crate::core::model::Priority;
+pub use crate::core::rule::{CurveSource, Direction, RuleKind, Scope, Suppression};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Selector {
@@ -12,180 +14,6 @@ pub enum Selector {
     Template(String),
     /// Device names or glob patterns (`*`, `?`).
     Devices(Vec<String>),
-}
-
-/// Which side of the limit is abnormal for rules that compare a statistic with a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Above,
-    Below,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum CurveSource {
-    /// Setpoint from a piecewise-linear curve over elapsed time (`curve` points), the elapsed
-    /// time read from `time_tag` (in `time_unit_ms` units) or counted from the first sample.
-    Points {
-        points: Vec<(f64, f64)>,
-        time_tag: Option<String>,
-        time_unit_ms: i64,
-    },
-    /// Setpoint served by the device itself in another tag.
-    Tag(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum RuleKind {
-    /// Active while value > limit; clears at value < limit - deadband.
-    High { limit: f64, deadband: f64 },
-    /// Active while value < limit; clears at value > limit + deadband.
-    Low { limit: f64, deadband: f64 },
-    /// Change between the oldest and newest sample of the window, per `per_ms`.
-    Rate {
-        window_ms: i64,
-        per_ms: i64,
-        limit: f64,
-        deadband: f64,
-        direction: Direction,
-    },
-    /// Least-squares slope over the window, per `per_ms`.
-    Slope {
-        window_ms: i64,
-        per_ms: i64,
-        limit: f64,
-        deadband: f64,
-        direction: Direction,
-    },
-    /// Active when the least-squares trend reaches `limit` within `horizon_ms`.
-    Predict {
-        window_ms: i64,
-        limit: f64,
-        horizon_ms: i64,
-    },
-    /// RMS of the detrended signal over the window.
-    Noise {
-        window_ms: i64,
-        limit: f64,
-        deadband: f64,
-    },
-    /// A live signal that stopped moving: zero spread over the window.
-    Frozen { window_ms: i64 },
-    /// No good sample for `max_age_ms`.
-    Stale { max_age_ms: i64 },
-    /// Distance from a slow EWMA baseline, in standard deviations.
-    Deviation {
-        lambda: f64,
-        limit: f64,
-        warmup: u32,
-    },
-    /// Two-sided CUSUM drift detection on the EWMA-standardised signal.
-    Cusum {
-        lambda: f64,
-        k: f64,
-        h: f64,
-        warmup: u32,
-    },
-    /// Deviation from a setpoint curve with a tolerance band and an allowed lag.
-    Curve {
-        source: CurveSource,
-        tolerance: f64,
-        lag_ms: i64,
-    },
-    /// Exponentially weighted moving average with time constant `window_ms` (O(1) memory, so
-    /// a 7-day KPI window costs nothing), compared with a limit.
-    Average {
-        window_ms: i64,
-        limit: f64,
-        deadband: f64,
-        direction: Direction,
-    },
-}
-
-impl RuleKind {
-    pub const NAMES: &'static str =
-        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve, average";
-
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            RuleKind::High { .. } => "high",
-            RuleKind::Low { .. } => "low",
-            RuleKind::Rate { .. } => "rate",
-            RuleKind::Slope { .. } => "slope",
-            RuleKind::Predict { .. } => "predict",
-            RuleKind::Noise { .. } => "noise",
-            RuleKind::Frozen { .. } => "frozen",
-            RuleKind::Stale { .. } => "stale",
-            RuleKind::Deviation { .. } => "deviation",
-            RuleKind::Cusum { .. } => "cusum",
-            RuleKind::Curve { .. } => "curve",
-            RuleKind::Average { .. } => "average",
-        }
-    }
-
-    /// The span of samples the rule needs kept.
-    pub fn window_ms(&self) -> i64 {
-        match self {
-            RuleKind::Rate { window_ms, .. }
-            | RuleKind::Slope { window_ms, .. }
-            | RuleKind::Predict { window_ms, .. }
-            | RuleKind::Noise { window_ms, .. } => *window_ms,
-            _ => 0,
-        }
-    }
-
-    /// The limit shown in messages and payloads, where the rule has one.
-    pub fn limit_hint(&self) -> Option<f64> {
-        match self {
-            RuleKind::High { limit, .. }
-            | RuleKind::Low { limit, .. }
-            | RuleKind::Rate { limit, .. }
-            | RuleKind::Slope { limit, .. }
-            | RuleKind::Predict { limit, .. }
-            | RuleKind::Noise { limit, .. }
-            | RuleKind::Deviation { limit, .. }
-            | RuleKind::Average { limit, .. } => Some(*limit),
-            RuleKind::Curve { tolerance, .. } => Some(*tolerance),
-            _ => None,
-        }
-    }
-
-    /// Other tags of the device the rule reads.
-    pub fn extra_tags(&self) -> Vec<&str> {
-        match self {
-            RuleKind::Curve {
-                source: CurveSource::Tag(t),
-                ..
-            } => vec![t.as_str()],
-            RuleKind::Curve {
-                source:
-                    CurveSource::Points {
-                        time_tag: Some(t), ..
-                    },
-                ..
-            } => vec![t.as_str()],
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// What suppresses a rule by design.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Suppression {
-    /// Any active alarm of this rule (on any device of the area, or on `device`).
-    Alarm {
-        rule: String,
-        device: Option<String>,
-    },
-    /// An expression over the device's tags, true (non-zero) to suppress.
-    Expr(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Scope {
-    /// One alarm per device (the default).
-    Device,
-    /// One alarm for the whole area, active when at least `quorum` of the devices are.
-    Area { quorum: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,9 +31,12 @@ pub struct Rule {
     pub scope: Scope,
     /// Where the rule was written: (source index, byte offset).
     pub origin: (usize, usize),
-    /// Offsets of `tag` and of the selector (`template` or `devices`).
+    /// Offsets of `tag`, of the selector (`template` or `devices`), of `message` and of
+    /// `suppress_when` (the rule's offset where absent).
     pub tag_offset: usize,
     pub selector_offset: usize,
+    pub message_offset: usize,
+    pub suppress_offset: usize,
     pub path: String,
 }
 
@@ -230,19 +61,19 @@ const KIND_KEYS: [&str; 17] = [
     "lag",
 ];
 
-fn per_ms(r: &mut TableReader<'_, '_>, p: &mut Problems) -> i64 {
-    match r.opt_str(p, "per").as_deref() {
-        None | Some("s") => 1_000,
-        Some("min") | Some("m") => 60_000,
-        Some("h") => 3_600_000,
-        Some(other) => {
-            r.problem(
-                p,
-                "per",
-                format!("unknown unit \"{other}\"; accepted: s, min, h"),
-            );
-            1_000
-        }
+/// A unit key (`per`, `time_unit`) in milliseconds, or `default_ms` when absent.
+fn unit_ms(
+    r: &mut TableReader<'_, '_>,
+    p: &mut Problems,
+    key: &'static str,
+    default_ms: i64,
+) -> i64 {
+    match r.opt_str(p, key) {
+        None => default_ms,
+        Some(u) => time_unit_ms(&u).unwrap_or_else(|| {
+            r.problem(p, key, format!("unknown unit \"{u}\"; accepted: s, min, h"));
+            default_ms
+        }),
     }
 }
 
@@ -319,7 +150,7 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 "window",
                 "the span the change is measured over, e.g. \"10m\"",
             );
-            let per_ms = per_ms(r, p);
+            let per_ms = unit_ms(r, p, "per", 1_000);
             let limit = req_f64(
                 r,
                 p,
@@ -412,12 +243,15 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
         },
         "deviation" | "cusum" => {
             let lambda = r.opt_f64(p, "lambda").unwrap_or(0.01);
+            // A refused setting refuses the kind: the spec would refuse it a second time.
+            let mut valid = true;
             if !(lambda > 0.0 && lambda <= 1.0) {
                 r.problem(
                     p,
                     "lambda",
                     "EWMA smoothing must be in (0, 1]; small values make a slow baseline",
                 );
+                valid = false;
             }
             let warmup = r.opt_int_in(p, "warmup", 2, 10_000_000).unwrap_or(60) as u32;
             if name == "deviation" {
@@ -427,9 +261,13 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                     "limit",
                     "the distance from the baseline in standard deviations, e.g. 4",
                 );
+                let limit = limit?;
+                if !valid {
+                    return None;
+                }
                 RuleKind::Deviation {
                     lambda,
-                    limit: limit?,
+                    limit,
                     warmup,
                 }
             } else {
@@ -441,6 +279,7 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                         "k",
                         "the CUSUM slack must be 0 or positive (in standard deviations)",
                     );
+                    valid = false;
                 }
                 if h <= 0.0 {
                     r.problem(
@@ -448,6 +287,10 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                         "h",
                         "the CUSUM threshold must be positive (in standard deviations)",
                     );
+                    valid = false;
+                }
+                if !valid {
+                    return None;
                 }
                 RuleKind::Cusum {
                     lambda,
@@ -468,19 +311,7 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
             let setpoint_tag = r.opt_str(p, "setpoint_tag");
             let points = parse_points(r, p);
             let time_tag = r.opt_str(p, "time_tag");
-            let time_unit_ms = match r.opt_str(p, "time_unit").as_deref() {
-                None | Some("h") => 3_600_000,
-                Some("s") => 1_000,
-                Some("min") => 60_000,
-                Some(other) => {
-                    r.problem(
-                        p,
-                        "time_unit",
-                        format!("unknown unit \"{other}\"; accepted: s, min, h"),
-                    );
-                    3_600_000
-                }
-            };
+            let time_unit_ms = unit_ms(r, p, "time_unit", 3_600_000);
             let source = match (setpoint_tag, points) {
                 (Some(t), None) => CurveSource::Tag(t),
                 (None, Some(points)) => CurveSource::Points {
@@ -577,27 +408,6 @@ fn parse_points(r: &mut TableReader<'_, '_>, p: &mut Problems) -> Option<Vec<(f6
     Some(out)
 }
 
-fn parse_suppression(s: &str) -> Result<Suppression, String> {
-    if let Some(rest) = s.strip_prefix("alarm:") {
-        let rest = rest.trim();
-        if rest.is_empty() {
-            return Err("\"alarm:\" needs a rule name, e.g. \"alarm:line_current_loss\" or \"alarm:rectifier/line_current_loss\"".into());
-        }
-        return Ok(match rest.split_once('/') {
-            Some((d, r)) => Suppression::Alarm {
-                rule: r.to_string(),
-                device: Some(d.to_string()),
-            },
-            None => Suppression::Alarm {
-                rule: rest.to_string(),
-                device: None,
-            },
-        });
-    }
-    crate::core::expr::Expr::parse(s).map_err(|e| format!("{e}; write an expression over the device's tags (e.g. \"current < 100\") or \"alarm:RULE\""))?;
-    Ok(Suppression::Expr(s.to_string()))
-}
-
 pub fn parse_rule(
     v: &Spanned<DeValue<'_>>,
     src: &Source,
@@ -665,9 +475,10 @@ pub fn parse_rule(
     let off_delay_ms = r.opt_duration_ms(p, "off_delay").unwrap_or(0);
     let latching = r.opt_bool(p, "latching").unwrap_or(false);
     let message = r.opt_str(p, "message");
+    // An expression is compiled with the rest of the spec (config::compile), once.
     let suppress_when = r
         .opt_str(p, "suppress_when")
-        .and_then(|s| match parse_suppression(&s) {
+        .and_then(|s| match Suppression::parse(&s) {
             Ok(x) => Some(x),
             Err(e) => {
                 r.problem(p, "suppress_when", e);
@@ -704,23 +515,11 @@ pub fn parse_rule(
     } else {
         r.value_offset("template")
     };
-    if let Some(m) = &message {
-        if let Err(e) = crate::core::message::MessageTemplate::parse(m) {
-            r.problem(p, "message", e.to_string());
-        }
-    }
+    let message_offset = r.value_offset("message");
+    let suppress_offset = r.value_offset("suppress_when");
     r.finish(p);
     let kind = kind?;
-    let default_message = match &kind {
-        RuleKind::High { .. } => "{rule} on {device}: {tag} {value} {unit} above {limit}",
-        RuleKind::Low { .. } => "{rule} on {device}: {tag} {value} {unit} below {limit}",
-        RuleKind::Predict { .. } => {
-            "{rule} on {device}: {tag} expected to reach {limit} {unit} in {eta}"
-        }
-        RuleKind::Stale { .. } => "{rule} on {device}: no good {tag} sample",
-        RuleKind::Frozen { .. } => "{rule} on {device}: {tag} frozen at {value} {unit}",
-        _ => "{rule} on {device}: {tag} {value} (limit {limit})",
-    };
+    let message = message.unwrap_or_else(|| kind.default_message().to_string());
     Some(Rule {
         name: name?,
         selector: selector?,
@@ -730,12 +529,14 @@ pub fn parse_rule(
         on_delay_ms,
         off_delay_ms,
         latching,
-        message: message.unwrap_or_else(|| default_message.to_string()),
+        message,
         suppress_when,
         scope,
         origin: (src_idx, v.span().start),
         tag_offset,
         selector_offset,
+        message_offset,
+        suppress_offset,
         path,
     })
 }
@@ -780,29 +581,5 @@ mod tests {
         assert!(glob_match("pot-?1?", "pot-013"));
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("pot-1*", "pot-017"));
-    }
-
-    #[test]
-    fn suppressions() {
-        assert_eq!(
-            parse_suppression("alarm:line_loss"),
-            Ok(Suppression::Alarm {
-                rule: "line_loss".into(),
-                device: None
-            })
-        );
-        assert_eq!(
-            parse_suppression("alarm:rect/line_loss"),
-            Ok(Suppression::Alarm {
-                rule: "line_loss".into(),
-                device: Some("rect".into())
-            })
-        );
-        assert_eq!(
-            parse_suppression("current < 100"),
-            Ok(Suppression::Expr("current < 100".into()))
-        );
-        assert!(parse_suppression("current <").is_err());
-        assert!(parse_suppression("alarm:").is_err());
     }
 }

@@ -1,57 +1,10 @@
-//! Values that carry their unit: durations ("500ms", "10m"), sizes ("64MiB"), and the ranges
-//! that expand one device entry into many ("1-3,7", "5100-5499").
+//! Values that carry their unit: sizes ("64MiB") here, durations ("500ms", "10m") from
+//! `core::duration`; and the ranges that expand one device entry into many: unit ids and
+//! ports ("1-3,7", "5100-5499", from `core::expand`) and hosts ("10.0.1.10-10.0.1.50").
 
-const DURATION_FORMS: &str =
-    "accepted forms: \"500ms\", \"1s\", \"1.5s\", \"10m\", \"2h\", \"1d\", \"1h30m\"";
-
-/// Parses a duration into milliseconds. A bare number is refused: its unit would be a guess.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(format!("empty duration; {DURATION_FORMS}"));
-    }
-    let mut total = 0f64;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!("\"{s}\" is not a duration; {DURATION_FORMS}"));
-        }
-        let n: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not a duration; {DURATION_FORMS}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = rest[..unit_len].trim();
-        rest = rest[unit_len..].trim_start();
-        let factor = match unit {
-            "ms" => 1.0,
-            "s" | "sec" => 1_000.0,
-            "m" | "min" => 60_000.0,
-            "h" => 3_600_000.0,
-            "d" => 86_400_000.0,
-            "" => {
-                return Err(format!(
-                    "\"{s}\" has no unit; write e.g. \"{n}s\" or \"{n}ms\"; {DURATION_FORMS}"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "unknown unit \"{other}\" in \"{s}\"; units: ms, s, m, h, d; {DURATION_FORMS}"
-                ))
-            }
-        };
-        total += n * factor;
-    }
-    if !total.is_finite() || total > 1e15 {
-        return Err(format!("\"{s}\" is too long"));
-    }
-    Ok(total.round() as i64)
-}
+// One grammar for durations and ranges, shared with commands, tools and the simulator.
+pub use crate::core::duration::{format_duration_ms, parse_duration_ms};
+pub use crate::core::expand::parse_int_ranges;
 
 /// Parses a size into bytes: B, KB/MB/GB (powers of 1000) or KiB/MiB/GiB (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -79,63 +32,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("\"{s}\" is too large"));
     }
     Ok(b.round() as u64)
-}
-
-/// Formats milliseconds back into the shortest exact form ("1s", "500ms", "10m").
-pub fn format_duration_ms(ms: i64) -> String {
-    const UNITS: [(i64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
-    for (f, u) in UNITS {
-        if ms != 0 && ms % f == 0 {
-            return format!("{}{u}", ms / f);
-        }
-    }
-    format!("{ms}ms")
-}
-
-/// Parses a list of integers and inclusive ranges: "1-3", "1-10,12,20-22".
-pub fn parse_int_ranges(s: &str, lo: u32, hi: u32) -> Result<Vec<u32>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err(format!(
-                "empty element in \"{s}\"; write e.g. \"1-3\" or \"1-10,12\""
-            ));
-        }
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let a: u32 = a.parse().map_err(|_| {
-            format!("\"{part}\" is not a number or range; write e.g. \"1-3\" or \"1-10,12\"")
-        })?;
-        let b: u32 = b.parse().map_err(|_| {
-            format!("\"{part}\" is not a number or range; write e.g. \"1-3\" or \"1-10,12\"")
-        })?;
-        if a > b {
-            return Err(format!("range \"{part}\" runs backwards"));
-        }
-        if a < lo || b > hi {
-            return Err(format!(
-                "\"{part}\" is out of range; accepted: {lo} to {hi}"
-            ));
-        }
-        for v in a..=b {
-            if out.contains(&v) {
-                return Err(format!("{v} appears twice in \"{s}\""));
-            }
-            out.push(v);
-        }
-        if out.len() > 100_000 {
-            return Err(format!("\"{s}\" expands to too many values"));
-        }
-    }
-    Ok(out)
 }
 
 /// Parses IPv4 hosts: "10.0.1.10-10.0.1.50,10.0.2.7" or a single name.
@@ -172,24 +68,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ms("500ms"), Ok(500));
-        assert_eq!(parse_duration_ms("1s"), Ok(1000));
-        assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
-        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
-        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
-        assert!(parse_duration_ms("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration_ms("5 parsecs")
-            .unwrap_err()
-            .contains("unknown unit"));
-        assert!(parse_duration_ms("").is_err());
-        assert!(parse_duration_ms("s").is_err());
-        assert_eq!(format_duration_ms(600_000), "10m");
-        assert_eq!(format_duration_ms(1500), "1500ms");
-    }
-
-    #[test]
     fn sizes() {
         assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
         assert_eq!(parse_size("100MB"), Ok(100_000_000));
@@ -200,12 +78,6 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_int_ranges("1-3", 1, 247), Ok(vec![1, 2, 3]));
-        assert_eq!(parse_int_ranges("1-2, 7", 1, 247), Ok(vec![1, 2, 7]));
-        assert!(parse_int_ranges("3-1", 1, 247).is_err());
-        assert!(parse_int_ranges("0-3", 1, 247).is_err());
-        assert!(parse_int_ranges("1-3,2", 1, 247).is_err());
-        assert!(parse_int_ranges("a", 1, 247).is_err());
         assert_eq!(
             parse_host_ranges("10.0.0.254-10.0.1.1"),
             Ok(vec![

@@ -139,7 +139,7 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
         "shelve" => {
             let until = match (obj.get("duration"), obj.get("until")) {
                 (Some(Value::String(d)), None) => {
-                    let ms = crate::config::units::parse_duration_ms(d)
+                    let ms = super::duration::parse_duration_ms(d)
                         .map_err(|e| fail(format!("\"duration\": {e}")))?;
                     if ms <= 0 || ms > MAX_SHELVE_MS {
                         return Err(fail("\"duration\" must be between 1s and 7d".into()));
@@ -147,7 +147,7 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
                     now + ms
                 }
                 (None, Some(Value::String(u))) => {
-                    let t = crate::clock::parse_ts(u)
+                    let t = super::time::parse_ts(u)
                         .ok_or_else(|| fail("\"until\" must be an RFC 3339 time".into()))?;
                     if t <= now || t - now > MAX_SHELVE_MS {
                         return Err(fail("\"until\" must be in the future and within 7d".into()));

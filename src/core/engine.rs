@@ -11,19 +11,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::alarm::{Alarm, AlarmSettings, Cause, CommandError, Condition, Transition};
-use super::expr::{Compiled, Expr};
+use super::eval::{Eval, Lookup};
+use super::expr::Compiled;
 use super::flood::{AlarmKpis, FloodConfig, FloodDecision, FloodDetector, FloodEvent, KpiSnapshot};
 use super::message::{MessageContext, MessageTemplate};
 use super::model::{BadReason, Priority, Quality, Ts};
-use super::rules::{Eval, Lookup};
+use super::rule::{RuleKind, Scope};
+use super::spec::{Instance, RuleSpec, Spec, SuppressSpec};
 use super::window::{capacity_for, Point, Window};
-use crate::config::rule::{Scope, Suppression};
-use crate::config::Config;
+
+pub use super::rule::{AREA_DEVICE, COMM_LOSS_RULE, FLOOD_RULE};
 
 /// Values read from one device in one poll.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleBatch {
-    /// Index of the device in `Config::devices`.
+    /// Index of the device in `Spec::devices` (the configuration's device order).
     pub device: u32,
     /// Source timestamp: when the reads were answered.
     pub ts: Ts,
@@ -69,18 +71,6 @@ pub enum EngineError {
     #[error(transparent)]
     Refused(#[from] CommandError),
 }
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("rule \"{rule}\": {message}")]
-pub struct BuildError {
-    pub rule: String,
-    pub message: String,
-}
-
-/// Name used as the device of alarms that belong to the whole area.
-pub const AREA_DEVICE: &str = "_area";
-pub const COMM_LOSS_RULE: &str = "comm_loss";
-pub const FLOOD_RULE: &str = "alarm_flood";
 
 /// Per-tag running figures over one summary interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,7 +154,7 @@ enum Target {
 #[derive(Debug)]
 struct Evaluator {
     /// The rule as configured, to tell on reload whether its state can be kept.
-    kind: crate::config::RuleKind,
+    kind: RuleKind,
     eval: Eval,
     target: Target,
 }
@@ -270,83 +260,46 @@ impl Lookup for Latest<'_> {
     }
 }
 
-fn settings(rule: &crate::config::Rule) -> AlarmSettings {
-    AlarmSettings {
-        priority: rule.priority,
-        on_delay_ms: rule.on_delay_ms,
-        off_delay_ms: rule.off_delay_ms,
-        latching: rule.latching,
-    }
-}
-
-fn template(src: &str, rule: &str) -> Result<Arc<MessageTemplate>, BuildError> {
-    MessageTemplate::parse(src)
-        .map(Arc::new)
-        .map_err(|e| BuildError {
-            rule: rule.to_string(),
-            message: format!("message: {e}"),
-        })
-}
-
 impl Engine {
-    pub fn new(cfg: &Config) -> Result<Engine, BuildError> {
-        let area: Arc<str> = Arc::from(cfg.agent.area.as_str());
-        let mut devices = Vec::with_capacity(cfg.devices.len());
+    /// Builds the engine of a compiled spec. Nothing can fail here: compiling the spec checked
+    /// every name, expression and template (`alsentry check` runs that same compile).
+    pub fn new(spec: &Spec) -> Engine {
+        let area: Arc<str> = spec.area().clone();
+        let alarm_options = spec.alarms();
         // Sized exactly: one slot per tag is ~200 B, and growth by doubling left up to half of
         // this, the engine's largest allocation, unused (1.5 MB at 400 cells).
-        let slots: usize = cfg
-            .devices
-            .iter()
-            .map(|d| d.tags.len() + d.derived.len())
-            .sum();
-        let mut tags: Vec<TagState> = Vec::with_capacity(slots);
+        let mut tags: Vec<TagState> = Vec::with_capacity(spec.tag_count());
         let mut alarms: Vec<AlarmSlot> = Vec::new();
         let mut by_name = HashMap::new();
         // Window span each tag needs: the longest window of the rules watching it.
-        let mut span: HashMap<(&str, &str), i64> = HashMap::new();
-        for rule in &cfg.rules {
-            for d in cfg
-                .devices
-                .iter()
-                .filter(|d| crate::config::selects(&rule.selector, d))
-            {
-                let e = span
-                    .entry((d.name.as_str(), rule.tag.as_str()))
-                    .or_insert(0);
+        let mut span: HashMap<(u32, u16), i64> = HashMap::new();
+        for rule in spec.rules() {
+            for i in &rule.instances {
+                let e = span.entry((i.device, i.tag)).or_insert(0);
                 *e = (*e).max(rule.kind.window_ms());
             }
         }
-        let comm_template = template(
-            "{device}: no answer from the device (communication lost)",
-            COMM_LOSS_RULE,
-        )?;
-        // Tag names and units repeat across the devices of a template: one allocation each.
+        // Tag names and units repeat across the device entries: one allocation each.
         let mut interned: HashMap<Arc<str>, ()> = HashMap::new();
-        let mut intern = |s: &str| -> Arc<str> {
+        let mut intern = |s: &Arc<str>| -> Arc<str> {
             if let Some((a, _)) = interned.get_key_value(s) {
                 return a.clone();
             }
-            let a: Arc<str> = Arc::from(s);
-            interned.insert(a.clone(), ());
-            a
+            interned.insert(s.clone(), ());
+            s.clone()
         };
-        for d in &cfg.devices {
+        let mut devices = Vec::with_capacity(spec.devices().len());
+        for (di, d) in spec.devices().iter().enumerate() {
             let first_slot = tags.len() as u32;
-            let names: Vec<(&str, &str)> = d
-                .tags
-                .iter()
-                .map(|t| (t.name.as_str(), t.unit.as_str()))
-                .chain(d.derived.iter().map(|t| (t.name.as_str(), t.unit.as_str())))
-                .collect();
-            for (name, unit) in &names {
+            for (ti, t) in d.tags.tags.iter().enumerate() {
                 // A tag no rule watches needs no history (most of a cell's tags).
-                let capacity = match span.get(&(d.name.as_str(), *name)) {
+                let capacity = match span.get(&(di as u32, ti as u16)) {
                     Some(&w) => capacity_for(w, d.poll_ms),
                     None => 1,
                 };
                 tags.push(TagState {
-                    name: intern(name),
-                    unit: intern(unit),
+                    name: intern(&t.name),
+                    unit: intern(&t.unit),
                     window: Window::new(capacity),
                     last: None,
                     quality: Quality::Bad(BadReason::ConnectionLost),
@@ -354,52 +307,32 @@ impl Engine {
                     summary: TagSummary::default(),
                 });
             }
-            let slot_of = |n: &str| {
-                names
-                    .iter()
-                    .position(|(x, _)| *x == n)
-                    .map(|i| first_slot + i as u32)
-            };
-            let mut derived = Vec::new();
-            for dt in d.derived.iter() {
-                let expr = Expr::parse(&dt.expr).map_err(|e| BuildError {
-                    rule: dt.name.clone(),
-                    message: format!("derived tag expression: {e}"),
-                })?;
-                let inputs: Vec<u32> = expr.variables().iter().filter_map(|v| slot_of(v)).collect();
-                let program = expr
-                    .compile(|v| expr.variables().iter().position(|x| x == v))
-                    .map_err(|e| BuildError {
-                        rule: dt.name.clone(),
-                        message: format!("derived tag expression: {e}"),
-                    })?;
-                if inputs.len() != expr.variables().len() {
-                    return Err(BuildError {
-                        rule: dt.name.clone(),
-                        message: format!(
-                            "derived tag \"{}\" on device \"{}\" uses an unknown tag",
-                            dt.name, d.name
-                        ),
-                    });
-                }
-                derived.push(Derived {
-                    slot: slot_of(&dt.name).unwrap_or(first_slot),
-                    program,
-                    inputs,
-                });
-            }
-            let name: Arc<str> = Arc::from(d.name.as_str());
-            let comm_alarm = cfg.alarms.comm_loss.then(|| {
+            let derived = d
+                .tags
+                .derived
+                .iter()
+                .map(|x| Derived {
+                    slot: first_slot + u32::from(x.tag),
+                    program: x.program.clone(),
+                    inputs: x
+                        .inputs
+                        .iter()
+                        .map(|&i| first_slot + u32::from(i))
+                        .collect(),
+                })
+                .collect();
+            let name = d.name.clone();
+            let comm_alarm = alarm_options.comm_loss.then(|| {
                 let id = alarms.len() as u32;
                 alarms.push(AlarmSlot {
                     device: name.clone(),
                     rule: Arc::from(COMM_LOSS_RULE),
                     tag: Arc::from(""),
                     unit: Arc::from(""),
-                    message: comm_template.clone(),
+                    message: spec.comm_loss_message().clone(),
                     alarm: Alarm::new(AlarmSettings {
-                        priority: cfg.alarms.comm_loss_priority,
-                        on_delay_ms: cfg.alarms.comm_loss_delay_ms,
+                        priority: alarm_options.comm_loss_priority,
+                        on_delay_ms: alarm_options.comm_loss_delay_ms,
                         off_delay_ms: 0,
                         latching: false,
                     }),
@@ -415,8 +348,8 @@ impl Engine {
             devices.push(DeviceState {
                 name,
                 first_slot,
-                raw_count: d.tags.len() as u16,
-                slot_count: names.len() as u16,
+                raw_count: d.tags.raw,
+                slot_count: d.tags.tags.len() as u16,
                 derived,
                 comm_alarm,
                 suppressions: Vec::new(),
@@ -437,9 +370,9 @@ impl Engine {
             alarm_suppressions: Vec::new(),
             suppression_dirty: false,
             flood: FloodDetector::new(FloodConfig {
-                window_ms: cfg.alarms.flood_window_ms,
-                start_above: cfg.alarms.flood_threshold,
-                end_below: cfg.alarms.flood_threshold.div_ceil(2),
+                window_ms: alarm_options.flood_window_ms,
+                start_above: alarm_options.flood_threshold,
+                end_below: alarm_options.flood_threshold.div_ceil(2),
             }),
             flood_alarm: 0,
             held: HashMap::new(),
@@ -448,16 +381,12 @@ impl Engine {
             scratch: Vec::new(),
         };
         engine.flood_alarm = engine.alarms.len() as u32;
-        let flood_template = template(
-            "Alarm flood in {device}: low-priority alarms are held back until it ends",
-            FLOOD_RULE,
-        )?;
         engine.alarms.push(AlarmSlot {
             device: area.clone(),
             rule: Arc::from(FLOOD_RULE),
             tag: Arc::from(""),
             unit: Arc::from(""),
-            message: flood_template,
+            message: spec.flood_message().clone(),
             alarm: Alarm::new(AlarmSettings {
                 priority: Priority::High,
                 on_delay_ms: 0,
@@ -472,22 +401,12 @@ impl Engine {
         });
         // One evaluator (and at most one alarm) per rule and device: sized up front, as
         // growth by doubling would leave freed blocks the allocator keeps (~1 MB at 400 cells).
-        let instances: usize = cfg
-            .rules
-            .iter()
-            .map(|r| {
-                cfg.devices
-                    .iter()
-                    .filter(|d| crate::config::selects(&r.selector, d))
-                    .count()
-                    + 1
-            })
-            .sum();
+        let instances: usize = spec.rules().iter().map(|r| r.instances.len() + 1).sum();
         engine.evaluators.reserve_exact(instances);
         engine.evaluator_slot.reserve_exact(instances);
         engine.alarms.reserve_exact(instances);
-        for rule in &cfg.rules {
-            engine.add_rule(cfg, rule)?;
+        for rule in spec.rules() {
+            engine.add_rule(spec, rule);
         }
         engine.evaluators.shrink_to_fit();
         engine.evaluator_slot.shrink_to_fit();
@@ -496,7 +415,7 @@ impl Engine {
         for t in &mut engine.tags {
             t.watchers.shrink_to_fit();
         }
-        Ok(engine)
+        engine
     }
 
     fn slot_of(&self, device: usize, tag: &str) -> Option<u32> {
@@ -505,31 +424,29 @@ impl Engine {
             .find(|&s| &*self.tags[s as usize].name == tag)
     }
 
-    fn add_rule(&mut self, cfg: &Config, rule: &crate::config::Rule) -> Result<(), BuildError> {
-        let message = template(&rule.message, &rule.name)?;
-        let rule_name: Arc<str> = Arc::from(rule.name.as_str());
-        let err = |m: String| BuildError {
-            rule: rule.name.clone(),
-            message: m,
-        };
+    fn add_rule(&mut self, spec: &Spec, rule: &RuleSpec) {
+        let rule_name = rule.name.clone();
         let area_index = match rule.scope {
             Scope::Device => None,
             Scope::Area { quorum } => {
                 let id = self.alarms.len() as u32;
-                let unit = cfg
-                    .devices
-                    .iter()
-                    .find(|d| crate::config::selects(&rule.selector, d))
-                    .and_then(|d| d.tags.iter().find(|t| t.name == rule.tag))
-                    .map(|t| t.unit.as_str())
-                    .unwrap_or("");
+                // The unit of the first device's tag, when it is read rather than derived.
+                let unit = rule
+                    .instances
+                    .first()
+                    .and_then(|i| {
+                        let t = &spec.devices().get(i.device as usize)?.tags;
+                        (i.tag < t.raw).then(|| t.tags.get(usize::from(i.tag)))?
+                    })
+                    .map(|t| t.unit.clone())
+                    .unwrap_or_else(|| Arc::from(""));
                 self.alarms.push(AlarmSlot {
                     device: Arc::from(AREA_DEVICE),
                     rule: rule_name.clone(),
-                    tag: Arc::from(rule.tag.as_str()),
-                    unit: Arc::from(unit),
-                    message: message.clone(),
-                    alarm: Alarm::new(settings(rule)),
+                    tag: rule.tag.clone(),
+                    unit,
+                    message: rule.message.clone(),
+                    alarm: Alarm::new(rule.alarm),
                     value: None,
                     quality: Quality::Good,
                     limit: rule.kind.limit_hint(),
@@ -547,20 +464,17 @@ impl Engine {
                 Some((self.areas.len() - 1) as u32)
             }
         };
-        let mut targets = Vec::new();
-        for (di, d) in cfg.devices.iter().enumerate() {
-            if !crate::config::selects(&rule.selector, d) {
+        // Alarms of device scope, with the instance each belongs to.
+        let mut targets: Vec<(&Instance, u32)> = Vec::new();
+        for inst in &rule.instances {
+            let di = inst.device as usize;
+            let Some(first_slot) = self.devices.get(di).map(|d| d.first_slot) else {
                 continue;
-            }
-            let slot = self
-                .slot_of(di, &rule.tag)
-                .ok_or_else(|| err(format!("device \"{}\" has no tag \"{}\"", d.name, rule.tag)))?;
-            let tag = &self.tags[slot as usize];
-            let eval = Eval::new(&rule.kind, &tag.window, &|t| self.slot_of(di, t)).map_err(err)?;
-            for extra in rule.kind.extra_tags() {
-                if self.slot_of(di, extra).is_none() {
-                    return Err(err(format!("device \"{}\" has no tag \"{extra}\"", d.name)));
-                }
+            };
+            let slot = first_slot + u32::from(inst.tag);
+            let mut eval = rule.eval.clone();
+            if let Some(t) = inst.curve_tag {
+                eval.bind_extra_tag(&rule.kind, first_slot + u32::from(t));
             }
             let target = match area_index {
                 Some(area) => {
@@ -575,13 +489,14 @@ impl Engine {
                 None => {
                     let id = self.alarms.len() as u32;
                     let dev_name = self.devices[di].name.clone();
+                    let tag = &self.tags[slot as usize];
                     self.alarms.push(AlarmSlot {
                         device: dev_name.clone(),
                         rule: rule_name.clone(),
                         tag: tag.name.clone(),
                         unit: tag.unit.clone(),
-                        message: message.clone(),
-                        alarm: Alarm::new(settings(rule)),
+                        message: rule.message.clone(),
+                        alarm: Alarm::new(rule.alarm),
                         value: None,
                         quality: Quality::Bad(BadReason::ConnectionLost),
                         limit: eval.limit(),
@@ -589,7 +504,7 @@ impl Engine {
                         chatter_seen: 0,
                     });
                     self.by_name.insert((dev_name, rule_name.clone()), id);
-                    targets.push((di, id));
+                    targets.push((inst, id));
                     Target::Alarm(id)
                 }
             };
@@ -602,50 +517,46 @@ impl Engine {
             });
             self.evaluator_slot.push(slot);
         }
-        if let Some(area) = area_index {
-            targets.push((usize::MAX, self.areas[area as usize].alarm));
-        }
         match &rule.suppress_when {
             None => {}
-            Some(Suppression::Alarm { rule: r, device }) => {
+            Some(SuppressSpec::Alarm { rule: r, device }) => {
+                let mut ids: Vec<u32> = targets.iter().map(|(_, id)| *id).collect();
+                if let Some(area) = area_index {
+                    ids.push(self.areas[area as usize].alarm);
+                }
                 self.alarm_suppressions.push(AlarmSuppression {
-                    rule: Arc::from(r.as_str()),
-                    device: device.as_deref().map(Arc::from),
-                    targets: targets.iter().map(|(_, id)| *id).collect(),
+                    rule: r.clone(),
+                    device: device.clone(),
+                    targets: ids,
                     state: false,
                 })
             }
-            Some(Suppression::Expr(src)) => {
-                let expr = Expr::parse(src).map_err(|e| err(format!("suppress_when: {e}")))?;
-                for (di, id) in targets.iter().filter(|(di, _)| *di != usize::MAX) {
-                    let inputs: Vec<u32> = expr
-                        .variables()
+            // On each device's own values; an area alarm has no device to read.
+            Some(SuppressSpec::Expr { program, .. }) => {
+                for (inst, id) in targets {
+                    let dev = &mut self.devices[inst.device as usize];
+                    let inputs: Vec<u32> = inst
+                        .suppress_inputs
                         .iter()
-                        .filter_map(|v| self.slot_of(*di, v))
+                        .map(|&t| dev.first_slot + u32::from(t))
                         .collect();
-                    if inputs.len() != expr.variables().len() {
-                        return Err(err(format!(
-                            "suppress_when uses a tag device \"{}\" does not have",
-                            self.devices[*di].name
-                        )));
-                    }
-                    let program = expr
-                        .compile(|v| expr.variables().iter().position(|x| x == v))
-                        .map_err(|e| err(format!("suppress_when: {e}")))?;
-                    let dev = &mut self.devices[*di];
-                    match dev.suppressions.iter_mut().find(|s| s.program == program) {
-                        Some(s) => s.targets.push(*id),
+                    // Rules suppressed by the same expression share one evaluation.
+                    match dev
+                        .suppressions
+                        .iter_mut()
+                        .find(|s| s.program == *program && s.inputs == inputs)
+                    {
+                        Some(s) => s.targets.push(id),
                         None => dev.suppressions.push(ExprSuppression {
-                            program,
+                            program: program.clone(),
                             inputs,
-                            targets: vec![*id],
+                            targets: vec![id],
                             state: None,
                         }),
                     }
                 }
             }
         }
-        Ok(())
     }
 
     /// Applies one batch of samples; alarm transitions are appended to `out`.
@@ -1276,47 +1187,46 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::core::rule::Suppression;
+    use crate::core::spec::{Draft, RuleDraft};
 
-    const BASE: &str = r#"
-[agent]
-id = "gw"
-site = "s"
-area = "potline-1"
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-[alarms]
-comm_loss_delay = "0s"
-[templates.cell]
-tags = [
-  { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" },
-  { name = "current", table = "input", address = 2, type = "f32", unit = "kA" },
-]
-derived = [ { name = "pseudo_r", expr = "(voltage - 1.65) / current * 1000", unit = "uOhm" } ]
-[[devices]]
-name = "pot-{unit:03}"
-template = "cell"
-endpoint = "tcp://127.0.0.1:5020"
-units = "1-4"
-"#;
+    /// Four cells of one template: voltage, current and the derived pseudo-resistance.
+    fn spec(rules: Vec<RuleDraft>) -> Spec {
+        let mut d = Draft::new("potline-1");
+        d.alarms.comm_loss_delay_ms = 0;
+        let cell = d.table(
+            &[("voltage", "V"), ("current", "kA")],
+            &[("pseudo_r", "(voltage - 1.65) / current * 1000", "uOhm")],
+        );
+        for u in 1..=4 {
+            d.device(&format!("pot-{u:03}"), cell, 1_000);
+        }
+        for r in rules {
+            d.rule_on_all(r);
+        }
+        d.compile().unwrap_or_else(|e| panic!("{e:?}"))
+    }
 
-    const AE: &str = r#"
-[[rules]]
-name = "anode_effect"
-template = "cell"
-tag = "voltage"
-type = "high"
-limit = 8.0
-deadband = 0.5
-on_delay = "2s"
-priority = "critical"
-message = "Anode effect on {device}: {value} V"
-"#;
+    fn engine(rules: Vec<RuleDraft>) -> Engine {
+        Engine::new(&spec(rules))
+    }
 
-    fn engine(rules: &str) -> Engine {
-        let cfg = Config::from_str(Path::new("t.toml"), &format!("{BASE}{rules}"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Engine::new(&cfg).unwrap()
+    fn high(limit: f64, deadband: f64) -> RuleKind {
+        RuleKind::High { limit, deadband }
+    }
+
+    fn low(limit: f64) -> RuleKind {
+        RuleKind::Low {
+            limit,
+            deadband: 0.0,
+        }
+    }
+
+    fn ae(limit: f64) -> Vec<RuleDraft> {
+        vec![RuleDraft::new("anode_effect", "voltage", high(limit, 0.5))
+            .on_delay_ms(2_000)
+            .priority(Priority::Critical)
+            .message("Anode effect on {device}: {value} V")]
     }
 
     fn feed(e: &mut Engine, dev: u32, t: Ts, v: f64) -> Vec<AlarmEvent> {
@@ -1343,7 +1253,7 @@ message = "Anode effect on {device}: {value} V"
 
     #[test]
     fn high_rule_with_on_delay_and_deadband() {
-        let mut e = engine(AE);
+        let mut e = engine(ae(8.0));
         assert!(rule_events(&feed(&mut e, 0, 0, 4.2), "anode_effect").is_empty());
         assert!(
             rule_events(&feed(&mut e, 0, 1_000, 9.0), "anode_effect").is_empty(),
@@ -1368,7 +1278,7 @@ message = "Anode effect on {device}: {value} V"
 
     #[test]
     fn bad_samples_never_trigger_and_comm_loss_is_built_in() {
-        let mut e = engine(AE);
+        let mut e = engine(ae(8.0));
         feed(&mut e, 0, 0, 9.0);
         let mut out = Vec::new();
         let bad = SampleBatch {
@@ -1399,16 +1309,7 @@ message = "Anode effect on {device}: {value} V"
 
     #[test]
     fn derived_tags_are_computed_and_alarmed_like_any_tag() {
-        let mut e = engine(
-            r#"
-[[rules]]
-name = "r_high"
-template = "cell"
-tag = "pseudo_r"
-type = "high"
-limit = 6.0
-"#,
-        );
+        let mut e = engine(vec![RuleDraft::new("r_high", "pseudo_r", high(6.0, 0.0))]);
         assert!(feed2(&mut e, 0, 0, 4.0, 500.0).is_empty());
         let (v, q) = e.tag_value("pot-001", "pseudo_r").unwrap();
         assert!((v.unwrap() - 4.7).abs() < 1e-9 && q.is_good());
@@ -1436,26 +1337,17 @@ limit = 6.0
 
     #[test]
     fn a_potline_outage_raises_one_area_alarm_and_suppresses_cell_alarms() {
-        let mut e = engine(
-            r#"
-[[rules]]
-name = "line_current_loss"
-template = "cell"
-tag = "current"
-type = "low"
-limit = 450
-scope = "area"
-priority = "critical"
-[[rules]]
-name = "cell_voltage_low"
-template = "cell"
-tag = "voltage"
-type = "low"
-limit = 3.0
-on_delay = "3s"
-suppress_when = "alarm:line_current_loss"
-"#,
-        );
+        let mut e = engine(vec![
+            RuleDraft::new("line_current_loss", "current", low(450.0))
+                .scope(Scope::Area { quorum: 0.5 })
+                .priority(Priority::Critical),
+            RuleDraft::new("cell_voltage_low", "voltage", low(3.0))
+                .on_delay_ms(3_000)
+                .suppress_when(Suppression::Alarm {
+                    rule: "line_current_loss".into(),
+                    device: None,
+                }),
+        ]);
         for d in 0..4 {
             feed2(&mut e, d, 0, 4.2, 500.0);
         }
@@ -1482,17 +1374,8 @@ suppress_when = "alarm:line_current_loss"
 
     #[test]
     fn expression_suppression_uses_the_devices_own_values() {
-        let mut e = engine(
-            r#"
-[[rules]]
-name = "v_low"
-template = "cell"
-tag = "voltage"
-type = "low"
-limit = 3.0
-suppress_when = "current < 100"
-"#,
-        );
+        let mut e = engine(vec![RuleDraft::new("v_low", "voltage", low(3.0))
+            .suppress_when(Suppression::Expr("current < 100".into()))]);
         let ev = feed2(&mut e, 0, 0, 1.0, 0.0);
         assert!(
             rule_events(&ev, "v_low")
@@ -1505,12 +1388,35 @@ suppress_when = "current < 100"
     }
 
     #[test]
+    fn expressions_of_one_shape_over_different_tags_are_not_merged() {
+        // Both compile to "slot 0 < 100"; each must read its own tag.
+        let mut e = engine(vec![
+            RuleDraft::new("v_low", "voltage", low(3.0))
+                .suppress_when(Suppression::Expr("current < 100".into())),
+            RuleDraft::new("i_low", "current", low(450.0))
+                .suppress_when(Suppression::Expr("voltage < 100".into())),
+        ]);
+        let ev = feed2(&mut e, 0, 0, 200.0, 0.0);
+        assert_eq!(
+            rule_events(&ev, "i_low")[0].transition.to,
+            "active_unacked",
+            "voltage is 200, so i_low is not suppressed: {ev:?}"
+        );
+    }
+
+    #[test]
     fn a_flood_holds_back_low_priority_alarms_and_raises_one_summary() {
-        let mut rules = String::new();
-        for i in 0..15 {
-            rules.push_str(&format!("[[rules]]\nname = \"r{i}\"\ntemplate = \"cell\"\ntag = \"voltage\"\ntype = \"high\"\nlimit = {}\npriority = \"{}\"\n", 5.0 + i as f64 * 0.1, if i < 12 { "medium" } else { "low" }));
-        }
-        let mut e = engine(&rules);
+        let rules = (0..15)
+            .map(|i| {
+                RuleDraft::new(&format!("r{i}"), "voltage", high(5.0 + i as f64 * 0.1, 0.0))
+                    .priority(if i < 12 {
+                        Priority::Medium
+                    } else {
+                        Priority::Low
+                    })
+            })
+            .collect();
+        let mut e = engine(rules);
         let mut out = feed(&mut e, 0, 0, 10.0);
         e.tick(1_000, &mut out);
         let flood = rule_events(&out, FLOOD_RULE);
@@ -1543,7 +1449,7 @@ suppress_when = "current < 100"
 
     #[test]
     fn commands_reach_the_alarm() {
-        let mut e = engine(AE);
+        let mut e = engine(ae(8.0));
         feed(&mut e, 0, 0, 9.0);
         feed(&mut e, 0, 2_000, 9.0);
         let ev = e
@@ -1573,7 +1479,7 @@ suppress_when = "current < 100"
 
     #[test]
     fn a_reload_that_changes_a_limit_keeps_the_active_alarm_and_the_windows() {
-        let mut e = engine(AE);
+        let mut e = engine(ae(8.0));
         feed(&mut e, 0, 0, 9.0);
         feed(&mut e, 0, 3_000, 9.0);
         e.command(
@@ -1584,12 +1490,7 @@ suppress_when = "current < 100"
             3_500,
         )
         .unwrap();
-        let cfg = Config::from_str(
-            Path::new("t.toml"),
-            &format!("{BASE}{}", AE.replace("limit = 8.0", "limit = 8.5")),
-        )
-        .unwrap();
-        let mut next = Engine::new(&cfg).unwrap();
+        let mut next = engine(ae(8.5));
         next.adopt(e);
         let st = next.alarm_state("pot-001", "anode_effect").unwrap();
         assert_eq!(
@@ -1605,7 +1506,7 @@ suppress_when = "current < 100"
 
     #[test]
     fn summaries_cover_the_interval_and_reset() {
-        let mut e = engine("");
+        let mut e = engine(Vec::new());
         for (t, v) in [(0, 4.0), (1_000, 4.4), (2_000, 4.2)] {
             feed(&mut e, 0, t, v);
         }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::engine::AlarmEvent;
 use super::model::{Quality, Ts};
-use crate::clock::rfc3339_ms;
+use super::time::rfc3339_ms;
 
 /// Version of the payload contract, carried in every payload.
 pub const ALARM_SCHEMA: &str = "alsentry/alarm/1";

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::config::units::parse_duration_ms;
 use crate::config::{Config, DEFAULT_PATH};
-use crate::core::engine::{AlarmEvent, BuildError, Engine, SampleBatch};
+use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
 use crate::core::model::Ts;
 use crate::core::payload::{alarm_payload, Identity};
 use samples::{HeaderError, Names, Next, RowErrorKind, SampleReader};
@@ -106,8 +106,6 @@ pub enum ReplayError {
     Header { path: PathBuf, source: HeaderError },
     #[error("{}: no *.csv files in this directory", .0.display())]
     EmptyDir(PathBuf),
-    #[error("building the rule engine: {0}")]
-    Engine(#[from] BuildError),
     #[error("writing the alarm output: {0}")]
     Output(std::io::Error),
 }
@@ -356,7 +354,7 @@ pub fn run_replay(
     opts: &ReplayOptions,
     out: &mut dyn Write,
 ) -> Result<ReplayReport, ReplayError> {
-    let engine = Engine::new(cfg)?;
+    let engine = Engine::new(&cfg.spec);
     let names = Names::new(cfg);
     let files = expand_inputs(&opts.inputs)?;
     let mut r = Replayer {

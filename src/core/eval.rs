@@ -4,9 +4,9 @@
 
 use super::alarm::Condition;
 use super::model::Ts;
+use super::rule::{CurveSource, Direction, RuleKind};
 use super::stats::{Cusum, Ewma, Regression};
 use super::window::{Accumulate, Point, SpanCursor, Window};
-use crate::config::rule::{CurveSource, Direction, RuleKind};
 
 /// Compares a statistic with a limit; the deadband delays only the return to normal.
 #[derive(Debug, Clone, Copy)]
@@ -588,6 +588,17 @@ impl Eval {
         match self {
             Eval::Predict { eta_ms, .. } => *eta_ms,
             _ => None,
+        }
+    }
+
+    /// Points a curve rule at the slot of its setpoint tag or time tag (its extra tag).
+    pub fn bind_extra_tag(&mut self, kind: &RuleKind, slot: u32) {
+        let (Eval::Curve { curve, .. }, RuleKind::Curve { source, .. }) = (self, kind) else {
+            return;
+        };
+        match source {
+            CurveSource::Tag(_) => curve.setpoint_slot = Some(slot),
+            CurveSource::Points { .. } => curve.time_slot = Some(slot),
         }
     }
 

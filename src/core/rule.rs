@@ -1,0 +1,251 @@
+//! The rule vocabulary: what a rule watches for (its kind and settings), whether it has one
+//! alarm per device or one for the area, and what suppresses it by design. `config` reads these
+//! from the file; [`super::spec`] resolves them against the devices; [`super::eval`] runs them.
+
+/// Name used as the device of alarms that belong to the whole area.
+pub const AREA_DEVICE: &str = "_area";
+/// The built-in communication-loss alarm of every device.
+pub const COMM_LOSS_RULE: &str = "comm_loss";
+/// The built-in alarm-flood alarm of the area.
+pub const FLOOD_RULE: &str = "alarm_flood";
+/// Rules every configuration has without writing them (a `suppress_when` may name them).
+pub const BUILTIN_RULES: [&str; 2] = [COMM_LOSS_RULE, FLOOD_RULE];
+
+/// Which side of the limit is abnormal for rules that compare a statistic with a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Above,
+    Below,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CurveSource {
+    /// Setpoint from a piecewise-linear curve over elapsed time (`curve` points), the elapsed
+    /// time read from `time_tag` (in `time_unit_ms` units) or counted from the first sample.
+    Points {
+        points: Vec<(f64, f64)>,
+        time_tag: Option<String>,
+        time_unit_ms: i64,
+    },
+    /// Setpoint served by the device itself in another tag.
+    Tag(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleKind {
+    /// Active while value > limit; clears at value < limit - deadband.
+    High { limit: f64, deadband: f64 },
+    /// Active while value < limit; clears at value > limit + deadband.
+    Low { limit: f64, deadband: f64 },
+    /// Change between the oldest and newest sample of the window, per `per_ms`.
+    Rate {
+        window_ms: i64,
+        per_ms: i64,
+        limit: f64,
+        deadband: f64,
+        direction: Direction,
+    },
+    /// Least-squares slope over the window, per `per_ms`.
+    Slope {
+        window_ms: i64,
+        per_ms: i64,
+        limit: f64,
+        deadband: f64,
+        direction: Direction,
+    },
+    /// Active when the least-squares trend reaches `limit` within `horizon_ms`.
+    Predict {
+        window_ms: i64,
+        limit: f64,
+        horizon_ms: i64,
+    },
+    /// RMS of the detrended signal over the window.
+    Noise {
+        window_ms: i64,
+        limit: f64,
+        deadband: f64,
+    },
+    /// A live signal that stopped moving: zero spread over the window.
+    Frozen { window_ms: i64 },
+    /// No good sample for `max_age_ms`.
+    Stale { max_age_ms: i64 },
+    /// Distance from a slow EWMA baseline, in standard deviations.
+    Deviation {
+        lambda: f64,
+        limit: f64,
+        warmup: u32,
+    },
+    /// Two-sided CUSUM drift detection on the EWMA-standardised signal.
+    Cusum {
+        lambda: f64,
+        k: f64,
+        h: f64,
+        warmup: u32,
+    },
+    /// Deviation from a setpoint curve with a tolerance band and an allowed lag.
+    Curve {
+        source: CurveSource,
+        tolerance: f64,
+        lag_ms: i64,
+    },
+    /// Exponentially weighted moving average with time constant `window_ms` (O(1) memory, so
+    /// a 7-day KPI window costs nothing), compared with a limit.
+    Average {
+        window_ms: i64,
+        limit: f64,
+        deadband: f64,
+        direction: Direction,
+    },
+}
+
+impl RuleKind {
+    pub const NAMES: &'static str =
+        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve, average";
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RuleKind::High { .. } => "high",
+            RuleKind::Low { .. } => "low",
+            RuleKind::Rate { .. } => "rate",
+            RuleKind::Slope { .. } => "slope",
+            RuleKind::Predict { .. } => "predict",
+            RuleKind::Noise { .. } => "noise",
+            RuleKind::Frozen { .. } => "frozen",
+            RuleKind::Stale { .. } => "stale",
+            RuleKind::Deviation { .. } => "deviation",
+            RuleKind::Cusum { .. } => "cusum",
+            RuleKind::Curve { .. } => "curve",
+            RuleKind::Average { .. } => "average",
+        }
+    }
+
+    /// The span of samples the rule needs kept.
+    pub fn window_ms(&self) -> i64 {
+        match self {
+            RuleKind::Rate { window_ms, .. }
+            | RuleKind::Slope { window_ms, .. }
+            | RuleKind::Predict { window_ms, .. }
+            | RuleKind::Noise { window_ms, .. } => *window_ms,
+            _ => 0,
+        }
+    }
+
+    /// The limit shown in messages and payloads, where the rule has one.
+    pub fn limit_hint(&self) -> Option<f64> {
+        match self {
+            RuleKind::High { limit, .. }
+            | RuleKind::Low { limit, .. }
+            | RuleKind::Rate { limit, .. }
+            | RuleKind::Slope { limit, .. }
+            | RuleKind::Predict { limit, .. }
+            | RuleKind::Noise { limit, .. }
+            | RuleKind::Deviation { limit, .. }
+            | RuleKind::Average { limit, .. } => Some(*limit),
+            RuleKind::Curve { tolerance, .. } => Some(*tolerance),
+            _ => None,
+        }
+    }
+
+    /// Other tags of the device the rule reads.
+    pub fn extra_tags(&self) -> Vec<&str> {
+        match self {
+            RuleKind::Curve {
+                source: CurveSource::Tag(t),
+                ..
+            } => vec![t.as_str()],
+            RuleKind::Curve {
+                source:
+                    CurveSource::Points {
+                        time_tag: Some(t), ..
+                    },
+                ..
+            } => vec![t.as_str()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The operator message of a rule that does not write its own.
+    pub fn default_message(&self) -> &'static str {
+        match self {
+            RuleKind::High { .. } => "{rule} on {device}: {tag} {value} {unit} above {limit}",
+            RuleKind::Low { .. } => "{rule} on {device}: {tag} {value} {unit} below {limit}",
+            RuleKind::Predict { .. } => {
+                "{rule} on {device}: {tag} expected to reach {limit} {unit} in {eta}"
+            }
+            RuleKind::Stale { .. } => "{rule} on {device}: no good {tag} sample",
+            RuleKind::Frozen { .. } => "{rule} on {device}: {tag} frozen at {value} {unit}",
+            _ => "{rule} on {device}: {tag} {value} (limit {limit})",
+        }
+    }
+}
+
+/// What suppresses a rule by design.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Suppression {
+    /// Any active alarm of this rule (on any device of the area, or on `device`).
+    Alarm {
+        rule: String,
+        device: Option<String>,
+    },
+    /// An expression over the device's tags, true (non-zero) to suppress; compiled by the spec.
+    Expr(String),
+}
+
+impl Suppression {
+    /// Reads `"alarm:RULE"`, `"alarm:DEVICE/RULE"` or an expression (checked when compiled).
+    pub fn parse(s: &str) -> Result<Suppression, String> {
+        let Some(rest) = s.strip_prefix("alarm:") else {
+            return Ok(Suppression::Expr(s.to_string()));
+        };
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Err("\"alarm:\" needs a rule name, e.g. \"alarm:line_current_loss\" or \"alarm:rectifier/line_current_loss\"".into());
+        }
+        Ok(match rest.split_once('/') {
+            Some((d, r)) => Suppression::Alarm {
+                rule: r.to_string(),
+                device: Some(d.to_string()),
+            },
+            None => Suppression::Alarm {
+                rule: rest.to_string(),
+                device: None,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope {
+    /// One alarm per device (the default).
+    Device,
+    /// One alarm for the whole area, active when at least `quorum` of the devices are.
+    Area { quorum: f64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suppressions() {
+        assert_eq!(
+            Suppression::parse("alarm:line_loss"),
+            Ok(Suppression::Alarm {
+                rule: "line_loss".into(),
+                device: None
+            })
+        );
+        assert_eq!(
+            Suppression::parse("alarm:rect/line_loss"),
+            Ok(Suppression::Alarm {
+                rule: "line_loss".into(),
+                device: Some("rect".into())
+            })
+        );
+        assert_eq!(
+            Suppression::parse("current < 100"),
+            Ok(Suppression::Expr("current < 100".into()))
+        );
+        assert!(Suppression::parse("alarm:").is_err());
+    }
+}
