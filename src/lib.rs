@@ -17,6 +17,9 @@ pub mod demo;
 pub mod evaluate;
 pub mod explain;
 pub mod io;
+// The layering rule, checked on the source tree.
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod outbox;
 pub mod replay;
