@@ -1147,8 +1147,7 @@ fn sim_agent_config_matches_the_normal_plant() {
         let listen = endpoint.trim_start_matches("tcp://");
         let units: Vec<u32> = match (d.get("units"), d.get("unit")) {
             (Some(u), _) => {
-                let (a, b) = alsentry::sim::scenario::parse_range(u.as_str().unwrap()).unwrap();
-                (a..=b).collect()
+                alsentry::core::expand::parse_int_ranges(u.as_str().unwrap(), 0, 255).unwrap()
             }
             (None, Some(u)) => vec![u.as_integer().unwrap() as u32],
             _ => panic!("device without unit"),

@@ -49,7 +49,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
     /// Stop after this long (wall time), e.g. "10m". Default: until Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::core::duration::parse_duration)]
     pub run_for: Option<Duration>,
 }
 

@@ -9,30 +9,8 @@ use std::fmt::Write as _;
 use super::scenario::DeviceKind;
 use super::{calciner, cell, kiln};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Table {
-    Coil,
-    Discrete,
-    Holding,
-    Input,
-}
-
-impl Table {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Table::Coil => "coil",
-            Table::Discrete => "discrete",
-            Table::Holding => "holding",
-            Table::Input => "input",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Table> {
-        [Table::Coil, Table::Discrete, Table::Holding, Table::Input]
-            .into_iter()
-            .find(|t| t.as_str() == s)
-    }
-}
+/// The Modbus tables: the agent's own type, so the simulator serves what the agent reads.
+pub use crate::core::decode::Table;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ty {

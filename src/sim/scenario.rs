@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::faults::{FaultKind, FaultSpec};
+use crate::core::duration;
+use crate::core::expand::{self, parse_int_ranges, Var};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -162,57 +164,19 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
 }
 
-/// Parse "a-b" or "a" into an inclusive range.
-pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
-    let parse = |x: &str| {
-        x.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("`{s}` is not a number or a range like 1-8"))
-    };
-    let (a, b) = match s.split_once('-') {
-        Some((a, b)) => (parse(a)?, parse(b)?),
-        None => (parse(s)?, parse(s)?),
-    };
-    if b < a {
-        return Err(format!("range `{s}` is reversed"));
-    }
-    Ok((a, b))
-}
-
-/// Expand `{unit}`, `{index}`, `{port}` with optional zero padding (`{unit:03}`).
+/// Expands `{unit}`, `{index}`, `{port}` with optional zero padding (`{unit:03}`), as the
+/// agent expands its `[[devices]]` names.
 pub fn expand_name(pattern: &str, vars: &[(&str, u32)]) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = pattern;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `{{` in name pattern `{pattern}`"))?;
-        let inner = &after[..close];
-        let (var, width) = match inner.split_once(':') {
-            Some((v, w)) => (
-                v,
-                w.parse::<usize>()
-                    .map_err(|_| format!("bad width `{w}` in name pattern `{pattern}`"))?,
-            ),
-            None => (inner, 0),
-        };
-        let value = vars
-            .iter()
-            .find(|(n, _)| *n == var)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| format!("unknown variable `{{{var}}}` in name pattern `{pattern}`"))?;
-        out.push_str(&format!("{value:0width$}"));
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    let vars: Vec<(&str, Var<'_>)> = vars
+        .iter()
+        .map(|(n, v)| (*n, Var::Int(u64::from(*v))))
+        .collect();
+    expand::fill(pattern, &vars).map_err(|e| e.to_string())
 }
 
+/// A duration in the agent's grammar ("100ms", "90s", "1h30m").
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ScenarioError> {
-    humantime::parse_duration(s)
-        .map_err(|e| invalid(format!("{what}: `{s}` is not a duration ({e})")))
+    duration::parse_duration(s).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 impl Scenario {
@@ -251,22 +215,24 @@ impl Scenario {
             }
             match (&g.listen, &g.ports) {
                 (Some(listen), None) => {
-                    let (lo, hi) = match (&g.units, g.count) {
-                        (Some(u), _) => parse_range(u).map_err(ctx)?,
-                        (None, Some(n)) if n > 0 => (1, n),
+                    let units: Vec<u32> = match (&g.units, g.count) {
+                        (Some(u), _) => parse_int_ranges(u, 1, 247).map_err(|e| {
+                            ctx(format!("units: {e}; use `ports` for more devices"))
+                        })?,
+                        (None, Some(n)) if (1..=247).contains(&n) => (1..=n).collect(),
+                        (None, Some(n)) if n > 0 => {
+                            return Err(ctx(format!(
+                                "unit ids must be within 1-247 (count {n}); use `ports` for more devices"
+                            )))
+                        }
                         _ => return Err(ctx("give `units = \"1-8\"` or `count`".into())),
                     };
-                    if lo == 0 || hi > 247 {
-                        return Err(ctx(format!(
-                            "unit ids must be within 1-247 (got {lo}-{hi}); use `ports` for more devices"
-                        )));
-                    }
                     if let Some(n) = g.count {
-                        if n != hi - lo + 1 {
+                        if n as usize != units.len() {
                             return Err(ctx("`count` disagrees with `units`".into()));
                         }
                     }
-                    for (i, u) in (lo..=hi).enumerate() {
+                    for (i, &u) in units.iter().enumerate() {
                         let name = expand_name(&g.name, &[("unit", u), ("index", i as u32 + 1)])
                             .map_err(ctx)?;
                         devices.push(DeviceSpec {
@@ -280,13 +246,11 @@ impl Scenario {
                     }
                 }
                 (None, Some(ports)) => {
-                    let (lo, hi) = parse_range(ports).map_err(ctx)?;
-                    if hi > 65535 {
-                        return Err(ctx("ports must be at most 65535".into()));
-                    }
+                    let ports = parse_int_ranges(ports, 1, 65_535)
+                        .map_err(|e| ctx(format!("ports: {e}")))?;
                     let host = g.host.clone().unwrap_or_else(|| "127.0.0.1".to_string());
                     let unit = g.unit.unwrap_or(1);
-                    for (i, p) in (lo..=hi).enumerate() {
+                    for (i, &p) in ports.iter().enumerate() {
                         let name = expand_name(
                             &g.name,
                             &[

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{LineWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -30,10 +30,7 @@ pub struct TruthEvent {
     pub params: serde_json::Value,
 }
 
-pub fn rfc3339_ms(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::core::time::rfc3339_ms;
 
 /// Collects ground truth in memory and, if asked, appends it to a file.
 #[derive(Debug, Clone)]
