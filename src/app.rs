@@ -738,7 +738,7 @@ pub fn main(config_path: &Path) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        for line in cfg.summary().lines() {
+        for line in crate::explain::summary(&cfg).lines() {
             info!("{line}");
         }
         let clock: Arc<dyn Clock> = SystemClock::new();

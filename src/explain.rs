@@ -1,5 +1,4 @@
-//! `alsentry check --explain`: how each device will be read. (What was loaded is
-//! `Config::summary`.)
+//! `alsentry check --explain`: what was loaded and how each device will be read.
 
 use std::fmt::Write;
 
@@ -24,6 +23,53 @@ pub fn planner_for(d: &Device) -> Planner {
             max_bits: d.max_bits,
         },
     )
+}
+
+/// A few lines naming what the configuration holds.
+pub fn summary(cfg: &Config) -> String {
+    let tags: usize = cfg
+        .devices
+        .iter()
+        .map(|d| d.tags.len() + d.derived.len())
+        .sum();
+    let links: std::collections::BTreeSet<String> =
+        cfg.devices.iter().map(|d| d.endpoint.link_key()).collect();
+    let instances: usize = cfg.rules.iter().map(|r| cfg.rule_devices(r).count()).sum();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "agent {} at {}/{}; config {} (hash {})",
+        cfg.agent.id,
+        cfg.agent.site,
+        cfg.agent.area,
+        cfg.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.hash
+    );
+    let _ = writeln!(
+        s,
+        "{} devices on {} links, {} tags",
+        cfg.devices.len(),
+        links.len(),
+        tags
+    );
+    let _ = writeln!(
+        s,
+        "{} rules, {} alarm instances",
+        cfg.rules.len(),
+        instances
+    );
+    for sink in &cfg.sinks {
+        let _ = writeln!(
+            s,
+            "sink {}: {} topic root {}",
+            sink.name, sink.url, sink.topic_root
+        );
+    }
+    s
 }
 
 pub fn read_plan(cfg: &Config) -> String {

@@ -76,9 +76,16 @@ const ALLOWED_FOR_NOW: &[(&str, &str, &str)] = &[
         "live recording writes the replay tool's CSV format (arch-engine: shared sample format)",
     ),
     (
+        "src/app.rs",
+        "explain",
+        "the summary `check` prints comes from the explainer (arch-engine: config::describe)",
+    ),
+    (
         "src/config/mqtt.rs",
         "outbox",
-        "a sink's `carry` list names outbox::Class (arch-engine moves the message class to core)",
+        "a sink's `carry` names outbox::Class (arch-engine moves it to core); `[mqtt.outbox]` \
+         is read into outbox::OutboxOptions/FsyncPolicy (left for after arch-session's outbox \
+         and publisher changes: a config-side OutboxSettings with From in outbox)",
     ),
 ];
 

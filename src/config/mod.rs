@@ -14,7 +14,6 @@ pub mod tag;
 pub mod units;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -145,57 +144,6 @@ impl Config {
             path: path.to_path_buf(),
             text: text.to_string(),
         })
-    }
-
-    /// A few lines naming what the configuration holds (`check` prints them, reloads log them).
-    pub fn summary(&self) -> String {
-        let tags: usize = self
-            .devices
-            .iter()
-            .map(|d| d.tags.len() + d.derived.len())
-            .sum();
-        let links: std::collections::BTreeSet<String> =
-            self.devices.iter().map(|d| d.endpoint.link_key()).collect();
-        let instances: usize = self
-            .rules
-            .iter()
-            .map(|r| self.rule_devices(r).count())
-            .sum();
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "agent {} at {}/{}; config {} (hash {})",
-            self.agent.id,
-            self.agent.site,
-            self.agent.area,
-            self.files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.hash
-        );
-        let _ = writeln!(
-            s,
-            "{} devices on {} links, {} tags",
-            self.devices.len(),
-            links.len(),
-            tags
-        );
-        let _ = writeln!(
-            s,
-            "{} rules, {} alarm instances",
-            self.rules.len(),
-            instances
-        );
-        for sink in &self.sinks {
-            let _ = writeln!(
-                s,
-                "sink {}: {} topic root {}",
-                sink.name, sink.url, sink.topic_root
-            );
-        }
-        s
     }
 
     /// Devices a rule applies to.
