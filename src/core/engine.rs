@@ -473,8 +473,13 @@ impl Engine {
             };
             let slot = first_slot + u32::from(inst.tag);
             let mut eval = rule.eval.clone();
-            if let Some(t) = inst.curve_tag {
-                eval.bind_extra_tag(&rule.kind, first_slot + u32::from(t));
+            if !inst.extra_tags.is_empty() {
+                let slots: Vec<u32> = inst
+                    .extra_tags
+                    .iter()
+                    .map(|&t| first_slot + u32::from(t))
+                    .collect();
+                eval.bind_extra_tags(&rule.kind, &slots);
             }
             let target = match area_index {
                 Some(area) => {
@@ -1401,6 +1406,49 @@ mod tests {
             rule_events(&ev, "i_low")[0].transition.to,
             "active_unacked",
             "voltage is 200, so i_low is not suppressed: {ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_curve_rule_reads_the_setpoint_tag_of_its_own_device() {
+        use crate::core::rule::CurveSource;
+        let mut d = Draft::new("kilns");
+        let kiln = d.table(&[("setpoint", "degC"), ("temp", "degC")], &[]);
+        d.device("kiln-1", kiln, 1_000);
+        d.device("kiln-2", kiln, 1_000);
+        d.rule_on_all(RuleDraft::new(
+            "off_curve",
+            "temp",
+            RuleKind::Curve {
+                source: CurveSource::Tag("setpoint".into()),
+                tolerance: 5.0,
+                lag_ms: 0,
+            },
+        ));
+        let mut e = Engine::new(&d.compile().unwrap());
+        let mut feed = |dev: u32, t: Ts, sp: f64, temp: f64| {
+            let mut out = Vec::new();
+            let values = vec![(0, sp, Quality::Good), (1, temp, Quality::Good)];
+            e.on_batch(
+                &SampleBatch {
+                    device: dev,
+                    ts: t,
+                    values,
+                },
+                t,
+                &mut out,
+            );
+            out
+        };
+        assert!(rule_events(&feed(1, 0, 300.0, 302.0), "off_curve").is_empty());
+        let ev = feed(1, 1_000, 300.0, 320.0);
+        assert_eq!(
+            rule_events(&ev, "off_curve")[0].transition.to,
+            "active_unacked"
+        );
+        assert!(
+            rule_events(&feed(0, 1_000, 320.0, 320.0), "off_curve").is_empty(),
+            "kiln-1 reads its own setpoint"
         );
     }
 

@@ -591,14 +591,16 @@ impl Eval {
         }
     }
 
-    /// Points a curve rule at the slot of its setpoint tag or time tag (its extra tag).
-    pub fn bind_extra_tag(&mut self, kind: &RuleKind, slot: u32) {
+    /// Points the evaluator at the slots of the other tags its kind reads, given in the order
+    /// of [`RuleKind::extra_tags`] (a curve rule's setpoint tag or time tag).
+    pub fn bind_extra_tags(&mut self, kind: &RuleKind, slots: &[u32]) {
         let (Eval::Curve { curve, .. }, RuleKind::Curve { source, .. }) = (self, kind) else {
             return;
         };
+        let slot = slots.first().copied();
         match source {
-            CurveSource::Tag(_) => curve.setpoint_slot = Some(slot),
-            CurveSource::Points { .. } => curve.time_slot = Some(slot),
+            CurveSource::Tag(_) => curve.setpoint_slot = slot,
+            CurveSource::Points { .. } => curve.time_slot = slot,
         }
     }
 

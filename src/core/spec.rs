@@ -426,10 +426,10 @@ fn compile_rule<'d>(
                 tag: r.tag.clone(),
             });
         }
-        let mut curve_tag = None;
+        let mut extra_tags = Vec::new();
         for extra in r.kind.extra_tags() {
             match d.tags.index_of(extra) {
-                Some(i) => curve_tag = Some(i),
+                Some(i) => extra_tags.push(i),
                 None => problems.push(RuleProblem::NoExtraTag {
                     device: di,
                     device_name: d.name.to_string(),
@@ -455,7 +455,7 @@ fn compile_rule<'d>(
             instances.push(Instance {
                 device: di,
                 tag,
-                curve_tag,
+                extra_tags,
                 suppress_inputs,
             });
         }
@@ -600,8 +600,8 @@ pub struct RuleSpec {
     pub message: Arc<MessageTemplate>,
     pub scope: Scope,
     pub suppress_when: Option<SuppressSpec>,
-    /// The rule's evaluator for a fresh window, curve tags not yet bound (see
-    /// [`Eval::bind_extra_tag`]); building it is what checks the kind's settings.
+    /// The rule's evaluator for a fresh window, its extra tags not yet bound (see
+    /// [`Eval::bind_extra_tags`]); building it is what checks the kind's settings.
     pub eval: Eval,
     /// One per device the rule applies to, in device order.
     pub instances: Vec<Instance>,
@@ -643,8 +643,9 @@ pub struct Instance {
     pub device: u32,
     /// The watched tag.
     pub tag: u16,
-    /// A curve rule's setpoint or time tag.
-    pub curve_tag: Option<u16>,
+    /// The other tags the kind reads ([`RuleKind::extra_tags`], in that order): a curve
+    /// rule's setpoint or time tag.
+    pub extra_tags: Vec<u16>,
     /// For a `suppress_when` expression: the tag of each variable, in the program's order.
     pub suppress_inputs: Vec<u16>,
 }
