@@ -355,7 +355,10 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             .iter()
             .flat_map(|t| t.broken.iter().cloned())
             .collect();
-        record::check_tags(rc, &devices, &refused_tags, &sources[0], *offset, &mut p);
+        let partial = expanded.tables.iter().any(|t| t.partial);
+        if !partial {
+            record::check_tags(rc, &devices, &refused_tags, &sources[0], *offset, &mut p);
+        }
     }
     check_sinks(&sinks, &sources[0], &mut p);
     let selector_refused = check_rules(&rules, &devices, &templates, &refused, &sources, &mut p);
@@ -647,9 +650,16 @@ struct EntryTable {
     derived: Arc<[Derived]>,
     /// Refused tag names of the template and of the entry.
     broken: HashSet<String>,
+    /// Its template was refused as a whole: any name may have been one of its tags.
+    partial: bool,
 }
 
 impl EntryTable {
+    /// A name this table lacks only because something was refused where it is defined.
+    fn refused(&self, name: &str) -> bool {
+        self.partial || self.broken.contains(name)
+    }
+
     /// How many of its tags come from the template (they come first).
     fn template_tags(&self, templates: &BTreeMap<String, TemplateParts>) -> usize {
         self.template
@@ -690,6 +700,7 @@ fn expand_devices(
         let mut derived = Vec::new();
         let mut broken: HashSet<String> = e.broken.iter().cloned().collect();
         let mut template = None;
+        let mut partial = false;
         if let Some(t) = &e.template {
             match templates.get(t) {
                 Some(tpl) => {
@@ -699,7 +710,10 @@ fn expand_devices(
                     template = Some(t.clone());
                 }
                 // Refused already, where it is written.
-                None if refused.templates.contains(t) => incomplete = true,
+                None if refused.templates.contains(t) => {
+                    incomplete = true;
+                    partial = true;
+                }
                 None => {
                     let known: Vec<&str> = templates.keys().map(String::as_str).collect();
                     p.add(
@@ -730,6 +744,7 @@ fn expand_devices(
             tags: tags.into(),
             derived: derived.into(),
             broken,
+            partial,
         };
         check_overlaps(&table, templates, sources, p);
         let (tags, derived) = (table.tags.clone(), table.derived.clone());
