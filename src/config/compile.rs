@@ -431,7 +431,10 @@ limit = 400
         let r = spec.rule("r_high").unwrap();
         let devices: Vec<u32> = r.instances.iter().map(|i| i.device).collect();
         assert_eq!(devices, [0, 1, 2]);
-        assert_eq!(r.instances[0].tag, 2, "pseudo_r follows the two raw tags");
+        assert_eq!(
+            r.bindings[r.instances[0].binding as usize].tag, 2,
+            "pseudo_r follows the two raw tags"
+        );
         assert_eq!(spec.rule("line_low").unwrap().instances[0].device, 3);
 
         let mut e = Engine::new(spec);

@@ -17,7 +17,7 @@ use super::flood::{AlarmKpis, FloodConfig, FloodDecision, FloodDetector, FloodEv
 use super::message::{MessageContext, MessageTemplate};
 use super::model::{BadReason, Priority, Quality, Ts};
 use super::rule::{RuleKind, Scope};
-use super::spec::{Instance, RuleSpec, Spec, SuppressSpec};
+use super::spec::{Binding, RuleSpec, Spec, SuppressSpec};
 use super::window::{capacity_for, Point, Window};
 
 pub use super::rule::{AREA_DEVICE, COMM_LOSS_RULE, FLOOD_RULE};
@@ -275,8 +275,10 @@ impl Engine {
         let mut span: HashMap<(u32, u16), i64> = HashMap::new();
         for rule in spec.rules() {
             for i in &rule.instances {
-                let e = span.entry((i.device, i.tag)).or_insert(0);
-                *e = (*e).max(rule.kind.window_ms());
+                if let Some(b) = rule.bindings.get(i.binding as usize) {
+                    let e = span.entry((i.device, b.tag)).or_insert(0);
+                    *e = (*e).max(rule.kind.window_ms());
+                }
             }
         }
         // Tag names and units repeat across the device entries: one allocation each.
@@ -436,7 +438,8 @@ impl Engine {
                     .first()
                     .and_then(|i| {
                         let t = &spec.devices().get(i.device as usize)?.tags;
-                        (i.tag < t.raw).then(|| t.tags.get(usize::from(i.tag)))?
+                        let tag = rule.bindings.get(i.binding as usize)?.tag;
+                        (tag < t.raw).then(|| t.tags.get(usize::from(tag)))?
                     })
                     .map(|t| t.unit.clone())
                     .unwrap_or_else(|| Arc::from(""));
@@ -465,16 +468,19 @@ impl Engine {
             }
         };
         // Alarms of device scope, with the instance each belongs to.
-        let mut targets: Vec<(&Instance, u32)> = Vec::new();
+        let mut targets: Vec<(usize, &Binding, u32)> = Vec::new();
         for inst in &rule.instances {
             let di = inst.device as usize;
-            let Some(first_slot) = self.devices.get(di).map(|d| d.first_slot) else {
+            let (Some(first_slot), Some(b)) = (
+                self.devices.get(di).map(|d| d.first_slot),
+                rule.bindings.get(inst.binding as usize),
+            ) else {
                 continue;
             };
-            let slot = first_slot + u32::from(inst.tag);
+            let slot = first_slot + u32::from(b.tag);
             let mut eval = rule.eval.clone();
-            if !inst.extra_tags.is_empty() {
-                let slots: Vec<u32> = inst
+            if !b.extra_tags.is_empty() {
+                let slots: Vec<u32> = b
                     .extra_tags
                     .iter()
                     .map(|&t| first_slot + u32::from(t))
@@ -509,7 +515,7 @@ impl Engine {
                         chatter_seen: 0,
                     });
                     self.by_name.insert((dev_name, rule_name.clone()), id);
-                    targets.push((inst, id));
+                    targets.push((di, b, id));
                     Target::Alarm(id)
                 }
             };
@@ -525,7 +531,7 @@ impl Engine {
         match &rule.suppress_when {
             None => {}
             Some(SuppressSpec::Alarm { rule: r, device }) => {
-                let mut ids: Vec<u32> = targets.iter().map(|(_, id)| *id).collect();
+                let mut ids: Vec<u32> = targets.iter().map(|(_, _, id)| *id).collect();
                 if let Some(area) = area_index {
                     ids.push(self.areas[area as usize].alarm);
                 }
@@ -538,9 +544,9 @@ impl Engine {
             }
             // On each device's own values; an area alarm has no device to read.
             Some(SuppressSpec::Expr { program, .. }) => {
-                for (inst, id) in targets {
-                    let dev = &mut self.devices[inst.device as usize];
-                    let inputs: Vec<u32> = inst
+                for (di, b, id) in targets {
+                    let dev = &mut self.devices[di];
+                    let inputs: Vec<u32> = b
                         .suppress_inputs
                         .iter()
                         .map(|&t| dev.first_slot + u32::from(t))

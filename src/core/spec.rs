@@ -413,28 +413,41 @@ fn compile_rule<'d>(
         },
     };
     let mut instances = Vec::with_capacity(r.devices.len());
+    // Resolved once per tag table: the devices of one entry share it.
+    let mut bindings: Vec<Binding> = Vec::new();
+    let mut bound: Vec<(*const TagTable, Option<u32>)> = Vec::new();
     for &di in &r.devices {
         let Some(d) = devices.get(di as usize) else {
             problems.push(RuleProblem::UnknownDevice(di));
             continue;
         };
-        let tag = d.tags.index_of(&r.tag);
-        if tag.is_none() {
+        let table = Arc::as_ptr(&d.tags);
+        let binding = match bound.iter().find(|(t, _)| *t == table) {
+            Some((_, b)) => *b,
+            None => {
+                let b = bind(&d.tags, r, suppress_expr.as_ref()).map(|b| {
+                    bindings.push(b);
+                    (bindings.len() - 1) as u32
+                });
+                bound.push((table, b));
+                b
+            }
+        };
+        // What the device lacks, named per device.
+        if d.tags.index_of(&r.tag).is_none() {
             problems.push(RuleProblem::NoTag {
                 device: di,
                 device_name: d.name.to_string(),
                 tag: r.tag.clone(),
             });
         }
-        let mut extra_tags = Vec::new();
         for extra in r.kind.extra_tags() {
-            match d.tags.index_of(extra) {
-                Some(i) => extra_tags.push(i),
-                None => problems.push(RuleProblem::NoExtraTag {
+            if d.tags.index_of(extra).is_none() {
+                problems.push(RuleProblem::NoExtraTag {
                     device: di,
                     device_name: d.name.to_string(),
                     tag: extra.to_string(),
-                }),
+                });
             }
         }
         if !alarms_seen.insert((di, r.name.as_str())) {
@@ -443,20 +456,10 @@ fn compile_rule<'d>(
                 device_name: d.name.to_string(),
             });
         }
-        let suppress_inputs = match &suppress_expr {
-            Some(expr) => expr
-                .variables()
-                .iter()
-                .filter_map(|v| d.tags.index_of(v))
-                .collect(),
-            None => Vec::new(),
-        };
-        if let Some(tag) = tag {
+        if let Some(binding) = binding {
             instances.push(Instance {
                 device: di,
-                tag,
-                extra_tags,
-                suppress_inputs,
+                binding,
             });
         }
     }
@@ -488,7 +491,32 @@ fn compile_rule<'d>(
         scope: r.scope,
         suppress_when,
         eval: eval?,
+        bindings,
         instances,
+    })
+}
+
+/// The rule's tags in one table, if it has them all (what it lacks is reported per device).
+fn bind(table: &TagTable, r: &RuleDraft, suppress: Option<&Expr>) -> Option<Binding> {
+    let tag = table.index_of(&r.tag)?;
+    let extra_tags = r
+        .kind
+        .extra_tags()
+        .iter()
+        .map(|t| table.index_of(t))
+        .collect::<Option<Vec<u16>>>()?;
+    let suppress_inputs = match suppress {
+        Some(expr) => expr
+            .variables()
+            .iter()
+            .map(|v| table.index_of(v))
+            .collect::<Option<Vec<u16>>>()?,
+        None => Vec::new(),
+    };
+    Some(Binding {
+        tag,
+        extra_tags,
+        suppress_inputs,
     })
 }
 
@@ -603,6 +631,8 @@ pub struct RuleSpec {
     /// The rule's evaluator for a fresh window, its extra tags not yet bound (see
     /// [`Eval::bind_extra_tags`]); building it is what checks the kind's settings.
     pub eval: Eval,
+    /// The rule resolved against each tag table its devices use.
+    pub bindings: Vec<Binding>,
     /// One per device the rule applies to, in device order.
     pub instances: Vec<Instance>,
 }
@@ -636,11 +666,18 @@ impl RuleSpec {
     }
 }
 
-/// One (device, rule): indices into the device's [`TagTable`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One (device, rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Instance {
     /// Index into [`Spec::devices`].
     pub device: u32,
+    /// Index into [`RuleSpec::bindings`]: where the rule's tags are in the device's table.
+    pub binding: u32,
+}
+
+/// A rule's tags as indices into one [`TagTable`], shared by the devices using that table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
     /// The watched tag.
     pub tag: u16,
     /// The other tags the kind reads ([`RuleKind::extra_tags`], in that order): a curve
@@ -865,12 +902,11 @@ mod tests {
         assert_eq!(t.derived[0].inputs, vec![0, 1]);
         let r = &spec.rules()[0];
         assert_eq!(r.instances.len(), 3);
-        assert_eq!(
-            (r.instances[1].device, r.instances[1].tag),
-            (1, 2),
-            "pseudo_r is the table's third tag"
-        );
-        assert_eq!(r.instances[1].suppress_inputs, vec![1]);
+        assert_eq!(r.bindings.len(), 1, "one table, one binding");
+        assert_eq!(r.instances[1].device, 1);
+        let b = &r.bindings[r.instances[1].binding as usize];
+        assert_eq!(b.tag, 2, "pseudo_r is the table's third tag");
+        assert_eq!(b.suppress_inputs, vec![1]);
         assert_eq!(
             r.message.source(),
             "{rule} on {device}: {tag} {value} {unit} above {limit}"
