@@ -48,6 +48,8 @@ pub struct DeviceEntry {
     pub derived: Vec<Derived>,
     /// Names of this entry's tags and derived tags that were refused.
     pub broken: Vec<String>,
+    /// Some of them were refused without a readable name.
+    pub partial: bool,
     pub max_gap: u16,
     pub max_registers: u16,
     pub max_bits: u16,
@@ -137,16 +139,19 @@ pub fn parse_device_entry(
     let max_bits = r.opt_int_in(p, "max_bits", 1, 2000).unwrap_or(2000) as u16;
     let mut tags = Vec::new();
     let mut broken = Vec::new();
+    let mut partial = false;
     if let Some(t) = r.get("tags") {
         let listed = parse_listed(t, src, r.key_path("tags"), p, parse_tag);
         tags = listed.items.into_iter().map(|(t, _)| t).collect();
         broken.extend(listed.broken);
+        partial |= listed.unnamed;
     }
     let mut derived = Vec::new();
     if let Some(d) = r.get("derived") {
         let listed = parse_listed(d, src, r.key_path("derived"), p, parse_derived);
         derived = listed.items.into_iter().map(|(d, _)| d).collect();
         broken.extend(listed.broken);
+        partial |= listed.unnamed;
     }
     if template.is_none() && !r.has("tags") {
         r.missing(p, "tags", "a device needs `template` or its own `tags`");
@@ -174,6 +179,7 @@ pub fn parse_device_entry(
         tags,
         derived,
         broken,
+        partial,
         max_gap,
         max_registers,
         max_bits,
@@ -187,31 +193,6 @@ pub fn parse_device_entry(
     })
 }
 
-pub fn parse_tag_list(
-    v: &Spanned<DeValue<'_>>,
-    src: &Source,
-    path: String,
-    p: &mut Problems,
-) -> Vec<Tag> {
-    parse_list(v, src, path, p, parse_tag)
-}
-
-pub fn parse_list<T>(
-    v: &Spanned<DeValue<'_>>,
-    src: &Source,
-    path: String,
-    p: &mut Problems,
-    f: impl Fn(&Spanned<DeValue<'_>>, &Source, String, &mut Problems) -> Option<T>,
-) -> Vec<T> {
-    let mut out = Vec::new();
-    parse_items(v, src, path, p, |item, src, path, p| {
-        if let Some(x) = f(item, src, path, p) {
-            out.push(x);
-        }
-    });
-    out
-}
-
 /// An array of tables read item by item, each with where it was written and, for the items
 /// that failed, the name they are still known by.
 #[derive(Debug)]
@@ -221,6 +202,9 @@ pub struct Listed<T> {
     pub broken: Vec<String>,
     /// Some item was refused, named or not.
     pub incomplete: bool,
+    /// Some item was refused without a readable name, or the value was no array: any name may
+    /// have been one of the items.
+    pub unnamed: bool,
 }
 
 /// Where one item of an array of tables was written.
@@ -243,45 +227,41 @@ pub fn parse_listed<T>(
         items: Vec::new(),
         broken: Vec::new(),
         incomplete: false,
+        unnamed: false,
     };
-    parse_items(v, src, path, p, |item, src, path, p| {
-        let at = Item {
-            offset: item.span().start,
-            path: path.clone(),
-            name_offset: value_offset_of(item, "name"),
-            expr_offset: value_offset_of(item, "expr"),
-        };
-        match f(item, src, path, p) {
-            Some(x) => out.items.push((x, at)),
-            None => {
-                out.incomplete = true;
-                out.broken.extend(name_of(item));
-            }
-        }
-    });
-    out
-}
-
-fn parse_items(
-    v: &Spanned<DeValue<'_>>,
-    src: &Source,
-    path: String,
-    p: &mut Problems,
-    mut f: impl FnMut(&Spanned<DeValue<'_>>, &Source, String, &mut Problems),
-) {
-    match v.get_ref() {
-        DeValue::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                f(item, src, index(&path, i), p);
-            }
-        }
-        other => p.add(
+    let DeValue::Array(items) = v.get_ref() else {
+        p.add(
             src,
             v.span().start,
             &path,
-            format!("expected an array of tables, found {}", type_name(other)),
-        ),
+            format!(
+                "expected an array of tables, found {}",
+                type_name(v.get_ref())
+            ),
+        );
+        out.incomplete = true;
+        out.unnamed = true;
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let at = Item {
+            offset: item.span().start,
+            path: index(&path, i),
+            name_offset: value_offset_of(item, "name"),
+            expr_offset: value_offset_of(item, "expr"),
+        };
+        match f(item, src, at.path.clone(), p) {
+            Some(x) => out.items.push((x, at)),
+            None => {
+                out.incomplete = true;
+                match name_of(item) {
+                    Some(n) => out.broken.push(n),
+                    None => out.unnamed = true,
+                }
+            }
+        }
     }
+    out
 }
 
 /// Values a name or endpoint pattern can refer to.

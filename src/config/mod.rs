@@ -587,6 +587,8 @@ struct TemplateParts {
     derived_sites: Vec<Site>,
     /// Names of its tags and derived tags that were refused.
     broken: HashSet<String>,
+    /// Some were refused without a readable name.
+    partial: bool,
 }
 
 impl TemplateParts {
@@ -596,6 +598,12 @@ impl TemplateParts {
         self.tag_sites.extend(other.tag_sites);
         self.derived_sites.extend(other.derived_sites);
         self.broken.extend(other.broken);
+        self.partial |= other.partial;
+    }
+
+    /// A name it lacks only because something was refused where it is defined.
+    fn refused(&self, name: &str) -> bool {
+        self.partial || self.broken.contains(name)
     }
 }
 
@@ -612,6 +620,7 @@ fn parse_template(
         tag_sites: Vec::new(),
         derived_sites: Vec::new(),
         broken: HashSet::new(),
+        partial: false,
     };
     match r.get("tags") {
         Some(t) => {
@@ -621,6 +630,7 @@ fn parse_template(
                 parts.tag_sites.push((si, at));
             }
             parts.broken.extend(listed.broken);
+            parts.partial |= listed.unnamed;
         }
         None if r.has("derived") => {}
         None => r.missing(p, "tags", "a template lists its tags: tags = [ { name = ..., table = ..., address = ..., type = ... } ]"),
@@ -632,6 +642,7 @@ fn parse_template(
             parts.derived_sites.push((si, at));
         }
         parts.broken.extend(listed.broken);
+        parts.partial |= listed.unnamed;
     }
     r.finish(p);
     Some(parts)
@@ -700,13 +711,14 @@ fn expand_devices(
         let mut derived = Vec::new();
         let mut broken: HashSet<String> = e.broken.iter().cloned().collect();
         let mut template = None;
-        let mut partial = false;
+        let mut partial = e.partial;
         if let Some(t) = &e.template {
             match templates.get(t) {
                 Some(tpl) => {
                     tags.extend(tpl.template.tags.iter().cloned());
                     derived.extend(tpl.template.derived.iter().cloned());
                     broken.extend(tpl.broken.iter().cloned());
+                    partial |= tpl.partial;
                     template = Some(t.clone());
                 }
                 // Refused already, where it is written.
@@ -955,7 +967,7 @@ fn check_rules(
                         .collect::<Vec<_>>();
                     if !known.contains(&r.tag.as_str()) {
                         out.insert(ri);
-                        if !tpl.broken.contains(&r.tag) {
+                        if !tpl.refused(&r.tag) {
                             p.add(
                                 src,
                                 r.tag_offset,
