@@ -412,3 +412,283 @@ fn data_names(cfg: &Config) -> Vec<DataTags> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::core::model::Quality;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    /// The engine task on real channels with three sinks: two publish under "plant", one under
+    /// "province".
+    struct Harness {
+        clock: Arc<ManualClock>,
+        batches: mpsc::Sender<SampleBatch>,
+        commands: mpsc::Sender<InboundCommand>,
+        control: mpsc::Sender<Control>,
+        reloads: mpsc::Receiver<ReloadRequest>,
+        sinks: Vec<mpsc::Receiver<Arc<Message>>>,
+        _state: tempfile::TempDir,
+    }
+
+    fn harness(reload_capacity: usize) -> Harness {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = Config::from_str(
+            std::path::Path::new("t.toml"),
+            &format!(
+                r#"
+[agent]
+id = "gw"
+site = "s"
+area = "a"
+state_dir = "{}"
+[[mqtt]]
+name = "plant"
+url = "mqtt://127.0.0.1:1883"
+topic_root = "plant"
+[[mqtt]]
+name = "province"
+url = "mqtt://127.0.0.2:1883"
+topic_root = "province"
+[[mqtt]]
+name = "plant-backup"
+url = "mqtt://127.0.0.3:1883"
+topic_root = "plant"
+[data]
+mode = "poll"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit = "V" }} ]
+[[rules]]
+name = "ae"
+devices = ["pot-*"]
+tag = "voltage"
+type = "high"
+limit = 8.0
+"#,
+                state.path().display()
+            ),
+        )
+        .unwrap();
+        let clock = ManualClock::new(T0);
+        let (sink_txs, sinks): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| mpsc::channel::<Arc<Message>>(64)).unzip();
+        let (batches, batch_rx) = mpsc::channel(16);
+        let (commands, command_rx) = mpsc::channel(16);
+        let (control, control_rx) = mpsc::channel(4);
+        let (reload_tx, reloads) = mpsc::channel(reload_capacity);
+        let task = EngineTask::new(
+            &cfg,
+            Engine::new(&cfg).unwrap(),
+            SeqLease::open(state.path()).unwrap(),
+            Outlets::new(&cfg, sink_txs),
+            Shared {
+                clock: clock.clone(),
+                metrics: Metrics::new(["pot-001".to_string()], []),
+                alarms: watch::channel(AlarmSnapshot::default()).0,
+                recorder: None,
+                reloads: reload_tx,
+            },
+        );
+        let inputs = Inputs {
+            batches: batch_rx,
+            commands: command_rx,
+            control: control_rx,
+        };
+        tokio::spawn(task.run(inputs, CancellationToken::new()));
+        Harness {
+            clock,
+            batches,
+            commands,
+            control,
+            reloads,
+            sinks,
+            _state: state,
+        }
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Arc<Message>>) -> Arc<Message> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the engine task is running")
+    }
+
+    fn json(m: &Arc<Message>) -> serde_json::Value {
+        serde_json::from_slice(&m.payload).unwrap()
+    }
+
+    impl Harness {
+        async fn volts(&self, v: f64) {
+            let ts = self.clock.now();
+            let values = vec![(0, v, Quality::Good)];
+            let b = SampleBatch {
+                device: 0,
+                ts,
+                values,
+            };
+            self.batches.send(b).await.unwrap();
+        }
+
+        async fn command(&self, sink: usize, payload: &str) {
+            let payload = payload.as_bytes().to_vec();
+            let c = InboundCommand { sink, payload };
+            self.commands.send(c).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn each_message_is_spelled_once_per_identity_under_each_sinks_own_root() {
+        let mut h = harness(4);
+        h.volts(9.0).await;
+        let mut got: Vec<Vec<Arc<Message>>> = Vec::new();
+        for rx in &mut h.sinks {
+            got.push(vec![next(rx).await, next(rx).await]);
+        }
+        let topics: Vec<Vec<&str>> = got
+            .iter()
+            .map(|ms| ms.iter().map(|m| m.topic.as_str()).collect())
+            .collect();
+        let plant = vec!["plant/s/a/pot-001/data", "plant/s/a/pot-001/alarm/ae"];
+        let province = vec!["province/s/a/pot-001/data", "province/s/a/pot-001/alarm/ae"];
+        assert_eq!(topics, vec![plant.clone(), province, plant]);
+        // The two "plant" sinks share the very same messages.
+        for (a, b) in got[0].iter().zip(&got[2]) {
+            assert!(Arc::ptr_eq(a, b));
+        }
+        assert_eq!(json(&got[1][1])["state"], "active_unacked");
+        assert_eq!(
+            json(&got[1][1]),
+            json(&got[0][1]),
+            "same payload on each root"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_is_answered_once_on_the_sink_it_came_from() {
+        let mut h = harness(4);
+        h.volts(9.0).await;
+        for rx in &mut h.sinks {
+            next(rx).await; // data
+            next(rx).await; // alarm
+        }
+        h.clock.advance(1_000);
+        h.command(
+            1,
+            r#"{"op":"ack","device":"pot-001","rule":"ae","by":"op","request_id":"r1"}"#,
+        )
+        .await;
+        // The reply goes only to the province sink (first, as it always has), the transition
+        // everywhere.
+        let reply = next(&mut h.sinks[1]).await;
+        assert_eq!(reply.topic, "province/s/a/_agent/gw/cmd/reply");
+        for rx in &mut h.sinks {
+            let m = next(rx).await;
+            assert!(m.topic.ends_with("/alarm/ae"), "{}", m.topic);
+            assert_eq!(json(&m)["state"], "active_acked");
+        }
+        let j = json(&reply);
+        assert_eq!(
+            (&j["ok"], &j["request_id"], &j["op"], &j["state"]),
+            (
+                &true.into(),
+                &"r1".into(),
+                &"ack".into(),
+                &"active_acked".into()
+            )
+        );
+        assert_eq!(j["ts"], "2026-01-01T00:00:01.000Z");
+        // A refusal names the error; nothing else was sent to the plant sinks meanwhile.
+        h.command(
+            0,
+            r#"{"op":"ack","device":"pot-001","rule":"nope","by":"op"}"#,
+        )
+        .await;
+        let refused = next(&mut h.sinks[0]).await;
+        assert_eq!(refused.topic, "plant/s/a/_agent/gw/cmd/reply");
+        assert_eq!(json(&refused)["ok"], false);
+        assert!(json(&refused)["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown alarm"));
+        h.command(0, "not json").await;
+        assert!(json(&next(&mut h.sinks[0]).await)["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON"));
+        assert!(h.sinks[1].try_recv().is_err() && h.sinks[2].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reload_is_answered_by_the_engine_once_the_supervisor_has_applied_it() {
+        let mut h = harness(1);
+        h.command(2, r#"{"op":"reload","by":"ops","request_id":"r7"}"#)
+            .await;
+        let req = tokio::time::timeout(Duration::from_secs(5), h.reloads.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let ReloadOrigin::Command(to) = req.origin else {
+            panic!("a command origin")
+        };
+        assert_eq!(
+            to,
+            CommandOrigin {
+                sink: 2,
+                request_id: Some("r7".into()),
+                op: "reload".into()
+            }
+        );
+        // Not answered yet: the next reply on that sink is for a later command.
+        h.command(2, "{}").await;
+        assert_eq!(
+            json(&next(&mut h.sinks[2]).await)["error"],
+            "missing \"op\""
+        );
+        h.control
+            .send(Control::Reloaded {
+                to,
+                result: Ok("1 rules; 1 links kept, 0 restarted".into()),
+            })
+            .await
+            .unwrap();
+        let j = json(&next(&mut h.sinks[2]).await);
+        assert_eq!(
+            (&j["ok"], &j["request_id"], &j["state"]),
+            (
+                &true.into(),
+                &"r7".into(),
+                &"1 rules; 1 links kept, 0 restarted".into()
+            )
+        );
+
+        // While the supervisor is busy with one reload, another is refused at once.
+        h.command(0, r#"{"op":"reload","by":"ops"}"#).await;
+        h.command(0, r#"{"op":"reload","by":"ops","request_id":"r9"}"#)
+            .await;
+        let j = json(&next(&mut h.sinks[0]).await);
+        assert_eq!(j["request_id"], "r9");
+        assert_eq!(j["error"], "a reload is already in progress; try again");
+        let req = h.reloads.recv().await.unwrap();
+        let ReloadOrigin::Command(to) = req.origin else {
+            panic!("a command origin")
+        };
+        h.control
+            .send(Control::Reloaded {
+                to,
+                result: Err("changes in [agent] take effect at the next restart".into()),
+            })
+            .await
+            .unwrap();
+        let j = json(&next(&mut h.sinks[0]).await);
+        assert_eq!(j["ok"], false);
+        assert_eq!(
+            j["error"],
+            "changes in [agent] take effect at the next restart"
+        );
+        assert!(h.sinks[1].try_recv().is_err(), "replies go to one sink");
+    }
+}

@@ -356,3 +356,95 @@ limit = 8.0
         assert_eq!(plan.restart.len(), 2, "{plan:?}");
     }
 }
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::app::engine::CommandOrigin;
+    use crate::clock::ManualClock;
+    use std::time::Duration;
+
+    fn text(agent: &str, limit: f64, top: &str) -> String {
+        format!(
+            r#"{top}
+[agent]
+id = "{agent}"
+site = "s"
+area = "a"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[devices]]
+name = "a"
+endpoint = "tcp://127.0.0.1:1"
+poll = "1s"
+tags = [ {{ name = "v", table = "input", address = 0, type = "u16" }} ]
+[[rules]]
+name = "high"
+devices = ["*"]
+tag = "v"
+type = "high"
+limit = {limit}
+"#
+        )
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("within 5 s")
+    }
+
+    /// The test plays the engine task's side of the control channel.
+    #[tokio::test]
+    async fn a_reload_is_applied_through_the_engine_and_its_outcome_handed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alsentry.toml");
+        std::fs::write(&path, text("gw", 8.0, "")).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let first_hash = cfg.hash.clone();
+        let (batches, _batch_rx) = mpsc::channel(16);
+        let (control_tx, mut control) = mpsc::channel(4);
+        let metrics = Metrics::new(["a".to_string()], ["default".to_string()]);
+        let sup = Supervisor::start(cfg, batches, ManualClock::new(0), metrics, control_tx);
+        let (requests, requests_rx) = mpsc::channel(4);
+        let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(sup.run(requests_rx, cancel.clone(), engine_cancel.clone()));
+
+        // A new limit, and a comment that moves every entry: applied in place, link kept.
+        std::fs::write(&path, text("gw", 9.0, "# moved\n")).unwrap();
+        let to = CommandOrigin {
+            sink: 0,
+            request_id: Some("r1".into()),
+            op: "reload".into(),
+        };
+        let origin = ReloadOrigin::Command(to.clone());
+        requests.send(ReloadRequest { origin }).await.unwrap();
+        let Some(Control::Swap(new, done)) = within(control.recv()).await else {
+            panic!("the engine is asked to swap first")
+        };
+        assert_ne!(new.hash, first_hash, "the file as it is now");
+        done.send(Ok(())).unwrap();
+        let Some(Control::Reloaded { to: got, result }) = within(control.recv()).await else {
+            panic!("the outcome goes back to the engine task")
+        };
+        assert_eq!(got, to);
+        assert_eq!(result, Ok("1 rules; 1 links kept, 0 restarted".to_string()));
+
+        // What needs a restart is refused before the engine hears of it.
+        std::fs::write(&path, text("gw-2", 9.0, "")).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let origin = ReloadOrigin::Caller(tx);
+        requests.send(ReloadRequest { origin }).await.unwrap();
+        let err = within(rx).await.unwrap().unwrap_err();
+        assert!(err.contains("[agent]"), "{err}");
+        assert!(
+            control.try_recv().is_err(),
+            "no swap, no reply to hand back"
+        );
+
+        // Stopping: the pollers first, then the engine.
+        cancel.cancel();
+        within(engine_cancel.cancelled()).await;
+        within(task).await.unwrap();
+    }
+}
