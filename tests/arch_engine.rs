@@ -83,7 +83,7 @@ tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_replays_to_the_alarm_payloads_published_live() {
     use alsentry::app::engine::{EngineTask, Inputs, Outlets, Shared};
-    use alsentry::clock::{Clock, ManualClock};
+    use alsentry::clock::ManualClock;
     use alsentry::core::engine::{Engine, SampleBatch};
     use alsentry::core::model::{BadReason, Quality};
     use alsentry::io::http::AlarmSnapshot;
