@@ -1,10 +1,10 @@
 //! Wires the tasks together: link pollers → engine task → sinks, with one cancellation token
 //! and an ordered shutdown. `main` is the only caller of [`main`]; tests and the demo use
 //! [`start`]. The tasks live in their own modules: [`engine`] (the only producer of what is
-//! published) and [`supervisor`] (link pollers and reloads).
+//! published) and `supervisor` (link pollers and reloads).
 
 pub mod engine;
-pub mod supervisor;
+mod supervisor;
 
 use std::path::Path;
 use std::process::ExitCode;

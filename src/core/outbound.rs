@@ -158,8 +158,6 @@ impl Outbound {
 
 /// Command replies go to `<agent topic>/cmd/reply`.
 pub const REPLY_LEAF: &str = "cmd/reply";
-/// Commands arrive on `<agent topic>/cmd`.
-pub const COMMAND_LEAF: &str = "cmd";
 
 /// Sinks that publish under the same identity get the same bytes: each message is spelled once
 /// per distinct identity and shared.
