@@ -288,7 +288,14 @@ fn payloads(c: &mut Criterion) {
     let tags = DataTags::new("pot-017", &names_owned);
     let mut filter = DataFilter::default();
     g.bench_function("data_payload_22_tags", |b| {
-        b.iter(|| filter.payload(black_box(&who), black_box(&tags), black_box(&batch), None))
+        b.iter(|| {
+            filter.payload(
+                black_box(&who.agent),
+                black_box(&tags),
+                black_box(&batch),
+                None,
+            )
+        })
     });
     g.finish();
 }

@@ -1,5 +1,6 @@
 //! `alsentry evaluate`: runs a simulator scenario through the real decoding and rule engine
-//! on simulated time, without sockets, and scores the warnings against the simulator's ground
+//! (the same engine [`Driver`] as `run` and `replay`: batching, tick grid, decoding) on
+//! simulated time, without sockets, and scores the warnings against the simulator's ground
 //! truth. An hour of plant replays in seconds, so rule presets can be tuned on every shipped
 //! scenario (EARLY-WARNING.md is produced this way).
 
@@ -10,7 +11,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::config::Config;
-use crate::core::decode::{decode_registers, Table};
+use crate::core::decode::{decode_at, Image, Table};
+use crate::core::driver::{sample_of, Cadence, Driver};
 use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
 use crate::core::model::{BadReason, Quality, Ts};
 use crate::sim::truth::Truth;
@@ -105,7 +107,8 @@ pub fn run(
     let epoch: Ts = 1_767_225_600_000; // 2026-01-01T00:00:00Z: any fixed origin keeps runs identical
     let truth = Truth::new(None, epoch, scenario.tick).context("ground truth")?;
     let mut plant = Plant::new(scenario.clone(), seed);
-    let mut engine = Engine::new(&cfg.spec);
+    let engine = Engine::new(&cfg.spec);
+    let mut driver = Driver::new(engine, Cadence::default());
     // Config device index → plant device index.
     let map: Vec<Option<usize>> = cfg
         .devices
@@ -117,7 +120,6 @@ pub fn run(
         .iter()
         .filter(|d| d.template.as_deref() == Some("cell"))
         .count();
-    let mut events: Vec<AlarmEvent> = Vec::new();
     let mut all: Vec<AlarmEvent> = Vec::new();
     let mut next_poll: Vec<Ts> = cfg.devices.iter().map(|_| 0).collect();
     let ticks = duration_ms / tick_ms;
@@ -144,32 +146,38 @@ pub fn run(
                     if silent {
                         return (ti as u16, f64::NAN, Quality::Bad(BadReason::Timeout));
                     }
-                    let regs: &[u16] = match t.encoding.table {
-                        Table::Input => &image.input,
-                        Table::Holding => &image.holding,
-                        _ => &[],
+                    // The plant's whole tables, as one read from address 0 each.
+                    let table = match t.encoding.table {
+                        Table::Input => Image::Registers {
+                            start: 0,
+                            words: &image.input,
+                        },
+                        Table::Holding => Image::Registers {
+                            start: 0,
+                            words: &image.holding,
+                        },
+                        Table::Discrete => Image::Bits {
+                            start: 0,
+                            bits: &image.discrete,
+                        },
+                        Table::Coil => Image::Bits {
+                            start: 0,
+                            bits: &[],
+                        },
                     };
-                    let r = regs.get(t.address as usize..).unwrap_or(&[]);
-                    match decode_registers(&t.encoding, r) {
-                        Ok(v) => (ti as u16, v, Quality::Good),
-                        Err(_) => (ti as u16, f64::NAN, Quality::Bad(BadReason::Decode)),
-                    }
+                    let (v, q) = sample_of(decode_at(&t.encoding, t.address, table));
+                    (ti as u16, v, q)
                 })
                 .collect();
-            engine.on_batch(
-                &SampleBatch {
-                    device: di as u32,
-                    ts: now,
-                    values,
-                },
-                now,
-                &mut events,
-            );
+            let batch = SampleBatch {
+                device: di as u32,
+                ts: now,
+                values,
+            };
+            driver.apply(&batch, now);
         }
-        if plant.tick() % 2 == 0 {
-            engine.tick(now, &mut events);
-        }
-        all.append(&mut events);
+        driver.advance(now);
+        all.extend(driver.drain_events());
     }
     Ok(score(
         &name,

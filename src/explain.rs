@@ -1,77 +1,12 @@
-//! `alsentry check --explain`: what was loaded and how each device will be read.
+//! `alsentry check --explain`: how each device will be read. Only prints; the plan comes from
+//! the acquisition layer ([`crate::io::read_plan`]).
 
 use std::fmt::Write;
 
-use crate::config::{Config, Device};
-use crate::core::plan::{Limits, Planner, TagSpan};
+use crate::config::Config;
+use crate::io::read_plan::planner_for;
 
-pub fn planner_for(d: &Device) -> Planner {
-    let spans = d
-        .tags
-        .iter()
-        .map(|t| TagSpan {
-            table: t.encoding.table,
-            start: t.address,
-            width: t.encoding.width(),
-        })
-        .collect();
-    Planner::new(
-        spans,
-        Limits {
-            max_gap: d.max_gap,
-            max_registers: d.max_registers,
-            max_bits: d.max_bits,
-        },
-    )
-}
-
-/// A few lines naming what the configuration holds.
-pub fn summary(cfg: &Config) -> String {
-    let tags: usize = cfg
-        .devices
-        .iter()
-        .map(|d| d.tags.len() + d.derived.len())
-        .sum();
-    let links: std::collections::BTreeSet<String> =
-        cfg.devices.iter().map(|d| d.endpoint.link_key()).collect();
-    let instances: usize = cfg.rules.iter().map(|r| cfg.rule_devices(r).count()).sum();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "agent {} at {}/{}; config {} (hash {})",
-        cfg.agent.id,
-        cfg.agent.site,
-        cfg.agent.area,
-        cfg.files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        cfg.hash
-    );
-    let _ = writeln!(
-        s,
-        "{} devices on {} links, {} tags",
-        cfg.devices.len(),
-        links.len(),
-        tags
-    );
-    let _ = writeln!(
-        s,
-        "{} rules, {} alarm instances",
-        cfg.rules.len(),
-        instances
-    );
-    for sink in &cfg.sinks {
-        let _ = writeln!(
-            s,
-            "sink {}: {} topic root {}",
-            sink.name, sink.url, sink.topic_root
-        );
-    }
-    s
-}
-
+/// The Modbus reads of every device, as the pollers will make them.
 pub fn read_plan(cfg: &Config) -> String {
     let mut s = String::new();
     for d in &cfg.devices {

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => match Config::load(&args.config) {
             Ok(cfg) => {
-                print!("{}", alsentry::explain::summary(&cfg));
+                print!("{}", alsentry::config::describe::summary(&cfg));
                 if args.explain {
                     print!("{}", alsentry::explain::read_plan(&cfg));
                 }

@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: every problem is collected with its file, line,
 //! column and key path, so `alsentry check` shows them all at once.
 
+pub mod describe;
 mod compile;
 pub mod device;
 pub mod endpoint;

@@ -5,7 +5,8 @@ use toml::Spanned;
 
 use super::reader::{Problems, Source, TableReader};
 use crate::core::model::Priority;
-use crate::outbox::{Class, FsyncPolicy, OutboxOptions};
+use crate::core::outbound::Class;
+use crate::outbox::{FsyncPolicy, OutboxOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {

@@ -49,6 +49,55 @@ pub struct Reply {
 }
 
 pub const REPLY_SCHEMA: &str = "alsentry/cmd-reply/1";
+
+impl Reply {
+    /// A successful reply to `op` (with the caller's `request_id`), at `now`.
+    pub fn ok(request_id: Option<String>, op: Option<String>, now: Ts) -> Reply {
+        Reply {
+            schema: REPLY_SCHEMA,
+            ok: true,
+            request_id,
+            op,
+            device: None,
+            rule: None,
+            state: None,
+            error: None,
+            ts: super::time::rfc3339_ms(now),
+        }
+    }
+
+    /// A refusal of `op`, saying why.
+    pub fn refused(
+        request_id: Option<String>,
+        op: Option<String>,
+        error: impl Into<String>,
+        now: Ts,
+    ) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(error.into()),
+            ..Reply::ok(request_id, op, now)
+        }
+    }
+
+    /// The refusal of a command that could not be parsed.
+    pub fn unparsed(e: ParseError, now: Ts) -> Reply {
+        Reply::refused(e.request_id, e.op, e.message, now)
+    }
+
+    /// Names the alarm the command was for.
+    pub fn on(mut self, device: String, rule: String) -> Reply {
+        self.device = Some(device);
+        self.rule = Some(rule);
+        self
+    }
+
+    /// The state the alarm went to.
+    pub fn state(mut self, state: Option<&str>) -> Reply {
+        self.state = state.map(str::to_string);
+        self
+    }
+}
 pub const OPS: &str = "ack, shelve, unshelve, reset, out_of_service, return_to_service, reload";
 const MAX_TEXT: usize = 256;
 /// Shelving is time-limited by design; a week is the longest an alarm may be hidden.

@@ -277,6 +277,32 @@ pub fn f64_be_registers(v: f64) -> [u16; 4] {
     ]
 }
 
+/// What one read returned, starting at address `start` of its table: registers, or bits of a
+/// coil or discrete table. A simulator's whole table is an image that starts at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Image<'a> {
+    Registers { start: u16, words: &'a [u16] },
+    Bits { start: u16, bits: &'a [bool] },
+}
+
+/// Decodes the tag at `address` out of `image`: the one decoding of every sample source (live
+/// reads, simulator images). An address outside the image is a short read.
+pub fn decode_at(enc: &Encoding, address: u16, image: Image<'_>) -> Result<f64, DecodeError> {
+    match image {
+        Image::Registers { start, words } => {
+            let at = address.checked_sub(start).map(usize::from);
+            decode_registers(enc, at.and_then(|o| words.get(o..)).unwrap_or(&[]))
+        }
+        Image::Bits { start, bits } => {
+            let at = address.checked_sub(start).map(usize::from);
+            match at.and_then(|o| bits.get(o)) {
+                Some(b) => decode_bit(enc, *b),
+                None => Err(DecodeError::Short { need: 1, got: 0 }),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 pub mod alarm;
 pub mod command;
 pub mod decode;
+pub mod driver;
 pub mod duration;
 pub mod engine;
 pub mod eval;
@@ -11,6 +12,7 @@ pub mod expr;
 pub mod flood;
 pub mod message;
 pub mod model;
+pub mod outbound;
 pub mod payload;
 pub mod plan;
 pub mod rule;

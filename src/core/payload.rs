@@ -251,9 +251,22 @@ fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
+/// Cell KPIs over a summary interval. Field order is the payload's key order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CellKpi {
+    pub baseline_kwh_t: f64,
+    pub benchmark_kwh_t: f64,
+    pub current_efficiency: f64,
+    pub energy_ac_kwh_t: Option<f64>,
+    pub energy_dc_kwh_t: Option<f64>,
+    pub pseudo_resistance_uohm: Option<f64>,
+    pub voltage_noise_mv: Option<f64>,
+    pub vs_benchmark_pct: Option<f64>,
+}
+
 /// Cell KPIs from the interval's voltage and current: mean pseudo-resistance
 /// R = (V - 1.65) / I, noise (standard deviation of voltage), and the DC/AC energy estimate
-/// against the benchmark.
+/// against the benchmark. None for a device without both tags.
 pub fn cell_kpi(
     tags: &[(
         std::sync::Arc<str>,
@@ -262,7 +275,7 @@ pub fn cell_kpi(
     )],
     ce: f64,
     rectifier: f64,
-) -> Option<serde_json::Value> {
+) -> Option<CellKpi> {
     let find = |n: &str| {
         tags.iter()
             .find(|(name, _, _)| &**name == n)
@@ -278,16 +291,46 @@ pub fn cell_kpi(
     };
     let dc = AH_PER_KG * vm / ce;
     let ac = dc / rectifier;
-    Some(serde_json::json!({
-        "pseudo_resistance_uohm": r_uohm.and_then(finite),
-        "voltage_noise_mv": v.std().map(|s| s * 1_000.0),
-        "energy_dc_kwh_t": finite(dc),
-        "energy_ac_kwh_t": finite(ac),
-        "benchmark_kwh_t": ENERGY_BENCHMARK_KWH_T,
-        "baseline_kwh_t": ENERGY_BASELINE_KWH_T,
-        "vs_benchmark_pct": finite((ac / ENERGY_BENCHMARK_KWH_T - 1.0) * 100.0),
-        "current_efficiency": ce,
-    }))
+    Some(CellKpi {
+        pseudo_resistance_uohm: r_uohm.and_then(finite),
+        voltage_noise_mv: v.std().map(|s| s * 1_000.0).and_then(finite),
+        energy_dc_kwh_t: finite(dc),
+        energy_ac_kwh_t: finite(ac),
+        benchmark_kwh_t: ENERGY_BENCHMARK_KWH_T,
+        baseline_kwh_t: ENERGY_BASELINE_KWH_T,
+        vs_benchmark_pct: finite((ac / ENERGY_BENCHMARK_KWH_T - 1.0) * 100.0),
+        current_efficiency: ce,
+    })
+}
+
+/// `alsentry/summary/1`. Field order is the payload's key order (alphabetical, as it has
+/// always been published).
+#[derive(Debug, Serialize)]
+struct SummaryPayload<'a> {
+    agent: &'a str,
+    area: &'a str,
+    device: &'a str,
+    from: String,
+    interval_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kpi: Option<CellKpi>,
+    schema: &'static str,
+    site: &'a str,
+    /// By tag name.
+    tags: std::collections::BTreeMap<&'a str, TagStats<'a>>,
+    ts: String,
+}
+
+/// One tag's statistics in a summary; min and max only over good samples.
+#[derive(Debug, Serialize)]
+struct TagStats<'a> {
+    count: u64,
+    good_ratio: Option<f64>,
+    last: Option<f64>,
+    max: Option<f64>,
+    mean: Option<f64>,
+    min: Option<f64>,
+    unit: &'a str,
 }
 
 pub fn summary_payload(
@@ -296,36 +339,35 @@ pub fn summary_payload(
     ce: f64,
     rectifier: f64,
 ) -> Vec<u8> {
-    let mut tags = serde_json::Map::new();
-    for (name, unit, t) in &s.tags {
-        tags.insert(
-            name.to_string(),
-            serde_json::json!({
-                "min": (t.good > 0).then_some(t.min),
-                "max": (t.good > 0).then_some(t.max),
-                "mean": t.mean(),
-                "last": t.last,
-                "count": t.count,
-                "good_ratio": if t.count > 0 { Some(t.good as f64 / t.count as f64) } else { None },
-                "unit": &**unit,
-            }),
-        );
-    }
-    let mut v = serde_json::json!({
-        "schema": SUMMARY_SCHEMA,
-        "agent": who.agent,
-        "site": who.site,
-        "area": who.area,
-        "device": &*s.device,
-        "ts": rfc3339_ms(s.to),
-        "from": rfc3339_ms(s.from),
-        "interval_s": (s.to - s.from) as f64 / 1_000.0,
-        "tags": tags,
-    });
-    if let Some(kpi) = cell_kpi(&s.tags, ce, rectifier) {
-        v["kpi"] = kpi;
-    }
-    serde_json::to_vec(&v).unwrap_or_default()
+    let tags = s
+        .tags
+        .iter()
+        .map(|(name, unit, t)| {
+            let stats = TagStats {
+                count: t.count,
+                good_ratio: (t.count > 0).then(|| t.good as f64 / t.count as f64),
+                last: t.last.and_then(finite),
+                max: (t.good > 0).then_some(t.max).and_then(finite),
+                mean: t.mean().and_then(finite),
+                min: (t.good > 0).then_some(t.min).and_then(finite),
+                unit,
+            };
+            (&**name, stats)
+        })
+        .collect();
+    let p = SummaryPayload {
+        agent: &who.agent,
+        area: &who.area,
+        device: &s.device,
+        from: rfc3339_ms(s.from),
+        interval_s: (s.to - s.from) as f64 / 1_000.0,
+        kpi: cell_kpi(&s.tags, ce, rectifier),
+        schema: SUMMARY_SCHEMA,
+        site: &who.site,
+        tags,
+        ts: rfc3339_ms(s.to),
+    };
+    serde_json::to_vec(&p).unwrap_or_default()
 }
 
 /// A device as raw-data payloads spell it: names and units JSON-escaped once, so that each
@@ -392,7 +434,7 @@ impl DataFilter {
     /// with the tags in the device's order; None when nothing is to be published.
     pub fn payload(
         &mut self,
-        who: &Identity,
+        agent: &str,
         device: &DataTags,
         batch: &super::engine::SampleBatch,
         deadband: Option<f64>,
@@ -417,7 +459,7 @@ impl DataFilter {
                 out.extend_from_slice(b"{\"schema\":");
                 serde_json::to_writer(&mut out, DATA_SCHEMA).ok()?;
                 out.extend_from_slice(b",\"agent\":");
-                serde_json::to_writer(&mut out, &who.agent).ok()?;
+                serde_json::to_writer(&mut out, agent).ok()?;
                 out.extend_from_slice(&device.device_json);
                 out.extend_from_slice(b",\"ts\":\"");
                 out.extend_from_slice(rfc3339_ms(batch.ts).as_bytes());
@@ -484,7 +526,7 @@ mod summary_tests {
             ],
         };
         let out = DataFilter::default()
-            .payload(&who(), &tags, &batch, None)
+            .payload("gw", &tags, &batch, None)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
         let j: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -547,6 +589,64 @@ mod summary_tests {
     }
 
     #[test]
+    fn summary_payload_bytes_are_unchanged_by_typing() {
+        // Captured from the untyped (serde_json::json!) payload this replaced.
+        let mut v = TagSummary::default();
+        for x in [4.09, 4.10, 4.11] {
+            v.count += 1;
+            v.good += 1;
+            v.sum += x;
+            v.sum_sq += x * x;
+            v.min = v.min.min(x);
+            v.max = v.max.max(x);
+            v.last = Some(x);
+        }
+        let i = TagSummary {
+            count: 2,
+            good: 1,
+            sum: 500.0,
+            sum_sq: 250_000.0,
+            min: 500.0,
+            max: 500.0,
+            last: None,
+        };
+        let empty = TagSummary {
+            count: 4,
+            ..TagSummary::default()
+        };
+        let s = DeviceSummary {
+            device: Arc::from("pot-001"),
+            from: 0,
+            to: 60_000,
+            tags: vec![
+                (Arc::from("voltage"), Arc::from("V"), v),
+                (Arc::from("current"), Arc::from("kA"), i),
+                (Arc::from("empty"), Arc::from(""), empty),
+            ],
+        };
+        let who = Identity {
+            topic_root: "r".into(),
+            agent: "gw".into(),
+            site: "s".into(),
+            area: "a".into(),
+        };
+        assert_eq!(
+            String::from_utf8(summary_payload(&who, &s, 0.92, 0.98)).unwrap(),
+            r#"{"agent":"gw","area":"a","device":"pot-001","from":"1970-01-01T00:00:00.000Z","interval_s":60.0,"kpi":{"baseline_kwh_t":13350.0,"benchmark_kwh_t":13000.0,"current_efficiency":0.92,"energy_ac_kwh_t":13551.464063886426,"energy_dc_kwh_t":13280.434782608698,"pseudo_resistance_uohm":4.900000000000001,"voltage_noise_mv":8.164965808977668,"vs_benchmark_pct":4.2420312606648025},"schema":"alsentry/summary/1","site":"s","tags":{"current":{"count":2,"good_ratio":0.5,"last":null,"max":500.0,"mean":500.0,"min":500.0,"unit":"kA"},"empty":{"count":4,"good_ratio":0.0,"last":null,"max":null,"mean":null,"min":null,"unit":""},"voltage":{"count":3,"good_ratio":1.0,"last":4.11,"max":4.11,"mean":4.1000000000000005,"min":4.09,"unit":"V"}},"ts":"1970-01-01T00:01:00.000Z"}"#
+        );
+        let kiln = DeviceSummary {
+            device: Arc::from("kiln-1"),
+            from: 1_000,
+            to: 31_500,
+            tags: vec![(Arc::from("flue"), Arc::from("°C"), TagSummary::default())],
+        };
+        assert_eq!(
+            String::from_utf8(summary_payload(&who, &kiln, 0.92, 0.98)).unwrap(),
+            r#"{"agent":"gw","area":"a","device":"kiln-1","from":"1970-01-01T00:00:01.000Z","interval_s":30.5,"schema":"alsentry/summary/1","site":"s","tags":{"flue":{"count":0,"good_ratio":null,"last":null,"max":null,"mean":null,"min":null,"unit":"°C"}},"ts":"1970-01-01T00:00:31.500Z"}"#
+        );
+    }
+
+    #[test]
     fn data_by_exception_respects_the_deadband_and_quality_changes() {
         let names = DataTags::new("pot-001", &[("voltage".to_string(), "V".to_string())]);
         let mut f = DataFilter::default();
@@ -556,17 +656,17 @@ mod summary_tests {
             values: vec![(0, v, q)],
         };
         assert!(f
-            .payload(&who(), &names, &b(0, 4.20, Quality::Good), Some(0.05))
+            .payload("gw", &names, &b(0, 4.20, Quality::Good), Some(0.05))
             .is_some());
         assert!(f
-            .payload(&who(), &names, &b(1, 4.22, Quality::Good), Some(0.05))
+            .payload("gw", &names, &b(1, 4.22, Quality::Good), Some(0.05))
             .is_none());
         assert!(f
-            .payload(&who(), &names, &b(2, 4.30, Quality::Good), Some(0.05))
+            .payload("gw", &names, &b(2, 4.30, Quality::Good), Some(0.05))
             .is_some());
         let bad = f
             .payload(
-                &who(),
+                "gw",
                 &names,
                 &b(3, f64::NAN, Quality::Bad(BadReason::Timeout)),
                 Some(0.05),
@@ -576,7 +676,7 @@ mod summary_tests {
         assert_eq!(j["values"]["voltage"]["q"], "bad:timeout");
         assert!(j["values"]["voltage"]["v"].is_null());
         assert!(
-            f.payload(&who(), &names, &b(4, 4.30, Quality::Good), None)
+            f.payload("gw", &names, &b(4, 4.30, Quality::Good), None)
                 .is_some(),
             "every poll without deadband"
         );

@@ -4,5 +4,7 @@ pub mod http;
 pub mod modbus;
 pub mod poller;
 pub mod publisher;
+pub mod read_plan;
 pub mod record;
+pub mod samples;
 pub mod seq;

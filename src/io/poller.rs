@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::modbus::{Connection, ReadData, ReadError};
 use crate::clock::Clock;
 use crate::config::{Device, Endpoint, Tag};
-use crate::core::decode::{decode_bit, decode_registers};
+use crate::core::decode::{decode_at, Image};
 use crate::core::engine::SampleBatch;
 use crate::core::model::{BadReason, Quality};
 use crate::core::plan::{Planner, Probe, ReadBlock};
@@ -52,7 +52,7 @@ impl LinkDevice {
             timeout: Duration::from_millis(d.timeout_ms as u64),
             backoff_max: Duration::from_millis(d.backoff_max_ms as u64),
             tags: d.tags.clone(),
-            planner: crate::explain::planner_for(d),
+            planner: super::read_plan::planner_for(d),
             next_due: Instant::now(),
             failures: 0,
             learned_at: None,
@@ -299,20 +299,19 @@ impl Link {
                         t0.elapsed().as_micros() as u64,
                         std::sync::atomic::Ordering::Relaxed,
                     );
+                    let image = match &data {
+                        ReadData::Registers(words) => Image::Registers {
+                            start: block.start,
+                            words,
+                        },
+                        ReadData::Bits(bits) => Image::Bits {
+                            start: block.start,
+                            bits,
+                        },
+                    };
                     for &ti in &block.tags {
                         let tag = &d.tags[ti];
-                        let off = usize::from(tag.address - block.start);
-                        let r = match &data {
-                            ReadData::Registers(regs) => {
-                                decode_registers(&tag.encoding, regs.get(off..).unwrap_or(&[]))
-                            }
-                            ReadData::Bits(bits) => match bits.get(off) {
-                                Some(b) => decode_bit(&tag.encoding, *b),
-                                None => {
-                                    Err(crate::core::decode::DecodeError::Short { need: 1, got: 0 })
-                                }
-                            },
-                        };
+                        let r = decode_at(&tag.encoding, tag.address, image);
                         values[ti] = Some(match r {
                             Ok(v) => (v, Quality::Good),
                             Err(_) => {

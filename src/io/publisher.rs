@@ -35,21 +35,13 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::config::mqtt::{Protocol, TlsFiles};
 use crate::config::MqttSink;
-use crate::core::model::{Priority, Ts};
+use crate::core::model::Ts;
 use crate::core::payload::{status_payload, Identity};
 use crate::metrics::Metrics;
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
 
-/// A message for the brokers, built once and shared by every sink.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub class: Class,
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub retain: bool,
-    /// For alarms: lets a sink filter by priority.
-    pub priority: Option<Priority>,
-}
+/// What the engine task hands to a sink (defined with the other outbound types in core).
+pub use crate::core::outbound::Message;
 
 /// A command payload that arrived on the agent's command topic.
 #[derive(Debug, Clone)]

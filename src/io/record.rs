@@ -1,5 +1,6 @@
 //! Records the samples the pollers read to size-rotated CSV files (`ts,device,tag,value,quality`,
-//! the format `alsentry replay` reads), so a plant builds its own corpus for tuning rules.
+//! the sample format of [`super::samples`], which `alsentry replay` reads), so a plant builds
+//! its own corpus for tuning rules.
 //!
 //! The recorder must never slow the engine: the engine side only `try_send`s a copy of each
 //! batch into a bounded channel and counts what does not fit. The writer owns the files and runs
@@ -14,13 +15,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::samples::{format_batch, RowNames, HEADER};
 use crate::clock::rfc3339_ms;
 use crate::config::record::RecordConfig;
 use crate::config::Config;
 use crate::core::engine::SampleBatch;
 use crate::core::model::Ts;
-use crate::replay::csv::write_field;
-use crate::replay::samples::HEADER;
 
 /// Batches waiting for the writer; beyond this they are dropped and counted.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -57,18 +57,11 @@ impl Recorder {
     }
 }
 
-/// Names of one device, already CSV-escaped, and which of its tags are recorded.
-#[derive(Debug)]
-struct DeviceNames {
-    device: String,
-    tags: Vec<Option<String>>,
-}
-
 /// The writer's side: owns the files. Call [`RecordWriter::run`] on a blocking thread.
 #[derive(Debug)]
 pub struct RecordWriter {
     rx: mpsc::Receiver<SampleBatch>,
-    names: Vec<DeviceNames>,
+    names: Vec<RowNames>,
     files: RotatingFiles,
     stats: Arc<RecordStats>,
     text: String,
@@ -82,23 +75,12 @@ pub fn recorder(rc: &RecordConfig, cfg: &Config, capacity: usize) -> (Recorder, 
         .devices
         .iter()
         .map(|d| {
-            let mut device = String::new();
-            write_field(&mut device, &d.name);
-            DeviceNames {
-                device,
-                tags: d
-                    .tags
-                    .iter()
-                    .map(|t| {
-                        let wanted = rc.tags.as_ref().is_none_or(|l| l.contains(&t.name));
-                        wanted.then(|| {
-                            let mut s = String::new();
-                            write_field(&mut s, &t.name);
-                            s
-                        })
-                    })
-                    .collect(),
-            }
+            let wanted =
+                |t: &&crate::config::Tag| rc.tags.as_ref().is_none_or(|l| l.contains(&t.name));
+            RowNames::new(
+                &d.name,
+                d.tags.iter().map(|t| wanted(&t).then_some(t.name.as_str())),
+            )
         })
         .collect();
     (
@@ -149,37 +131,6 @@ impl RecordWriter {
         self.stats.rows.fetch_add(rows, Ordering::Relaxed);
         self.files.append(b.ts, &self.text, &self.stats);
     }
-}
-
-/// Appends one CSV row per recorded value of `b` to `out`; returns the number of rows.
-fn format_batch(names: &[DeviceNames], b: &SampleBatch, out: &mut String) -> u64 {
-    use std::fmt::Write as _;
-    let Some(dev) = names.get(b.device as usize) else {
-        return 0;
-    };
-    let ts = rfc3339_ms(b.ts);
-    let mut rows = 0;
-    for &(tag, v, q) in &b.values {
-        let Some(Some(tag)) = dev.tags.get(tag as usize) else {
-            continue;
-        };
-        out.push_str(&ts);
-        out.push(',');
-        out.push_str(&dev.device);
-        out.push(',');
-        out.push_str(tag);
-        out.push(',');
-        // Display writes the shortest text that parses back to the same f64. A bad value is
-        // left empty: its quality says why.
-        if q.is_good() {
-            let _ = write!(out, "{v}");
-        }
-        out.push(',');
-        out.push_str(&q.label());
-        out.push('\n');
-        rows += 1;
-    }
-    rows
 }
 
 #[derive(Debug)]
@@ -329,35 +280,9 @@ impl RotatingFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{BadReason, Quality};
 
     #[test]
-    fn rows_are_escaped_filtered_and_bad_values_left_empty() {
-        let names = vec![DeviceNames {
-            device: "pot-001".into(),
-            tags: vec![Some("voltage".into()), None, Some("\"odd,name\"".into())],
-        }];
-        let mut out = String::new();
-        let n = format_batch(
-            &names,
-            &SampleBatch {
-                device: 0,
-                ts: 1_764_345_953_123,
-                values: vec![
-                    (0, 4.125, Quality::Good),
-                    (1, 900.0, Quality::Good),
-                    (2, f64::NAN, Quality::Bad(BadReason::Exception(2))),
-                    (7, 1.0, Quality::Good),
-                ],
-            },
-            &mut out,
-        );
-        assert_eq!(n, 2);
-        assert_eq!(
-            out,
-            "2025-11-28T16:05:53.123Z,pot-001,voltage,4.125,good\n\
-             2025-11-28T16:05:53.123Z,pot-001,\"odd,name\",,bad:exception_02\n"
-        );
+    fn recorded_file_names_sort_by_time() {
         assert_eq!(
             file_name(1_764_345_953_123),
             "samples-20251128T160553.123Z.csv"

@@ -25,6 +25,7 @@
 //! Ack entries and the id lease share one fixed 12-byte entry: `u64 value` + `crc32(value)`.
 
 use crate::core::model::Ts;
+use crate::core::outbound::Class;
 
 /// First bytes of every record. Chosen to be unlikely in zero-filled or ASCII tails.
 pub const MAGIC: [u8; 4] = [0xA1, 0x5E, 0x0B, 0x58];
@@ -40,71 +41,23 @@ pub const ENTRY_LEN: usize = 12;
 
 const FLAG_RETAIN: u8 = 0x01;
 
-/// What a record is, which decides its fsync treatment and eviction order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Class {
-    /// Alarm transitions: dropped last, fsynced first.
-    Alarm,
-    /// Device / daemon status.
-    Status,
-    /// Periodic summaries.
-    Summary,
-    /// Raw data: the first to go when the outbox is full.
-    Data,
+/// The class byte of a record. The numbers are the on-disk format: never renumber.
+fn class_byte(class: Class) -> u8 {
+    match class {
+        Class::Alarm => 1,
+        Class::Status => 2,
+        Class::Summary => 3,
+        Class::Data => 4,
+    }
 }
 
-impl Class {
-    /// All classes, in the order they are evicted when the outbox is full (first = first to go).
-    pub const EVICTION_ORDER: [Class; 4] =
-        [Class::Data, Class::Summary, Class::Status, Class::Alarm];
-
-    /// A dense index (0..4) for per-class tables.
-    pub fn index(self) -> usize {
-        match self {
-            Class::Alarm => 0,
-            Class::Status => 1,
-            Class::Summary => 2,
-            Class::Data => 3,
-        }
-    }
-
-    /// Higher means more important (kept longer).
-    pub fn rank(self) -> u8 {
-        match self {
-            Class::Data => 0,
-            Class::Summary => 1,
-            Class::Status => 2,
-            Class::Alarm => 3,
-        }
-    }
-
-    /// A stable, lower-case name used in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Alarm => "alarm",
-            Class::Status => "status",
-            Class::Summary => "summary",
-            Class::Data => "data",
-        }
-    }
-
-    fn to_byte(self) -> u8 {
-        match self {
-            Class::Alarm => 1,
-            Class::Status => 2,
-            Class::Summary => 3,
-            Class::Data => 4,
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<Class> {
-        match b {
-            1 => Some(Class::Alarm),
-            2 => Some(Class::Status),
-            3 => Some(Class::Summary),
-            4 => Some(Class::Data),
-            _ => None,
-        }
+fn class_from_byte(b: u8) -> Option<Class> {
+    match b {
+        1 => Some(Class::Alarm),
+        2 => Some(Class::Status),
+        3 => Some(Class::Summary),
+        4 => Some(Class::Data),
+        _ => None,
     }
 }
 
@@ -180,7 +133,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let body_start = out.len();
     out.extend_from_slice(&frame.meta.id.to_le_bytes());
     out.extend_from_slice(&frame.meta.created.to_le_bytes());
-    out.push(frame.meta.class.to_byte());
+    out.push(class_byte(frame.meta.class));
     out.push(if frame.meta.retain { FLAG_RETAIN } else { 0 });
     out.push(frame.meta.qos);
     out.push(0);
@@ -247,7 +200,7 @@ fn decode_meta(body: &[u8]) -> Result<RecordMeta, FrameError> {
     id.copy_from_slice(&body[0..8]);
     let mut created = [0; 8];
     created.copy_from_slice(&body[8..16]);
-    let class = Class::from_byte(body[16]).ok_or(FrameError::BadBody("unknown class"))?;
+    let class = class_from_byte(body[16]).ok_or(FrameError::BadBody("unknown class"))?;
     let flags = body[17];
     if flags & !FLAG_RETAIN != 0 {
         return Err(FrameError::BadBody("unknown flags"));

@@ -97,7 +97,8 @@
 pub mod frame;
 pub mod store;
 
-pub use frame::Class;
+/// Records carry the message class the agent gives everything it publishes.
+pub use crate::core::outbound::Class;
 pub use store::{
     DropCounts, DropReason, FsyncPolicy, NewRecord, OpenReport, Outbox, OutboxError, OutboxOptions,
     OutboxStats, StoredRecord,

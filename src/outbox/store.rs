@@ -7,8 +7,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::frame::{self, Class, Frame, RecordMeta};
+use super::frame::{self, Frame, RecordMeta};
 use crate::core::model::Ts;
+use crate::core::outbound::Class;
 
 /// Ids reserved per write of the lease file. A crash skips at most this many ids.
 const ID_LEASE_BLOCK: u64 = 4096;

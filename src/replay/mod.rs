@@ -2,11 +2,10 @@
 //! transitions as the same JSON the MQTT sinks publish, summarises them per rule and, given the
 //! simulator's ground truth, scores detections. See `docs/REPLAY.md`.
 //!
-//! Live and replay share one code path: the [`Engine`], fed `SampleBatch`es and ticks. Only
-//! the source of time differs: here `now` is the file's timestamp, so an hour replays in a second.
+//! Live and replay share one code path: the engine [`Driver`] (batching, tick grid), fed sample
+//! rows. Only the source of time differs: here `now` is the file's timestamp, so an hour replays
+//! in a second. The sample format is [`crate::io::samples`], which `[record]` writes.
 
-pub mod csv;
-pub mod samples;
 pub mod score;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,16 +17,12 @@ use std::sync::Arc;
 
 use crate::config::units::parse_duration_ms;
 use crate::config::{Config, DEFAULT_PATH};
-use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
+use crate::core::driver::{Cadence, Driver, MAX_TICKED_GAP_MS};
+use crate::core::engine::Engine;
 use crate::core::model::Ts;
 use crate::core::payload::{alarm_payload, Identity};
-use samples::{HeaderError, Names, Next, RowErrorKind, SampleReader};
+use crate::io::samples::{csv, HeaderError, Names, Next, RowErrorKind, SampleReader};
 use score::{Activation, Matches, ScoreInput};
-
-/// Longest gap between samples that is ticked through on the tick grid; past it the engine jumps
-/// to the next sample. Bounds the work a bogus timestamp (say epoch 0) can cause, at the price of
-/// delays longer than this not firing inside a gap.
-pub const MAX_TICKED_GAP_MS: i64 = 3_600_000;
 
 fn duration_arg(s: &str) -> Result<i64, String> {
     parse_duration_ms(s)
@@ -168,20 +163,14 @@ struct RuleAcc {
     active_ms: i64,
 }
 
-/// The replay loop: batches rows, ticks on file time, collects what comes out.
+/// The replay loop: feeds rows to the driver on file time and collects what comes out.
 struct Replayer<'w> {
-    engine: Engine,
+    driver: Driver,
     who: Identity,
     out: &'w mut dyn Write,
     seq: u64,
-    batch: SampleBatch,
-    pending: bool,
-    /// Replay time: the latest time applied to the engine. Never goes back.
-    now: Option<Ts>,
     /// Newest row timestamp accepted so far.
     newest: Option<Ts>,
-    tick_ms: i64,
-    events: Vec<AlarmEvent>,
     rules: BTreeMap<Arc<str>, RuleAcc>,
     active: HashMap<(Arc<str>, Arc<str>), Ts>,
     seen_device: Vec<bool>,
@@ -190,35 +179,8 @@ struct Replayer<'w> {
 }
 
 impl Replayer<'_> {
-    fn flush(&mut self) -> Result<(), ReplayError> {
-        if !self.pending {
-            return Ok(());
-        }
-        self.pending = false;
-        let t = self.now.map_or(self.batch.ts, |n| n.max(self.batch.ts));
-        self.advance_to(t);
-        self.engine.on_batch(&self.batch, t, &mut self.events);
-        self.batch.values.clear();
-        self.report.batches += 1;
-        self.drain()
-    }
-
-    /// Ticks on the grid up to `t`, like the live engine task's periodic tick.
-    fn advance_to(&mut self, t: Ts) {
-        if let (Some(prev), true) = (self.now, self.tick_ms > 0) {
-            let step = self.tick_ms;
-            let stop = t.min(prev.saturating_add(MAX_TICKED_GAP_MS));
-            let mut g = (prev.div_euclid(step) + 1) * step;
-            while g <= stop {
-                self.engine.tick(g, &mut self.events);
-                g += step;
-            }
-        }
-        self.now = Some(t);
-    }
-
     fn drain(&mut self) -> Result<(), ReplayError> {
-        for ev in self.events.drain(..) {
+        for ev in self.driver.drain_events() {
             self.seq += 1;
             let mut line = alarm_payload(&self.who, self.seq, &ev);
             line.push(b'\n');
@@ -302,15 +264,9 @@ impl Replayer<'_> {
                     self.report.late_rows += 1;
                 }
             }
-            if self.pending && (row.ts != self.batch.ts || row.device != self.batch.device) {
-                self.flush()?;
-            }
-            if !self.pending {
-                self.batch.device = row.device;
-                self.batch.ts = row.ts;
-                self.pending = true;
-            }
-            self.batch.values.push((row.tag, row.value, row.quality));
+            self.driver
+                .push_row(row.device, row.ts, row.tag, row.value, row.quality);
+            self.drain()?;
             self.report.rows += 1;
             self.newest = Some(self.newest.map_or(row.ts, |n| n.max(row.ts)));
             self.report.first_ts = Some(self.report.first_ts.map_or(row.ts, |f| f.min(row.ts)));
@@ -357,8 +313,12 @@ pub fn run_replay(
     let engine = Engine::new(&cfg.spec);
     let names = Names::new(cfg);
     let files = expand_inputs(&opts.inputs)?;
+    let cadence = Cadence {
+        tick_ms: opts.tick_ms,
+        max_ticked_gap_ms: MAX_TICKED_GAP_MS,
+    };
     let mut r = Replayer {
-        engine,
+        driver: Driver::new(engine, cadence),
         who: Identity {
             topic_root: cfg
                 .sinks
@@ -370,16 +330,7 @@ pub fn run_replay(
         },
         out,
         seq: 0,
-        batch: SampleBatch {
-            device: 0,
-            ts: 0,
-            values: Vec::with_capacity(64),
-        },
-        pending: false,
-        now: None,
         newest: None,
-        tick_ms: opts.tick_ms,
-        events: Vec::new(),
         rules: BTreeMap::new(),
         active: HashMap::new(),
         seen_device: vec![false; cfg.devices.len()],
@@ -410,15 +361,12 @@ pub fn run_replay(
         r.feed(&mut reader, &display, path, opts.reorder_tolerance_ms)?;
         r.report.files += 1;
     }
-    r.flush()?;
-    if let Some(now) = r.now {
-        // Delays due by the last sample fire; nothing is invented past the data.
-        r.advance_to(now);
-        r.engine.tick(now, &mut r.events);
-        r.drain()?;
-    }
+    // Delays due by the last sample fire; nothing is invented past the data.
+    r.driver.finish();
+    r.drain()?;
     r.out.flush().map_err(ReplayError::Output)?;
-    let last = r.now;
+    let last = r.driver.now();
+    r.report.batches = r.driver.batches();
     let mut report = std::mem::take(&mut r.report);
     report.last_ts = last;
     report.devices = r.seen_device.iter().filter(|s| **s).count();

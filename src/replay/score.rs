@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::samples::{parse_file_ts, MAX_TS};
 use crate::core::model::Ts;
+use crate::io::samples::{parse_file_ts, MAX_TS};
 
 /// Which rules detect which fault kind when no `--match` is given. A kind not listed here is
 /// matched by a rule of the same name.

@@ -1,0 +1,694 @@
+//! The engine task: the only producer of what the agent publishes, command replies included.
+//!
+//! It owns the rule engine through the one [`Driver`] (the same batching, tick grid and decoding
+//! as `replay` and `evaluate`), the event sequence and the raw-data filter. It applies the
+//! pollers' batches on arrival, ticks on the wall clock's grid, runs operator commands and
+//! answers them. A `reload` command is applied by the supervisor, which hands the outcome back
+//! here for the reply. Every message is spelled once per sink identity ([`Identities`]) and the
+//! sinks that publish under that identity share it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::{Config, DataMode, DataOptions, SummaryOptions};
+use crate::core::command::{self, Reply, Request};
+use crate::core::driver::{Cadence, Driver, TICK_MS};
+use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
+use crate::core::outbound::{Identities, Message, Outbound};
+use crate::core::payload::{DataFilter, DataTag, DataTags, Identity};
+use crate::io::http::AlarmSnapshot;
+use crate::io::publisher::InboundCommand;
+use crate::io::record::Recorder;
+use crate::io::seq::SeqLease;
+use crate::metrics::Metrics;
+
+/// Who asked for a reload over MQTT, for the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOrigin {
+    pub sink: usize,
+    pub request_id: Option<String>,
+    pub op: String,
+}
+
+/// Where the outcome of a reload goes.
+#[derive(Debug)]
+pub enum ReloadOrigin {
+    /// The `reload` command: the supervisor hands the outcome to the engine task, which replies.
+    Command(CommandOrigin),
+    /// SIGHUP or [`super::Running::reload`]: the caller waits for the outcome.
+    Caller(oneshot::Sender<Result<String, String>>),
+}
+
+/// Asks the supervisor to re-read the configuration file.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub origin: ReloadOrigin,
+}
+
+/// What the supervisor tells the engine task.
+#[derive(Debug)]
+pub enum Control {
+    /// Build an engine for this configuration and swap it in, carrying the state over.
+    Swap(Box<Config>, oneshot::Sender<Result<(), String>>),
+    /// A reload asked for by a command has finished: reply to it.
+    Reloaded {
+        to: CommandOrigin,
+        result: Result<String, String>,
+    },
+}
+
+/// The sinks' inboxes, and the identity each publishes under.
+#[derive(Debug)]
+pub struct Outlets {
+    identities: Identities,
+    sinks: Vec<mpsc::Sender<Arc<Message>>>,
+}
+
+impl Outlets {
+    /// `sinks[i]` is the inbox of `cfg.sinks[i]`.
+    pub fn new(cfg: &Config, sinks: Vec<mpsc::Sender<Arc<Message>>>) -> Outlets {
+        let who: Vec<Identity> = cfg.sinks.iter().map(|s| identity(cfg, s)).collect();
+        Outlets {
+            identities: Identities::new(&who),
+            sinks,
+        }
+    }
+
+    /// Hands `msg` to every sink, waiting while a sink's inbox is full: the sink stores at
+    /// disk speed, and waiting is the backpressure. Returns how many sinks have stopped.
+    async fn publish(&self, msg: Outbound) -> usize {
+        let mut stopped = 0;
+        for (sinks, m) in self.identities.spell_all(msg) {
+            for &i in sinks {
+                if let Some(tx) = self.sinks.get(i) {
+                    if tx.send(m.clone()).await.is_err() {
+                        stopped += 1;
+                    }
+                }
+            }
+        }
+        stopped
+    }
+
+    /// Replies go to the sink the command came from.
+    async fn reply(&self, sink: usize, reply: Reply) {
+        if let (Some(tx), Some(m)) = (
+            self.sinks.get(sink),
+            self.identities.spell_for(sink, Outbound::Reply(reply)),
+        ) {
+            let _ = tx.send(m).await;
+        }
+    }
+}
+
+/// Who publishes for `sink`: the parts of its topics that do not change.
+pub fn identity(cfg: &Config, sink: &crate::config::MqttSink) -> Identity {
+    Identity {
+        topic_root: sink.topic_root.clone(),
+        agent: cfg.agent.id.clone(),
+        site: cfg.agent.site.clone(),
+        area: cfg.agent.area.clone(),
+    }
+}
+
+/// Handles the engine task shares with the rest of the agent.
+#[derive(Debug)]
+pub struct Shared {
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// The alarms operators see, for the HTTP endpoint.
+    pub alarms: watch::Sender<AlarmSnapshot>,
+    /// Copies of the batches for `[record]`.
+    pub recorder: Option<Recorder>,
+    /// To the supervisor, which applies reloads.
+    pub reloads: mpsc::Sender<ReloadRequest>,
+}
+
+/// What the engine task reads.
+#[derive(Debug)]
+pub struct Inputs {
+    pub batches: mpsc::Receiver<SampleBatch>,
+    pub commands: mpsc::Receiver<InboundCommand>,
+    pub control: mpsc::Receiver<Control>,
+}
+
+#[derive(Debug)]
+pub struct EngineTask {
+    driver: Driver,
+    seq: SeqLease,
+    outlets: Outlets,
+    shared: Shared,
+    summary: SummaryOptions,
+    data: DataOptions,
+    data_filter: DataFilter,
+    agent: String,
+    /// Per device: name and (tag, unit) names, for raw data payloads.
+    names: Vec<DataTags>,
+}
+
+impl EngineTask {
+    /// `engine` is built from `cfg`.
+    pub fn new(
+        cfg: &Config,
+        engine: Engine,
+        seq: SeqLease,
+        outlets: Outlets,
+        shared: Shared,
+    ) -> EngineTask {
+        EngineTask {
+            driver: Driver::new(engine, Cadence::default()),
+            seq,
+            outlets,
+            shared,
+            summary: cfg.summary.clone(),
+            data: cfg.data.clone(),
+            data_filter: DataFilter::default(),
+            agent: cfg.agent.id.clone(),
+            names: data_names(cfg),
+        }
+    }
+
+    /// Runs until every poller has stopped (the batch channel closes) or `cancel` fires; either
+    /// way what is left is applied and handed to the sinks first.
+    pub async fn run(mut self, inputs: Inputs, cancel: CancellationToken) {
+        let Inputs {
+            mut batches,
+            mut commands,
+            mut control,
+        } = inputs;
+        let cadence = self.driver.cadence();
+        // Wakes on the driver's grid of the clock, so a timer due at a grid tick fires when
+        // that tick comes, not up to a period later.
+        let tick = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(tick);
+        let mut wakes: u64 = 0;
+        let summary_every = Duration::from_millis(self.summary.interval_ms.max(1_000) as u64);
+        let mut summaries =
+            tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                b = batches.recv() => match b {
+                    Some(b) => self.on_batch(&b).await,
+                    None => {
+                        // Every poller stopped: deliver what is left, then let the sinks drain.
+                        self.driver.advance(self.shared.clock.now());
+                        self.driver.finish();
+                        self.publish_events().await;
+                        return;
+                    }
+                },
+                c = commands.recv() => {
+                    if let Some(c) = c {
+                        self.command(c).await;
+                    }
+                }
+                () = &mut tick => {
+                    wakes += 1;
+                    // Small drifts are NTP slewing; a step (boot without RTC, operator) is followed.
+                    if wakes % 40 == 0 {
+                        if let Some(step) = self.shared.clock.resync(2_000) {
+                            warn!(step_ms = step, "the system clock stepped; timestamps follow it (pending alarm delays see the step)");
+                            self.driver.jump(self.shared.clock.now());
+                        }
+                    }
+                    let now = self.shared.clock.now();
+                    self.driver.advance(now);
+                    let wait = cadence.until_next_tick(now).unwrap_or(TICK_MS);
+                    tick.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(wait as u64));
+                }
+                c = control.recv() => {
+                    if let Some(c) = c {
+                        self.control(c).await;
+                    }
+                }
+                _ = summaries.tick(), if self.summary.interval_ms > 0 => self.publish_summaries().await,
+                _ = cancel.cancelled() => {
+                    while let Ok(b) = batches.try_recv() {
+                        self.record(&b);
+                        self.driver.apply(&b, self.shared.clock.now());
+                    }
+                    self.publish_events().await;
+                    return;
+                }
+            }
+            self.publish_events().await;
+        }
+    }
+
+    fn record(&self, b: &SampleBatch) {
+        if let Some(r) = &self.shared.recorder {
+            r.offer(b);
+        }
+    }
+
+    async fn on_batch(&mut self, b: &SampleBatch) {
+        self.record(b);
+        // Live evaluates a batch when it arrives.
+        self.driver.apply(b, self.shared.clock.now());
+        if self.data.mode != DataMode::Off {
+            self.publish_data(b).await;
+        }
+    }
+
+    async fn publish_events(&mut self) {
+        if !self.driver.has_events() {
+            return;
+        }
+        let now = self.shared.clock.now();
+        let engine = self.driver.engine();
+        let kpis = engine.kpis(now);
+        self.shared.alarms.send_replace(AlarmSnapshot::from_events(
+            &engine.shown_alarms(),
+            kpis.floods,
+            kpis.chattering_episodes,
+        ));
+        let events: Vec<AlarmEvent> = self.driver.drain_events().collect();
+        for event in events {
+            let (seq, err) = self.seq.take();
+            if let Some(e) = err {
+                warn!(error = %e, "cannot persist the event sequence lease");
+            }
+            self.shared
+                .metrics
+                .alarm_transitions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(device = %event.device, rule = %event.rule, state = event.transition.to, priority = %event.priority, message = %event.message, "alarm");
+            // Alarms are never dropped here: waiting is the backpressure.
+            if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
+                error!("a sink stopped; alarm not queued for it");
+            }
+        }
+    }
+
+    async fn publish_summaries(&mut self) {
+        let now = self.shared.clock.now();
+        for summary in self.driver.engine_mut().take_summaries(now) {
+            self.outlets
+                .publish(Outbound::Summary {
+                    summary,
+                    current_efficiency: self.summary.current_efficiency,
+                    rectifier_efficiency: self.summary.rectifier_efficiency,
+                })
+                .await;
+        }
+    }
+
+    async fn publish_data(&mut self, b: &SampleBatch) {
+        let Some(tags) = self.names.get(b.device as usize) else {
+            return;
+        };
+        let deadband = (self.data.mode == DataMode::Change).then_some(self.data.deadband);
+        let Some(payload) = self.data_filter.payload(&self.agent, tags, b, deadband) else {
+            return;
+        };
+        let device = tags.device().to_string();
+        self.outlets
+            .publish(Outbound::Data { device, payload })
+            .await;
+    }
+
+    async fn command(&mut self, c: InboundCommand) {
+        let now = self.shared.clock.now();
+        let reply = match command::parse(&c.payload, now) {
+            Err(e) => {
+                warn!(error = %e.message, "command refused");
+                Reply::unparsed(e, now)
+            }
+            Ok(p) => match p.request {
+                Request::Reload { by } => {
+                    info!(by = %by, "reload requested over MQTT");
+                    let origin = ReloadOrigin::Command(CommandOrigin {
+                        sink: c.sink,
+                        request_id: p.request_id.clone(),
+                        op: p.op.clone(),
+                    });
+                    match self.shared.reloads.try_send(ReloadRequest { origin }) {
+                        // The supervisor applies it and hands the outcome back for the reply.
+                        Ok(()) => return,
+                        Err(_) => Reply::refused(
+                            p.request_id,
+                            Some(p.op),
+                            "a reload is already in progress; try again",
+                            now,
+                        ),
+                    }
+                }
+                Request::Alarm {
+                    device,
+                    rule,
+                    by,
+                    command,
+                } => match self.driver.command(&device, &rule, &by, &command, now) {
+                    Ok(state) => {
+                        info!(device = %device, rule = %rule, op = %p.op, by = %by, "command applied");
+                        Reply::ok(p.request_id, Some(p.op), now)
+                            .on(device, rule)
+                            .state(state)
+                    }
+                    Err(e) => Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
+                        .on(device, rule),
+                },
+            },
+        };
+        self.outlets.reply(c.sink, reply).await;
+    }
+
+    async fn control(&mut self, c: Control) {
+        match c {
+            Control::Swap(cfg, done) => {
+                let _ = done.send(self.swap(&cfg));
+            }
+            Control::Reloaded { to, result } => {
+                let now = self.shared.clock.now();
+                let reply = match result {
+                    // What was applied ("12 rules; 1 links kept, 0 restarted").
+                    Ok(m) => Reply::ok(to.request_id, Some(to.op), now).state(Some(&m)),
+                    Err(e) => Reply::refused(to.request_id, Some(to.op), e, now),
+                };
+                self.outlets.reply(to.sink, reply).await;
+            }
+        }
+    }
+
+    /// Replaces the engine with one built for `cfg`, carrying the state over.
+    fn swap(&mut self, cfg: &Config) -> Result<(), String> {
+        let next = Engine::new(&cfg.spec);
+        self.driver.replace_engine(next);
+        self.summary = cfg.summary.clone();
+        self.data = cfg.data.clone();
+        self.names = data_names(cfg);
+        Ok(())
+    }
+}
+
+/// Per device: its name and its tags' (name, unit), as raw-data payloads name them.
+fn data_names(cfg: &Config) -> Vec<DataTags> {
+    // Devices expanded from one entry share their tag list, and so their fragments.
+    let mut shared: Vec<(*const crate::config::Tag, Arc<[DataTag]>)> = Vec::new();
+    cfg.devices
+        .iter()
+        .map(|d| {
+            let key = d.tags.as_ptr();
+            let tags = match shared.iter().find(|(k, _)| *k == key) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let names: Vec<(String, String)> = d
+                        .tags
+                        .iter()
+                        .map(|t| (t.name.clone(), t.unit.clone()))
+                        .collect();
+                    let t = DataTags::spell(&names);
+                    shared.push((key, t.clone()));
+                    t
+                }
+            };
+            DataTags::with_tags(&d.name, tags)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::core::model::Quality;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    /// The engine task on real channels with three sinks: two publish under "plant", one under
+    /// "province".
+    struct Harness {
+        clock: Arc<ManualClock>,
+        batches: mpsc::Sender<SampleBatch>,
+        commands: mpsc::Sender<InboundCommand>,
+        control: mpsc::Sender<Control>,
+        reloads: mpsc::Receiver<ReloadRequest>,
+        sinks: Vec<mpsc::Receiver<Arc<Message>>>,
+        _state: tempfile::TempDir,
+    }
+
+    fn harness(reload_capacity: usize) -> Harness {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = Config::from_str(
+            std::path::Path::new("t.toml"),
+            &format!(
+                r#"
+[agent]
+id = "gw"
+site = "s"
+area = "a"
+state_dir = "{}"
+[[mqtt]]
+name = "plant"
+url = "mqtt://127.0.0.1:1883"
+topic_root = "plant"
+[[mqtt]]
+name = "province"
+url = "mqtt://127.0.0.2:1883"
+topic_root = "province"
+[[mqtt]]
+name = "plant-backup"
+url = "mqtt://127.0.0.3:1883"
+topic_root = "plant"
+[data]
+mode = "poll"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit = "V" }} ]
+[[rules]]
+name = "ae"
+devices = ["pot-*"]
+tag = "voltage"
+type = "high"
+limit = 8.0
+"#,
+                state.path().display()
+            ),
+        )
+        .unwrap();
+        let clock = ManualClock::new(T0);
+        let (sink_txs, sinks): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| mpsc::channel::<Arc<Message>>(64)).unzip();
+        let (batches, batch_rx) = mpsc::channel(16);
+        let (commands, command_rx) = mpsc::channel(16);
+        let (control, control_rx) = mpsc::channel(4);
+        let (reload_tx, reloads) = mpsc::channel(reload_capacity);
+        let task = EngineTask::new(
+            &cfg,
+            Engine::new(&cfg.spec),
+            SeqLease::open(state.path()).unwrap(),
+            Outlets::new(&cfg, sink_txs),
+            Shared {
+                clock: clock.clone(),
+                metrics: Metrics::new(["pot-001".to_string()], []),
+                alarms: watch::channel(AlarmSnapshot::default()).0,
+                recorder: None,
+                reloads: reload_tx,
+            },
+        );
+        let inputs = Inputs {
+            batches: batch_rx,
+            commands: command_rx,
+            control: control_rx,
+        };
+        tokio::spawn(task.run(inputs, CancellationToken::new()));
+        Harness {
+            clock,
+            batches,
+            commands,
+            control,
+            reloads,
+            sinks,
+            _state: state,
+        }
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Arc<Message>>) -> Arc<Message> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the engine task is running")
+    }
+
+    fn json(m: &Arc<Message>) -> serde_json::Value {
+        serde_json::from_slice(&m.payload).unwrap()
+    }
+
+    impl Harness {
+        async fn volts(&self, v: f64) {
+            let ts = self.clock.now();
+            let values = vec![(0, v, Quality::Good)];
+            let b = SampleBatch {
+                device: 0,
+                ts,
+                values,
+            };
+            self.batches.send(b).await.unwrap();
+        }
+
+        async fn command(&self, sink: usize, payload: &str) {
+            let payload = payload.as_bytes().to_vec();
+            let c = InboundCommand { sink, payload };
+            self.commands.send(c).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn each_message_is_spelled_once_per_identity_under_each_sinks_own_root() {
+        let mut h = harness(4);
+        h.volts(9.0).await;
+        let mut got: Vec<Vec<Arc<Message>>> = Vec::new();
+        for rx in &mut h.sinks {
+            got.push(vec![next(rx).await, next(rx).await]);
+        }
+        let topics: Vec<Vec<&str>> = got
+            .iter()
+            .map(|ms| ms.iter().map(|m| m.topic.as_str()).collect())
+            .collect();
+        let plant = vec!["plant/s/a/pot-001/data", "plant/s/a/pot-001/alarm/ae"];
+        let province = vec!["province/s/a/pot-001/data", "province/s/a/pot-001/alarm/ae"];
+        assert_eq!(topics, vec![plant.clone(), province, plant]);
+        // The two "plant" sinks share the very same messages.
+        for (a, b) in got[0].iter().zip(&got[2]) {
+            assert!(Arc::ptr_eq(a, b));
+        }
+        assert_eq!(json(&got[1][1])["state"], "active_unacked");
+        assert_eq!(
+            json(&got[1][1]),
+            json(&got[0][1]),
+            "same payload on each root"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_is_answered_once_on_the_sink_it_came_from() {
+        let mut h = harness(4);
+        h.volts(9.0).await;
+        for rx in &mut h.sinks {
+            next(rx).await; // data
+            next(rx).await; // alarm
+        }
+        h.clock.advance(1_000);
+        h.command(
+            1,
+            r#"{"op":"ack","device":"pot-001","rule":"ae","by":"op","request_id":"r1"}"#,
+        )
+        .await;
+        // The reply goes only to the province sink (first, as it always has), the transition
+        // everywhere.
+        let reply = next(&mut h.sinks[1]).await;
+        assert_eq!(reply.topic, "province/s/a/_agent/gw/cmd/reply");
+        for rx in &mut h.sinks {
+            let m = next(rx).await;
+            assert!(m.topic.ends_with("/alarm/ae"), "{}", m.topic);
+            assert_eq!(json(&m)["state"], "active_acked");
+        }
+        let j = json(&reply);
+        assert_eq!(
+            (&j["ok"], &j["request_id"], &j["op"], &j["state"]),
+            (
+                &true.into(),
+                &"r1".into(),
+                &"ack".into(),
+                &"active_acked".into()
+            )
+        );
+        assert_eq!(j["ts"], "2026-01-01T00:00:01.000Z");
+        // A refusal names the error; nothing else was sent to the plant sinks meanwhile.
+        h.command(
+            0,
+            r#"{"op":"ack","device":"pot-001","rule":"nope","by":"op"}"#,
+        )
+        .await;
+        let refused = next(&mut h.sinks[0]).await;
+        assert_eq!(refused.topic, "plant/s/a/_agent/gw/cmd/reply");
+        assert_eq!(json(&refused)["ok"], false);
+        assert!(json(&refused)["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown alarm"));
+        h.command(0, "not json").await;
+        assert!(json(&next(&mut h.sinks[0]).await)["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON"));
+        assert!(h.sinks[1].try_recv().is_err() && h.sinks[2].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reload_is_answered_by_the_engine_once_the_supervisor_has_applied_it() {
+        let mut h = harness(1);
+        h.command(2, r#"{"op":"reload","by":"ops","request_id":"r7"}"#)
+            .await;
+        let req = tokio::time::timeout(Duration::from_secs(5), h.reloads.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let ReloadOrigin::Command(to) = req.origin else {
+            panic!("a command origin")
+        };
+        assert_eq!(
+            to,
+            CommandOrigin {
+                sink: 2,
+                request_id: Some("r7".into()),
+                op: "reload".into()
+            }
+        );
+        // Not answered yet: the next reply on that sink is for a later command.
+        h.command(2, "{}").await;
+        assert_eq!(
+            json(&next(&mut h.sinks[2]).await)["error"],
+            "missing \"op\""
+        );
+        h.control
+            .send(Control::Reloaded {
+                to,
+                result: Ok("1 rules; 1 links kept, 0 restarted".into()),
+            })
+            .await
+            .unwrap();
+        let j = json(&next(&mut h.sinks[2]).await);
+        assert_eq!(
+            (&j["ok"], &j["request_id"], &j["state"]),
+            (
+                &true.into(),
+                &"r7".into(),
+                &"1 rules; 1 links kept, 0 restarted".into()
+            )
+        );
+
+        // While the supervisor is busy with one reload, another is refused at once.
+        h.command(0, r#"{"op":"reload","by":"ops"}"#).await;
+        h.command(0, r#"{"op":"reload","by":"ops","request_id":"r9"}"#)
+            .await;
+        let j = json(&next(&mut h.sinks[0]).await);
+        assert_eq!(j["request_id"], "r9");
+        assert_eq!(j["error"], "a reload is already in progress; try again");
+        let req = h.reloads.recv().await.unwrap();
+        let ReloadOrigin::Command(to) = req.origin else {
+            panic!("a command origin")
+        };
+        h.control
+            .send(Control::Reloaded {
+                to,
+                result: Err("changes in [agent] take effect at the next restart".into()),
+            })
+            .await
+            .unwrap();
+        let j = json(&next(&mut h.sinks[0]).await);
+        assert_eq!(j["ok"], false);
+        assert_eq!(
+            j["error"],
+            "changes in [agent] take effect at the next restart"
+        );
+        assert!(h.sinks[1].try_recv().is_err(), "replies go to one sink");
+    }
+}
