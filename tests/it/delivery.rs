@@ -739,10 +739,7 @@ async fn a_state_dir_that_cannot_exist_is_a_clear_start_error() {
 
 #[test]
 fn a_full_disk_under_the_outbox_does_not_stop_polling_and_recovers() {
-    run_watched(
-        "a_full_disk_under_the_outbox_does_not_stop_polling_and_recovers",
-        full_disk_case(false),
-    );
+    run_watched(full_disk_case(false));
 }
 
 /// Regression (found by this suite): a failed outbox append was counted in `dropped` and then
@@ -750,10 +747,7 @@ fn a_full_disk_under_the_outbox_does_not_stop_polling_and_recovers() {
 /// vanished from `alsentry_outbox_dropped_total`. The publisher now adds its own drops.
 #[test]
 fn messages_lost_on_a_full_disk_stay_counted() {
-    run_watched(
-        "messages_lost_on_a_full_disk_stay_counted",
-        full_disk_case(true),
-    );
+    run_watched(full_disk_case(true));
 }
 
 async fn full_disk_case(check_counter: bool) {

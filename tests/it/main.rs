@@ -46,3 +46,14 @@ mod replay;
 mod sim;
 /// 420 devices for a minute: everything answers, the engine keeps up, memory stays flat.
 mod soak;
+
+/// Guards the harness of the agent tests: a panic in a task on a watched runtime fails the
+/// test that owns the runtime, even when nobody joins the task.
+#[test]
+#[should_panic(expected = "1 task(s) of this test panicked")]
+fn a_task_panic_fails_its_watched_test() {
+    support::harness::run_watched(async {
+        tokio::spawn(async { panic!("a task panics on purpose") });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    });
+}

@@ -28,10 +28,7 @@ use crate::support::modbus::{Device, Served};
 
 #[test]
 fn a_vanished_device_returns_without_restart_and_never_slows_the_others() {
-    run_watched(
-        "a_vanished_device_returns_without_restart_and_never_slows_the_others",
-        a_vanished_device_returns_without_restart_and_never_slows_the_others_case(),
-    );
+    run_watched(a_vanished_device_returns_without_restart_and_never_slows_the_others_case());
 }
 
 async fn a_vanished_device_returns_without_restart_and_never_slows_the_others_case() {
@@ -83,10 +80,7 @@ async fn a_vanished_device_returns_without_restart_and_never_slows_the_others_ca
 
 #[test]
 fn a_silent_unit_costs_the_others_only_its_timeout() {
-    run_watched(
-        "a_silent_unit_costs_the_others_only_its_timeout",
-        a_silent_unit_costs_the_others_only_its_timeout_case(),
-    );
+    run_watched(a_silent_unit_costs_the_others_only_its_timeout_case());
 }
 
 async fn a_silent_unit_costs_the_others_only_its_timeout_case() {
@@ -132,10 +126,7 @@ async fn a_silent_unit_costs_the_others_only_its_timeout_case() {
 
 #[test]
 fn an_unmapped_register_inside_a_block_never_blinds_the_rest() {
-    run_watched(
-        "an_unmapped_register_inside_a_block_never_blinds_the_rest",
-        an_unmapped_register_inside_a_block_never_blinds_the_rest_case(),
-    );
+    run_watched(an_unmapped_register_inside_a_block_never_blinds_the_rest_case());
 }
 
 async fn an_unmapped_register_inside_a_block_never_blinds_the_rest_case() {
@@ -224,10 +215,7 @@ params = { delay = "1s" }
 
 #[test]
 fn flapping_slow_and_dead_devices_never_slow_the_healthy_ones() {
-    run_watched(
-        "flapping_slow_and_dead_devices_never_slow_the_healthy_ones",
-        flapping_slow_and_dead_devices_never_slow_the_healthy_ones_case(),
-    );
+    run_watched(flapping_slow_and_dead_devices_never_slow_the_healthy_ones_case());
 }
 
 async fn flapping_slow_and_dead_devices_never_slow_the_healthy_ones_case() {
@@ -412,10 +400,7 @@ fn hostile_scenario() -> String {
 
 #[test]
 fn hostile_and_malformed_replies_give_bad_quality_then_recover() {
-    run_watched(
-        "hostile_and_malformed_replies_give_bad_quality_then_recover",
-        hostile_and_malformed_replies_give_bad_quality_then_recover_case(),
-    );
+    run_watched(hostile_and_malformed_replies_give_bad_quality_then_recover_case());
 }
 
 async fn hostile_and_malformed_replies_give_bad_quality_then_recover_case() {
@@ -644,10 +629,7 @@ async fn raw_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicU8>) {
 
 #[test]
 fn crafted_frames_never_pass_a_wrong_value_as_good() {
-    run_watched(
-        "crafted_frames_never_pass_a_wrong_value_as_good",
-        crafted_frames_never_pass_a_wrong_value_as_good_case(),
-    );
+    run_watched(crafted_frames_never_pass_a_wrong_value_as_good_case());
 }
 
 async fn crafted_frames_never_pass_a_wrong_value_as_good_case() {

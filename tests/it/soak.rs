@@ -112,7 +112,7 @@ fn soak_400_cells_memory_stays_flat() {
         .expect("the parent passes its broker's port")
         .parse()
         .unwrap();
-    run_watched("soak_400_cells_memory_stays_flat", soak(port));
+    run_watched(soak(port));
 }
 
 async fn soak(port: u16) {

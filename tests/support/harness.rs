@@ -33,9 +33,10 @@ fn watch_panics() {
 /// Runs `body` on a two-worker runtime of its own (what `#[tokio::test(flavor =
 /// "multi_thread", worker_threads = 2)]` gives) and fails the test if any task on that runtime
 /// panicked, even one whose handle nobody joins. The body's own assertions fail the test as
-/// usual (it runs on the test's thread).
-pub fn run_watched<F: Future<Output = ()>>(test: &str, body: F) {
+/// usual (it runs on the test's thread, which libtest names after the test).
+pub fn run_watched<F: Future<Output = ()>>(body: F) {
     watch_panics();
+    let test = std::thread::current().name().unwrap_or("main").to_string();
     let name = format!("watched:{test}");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
