@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use alsentry::app::Running;
-use alsentry::broker::EmbeddedBroker;
 use alsentry::clock::SystemClock;
 
 use crate::support::agent::Dev;
+use crate::support::broker::embedded_blocking;
 use crate::support::harness::{
     alone, fault_agent, polls_failed, polls_ok, run_alone, run_watched, start_sim, stop_checked,
 };
@@ -104,7 +104,7 @@ fn soak_400_cells_memory_stays_flat() {
         // Resident memory is per process: the soak runs alone in a fresh process of this test
         // binary, so no other test's memory is counted, and the broker runs here, so neither is
         // the broker's (rumqttd keeps up to 10 x 1 MiB of log per filter).
-        let broker = EmbeddedBroker::start().expect("the embedded broker starts");
+        let broker = embedded_blocking();
         run_alone(me, &[(BROKER_PORT, broker.addr.port().to_string())]);
         return;
     }

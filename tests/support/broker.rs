@@ -6,13 +6,17 @@ use alsentry::broker::EmbeddedBroker;
 
 use super::mqtt::Subscriber;
 
-/// A broker on a free loopback port (bound at port 0 by the crate); returns once it accepts
-/// connections. Started off the runtime: rumqttd's start blocks.
+/// A broker on a free loopback port (the crate reserves it by binding port 0); returns once
+/// it accepts connections. Started off the runtime: rumqttd's start blocks.
 pub async fn embedded() -> EmbeddedBroker {
-    tokio::task::spawn_blocking(EmbeddedBroker::start)
+    tokio::task::spawn_blocking(embedded_blocking)
         .await
         .unwrap()
-        .expect("the embedded broker starts")
+}
+
+/// `embedded` for a test without a runtime.
+pub fn embedded_blocking() -> EmbeddedBroker {
+    EmbeddedBroker::start().expect("the embedded broker starts")
 }
 
 /// A broker on a given address (a restart on the port an agent already knows).
