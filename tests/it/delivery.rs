@@ -18,7 +18,7 @@ use alsentry::outbox::{Class, NewRecord, Outbox, OutboxOptions};
 use serde_json::Value;
 
 use crate::support::agent::{Agent, Dev};
-use crate::support::broker::{embedded, embedded_on, embedded_with_sub};
+use crate::support::broker::{embedded, embedded_with_sub};
 use crate::support::delivery::{
     assert_consecutive, check_object, collect, msg, one_cell_agent, schema_check, schema_path,
     seqs, set_volts, settled_transitions, sink_task, toggle, ALARMS, CMD, REPLY, STATUS,
@@ -418,12 +418,18 @@ async fn sigkill_with_a_backlog_of_1000_then_restart_delivers_everything() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Served::start(Device::default()).await;
     set_volts(&dev.device, 7.0);
-    let port = crate::support::net::free_port();
+    // The agent reaches the broker through a proxy that stays cut during the first run: a
+    // broker that is down, at an address the test keeps (a port released now and bound again
+    // later could be taken meanwhile by another test's broker).
+    let broker = embedded().await;
+    let proxy = Proxy::start(broker.addr).await;
+    proxy.set_up(false);
     let state = dir.path().join("state");
     // The backlog, written through the outbox API where the agent's sink keeps it.
     prefill(&state, 1000);
     let sinks = format!(
-        "[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max = \"1s\"\nreplay_rate = 1000\n"
+        "[mqtt]\nurl = \"mqtt://{}\"\nreconnect_max = \"1s\"\nreplay_rate = 1000\n",
+        proxy.addr
     );
     let cfg_path = one_cell_agent(&state, &dev, &sinks, 3).write(dir.path());
     // First run: broker down. The agent reopens the backlog, adds its own transitions, dies.
@@ -454,8 +460,8 @@ async fn sigkill_with_a_backlog_of_1000_then_restart_delivers_everything() {
         .unwrap()
         .write_all(&head)
         .unwrap();
-    let broker = embedded_on(([127, 0, 0, 1], port).into()).await;
     let mut sub = Subscriber::connect("127.0.0.1", broker.addr.port(), "sub3", ALARMS).await;
+    proxy.set_up(true);
     let restarted = Instant::now();
     let (_agent, lines) = spawn_agent(&cfg_path, &[]);
     let seen = wait_line(

@@ -1,6 +1,7 @@
 //! The embedded broker (rumqttd, in-process) for hermetic tests.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use alsentry::broker::EmbeddedBroker;
 
@@ -15,16 +16,21 @@ pub async fn embedded() -> EmbeddedBroker {
 }
 
 /// `embedded` for a test without a runtime.
+///
+/// rumqttd binds its address itself, so the crate reserves a free port and releases it just
+/// before the broker binds it. With many tests starting brokers side by side in one process,
+/// two can be handed the same port: one broker binds it, the other fails, and both tests would
+/// talk to the first. Ports handed out here are remembered (brokers never stop, so a port stays
+/// theirs) and a repeat is a broker that did not start: start another.
 pub fn embedded_blocking() -> EmbeddedBroker {
-    EmbeddedBroker::start().expect("the embedded broker starts")
-}
-
-/// A broker on a given address (a restart on the port an agent already knows).
-pub async fn embedded_on(addr: SocketAddr) -> EmbeddedBroker {
-    tokio::task::spawn_blocking(move || EmbeddedBroker::start_on(addr))
-        .await
-        .unwrap()
-        .expect("the embedded broker starts")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..5 {
+        let broker = EmbeddedBroker::start().expect("the embedded broker starts");
+        if HANDED_OUT.lock().unwrap().insert(broker.addr.port()) {
+            return broker;
+        }
+    }
+    panic!("five embedded brokers in a row got a port already in use");
 }
 
 /// A broker and a subscriber on `filter` whose subscription the broker acknowledged.
