@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak on the release binaries: `alsentry sim` plays config/scenarios/potline_400.toml (400 cells
 # on 127.0.0.1:15100-15499 + 20 kiln sections on :5021), `alsentry run` polls all 420 devices
-# once a second with the rules of tests/reliability.rs and publishes to a private Mosquitto.
+# once a second with the rules of tests/it/soak.rs and publishes to a private Mosquitto.
 # Samples VmRSS of the agent (and of the simulator) every SAMPLE_S seconds and says whether the
 # agent's resident memory stayed flat after warm-up.
 #
@@ -55,7 +55,7 @@ mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
 PIDS+=($!)
 
 # The agent config: config/sim_potline_400.toml with absolute includes, our broker, a private
-# state dir, and the soak rules (the same as tests/reliability.rs).
+# state dir, and the soak rules (the same as tests/it/soak.rs).
 sed -e "s#\"templates/#\"$ROOT/config/templates/#g" \
     -e "s#mqtt://127.0.0.1:1883#mqtt://127.0.0.1:$MQTT_PORT#" \
     -e "s#15100-15499#$CELL_BASE-$CELL_LAST#" -e "s#127.0.0.1:5021#127.0.0.1:$KILN_PORT#" \

@@ -3,8 +3,8 @@
 //! Loading never stops at the first problem: every problem is collected with its file, line,
 //! column and key path, so `alsentry check` shows them all at once.
 
-pub mod describe;
 mod compile;
+pub mod describe;
 pub mod device;
 pub mod endpoint;
 pub mod mqtt;

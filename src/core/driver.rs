@@ -222,9 +222,9 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::decode::{decode_at, Image};
     use crate::core::rule::RuleKind;
     use crate::core::spec::{Draft, RuleDraft};
-    use crate::core::decode::{decode_at, Image};
 
     fn engine() -> Engine {
         let mut d = Draft::new("a");

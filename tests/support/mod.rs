@@ -1,7 +1,20 @@
+//! Shared by both test binaries (tests/it/, tests/interop/) and by `mod support;` in a
+//! single-file test: one agent-config builder (`agent`), one embedded-broker starter
+//! (`broker`), one Mosquitto launcher (`mosquitto`), one Modbus test device (`modbus`), one MQTT
+//! subscriber (`mqtt`), network fault helpers (`net`), the agent harness (`harness`), what
+//! delivery tests share (`delivery`) and the gate for external tools (`tools`).
+
 #![allow(dead_code)]
+
+pub mod agent;
+pub mod broker;
+pub mod delivery;
+pub mod harness;
 pub mod modbus;
+pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 

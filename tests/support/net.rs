@@ -1,11 +1,10 @@
-//! Network helpers for delivery tests: a TCP proxy that can cut a broker off, a black hole
-//! that accepts connections and never answers, and a private Mosquitto.
+//! Network helpers: a TCP proxy that can cut a broker off, a black hole that accepts
+//! connections and never answers, free ports, and child processes killed on drop.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -159,40 +158,4 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-pub fn have(cmd: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: `{cmd}` is not installed (CI installs it)");
-    }
-    found
-}
-
-/// A private Mosquitto with `extra` appended to its config; returns once `port` listens.
-pub fn mosquitto(dir: &Path, port: u16, extra: &str) -> Proc {
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(
-        &conf,
-        // `user root`: when the test runs as root, Mosquitto would otherwise drop to its own
-        // user and could not read key files in the test's private temp dir (no effect as
-        // non-root).
-        format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto runs");
-    wait_port(port);
-    Proc(child)
 }

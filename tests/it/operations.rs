@@ -2,78 +2,51 @@
 //! links; an invalid reload is refused and the agent keeps running; SIGTERM publishes
 //! `offline`; /metrics is scraped and parsed.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use alsentry::broker::EmbeddedBroker;
 use alsentry::clock::SystemClock;
 use alsentry::config::Config;
-use support::modbus::{f32_words, Device, Served};
-use support::mqtt::Subscriber;
 
-fn config_text(
+use crate::support::agent::{Agent, Dev};
+use crate::support::broker::embedded;
+use crate::support::harness::wait_until;
+use crate::support::modbus::{f32_words, Device, Served};
+use crate::support::mqtt::Subscriber;
+
+fn agent(
     dev: &Served,
     url: &str,
     state: &std::path::Path,
     limit: f64,
     poll: &str,
     http: Option<u16>,
-) -> String {
-    let http = http
-        .map(|p| format!("[http]\nlisten = \"127.0.0.1:{p}\"\n"))
-        .unwrap_or_default();
-    format!(
-        r#"
-[agent]
-id = "gw-ops"
-site = "s"
-area = "a"
-state_dir = "{}"
-[mqtt]
-url = "{url}"
-{http}
-[[devices]]
-name = "pot-1"
-endpoint = "tcp://{}"
-poll = "{poll}"
-tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" }} ]
-[[rules]]
-name = "anode_effect"
-devices = ["pot-1"]
-tag = "voltage"
-type = "high"
-limit = {limit}
-deadband = 0.5
-priority = "critical"
-"#,
-        state.display(),
-        dev.addr
-    )
-}
-
-async fn broker() -> EmbeddedBroker {
-    tokio::task::spawn_blocking(EmbeddedBroker::start)
-        .await
-        .unwrap()
-        .unwrap()
+) -> Agent {
+    let a = Agent::new("gw-ops")
+        .state_dir(state)
+        .mqtt(url)
+        .device(Dev::tcp("pot-1", dev.addr).poll(poll).tags(
+            r#"[ { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" } ]"#,
+        ))
+        .rule(&format!(
+            "[[rules]]\nname = \"anode_effect\"\ndevices = [\"pot-1\"]\ntag = \"voltage\"\ntype = \"high\"\nlimit = {limit}\ndeadband = 0.5\npriority = \"critical\""
+        ));
+    match http {
+        Some(p) => a.section(&format!("[http]\nlisten = \"127.0.0.1:{p}\"")),
+        None => a,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_a_limit_keeps_the_alarm_and_refuses_a_broken_file() {
     let dev = Served::start(Device::default()).await;
     dev.device.set_input(1, 0, &f32_words(9.0, "CDAB"));
-    let b = broker().await;
+    let b = embedded().await;
     let mut sub = Subscriber::connect("127.0.0.1", b.addr.port(), "ops-sub", "alsentry/#").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alsentry.toml");
-    std::fs::write(
-        &path,
-        config_text(&dev, &b.url(), dir.path(), 8.0, "200ms", None),
-    )
-    .unwrap();
+    agent(&dev, &b.url(), dir.path(), 8.0, "200ms", None).write(dir.path());
     let running = alsentry::app::start(Config::load(&path).unwrap(), SystemClock::new())
         .await
         .unwrap();
@@ -96,11 +69,7 @@ async fn a_reload_changes_a_limit_keeps_the_alarm_and_refuses_a_broken_file() {
 
     // Raise the limit to 9.2: 9.0 V is inside the new deadband, so the acknowledged alarm stays.
     let reads_before = dev.device.reads_of(1);
-    std::fs::write(
-        &path,
-        config_text(&dev, &b.url(), dir.path(), 9.2, "200ms", None),
-    )
-    .unwrap();
+    agent(&dev, &b.url(), dir.path(), 9.2, "200ms", None).write(dir.path());
     let msg = running.reload().await.expect("reload applied");
     assert!(msg.contains("1 links kept"), "{msg}");
     assert!(
@@ -130,18 +99,13 @@ async fn a_reload_changes_a_limit_keeps_the_alarm_and_refuses_a_broken_file() {
     let err = running.reload().await.expect_err("broken config refused");
     assert!(err.contains("alsentry.toml:3:8: agent.site"), "{err}");
     let before = dev.device.reads_of(1);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        dev.device.reads_of(1) > before,
-        "still polling after a refused reload"
-    );
+    wait_until(w, "still polling after a refused reload", || {
+        dev.device.reads_of(1) > before
+    })
+    .await;
 
     // Over MQTT: a valid file, with a changed poll interval, restarts only that link.
-    std::fs::write(
-        &path,
-        config_text(&dev, &b.url(), dir.path(), 9.2, "300ms", None),
-    )
-    .unwrap();
+    agent(&dev, &b.url(), dir.path(), 9.2, "300ms", None).write(dir.path());
     sub.publish(
         "alsentry/s/a/_agent/gw-ops/cmd",
         br#"{"op":"reload","by":"ops","request_id":"r1"}"#,
@@ -179,7 +143,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 async fn the_binary_serves_metrics_reloads_on_sighup_and_publishes_offline_on_sigterm() {
     let dev = Served::start(Device::default()).await;
     dev.device.set_input(1, 0, &f32_words(9.0, "CDAB"));
-    let b = broker().await;
+    let b = embedded().await;
     let mut sub = Subscriber::connect("127.0.0.1", b.addr.port(), "ops-sub2", "alsentry/#").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alsentry.toml");
@@ -188,11 +152,7 @@ async fn the_binary_serves_metrics_reloads_on_sighup_and_publishes_offline_on_si
         .local_addr()
         .unwrap()
         .port();
-    std::fs::write(
-        &path,
-        config_text(&dev, &b.url(), dir.path(), 8.0, "200ms", Some(http)),
-    )
-    .unwrap();
+    agent(&dev, &b.url(), dir.path(), 8.0, "200ms", Some(http)).write(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_alsentry"))
         .args(["run", "--config"])
         .arg(&path)
@@ -240,11 +200,7 @@ async fn the_binary_serves_metrics_reloads_on_sighup_and_publishes_offline_on_si
     assert!(http_get(http, "/alarms").1.contains("anode_effect"));
 
     // SIGHUP with a changed limit: the alarm clears under the new limit without a restart.
-    std::fs::write(
-        &path,
-        config_text(&dev, &b.url(), dir.path(), 9.6, "200ms", Some(http)),
-    )
-    .unwrap();
+    agent(&dev, &b.url(), dir.path(), 9.6, "200ms", Some(http)).write(dir.path());
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-HUP", &pid])

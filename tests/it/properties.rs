@@ -10,7 +10,7 @@ use alsentry::core::decode::{decode_bit, decode_registers, DataType, Encoding, T
 use alsentry::outbox::{Class, NewRecord, Outbox, OutboxOptions};
 use proptest::prelude::*;
 
-const EXAMPLE: &str = include_str!("../config/alsentry.example.toml");
+const EXAMPLE: &str = include_str!("../../config/alsentry.example.toml");
 const T0: i64 = 1_795_881_600_000;
 
 /// One random edit of a text: delete, duplicate or replace a span, insert a TOML-ish token.

@@ -1,15 +1,23 @@
 //! `alsentry replay` and `[record]`: file time drives the same engine as live, recorded files
-//! replay to the same alarms, and scoring reads the simulator's ground truth.
+//! (from the engine's own samples, and from `alsentry run` itself) replay to the same alarms,
+//! and scoring reads the simulator's ground truth.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use alsentry::clock::{Clock, SystemClock};
 use alsentry::config::record::RecordConfig;
 use alsentry::config::Config;
 use alsentry::core::engine::{AlarmEvent, Engine, SampleBatch};
 use alsentry::core::model::{BadReason, Quality, Ts};
 use alsentry::io::record::recorder;
 use alsentry::replay::{run_replay, ReplayArgs, ReplayOptions, ReplayReport};
+
+use crate::support::agent::{Agent, Dev};
+use crate::support::broker::embedded;
+use crate::support::modbus::{f32_words, Device, Served};
+use crate::support::mqtt::Subscriber;
 
 const CFG: &str = r#"
 [agent]
@@ -504,19 +512,11 @@ fn recording_keeps_at_most_max_files_and_only_the_chosen_tags() {
     assert!(!last.contains("current"));
 }
 
-/// Runs the real binary. Until `alsentry replay` is wired into the CLI this test skips itself:
-/// it checks `alsentry replay --help` first.
+/// The real binary: `alsentry replay` writes the alarms as JSON lines, reports a bad row with
+/// its file and line, and exits 1 for it.
 #[test]
-fn cli_replay_subcommand_when_wired() {
+fn cli_replay_subcommand_writes_alarms_and_exits_1_on_a_bad_row() {
     let bin = env!("CARGO_BIN_EXE_alsentry");
-    let help = std::process::Command::new(bin)
-        .args(["replay", "--help"])
-        .output()
-        .unwrap();
-    if !help.status.success() {
-        eprintln!("skipped: `alsentry replay` is not wired into the CLI yet");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (_, cfg_path) = config_file(dir.path());
     let mut csv = String::from("ts,device,tag,value\n");
@@ -544,4 +544,116 @@ fn cli_replay_subcommand_when_wired() {
     let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(first["ts"], "2026-11-28T00:00:02.000Z");
     assert_eq!(first["state"], "active_unacked");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `alsentry run` with `[record]` against an in-process Modbus device and the embedded broker:
+// the recorded files replay to the alarm transitions published live.
+// ---------------------------------------------------------------------------------------------
+
+fn record_dir_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_run_records_samples_that_replay_to_the_published_alarms() {
+    let cells = Served::start(Device::default()).await;
+    for unit in 1..=2 {
+        cells.device.set_input(unit, 0, &f32_words(4.25, "CDAB"));
+        cells.device.set_input(unit, 2, &f32_words(300.5, "CDAB"));
+    }
+    let broker = embedded().await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Agent::new("gw-rec")
+        .at("qingzhen", "potline-1")
+        .state_dir(state.path())
+        .mqtt(&broker.url())
+        .section(&format!(
+            "[record]\ndir = \"{}/record\"\nmax_size = \"4KiB\"\nmax_files = 1000",
+            state.path().display()
+        ))
+        .section(
+            r#"[templates.cell]
+tags = [
+  { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" },
+  { name = "current", table = "input", address = 2, type = "f32", order = "CDAB", unit = "kA" },
+]"#,
+        )
+        .device(
+            Dev::tcp("pot-{unit:03}", cells.addr)
+                .template("cell")
+                .units("1-2")
+                .poll("100ms")
+                .timeout("300ms"),
+        )
+        .rule(
+            r#"[[rules]]
+name = "anode_effect"
+template = "cell"
+tag = "voltage"
+type = "high"
+limit = 8.0
+deadband = 0.5
+on_delay = "500ms"
+priority = "critical""#,
+        )
+        .build();
+    assert!(cfg.record.is_some(), "[record] is read");
+    let mut sub = Subscriber::connect(
+        "127.0.0.1",
+        broker.addr.port(),
+        "rec-sub",
+        "alsentry/+/+/+/alarm/#",
+    )
+    .await;
+    let clock: std::sync::Arc<dyn Clock> = SystemClock::new();
+    let running = alsentry::app::start(cfg.clone(), clock).await.unwrap();
+    let rec_dir = state.path().join("record");
+
+    // Wait until samples are on disk, then raise and clear an anode effect on pot-002.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while record_dir_files(&rec_dir) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let w = Duration::from_secs(10);
+    cells.device.set_input(2, 0, &f32_words(12.5, "CDAB"));
+    let raised = sub
+        .wait_for(w, |m| m.json()["state"] == "active_unacked")
+        .await
+        .expect("anode effect raised");
+    cells.device.set_input(2, 0, &f32_words(4.25, "CDAB"));
+    let cleared = sub
+        .wait_for(w, |m| m.json()["state"] == "returned_unacked")
+        .await
+        .expect("anode effect cleared");
+    running.stop().await;
+
+    let mut out = Vec::new();
+    let report = run_replay(&cfg, &ReplayOptions::new(vec![rec_dir]), &mut out).unwrap();
+    assert_eq!(report.bad_rows, 0, "{:?}", report.problems);
+    assert_eq!(report.devices, 2);
+    let replayed: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = |j: &serde_json::Value| {
+        (
+            j["device"].as_str().unwrap().to_string(),
+            j["rule"].as_str().unwrap().to_string(),
+            j["state"].as_str().unwrap().to_string(),
+            j["value"].as_f64(),
+        )
+    };
+    assert_eq!(
+        replayed.iter().map(key).collect::<Vec<_>>(),
+        vec![key(&raised.json()), key(&cleared.json())]
+    );
+    // Live evaluates a batch when it arrives, replay at its source timestamp: within a poll.
+    let ms = |j: &serde_json::Value| alsentry::clock::parse_ts(j["ts"].as_str().unwrap()).unwrap();
+    for (r, l) in replayed.iter().zip([raised.json(), cleared.json()]) {
+        let d = (ms(r) - ms(&l)).abs();
+        assert!(d <= 300, "replayed {} vs live {}", r["ts"], l["ts"]);
+    }
 }

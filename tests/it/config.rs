@@ -1,10 +1,16 @@
-//! Every folder under tests/cases/ holds a broken `alsentry.toml` and the exact output of
-//! `alsentry check` for it (`expected.err`, ending with the exit code). Adding a regression
-//! case is adding a folder; regenerate an expectation with
+//! The configuration as users meet it. Every folder under tests/cases/ holds a broken
+//! `alsentry.toml` and the exact output of `alsentry check` for it (`expected.err`, ending
+//! with the exit code). Adding a regression case is adding a folder; regenerate an expectation
+//! with
 //! `cd tests/cases/NAME && alsentry check --config alsentry.toml 2> expected.err; echo rc=$? >> expected.err`.
+//! The shipped example is accepted, means what the contract says, is embedded in the README
+//! verbatim, and its commented-out defaults are the code's.
 
 use std::path::Path;
 use std::process::Command;
+
+/// The example's commented-out defaults are the code's.
+mod defaults;
 
 #[test]
 fn every_broken_config_is_refused_with_its_line_and_key() {

@@ -1,6 +1,8 @@
 //! The deploy/ files agree with each other: compose service names, mounted files, the
 //! uplink prefix the agent writes and the one the bridge reads. No container engine is
 //! reachable on the project's machines, so this is what catches a rename in one file only.
+//! The systemd unit keeps its hardening. (What Mosquitto and systemd-analyze say about these
+//! files is checked in tests/interop/.)
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -105,4 +107,33 @@ fn compose_agent_config_passes_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn shipped_unit_has_the_required_hardening() {
+    let unit = read("deploy/systemd/alsentry.service");
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    for line in [
+        "User=alsentry",
+        "SupplementaryGroups=dialout",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "StateDirectory=alsentry",
+        "ConfigurationDirectory=alsentry",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStartPre=/usr/local/bin/alsentry check --config /etc/alsentry/alsentry.toml",
+        "ExecStart=/usr/local/bin/alsentry run --config /etc/alsentry/alsentry.toml",
+        "DeviceAllow=char-ttyUSB rw",
+        "DeviceAllow=char-ttyS rw",
+    ] {
+        assert!(has(line), "alsentry.service lacks `{line}`");
+    }
 }

@@ -1,20 +1,15 @@
 //! The engine side of the agent end to end: what leaves it, per sink.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::modbus::{f32_words, Device, Served};
+use crate::support::mqtt::Subscriber;
 use alsentry::broker::EmbeddedBroker;
 use alsentry::clock::SystemClock;
 use alsentry::config::Config;
-use support::modbus::{f32_words, Device, Served};
-use support::mqtt::Subscriber;
 
 async fn broker() -> EmbeddedBroker {
-    tokio::task::spawn_blocking(EmbeddedBroker::start)
-        .await
-        .unwrap()
-        .unwrap()
+    crate::support::broker::embedded().await
 }
 
 /// Regression: raw data went out under the first sink's `topic_root` on every sink.
@@ -63,7 +58,7 @@ tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit =
     let cfg = Config::from_str(std::path::Path::new("two-roots.toml"), &text).unwrap();
     let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
     let w = Duration::from_secs(10);
-    let is_data = |m: &support::mqtt::Msg| m.topic.ends_with("/pot-001/data");
+    let is_data = |m: &crate::support::mqtt::Msg| m.topic.ends_with("/pot-001/data");
     let on_plant = plant_sub.wait_for(w, is_data).await.expect("data on plant");
     let on_province = province_sub
         .wait_for(w, is_data)

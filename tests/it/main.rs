@@ -1,0 +1,64 @@
+//! The integration tests: one binary, so the crate and the broker are linked once and the
+//! tests run side by side. Everything here is hermetic (loopback only, ports bound at 0, the
+//! Modbus devices, the simulator and the MQTT broker in-process) and runs under plain
+//! `cargo test`. A test that needs a tool nobody here wrote (Mosquitto, openssl,
+//! systemd-analyze, mbpoll, pymodbus) goes in tests/interop/ instead.
+//!
+//! Where a test belongs: the module of its subject below. A regression test goes there too,
+//! named after the behaviour it guards, with a comment naming the bug it caught. A new module
+//! is added here with a line saying what belongs in it.
+
+/// Shared with tests/interop/: the agent-config builder, the embedded broker, the Modbus test
+/// device, the MQTT subscriber, network faults, the agent harness.
+#[path = "../support/mod.rs"]
+mod support;
+
+/// Time a gateway lives by: wall-clock steps and what the engine does with a `now` that jumps.
+mod clock;
+/// The configuration as users meet it: golden broken configs (tests/cases/), the shipped
+/// example (accepted, its meaning, embedded in the README, its commented defaults).
+mod config;
+/// Getting messages out: ordering, outages behind a proxy, a full outbox, several brokers,
+/// status, SIGKILL and restart of the binary, commands and replies, secrets in logs, payload
+/// schemas, an outbox that cannot be created or written.
+mod delivery;
+/// The README's first command, `alsentry demo`.
+mod demo;
+/// The deploy/ files: compose layout, the systemd unit's hardening.
+mod deploy;
+/// The shipped presets against the simulator's scenarios on simulated time (EARLY-WARNING.md).
+mod early_warning;
+/// The engine task end to end: what leaves it per sink, and a live run's recording replayed.
+mod engine_task;
+/// The operations endpoint (/metrics, /healthz, /readyz, /alarms) over a raw socket.
+mod http;
+/// Running the agent: reload (SIGHUP and command), SIGTERM, /metrics of the binary.
+mod operations;
+/// End to end: Modbus values decoded, the alarm contract, acknowledgement, retained state.
+mod pipeline;
+/// Polling under faults: vanished, silent, flapping, slow devices, holes in a block,
+/// exceptions, hostile and crafted frames; healthy devices keep their rate.
+mod polling;
+/// What holds for any input: config reader, decoder, command parser, outbox segments.
+mod properties;
+/// `alsentry replay` and `[record]`: file time, recorded files replay to the live alarms.
+mod replay;
+/// The simulator as Modbus clients see it: register maps, faults, ground truth, RTU, the
+/// shipped scenarios and templates.
+mod sim;
+/// 420 devices for a minute: everything answers, the engine keeps up, memory stays flat.
+mod soak;
+
+/// Guards the harness of the agent tests: a panic in a task on a watched runtime fails the
+/// test that owns the runtime, even when nobody joins the task.
+#[test]
+#[should_panic(expected = "1 task(s) of this test panicked")]
+fn a_task_panic_fails_its_watched_test() {
+    support::harness::run_watched(async {
+        let task = tokio::spawn(async { panic!("a task panics on purpose") });
+        // Not joined: only waited for.
+        while !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    });
+}
