@@ -24,6 +24,7 @@ use crate::io::publisher::{InboundCommand, Message, SinkTask};
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
 use crate::outbox::{Class, Outbox};
+use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
 
 /// Handles to a running agent, for tests and the demo.
 #[derive(Debug)]
@@ -101,6 +102,9 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
     let engine = Engine::new(&cfg).context("building the rule engine")?;
+    // Which devices answer: written by the pollers, read by the status and /readyz.
+    let (health, health_rx) =
+        crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
@@ -140,6 +144,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             commands: cmd_tx.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
+            health: health_rx.clone(),
             config_hash: cfg.hash.clone(),
             password,
         };
@@ -161,6 +166,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         let state = HttpState {
             metrics: metrics.clone(),
             alarms: alarms_rx,
+            devices: health_rx.clone(),
             clock: clock.clone(),
             config_loaded: true,
         };
@@ -196,6 +202,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         batch_tx,
         clock: clock.clone(),
         metrics: metrics.clone(),
+        health,
         engine: ctl_tx,
         sinks: engine_task.sinks.clone(),
         whos: engine_task.whos.clone(),
@@ -226,6 +233,7 @@ struct Supervisor {
     batch_tx: mpsc::Sender<SampleBatch>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    health: crate::io::health::HealthTx,
     engine: mpsc::Sender<EngineControl>,
     sinks: Vec<mpsc::Sender<Arc<Message>>>,
     whos: Vec<Identity>,
@@ -250,6 +258,7 @@ impl Supervisor {
                 tx: self.batch_tx.clone(),
                 clock: self.clock.clone(),
                 metrics: self.metrics.clone(),
+                health: self.health.clone(),
             };
             let handle = tokio::spawn(link.run(token.clone()));
             self.links.push((key, configured, token, handle));
@@ -462,9 +471,10 @@ impl EngineTask {
         let mut events: Vec<AlarmEvent> = Vec::new();
         let mut ticks: u64 = 0;
         let summary_every = Duration::from_millis(self.summary.interval_ms.max(1_000) as u64);
-        let mut summaries =
-            tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
+        let mut summaries = tokio::time::interval(summary_every);
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first summary one interval after start, not at once.
+        summaries.reset();
         loop {
             tokio::select! {
                 b = batches.recv() => match b {
@@ -533,12 +543,16 @@ impl EngineTask {
         for ev in events.drain(..) {
             let (seq, err) = self.seq.take();
             if let Some(e) = err {
-                warn!(error = %e, "cannot persist the event sequence lease");
+                emit(SeqLeaseNotPersisted { error: &e });
             }
-            self.metrics
-                .alarm_transitions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(device = %ev.device, rule = %ev.rule, state = ev.transition.to, priority = %ev.priority, message = %ev.message, "alarm");
+            emit(AlarmPublished {
+                metrics: &self.metrics,
+                device: &ev.device,
+                rule: &ev.rule,
+                state: ev.transition.to,
+                priority: &ev.priority,
+                message: &ev.message,
+            });
             for (i, tx) in self.sinks.iter().enumerate() {
                 let who = &self.whos[i];
                 let msg = Message {

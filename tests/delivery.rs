@@ -3,6 +3,10 @@
 //! `mosquitto` or `openssl` say so and skip when they are missing (CI installs both).
 //! Ports are all picked free; readiness is waited for, not slept for.
 
+// Tests wait on real time (deadlines, latencies); the clock rule of clippy.toml is for the
+// agent's code.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
@@ -355,6 +359,7 @@ fn sink_task(
         rx,
         commands: ctx,
         clock: SystemClock::new(),
+        health: alsentry::io::health::channel(cfg.devices.iter().map(|d| d.name.clone())).1,
         metrics,
         config_hash: "test".into(),
         password: None,

@@ -2,6 +2,10 @@
 //! links; an invalid reload is refused and the agent keeps running; SIGTERM publishes
 //! `offline`; /metrics is scraped and parsed.
 
+// Tests wait on real time (deadlines, latencies); the clock rule of clippy.toml is for the
+// agent's code.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::io::{Read, Write};
