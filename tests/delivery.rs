@@ -187,9 +187,13 @@ async fn every_transition_arrives_in_order_through_the_embedded_broker() {
     eprintln!("(1) {total} transitions in order in {:?}", t0.elapsed());
 }
 
-// (2) Broker unreachable for a minute while alarms change; all delivered in order afterwards.
+// (2) Broker unreachable for ~12 s while alarms change; all delivered in order afterwards.
+// Long enough for several attempts at the capped backoff (reconnect_max 2 s); that a longer
+// outage changes nothing (attempts stay at the cap, the backlog is replayed the same way) is
+// the session's pure test `a_long_outage_retries_at_the_capped_backoff_then_recovers`, which
+// replaced the minute this test used to wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_minute_broker_outage_loses_nothing_and_keeps_the_order() {
+async fn a_broker_outage_loses_nothing_and_keeps_the_order() {
     if !have("mosquitto") {
         return;
     }
@@ -219,15 +223,14 @@ async fn a_one_minute_broker_outage_loses_nothing_and_keeps_the_order() {
     proxy.set_up(false);
     let down_at = alsentry::clock::wall_ms();
     let outage = Instant::now();
-    // Alarm activity through the whole minute: a burst at the start and one at the end.
-    toggle(&dev.device, 10, Duration::from_millis(300)).await;
-    tokio::time::sleep(Duration::from_secs(54).saturating_sub(outage.elapsed())).await;
-    toggle(&dev.device, 10, Duration::from_millis(300)).await;
+    // Alarm activity through the whole outage: a burst at the start and one at the end.
+    toggle(&dev.device, 8, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(outage.elapsed())).await;
+    toggle(&dev.device, 8, Duration::from_millis(300)).await;
     let total = settled_transitions(&running.metrics).await;
-    assert!(total >= before + 100, "{total} transitions");
+    assert!(total >= before + 80, "{total} transitions");
     let during = collect(&mut sub, Duration::from_millis(100), |_| false).await;
     assert!(during.is_empty(), "delivered through a cut proxy?");
-    tokio::time::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed())).await;
     assert!(!running.metrics.sinks[0].connected.load(Ordering::Relaxed));
     assert!(
         running.metrics.sinks[0]
@@ -815,7 +818,9 @@ async fn sigkill_with_unacknowledged_publishes_sends_them_again() {
     let cfg_path = support::write_config(dir.path(), &agent_toml(&state, &dev, &sinks, 1, ""));
     let (mut agent, lines) = spawn_agent(&cfg_path, &[]);
     wait_line(&lines, "connected to broker", Duration::from_secs(15));
-    let first = collect(&mut sub, Duration::from_secs(2), |_| false).await;
+    // One window goes out; then nothing more (no PUBACK frees a place in it).
+    let mut first = collect(&mut sub, Duration::from_secs(2), |g| g.len() >= 63).await;
+    first.extend(collect(&mut sub, Duration::from_millis(300), |_| false).await);
     let first: BTreeSet<u64> = first
         .iter()
         .filter(|m| m.topic.ends_with("/alarm/pre"))
