@@ -485,6 +485,39 @@ impl InternalEvent for CommandDropped<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The operations endpoint (io/http.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// Something went wrong serving the endpoint; it keeps serving.
+#[derive(Debug)]
+pub struct HttpTrouble<'a> {
+    pub what: HttpOp,
+    pub error: &'a dyn LogValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpOp {
+    /// Accepting failed (typically EMFILE); the server backs off briefly.
+    Accept,
+    /// Reading a request failed (the client went away).
+    Read,
+    ConnectionPanicked,
+}
+
+impl InternalEvent for HttpTrouble<'_> {
+    fn emit(self) {
+        let error = self.error;
+        match self.what {
+            HttpOp::Accept => warn!(error = %error, "HTTP accept failed"),
+            HttpOp::Read => debug!(error = %error, "HTTP read failed"),
+            HttpOp::ConnectionPanicked => {
+                warn!(error = %error, "an HTTP connection task panicked")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Engine and state (app.rs, io/seq.rs)
 // ---------------------------------------------------------------------------------------------
 

@@ -98,7 +98,10 @@ async fn http_get(port: u16, path: &str) -> String {
         .await
         .unwrap()
         .unwrap();
-    out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string()
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The keys of a JSON object as written, in order, duplicates kept: a string at depth 1 that
@@ -145,7 +148,13 @@ async fn the_status_is_typed_and_its_device_counts_come_from_the_pollers() {
     let state = tempfile::tempdir().unwrap();
     let http = support::net::free_port();
     let dead = support::net::free_port();
-    let cfg = config(&agent_toml(state.path(), &served, &broker.url(), http, dead));
+    let cfg = config(&agent_toml(
+        state.path(),
+        &served,
+        &broker.url(),
+        http,
+        dead,
+    ));
     let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
 
     let msg = sub
@@ -172,7 +181,11 @@ async fn the_status_is_typed_and_its_device_counts_come_from_the_pollers() {
         "drops",
         "drop_reasons",
     ];
-    assert_eq!(top_level_keys(&raw), order, "every field once, in order: {raw}");
+    assert_eq!(
+        top_level_keys(&raw),
+        order,
+        "every field once, in order: {raw}"
+    );
     let j = msg.json();
     assert_eq!(j["status"], "online");
     assert_eq!(j["down"], serde_json::json!(["pot-2"]));
@@ -193,8 +206,8 @@ async fn the_status_is_typed_and_its_device_counts_come_from_the_pollers() {
     );
     assert!(metrics.contains("alsentry_device_up{device=\"pot-2\"} 0\n"));
 
-    // pot-1 goes silent: the status says so at once (the pollers own the state and wake the
-    // sink), not at the next 30 s period.
+    // pot-1 goes silent: the status says so within a housekeeping tick, not at the next 30 s
+    // period.
     served.device.silence(1, true);
     let gone = sub
         .wait_for(Duration::from_secs(5), |m| m.json()["devices_up"] == 0)
@@ -222,7 +235,13 @@ async fn a_seq_lease_written_by_an_older_release_is_continued() {
     std::fs::write(state.path().join("seq.lease"), "12000\n").unwrap();
     let http = support::net::free_port();
     let dead = support::net::free_port();
-    let cfg = config(&agent_toml(state.path(), &served, &broker.url(), http, dead));
+    let cfg = config(&agent_toml(
+        state.path(),
+        &served,
+        &broker.url(),
+        http,
+        dead,
+    ));
     let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
     served.device.set_holding(1, 0, &[95]);
     let alarm = sub

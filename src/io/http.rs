@@ -20,13 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::clock::{rfc3339_ms, Clock};
 use crate::core::engine::AlarmEvent;
 use crate::core::model::{Priority, Ts};
 use crate::io::health::DeviceHealth;
 use crate::metrics::{AlarmCounts, Metrics};
+use crate::telemetry::{emit, HttpOp, HttpTrouble};
 
 /// Bounds that keep one hostile or slow client from costing more than a little memory and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub async fn serve_with_limits(
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(e) = done {
                     if e.is_panic() {
-                        warn!(error = %e, "an HTTP connection task panicked");
+                        emit(HttpTrouble { what: HttpOp::ConnectionPanicked, error: &e });
                     }
                 }
             }
@@ -260,7 +260,7 @@ pub async fn serve_with_limits(
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning on a failing accept.
-                    warn!(error = %e, "HTTP accept failed");
+                    emit(HttpTrouble { what: HttpOp::Accept, error: &e });
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -283,7 +283,10 @@ async fn handle_connection(mut sock: TcpStream, state: &HttpState, limits: &Http
         Err(_) => Response::text(408, "request timeout\n"),
         Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::Io(e))) => {
-            debug!(error = %e, "HTTP read failed");
+            emit(HttpTrouble {
+                what: HttpOp::Read,
+                error: &e,
+            });
             return;
         }
         Ok(Err(HeadError::TooLarge)) => Response::text(431, "request header too large\n"),

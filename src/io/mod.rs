@@ -1,4 +1,6 @@
-//! The I/O shell: tasks that own sockets, files and timers.
+//! The I/O shell: tasks that own sockets, files and timers (`poller`, `publisher`, `http`,
+//! `record`), and beside them the pure machines that decide for them without reading a clock
+//! (`schedule` for the pollers, `session` for the sinks, `backoff` for both).
 
 pub mod backoff;
 pub mod health;

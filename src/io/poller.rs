@@ -3,7 +3,10 @@
 //!
 //! A unit that fails (timeout, gateway exception 0A/0B) backs off on its own, exponentially
 //! with jitter and a cap, so it costs the others at most one timeout per backoff step; a link
-//! that cannot connect backs off the same way, so there is never a reconnect storm.
+//! that cannot connect backs off the same way, so there is never a reconnect storm. Those
+//! decisions are the link's [`PollSchedule`] (`schedule.rs`, pure, unit-tested with a virtual
+//! clock); this task sleeps until its next step, connects and reads, and reports each outcome
+//! to the schedule, to the device-health owner and as telemetry events.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

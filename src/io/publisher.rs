@@ -554,7 +554,6 @@ impl Runner<'_> {
         let mut conn: Option<Conn> = None;
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut health_open = true;
         loop {
             if let Some(c) = conn.as_ref().filter(|c| c.connected) {
                 self.pump(&c.client);
@@ -591,11 +590,6 @@ impl Runner<'_> {
                 },
                 _ = housekeeping.tick() => {
                     self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
-                }
-                changed = self.t.health.changed(), if health_open => {
-                    // Devices came or went: the status goes out at once.
-                    health_open = changed.is_ok();
-                    self.status_if_due(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
                 }
                 _ = clock::sleep_until(&*clock, wake.unwrap_or(Mono::ZERO)), if wake.is_some() => {}
                 ev = poll(conn.as_mut()), if conn.is_some() => match ev {
@@ -876,7 +870,9 @@ impl Runner<'_> {
             bytes: st.bytes,
             dropped: self.drops_by_class().total(),
         });
-        // Periodic status, and at once when something was dropped.
+        // Periodic status, and on the next tick when devices come or go or something was
+        // dropped (ticking, not waking on each device change, keeps a gateway that takes 100
+        // units down at once to one status).
         self.status_if_due(client);
     }
 
