@@ -127,7 +127,12 @@ impl PollSchedule {
                 poll: u.poll,
                 next_due: now + u.poll.mul_f64(0.4 * link_backoff.spread()),
                 failures: 0,
-                backoff: Backoff::new(u.poll, u.backoff_max, seed.wrapping_add(i as u64 + 1)),
+                // Each unit its own jitter stream, decorrelated from its neighbours'.
+                backoff: Backoff::new(
+                    u.poll,
+                    u.backoff_max,
+                    seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
                 up: None,
                 learned_at: None,
             })
