@@ -157,31 +157,49 @@ impl Stopwatch {
     }
 }
 
-/// A clock tests move by hand.
+/// A clock tests move by hand. Wall time and the monotonic timeline are the same line here,
+/// kept in microseconds so that state machines can be stepped finer than a millisecond.
 #[derive(Debug, Default)]
 pub struct ManualClock {
-    now: AtomicI64,
+    now_us: AtomicI64,
 }
 
 impl ManualClock {
     pub fn new(start: Ts) -> Arc<ManualClock> {
         Arc::new(ManualClock {
-            now: AtomicI64::new(start),
+            now_us: AtomicI64::new(start.saturating_mul(1_000)),
         })
     }
 
     pub fn set(&self, t: Ts) {
-        self.now.store(t, Ordering::Relaxed);
+        self.now_us
+            .store(t.saturating_mul(1_000), Ordering::Relaxed);
     }
 
     pub fn advance(&self, ms: i64) {
-        self.now.fetch_add(ms, Ordering::Relaxed);
+        self.now_us
+            .fetch_add(ms.saturating_mul(1_000), Ordering::Relaxed);
+    }
+
+    /// Moves forward to `at` on the monotonic timeline (never back).
+    pub fn advance_to(&self, at: Mono) {
+        let at = i64::try_from(at.as_micros()).unwrap_or(i64::MAX);
+        self.now_us.fetch_max(at, Ordering::Relaxed);
+    }
+
+    pub fn advance_by(&self, d: Duration) {
+        let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        self.now_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Ts {
-        self.now.load(Ordering::Relaxed)
+        self.now_us.load(Ordering::Relaxed).div_euclid(1_000)
+    }
+
+    fn mono(&self) -> Mono {
+        Mono::from_micros(self.now_us.load(Ordering::Relaxed).max(0) as u64)
     }
 }
 

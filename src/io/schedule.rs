@@ -257,6 +257,7 @@ impl PollSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
 
     const T0: Mono = Mono::from_micros(1_000_000_000);
 
@@ -415,28 +416,29 @@ mod tests {
     fn dead_units_never_slow_the_healthy_ones_much() {
         let dead = [false, true, false, true, false, true, true, false, false];
         let units = vec![unit(200, 10_000); dead.len()];
-        let mut s = PollSchedule::new(&units, 1234, T0);
-        let mut now = T0;
+        let clock = ManualClock::new(1_764_000_000_000);
+        let start = clock.mono();
+        let mut s = PollSchedule::new(&units, 1234, start);
         let mut ok = vec![0u64; dead.len()];
         let mut failed = vec![0u64; dead.len()];
         let mut missed = vec![0u64; dead.len()];
-        let end = T0 + Duration::from_secs(600);
-        while now < end {
+        let end = start + Duration::from_secs(600);
+        while clock.mono() < end {
             let (at, step) = s.next().unwrap();
-            now = now.max(at);
+            clock.advance_to(at);
             match step {
                 Step::Connect => {
                     s.connected();
                 }
                 Step::Poll(i) if dead[i] => {
-                    now = now + ms(300);
+                    clock.advance(300);
                     // The poller drops the connection after a timeout.
-                    s.failed(i, now, true);
+                    s.failed(i, clock.mono(), true);
                     failed[i] += 1;
                 }
                 Step::Poll(i) => {
-                    now = now + ms(10);
-                    missed[i] += s.answered(i, now).missed;
+                    clock.advance(10);
+                    missed[i] += s.answered(i, clock.mono()).missed;
                     ok[i] += 1;
                 }
             }

@@ -387,6 +387,7 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
 
     const T0: Mono = Mono::from_micros(5_000_000_000);
     const WALL0: Ts = 1_764_000_000_000;
@@ -527,26 +528,26 @@ mod tests {
     /// attempt after the broker returns connects and resets the backoff.
     #[test]
     fn a_long_outage_retries_at_the_capped_backoff_then_recovers() {
-        let mut s: Session<u64> = Session::new(cfg(), T0);
-        let mut now = T0;
+        let clock = ManualClock::new(WALL0);
+        let mut s: Session<u64> = Session::new(cfg(), clock.mono());
         s.connecting();
-        s.connack(now, WALL0);
-        now = now + ms(1_000);
+        s.connack(clock.mono(), clock.now());
+        clock.advance(1_000);
         let mut attempts = Vec::new();
-        let mut lost = s.lost(now);
+        let mut lost = s.lost(clock.mono());
         assert!(lost.was_connected);
-        let outage_end = now + Duration::from_secs(60);
+        let outage_end = clock.mono() + Duration::from_secs(60);
         loop {
             let at = s.next_wake().unwrap();
             assert!(!s.should_connect(at - Duration::from_micros(1)));
-            assert!(s.should_connect(at));
-            now = at;
+            clock.advance_to(at);
+            assert!(s.should_connect(clock.mono()));
             attempts.push((lost.failures, lost.retry_in));
             s.connecting();
-            if now >= outage_end {
+            if clock.mono() >= outage_end {
                 break;
             }
-            lost = s.lost(now);
+            lost = s.lost(clock.mono());
             assert!(!lost.was_connected);
         }
         let waits: Vec<Duration> = attempts.iter().map(|a| a.1).collect();
@@ -560,9 +561,10 @@ mod tests {
             "{} attempts",
             attempts.len()
         );
-        s.connack(now, WALL0 + 61_000);
+        s.connack(clock.mono(), clock.now());
         assert!(s.is_connected());
-        let again = s.lost(now + ms(5));
+        clock.advance(5);
+        let again = s.lost(clock.mono());
         assert_eq!(again.failures, 1, "a connection resets the backoff");
         assert!(again.retry_in <= ms(600));
     }
@@ -596,36 +598,37 @@ mod tests {
 
     #[test]
     fn the_replay_throttle_holds_its_rate_in_virtual_time() {
+        let clock = ManualClock::new(WALL0);
+        let start = clock.mono();
         let mut s: Session<u64> = Session::new(
             SessionConfig {
                 replay_rate: 1000,
                 ..cfg()
             },
-            T0,
+            start,
         );
         s.connecting();
-        s.connack(T0, WALL0);
-        let mut now = T0;
+        s.connack(start, clock.now());
         let mut sent = 0u64;
         let mut pkid = 0u16;
         // 300 backlog records; acks come at once, so only the throttle limits.
         while sent < 300 {
-            let n = s.room(now);
+            let n = s.room(clock.mono());
             if n == 0 {
-                now = s.next_wake().expect("the throttle says when");
+                clock.advance_to(s.next_wake().expect("the throttle says when"));
                 continue;
             }
             for _ in 0..n.min(300 - sent as usize) {
                 assert!(s.is_replay(WALL0 - 1, true));
                 s.handed(Some(sent));
                 pkid = pkid % 60_000 + 1;
-                s.sent(pkid, now);
-                s.acked(pkid, now);
+                s.sent(pkid, clock.mono());
+                s.acked(pkid, clock.mono());
                 sent += 1;
             }
         }
         // A burst of a tenth of the rate, then 1000/s: (300 - 100) / 1000 = 0.2 s.
-        let took = now.since(T0);
+        let took = clock.mono().since(start);
         assert!(took >= ms(195) && took <= ms(205), "{took:?}");
     }
 
