@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_modbus::client::Reader;
@@ -86,7 +86,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let (p0, t0) = (polls.load(Ordering::Relaxed), Instant::now());
+    let (p0, t0) = (
+        polls.load(Ordering::Relaxed),
+        alsentry::clock::Stopwatch::start(),
+    );
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
     let (p1, dt) = (polls.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
     stop.store(true, Ordering::Relaxed);

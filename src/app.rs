@@ -88,6 +88,9 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
     let engine = Engine::new(&cfg.spec);
+    // Which devices answer: written by the pollers, read by the status and /readyz.
+    let (health, health_rx) =
+        crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
@@ -127,6 +130,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             commands: cmd_tx.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
+            health: health_rx.clone(),
             config_hash: cfg.hash.clone(),
             password,
         };
@@ -147,6 +151,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         let state = HttpState {
             metrics: metrics.clone(),
             alarms: alarms_rx,
+            devices: health_rx.clone(),
             clock: clock.clone(),
             config_loaded: true,
         };
@@ -174,7 +179,14 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             reloads: reload_tx.clone(),
         },
     );
-    let supervisor = Supervisor::start(cfg, batch_tx, clock.clone(), metrics.clone(), control_tx);
+    let supervisor = Supervisor::start(
+        cfg,
+        batch_tx,
+        clock.clone(),
+        metrics.clone(),
+        health,
+        control_tx,
+    );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
     let inputs = Inputs {
         batches: batch_rx,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
@@ -80,8 +80,8 @@ impl EmbeddedBroker {
                 }
             })
             .map_err(BrokerError::Thread)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        let started = crate::clock::Stopwatch::start();
+        while started.elapsed() < Duration::from_secs(10) {
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(EmbeddedBroker { addr });
             }

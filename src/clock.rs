@@ -1,14 +1,25 @@
-//! The only place that reads the system clock. Everything else is given `now`.
+//! The only place that reads the system clock. Everything else is given `now` (wall time, for
+//! timestamps) or `mono` (the monotonic timeline, for timers and latencies). `clippy.toml`
+//! forbids clock reads anywhere else.
+// The one module allowed to read the clocks.
+#![allow(clippy::disallowed_methods)]
 
+use std::ops::{Add, Sub};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::model::Ts;
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now(&self) -> Ts;
+
+    /// The monotonic timeline: timers, deadlines and latencies. Never steps, not even when
+    /// `now` follows a step of the system clock. Clocks that never step can use `now`.
+    fn mono(&self) -> Mono {
+        Mono::from_millis(self.now())
+    }
 
     /// Follows a forward step of the system clock larger than `max_drift_ms` (e.g. NTP setting
     /// the time of a gateway without a battery-backed clock after boot); returns the step.
@@ -59,6 +70,10 @@ impl Clock for SystemClock {
         self.anchor_wall.load(Ordering::Relaxed) + self.anchor_mono.elapsed().as_millis() as i64
     }
 
+    fn mono(&self) -> Mono {
+        Mono::from_micros(self.anchor_mono.elapsed().as_micros() as u64)
+    }
+
     fn resync(&self, max_drift_ms: i64) -> Option<i64> {
         self.resync_now(max_drift_ms)
     }
@@ -71,31 +86,120 @@ pub fn wall_ms() -> Ts {
         .unwrap_or(0)
 }
 
-/// A clock tests move by hand.
+/// A point on a clock's monotonic timeline, in microseconds from an origin of the clock's
+/// choosing. Only differences mean something.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mono(u64);
+
+impl Mono {
+    pub const ZERO: Mono = Mono(0);
+
+    pub const fn from_micros(us: u64) -> Mono {
+        Mono(us)
+    }
+
+    /// Negative milliseconds (a manual clock set before the epoch) count as the origin.
+    pub fn from_millis(ms: i64) -> Mono {
+        Mono((ms.max(0) as u64).saturating_mul(1_000))
+    }
+
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// Time from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: Mono) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Mono {
+    type Output = Mono;
+    fn add(self, d: Duration) -> Mono {
+        Mono(
+            self.0
+                .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+impl Sub<Duration> for Mono {
+    type Output = Mono;
+    fn sub(self, d: Duration) -> Mono {
+        Mono(
+            self.0
+                .saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+/// Sleeps until `clock`'s monotonic timeline reaches `at` (at once if it has). With a manual
+/// clock this waits the remaining time in real time and returns; the caller looks again.
+pub async fn sleep_until(clock: &dyn Clock, at: Mono) {
+    let wait = at.since(clock.mono());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Real elapsed time for tools and benchmarks that report how long something took (never for
+/// decisions: those take `now`).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(Instant);
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch(Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// A clock tests move by hand. Wall time and the monotonic timeline are the same line here,
+/// kept in microseconds so that state machines can be stepped finer than a millisecond.
 #[derive(Debug, Default)]
 pub struct ManualClock {
-    now: AtomicI64,
+    now_us: AtomicI64,
 }
 
 impl ManualClock {
     pub fn new(start: Ts) -> Arc<ManualClock> {
         Arc::new(ManualClock {
-            now: AtomicI64::new(start),
+            now_us: AtomicI64::new(start.saturating_mul(1_000)),
         })
     }
 
     pub fn set(&self, t: Ts) {
-        self.now.store(t, Ordering::Relaxed);
+        self.now_us
+            .store(t.saturating_mul(1_000), Ordering::Relaxed);
     }
 
     pub fn advance(&self, ms: i64) {
-        self.now.fetch_add(ms, Ordering::Relaxed);
+        self.now_us
+            .fetch_add(ms.saturating_mul(1_000), Ordering::Relaxed);
+    }
+
+    /// Moves forward to `at` on the monotonic timeline (never back).
+    pub fn advance_to(&self, at: Mono) {
+        let at = i64::try_from(at.as_micros()).unwrap_or(i64::MAX);
+        self.now_us.fetch_max(at, Ordering::Relaxed);
+    }
+
+    pub fn advance_by(&self, d: Duration) {
+        let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        self.now_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Ts {
-        self.now.load(Ordering::Relaxed)
+        self.now_us.load(Ordering::Relaxed).div_euclid(1_000)
+    }
+
+    fn mono(&self) -> Mono {
+        Mono::from_micros(self.now_us.load(Ordering::Relaxed).max(0) as u64)
     }
 }
 
@@ -116,6 +220,32 @@ mod tests {
         );
         assert_eq!(parse_ts("1764345953123"), Some(1_764_345_953_123));
         assert_eq!(parse_ts("yesterday"), None);
+    }
+
+    #[test]
+    fn mono_arithmetic_saturates() {
+        let t = Mono::from_millis(5);
+        assert_eq!(t.as_micros(), 5_000);
+        assert_eq!(
+            (t + Duration::from_millis(2)).since(t),
+            Duration::from_millis(2)
+        );
+        assert_eq!(t.since(t + Duration::from_millis(2)), Duration::ZERO);
+        assert_eq!(t - Duration::from_secs(1), Mono::ZERO);
+        assert_eq!(Mono::from_millis(-3), Mono::ZERO);
+        let m = ManualClock::new(1_000);
+        let a = m.mono();
+        m.advance(250);
+        assert_eq!(m.mono().since(a), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn system_clock_mono_does_not_follow_a_step() {
+        let c = SystemClock::new();
+        let a = c.mono();
+        c.anchor_wall.fetch_sub(3_600_000, Ordering::Relaxed);
+        assert!(c.resync(1_000).is_some());
+        assert!(c.mono().since(a) < Duration::from_secs(60));
     }
 
     #[test]

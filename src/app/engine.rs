@@ -26,6 +26,7 @@ use crate::io::publisher::InboundCommand;
 use crate::io::record::Recorder;
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
+use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
 
 /// Who asked for a reload over MQTT, for the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,9 +189,10 @@ impl EngineTask {
         tokio::pin!(tick);
         let mut wakes: u64 = 0;
         let summary_every = Duration::from_millis(self.summary.interval_ms.max(1_000) as u64);
-        let mut summaries =
-            tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
+        let mut summaries = tokio::time::interval(summary_every);
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first summary one interval after start, not at once.
+        summaries.reset();
         loop {
             tokio::select! {
                 b = batches.recv() => match b {
@@ -220,7 +222,7 @@ impl EngineTask {
                     let now = self.shared.clock.now();
                     self.driver.advance(now);
                     let wait = cadence.until_next_tick(now).unwrap_or(TICK_MS);
-                    tick.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(wait as u64));
+                    tick.set(tokio::time::sleep(Duration::from_millis(wait as u64)));
                 }
                 c = control.recv() => {
                     if let Some(c) = c {
@@ -272,13 +274,16 @@ impl EngineTask {
         for event in events {
             let (seq, err) = self.seq.take();
             if let Some(e) = err {
-                warn!(error = %e, "cannot persist the event sequence lease");
+                emit(SeqLeaseNotPersisted { error: &e });
             }
-            self.shared
-                .metrics
-                .alarm_transitions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(device = %event.device, rule = %event.rule, state = event.transition.to, priority = %event.priority, message = %event.message, "alarm");
+            emit(AlarmPublished {
+                metrics: &self.shared.metrics,
+                device: &event.device,
+                rule: &event.rule,
+                state: event.transition.to,
+                priority: &event.priority,
+                message: &event.message,
+            });
             // Alarms are never dropped here: waiting is the backpressure.
             if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
                 error!("a sink stopped; alarm not queued for it");

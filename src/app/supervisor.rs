@@ -13,6 +13,7 @@ use super::engine::{Control, ReloadOrigin, ReloadRequest};
 use crate::clock::Clock;
 use crate::config::{Config, Device};
 use crate::core::engine::SampleBatch;
+use crate::io::health::HealthTx;
 use crate::io::poller::{links, Link};
 use crate::metrics::Metrics;
 
@@ -33,6 +34,8 @@ pub struct Supervisor {
     batches: mpsc::Sender<SampleBatch>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// Handed to each poller: which devices answer.
+    health: HealthTx,
     engine: mpsc::Sender<Control>,
 }
 
@@ -43,6 +46,7 @@ impl Supervisor {
         batches: mpsc::Sender<SampleBatch>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        health: HealthTx,
         engine: mpsc::Sender<Control>,
     ) -> Supervisor {
         let mut s = Supervisor {
@@ -50,6 +54,7 @@ impl Supervisor {
             batches,
             clock,
             metrics,
+            health,
             engine,
             cfg,
         };
@@ -76,6 +81,7 @@ impl Supervisor {
                 tx: self.batches.clone(),
                 clock: self.clock.clone(),
                 metrics: self.metrics.clone(),
+                health: self.health.clone(),
             };
             let task = tokio::spawn(link.run(cancel.clone()));
             self.links.push(RunningLink {
@@ -405,7 +411,15 @@ limit = {limit}
         let (batches, _batch_rx) = mpsc::channel(16);
         let (control_tx, mut control) = mpsc::channel(4);
         let metrics = Metrics::new(["a".to_string()], ["default".to_string()]);
-        let sup = Supervisor::start(cfg, batches, ManualClock::new(0), metrics, control_tx);
+        let health = crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone())).0;
+        let sup = Supervisor::start(
+            cfg,
+            batches,
+            ManualClock::new(0),
+            metrics,
+            health,
+            control_tx,
+        );
         let (requests, requests_rx) = mpsc::channel(4);
         let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());
         let task = tokio::spawn(sup.run(requests_rx, cancel.clone(), engine_cancel.clone()));

@@ -105,50 +105,148 @@ pub fn alarm_payload(who: &Identity, seq: u64, ev: &AlarmEvent) -> Vec<u8> {
     serde_json::to_vec(&p).unwrap_or_default()
 }
 
-#[derive(Debug, Serialize)]
+/// The agent's status (`alsentry/status/1`), published retained by each sink: the online
+/// form on every connection and on changes, the short offline form as the Last Will and at a
+/// clean shutdown. Built once, serialized once (schemas/status.schema.json).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusPayload<'a> {
     pub schema: &'static str,
     pub agent: &'a str,
     pub status: &'static str,
     pub ts: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub config_hash: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub devices_up: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub devices_down: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outbox_depth: Option<u64>,
+    /// Absent in the offline form.
+    #[serde(flatten)]
+    pub online: Option<OnlineStatus<'a>>,
 }
 
-pub fn status_payload(
-    who: &Identity,
-    online: bool,
-    now: Ts,
-    config_hash: Option<&str>,
-    up: Option<usize>,
-    down: Option<usize>,
-    outbox_depth: Option<u64>,
-) -> Vec<u8> {
-    let p = StatusPayload {
-        schema: STATUS_SCHEMA,
-        agent: &who.agent,
-        status: if online { "online" } else { "offline" },
-        ts: rfc3339_ms(now),
-        version: online.then_some(env!("CARGO_PKG_VERSION")),
-        config_hash,
-        devices_up: up,
-        devices_down: down,
-        outbox_depth,
-    };
-    serde_json::to_vec(&p).unwrap_or_default()
+/// What the online form adds: the agent, its devices and the publishing sink's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OnlineStatus<'a> {
+    pub version: &'static str,
+    pub config_hash: &'a str,
+    pub devices_up: usize,
+    pub devices_down: usize,
+    /// Names of the devices not answering (first [`STATUS_DOWN_NAMES`]).
+    pub down: Vec<&'a str>,
+    /// The `[[mqtt]]` sink this status was published by.
+    pub sink: &'a str,
+    pub outbox_depth: u64,
+    pub outbox_bytes: u64,
+    /// Age of the oldest record waiting; null when the outbox is empty.
+    pub outbox_oldest_age_s: Option<i64>,
+    /// Messages this sink will never deliver, per class, since start.
+    pub drops: ClassCounts,
+    /// The same drops by reason.
+    pub drop_reasons: DropReasons,
+}
+
+/// Most device names listed in `down`.
+pub const STATUS_DOWN_NAMES: usize = 100;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClassCounts {
+    pub alarm: u64,
+    pub status: u64,
+    pub summary: u64,
+    pub data: u64,
+}
+
+impl ClassCounts {
+    pub fn total(&self) -> u64 {
+        self.alarm + self.status + self.summary + self.data
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DropReasons {
+    /// Evicted to keep the outbox under `max_size`.
+    pub full: u64,
+    /// Older than `max_age`, or MQTT 5 data past `data_expiry` when its turn came.
+    pub expired: u64,
+    /// The outbox could not store it (disk full, unwritable).
+    pub io: u64,
+    /// Refused by an MQTT 5 broker for good.
+    pub refused: u64,
+}
+
+impl<'a> StatusPayload<'a> {
+    pub fn offline(who: &'a Identity, now: Ts) -> StatusPayload<'a> {
+        StatusPayload {
+            schema: STATUS_SCHEMA,
+            agent: &who.agent,
+            status: "offline",
+            ts: rfc3339_ms(now),
+            online: None,
+        }
+    }
+
+    pub fn online(who: &'a Identity, now: Ts, online: OnlineStatus<'a>) -> StatusPayload<'a> {
+        StatusPayload {
+            schema: STATUS_SCHEMA,
+            agent: &who.agent,
+            status: "online",
+            ts: rfc3339_ms(now),
+            online: Some(online),
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_payload_has_every_documented_field_once_in_order() {
+        let who = Identity {
+            topic_root: "alsentry".into(),
+            agent: "gw-qz-01".into(),
+            site: "qingzhen".into(),
+            area: "potline-1".into(),
+        };
+        let online = StatusPayload::online(
+            &who,
+            1_764_345_960_000,
+            OnlineStatus {
+                version: "0.1.0",
+                config_hash: "9f2c41d0",
+                devices_up: 95,
+                devices_down: 1,
+                down: vec!["pot-042"],
+                sink: "plant",
+                outbox_depth: 0,
+                outbox_bytes: 0,
+                outbox_oldest_age_s: None,
+                drops: ClassCounts {
+                    summary: 12,
+                    data: 3400,
+                    ..Default::default()
+                },
+                drop_reasons: DropReasons {
+                    full: 3412,
+                    ..Default::default()
+                },
+            },
+        );
+        // The example of docs/MQTT.md, byte for byte.
+        assert_eq!(
+            String::from_utf8(online.to_vec()).unwrap(),
+            concat!(
+                r#"{"schema":"alsentry/status/1","agent":"gw-qz-01","status":"online","ts":"2025-11-28T16:06:00.000Z","#,
+                r#""version":"0.1.0","config_hash":"9f2c41d0","devices_up":95,"devices_down":1,"down":["pot-042"],"#,
+                r#""sink":"plant","outbox_depth":0,"outbox_bytes":0,"outbox_oldest_age_s":null,"#,
+                r#""drops":{"alarm":0,"status":0,"summary":12,"data":3400},"#,
+                r#""drop_reasons":{"full":3412,"expired":0,"io":0,"refused":0}}"#
+            )
+        );
+        assert_eq!(
+            String::from_utf8(StatusPayload::offline(&who, 1_764_346_152_004).to_vec()).unwrap(),
+            r#"{"schema":"alsentry/status/1","agent":"gw-qz-01","status":"offline","ts":"2025-11-28T16:09:12.004Z"}"#
+        );
+    }
     use crate::core::alarm::{Cause, Transition};
     use crate::core::model::{Priority, Quality};
     use std::sync::Arc;

@@ -1,5 +1,9 @@
-//! The I/O shell: tasks that own sockets, files and timers.
+//! The I/O shell: tasks that own sockets, files and timers (`poller`, `publisher`, `http`,
+//! `record`), and beside them the pure machines that decide for them without reading a clock
+//! (`schedule` for the pollers, `session` for the sinks, `backoff` for both).
 
+pub mod backoff;
+pub mod health;
 pub mod http;
 pub mod modbus;
 pub mod poller;
@@ -7,4 +11,6 @@ pub mod publisher;
 pub mod read_plan;
 pub mod record;
 pub mod samples;
+pub mod schedule;
 pub mod seq;
+pub mod session;

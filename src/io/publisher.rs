@@ -2,11 +2,13 @@
 //! first and leaves it only when the broker's PUBACK for it arrives.
 //!
 //! rumqttc's `publish` only queues, and on a clean reconnect it silently drops what it had
-//! pending (standards.md 3.4). So this task tracks acknowledgements itself: each publish it
-//! hands to rumqttc is matched, in order, with the `Outgoing::Publish(pkid)` event the event
-//! loop emits for it, and the later `PubAck(pkid)` acknowledges the outbox record. On any
-//! connection error everything in flight goes back to the outbox and is sent again, in order,
-//! after the next CONNACK.
+//! pending (docs/MQTT.md). So the sink tracks acknowledgements itself: its [`Session`] (a pure
+//! state machine in `session.rs`) matches each publish handed to rumqttc, in order, with the
+//! `Outgoing::Publish(pkid)` event the event loop emits for it, and the later `PubAck(pkid)`
+//! acknowledges the outbox record. On any connection error everything in flight goes back to
+//! the outbox and is sent again, in order, after the next CONNACK. The session also decides
+//! when to reconnect, how fast a backlog is replayed and when a status is due; this task only
+//! turns network events into session calls and the session's answers into I/O.
 //!
 //! Every connection attempt gets a fresh rumqttc client and event loop: rumqttc keeps queued
 //! events, pending requests and packet-id state across an error, and a stale `PubAck(5)` from
@@ -16,8 +18,6 @@
 //! Sinks are independent tasks with their own connection and outbox, so one broker being
 //! down or slow never delays another.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,19 +26,25 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
-use crate::clock::Clock;
+use super::backoff;
+use super::health::DeviceHealth;
+use super::session::{Session, SessionConfig, Settled, StatusKey};
+use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
 use crate::config::MqttSink;
-use crate::core::model::Ts;
-use crate::core::payload::{status_payload, Identity};
-use crate::metrics::Metrics;
+use crate::core::payload::{
+    ClassCounts, DropReasons, Identity, OnlineStatus, StatusPayload, STATUS_DOWN_NAMES,
+};
+use crate::metrics::{Metrics, SinkMetrics};
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
+use crate::telemetry::{
+    emit, AlarmSentWithoutDurability, BrokerConnected, BrokerDisconnected, ClientOp, ClientRefused,
+    CommandDropped, ConnectionSetupFailed, OutboxError, OutboxExpired, OutboxFull, OutboxLevels,
+    OutboxOp, OutboxWriteFailed, PublishSettled, Published,
+};
 
 /// What the engine task hands to a sink (defined with the other outbound types in core).
 pub use crate::core::outbound::Message;
@@ -58,11 +64,11 @@ const DATA_WINDOW: usize = 64;
 /// The one bounded request channel to rumqttc. At most WINDOW + DATA_WINDOW publishes plus a
 /// subscribe and a status are ever queued in it, so `try_publish` never finds it full.
 const CHANNEL_CAPACITY: usize = 2 * (WINDOW + DATA_WINDOW);
-const RECONNECT_MIN: Duration = Duration::from_millis(500);
-/// Periodic status; a change of devices up/down or of the drop counters sends one at once.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
-/// New drops send a status at most this often.
-const DROPS_STATUS_GAP: Duration = Duration::from_secs(5);
+/// Periodic status (the session decides when).
+pub use super::session::STATUS_INTERVAL;
+
+/// An outbox record in flight: its id and class.
+type RecordId = (u64, Class);
 
 pub struct SinkTask {
     pub index: usize,
@@ -74,6 +80,8 @@ pub struct SinkTask {
     pub commands: mpsc::Sender<InboundCommand>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Which devices answer, from the pollers that own that state (for the status).
+    pub health: watch::Receiver<DeviceHealth>,
     pub config_hash: String,
     pub password: Option<String>,
 }
@@ -89,85 +97,6 @@ impl std::fmt::Debug for SinkTask {
             .field("outbox", &self.outbox.dir())
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Default)]
-struct Flight {
-    /// Outbox ids (None for messages sent around the outbox) in the order they were handed to
-    /// rumqttc, waiting for their packet id.
-    awaiting_pkid: VecDeque<(Option<(u64, Class)>, Lane)>,
-    /// How many of `awaiting_pkid` are live data sent at QoS 0 around the outbox: they have
-    /// their own budget, so a burst of data never takes the window from alarms.
-    data_waiting: usize,
-    /// Packet id → (outbox id and class, when sent).
-    unacked: HashMap<u16, (Option<(u64, Class)>, Instant)>,
-}
-
-/// Which budget a publish handed to rumqttc counts against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    /// Outbox records, status and commands' replies: the `WINDOW`.
-    Main,
-    /// Live raw data at QoS 0: `DATA_WINDOW`.
-    Data,
-}
-
-/// What an event means for the record it belongs to.
-#[derive(Debug, PartialEq, Eq)]
-enum Settled {
-    /// Nothing to do (still waiting for its PUBACK, or not ours).
-    No,
-    /// Delivered as far as MQTT goes: acknowledge `id` (None: sent around the outbox).
-    Yes {
-        id: Option<(u64, Class)>,
-        sent: Instant,
-    },
-}
-
-impl Flight {
-    /// Publishes in the main lane not yet settled.
-    fn len(&self) -> usize {
-        self.awaiting_pkid.len() + self.unacked.len() - self.data_waiting
-    }
-    fn clear(&mut self) {
-        self.awaiting_pkid.clear();
-        self.unacked.clear();
-        self.data_waiting = 0;
-    }
-    /// A publish was handed to rumqttc: `id` is its outbox record (None around the outbox).
-    fn handed(&mut self, id: Option<(u64, Class)>) {
-        self.awaiting_pkid.push_back((id, Lane::Main));
-    }
-    /// Live data handed to rumqttc at QoS 0.
-    fn handed_data(&mut self) {
-        self.awaiting_pkid.push_back((None, Lane::Data));
-        self.data_waiting += 1;
-    }
-    /// `Outgoing::Publish(pkid)`: rumqttc reports the publishes it writes in the order they
-    /// were handed over (a packet-id collision reports `AwaitAck` first and this event later,
-    /// still in order), so the oldest waiting record got `pkid`. QoS 0 (pkid 0) gets no
-    /// PUBACK and is settled right away.
-    fn on_sent(&mut self, pkid: u16) -> Settled {
-        let Some((id, lane)) = self.awaiting_pkid.pop_front() else {
-            return Settled::No;
-        };
-        if lane == Lane::Data {
-            self.data_waiting -= 1;
-        }
-        let now = Instant::now();
-        if pkid == 0 {
-            return Settled::Yes { id, sent: now };
-        }
-        self.unacked.insert(pkid, (id, now));
-        Settled::No
-    }
-    /// `PubAck(pkid)` for a publish of this connection.
-    fn on_ack(&mut self, pkid: u16) -> Settled {
-        match self.unacked.remove(&pkid) {
-            Some((id, sent)) => Settled::Yes { id, sent },
-            None => Settled::No,
-        }
     }
 }
 
@@ -309,59 +238,6 @@ impl Loop {
     }
 }
 
-/// Bounds the replay of a backlog after a reconnect to `rate` messages per second.
-#[derive(Debug)]
-struct Throttle {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Throttle {
-    fn new(rate: u32) -> Throttle {
-        let rate = f64::from(rate.max(1));
-        let burst = (rate / 10.0).max(1.0);
-        Throttle {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-    fn reset(&mut self) {
-        self.tokens = self.burst;
-        self.last = Instant::now();
-    }
-    fn available(&mut self) -> usize {
-        let now = Instant::now();
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
-        self.tokens.floor() as usize
-    }
-    fn take(&mut self) {
-        self.tokens -= 1.0;
-    }
-    /// When the next token is there.
-    fn next_at(&self) -> Instant {
-        let missing = (1.0 - self.tokens).max(0.0);
-        self.last + Duration::from_secs_f64(missing / self.rate)
-    }
-}
-
-/// Per-connection state.
-#[derive(Debug)]
-struct Session {
-    flight: Flight,
-    connected_at: Ts,
-    /// Still draining records stored before this connection (rate-limited).
-    replaying: bool,
-    throttle: Throttle,
-    /// Set when the throttle stopped the pump: wake up then.
-    wake_at: Option<Instant>,
-}
-
 /// Drops this task counted itself (the outbox counts its own full/expired drops).
 #[derive(Debug, Default)]
 struct OwnDrops {
@@ -371,14 +247,6 @@ struct OwnDrops {
     expired_unsent: [u64; 4],
     /// Refused by the broker for good (MQTT 5 reason code).
     refused: [u64; 4],
-}
-
-/// The last status sent, to send again on change.
-#[derive(Debug, Default, PartialEq)]
-struct StatusKey {
-    up: usize,
-    down: usize,
-    drops: u64,
 }
 
 /// Loads the TLS settings into a rustls client config (ring provider, CA from `ca_file`,
@@ -435,12 +303,8 @@ fn schema_of(payload: &[u8]) -> Option<String> {
 }
 
 impl SinkTask {
-    fn sink_metrics(&self) -> Option<&crate::metrics::SinkMetrics> {
-        self.metrics.sinks.get(self.index)
-    }
-
     fn offline_payload(&self) -> Vec<u8> {
-        status_payload(&self.who, false, self.clock.now(), None, None, None, None)
+        StatusPayload::offline(&self.who, self.clock.now()).to_vec()
     }
 
     /// A fresh client and event loop for one connection attempt. TCP_NODELAY: while raw data
@@ -524,10 +388,26 @@ impl SinkTask {
     }
 
     pub async fn run(self, cancel: CancellationToken) {
+        let reconnect_max = Duration::from_millis(self.cfg.reconnect_max_ms.max(1000) as u64);
+        let seed = backoff::seed(&self.client_id, self.clock.now() as u64);
+        let session = Session::new(
+            SessionConfig {
+                window: WINDOW,
+                data_window: DATA_WINDOW,
+                replay_rate: self.cfg.replay_rate,
+                reconnect_max,
+                seed,
+            },
+            self.clock.mono(),
+        );
+        let metrics = self.metrics.clone();
+        let fallback = SinkMetrics::default();
+        let sm = metrics.sink(self.index).unwrap_or(&fallback);
         Runner {
             t: self,
+            sm,
+            session,
             own_drops: OwnDrops::default(),
-            last_status: None,
         }
         .run(cancel)
         .await
@@ -535,13 +415,14 @@ impl SinkTask {
 }
 
 /// The running sink: the task's parts plus what only the loop needs.
-struct Runner {
+struct Runner<'m> {
     t: SinkTask,
+    sm: &'m SinkMetrics,
+    session: Session<RecordId>,
     own_drops: OwnDrops,
-    last_status: Option<(Instant, StatusKey)>,
 }
 
-impl Runner {
+impl Runner<'_> {
     /// Appends to the outbox. An fsync can take milliseconds on slow storage, so an append
     /// that syncs runs under `block_in_place`: the runtime moves other tasks off this worker
     /// instead of stalling them (on a current-thread runtime it just runs inline). With an
@@ -579,15 +460,18 @@ impl Runner {
             Ok(_) => true,
             Err(crate::outbox::OutboxError::Full { class, .. }) => {
                 // Counted by the outbox per class and reported in the status.
-                warn!(sink = %self.t.cfg.name, class = class.as_str(), "outbox full; message dropped");
+                emit(OutboxFull {
+                    sink: &self.t.cfg.name,
+                    class: class.as_str(),
+                });
                 true
             }
             Err(e) => {
                 // The outbox is unusable (disk full, read-only): say so loudly, keep running.
-                error!(sink = %self.t.cfg.name, error = %e, "outbox append failed");
-                if let Some(sm) = self.t.sink_metrics() {
-                    sm.outbox_write_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                emit(OutboxWriteFailed {
+                    sink: self.sm,
+                    error: &e,
+                });
                 false
             }
         }
@@ -595,8 +479,8 @@ impl Runner {
 
     /// An alarm the outbox could not take still goes out while the broker is connected (QoS 1,
     /// without durability); otherwise it is lost and counted.
-    fn store_or_send(&mut self, m: &Message, conn: Option<&Conn>, flight: &mut Flight) {
-        if self.send_live_data(m, conn, flight) {
+    fn store_or_send(&mut self, m: &Message, conn: Option<&Conn>) {
+        if self.send_live_data(m, conn) {
             return;
         }
         if self.store(m) {
@@ -609,8 +493,11 @@ impl Runner {
                     .publish(m.topic.clone(), 1, m.retain, m.payload.clone(), props)
                     .is_ok()
                 {
-                    flight.handed(None);
-                    warn!(sink = %self.t.cfg.name, topic = %m.topic, "outbox unusable: alarm sent directly, without durability");
+                    self.session.handed(None);
+                    emit(AlarmSentWithoutDurability {
+                        sink: &self.t.cfg.name,
+                        topic: &m.topic,
+                    });
                     return;
                 }
             }
@@ -621,10 +508,10 @@ impl Runner {
     /// Raw data with `data_qos = 0` goes straight to a connected broker at QoS 0: no disk
     /// write, no PUBACK to wait for, and no place in the window alarms use. While the broker
     /// is away (or the data lane is full) it is kept in the outbox and replayed like the rest.
-    fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>, flight: &mut Flight) -> bool {
+    fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>) -> bool {
         if m.class != Class::Data
             || self.t.cfg.data_qos != 0
-            || flight.data_waiting >= DATA_WINDOW
+            || !self.session.data_has_room()
             || !self.t.cfg.carries(m.class, m.priority)
         {
             return false;
@@ -639,12 +526,11 @@ impl Runner {
         {
             return false;
         }
-        flight.handed_data();
-        if let Some(sm) = self.t.sink_metrics() {
-            sm.published.fetch_add(1, Ordering::Relaxed);
-            sm.bytes
-                .fetch_add(m.payload.len() as u64, Ordering::Relaxed);
-        }
+        self.session.handed_data();
+        emit(Published {
+            sink: self.sm,
+            bytes: m.payload.len(),
+        });
         true
     }
 
@@ -655,157 +541,126 @@ impl Runner {
 
     async fn run(mut self, cancel: CancellationToken) {
         let cmd_topic = self.t.who.agent_topic("cmd");
-        let reconnect_max = Duration::from_millis(self.t.cfg.reconnect_max_ms.max(1000) as u64);
+        let clock = self.t.clock.clone();
         let mut conn: Option<Conn> = None;
-        let mut ever_connected = false;
-        let mut session = Session {
-            flight: Flight::default(),
-            connected_at: 0,
-            replaying: false,
-            throttle: Throttle::new(self.t.cfg.replay_rate),
-            wake_at: None,
-        };
-        let mut failures: u32 = 0;
-        let mut retry_at: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(c) = conn.as_ref().filter(|c| c.connected) {
-                self.pump(&c.client, &mut session);
+                self.pump(&c.client);
             }
-            let can_connect = retry_at.is_none_or(|t| Instant::now() >= t);
-            if conn.is_none() && can_connect {
-                retry_at = None;
+            if conn.is_none() && self.session.should_connect(clock.mono()) {
                 match self.t.connect() {
-                    Ok(c) => conn = Some(c),
+                    Ok(c) => {
+                        self.session.connecting();
+                        conn = Some(c);
+                    }
                     Err(e) => {
-                        failures += 1;
-                        let wait = reconnect_delay(failures, reconnect_max);
-                        error!(sink = %self.t.cfg.name, broker = %self.t.cfg.url, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot set up the connection");
-                        retry_at = Some(Instant::now() + wait);
+                        let lost = self.session.lost(clock.mono());
+                        emit(ConnectionSetupFailed {
+                            sink: &self.t.cfg.name,
+                            broker: &self.t.cfg.url,
+                            error: &e,
+                            retry_in: lost.retry_in,
+                        });
                     }
                 }
             }
-            let wake = session.wake_at;
+            let wake = self.session.next_wake();
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.shutdown(conn.take(), &mut session.flight).await;
+                    self.shutdown(conn.take()).await;
                     return;
                 }
                 msg = self.t.rx.recv() => match msg {
-                    Some(m) => self.store_or_send(&m, conn.as_ref(), &mut session.flight),
+                    Some(m) => self.store_or_send(&m, conn.as_ref()),
                     None => {
-                        self.shutdown(conn.take(), &mut session.flight).await;
+                        self.shutdown(conn.take()).await;
                         return;
                     }
                 },
-                _ = housekeeping.tick() => self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client), &mut session.flight),
-                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
-                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                    session.wake_at = None;
+                _ = housekeeping.tick() => {
+                    self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
                 }
+                _ = clock::sleep_until(&*clock, wake.unwrap_or(Mono::ZERO)), if wake.is_some() => {}
                 ev = poll(conn.as_mut()), if conn.is_some() => match ev {
                     Ok(Ev::ConnAck) => {
                         let Some(c) = conn.as_mut() else { continue };
                         c.connected = true;
-                        failures = 0;
-                        session.flight.clear();
-                        // What waited for the first connection of this run is not a replay of
-                        // anything; after a disconnection, what waited is (restart backlog is
-                        // flagged by the outbox itself).
-                        session.connected_at = if ever_connected { self.t.clock.now() } else { i64::MIN };
-                        ever_connected = true;
-                        session.replaying = true;
-                        session.throttle.reset();
-                        session.wake_at = None;
+                        self.session.connack(clock.mono(), clock.now());
                         self.t.outbox.requeue_in_flight();
-                        info!(sink = %self.t.cfg.name, broker = %self.t.cfg.url, backlog = self.t.outbox.stats().depth, "connected to broker");
-                        if let Some(sm) = self.t.sink_metrics() { sm.connected.store(true, Ordering::Relaxed); }
+                        emit(BrokerConnected {
+                            sink: self.sm,
+                            broker: &self.t.cfg.url,
+                            backlog: self.t.outbox.stats().depth,
+                        });
                         // Subscriptions do not survive a clean reconnect: subscribe every time.
                         if let Err(e) = c.client.subscribe(&cmd_topic) {
-                            warn!(sink = %self.t.cfg.name, error = %e, "cannot subscribe to the command topic");
+                            emit(ClientRefused { sink: &self.t.cfg.name, op: ClientOp::Subscribe, error: &e });
                         }
                         // Current status goes straight out, ahead of any backlog: it is
                         // regenerated on every connect, so there is nothing to keep.
-                        let payload = self.status_json(true);
-                        if c.client.publish(self.t.who.agent_topic("status"), 1, true, payload, self.props(Class::Status, None, 0)).is_ok() {
-                            session.flight.handed(None);
-                        }
-                        self.last_status = Some((Instant::now(), self.status_key()));
+                        self.send_status(&c.client);
                     }
                     Ok(Ev::Sent(pkid)) => {
-                        let settled = session.flight.on_sent(pkid);
+                        let settled = self.session.sent(pkid, clock.mono());
                         self.settle(settled, None);
                     }
                     Ok(Ev::Acked { pkid, refused }) => {
-                        let settled = session.flight.on_ack(pkid);
+                        let settled = self.session.acked(pkid, clock.mono());
                         self.settle(settled, refused);
                     }
                     Ok(Ev::Publish { topic, payload }) => {
                         if topic == cmd_topic {
                             let cmd = InboundCommand { sink: self.t.index, payload };
                             if self.t.commands.try_send(cmd).is_err() {
-                                warn!(sink = %self.t.cfg.name, "command dropped: the engine is busy");
+                                emit(CommandDropped { sink: &self.t.cfg.name });
                             }
                         }
                     }
                     Ok(Ev::Other) => {}
                     Err(e) => {
-                        let was_connected = conn.as_ref().is_some_and(|c| c.connected);
-                        if was_connected {
-                            warn!(sink = %self.t.cfg.name, broker = %self.t.cfg.url, error = %e, "connection to broker lost");
-                        }
                         // Dropped with its client: nothing of it can reach the next connection.
                         conn = None;
-                        if let Some(sm) = self.t.sink_metrics() { sm.connected.store(false, Ordering::Relaxed); }
-                        session.flight.clear();
-                        session.wake_at = None;
+                        let lost = self.session.lost(clock.mono());
                         self.t.outbox.requeue_in_flight();
-                        failures += 1;
-                        let wait = reconnect_delay(failures, reconnect_max);
-                        if failures == 1 || failures.is_power_of_two() {
-                            warn!(sink = %self.t.cfg.name, broker = %self.t.cfg.url, error = %e, retry_in_ms = wait.as_millis() as u64, failures, "broker unreachable");
-                        }
-                        retry_at = Some(Instant::now() + wait);
+                        emit(BrokerDisconnected {
+                            sink: self.sm,
+                            broker: &self.t.cfg.url,
+                            error: &e,
+                            was_connected: lost.was_connected,
+                            failures: lost.failures,
+                            retry_in: lost.retry_in,
+                        });
                     }
                 }
             }
         }
     }
 
-    fn settle(&mut self, settled: Settled, refused: Option<String>) {
-        let Settled::Yes { id, sent } = settled else {
+    /// A publish was settled by the broker (or refused for good).
+    fn settle(&mut self, settled: Option<Settled<RecordId>>, refused: Option<String>) {
+        let Some(s) = settled else {
             return;
         };
-        self.acked(id, refused);
-        if let Some(sm) = self.t.sink_metrics() {
-            let us = sent.elapsed().as_micros() as u64;
-            sm.puback_latency_us_last.store(us, Ordering::Relaxed);
-            sm.puback_latency_us_sum.fetch_add(us, Ordering::Relaxed);
-        }
-    }
-
-    /// The broker acknowledged (or refused) a publish.
-    fn acked(&mut self, id: Option<(u64, Class)>, refused: Option<String>) {
-        if let Some(reason) = &refused {
-            // MQTT 5 only. The broker will not take this message (not authorised, bad topic,
-            // quota): resending it forever would pin the outbox, so it is dropped, counted and
-            // logged as an error.
-            error!(sink = %self.t.cfg.name, reason = %reason, "broker refused a message; dropped");
-        }
-        let Some((id, class)) = id else { return };
-        if refused.is_some() {
-            self.own_drops.refused[class.index()] += 1;
-        }
-        match self.t.outbox.ack(id) {
-            Ok(_) => {}
-            Err(e) => {
-                warn!(sink = %self.t.cfg.name, error = %e, "cannot record an acknowledgement")
+        if let Some((id, class)) = s.id {
+            if refused.is_some() {
+                self.own_drops.refused[class.index()] += 1;
+            }
+            if let Err(e) = self.t.outbox.ack(id) {
+                emit(OutboxError {
+                    sink: &self.t.cfg.name,
+                    what: OutboxOp::Ack,
+                    error: &e,
+                });
             }
         }
-        if let Some(sm) = self.t.sink_metrics() {
-            sm.acked.fetch_add(1, Ordering::Relaxed);
-        }
+        emit(PublishSettled {
+            sink: self.sm,
+            latency: s.latency,
+            record: s.id.is_some(),
+            refused: refused.as_deref(),
+        });
     }
 
     fn props(&self, class: Class, payload: Option<&[u8]>, age_ms: i64) -> Props {
@@ -822,41 +677,32 @@ impl Runner {
         }
     }
 
-    /// Hands records to rumqttc while the window has room; a backlog from before this
-    /// connection goes at most `replay_rate` per second.
-    fn pump(&mut self, client: &Client, session: &mut Session) {
-        if session.wake_at.is_some() {
-            return;
-        }
-        while session.flight.len() < WINDOW {
-            let mut room = WINDOW - session.flight.len();
-            if session.replaying {
-                let tokens = session.throttle.available();
-                if tokens == 0 {
-                    session.wake_at = Some(session.throttle.next_at());
-                    return;
-                }
-                room = room.min(tokens);
+    /// Hands outbox records to rumqttc while the session gives room (the window, and the
+    /// replay rate for a backlog from before this connection).
+    fn pump(&mut self, client: &Client) {
+        loop {
+            let room = self.session.room(self.t.clock.mono());
+            if room == 0 {
+                return;
             }
             let records = match self.t.outbox.next_unsent(room) {
                 Ok(r) => r,
                 Err(e) => {
-                    error!(sink = %self.t.cfg.name, error = %e, "cannot read the outbox");
+                    emit(OutboxError {
+                        sink: &self.t.cfg.name,
+                        what: OutboxOp::Read,
+                        error: &e,
+                    });
                     return;
                 }
             };
             if records.is_empty() {
-                session.replaying = false;
+                self.session.drained();
                 return;
             }
             let now = self.t.clock.now();
             for r in records {
-                let replayed = r.replayed || r.created < session.connected_at;
-                if replayed {
-                    session.throttle.take();
-                } else {
-                    session.replaying = false;
-                }
+                let replayed = self.session.is_replay(r.created, r.replayed);
                 let age = now.saturating_sub(r.created);
                 if r.class == Class::Data
                     && self.t.cfg.protocol == Protocol::V5
@@ -873,20 +719,24 @@ impl Runner {
                 } else {
                     r.payload
                 };
-                let len = payload.len() as u64;
+                let len = payload.len();
                 match client.publish(r.topic, r.qos, r.retain, payload, props) {
                     Ok(()) => {
-                        session.flight.handed(Some((r.id, r.class)));
-                        if let Some(sm) = self.t.sink_metrics() {
-                            sm.published.fetch_add(1, Ordering::Relaxed);
-                            sm.bytes.fetch_add(len, Ordering::Relaxed);
-                        }
+                        self.session.handed(Some((r.id, r.class)));
+                        emit(Published {
+                            sink: self.sm,
+                            bytes: len,
+                        });
                     }
                     Err(e) => {
                         // Cannot happen while the event loop lives (the channel holds more
                         // than the window); the record stays in flight in the outbox and is
                         // sent again after the next reconnect.
-                        error!(sink = %self.t.cfg.name, error = %e, "cannot hand a message to the MQTT client");
+                        emit(ClientRefused {
+                            sink: &self.t.cfg.name,
+                            op: ClientOp::Publish,
+                            error: &e,
+                        });
                         return;
                     }
                 }
@@ -894,139 +744,132 @@ impl Runner {
         }
     }
 
-    fn drops_by_class(&self) -> [u64; 4] {
+    /// Drops by class: the outbox's own (full, expired) plus this task's.
+    fn drops_by_class(&self) -> ClassCounts {
         let d = self.t.outbox.stats().drops;
-        let mut out = [0u64; 4];
-        for c in Class::EVICTION_ORDER {
+        let by = |c: Class| {
             let i = c.index();
-            out[i] = d.get(c, DropReason::Full)
+            d.get(c, DropReason::Full)
                 + d.get(c, DropReason::Expired)
                 + self.own_drops.io[i]
                 + self.own_drops.expired_unsent[i]
-                + self.own_drops.refused[i];
+                + self.own_drops.refused[i]
+        };
+        ClassCounts {
+            alarm: by(Class::Alarm),
+            status: by(Class::Status),
+            summary: by(Class::Summary),
+            data: by(Class::Data),
         }
-        out
     }
 
     fn status_key(&self) -> StatusKey {
-        let up = self.t.metrics.devices_up();
+        let health = self.t.health.borrow();
         StatusKey {
-            up,
-            down: self.t.metrics.devices.len() - up,
-            drops: self.drops_by_class().iter().sum(),
+            up: health.up(),
+            down: health.down(),
+            drops: self.drops_by_class().total(),
         }
     }
 
-    /// The status payload: the core contract plus this sink's outbox and drop counters.
-    fn status_json(&self, online: bool) -> Vec<u8> {
-        let key = self.status_key();
-        let st = self.t.outbox.stats();
+    /// The online status: the agent, its devices (from their owner) and this sink's outbox.
+    fn status_payload(&self) -> Vec<u8> {
         let now = self.t.clock.now();
-        let base = status_payload(
-            &self.t.who,
-            online,
-            now,
-            Some(&self.t.config_hash),
-            Some(key.up),
-            Some(key.down),
-            Some(st.depth as u64),
-        );
-        let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&base) else {
-            return base;
-        };
-        let down: Vec<&str> = self
-            .t
-            .metrics
-            .devices
-            .iter()
-            .filter(|d| !d.up.load(Ordering::Relaxed))
-            .map(|d| d.name.as_str())
-            .take(100)
-            .collect();
-        let drops = self.drops_by_class();
-        let by = |c: Class| drops[c.index()];
+        let st = self.t.outbox.stats();
+        let health = self.t.health.borrow();
         let reason = |r: DropReason| -> u64 {
             Class::EVICTION_ORDER
                 .iter()
                 .map(|c| st.drops.get(*c, r))
                 .sum()
         };
-        m.insert("sink".into(), json!(self.t.cfg.name));
-        m.insert("down".into(), json!(down));
-        m.insert("outbox_bytes".into(), json!(st.bytes));
-        m.insert(
-            "outbox_oldest_age_s".into(),
-            json!(st.oldest_age_ms(now).map(|ms| ms / 1000)),
-        );
-        m.insert(
-            "drops".into(),
-            json!({
-                "alarm": by(Class::Alarm),
-                "status": by(Class::Status),
-                "summary": by(Class::Summary),
-                "data": by(Class::Data),
-            }),
-        );
-        m.insert(
-            "drop_reasons".into(),
-            json!({
-                "full": reason(DropReason::Full),
-                "expired": reason(DropReason::Expired)
-                    + self.own_drops.expired_unsent.iter().sum::<u64>(),
-                "io": self.own_drops.io.iter().sum::<u64>(),
-                "refused": self.own_drops.refused.iter().sum::<u64>(),
-            }),
-        );
-        serde_json::to_vec(&Value::Object(m)).unwrap_or(base)
+        let own = &self.own_drops;
+        StatusPayload::online(
+            &self.t.who,
+            now,
+            OnlineStatus {
+                version: env!("CARGO_PKG_VERSION"),
+                config_hash: &self.t.config_hash,
+                devices_up: health.up(),
+                devices_down: health.down(),
+                down: health.down_names().take(STATUS_DOWN_NAMES).collect(),
+                sink: &self.t.cfg.name,
+                outbox_depth: st.depth as u64,
+                outbox_bytes: st.bytes,
+                outbox_oldest_age_s: st.oldest_age_ms(now).map(|ms| ms / 1000),
+                drops: self.drops_by_class(),
+                drop_reasons: DropReasons {
+                    full: reason(DropReason::Full),
+                    expired: reason(DropReason::Expired) + own.expired_unsent.iter().sum::<u64>(),
+                    io: own.io.iter().sum(),
+                    refused: own.refused.iter().sum(),
+                },
+            },
+        )
+        .to_vec()
     }
 
-    fn housekeeping(&mut self, client: Option<&Client>, flight: &mut Flight) {
-        let now = self.t.clock.now();
-        let expired = self.t.outbox.expire(now);
-        if expired > 0 {
-            warn!(sink = %self.t.cfg.name, expired, "outbox records expired unsent");
+    /// Publishes the online status around the outbox and tells the session.
+    fn send_status(&mut self, client: &Client) {
+        let key = self.status_key();
+        let payload = self.status_payload();
+        let props = self.props(Class::Status, Some(&payload), 0);
+        if client
+            .publish(self.t.who.agent_topic("status"), 1, true, payload, props)
+            .is_ok()
+        {
+            self.session.handed(None);
         }
-        if let Err(e) = self.t.outbox.sync_if_due(now) {
-            warn!(sink = %self.t.cfg.name, error = %e, "outbox sync failed");
-        }
-        let st = self.t.outbox.stats();
-        let drops: u64 = self.drops_by_class().iter().sum();
-        if let Some(sm) = self.t.metrics.sinks.get(self.t.index) {
-            sm.outbox_depth.store(st.depth as u64, Ordering::Relaxed);
-            sm.outbox_bytes.store(st.bytes, Ordering::Relaxed);
-            sm.dropped.store(drops, Ordering::Relaxed);
-        }
-        // Periodic status, and at once when devices come or go or something was dropped.
+        self.session.status_sent(self.t.clock.mono(), key);
+    }
+
+    /// A status when the session says one is due and the window has room.
+    fn status_if_due(&mut self, client: Option<&Client>) {
         let Some(client) = client else { return };
         if !self.t.cfg.carry.contains(&Class::Status) {
             return;
         }
-        let key = self.status_key();
-        let due = match &self.last_status {
-            None => true,
-            Some((at, last)) => {
-                at.elapsed() >= STATUS_INTERVAL
-                    || (last.up, last.down) != (key.up, key.down)
-                    // A steady eviction of data would otherwise send one every tick.
-                    || (last.drops != key.drops && at.elapsed() >= DROPS_STATUS_GAP)
-            }
-        };
-        if due && flight.len() < WINDOW {
-            let payload = self.status_json(true);
-            let props = self.props(Class::Status, Some(&payload), 0);
-            if client
-                .publish(self.t.who.agent_topic("status"), 1, true, payload, props)
-                .is_ok()
-            {
-                flight.handed(None);
-            }
-            self.last_status = Some((Instant::now(), key));
+        if self
+            .session
+            .status_due(self.t.clock.mono(), self.status_key())
+            && self.session.has_room()
+        {
+            self.send_status(client);
         }
+    }
+
+    fn housekeeping(&mut self, client: Option<&Client>) {
+        let now = self.t.clock.now();
+        let expired = self.t.outbox.expire(now);
+        if expired > 0 {
+            emit(OutboxExpired {
+                sink: &self.t.cfg.name,
+                expired,
+            });
+        }
+        if let Err(e) = self.t.outbox.sync_if_due(now) {
+            emit(OutboxError {
+                sink: &self.t.cfg.name,
+                what: OutboxOp::Sync,
+                error: &e,
+            });
+        }
+        let st = self.t.outbox.stats();
+        emit(OutboxLevels {
+            sink: self.sm,
+            depth: st.depth as u64,
+            bytes: st.bytes,
+            dropped: self.drops_by_class().total(),
+        });
+        // Periodic status, and on the next tick when devices come or go or something was
+        // dropped (ticking, not waking on each device change, keeps a gateway that takes 100
+        // units down at once to one status).
+        self.status_if_due(client);
     }
 
     /// Stores what is still queued, tells the broker we are going offline, and waits briefly
     /// for the acknowledgements already on their way.
-    async fn shutdown(&mut self, conn: Option<Conn>, flight: &mut Flight) {
+    async fn shutdown(&mut self, conn: Option<Conn>) {
         while let Ok(m) = self.t.rx.try_recv() {
             self.store(&m);
         }
@@ -1042,28 +885,36 @@ impl Runner {
                 )
                 .is_ok()
             {
-                flight.handed(None);
+                self.session.handed(None);
             }
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while flight.len() > 0 {
-                match tokio::time::timeout_at(deadline, c.events.poll()).await {
-                    Ok(Ok(Ev::Sent(pkid))) => {
-                        let settled = flight.on_sent(pkid);
-                        self.settle(settled, None);
+            let clock = self.t.clock.clone();
+            let events = &mut c.events;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while self.session.in_flight() > 0 {
+                    match events.poll().await {
+                        Ok(Ev::Sent(pkid)) => {
+                            let settled = self.session.sent(pkid, clock.mono());
+                            self.settle(settled, None);
+                        }
+                        Ok(Ev::Acked { pkid, refused }) => {
+                            let settled = self.session.acked(pkid, clock.mono());
+                            self.settle(settled, refused);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
                     }
-                    Ok(Ok(Ev::Acked { pkid, refused })) => {
-                        let settled = flight.on_ack(pkid);
-                        self.settle(settled, refused);
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) | Err(_) => break,
                 }
-            }
+            })
+            .await;
             c.client.disconnect();
             let _ = tokio::time::timeout(Duration::from_millis(500), c.events.poll()).await;
         }
         if let Err(e) = self.t.outbox.flush() {
-            warn!(sink = %self.t.cfg.name, error = %e, "outbox flush failed at shutdown");
+            emit(OutboxError {
+                sink: &self.t.cfg.name,
+                what: OutboxOp::Flush,
+                error: &e,
+            });
         }
     }
 }
@@ -1073,14 +924,6 @@ async fn poll(conn: Option<&mut Conn>) -> Result<Ev, String> {
         Some(c) => c.events.poll().await,
         None => std::future::pending().await,
     }
-}
-
-fn reconnect_delay(failures: u32, max: Duration) -> Duration {
-    let exp = RECONNECT_MIN.saturating_mul(1 << failures.min(10).saturating_sub(1));
-    let capped = exp.min(max);
-    // Cheap jitter without a generator: the sub-second part of the clock.
-    let frac = (crate::clock::wall_ms().rem_euclid(1000) as f64) / 1000.0;
-    capped.mul_f64(0.8 + 0.4 * frac)
 }
 
 /// Adds `"replayed":true` to a JSON object payload, so consumers can tell backlog from live.
@@ -1107,101 +950,6 @@ pub fn mark_replayed(payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(id: u64) -> Option<(u64, Class)> {
-        Some((id, Class::Alarm))
-    }
-
-    fn settled_id(s: Settled) -> Option<Option<(u64, Class)>> {
-        match s {
-            Settled::Yes { id, .. } => Some(id),
-            Settled::No => None,
-        }
-    }
-
-    #[test]
-    fn acks_match_records_by_packet_id_in_any_order() {
-        let mut f = Flight::default();
-        for id in [10, 11, 12] {
-            f.handed(rec(id));
-        }
-        f.handed(None); // a status sent around the outbox
-        assert_eq!(f.on_sent(1), Settled::No);
-        assert_eq!(f.on_sent(2), Settled::No);
-        assert_eq!(f.on_sent(3), Settled::No);
-        assert_eq!(f.on_sent(4), Settled::No);
-        assert_eq!(f.len(), 4);
-        // Out-of-order acks still find their own record.
-        assert_eq!(settled_id(f.on_ack(3)), Some(rec(12)));
-        assert_eq!(settled_id(f.on_ack(1)), Some(rec(10)));
-        assert_eq!(settled_id(f.on_ack(4)), Some(None));
-        // A duplicate or unknown ack settles nothing.
-        assert_eq!(f.on_ack(1), Settled::No);
-        assert_eq!(f.on_ack(9), Settled::No);
-        assert_eq!(settled_id(f.on_ack(2)), Some(rec(11)));
-        assert_eq!(f.len(), 0);
-    }
-
-    #[test]
-    fn a_reused_packet_id_after_its_ack_maps_to_the_new_record() {
-        let mut f = Flight::default();
-        f.handed(rec(1));
-        f.handed(rec(2));
-        f.on_sent(1);
-        // Record 2 collided on pkid 1 (rumqttc said AwaitAck); its Publish event only comes
-        // after the ack for the first holder of pkid 1.
-        assert_eq!(settled_id(f.on_ack(1)), Some(rec(1)));
-        f.on_sent(1);
-        assert_eq!(settled_id(f.on_ack(1)), Some(rec(2)));
-    }
-
-    #[test]
-    fn qos0_settles_when_written_and_strays_are_ignored() {
-        let mut f = Flight::default();
-        assert_eq!(f.on_sent(5), Settled::No, "nothing was waiting");
-        f.handed(rec(7));
-        assert_eq!(settled_id(f.on_sent(0)), Some(rec(7)));
-        assert_eq!(f.len(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_replay_throttle_holds_its_rate() {
-        let mut t = Throttle::new(1000);
-        assert_eq!(t.available(), 100, "burst of a tenth of the rate");
-        let mut sent = 0;
-        let start = Instant::now();
-        while sent < 300 {
-            let n = t.available();
-            if n == 0 {
-                tokio::time::sleep_until(t.next_at()).await;
-                continue;
-            }
-            for _ in 0..n {
-                t.take();
-            }
-            sent += n;
-        }
-        let took = start.elapsed();
-        // (300 - 100) / 1000 = 0.2 s.
-        assert!(
-            took >= Duration::from_millis(190) && took <= Duration::from_millis(400),
-            "{took:?}"
-        );
-    }
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let max = Duration::from_secs(2);
-        assert!(reconnect_delay(1, max) <= Duration::from_millis(600));
-        assert!(reconnect_delay(1, max) >= Duration::from_millis(400));
-        for f in 5..40 {
-            let d = reconnect_delay(f, max);
-            assert!(
-                d <= Duration::from_millis(2_400) && d >= Duration::from_millis(1_600),
-                "{d:?}"
-            );
-        }
-    }
 
     #[test]
     fn the_schema_property_comes_from_the_payload() {

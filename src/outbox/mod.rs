@@ -95,6 +95,7 @@
 //!   acked, it can rewrite a large share of the appended bytes (see
 //!   [`OutboxStats::compacted_bytes`]).
 pub mod frame;
+pub mod lease;
 pub mod store;
 
 /// Records carry the message class the agent gives everything it publishes.

@@ -8,13 +8,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, Frame, RecordMeta};
+use super::lease::{CounterLease, Found, LeaseError};
 use crate::core::model::Ts;
 use crate::core::outbound::Class;
 
 /// Ids reserved per write of the lease file. A crash skips at most this many ids.
 const ID_LEASE_BLOCK: u64 = 4096;
 const LEASE_FILE: &str = "ids.lease";
-const LEASE_TMP: &str = "ids.lease.tmp";
 const SEGMENT_EXT: &str = "seg";
 const ACK_EXT: &str = "ack";
 
@@ -201,6 +201,16 @@ pub enum OutboxError {
     },
 }
 
+impl From<LeaseError> for OutboxError {
+    fn from(e: LeaseError) -> OutboxError {
+        OutboxError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl OutboxError {
     /// The underlying I/O error kind, e.g. `StorageFull` or `ReadOnlyFilesystem`.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
@@ -258,8 +268,8 @@ pub struct Outbox {
     /// Segment receiving appends (a key of `segments`), created lazily.
     active: Option<u64>,
     next_id: u64,
-    /// Ids below this were reserved in the lease file.
-    lease_end: u64,
+    /// Ids below its end were reserved in the lease file.
+    lease: CounterLease,
     /// Live records with an id below this are in flight; the rest are unsent.
     unsent_from: u64,
     in_flight: usize,
@@ -377,7 +387,11 @@ impl Outbox {
             }
         }
 
-        let lease = read_lease(dir)?;
+        // A damaged lease falls back to the ids found in the segments.
+        let lease = match CounterLease::read(dir, LEASE_FILE)? {
+            Found::Ceiling(v) => v,
+            Found::Missing | Found::Damaged(_) => 0,
+        };
         let next_id = lease.max(max_seen.saturating_add(1)).max(1);
         let mut outbox = Outbox {
             dir: dir.to_path_buf(),
@@ -387,7 +401,7 @@ impl Outbox {
             segments,
             active: None,
             next_id,
-            lease_end: next_id,
+            lease: CounterLease::new(dir, LEASE_FILE, ID_LEASE_BLOCK),
             unsent_from: 0,
             in_flight: 0,
             class_floor: [0; 4],
@@ -401,7 +415,7 @@ impl Outbox {
             last_sync: now,
             scratch: Vec::new(),
         };
-        outbox.extend_lease()?;
+        outbox.lease.raise(outbox.next_id)?;
         for e in &outbox.entries {
             outbox.depth_by_class[e.class.index()] += 1;
             outbox.live_bytes += u64::from(e.len);
@@ -458,9 +472,7 @@ impl Outbox {
                 max_bytes: self.opts.max_size_bytes,
             });
         }
-        if self.next_id >= self.lease_end {
-            self.extend_lease()?;
-        }
+        self.lease.cover(self.next_id)?;
         let id = self.next_id;
         self.scratch.clear();
         frame::encode(
@@ -932,24 +944,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Reserves the next block of ids on disk before handing any of them out, so a crash
-    /// can never lead to an id being reused.
-    fn extend_lease(&mut self) -> Result<(), OutboxError> {
-        let end = self.next_id.saturating_add(ID_LEASE_BLOCK);
-        let tmp = self.dir.join(LEASE_TMP);
-        let path = self.dir.join(LEASE_FILE);
-        {
-            let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-            file.write_all(&frame::encode_entry(end))
-                .map_err(io_err("write", &tmp))?;
-            file.sync_data().map_err(io_err("fsync", &tmp))?;
-        }
-        fs::rename(&tmp, &path).map_err(io_err("rename into", &path))?;
-        sync_dir(&self.dir)?;
-        self.lease_end = end;
-        Ok(())
-    }
-
     /// Reads one record; `Ok(None)` if the bytes on disk no longer match the index.
     fn read_entry(&self, e: &Entry) -> Result<Option<StoredRecord>, OutboxError> {
         let Some(seg) = self.segments.get(&e.segment) else {
@@ -1122,23 +1116,6 @@ fn list_dir(dir: &Path) -> Result<Listing, OutboxError> {
     listing.segments.sort_unstable();
     listing.acks.sort_unstable();
     Ok(listing)
-}
-
-fn read_lease(dir: &Path) -> Result<u64, OutboxError> {
-    let path = dir.join(LEASE_FILE);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let scan = frame::scan_entries(&bytes);
-            // A damaged lease falls back to the ids found in the segments.
-            Ok(scan.values.first().copied().unwrap_or(0))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(OutboxError::Io {
-            op: "read",
-            path,
-            source,
-        }),
-    }
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), OutboxError> {

@@ -520,7 +520,7 @@ pub fn main(args: ReplayArgs) -> ExitCode {
         reorder_tolerance_ms: args.reorder_tolerance,
         max_reported: args.max_errors,
     };
-    let started = std::time::Instant::now();
+    let started = crate::clock::Stopwatch::start();
     let report = match run_replay(&cfg, &opts, &mut out) {
         Ok(r) => r,
         Err(e) => {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -178,10 +178,7 @@ impl Drop for SimHandle {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::wall_ms()
 }
 
 fn with_host(addr: &str, host: Option<&str>, ephemeral: bool) -> String {
@@ -291,8 +288,9 @@ pub async fn start(scenario: Scenario, opts: StartOptions) -> anyhow::Result<Sim
         let cancel = cancel.clone();
         let period = tick.div_f64(opts.speed);
         tasks.spawn(async move {
-            let start = tokio::time::Instant::now() + period;
-            let mut iv = tokio::time::interval_at(start, period);
+            let mut iv = tokio::time::interval(period);
+            // The first step one period after start, not at once.
+            iv.reset();
             // Catch up after a stall: values depend on the step index, never on timing.
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             loop {

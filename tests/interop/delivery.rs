@@ -27,10 +27,14 @@ use crate::support::mqtt::{Msg, Subscriber};
 use crate::support::net::{free_port, wait_port, Proxy};
 use crate::support::tools::require;
 
-// (2) Broker unreachable for a minute while alarms change; all delivered in order afterwards.
+// (2) Broker unreachable for ~12 s while alarms change; all delivered in order afterwards.
+// Long enough for several attempts at the capped backoff (reconnect_max 2 s); that a longer
+// outage changes nothing (attempts stay at the cap, the backlog is replayed the same way) is
+// the session's pure test `a_long_outage_retries_at_the_capped_backoff_then_recovers`, which
+// replaced the minute this test used to wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto; .ci/run runs it"]
-async fn a_one_minute_broker_outage_loses_nothing_and_keeps_the_order() {
+async fn a_broker_outage_loses_nothing_and_keeps_the_order() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -57,15 +61,14 @@ async fn a_one_minute_broker_outage_loses_nothing_and_keeps_the_order() {
     proxy.set_up(false);
     let down_at = alsentry::clock::wall_ms();
     let outage = Instant::now();
-    // Alarm activity through the whole minute: a burst at the start and one at the end.
-    toggle(&dev.device, 10, Duration::from_millis(300)).await;
-    tokio::time::sleep(Duration::from_secs(54).saturating_sub(outage.elapsed())).await;
-    toggle(&dev.device, 10, Duration::from_millis(300)).await;
+    // Alarm activity through the whole outage: a burst at the start and one at the end.
+    toggle(&dev.device, 8, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(outage.elapsed())).await;
+    toggle(&dev.device, 8, Duration::from_millis(300)).await;
     let total = settled_transitions(&running.metrics).await;
-    assert!(total >= before + 100, "{total} transitions");
+    assert!(total >= before + 80, "{total} transitions");
     let during = collect(&mut sub, Duration::from_millis(100), |_| false).await;
     assert!(during.is_empty(), "delivered through a cut proxy?");
-    tokio::time::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed())).await;
     assert!(!running.metrics.sinks[0].connected.load(Ordering::Relaxed));
     assert!(
         running.metrics.sinks[0]

@@ -7,6 +7,10 @@
 //!
 //! Where a test belongs: the module of its subject below; a hermetic test goes in tests/it/.
 
+// Tests wait on real time (deadlines, latencies); the clock rule of clippy.toml is for the
+// agent's code.
+#![allow(clippy::disallowed_methods)]
+
 /// Shared with tests/it/: the agent-config builder, the Mosquitto launcher, the Modbus test
 /// device, the MQTT subscriber, network faults, the tool gate.
 #[path = "../support/mod.rs"]

@@ -8,6 +8,10 @@
 //! named after the behaviour it guards, with a comment naming the bug it caught. A new module
 //! is added here with a line saying what belongs in it.
 
+// Tests wait on real time (deadlines, latencies); the clock rule of clippy.toml is for the
+// agent's code.
+#![allow(clippy::disallowed_methods)]
+
 /// Shared with tests/interop/: the agent-config builder, the embedded broker, the Modbus test
 /// device, the MQTT subscriber, network faults, the agent harness.
 #[path = "../support/mod.rs"]
@@ -48,6 +52,8 @@ mod replay;
 mod sim;
 /// 420 devices for a minute: everything answers, the engine keeps up, memory stays flat.
 mod soak;
+/// The agent's status payload (typed, device counts from the pollers) and the seq lease.
+mod status;
 
 /// Guards the harness of the agent tests: a panic in a task on a watched runtime fails the
 /// test that owns the runtime, even when nobody joins the task.

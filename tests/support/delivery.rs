@@ -143,6 +143,7 @@ pub fn sink_task(
         rx,
         commands: ctx,
         clock: SystemClock::new(),
+        health: alsentry::io::health::channel(cfg.devices.iter().map(|d| d.name.clone())).1,
         metrics,
         config_hash: "test".into(),
         password: None,
