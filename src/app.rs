@@ -187,6 +187,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         data: cfg.data.clone(),
         data_filter: Default::default(),
         names: data_names(&cfg),
+        systemd: crate::io::notify::Systemd::from_env(cfg.devices.len()),
     };
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let (ctl_tx, ctl_rx) = mpsc::channel::<EngineControl>(4);
@@ -447,6 +448,8 @@ struct EngineTask {
     data_filter: crate::core::payload::DataFilter,
     /// Per device: name and (tag, unit) names, for raw data payloads.
     names: Vec<crate::core::payload::DataTags>,
+    /// READY=1 after the first poll cycle, WATCHDOG=1 while this loop turns (issue 15).
+    systemd: crate::io::notify::Systemd,
 }
 
 impl EngineTask {
@@ -469,6 +472,7 @@ impl EngineTask {
             tokio::select! {
                 b = batches.recv() => match b {
                     Some(b) => {
+                        self.systemd.on_batch(b.device);
                         if let Some(r) = &self.recorder {
                             r.offer(&b);
                         }
@@ -490,6 +494,7 @@ impl EngineTask {
                     }
                 }
                 _ = tick.tick() => {
+                    self.systemd.on_tick();
                     ticks += 1;
                     // Small drifts are NTP slewing; a step (boot without RTC, operator) is followed.
                     if ticks % 40 == 0 {
@@ -712,17 +717,7 @@ pub fn main(config_path: &Path) -> ExitCode {
     crate::telemetry::init(None);
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
-        Err(e) => {
-            for p in &e.problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "{}: {} problem(s); not starting",
-                config_path.display(),
-                e.problems.len()
-            );
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::cli::config_refused(config_path, &e, "; not starting"),
     };
     // A multi-thread runtime even with one worker: an outbox fsync on slow storage runs under
     // `block_in_place` and must not stall the pollers.
@@ -750,6 +745,9 @@ pub fn main(config_path: &Path) -> ExitCode {
             }
         };
         wait_for_shutdown(&running).await;
+        if let Some(n) = crate::io::notify::Notifier::from_env() {
+            let _ = n.send("STOPPING=1");
+        }
         info!("stopping");
         running.stop().await;
         info!("stopped");

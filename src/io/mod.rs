@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod modbus;
+pub mod notify;
 pub mod poller;
 pub mod publisher;
 pub mod record;
