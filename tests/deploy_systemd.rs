@@ -1,17 +1,19 @@
 //! deploy/systemd/alsentry.service checked by systemd itself, offline.
 //!
 //! `systemd-analyze verify` refuses a unit whose ExecStart binary does not exist, and the
-//! shipped unit points at /usr/local/bin/alsentry, which a build machine does not have. So
+//! shipped unit points at /usr/bin/alsentry (the Debian package's path), which a build machine
+//! need not have. So
 //! the test verifies a temporary copy in which only that path is replaced by the binary
 //! cargo just built; every other line is the shipped one. (Installing a stub at
-//! /usr/local/bin would need root and leave traces on the machine.)
+//! /usr/bin would need root and leave traces on the machine.) `.ci/package` verifies the unit
+//! the package installs, with the real binary in place.
 //!
 //! Needs `systemd-analyze` (Debian package `systemd`); without it each test says so and passes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const SHIPPED_BIN: &str = "/usr/local/bin/alsentry";
+const SHIPPED_BIN: &str = "/usr/bin/alsentry";
 
 fn systemd_analyze() -> Option<PathBuf> {
     let mut dirs = vec![PathBuf::from("/usr/bin"), PathBuf::from("/bin")];
@@ -43,8 +45,7 @@ fn shipped_unit() -> String {
 /// Writes the unit, with the binary path swapped, as `alsentry.service` in a temp dir.
 fn unit_for_this_build(unit: &str) -> (tempfile::TempDir, PathBuf) {
     assert!(
-        unit.contains(&format!("ExecStart={SHIPPED_BIN} run"))
-            && unit.contains(&format!("ExecStartPre={SHIPPED_BIN} check")),
+        unit.contains(&format!("ExecStart={SHIPPED_BIN} run")),
         "the shipped unit no longer runs {SHIPPED_BIN}"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -123,8 +124,13 @@ fn shipped_unit_has_the_required_hardening() {
         "Restart=on-failure",
         "KillSignal=SIGTERM",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "ExecStartPre=/usr/local/bin/alsentry check --config /etc/alsentry/alsentry.toml",
-        "ExecStart=/usr/local/bin/alsentry run --config /etc/alsentry/alsentry.toml",
+        "ExecStart=/usr/bin/alsentry run --config /etc/alsentry/alsentry.toml",
+        // The agent says when it is ready and pings the watchdog (src/io/notify.rs).
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        // An invalid configuration exits 78; restarting cannot fix it.
+        "RestartPreventExitStatus=78",
         "DeviceAllow=char-ttyUSB rw",
         "DeviceAllow=char-ttyS rw",
     ] {
