@@ -68,8 +68,14 @@ build_debian_cross() {
 
 build_rustup() {
   local target=$1
-  timeout 3600 cargo build --locked --profile "$PROFILE" --target "$target" $FEATURES --bin alsentry
-  echo "target/$target/$PROFILE/alsentry"
+  if [ "$target" = "$(rustc -vV | sed -n 's/^host: //p')" ]; then
+    # The host target without --target: the same build (and binary) as `cargo deb`'s.
+    timeout 3600 cargo build --locked --profile "$PROFILE" $FEATURES --bin alsentry
+    echo "target/$PROFILE/alsentry"
+  else
+    timeout 3600 cargo build --locked --profile "$PROFILE" --target "$target" $FEATURES --bin alsentry
+    echo "target/$target/$PROFILE/alsentry"
+  fi
 }
 
 for target in "$@"; do
@@ -84,7 +90,9 @@ for target in "$@"; do
   rm -rf "$stage" && mkdir -p "$stage"
   install -m 0755 "$bin" "$stage/alsentry"
   install -m 0644 README.md deploy/systemd/alsentry.service config/alsentry.example.toml "$stage/"
-  tar -C "$DIST" -czf "$DIST/$name.tar.gz" "$name"
+  # Reproducible: the same binary gives the same archive and sum.
+  tar -C "$DIST" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - "$name" \
+    | gzip -9n >"$DIST/$name.tar.gz"
   rm -rf "$stage"
   # The bare binary too, for gateways without tar conveniences.
   install -m 0755 "$bin" "$DIST/$name"
