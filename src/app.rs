@@ -497,7 +497,7 @@ impl EngineTask {
                     self.systemd.on_tick();
                     ticks += 1;
                     // Small drifts are NTP slewing; a step (boot without RTC, operator) is followed.
-                    if ticks % 40 == 0 {
+                    if ticks.is_multiple_of(40) {
                         if let Some(step) = self.clock.resync(2_000) {
                             warn!(step_ms = step, "the system clock stepped; timestamps follow it (pending alarm delays see the step)");
                         }

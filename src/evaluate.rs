@@ -166,7 +166,7 @@ pub fn run(
                 &mut events,
             );
         }
-        if plant.tick() % 2 == 0 {
+        if plant.tick().is_multiple_of(2) {
             engine.tick(now, &mut events);
         }
         all.append(&mut events);

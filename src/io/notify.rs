@@ -67,7 +67,7 @@ impl Notifier {
 /// The watchdog interval systemd expects pings within (`WatchdogSec=`), if it is for us.
 fn watchdog_from_env() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
             return None;
         }
