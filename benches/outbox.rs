@@ -35,7 +35,7 @@ fn round_trips(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 n += 1;
-                let class = if alarm_every != 0 && n % alarm_every == 0 {
+                let class = if alarm_every != 0 && n.is_multiple_of(alarm_every) {
                     Class::Alarm
                 } else {
                     Class::Data

@@ -207,17 +207,7 @@ pub fn main(config_path: &Path) -> ExitCode {
     crate::telemetry::init(None);
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
-        Err(e) => {
-            for p in &e.problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "{}: {} problem(s); not starting",
-                config_path.display(),
-                e.problems.len()
-            );
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::cli::config_refused(config_path, &e, "; not starting"),
     };
     // A multi-thread runtime even with one worker: an outbox fsync on slow storage runs under
     // `block_in_place` and must not stall the pollers.
@@ -245,6 +235,9 @@ pub fn main(config_path: &Path) -> ExitCode {
             }
         };
         wait_for_shutdown(&running).await;
+        if let Some(n) = crate::io::notify::Notifier::from_env() {
+            let _ = n.send("STOPPING=1");
+        }
         info!("stopping");
         running.stop().await;
         info!("stopped");

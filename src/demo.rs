@@ -18,8 +18,9 @@ pub struct DemoArgs {
     /// Use this broker (mqtt://host:port) instead of the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
-    /// Agent configuration (default: the shipped config/demo.toml).
-    #[arg(long, value_name = "FILE")]
+    /// Agent configuration (default: the shipped config/demo.toml; ALSENTRY_CONFIG is not
+    /// read here, so a gateway's own configuration is never picked up by a demo).
+    #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Simulator scenario (default: the shipped config/scenarios/demo.toml).
     #[arg(long, value_name = "FILE")]
@@ -156,7 +157,7 @@ pub fn render_line(topic: &str, payload: &[u8], color: bool) -> Option<String> {
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
-    if std::env::var_os("RUST_LOG").is_none() {
+    if !crate::telemetry::filter_given() {
         // The embedded broker logs every client disconnect as an error; the demo's own lines matter here.
         crate::telemetry::init(Some("warn,rumqttd=off"));
     } else {
@@ -173,12 +174,19 @@ pub fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let config_arg = args.config.clone();
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => match e.downcast_ref::<crate::config::ConfigError>() {
+            Some(ce) => {
+                let path = config_arg.unwrap_or_else(|| PathBuf::from("demo.toml"));
+                crate::cli::config_refused(&path, ce, "; not starting the demo")
+            }
+            None => {
+                eprintln!("demo: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -209,7 +217,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(u) => (u.clone(), None),
         None => embedded()?,
     };
-    let mut cfg = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Unwrapped, so that `main` can tell an invalid configuration (exit 78) from the rest.
+    let mut cfg = Config::load(&config_path)?;
     let url = crate::config::mqtt::parse_broker_url(&broker_url).map_err(|e| anyhow::anyhow!(e))?;
     for s in &mut cfg.sinks {
         s.url = url.clone();

@@ -21,7 +21,7 @@ use crate::sim::{Plant, Scenario, TruthEvent};
 #[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
     /// Agent configuration whose devices match the scenario's (e.g. config/sim.toml).
-    #[arg(long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", env = "ALSENTRY_CONFIG")]
     pub config: PathBuf,
     /// Simulator scenarios to run (each from its own start).
     #[arg(long = "scenario", value_name = "FILE", required = true)]
@@ -410,10 +410,7 @@ pub fn table(reports: &[Report], markdown: bool) -> String {
 pub fn main(args: EvaluateArgs) -> ExitCode {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::cli::config_refused(&args.config, &e, "; not evaluating"),
     };
     let duration = match args
         .duration

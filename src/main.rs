@@ -7,6 +7,7 @@ use alsentry::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    alsentry::telemetry::configure(cli.log_options());
     match cli.command {
         Command::Check(args) => match Config::load(&args.config) {
             Ok(cfg) => {
@@ -17,13 +18,7 @@ fn main() -> ExitCode {
                 println!("{}: ok", args.config.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                for p in &e.problems {
-                    eprintln!("{p}");
-                }
-                eprintln!("{}: {} problem(s)", args.config.display(), e.problems.len());
-                ExitCode::from(1)
-            }
+            Err(e) => alsentry::cli::config_refused(&args.config, &e, ""),
         },
         Command::Run(args) => alsentry::app::main(&args.config),
         Command::Demo(args) => alsentry::demo::main(args),

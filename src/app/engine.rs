@@ -150,6 +150,8 @@ pub struct EngineTask {
     agent: String,
     /// Per device: name and (tag, unit) names, for raw data payloads.
     names: Vec<DataTags>,
+    /// READY=1 after the first poll cycle, WATCHDOG=1 while this loop turns (issue 15).
+    systemd: crate::io::notify::Systemd,
 }
 
 impl EngineTask {
@@ -161,6 +163,7 @@ impl EngineTask {
         outlets: Outlets,
         shared: Shared,
     ) -> EngineTask {
+        let systemd = crate::io::notify::Systemd::from_env(cfg.devices.len(), shared.clock.mono());
         EngineTask {
             driver: Driver::new(engine, Cadence::default()),
             seq,
@@ -171,6 +174,7 @@ impl EngineTask {
             data_filter: DataFilter::default(),
             agent: cfg.agent.id.clone(),
             names: data_names(cfg),
+            systemd,
         }
     }
 
@@ -213,7 +217,7 @@ impl EngineTask {
                 () = &mut tick => {
                     wakes += 1;
                     // Small drifts are NTP slewing; a step (boot without RTC, operator) is followed.
-                    if wakes % 40 == 0 {
+                    if wakes.is_multiple_of(40) {
                         if let Some(step) = self.shared.clock.resync(2_000) {
                             warn!(step_ms = step, "the system clock stepped; timestamps follow it (pending alarm delays see the step)");
                             self.driver.jump(self.shared.clock.now());
@@ -221,6 +225,7 @@ impl EngineTask {
                     }
                     let now = self.shared.clock.now();
                     self.driver.advance(now);
+                    self.systemd.on_tick(self.shared.clock.mono());
                     let wait = cadence.until_next_tick(now).unwrap_or(TICK_MS);
                     tick.set(tokio::time::sleep(Duration::from_millis(wait as u64)));
                 }
@@ -251,6 +256,7 @@ impl EngineTask {
 
     async fn on_batch(&mut self, b: &SampleBatch) {
         self.record(b);
+        self.systemd.on_batch(b.device);
         // Live evaluates a batch when it arrives.
         self.driver.apply(b, self.shared.clock.now());
         if self.data.mode != DataMode::Off {

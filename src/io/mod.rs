@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod health;
 pub mod http;
 pub mod modbus;
+pub mod notify;
 pub mod poller;
 pub mod publisher;
 pub mod read_plan;

@@ -252,6 +252,8 @@ struct OwnDrops {
 /// Loads the TLS settings into a rustls client config (ring provider, CA from `ca_file`,
 /// optional client certificate for mutual TLS).
 pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     // Once per process; a second install (another sink) reports AlreadyInstalled, harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let read = |path: &str, what: &str| {
@@ -259,7 +261,7 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
     };
     let ca = read(&files.ca_file, "ca_file")?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&ca) {
         let cert = cert.map_err(|e| format!("ca_file {}: {e}", files.ca_file))?;
         roots
             .add(cert)
@@ -276,16 +278,19 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
         None => Ok(builder.with_no_client_auth()),
         Some((cert_path, key_path)) => {
             let pem = read(cert_path, "client_cert")?;
-            let chain = rustls_pemfile::certs(&mut pem.as_slice())
+            let chain = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("client_cert {cert_path}: {e}"))?;
             if chain.is_empty() {
                 return Err(format!("client_cert {cert_path} holds no PEM certificate"));
             }
             let pem = read(key_path, "client_key")?;
-            let key = rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| format!("client_key {key_path}: {e}"))?
-                .ok_or_else(|| format!("client_key {key_path} holds no PEM private key"))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+                pem::Error::NoItemsFound => {
+                    format!("client_key {key_path} holds no PEM private key")
+                }
+                e => format!("client_key {key_path}: {e}"),
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("client_cert/client_key: {e}"))

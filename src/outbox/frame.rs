@@ -340,7 +340,7 @@ mod tests {
             id,
             created: 1_700_000_000_000 + id as i64,
             class: Class::Alarm,
-            retain: id % 2 == 0,
+            retain: id.is_multiple_of(2),
             qos: 1,
         }
     }

@@ -32,7 +32,7 @@ fn duration_arg(s: &str) -> Result<i64, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
     /// Configuration file (devices, tags and rules; MQTT settings are not used).
-    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    #[arg(short, long, value_name = "FILE", env = "ALSENTRY_CONFIG", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
     /// Sample CSV: `ts,device,tag,value[,quality]`. Repeat for several files; a directory
     /// replays its `*.csv` files in name order (as `[record]` writes them); `-` reads stdin.
@@ -463,21 +463,12 @@ fn open_output(path: &Option<PathBuf>) -> std::io::Result<Box<dyn Write>> {
 }
 
 /// `alsentry replay`. Exit codes: 0 = clean (or `--lenient`); 1 = some rows were bad;
-/// 2 = nothing sensible could be replayed (configuration, unreadable input or header, truth).
+/// 2 = nothing sensible could be replayed (unreadable input or header, truth); 78 = invalid
+/// configuration (`cli::EX_CONFIG`).
 pub fn main(args: ReplayArgs) -> ExitCode {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            for p in &e.problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "{}: {} problem(s); not replaying",
-                args.config.display(),
-                e.problems.len()
-            );
-            return ExitCode::from(2);
-        }
+        Err(e) => return crate::cli::config_refused(&args.config, &e, "; not replaying"),
     };
     let matches = match Matches::with_overrides(&args.matches) {
         Ok(m) => m,

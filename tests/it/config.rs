@@ -2,7 +2,8 @@
 //! `alsentry.toml` and the exact output of `alsentry check` for it (`expected.err`, ending
 //! with the exit code). Adding a regression case is adding a folder; regenerate an expectation
 //! with
-//! `cd tests/cases/NAME && alsentry check --config alsentry.toml 2> expected.err; echo rc=$? >> expected.err`.
+//! `cd tests/cases/NAME && alsentry check --config alsentry.toml 2> expected.err; echo rc=$? >> expected.err`
+//! (78 is `EX_CONFIG`, the exit code of every subcommand for an invalid configuration).
 //! The shipped example is accepted, means what the contract says, is embedded in the README
 //! verbatim, and its commented-out defaults are the code's.
 

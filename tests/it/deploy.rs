@@ -129,8 +129,13 @@ fn shipped_unit_has_the_required_hardening() {
         "Restart=on-failure",
         "KillSignal=SIGTERM",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "ExecStartPre=/usr/local/bin/alsentry check --config /etc/alsentry/alsentry.toml",
-        "ExecStart=/usr/local/bin/alsentry run --config /etc/alsentry/alsentry.toml",
+        "ExecStart=/usr/bin/alsentry run --config /etc/alsentry/alsentry.toml",
+        // The agent says when it is ready and pings the watchdog (src/io/notify.rs).
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        // An invalid configuration exits 78; restarting cannot fix it.
+        "RestartPreventExitStatus=78",
         "DeviceAllow=char-ttyUSB rw",
         "DeviceAllow=char-ttyS rw",
     ] {

@@ -17,6 +17,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+/// The command line integrators script against: exit 78 for an invalid configuration, `-c` and
+/// `ALSENTRY_CONFIG` everywhere, environment variables in `--help`, JSON-line problems.
+mod cli;
 /// Time a gateway lives by: wall-clock steps and what the engine does with a `now` that jumps.
 mod clock;
 /// The configuration as users meet it: golden broken configs (tests/cases/), the shipped
