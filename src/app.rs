@@ -207,7 +207,7 @@ pub fn main(config_path: &Path) -> ExitCode {
     crate::telemetry::init(None);
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
-        Err(e) => return crate::cli::config_refused(config_path, &e, "; not starting"),
+        Err(e) => return crate::telemetry::config_refused(config_path, &e, "; not starting"),
     };
     // A multi-thread runtime even with one worker: an outbox fsync on slow storage runs under
     // `block_in_place` and must not stall the pollers.

@@ -1,16 +1,10 @@
-//! Command-line interface: `run`, `check`, and the tools built into the same binary; the exit
-//! codes and how an invalid configuration is reported.
+//! Command-line interface: `run`, `check`, and the tools built into the same binary.
 
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{ConfigError, DEFAULT_PATH};
-
-/// Exit code for an invalid configuration, from every subcommand (sysexits.h `EX_CONFIG`).
-/// The systemd unit has `RestartPreventExitStatus=78`: restarting cannot fix a bad file.
-pub const EX_CONFIG: u8 = 78;
+use crate::config::DEFAULT_PATH;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 78 invalid configuration (every problem is listed, as FILE:LINE:COL: key: \
@@ -89,51 +83,4 @@ pub struct CheckArgs {
     /// Also print the Modbus read plan of every device.
     #[arg(long)]
     pub explain: bool,
-}
-
-/// Reports every problem of a configuration that `path` failed with, on stderr, and returns
-/// `EX_CONFIG`. `consequence` ends the count line, e.g. "; not starting". In JSON log mode
-/// every problem is one JSON object per line, shaped like the log lines, with the file, line,
-/// column and key as fields.
-pub fn config_refused(path: &Path, err: &ConfigError, consequence: &str) -> ExitCode {
-    let summary = format!(
-        "{}: {} problem(s){consequence}",
-        path.display(),
-        err.problems.len()
-    );
-    if crate::telemetry::json() {
-        let ts = crate::clock::rfc3339_ms(crate::clock::wall_ms());
-        for p in &err.problems {
-            let line = serde_json::json!({
-                "timestamp": ts,
-                "level": "ERROR",
-                "fields": {
-                    "message": p.message,
-                    "file": p.file.display().to_string(),
-                    "line": p.line,
-                    "col": p.col,
-                    "key": p.path,
-                },
-                "target": "alsentry::config",
-            });
-            eprintln!("{line}");
-        }
-        let line = serde_json::json!({
-            "timestamp": ts,
-            "level": "ERROR",
-            "fields": {
-                "message": summary,
-                "file": path.display().to_string(),
-                "problems": err.problems.len(),
-            },
-            "target": "alsentry::config",
-        });
-        eprintln!("{line}");
-    } else {
-        for p in &err.problems {
-            eprintln!("{p}");
-        }
-        eprintln!("{summary}");
-    }
-    ExitCode::from(EX_CONFIG)
 }

@@ -180,7 +180,7 @@ pub fn main(args: DemoArgs) -> ExitCode {
         Err(e) => match e.downcast_ref::<crate::config::ConfigError>() {
             Some(ce) => {
                 let path = config_arg.unwrap_or_else(|| PathBuf::from("demo.toml"));
-                crate::cli::config_refused(&path, ce, "; not starting the demo")
+                crate::telemetry::config_refused(&path, ce, "; not starting the demo")
             }
             None => {
                 eprintln!("demo: {e:#}");

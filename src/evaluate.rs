@@ -410,7 +410,7 @@ pub fn table(reports: &[Report], markdown: bool) -> String {
 pub fn main(args: EvaluateArgs) -> ExitCode {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => return crate::cli::config_refused(&args.config, &e, "; not evaluating"),
+        Err(e) => return crate::telemetry::config_refused(&args.config, &e, "; not evaluating"),
     };
     let duration = match args
         .duration

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
                 println!("{}: ok", args.config.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => alsentry::cli::config_refused(&args.config, &e, ""),
+            Err(e) => alsentry::telemetry::config_refused(&args.config, &e, ""),
         },
         Command::Run(args) => alsentry::app::main(&args.config),
         Command::Demo(args) => alsentry::demo::main(args),

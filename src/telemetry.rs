@@ -11,6 +11,7 @@
 use std::fmt::Display;
 use std::io::IsTerminal;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::config::ConfigError;
 use crate::core::model::BadReason;
 use crate::metrics::{inc, DeviceMetrics, Metrics, SinkMetrics};
 
@@ -52,6 +54,57 @@ pub fn json() -> bool {
 /// True when the user chose the log filter (`--log` or `RUST_LOG`).
 pub fn filter_given() -> bool {
     options().filter.is_some()
+}
+
+/// Exit code for an invalid configuration, from every subcommand (sysexits.h `EX_CONFIG`).
+/// The systemd unit has `RestartPreventExitStatus=78`: restarting cannot fix a bad file.
+pub const EX_CONFIG: u8 = 78;
+
+/// Reports every problem of a configuration that `path` failed with, on stderr, and returns
+/// `EX_CONFIG`. `consequence` ends the count line, e.g. "; not starting". In JSON log mode
+/// every problem is one JSON object per line, shaped like the log lines, with the file, line,
+/// column and key as fields.
+pub fn config_refused(path: &Path, err: &ConfigError, consequence: &str) -> ExitCode {
+    let summary = format!(
+        "{}: {} problem(s){consequence}",
+        path.display(),
+        err.problems.len()
+    );
+    if crate::telemetry::json() {
+        let ts = crate::clock::rfc3339_ms(crate::clock::wall_ms());
+        for p in &err.problems {
+            let line = serde_json::json!({
+                "timestamp": ts,
+                "level": "ERROR",
+                "fields": {
+                    "message": p.message,
+                    "file": p.file.display().to_string(),
+                    "line": p.line,
+                    "col": p.col,
+                    "key": p.path,
+                },
+                "target": "alsentry::config",
+            });
+            eprintln!("{line}");
+        }
+        let line = serde_json::json!({
+            "timestamp": ts,
+            "level": "ERROR",
+            "fields": {
+                "message": summary,
+                "file": path.display().to_string(),
+                "problems": err.problems.len(),
+            },
+            "target": "alsentry::config",
+        });
+        eprintln!("{line}");
+    } else {
+        for p in &err.problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{summary}");
+    }
+    ExitCode::from(EX_CONFIG)
 }
 
 pub fn init(level: Option<&str>) {

@@ -464,11 +464,11 @@ fn open_output(path: &Option<PathBuf>) -> std::io::Result<Box<dyn Write>> {
 
 /// `alsentry replay`. Exit codes: 0 = clean (or `--lenient`); 1 = some rows were bad;
 /// 2 = nothing sensible could be replayed (unreadable input or header, truth); 78 = invalid
-/// configuration (`cli::EX_CONFIG`).
+/// configuration (`telemetry::EX_CONFIG`).
 pub fn main(args: ReplayArgs) -> ExitCode {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => return crate::cli::config_refused(&args.config, &e, "; not replaying"),
+        Err(e) => return crate::telemetry::config_refused(&args.config, &e, "; not replaying"),
     };
     let matches = match Matches::with_overrides(&args.matches) {
         Ok(m) => m,
