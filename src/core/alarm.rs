@@ -3,7 +3,7 @@
 //! The state machine is pure: every call takes `now` and returns at most one [`Transition`]
 //! describing a change of the *published* state (what operators see). The caller publishes it.
 //!
-//! Conventions chosen here (see `docs/standards.md` §1):
+//! Conventions chosen here (see docs/STANDARDS.md §1):
 //! - Deadband belongs to the rule that produces the [`Condition`] (a high alarm at L clears at
 //!   L − DB); this module only applies on-delay and off-delay.
 //! - A pending on/off delay fires only when a call (`condition` or `tick`) observes it due while

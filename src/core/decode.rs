@@ -1,7 +1,7 @@
 //! Registers → typed, scaled values. Pure: one function per concern, table-tested.
 //!
 //! Word orders are named by the byte permutation of a 32-bit value whose big-endian bytes are
-//! `A B C D`, checked against the test vector 123456.0f32 = 0x47F12000 (standards.md 4.4):
+//! `A B C D`, checked against the test vector 123456.0f32 = 0x47F12000 (docs/STANDARDS.md 4.4):
 //! ABCD = [0x47F1, 0x2000], CDAB = [0x2000, 0x47F1], BADC = [0xF147, 0x0020],
 //! DCBA = [0x0020, 0xF147]. 64-bit values extend the same rule: ABCD keeps the registers
 //! big-endian, CDAB reverses the register order, BADC swaps bytes within each register, and
@@ -318,7 +318,7 @@ mod tests {
         }
     }
 
-    /// The reference vector of standards.md 4.4 / libmodbus unit tests.
+    /// The reference vector of docs/STANDARDS.md 4.4 / libmodbus unit tests.
     #[test]
     fn f32_test_vector_in_every_order() {
         let cases = [

@@ -840,7 +840,7 @@ mod tests {
 
     #[test]
     fn domain_expressions() {
-        // Pseudo-resistance in μΩ with I in kA: (V − 1.65)/I · 1000 (domain.md A2).
+        // Pseudo-resistance in μΩ with I in kA: (V − 1.65)/I · 1000 (docs/DOMAIN.md A2).
         let r = "(voltage - 1.65) / current * 1000";
         let expr = Expr::parse(r).unwrap();
         assert_eq!(expr.variables(), ["voltage", "current"]);
@@ -853,7 +853,7 @@ mod tests {
         }
         // Power in kW from V and kA.
         assert!((eval_with("voltage * current", &[4.0, 500.0]) - 2000.0).abs() < 1e-9);
-        // DC kWh/t = 2980 · V / CE (domain.md B).
+        // DC kWh/t = 2980 · V / CE (docs/DOMAIN.md B).
         let e = "2980 * voltage / ce";
         assert!((eval_with(e, &[3.95, 0.93]) - 12_656.99).abs() < 0.01);
         assert!((eval_with(e, &[4.10, 0.92]) - 13_280.43).abs() < 0.01);

@@ -680,7 +680,7 @@ mod summary_tests {
         assert_eq!(j["schema"], SUMMARY_SCHEMA);
         assert_eq!(j["interval_s"], 60.0);
         assert_eq!(j["tags"]["voltage"]["count"], 3);
-        // 4.10 V at 92 % CE: 13,280 kWh/t DC (domain.md B), about 13,551 AC.
+        // 4.10 V at 92 % CE: 13,280 kWh/t DC (docs/DOMAIN.md B), about 13,551 AC.
         assert!((j["kpi"]["energy_dc_kwh_t"].as_f64().unwrap() - 13_280.43).abs() < 0.1);
         assert!((j["kpi"]["pseudo_resistance_uohm"].as_f64().unwrap() - 4.9).abs() < 1e-9);
         assert!(j["kpi"]["vs_benchmark_pct"].as_f64().unwrap() > 4.0);

@@ -2,7 +2,7 @@
 //! "the device said no" (an exception) apart from "the wire broke" (transport or protocol).
 //!
 //! tokio-modbus has no timeouts of its own, and a reply that arrives after a timeout leaves
-//! the TCP client out of step (standards.md 4.6): after any timeout or protocol error the
+//! the TCP client out of step (docs/STANDARDS.md 4.6): after any timeout or protocol error the
 //! caller must drop the connection and reconnect.
 
 use std::time::Duration;

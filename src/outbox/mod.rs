@@ -1,7 +1,7 @@
 //! Durable on-disk outbox: what makes "a broker outage never drops an alarm" true.
 //!
 //! rumqttc's `publish().await` only means *queued*, and a clean reconnect silently clears its
-//! pending queue (standards.md §3.4). So every alarm transition, summary, status and data
+//! pending queue (docs/STANDARDS.md §3.4). So every alarm transition, summary, status and data
 //! message is appended here first and leaves only when the caller reports the broker's
 //! PUBACK with [`Outbox::ack`]. Delivery is at-least-once; consumers dedupe by record id.
 //!

@@ -18,45 +18,8 @@ const LEASE_FILE: &str = "ids.lease";
 const SEGMENT_EXT: &str = "seg";
 const ACK_EXT: &str = "ack";
 
-/// When appended records are forced to stable storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FsyncPolicy {
-    /// fsync after every append.
-    Always,
-    /// fsync after every alarm record; other records become durable with the next alarm,
-    /// a segment roll or [`Outbox::flush`].
-    #[default]
-    Alarms,
-    /// fsync when at least this many milliseconds have passed since the last one, checked on
-    /// append and [`Outbox::sync_if_due`].
-    Interval(u64),
-    /// Leave it to the OS (records still survive a process crash, not a power cut).
-    Never,
-}
-
-/// Limits and durability settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxOptions {
-    /// Bound on the bytes of live (un-acked) records; older, less important records are dropped
-    /// to stay under it. Disk use can exceed it by about two segments of not-yet-reclaimed space.
-    pub max_size_bytes: u64,
-    /// Records older than this are expired (dropped), alarms included.
-    pub max_age_ms: i64,
-    pub fsync: FsyncPolicy,
-    /// A segment file is closed for appends once it reaches this size.
-    pub segment_size_bytes: u64,
-}
-
-impl Default for OutboxOptions {
-    fn default() -> Self {
-        OutboxOptions {
-            max_size_bytes: 256 << 20,
-            max_age_ms: 7 * 24 * 3600 * 1000,
-            fsync: FsyncPolicy::Alarms,
-            segment_size_bytes: 4 << 20,
-        }
-    }
-}
+// The settings are `[mqtt.outbox]` of the configuration.
+pub use crate::config::mqtt::{FsyncPolicy, OutboxOptions};
 
 /// A record to append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

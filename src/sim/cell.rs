@@ -1,8 +1,8 @@
 //! Electrolytic cell model (400–600 kA prebake). Pure: time and fault effects are passed in.
 //!
 //! Voltage is built the way a pot controller sees it: V = 1.65 V + I·R(c) + noise, where the
-//! pseudo-resistance R depends on alumina concentration c (lean side rises, domain.md A2/A5),
-//! bubble noise sits near 1 Hz and the metal pad rolls at about 0.008 Hz (domain.md A3).
+//! pseudo-resistance R depends on alumina concentration c (lean side rises, docs/DOMAIN.md A2/A5),
+//! bubble noise sits near 1 Hz and the metal pad rolls at about 0.008 Hz (docs/DOMAIN.md A3).
 
 use super::rng::Rng;
 

@@ -36,7 +36,7 @@ pub mod status {
 }
 
 /// Heating curve of one section, (hours into the cycle, °C) [U]: 12.5 °C/h through the
-/// 200–600 °C preheat band (8–15 °C/h, domain.md C1), peak 1,200 °C (1,150–1,250 [S: ALUMAR]),
+/// 200–600 °C preheat band (8–15 °C/h, docs/DOMAIN.md C1), peak 1,200 °C (1,150–1,250 [S: ALUMAR]),
 /// soak, then cooling.
 pub const CURVE: [(f64, f64); 7] = [
     (0.0, 120.0),
