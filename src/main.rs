@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             Err(e) => alsentry::telemetry::config_refused(&args.config, &e, ""),
         },
         Command::Run(args) => alsentry::app::main(&args.config),
+        Command::Probe(args) => alsentry::probe::main(args),
         Command::Demo(args) => alsentry::demo::main(args),
         Command::Evaluate(args) => alsentry::evaluate::main(args),
         Command::Replay(args) => alsentry::replay::main(args),

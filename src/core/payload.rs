@@ -6,6 +6,36 @@ use super::engine::AlarmEvent;
 use super::model::{Quality, Ts};
 use super::time::rfc3339_ms;
 
+/// A number as published: the shortest text that reads back to it, and for a value that is
+/// exactly a float32 (an f32 register decoded without scaling) the float32's own shortest
+/// form: `4.1`, not `4.099999904632568`, the same bits widened to f64. Both read back to the
+/// same float32, so nothing the device sent is lost. Non-finite values serialize as null.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Num(pub f64);
+
+impl Serialize for Num {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match as_f32(self.0) {
+            Some(f) => s.serialize_f32(f),
+            None => s.serialize_f64(self.0),
+        }
+    }
+}
+
+/// The float32 a value was widened from, if it is exactly one.
+fn as_f32(v: f64) -> Option<f32> {
+    let f = v as f32;
+    (f.is_finite() && f64::from(f) == v).then_some(f)
+}
+
+/// [`Num`] as text, for terminals and messages.
+pub fn number_text(v: f64) -> String {
+    match as_f32(v) {
+        Some(f) => f.to_string(),
+        None => v.to_string(),
+    }
+}
+
 /// Version of the payload contract, carried in every payload.
 pub const ALARM_SCHEMA: &str = "alsentry/alarm/1";
 pub const STATUS_SCHEMA: &str = "alsentry/status/1";
