@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::tag::{format_raw_words, modicon};
+use crate::config::tag::{at_scale_precision, format_raw_words, modicon};
 use crate::config::{Config, Device};
-use crate::core::decode::{decode_at, DataType, Encoding, Image};
+use crate::core::decode::{decode_at, Image};
 use crate::core::model::{BadReason, Quality};
 use crate::core::payload::{number_text, Num};
 use crate::core::plan::ReadBlock;
@@ -171,7 +171,7 @@ pub async fn read_device(d: &Device) -> DeviceReading {
                     };
                     match decode_at(&tag.encoding, tag.address, image) {
                         Ok(v) => {
-                            r.value = Some(Num(shown(&tag.encoding, v)));
+                            r.value = Some(Num(at_scale_precision(&tag.encoding, v)));
                             r.quality = Quality::Good.label();
                         }
                         Err(_) => r.quality = Quality::Bad(BadReason::Decode).label(),
@@ -213,22 +213,6 @@ pub async fn read_device(d: &Device) -> DeviceReading {
         }
     }
     out
-}
-
-/// A scaled integer at the precision of its scale and offset (`502.7` for 5027 x 0.1, not
-/// `502.70000000000005`): the digits past it are arithmetic, not the device's.
-fn shown(e: &Encoding, v: f64) -> f64 {
-    let integer = !matches!(e.dtype, DataType::F32 | DataType::F64);
-    if !integer || (e.scale == 1.0 && e.offset == 0.0) {
-        return v;
-    }
-    let decimals = |x: f64| {
-        number_text(x)
-            .split_once('.')
-            .map_or(0, |(_, frac)| frac.len())
-    };
-    let places = decimals(e.scale).max(decimals(e.offset)).min(15);
-    format!("{v:.places$}").parse().unwrap_or(v)
 }
 
 fn no_answer(r: &DeviceReading, why: &str) -> String {

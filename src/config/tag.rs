@@ -115,26 +115,41 @@ pub fn expect_matches(decoded: f64, value: f64, tolerance: f64) -> bool {
     (decoded - value).abs() <= tolerance.max(EXPECT_RELATIVE_TOLERANCE * value.abs())
 }
 
+/// A scaled integer at the precision of its scale and offset (`502.7` for 5027 x 0.1, not
+/// `502.70000000000005`): the digits past it are arithmetic, not the device's.
+pub fn at_scale_precision(e: &Encoding, v: f64) -> f64 {
+    let integer = !matches!(e.dtype, DataType::F32 | DataType::F64);
+    if !integer || (e.scale == 1.0 && e.offset == 0.0) {
+        return v;
+    }
+    let decimals = |x: f64| {
+        crate::core::payload::number_text(x)
+            .split_once('.')
+            .map_or(0, |(_, frac)| frac.len())
+    };
+    let places = decimals(e.scale).max(decimals(e.offset)).min(15);
+    format!("{v:.places$}").parse().unwrap_or(v)
+}
+
 /// Decodes a test vector's words as the tag would decode them off the wire.
 fn decode_vector(enc: &Encoding, words: &[u16]) -> Result<f64, String> {
     let width = usize::from(enc.width());
+    if enc.table.is_bits() && (words.len() != 1 || words[0] > 1) {
+        return Err(format!(
+            "this tag reads one bit of the {} table; write raw = \"0\" or \"1\", not \"{}\"",
+            enc.table,
+            format_raw_words(words)
+        ));
+    }
     if words.len() != width {
         return Err(format!(
-            "a {} {} spans {width} word(s); this vector gives {}",
-            enc.table,
-            if enc.table.is_bits() {
-                "bit"
-            } else {
-                enc.dtype.as_str()
-            },
+            "this tag reads {width} register(s) ({}); the vector gives {} word(s)",
+            describe_encoding(enc),
             words.len()
         ));
     }
     let v = if enc.table.is_bits() {
-        match words[0] {
-            0 | 1 => decode_bit(enc, words[0] == 1),
-            w => return Err(format!("a {} is 0 or 1, not {w}", enc.table)),
-        }
+        decode_bit(enc, words[0] == 1)
     } else {
         decode_registers(enc, words)
     };
@@ -143,7 +158,7 @@ fn decode_vector(enc: &Encoding, words: &[u16]) -> Result<f64, String> {
 
 /// Why a vector does not decode to its value, with the word order or scale that would have.
 fn vector_mismatch(enc: &Encoding, words: &[u16], decoded: f64, value: f64, tol: f64) -> String {
-    let shown = crate::core::payload::number_text(decoded);
+    let shown = crate::core::payload::number_text(at_scale_precision(enc, decoded));
     let mut msg = format!(
         "{} decodes to {shown} as {}, not {}",
         format_raw_words(words),
@@ -594,5 +609,96 @@ mod tests {
         assert!(parse_modicon("20001").is_err());
         assert!(parse_modicon("4001").is_err());
         assert!(parse_modicon("4x001").is_err());
+    }
+
+    #[test]
+    fn modicon_formatting_reads_back() {
+        for (table, addr, text) in [
+            (Table::Input, 0, "30001"),
+            (Table::Holding, 10, "40011"),
+            (Table::Coil, 5, "00006"),
+            (Table::Discrete, 1, "10002"),
+            (Table::Holding, 9_998, "49999"),
+            (Table::Holding, 9_999, "410000"),
+            (Table::Input, 65_535, "365536"),
+        ] {
+            assert_eq!(modicon(table, addr), text);
+            assert_eq!(parse_modicon(text), Ok((table, addr)));
+        }
+    }
+
+    #[test]
+    fn raw_words_in_hex_or_decimal() {
+        assert_eq!(parse_raw_words("0x4083 0x3333"), Ok(vec![0x4083, 0x3333]));
+        assert_eq!(parse_raw_words("16515, 13107"), Ok(vec![0x4083, 0x3333]));
+        assert_eq!(parse_raw_words("0XFFFF,0"), Ok(vec![0xFFFF, 0]));
+        assert!(parse_raw_words("65536").is_err());
+        assert!(parse_raw_words("0x1g").is_err());
+        assert!(parse_raw_words(" , ").is_err());
+        assert_eq!(format_raw_words(&[0x4083, 0x3333]), "0x4083 0x3333");
+    }
+
+    /// The documented rule: within the absolute tolerance, or one part per million.
+    #[test]
+    fn vector_tolerance() {
+        let f = f64::from(4.1f32);
+        assert!(expect_matches(f, 4.1, 0.0));
+        assert!(expect_matches(957.300_000_000_000_1, 957.3, 0.0));
+        assert!(!expect_matches(f, 4.1001, 0.0));
+        assert!(expect_matches(f, 4.1001, 0.001));
+        assert!(expect_matches(0.0, 0.0, 0.0));
+        assert!(!expect_matches(1e-9, 0.0, 0.0));
+    }
+
+    fn tag_of(text: &str) -> Result<Tag, Vec<Problem>> {
+        let src = Source {
+            path: "t.toml".into(),
+            text: format!("t = {text}\n"),
+        };
+        let mut p = Problems::default();
+        let doc = crate::config::reader::parse_document(&src, &mut p).unwrap();
+        let v = doc.get_ref().get("t").unwrap();
+        let tag = parse_tag(v, &src, "t".into(), &mut p);
+        match (tag, p.is_empty()) {
+            (Some(t), true) => Ok(t),
+            _ => Err(p.sorted()),
+        }
+    }
+
+    use super::super::reader::Problem;
+
+    #[test]
+    fn vectors_that_hold_are_accepted() {
+        for t in [
+            r#"{ name = "v", address = "30001", type = "f32", order = "CDAB", expect = [{ raw = "0x3333 0x4083", value = 4.1 }] }"#,
+            r#"{ name = "v", address = "30001", type = "f32", order = "DCBA", expect = { raw = "0x3333 0x8340", value = 4.1 } }"#,
+            r#"{ name = "t", address = "30001", type = "i16", scale = 0.1, expect = [{ raw = [65286], value = -25 }] }"#,
+            r#"{ name = "c", address = "40001", type = "u32", expect = [{ raw = "1 2", value = 65538 }] }"#,
+            r#"{ name = "b", address = "40001", type = "bool", bit = 15, expect = [{ raw = "0x8000", value = true }, { raw = "0x7FFF", value = false }] }"#,
+            r#"{ name = "k", address = "00001", expect = [{ raw = "1", value = 1 }] }"#,
+            r#"{ name = "s", address = "40001", type = "u16", scale = 0.01, expect = [{ raw = "12345", value = 123.4, tolerance = 0.1 }] }"#,
+        ] {
+            assert!(tag_of(t).is_ok(), "{t}: {:?}", tag_of(t));
+        }
+    }
+
+    #[test]
+    fn a_wrong_vector_names_its_key_and_the_fix() {
+        let e = tag_of(r#"{ name = "v", address = "30001", type = "f32", order = "CDAB", expect = [{ raw = "0x4083 0x3333", value = 4.1 }] }"#).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "t.expect[0].value");
+        assert!(
+            e[0].message.contains("order = \"ABCD\" would give it"),
+            "{e:?}"
+        );
+        let e = tag_of(r#"{ name = "s", address = "30001", type = "u16", scale = 0.1, expect = [{ raw = "9573", value = 9.573 }] }"#).unwrap_err();
+        assert!(
+            e[0].message.contains("scale = 0.001 would give it"),
+            "{e:?}"
+        );
+        // A tag that is itself refused is not also blamed for its vectors.
+        let e = tag_of(r#"{ name = "s", address = "30001", type = "u16", scale = 0, expect = [{ raw = "1", value = 5 }] }"#).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "t.scale");
     }
 }

@@ -28,11 +28,14 @@ fn as_f32(v: f64) -> Option<f32> {
     (f.is_finite() && f64::from(f) == v).then_some(f)
 }
 
-/// [`Num`] as text, for terminals and messages.
+/// [`Num`] as text, for terminals and messages (exponent form when very small or large).
 pub fn number_text(v: f64) -> String {
-    match as_f32(v) {
-        Some(f) => f.to_string(),
-        None => v.to_string(),
+    let sci = v != 0.0 && !(1e-4..1e15).contains(&v.abs());
+    match (as_f32(v), sci) {
+        (Some(f), false) => f.to_string(),
+        (Some(f), true) => format!("{f:e}"),
+        (None, false) => v.to_string(),
+        (None, true) => format!("{v:e}"),
     }
 }
 

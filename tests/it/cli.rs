@@ -39,9 +39,10 @@ fn stderr(out: &Output) -> String {
 /// The same broken file through every subcommand that takes a configuration.
 fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
     // The config is read before the scenario or the input, which need not exist.
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("check", &["check"]),
         ("run", &["run"]),
+        ("probe", &["probe", "--all"]),
         (
             "evaluate",
             &["evaluate", "--scenario", "config/scenarios/normal.toml"],
