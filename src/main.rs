@@ -15,6 +15,9 @@ fn main() -> ExitCode {
                 if args.explain {
                     print!("{}", alsentry::explain::read_plan(&cfg));
                 }
+                for w in alsentry::config::describe::kpi_warnings(&cfg) {
+                    alsentry::telemetry::config_warning(&args.config, &w);
+                }
                 println!("{}: ok", args.config.display());
                 ExitCode::SUCCESS
             }

@@ -64,6 +64,22 @@ pub const EX_CONFIG: u8 = 78;
 /// `EX_CONFIG`. `consequence` ends the count line, e.g. "; not starting". In JSON log mode
 /// every problem is one JSON object per line, shaped like the log lines, with the file, line,
 /// column and key as fields.
+/// A configuration that is valid but likely not what was meant (`check` prints it; it does
+/// not change the exit code), as text or as a JSON line.
+pub fn config_warning(path: &Path, warning: &str) {
+    if crate::telemetry::json() {
+        let line = serde_json::json!({
+            "timestamp": crate::clock::rfc3339_ms(crate::clock::wall_ms()),
+            "level": "WARN",
+            "fields": { "message": warning, "file": path.display().to_string() },
+            "target": "alsentry::config",
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
+}
+
 pub fn config_refused(path: &Path, err: &ConfigError, consequence: &str) -> ExitCode {
     let summary = format!(
         "{}: {} problem(s){consequence}",
