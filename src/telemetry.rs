@@ -231,9 +231,10 @@ pub struct PollFinished<'a> {
 impl InternalEvent for PollFinished<'_> {
     fn emit(self) {
         let d = self.device;
-        d.rtt_us_sum.fetch_add(micros(self.took), Ordering::Relaxed);
+        crate::metrics::observe(&d.poll_duration, self.took);
         if let Some(rtt) = self.last_rtt {
             d.rtt_us_last.store(micros(rtt), Ordering::Relaxed);
+            crate::metrics::observe(&d.modbus_rtt, rtt);
         }
         d.samples.fetch_add(self.samples as u64, Ordering::Relaxed);
         d.decode_errors
@@ -434,9 +435,9 @@ impl InternalEvent for PublishSettled<'_> {
         self.sink
             .puback_latency_us_last
             .store(us, Ordering::Relaxed);
-        self.sink
-            .puback_latency_us_sum
-            .fetch_add(us, Ordering::Relaxed);
+        if self.record {
+            crate::metrics::observe(&self.sink.puback, self.latency);
+        }
         if let Some(reason) = self.refused {
             // Resending it forever would pin the outbox: dropped, counted in the status.
             error!(sink = %self.sink.name, reason = %reason, "broker refused a message; dropped");
@@ -635,11 +636,16 @@ pub struct AlarmPublished<'a> {
     pub state: &'a str,
     pub priority: &'a dyn LogValue,
     pub message: &'a str,
+    /// From the sample that changed the state to now, for transitions a sample caused.
+    pub latency: Option<Duration>,
 }
 
 impl InternalEvent for AlarmPublished<'_> {
     fn emit(self) {
         inc(&self.metrics.alarm_transitions);
+        if let Some(l) = self.latency {
+            crate::metrics::observe(&self.metrics.alarm_latency, l);
+        }
         info!(device = %self.device, rule = %self.rule, state = self.state, priority = %self.priority, message = %self.message, "alarm");
     }
 }
