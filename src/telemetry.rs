@@ -60,10 +60,6 @@ pub fn filter_given() -> bool {
 /// The systemd unit has `RestartPreventExitStatus=78`: restarting cannot fix a bad file.
 pub const EX_CONFIG: u8 = 78;
 
-/// Reports every problem of a configuration that `path` failed with, on stderr, and returns
-/// `EX_CONFIG`. `consequence` ends the count line, e.g. "; not starting". In JSON log mode
-/// every problem is one JSON object per line, shaped like the log lines, with the file, line,
-/// column and key as fields.
 /// A configuration that is valid but likely not what was meant (`check` prints it; it does
 /// not change the exit code), as text or as a JSON line.
 pub fn config_warning(path: &Path, warning: &str) {
@@ -80,6 +76,10 @@ pub fn config_warning(path: &Path, warning: &str) {
     }
 }
 
+/// Reports every problem of a configuration that `path` failed with, on stderr, and returns
+/// `EX_CONFIG`. `consequence` ends the count line, e.g. "; not starting". In JSON log mode
+/// every problem is one JSON object per line, shaped like the log lines, with the file, line,
+/// column and key as fields.
 pub fn config_refused(path: &Path, err: &ConfigError, consequence: &str) -> ExitCode {
     let summary = format!(
         "{}: {} problem(s){consequence}",
