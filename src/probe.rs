@@ -163,7 +163,7 @@ pub async fn read_device(d: &Device) -> DeviceReading {
                 for &ti in &block.tags {
                     let tag = &d.tags[ti];
                     let r = &mut out.tags[ti];
-                    let at = usize::from(tag.address - block.start);
+                    let at = usize::from(tag.address.saturating_sub(block.start));
                     let width = usize::from(tag.encoding.width());
                     r.raw = match &data {
                         ReadData::Registers(w) => w.get(at..at + width).map(format_raw_words),
