@@ -130,7 +130,12 @@ fn json_log_mode_reports_problems_as_json_lines() {
 #[test]
 fn help_shows_the_environment_variables() {
     let top = stderr_or_stdout(&run(&mut alsentry(&["--help"])));
-    for v in ["[env: ALSENTRY_LOG_FORMAT=]", "[env: RUST_LOG=]", "78", "69"] {
+    for v in [
+        "[env: ALSENTRY_LOG_FORMAT=]",
+        "[env: RUST_LOG=]",
+        "78",
+        "69",
+    ] {
         assert!(top.contains(v), "alsentry --help lacks {v}:\n{top}");
     }
     for sub in ["run", "check", "probe", "replay", "evaluate"] {
