@@ -8,7 +8,8 @@ use crate::config::DEFAULT_PATH;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 78 invalid configuration (every problem is listed, as FILE:LINE:COL: key: \
-message, or as JSON lines with --log-format json); 1 any other failure.";
+message, or as JSON lines with --log-format json); 69 `probe`: a device did not answer; 1 any \
+other failure.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +59,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate a configuration: exit 0 if it is valid, or list every problem and exit 78.
     Check(CheckArgs),
+    /// Read devices once as `run` would and print each tag's address, raw words, value and quality.
+    Probe(crate::probe::ProbeArgs),
     /// Run the Modbus plant simulator (cells, kilns, a calciner; scripted faults).
     Sim(crate::sim::SimArgs),
     /// Simulated plant + embedded broker + agent in one process; alarms print to the terminal.

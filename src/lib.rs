@@ -22,6 +22,7 @@ pub mod io;
 mod layers;
 pub mod metrics;
 pub mod outbox;
+pub mod probe;
 pub mod replay;
 pub mod sim;
 pub mod telemetry;

@@ -15,12 +15,16 @@ fn main() -> ExitCode {
                 if args.explain {
                     print!("{}", alsentry::explain::read_plan(&cfg));
                 }
+                for w in alsentry::config::describe::kpi_warnings(&cfg) {
+                    alsentry::telemetry::config_warning(&args.config, &w);
+                }
                 println!("{}: ok", args.config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => alsentry::telemetry::config_refused(&args.config, &e, ""),
         },
         Command::Run(args) => alsentry::app::main(&args.config),
+        Command::Probe(args) => alsentry::probe::main(args),
         Command::Demo(args) => alsentry::demo::main(args),
         Command::Evaluate(args) => alsentry::evaluate::main(args),
         Command::Replay(args) => alsentry::replay::main(args),

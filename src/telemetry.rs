@@ -60,6 +60,22 @@ pub fn filter_given() -> bool {
 /// The systemd unit has `RestartPreventExitStatus=78`: restarting cannot fix a bad file.
 pub const EX_CONFIG: u8 = 78;
 
+/// A configuration that is valid but likely not what was meant (`check` prints it; it does
+/// not change the exit code), as text or as a JSON line.
+pub fn config_warning(path: &Path, warning: &str) {
+    if crate::telemetry::json() {
+        let line = serde_json::json!({
+            "timestamp": crate::clock::rfc3339_ms(crate::clock::wall_ms()),
+            "level": "WARN",
+            "fields": { "message": warning, "file": path.display().to_string() },
+            "target": "alsentry::config",
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
+}
+
 /// Reports every problem of a configuration that `path` failed with, on stderr, and returns
 /// `EX_CONFIG`. `consequence` ends the count line, e.g. "; not starting". In JSON log mode
 /// every problem is one JSON object per line, shaped like the log lines, with the file, line,
@@ -215,9 +231,10 @@ pub struct PollFinished<'a> {
 impl InternalEvent for PollFinished<'_> {
     fn emit(self) {
         let d = self.device;
-        d.rtt_us_sum.fetch_add(micros(self.took), Ordering::Relaxed);
+        crate::metrics::observe(&d.poll_duration, self.took);
         if let Some(rtt) = self.last_rtt {
             d.rtt_us_last.store(micros(rtt), Ordering::Relaxed);
+            crate::metrics::observe(&d.modbus_rtt, rtt);
         }
         d.samples.fetch_add(self.samples as u64, Ordering::Relaxed);
         d.decode_errors
@@ -418,9 +435,9 @@ impl InternalEvent for PublishSettled<'_> {
         self.sink
             .puback_latency_us_last
             .store(us, Ordering::Relaxed);
-        self.sink
-            .puback_latency_us_sum
-            .fetch_add(us, Ordering::Relaxed);
+        if self.record {
+            crate::metrics::observe(&self.sink.puback, self.latency);
+        }
         if let Some(reason) = self.refused {
             // Resending it forever would pin the outbox: dropped, counted in the status.
             error!(sink = %self.sink.name, reason = %reason, "broker refused a message; dropped");
@@ -619,11 +636,16 @@ pub struct AlarmPublished<'a> {
     pub state: &'a str,
     pub priority: &'a dyn LogValue,
     pub message: &'a str,
+    /// From the sample that changed the state to now, for transitions a sample caused.
+    pub latency: Option<Duration>,
 }
 
 impl InternalEvent for AlarmPublished<'_> {
     fn emit(self) {
         inc(&self.metrics.alarm_transitions);
+        if let Some(l) = self.latency {
+            crate::metrics::observe(&self.metrics.alarm_latency, l);
+        }
         info!(device = %self.device, rule = %self.rule, state = self.state, priority = %self.priority, message = %self.message, "alarm");
     }
 }

@@ -289,6 +289,8 @@ impl EngineTask {
                 state: event.transition.to,
                 priority: &event.priority,
                 message: &event.message,
+                latency: (event.transition.cause == crate::core::alarm::Cause::Condition)
+                    .then(|| Duration::from_millis((now - event.transition.at).max(0) as u64)),
             });
             // Alarms are never dropped here: waiting is the backpressure.
             if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {

@@ -3,8 +3,8 @@
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::reader::{int_of, type_name, Problems, Source, TableReader};
-use crate::core::decode::{DataType, Encoding, Table, WordOrder};
+use super::reader::{f64_of, index, int_of, type_name, Problems, Source, TableReader};
+use crate::core::decode::{decode_bit, decode_registers, DataType, Encoding, Table, WordOrder};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tag {
@@ -56,6 +56,299 @@ pub fn parse_modicon(s: &str) -> Result<(Table, u16), String> {
     Ok((table, (n - 1) as u16))
 }
 
+/// The Modicon number of a 0-based address: "30001" for input register 0, 5 digits up to
+/// 9999 and 6 digits above (the inverse of [`parse_modicon`]).
+pub fn modicon(table: Table, address: u16) -> String {
+    let lead = match table {
+        Table::Coil => 0,
+        Table::Discrete => 1,
+        Table::Input => 3,
+        Table::Holding => 4,
+    };
+    let n = u32::from(address) + 1;
+    if n <= 9_999 {
+        format!("{lead}{n:04}")
+    } else {
+        format!("{lead}{n:05}")
+    }
+}
+
+/// Registers (or one bit, 0 or 1) written as hex or decimal words: "0x4083 0x3333",
+/// "16515, 13107". The form `alsentry probe` prints raw words in.
+pub fn parse_raw_words(s: &str) -> Result<Vec<u16>, String> {
+    let words: Result<Vec<u16>, String> = s
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let parsed = match w.strip_prefix("0x").or_else(|| w.strip_prefix("0X")) {
+                Some(hex) => u16::from_str_radix(hex, 16),
+                None => w.parse::<u16>(),
+            };
+            parsed.map_err(|_| {
+                format!("\"{w}\" is not a register word; write 0x0000 to 0xFFFF or 0 to 65535")
+            })
+        })
+        .collect();
+    let words = words?;
+    if words.is_empty() {
+        return Err("no register words; write them as \"0x4083 0x3333\" or [16515, 13107]".into());
+    }
+    Ok(words)
+}
+
+/// Words as `probe` prints them and `expect` reads them: "0x4083 0x3333".
+pub fn format_raw_words(words: &[u16]) -> String {
+    words
+        .iter()
+        .map(|w| format!("0x{w:04X}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Relative tolerance of a register test vector when it gives none: a float32 carries about
+/// 7 significant digits, so 4.1 matches the f32 nearest to it (4.099999904632568) while a
+/// wrong word order or scale is off by far more.
+pub const EXPECT_RELATIVE_TOLERANCE: f64 = 1e-6;
+
+/// Whether `decoded` passes a vector expecting `value` with absolute `tolerance`.
+pub fn expect_matches(decoded: f64, value: f64, tolerance: f64) -> bool {
+    (decoded - value).abs() <= tolerance.max(EXPECT_RELATIVE_TOLERANCE * value.abs())
+}
+
+/// A scaled integer at the precision of its scale and offset (`502.7` for 5027 x 0.1, not
+/// `502.70000000000005`): the digits past it are arithmetic, not the device's.
+pub fn at_scale_precision(e: &Encoding, v: f64) -> f64 {
+    let integer = !matches!(e.dtype, DataType::F32 | DataType::F64);
+    if !integer || (e.scale == 1.0 && e.offset == 0.0) {
+        return v;
+    }
+    let decimals = |x: f64| {
+        crate::core::payload::number_text(x)
+            .split_once('.')
+            .map_or(0, |(_, frac)| frac.len())
+    };
+    let places = decimals(e.scale).max(decimals(e.offset)).min(15);
+    format!("{v:.places$}").parse().unwrap_or(v)
+}
+
+/// Decodes a test vector's words as the tag would decode them off the wire.
+fn decode_vector(enc: &Encoding, words: &[u16]) -> Result<f64, String> {
+    let width = usize::from(enc.width());
+    if enc.table.is_bits() && (words.len() != 1 || words[0] > 1) {
+        return Err(format!(
+            "this tag reads one bit of the {} table; write raw = \"0\" or \"1\", not \"{}\"",
+            enc.table,
+            format_raw_words(words)
+        ));
+    }
+    if words.len() != width {
+        return Err(format!(
+            "this tag reads {width} register(s) ({}); the vector gives {} word(s)",
+            describe_encoding(enc),
+            words.len()
+        ));
+    }
+    let v = if enc.table.is_bits() {
+        decode_bit(enc, words[0] == 1)
+    } else {
+        decode_registers(enc, words)
+    };
+    v.map_err(|e| format!("{} decodes to no value: {e}", format_raw_words(words)))
+}
+
+/// Why a vector does not decode to its value, with the word order or scale that would have.
+fn vector_mismatch(enc: &Encoding, words: &[u16], decoded: f64, value: f64, tol: f64) -> String {
+    let shown = crate::core::payload::number_text(at_scale_precision(enc, decoded));
+    let mut msg = format!(
+        "{} decodes to {shown} as {}, not {}",
+        format_raw_words(words),
+        describe_encoding(enc),
+        crate::core::payload::number_text(value)
+    );
+    if enc.dtype.registers() >= 2 && !enc.table.is_bits() {
+        for order in [
+            WordOrder::Abcd,
+            WordOrder::Cdab,
+            WordOrder::Badc,
+            WordOrder::Dcba,
+        ] {
+            let other = Encoding { order, ..*enc };
+            if order != enc.order
+                && decode_registers(&other, words).is_ok_and(|v| expect_matches(v, value, tol))
+            {
+                msg.push_str(&format!("; order = \"{}\" would give it", order.as_str()));
+                return msg;
+            }
+        }
+    }
+    let unscaled = Encoding {
+        scale: 1.0,
+        offset: 0.0,
+        ..*enc
+    };
+    if let Ok(raw) = decode_registers(&unscaled, words) {
+        if raw != 0.0 && enc.offset == 0.0 && !enc.table.is_bits() {
+            for k in -6..=6 {
+                let scale = 10f64.powi(k);
+                if scale != enc.scale && expect_matches(raw * scale, value, tol) {
+                    msg.push_str(&format!(
+                        "; scale = {} would give it",
+                        crate::core::payload::number_text(scale)
+                    ));
+                    return msg;
+                }
+            }
+        }
+    }
+    msg.push_str("; check type, order, scale and offset");
+    msg
+}
+
+fn describe_encoding(enc: &Encoding) -> String {
+    let mut s = if enc.table.is_bits() {
+        format!("a {}", enc.table)
+    } else if let Some(b) = enc.bit {
+        format!("bit {b}")
+    } else if enc.dtype.registers() >= 2 {
+        format!("{} {}", enc.dtype.as_str(), enc.order.as_str())
+    } else {
+        enc.dtype.as_str().to_string()
+    };
+    if enc.scale != 1.0 {
+        s.push_str(&format!(
+            " x {}",
+            crate::core::payload::number_text(enc.scale)
+        ));
+    }
+    if enc.offset != 0.0 {
+        s.push_str(&format!(
+            " + {}",
+            crate::core::payload::number_text(enc.offset)
+        ));
+    }
+    s
+}
+
+/// Checks a tag's `expect` vectors: each `{ raw = "0x4083 0x3333", value = 4.1 }` (raw also
+/// as an integer array; value also as true/false; optional absolute `tolerance`) must decode
+/// to its value, so a wrong order or scale fails `check`, at the vector's line.
+fn check_expect(
+    v: &Spanned<DeValue<'_>>,
+    enc: &Encoding,
+    src: &Source,
+    path: String,
+    p: &mut Problems,
+) {
+    let items: Vec<(&Spanned<DeValue<'_>>, String)> = match v.get_ref() {
+        DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item, index(&path, i)))
+            .collect(),
+        DeValue::Table(_) => vec![(v, path)],
+        other => {
+            p.add(
+                src,
+                v.span().start,
+                &path,
+                format!(
+                    "expected an array of test vectors such as [{{ raw = \"0x4083 0x3333\", value = 4.1 }}], found {}",
+                    type_name(other)
+                ),
+            );
+            return;
+        }
+    };
+    for (item, path) in items {
+        let Some(mut r) = TableReader::of(item, src, path, p) else {
+            continue;
+        };
+        let words = match r.get("raw") {
+            None => {
+                r.missing(
+                    p,
+                    "raw",
+                    "the register words as read, e.g. \"0x4083 0x3333\" or [16515, 13107]",
+                );
+                None
+            }
+            Some(raw) => match raw.get_ref() {
+                DeValue::String(s) => match parse_raw_words(s) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        r.problem(p, "raw", e);
+                        None
+                    }
+                },
+                DeValue::Array(ws) => {
+                    let words: Option<Vec<u16>> = ws
+                        .iter()
+                        .map(|w| int_of(w.get_ref()).and_then(|i| u16::try_from(i).ok()))
+                        .collect();
+                    if words.is_none() || ws.is_empty() {
+                        r.problem(
+                            p,
+                            "raw",
+                            "expected register words 0 to 65535, e.g. [16515, 13107]",
+                        );
+                    }
+                    words.filter(|w| !w.is_empty())
+                }
+                other => {
+                    r.problem(
+                        p,
+                        "raw",
+                        format!("expected a string of words such as \"0x4083 0x3333\" or an integer array, found {}", type_name(other)),
+                    );
+                    None
+                }
+            },
+        };
+        let value = match r.get("value") {
+            None => {
+                r.missing(p, "value", "the value the words must decode to, e.g. 4.1");
+                None
+            }
+            Some(val) => match val.get_ref() {
+                DeValue::Boolean(b) => Some(f64::from(u8::from(*b))),
+                other => match f64_of(other) {
+                    Some(f) if f.is_finite() => Some(f),
+                    _ => {
+                        r.problem(
+                            p,
+                            "value",
+                            format!(
+                                "expected a number or true/false, found {}",
+                                type_name(other)
+                            ),
+                        );
+                        None
+                    }
+                },
+            },
+        };
+        let tolerance = match r.opt_f64(p, "tolerance") {
+            Some(t) if t < 0.0 => {
+                r.problem(p, "tolerance", "a tolerance is 0 or positive");
+                None
+            }
+            t => Some(t.unwrap_or(0.0)),
+        };
+        if let (Some(words), Some(value), Some(tol)) = (words, value, tolerance) {
+            match decode_vector(enc, &words) {
+                Err(e) => r.problem(p, "raw", e),
+                Ok(decoded) if !expect_matches(decoded, value, tol) => r.problem(
+                    p,
+                    "value",
+                    vector_mismatch(enc, &words, decoded, value, tol),
+                ),
+                Ok(_) => {}
+            }
+        }
+        r.finish(p);
+    }
+}
+
 pub fn parse_tag(
     v: &Spanned<DeValue<'_>>,
     src: &Source,
@@ -63,6 +356,7 @@ pub fn parse_tag(
     p: &mut Problems,
 ) -> Option<Tag> {
     let mut r = TableReader::of(v, src, path, p)?;
+    let problems_before = p.list.len();
     let name = r.req_str(p, "name", "every tag needs a name");
     let table_str = r.opt_str(p, "table");
     let mut table = match table_str.as_deref() {
@@ -267,6 +561,13 @@ pub fn parse_tag(
         );
         return None;
     }
+    if let Some(e) = r.get("expect") {
+        // Vectors are checked against a tag that is itself fine: one bad value, one problem.
+        if ok && p.list.len() == problems_before {
+            let path = r.key_path("expect");
+            check_expect(e, &tag.encoding, r.at.src, path, p);
+        }
+    }
     r.finish(p);
     ok.then_some(tag)
 }
@@ -308,5 +609,96 @@ mod tests {
         assert!(parse_modicon("20001").is_err());
         assert!(parse_modicon("4001").is_err());
         assert!(parse_modicon("4x001").is_err());
+    }
+
+    #[test]
+    fn modicon_formatting_reads_back() {
+        for (table, addr, text) in [
+            (Table::Input, 0, "30001"),
+            (Table::Holding, 10, "40011"),
+            (Table::Coil, 5, "00006"),
+            (Table::Discrete, 1, "10002"),
+            (Table::Holding, 9_998, "49999"),
+            (Table::Holding, 9_999, "410000"),
+            (Table::Input, 65_535, "365536"),
+        ] {
+            assert_eq!(modicon(table, addr), text);
+            assert_eq!(parse_modicon(text), Ok((table, addr)));
+        }
+    }
+
+    #[test]
+    fn raw_words_in_hex_or_decimal() {
+        assert_eq!(parse_raw_words("0x4083 0x3333"), Ok(vec![0x4083, 0x3333]));
+        assert_eq!(parse_raw_words("16515, 13107"), Ok(vec![0x4083, 0x3333]));
+        assert_eq!(parse_raw_words("0XFFFF,0"), Ok(vec![0xFFFF, 0]));
+        assert!(parse_raw_words("65536").is_err());
+        assert!(parse_raw_words("0x1g").is_err());
+        assert!(parse_raw_words(" , ").is_err());
+        assert_eq!(format_raw_words(&[0x4083, 0x3333]), "0x4083 0x3333");
+    }
+
+    /// The documented rule: within the absolute tolerance, or one part per million.
+    #[test]
+    fn vector_tolerance() {
+        let f = f64::from(4.1f32);
+        assert!(expect_matches(f, 4.1, 0.0));
+        assert!(expect_matches(957.300_000_000_000_1, 957.3, 0.0));
+        assert!(!expect_matches(f, 4.1001, 0.0));
+        assert!(expect_matches(f, 4.1001, 0.001));
+        assert!(expect_matches(0.0, 0.0, 0.0));
+        assert!(!expect_matches(1e-9, 0.0, 0.0));
+    }
+
+    fn tag_of(text: &str) -> Result<Tag, Vec<Problem>> {
+        let src = Source {
+            path: "t.toml".into(),
+            text: format!("t = {text}\n"),
+        };
+        let mut p = Problems::default();
+        let doc = crate::config::reader::parse_document(&src, &mut p).unwrap();
+        let v = doc.get_ref().get("t").unwrap();
+        let tag = parse_tag(v, &src, "t".into(), &mut p);
+        match (tag, p.is_empty()) {
+            (Some(t), true) => Ok(t),
+            _ => Err(p.sorted()),
+        }
+    }
+
+    use super::super::reader::Problem;
+
+    #[test]
+    fn vectors_that_hold_are_accepted() {
+        for t in [
+            r#"{ name = "v", address = "30001", type = "f32", order = "CDAB", expect = [{ raw = "0x3333 0x4083", value = 4.1 }] }"#,
+            r#"{ name = "v", address = "30001", type = "f32", order = "DCBA", expect = { raw = "0x3333 0x8340", value = 4.1 } }"#,
+            r#"{ name = "t", address = "30001", type = "i16", scale = 0.1, expect = [{ raw = [65286], value = -25 }] }"#,
+            r#"{ name = "c", address = "40001", type = "u32", expect = [{ raw = "1 2", value = 65538 }] }"#,
+            r#"{ name = "b", address = "40001", type = "bool", bit = 15, expect = [{ raw = "0x8000", value = true }, { raw = "0x7FFF", value = false }] }"#,
+            r#"{ name = "k", address = "00001", expect = [{ raw = "1", value = 1 }] }"#,
+            r#"{ name = "s", address = "40001", type = "u16", scale = 0.01, expect = [{ raw = "12345", value = 123.4, tolerance = 0.1 }] }"#,
+        ] {
+            assert!(tag_of(t).is_ok(), "{t}: {:?}", tag_of(t));
+        }
+    }
+
+    #[test]
+    fn a_wrong_vector_names_its_key_and_the_fix() {
+        let e = tag_of(r#"{ name = "v", address = "30001", type = "f32", order = "CDAB", expect = [{ raw = "0x4083 0x3333", value = 4.1 }] }"#).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "t.expect[0].value");
+        assert!(
+            e[0].message.contains("order = \"ABCD\" would give it"),
+            "{e:?}"
+        );
+        let e = tag_of(r#"{ name = "s", address = "30001", type = "u16", scale = 0.1, expect = [{ raw = "9573", value = 9.573 }] }"#).unwrap_err();
+        assert!(
+            e[0].message.contains("scale = 0.001 would give it"),
+            "{e:?}"
+        );
+        // A tag that is itself refused is not also blamed for its vectors.
+        let e = tag_of(r#"{ name = "s", address = "30001", type = "u16", scale = 0, expect = [{ raw = "1", value = 5 }] }"#).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "t.scale");
     }
 }

@@ -6,6 +6,39 @@ use super::engine::AlarmEvent;
 use super::model::{Quality, Ts};
 use super::time::rfc3339_ms;
 
+/// A number as published: the shortest text that reads back to it, and for a value that is
+/// exactly a float32 (an f32 register decoded without scaling) the float32's own shortest
+/// form: `4.1`, not `4.099999904632568`, the same bits widened to f64. Both read back to the
+/// same float32, so nothing the device sent is lost. Non-finite values serialize as null.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Num(pub f64);
+
+impl Serialize for Num {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match as_f32(self.0) {
+            Some(f) => s.serialize_f32(f),
+            None => s.serialize_f64(self.0),
+        }
+    }
+}
+
+/// The float32 a value was widened from, if it is exactly one.
+fn as_f32(v: f64) -> Option<f32> {
+    let f = v as f32;
+    (f.is_finite() && f64::from(f) == v).then_some(f)
+}
+
+/// [`Num`] as text, for terminals and messages (exponent form when very small or large).
+pub fn number_text(v: f64) -> String {
+    let sci = v != 0.0 && !(1e-4..1e15).contains(&v.abs());
+    match (as_f32(v), sci) {
+        (Some(f), false) => f.to_string(),
+        (Some(f), true) => format!("{f:e}"),
+        (None, false) => v.to_string(),
+        (None, true) => format!("{v:e}"),
+    }
+}
+
 /// Version of the payload contract, carried in every payload.
 pub const ALARM_SCHEMA: &str = "alsentry/alarm/1";
 pub const STATUS_SCHEMA: &str = "alsentry/status/1";
@@ -54,8 +87,8 @@ struct AlarmPayload<'a> {
     since: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     active_since: Option<String>,
-    value: Option<f64>,
-    limit: Option<f64>,
+    value: Option<Num>,
+    limit: Option<Num>,
     unit: &'a str,
     quality: String,
     message: &'a str,
@@ -92,8 +125,8 @@ pub fn alarm_payload(who: &Identity, seq: u64, ev: &AlarmEvent) -> Vec<u8> {
         cause: ev.transition.cause.as_str(),
         since: rfc3339_ms(ev.since),
         active_since: ev.active_since.map(rfc3339_ms),
-        value: ev.value.filter(|v| v.is_finite()),
-        limit: ev.limit,
+        value: ev.value.filter(|v| v.is_finite()).map(Num),
+        limit: ev.limit.map(Num),
         unit: &ev.unit,
         quality: ev.quality.label(),
         message: &ev.message,
@@ -349,6 +382,11 @@ fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
+/// The tags (name, unit) the cell KPIs are computed from; `check` warns about a cell that
+/// lacks them or has them in other units.
+pub const KPI_VOLTAGE: (&str, &str) = ("voltage", "V");
+pub const KPI_CURRENT: (&str, &str) = ("current", "kA");
+
 /// Cell KPIs over a summary interval. Field order is the payload's key order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CellKpi {
@@ -379,8 +417,8 @@ pub fn cell_kpi(
             .find(|(name, _, _)| &**name == n)
             .map(|(_, _, s)| s)
     };
-    let v = find("voltage")?;
-    let i = find("current")?;
+    let v = find(KPI_VOLTAGE.0)?;
+    let i = find(KPI_CURRENT.0)?;
     let (vm, im) = (v.mean()?, i.mean()?);
     let r_uohm = if im > 0.0 {
         Some((vm - 1.65) / im * 1_000.0)
@@ -424,10 +462,10 @@ struct SummaryPayload<'a> {
 struct TagStats<'a> {
     count: u64,
     good_ratio: Option<f64>,
-    last: Option<f64>,
-    max: Option<f64>,
-    mean: Option<f64>,
-    min: Option<f64>,
+    last: Option<Num>,
+    max: Option<Num>,
+    mean: Option<Num>,
+    min: Option<Num>,
     unit: &'a str,
 }
 
@@ -444,10 +482,10 @@ pub fn summary_payload(
             let stats = TagStats {
                 count: t.count,
                 good_ratio: (t.count > 0).then(|| t.good as f64 / t.count as f64),
-                last: t.last.and_then(finite),
-                max: (t.good > 0).then_some(t.max).and_then(finite),
-                mean: t.mean().and_then(finite),
-                min: (t.good > 0).then_some(t.min).and_then(finite),
+                last: t.last.and_then(finite).map(Num),
+                max: (t.good > 0).then_some(t.max).and_then(finite).map(Num),
+                mean: t.mean().and_then(finite).map(Num),
+                min: (t.good > 0).then_some(t.min).and_then(finite).map(Num),
                 unit,
             };
             (&**name, stats)
@@ -567,7 +605,7 @@ impl DataFilter {
             }
             out.extend_from_slice(&t.head);
             match finite(v) {
-                Some(x) => serde_json::to_writer(&mut out, &x).ok()?,
+                Some(x) => serde_json::to_writer(&mut out, &Num(x)).ok()?,
                 None => out.extend_from_slice(b"null"),
             }
             match q {
@@ -778,5 +816,121 @@ mod summary_tests {
                 .is_some(),
             "every poll without deadband"
         );
+    }
+}
+
+/// Issue 21: float32 values are published as the float32 they are (`4.1`), not widened to
+/// f64 noise (`4.099999904632568`), in data, alarm and summary payloads; f64 values keep
+/// every digit they need.
+#[cfg(test)]
+mod number_tests {
+    use super::*;
+    use crate::core::alarm::{Cause, Transition};
+    use crate::core::engine::{DeviceSummary, SampleBatch, TagSummary};
+    use crate::core::model::Priority;
+    use std::sync::Arc;
+
+    /// What the decoder returns for the f32 register pair of 4.1.
+    const F32_4_1: f64 = 4.099_999_904_632_568;
+
+    fn who() -> Identity {
+        Identity {
+            topic_root: "alsentry".into(),
+            agent: "gw".into(),
+            site: "s".into(),
+            area: "a".into(),
+        }
+    }
+
+    #[test]
+    fn numbers_in_their_shortest_round_trip_form() {
+        assert_eq!(F32_4_1, f64::from(4.1f32));
+        let json = |v: f64| serde_json::to_string(&Num(v)).unwrap();
+        assert_eq!(json(F32_4_1), "4.1");
+        assert_eq!(json(f64::from(502.7445f32)), "502.7445");
+        assert_eq!(json(f64::from(-0.001f32)), "-0.001");
+        // Not a float32: every digit an f64 needs to read back.
+        assert_eq!(json(0.1 + 0.2), "0.30000000000000004");
+        assert_eq!(json(957.3), "957.3");
+        assert_eq!(json(4_294_967_295.0), "4294967295.0");
+        assert_eq!(json(f64::NAN), "null");
+        // Each reads back to what was encoded: the f32 exactly, the f64 exactly.
+        let back: f64 = serde_json::from_str(&json(F32_4_1)).unwrap();
+        assert_eq!(back as f32, 4.1f32);
+        let back: f64 = serde_json::from_str(&json(0.1 + 0.2)).unwrap();
+        assert_eq!(back, 0.1 + 0.2);
+        assert_eq!(number_text(F32_4_1), "4.1");
+        assert_eq!(number_text(f64::from(4.173_536e-8f32)), "4.173536e-8");
+        assert_eq!(number_text(12.0), "12");
+    }
+
+    #[test]
+    fn data_payload_carries_4_1_not_its_f64_widening() {
+        let tags = DataTags::new("pot-001", &[("voltage".into(), "V".into())]);
+        let batch = SampleBatch {
+            device: 0,
+            ts: 0,
+            values: vec![(0, F32_4_1, Quality::Good)],
+        };
+        let out = DataFilter::default()
+            .payload("gw", &tags, &batch, None)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""voltage":{"v":4.1,"q":"good""#), "{text}");
+    }
+
+    #[test]
+    fn alarm_payload_carries_4_1_not_its_f64_widening() {
+        let ev = AlarmEvent {
+            device: Arc::from("pot-001"),
+            rule: Arc::from("low_voltage"),
+            tag: Arc::from("voltage"),
+            unit: Arc::from("V"),
+            priority: Priority::High,
+            transition: Transition {
+                from: "normal",
+                to: "active_unacked",
+                at: 0,
+                cause: Cause::Condition,
+                by: None,
+                note: None,
+            },
+            value: Some(F32_4_1),
+            limit: Some(4.2),
+            quality: Quality::Good,
+            message: String::new(),
+            since: 0,
+            active_since: None,
+            acked_by: None,
+            shelved_until: None,
+        };
+        let text = String::from_utf8(alarm_payload(&who(), 1, &ev)).unwrap();
+        assert!(text.contains(r#""value":4.1,"limit":4.2,"#), "{text}");
+    }
+
+    #[test]
+    fn summary_payload_carries_4_1_not_its_f64_widening() {
+        let mut v = TagSummary::default();
+        for _ in 0..3 {
+            v.count += 1;
+            v.good += 1;
+            v.sum += F32_4_1;
+            v.sum_sq += F32_4_1 * F32_4_1;
+            v.min = v.min.min(F32_4_1);
+            v.max = v.max.max(F32_4_1);
+        }
+        v.last = Some(F32_4_1);
+        let s = DeviceSummary {
+            device: Arc::from("kiln-01"),
+            from: 0,
+            to: 60_000,
+            tags: vec![(Arc::from("flue"), Arc::from("degC"), v)],
+        };
+        let text = String::from_utf8(summary_payload(&who(), &s, 0.93, 0.98)).unwrap();
+        assert!(
+            text.contains(r#""last":4.1,"max":4.1,"#) && text.contains(r#""min":4.1,"#),
+            "{text}"
+        );
+        assert!(!text.contains("4.0999999"), "{text}");
     }
 }

@@ -542,7 +542,7 @@ fn route(path: &str, state: &HttpState) -> Response {
             let alarms = state.alarms.borrow().clone();
             Response {
                 status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                content_type: crate::metrics::CONTENT_TYPE,
                 body: render_metrics(&state.metrics, &alarms, state.clock.now()).into_bytes(),
             }
         }

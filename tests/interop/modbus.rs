@@ -290,3 +290,89 @@ async fn independent_clients_read_the_documented_values_pymodbus() {
     run_client(&require("python3"), &args).await;
     h.stop().await;
 }
+
+/// `alsentry probe` against a pymodbus plant mapped like a vendor's controller: f32 in all four
+/// word orders, a scaled i16, a big-endian u32, a status bit and a coil, at Modicon addresses,
+/// with the register test vectors of the config accepted; a stopped plant exits 69 naming the
+/// device and endpoint.
+#[test]
+#[ignore = "needs pymodbus; .ci/run runs it"]
+fn probe_prints_what_a_pymodbus_plant_serves() {
+    let port = free_port();
+    let mut srv = PyServer::start(port, 1);
+    for (i, order) in ["ABCD", "CDAB", "BADC", "DCBA"].iter().enumerate() {
+        srv.set(1, "input", 2 * i as u16, &f32_words(4.1, order));
+    }
+    srv.set(1, "holding", 10, &[(-250i16) as u16]);
+    srv.set(1, "holding", 11, &[0x0001, 0x0002]);
+    srv.set(1, "holding", 13, &[0b0000_0100]);
+    srv.set(1, "coil", 3, &[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"[agent]
+id = "gw"
+site = "s"
+area = "a"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[templates.vendor]
+tags = [
+  {{ name = "v_abcd", address = "30001", type = "f32", order = "ABCD", unit = "V", expect = [{{ raw = "0x4083 0x3333", value = 4.1 }}] }},
+  {{ name = "v_cdab", address = "30003", type = "f32", order = "CDAB", unit = "V", expect = [{{ raw = "0x3333 0x4083", value = 4.1 }}] }},
+  {{ name = "v_badc", address = "30005", type = "f32", order = "BADC", unit = "V" }},
+  {{ name = "v_dcba", address = "30007", type = "f32", order = "DCBA", unit = "V" }},
+  {{ name = "temp", address = "40011", type = "i16", scale = 0.1, unit = "degC", expect = [{{ raw = "0xFF06", value = -25 }}] }},
+  {{ name = "count", address = "40012", type = "u32", expect = [{{ raw = "1 2", value = 65538 }}] }},
+  {{ name = "running", address = "40014", type = "bool", bit = 2 }},
+  {{ name = "pump", address = "00004" }},
+]
+
+[[devices]]
+name = "vendor-1"
+template = "vendor"
+endpoint = "tcp://127.0.0.1:{port}"
+"#
+    );
+    let path = crate::support::write_config(dir.path(), &cfg);
+    let probe = || {
+        Command::new(env!("CARGO_BIN_EXE_alsentry"))
+            .args(["probe", "--device", "vendor-1", "--json", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = probe();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tags = doc["devices"][0]["tags"].as_array().unwrap().clone();
+    let value = |name: &str| {
+        let t = tags.iter().find(|t| t["tag"] == name).unwrap();
+        assert_eq!(t["quality"], "good", "{t}");
+        t["value"].as_f64().unwrap()
+    };
+    for name in ["v_abcd", "v_cdab", "v_badc", "v_dcba"] {
+        assert_eq!(value(name), 4.1, "{name}");
+    }
+    assert!(!text.contains("4.0999999"), "{text}");
+    assert_eq!(value("temp"), -25.0);
+    assert_eq!(value("count"), 65_538.0);
+    assert_eq!(value("running"), 1.0);
+    assert_eq!(value("pump"), 1.0);
+
+    // Killed and waited for: its port is closed, so the probe cannot connect.
+    drop(srv);
+    let out = probe();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains(&format!("device \"vendor-1\" at tcp://127.0.0.1:{port}")),
+        "{err}"
+    );
+}

@@ -3,7 +3,7 @@
 
 Usage: pymodbus_server.py PORT UNITS
 Serves units 1..UNITS with 0-based addressing. Reads commands from stdin, one per line:
-  set UNIT input|holding ADDR WORD [WORD...]
+  set UNIT input|holding|coil|discrete ADDR VALUE [VALUE...]   (bits as 0/1)
   stop     -- exit
 Prints "READY" once listening.
 """
@@ -47,7 +47,7 @@ async def commands(ctx):
         if parts[0] == "set":
             unit, table, addr = int(parts[1]), parts[2], int(parts[3])
             words = [int(w, 0) for w in parts[4:]]
-            fc = 4 if table == "input" else 3
+            fc = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}[table]
             ctx[unit].setValues(fc, addr, words)
             print("OK", flush=True)
 

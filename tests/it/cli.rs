@@ -39,9 +39,10 @@ fn stderr(out: &Output) -> String {
 /// The same broken file through every subcommand that takes a configuration.
 fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
     // The config is read before the scenario or the input, which need not exist.
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("check", &["check"]),
         ("run", &["run"]),
+        ("probe", &["probe", "--all"]),
         (
             "evaluate",
             &["evaluate", "--scenario", "config/scenarios/normal.toml"],
@@ -129,10 +130,15 @@ fn json_log_mode_reports_problems_as_json_lines() {
 #[test]
 fn help_shows_the_environment_variables() {
     let top = stderr_or_stdout(&run(&mut alsentry(&["--help"])));
-    for v in ["[env: ALSENTRY_LOG_FORMAT=]", "[env: RUST_LOG=]", "78"] {
+    for v in [
+        "[env: ALSENTRY_LOG_FORMAT=]",
+        "[env: RUST_LOG=]",
+        "78",
+        "69",
+    ] {
         assert!(top.contains(v), "alsentry --help lacks {v}:\n{top}");
     }
-    for sub in ["run", "check", "replay", "evaluate"] {
+    for sub in ["run", "check", "probe", "replay", "evaluate"] {
         let help = stderr_or_stdout(&run(&mut alsentry(&[sub, "--help"])));
         assert!(
             help.contains("-c, --config <FILE>") && help.contains("[env: ALSENTRY_CONFIG="),

@@ -697,6 +697,101 @@ fn schemas_are_valid_and_accept_documented_examples() {
     assert!(r.is_err(), "missing good_ratio accepted");
 }
 
+/// Issue 21: the KPI names are the same in the code, the schema and docs/MQTT.md: a summary
+/// built by the agent's code passes the schema, its kpi keys are exactly the schema's
+/// (required) ones, and each is in the docs' table.
+#[test]
+fn a_real_summary_matches_the_schema_and_the_docs() {
+    use alsentry::core::engine::{DeviceSummary, TagSummary};
+    use std::sync::Arc;
+    let stats = |xs: &[f64]| {
+        let mut t = TagSummary::default();
+        for &x in xs {
+            t.count += 1;
+            t.good += 1;
+            t.sum += x;
+            t.sum_sq += x * x;
+            t.min = t.min.min(x);
+            t.max = t.max.max(x);
+            t.last = Some(x);
+        }
+        t
+    };
+    let s = DeviceSummary {
+        device: Arc::from("pot-017"),
+        from: 1_764_345_600_000,
+        to: 1_764_346_200_000,
+        tags: vec![
+            (
+                Arc::from("voltage"),
+                Arc::from("V"),
+                stats(&[4.12, 4.2, 4.31]),
+            ),
+            (Arc::from("current"), Arc::from("kA"), stats(&[500.2])),
+        ],
+    };
+    let who = alsentry::core::payload::Identity {
+        topic_root: "alsentry".into(),
+        agent: "gw".into(),
+        site: "s".into(),
+        area: "a".into(),
+    };
+    let j: Value = serde_json::from_slice(&alsentry::core::payload::summary_payload(
+        &who, &s, 0.93, 0.98,
+    ))
+    .unwrap();
+    schema_check("summary", &j);
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path("summary")).unwrap()).unwrap();
+    let sent: BTreeSet<&str> = j["kpi"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let required: BTreeSet<&str> = schema["properties"]["kpi"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let documented: BTreeSet<&str> = schema["properties"]["kpi"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(sent, required);
+    assert_eq!(sent, documented);
+    let top: BTreeSet<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+    let top_documented: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "replayed")
+        .collect();
+    assert_eq!(top, top_documented);
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/MQTT.md"),
+    )
+    .unwrap();
+    for k in &sent {
+        assert!(docs.contains(&format!("`{k}`")), "docs/MQTT.md lacks {k}");
+        assert!(
+            docs.contains(&format!("\"{k}\":")),
+            "docs/MQTT.md example lacks {k}"
+        );
+    }
+    for old in [
+        "pseudo_resistance_uohm_mean",
+        "dc_energy_vs_benchmark",
+        "\"noise_mv\"",
+    ] {
+        assert!(!docs.contains(old), "docs/MQTT.md still names {old}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The outbox cannot be created or written
 // ---------------------------------------------------------------------------------------------

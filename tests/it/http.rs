@@ -144,11 +144,16 @@ struct Sample {
     value: f64,
 }
 
-/// A strict parser of the text format 0.0.4, as much as this endpoint uses: every line is a
-/// HELP, a TYPE or a sample; HELP and TYPE come once per family, before its samples; the
-/// samples of a family are contiguous; counters end in `_total`.
+/// A strict parser of the OpenMetrics text format, as much as this endpoint uses: every line
+/// is a HELP, a TYPE or a sample, and the last is `# EOF`; HELP and TYPE come once per family,
+/// before its samples; the samples of a family are contiguous; a counter family is declared
+/// without `_total` and its samples carry it; histograms have `_bucket`, `_sum`, `_count`.
 fn parse_exposition(text: &str) -> Vec<Sample> {
-    assert!(text.ends_with('\n'), "the exposition ends with a newline");
+    assert!(
+        text.ends_with("\n# EOF\n"),
+        "the exposition ends with # EOF"
+    );
+    let text = text.strip_suffix("# EOF\n").unwrap();
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut helped: Vec<String> = Vec::new();
     let mut current: Option<String> = None;
@@ -165,7 +170,7 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE has a kind");
             assert!(
-                ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
+                ["counter", "gauge", "histogram", "info", "unknown"].contains(&kind),
                 "{line}"
             );
             assert!(
@@ -173,20 +178,20 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
                 "TYPE without HELP: {name}"
             );
             assert!(types.insert(name.to_string(), kind.to_string()).is_none());
-            assert_eq!(
-                kind == "counter",
-                name.ends_with("_total"),
-                "{name} is a {kind}"
-            );
+            assert!(!name.ends_with("_total"), "{name} is declared by its stem");
             current = Some(name.to_string());
             continue;
         }
         assert!(!line.starts_with('#'), "unknown comment: {line}");
         let s = parse_sample(line);
         let family = current.as_deref().expect("sample before any TYPE");
-        let belongs = s.name == family
-            || (types[family] == "summary"
-                && (s.name == format!("{family}_sum") || s.name == format!("{family}_count")));
+        let suffixes: &[&str] = match types[family].as_str() {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        let belongs = suffixes.iter().any(|x| s.name == format!("{family}{x}"));
         assert!(
             belongs,
             "{} is not in family {family} (samples must be grouped)",
@@ -316,7 +321,9 @@ async fn metrics_parse_and_carry_the_counters() {
     m.devices[0].polls_failed.store(2, Ordering::Relaxed);
     m.devices[0].polls_missed.store(1, Ordering::Relaxed);
     m.devices[0].rtt_us_last.store(1_500, Ordering::Relaxed);
-    m.devices[0].rtt_us_sum.store(84_000, Ordering::Relaxed);
+    for _ in 0..42 {
+        alsentry::metrics::observe(&m.devices[0].poll_duration, Duration::from_millis(2));
+    }
     m.devices[0].samples.store(300, Ordering::Relaxed);
     m.devices[1].samples.store(100, Ordering::Relaxed);
     m.devices[1].decode_errors.store(3, Ordering::Relaxed);
@@ -331,9 +338,9 @@ async fn metrics_parse_and_carry_the_counters() {
     m.sinks[0]
         .puback_latency_us_last
         .store(25_000, Ordering::Relaxed);
-    m.sinks[0]
-        .puback_latency_us_sum
-        .store(90_000, Ordering::Relaxed);
+    for _ in 0..9 {
+        alsentry::metrics::observe(&m.sinks[0].puback, Duration::from_millis(10));
+    }
     m.batches_dropped.store(6, Ordering::Relaxed);
     m.alarm_transitions.store(11, Ordering::Relaxed);
     srv.alarms.send_replace(AlarmSnapshot {
@@ -360,7 +367,7 @@ async fn metrics_parse_and_carry_the_counters() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.headers["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let s = parse_exposition(&r.body);
     let d0 = ODD_DEVICE;
@@ -392,9 +399,8 @@ async fn metrics_parse_and_carry_the_counters() {
         value(&s, "alsentry_poll_rtt_seconds", &[("device", d0)]),
         0.0015
     );
-    assert_eq!(
-        value(&s, "alsentry_poll_duration_seconds_sum", &[("device", d0)]),
-        0.084
+    assert!(
+        (value(&s, "alsentry_poll_duration_seconds_sum", &[("device", d0)]) - 0.084).abs() < 1e-9
     );
     assert_eq!(
         value(
@@ -483,13 +489,22 @@ async fn metrics_parse_and_carry_the_counters() {
         value(&s, "alsentry_puback_latency_seconds", &[("sink", "plant")]),
         0.025
     );
-    assert_eq!(
-        value(
+    assert!(
+        (value(
             &s,
             "alsentry_puback_duration_seconds_sum",
             &[("sink", "plant")]
+        ) - 0.09)
+            .abs()
+            < 1e-9
+    );
+    assert_eq!(
+        value(
+            &s,
+            "alsentry_puback_duration_seconds_bucket",
+            &[("sink", "plant"), ("le", "0.016")]
         ),
-        0.09
+        9.0
     );
     assert_eq!(
         value(

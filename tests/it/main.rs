@@ -46,6 +46,9 @@ mod pipeline;
 /// Polling under faults: vanished, silent, flapping, slow devices, holes in a block,
 /// exceptions, hostile and crafted frames; healthy devices keep their rate.
 mod polling;
+/// `alsentry probe` (commissioning): the simulator and a served register map read once,
+/// table and JSON, devices that do not answer.
+mod probe;
 /// What holds for any input: config reader, decoder, command parser, outbox segments.
 mod properties;
 /// `alsentry replay` and `[record]`: file time, recorded files replay to the live alarms.
