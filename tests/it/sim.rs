@@ -995,6 +995,110 @@ baud = 115200
     drop(far);
 }
 
+// ---------------------------------------------------------------- realistic cells (issue 12)
+
+/// The controller context of a realistic cell reaches a Modbus client: the tapping and
+/// anode-change bits, and the beam position moving; the ground truth file names each
+/// disturbance with its class, and `alsentry replay` reads it.
+#[tokio::test]
+async fn realistic_cell_serves_controller_context_and_writes_its_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.jsonl");
+    let scn = Scenario::from_str(
+        r#"
+[plant]
+seed = 5
+realism = true
+[[groups]]
+id = "potline"
+kind = "cell"
+name = "pot-{unit:03}"
+listen = "127.0.0.1:5020"
+units = "1-2"
+[[faults]]
+kind = "tapping"
+devices = ["pot-001"]
+at = "1s"
+duration = "3s"
+[[faults]]
+kind = "anode_change"
+devices = ["pot-002"]
+at = "1s"
+duration = "20s"
+params = { flag = "3s" }
+[[faults]]
+kind = "beam_move"
+devices = ["pot-002"]
+at = "1s"
+duration = "5s"
+params = { mm = -1.0 }
+[[faults]]
+kind = "sensor_noise"
+devices = ["pot-001"]
+at = "5s"
+duration = "1s"
+"#,
+    )
+    .unwrap();
+    let h = start(
+        scn,
+        StartOptions {
+            ephemeral_ports: true,
+            speed: 4.0,
+            truth: Some(truth_path.clone()),
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut c1 = connect(&h, "pot-001").await;
+    let mut c2 = connect(&h, "pot-002").await;
+    let beam = |s: &[u16]| f32_of(&s[16..18], Order::Cdab);
+    let before = regs(&mut c2, Table::Input, 0, 18).await;
+    at(&h, Duration::from_secs(2)).await;
+    let s1 = regs(&mut c1, Table::Input, 7, 1).await;
+    let s2 = regs(&mut c2, Table::Input, 7, 1).await;
+    assert_eq!(s1[0] & (1 << 5), 1 << 5, "tapping bit");
+    assert_eq!(s2[0] & (1 << 6), 1 << 6, "anode change bit");
+    let d = timeout(WAIT, c1.read_discrete_inputs(5, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d, Ok(vec![true, false]));
+    at(&h, Duration::from_secs(8)).await;
+    let after = regs(&mut c2, Table::Input, 0, 18).await;
+    assert!(
+        (beam(&before) - beam(&after) - 1.0).abs() < 1e-3,
+        "beam {} -> {}",
+        beam(&before),
+        beam(&after)
+    );
+    assert!((150.0..350.0).contains(&beam(&after)));
+    let s1 = regs(&mut c1, Table::Input, 7, 1).await;
+    let s2 = regs(&mut c2, Table::Input, 7, 1).await;
+    assert_eq!((s1[0] | s2[0]) & (3 << 5), 0, "flags down");
+    h.stop().await;
+
+    let text = std::fs::read_to_string(&truth_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let class_of = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .map(|l| l["class"].as_str().unwrap().to_string())
+    };
+    assert_eq!(class_of("tapping").as_deref(), Some("operation"));
+    assert_eq!(class_of("anode_change").as_deref(), Some("operation"));
+    assert_eq!(class_of("beam_move").as_deref(), Some("operation"));
+    assert_eq!(class_of("sensor_noise").as_deref(), Some("sensor"));
+    let (faults, problems) = alsentry::replay::score::parse_truth(&text);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(faults.len() >= 4, "{faults:?}");
+}
+
 // ---------------------------------------------------------------- shipped files
 
 fn repo(p: &str) -> std::path::PathBuf {
