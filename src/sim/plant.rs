@@ -557,18 +557,18 @@ mod tests {
         duration = "1m"
     "#;
 
-    /// Every start/end of a run, as (kind, class, device, phase, precursor, params).
-    fn run_truth(
-        seed: u64,
-        ticks: u64,
-    ) -> Vec<(
+    /// (kind, class, device, phase, precursor, params) of one truth transition.
+    type Seen = (
         String,
         String,
         usize,
         Phase,
         Option<&'static str>,
         serde_json::Value,
-    )> {
+    );
+
+    /// Every start/end of a run.
+    fn run_truth(seed: u64, ticks: u64) -> Vec<Seen> {
         let s = Scenario::from_str(DAY).unwrap();
         let mut p = Plant::new(s, seed);
         let mut out = Vec::new();
@@ -683,7 +683,7 @@ mod tests {
         let status = |d: usize, p: &Plant| p.image(d).unwrap().input[7];
         assert_eq!(status(0, &p) & (1 << 5), 1 << 5, "tapping bit");
         assert_eq!(status(1, &p) & (1 << 6), 1 << 6, "anode change bit");
-        assert_eq!(p.image(0).unwrap().discrete[5], true);
+        assert!(p.image(0).unwrap().discrete[5]);
         for _ in 0..60 {
             p.step();
         }
