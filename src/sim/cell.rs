@@ -511,11 +511,9 @@ impl Cell {
                 slope_from,
                 slope_to,
             }) => depletion_rise(elapsed_s, total_s, slope_from, slope_to),
-            // The AE itself keeps the starved state until it is killed.
-            Some(AeDrive::Active { .. }) => self.precursor_from.unwrap_or(0.0),
+            // During the AE the voltage is the AE's; after the kill the rise is gone.
             _ => 0.0,
         };
-        self.precursor_from = matches!(fx.ae, Some(AeDrive::Depletion { .. })).then_some(depletion);
 
         let mut status = 0u16;
         if active {
