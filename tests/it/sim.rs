@@ -1099,6 +1099,61 @@ duration = "1s"
     assert!(faults.len() >= 4, "{faults:?}");
 }
 
+/// config/scenarios/ae_kinds.toml on the pure model: each precursor kind looks as documented,
+/// and the controller lowers the beam during the slow precursor (R leaves its band).
+#[test]
+fn ae_kinds_slow_fast_and_sudden() {
+    use alsentry::sim::cell::sig;
+    let s = Scenario::from_file(repo("config/scenarios/ae_kinds.toml")).unwrap();
+    let idx = |n: &str| s.device_index(n).unwrap();
+    let (slow, fast, none) = (idx("pot-002"), idx("pot-005"), idx("pot-007"));
+    let mut p = Plant::new(s, 35);
+    let per_s = 10; // 100 ms ticks
+    let mut trace: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
+    let mut precursors = Vec::new();
+    for tick in 1..=(45 * 60 * per_s) {
+        for tr in p.step() {
+            if let Some(k) = tr.spec.kind.precursor() {
+                precursors.push((tr.device, k));
+            }
+        }
+        if tick % per_s == 0 {
+            for (i, d) in [slow, fast, none].into_iter().enumerate() {
+                let x = p.signals(d).unwrap();
+                trace[i].push((x[sig::VOLTAGE], x[sig::RESISTANCE], x[sig::BEAM_POSITION]));
+            }
+        }
+    }
+    assert!(precursors.contains(&(slow, "slow")));
+    assert!(precursors.contains(&(fast, "fast")));
+    assert!(precursors.contains(&(none, "none")));
+    let mean_r = |v: &[(f64, f64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    // Slow: 20 min from 20:00, AE at 40:00 (second 2400).
+    let t = &trace[0];
+    assert!(t[2402].0 > 8.0, "slow AE on");
+    assert!(t[2395].0 < 5.0, "not before");
+    let lowered = t[1195].2 - t[2395].2;
+    assert!(
+        lowered >= 1.0,
+        "beam lowered {lowered} mm during the precursor"
+    );
+    let rise = mean_r(&t[2335..2395]) - mean_r(&t[1135..1195]);
+    assert!(
+        (0.02..0.26).contains(&rise),
+        "R rise seen through the moves: {rise}"
+    );
+    // Fast: 3 min from 30:00, AE at 33:00.
+    let t = &trace[1];
+    assert!(t[1982].0 > 8.0 && t[1975].0 < 5.0);
+    let rise = mean_r(&t[1960..1975]) - mean_r(&t[1770..1795]);
+    assert!(rise > 0.05, "fast R rise {rise}");
+    // Sudden: no change in R before the jump at 40:00.
+    let t = &trace[2];
+    assert!(t[2402].0 > 8.0 && t[2395].0 < 5.0);
+    let drift = (mean_r(&t[2335..2395]) - mean_r(&t[2095..2155])).abs();
+    assert!(drift < 0.03, "no precursor: {drift}");
+}
+
 // ---------------------------------------------------------------- shipped files
 
 fn repo(p: &str) -> std::path::PathBuf {
