@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::faults::{FaultKind, FaultSpec};
+pub use super::schedule::ScheduleCfg;
 use crate::core::duration;
 use crate::core::expand::{self, parse_int_ranges, Var};
 
@@ -68,6 +69,10 @@ pub struct PlantCfg {
     /// Default potline current setpoint for cell groups, kA.
     #[serde(default = "default_line")]
     pub line_current_ka: f64,
+    /// Cells that behave like a plant's (controller, beam moves, feeding cycle, cell-to-cell
+    /// variation; docs/SIMULATOR.md "Realistic cells"). Off: the ideal cell of earlier releases.
+    #[serde(default)]
+    pub realism: bool,
 }
 
 fn default_seed() -> u64 {
@@ -87,6 +92,7 @@ impl Default for PlantCfg {
             seed: default_seed(),
             tick: default_tick(),
             line_current_ka: default_line(),
+            realism: false,
         }
     }
 }
@@ -139,6 +145,7 @@ struct ScenarioFile {
     groups: Vec<GroupCfg>,
     #[serde(default)]
     faults: Vec<FaultCfg>,
+    schedule: Option<ScheduleCfg>,
 }
 
 /// One simulated device after expansion.
@@ -161,7 +168,9 @@ pub struct Scenario {
     pub groups: Vec<GroupCfg>,
     pub tick: Duration,
     pub devices: Vec<DeviceSpec>,
+    /// The scripted `[[faults]]` (the `[schedule]`'s depend on the seed: [`Self::faults_for_seed`]).
     pub faults: Vec<FaultSpec>,
+    pub schedule: Option<ScheduleCfg>,
 }
 
 /// Expands `{unit}`, `{index}`, `{port}` with optional zero padding (`{unit:03}`), as the
@@ -308,13 +317,48 @@ impl Scenario {
                 .map_err(|m| invalid(format!("fault #{} ({}): {m}", i + 1, f.kind)))?;
             faults.push(spec);
         }
+        if let Some(sch) = &file.schedule {
+            // Expanding once here reports schedule errors at load time, not at run time.
+            sch.expand(file.plant.seed, faults.len(), &file.groups, &devices, tick)
+                .map_err(invalid)?;
+        }
         Ok(Scenario {
             plant: file.plant,
             groups: file.groups,
             tick,
             devices,
             faults,
+            schedule: file.schedule,
         })
+    }
+
+    /// Every fault a run with `seed` has: the scripted ones, then the `[schedule]`'s.
+    pub fn faults_for_seed(&self, seed: u64) -> Vec<FaultSpec> {
+        let mut all = self.faults.clone();
+        if let Some(sch) = &self.schedule {
+            match sch.expand(seed, all.len(), &self.groups, &self.devices, self.tick) {
+                Ok(more) => all.extend(more),
+                // Validated at load with the scenario's seed; another seed cannot fail it.
+                Err(e) => tracing::warn!("scenario schedule: {e}"),
+            }
+        }
+        all
+    }
+
+    /// How long a run must last to see every fault of `seed` end (for tools that stop on it).
+    pub fn end_for_seed(&self, seed: u64) -> Duration {
+        let last = self
+            .faults_for_seed(seed)
+            .iter()
+            .map(|f| f.end_tick)
+            .max()
+            .unwrap_or(0);
+        let horizon = self
+            .schedule
+            .as_ref()
+            .and_then(|s| s.horizon().ok())
+            .unwrap_or_default();
+        Duration::from_nanos((self.tick.as_nanos() as u64).saturating_mul(last)).max(horizon)
     }
 
     pub fn device_index(&self, name: &str) -> Option<usize> {
@@ -347,7 +391,12 @@ pub fn default_signal(kind: DeviceKind) -> &'static str {
 pub(crate) fn kind_accepts(kind: DeviceKind, fault: &FaultKind) -> bool {
     use FaultKind::*;
     match fault {
-        AnodeEffect { .. } | NoiseBurst { .. } | HotCell { .. } => kind == DeviceKind::Cell,
+        AnodeEffect { .. }
+        | NoiseBurst { .. }
+        | HotCell { .. }
+        | Tapping { .. }
+        | AnodeChange { .. }
+        | BeamMove { .. } => kind == DeviceKind::Cell,
         LineCurrentDrop { .. } | PotlineOutage => kind == DeviceKind::Cell,
         CurveLag { .. } | DraftLoss { .. } | IncompleteCombustion { .. } => {
             kind != DeviceKind::Cell
@@ -446,5 +495,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("oven"), "{e}");
+    }
+
+    #[test]
+    fn realism_keys_are_checked() {
+        let base = "[[groups]]\nid = \"g\"\nkind = \"cell\"\nname = \"pot-{unit}\"\nlisten = \"127.0.0.1:5020\"\ncount = 2\n";
+        let fault = |kind: &str, dur: &str, params: &str| {
+            Scenario::from_str(&format!(
+                "{base}[[faults]]\nkind = \"{kind}\"\ndevices = [\"pot-1\"]\nat = \"1m\"\nduration = \"{dur}\"\nparams = {{ {params} }}\n"
+            ))
+        };
+        let err =
+            |kind: &str, dur: &str, params: &str| fault(kind, dur, params).unwrap_err().to_string();
+        assert!(err(
+            "anode_effect",
+            "10m",
+            "precursor_kind = \"none\", precursor = \"5m\""
+        )
+        .contains("0s"));
+        assert!(err("anode_effect", "10m", "precursor_kind = \"slowish\"").contains("slowish"));
+        assert!(err("anode_effect", "10m", "slope_from = 9.0, slope_to = 3.0").contains("slope"));
+        assert!(err("anode_change", "5m", "flag = \"10m\"").contains("flag"));
+        assert!(err("frozen", "5m", "sigma = 0.1").contains("sigma"));
+        assert!(err("tapping", "5m", "rise = 0.1").contains("rise"));
+        assert!(err("beam_move", "5s", "mm = 99.0").contains("mm"));
+        // Defaults: the precursor kind follows the precursor's length.
+        let kind_of =
+            |params: &str| match fault("anode_effect", "30m", params).unwrap().faults[0].kind {
+                FaultKind::AnodeEffect { precursor_kind, .. } => precursor_kind.as_str(),
+                _ => unreachable!(),
+            };
+        assert_eq!(kind_of("precursor = \"10m\""), "slow");
+        assert_eq!(kind_of("precursor = \"2m\""), "fast");
+        assert_eq!(kind_of("precursor = \"0s\""), "none");
+        assert_eq!(kind_of("precursor_kind = \"none\""), "none");
+        let e = Scenario::from_str(&format!(
+            "{base}[schedule]\nhorizon = \"2h\"\nslow_aes = 3\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("3 anode effects"), "{e}");
+        let e = Scenario::from_str(&format!(
+            "{base}[schedule]\nhorizon = \"6h\"\nline_dip = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line_dip"), "{e}");
     }
 }
