@@ -154,6 +154,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             devices: health_rx.clone(),
             clock: clock.clone(),
             config_loaded: true,
+            web: None,
+            tls: None,
         };
         tasks.spawn(http::serve(listener, state, cancel.child_token()));
     }
