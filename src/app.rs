@@ -143,19 +143,56 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let seq = SeqLease::open(&cfg.agent.state_dir)
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
+    let mut history = None;
     if let Some(h) = &cfg.http {
         let listener = tokio::net::TcpListener::bind(h.listen)
             .await
             .with_context(|| format!("binding the HTTP endpoint {}", h.listen))?;
-        info!(listen = %h.listen, "HTTP endpoint: /metrics /healthz /readyz /alarms");
+        let tls = match &h.tls {
+            Some((cert, key)) => Some(http::Tls::load(cert, key)?),
+            None => None,
+        };
+        let web = if h.station() {
+            let users = match &h.users {
+                Some(p) => crate::io::web::auth::Users::load(p).map_err(anyhow::Error::msg)?,
+                None => crate::io::web::auth::Users::default(),
+            };
+            let opts = crate::io::web::WebOptions {
+                users,
+                anonymous: h.anonymous,
+                session_ttl_ms: h.session_timeout_ms,
+                tls: tls.is_some(),
+                info: crate::io::web::AgentInfo {
+                    id: cfg.agent.id.clone(),
+                    site: cfg.agent.site.clone(),
+                    area: cfg.agent.area.clone(),
+                    timezone: cfg.agent.timezone.clone(),
+                },
+                history: Some(cfg.agent.state_dir.clone()),
+            };
+            let web = crate::io::web::Web::new(
+                opts,
+                cmd_tx.clone(),
+                alarms_rx.clone(),
+                health_rx.clone(),
+                metrics.clone(),
+                clock.clone(),
+            );
+            history = web.history();
+            Some(Arc::new(web))
+        } else {
+            None
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(listen = %h.listen, scheme, station = web.is_some(), "HTTP endpoint: /metrics /healthz /readyz /alarms");
         let state = HttpState {
             metrics: metrics.clone(),
             alarms: alarms_rx,
             devices: health_rx.clone(),
             clock: clock.clone(),
             config_loaded: true,
-            web: None,
-            tls: None,
+            web,
+            tls,
         };
         tasks.spawn(http::serve(listener, state, cancel.child_token()));
     }
@@ -179,6 +216,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             alarms: alarms_tx,
             recorder,
             reloads: reload_tx.clone(),
+            history,
         },
     );
     let supervisor = Supervisor::start(

@@ -129,6 +129,8 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// To the supervisor, which applies reloads.
     pub reloads: mpsc::Sender<ReloadRequest>,
+    /// The operator station's event history (transitions and commands), when it is served.
+    pub history: Option<Arc<crate::io::web::history::History>>,
 }
 
 /// What the engine task reads.
@@ -272,13 +274,19 @@ impl EngineTask {
         let now = self.shared.clock.now();
         let engine = self.driver.engine();
         let kpis = engine.kpis(now);
-        self.shared.alarms.send_replace(AlarmSnapshot::from_events(
-            &engine.shown_alarms(),
-            kpis.floods,
-            kpis.chattering_episodes,
-        ));
+        self.shared.alarms.send_replace(
+            AlarmSnapshot::from_events(
+                &engine.shown_alarms(),
+                kpis.floods,
+                kpis.chattering_episodes,
+            )
+            .with_hidden(&engine.flagged_alarms()),
+        );
         let events: Vec<AlarmEvent> = self.driver.drain_events().collect();
         for event in events {
+            if let Some(h) = &self.shared.history {
+                h.record(crate::io::web::history::Entry::transition(&event));
+            }
             let (seq, err) = self.seq.take();
             if let Some(e) = err {
                 emit(SeqLeaseNotPersisted { error: &e });
@@ -387,12 +395,22 @@ impl EngineTask {
                             publisher::CommandOrigin::Local { .. } => "operator station",
                         };
                         info!(device = %device, rule = %rule, op = %p.op, by = %by, from, "command applied");
-                        Reply::ok(p.request_id, Some(p.op), now)
+                        let r = Reply::ok(p.request_id, Some(p.op), now)
                             .on(device, rule)
-                            .state(state)
+                            .state(state);
+                        if let Some(h) = &self.shared.history {
+                            h.record(crate::io::web::history::Entry::command(&r, Some(&by), now));
+                        }
+                        r
                     }
-                    Err(e) => Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
-                        .on(device, rule),
+                    Err(e) => {
+                        let r = Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
+                            .on(device, rule);
+                        if let Some(h) = &self.shared.history {
+                            h.record(crate::io::web::history::Entry::command(&r, Some(&by), now));
+                        }
+                        r
+                    }
                 },
             },
         };
@@ -531,6 +549,7 @@ limit = 8.0
                 alarms: watch::channel(AlarmSnapshot::default()).0,
                 recorder: None,
                 reloads: reload_tx,
+                history: None,
             },
         );
         let inputs = Inputs {

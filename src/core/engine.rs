@@ -1143,6 +1143,21 @@ impl Engine {
         ))
     }
 
+    /// Every alarm hidden by shelving or out-of-service, as events of their state (for the
+    /// operator station's shelved and out-of-service lists).
+    pub fn flagged_alarms(&self) -> Vec<AlarmEvent> {
+        (0..self.alarms.len() as u32)
+            .filter(|&id| {
+                let a = &self.alarms[id as usize].alarm;
+                a.is_out_of_service() || a.shelved_until().is_some()
+            })
+            .filter_map(|id| {
+                let a = &self.alarms[id as usize];
+                self.alarm_state(&a.device, &a.rule)
+            })
+            .collect()
+    }
+
     pub fn instance_count(&self) -> usize {
         self.alarms.len()
     }

@@ -108,7 +108,7 @@ impl AlarmView {
 
 /// The wire form of [`AlarmView`] in `/alarms`: times as RFC 3339, like the MQTT payloads.
 #[derive(Debug, Serialize)]
-struct AlarmJson<'a> {
+pub(crate) struct AlarmJson<'a> {
     device: &'a str,
     rule: &'a str,
     tag: &'a str,
@@ -165,6 +165,9 @@ pub struct AlarmSnapshot {
     pub floods_total: u64,
     /// Chattering episodes detected since start.
     pub chattering_total: u64,
+    /// Alarms hidden by shelving or out-of-service (not in `alarms`, not counted), for the
+    /// operator station.
+    pub hidden: Vec<AlarmView>,
 }
 
 impl AlarmSnapshot {
@@ -183,7 +186,16 @@ impl AlarmSnapshot {
             alarms,
             floods_total,
             chattering_total,
+            hidden: Vec::new(),
         }
+    }
+
+    /// Adds the shelved and out-of-service alarms (`Engine::flagged_alarms()`).
+    pub fn with_hidden(mut self, events: &[AlarmEvent]) -> AlarmSnapshot {
+        self.hidden = events.iter().map(AlarmView::from_event).collect();
+        self.hidden
+            .sort_by(|a, b| (&a.device, &a.rule).cmp(&(&b.device, &b.rule)));
+        self
     }
 
     /// What `/metrics` reports of the alarms.
