@@ -36,6 +36,8 @@ pub struct Running {
     pub cancel: CancellationToken,
     pub tasks: JoinSet<()>,
     pub metrics: Arc<Metrics>,
+    /// Where the HTTP listener is bound (`[http] listen` may name port 0).
+    pub http: Option<std::net::SocketAddr>,
     reload_tx: mpsc::Sender<ReloadRequest>,
 }
 
@@ -144,10 +146,12 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
     let mut history = None;
+    let mut http_addr = None;
     if let Some(h) = &cfg.http {
         let listener = tokio::net::TcpListener::bind(h.listen)
             .await
             .with_context(|| format!("binding the HTTP endpoint {}", h.listen))?;
+        http_addr = listener.local_addr().ok();
         let tls = match &h.tls {
             Some((cert, key)) => Some(http::Tls::load(cert, key)?),
             None => None,
@@ -238,6 +242,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         cancel,
         tasks,
         metrics,
+        http: http_addr,
         reload_tx,
     })
 }

@@ -551,11 +551,19 @@ fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
         (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
         (None, None) => None,
         (Some(_), None) => {
-            r.problem(p, "tls_cert", "tls_cert needs tls_key (the certificate's private key, PEM)");
+            r.problem(
+                p,
+                "tls_cert",
+                "tls_cert needs tls_key (the certificate's private key, PEM)",
+            );
             None
         }
         (None, Some(_)) => {
-            r.problem(p, "tls_key", "tls_key needs tls_cert (the certificate chain, PEM)");
+            r.problem(
+                p,
+                "tls_key",
+                "tls_key needs tls_cert (the certificate chain, PEM)",
+            );
             None
         }
     };

@@ -159,6 +159,7 @@ limit = 6.0
             alarms: watch::channel(AlarmSnapshot::default()).0,
             recorder: Some(recorder),
             reloads,
+            history: None,
         },
     );
     let inputs = Inputs {

@@ -356,6 +356,7 @@ async fn metrics_parse_and_carry_the_counters() {
         ],
         floods_total: 2,
         chattering_total: 7,
+        hidden: vec![],
     });
 
     let r = get(srv.addr, "/metrics").await;

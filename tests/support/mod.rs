@@ -15,6 +15,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
 pub mod tools;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 

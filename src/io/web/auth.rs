@@ -211,8 +211,7 @@ pub fn token() -> String {
 /// Compares without stopping at the first difference.
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -415,7 +414,8 @@ mod tests {
     #[test]
     fn users_round_trip_and_verify() {
         let mut u = Users::default();
-        u.set("li.wei", Some(Role::Operator), "correct horse").unwrap();
+        u.set("li.wei", Some(Role::Operator), "correct horse")
+            .unwrap();
         let text = u.to_text();
         assert!(!text.contains("correct horse"));
         let back = Users::parse(Path::new("users"), &text).unwrap();
@@ -425,15 +425,21 @@ mod tests {
         );
         assert!(back.verify("li.wei", "wrong horse!").is_none());
         assert!(back.verify("nobody", "correct horse").is_none());
-        assert!(format!("{back:?}").find("argon2").is_none(), "no hash in Debug");
+        assert!(
+            format!("{back:?}").find("argon2").is_none(),
+            "no hash in Debug"
+        );
         assert!(u.set("x", Some(Role::Viewer), "short").is_err());
     }
 
     #[test]
     fn bad_users_files_name_the_line() {
         let p = Path::new("/etc/alsentry/users");
-        let e = Users::parse(p, "# c\n\nbob:chief:$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n")
-            .unwrap_err();
+        let e = Users::parse(
+            p,
+            "# c\n\nbob:chief:$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n",
+        )
+        .unwrap_err();
         assert!(e.starts_with("/etc/alsentry/users:3: unknown role"), "{e}");
         let e = Users::parse(p, "bob\n").unwrap_err();
         assert_eq!(e, "/etc/alsentry/users:1: expected NAME:ROLE:HASH");

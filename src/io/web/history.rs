@@ -95,7 +95,10 @@ impl Entry {
         ]
         .iter()
         .any(|f| f.to_lowercase().contains(&q))
-            || self.by.as_deref().is_some_and(|b| b.to_lowercase().contains(&q))
+            || self
+                .by
+                .as_deref()
+                .is_some_and(|b| b.to_lowercase().contains(&q))
     }
 }
 
@@ -187,7 +190,11 @@ pub fn to_csv(entries: &[Entry], timezone: &str) -> String {
     let mut out = String::from("time,kind,device,rule,priority,from,to,by,note,message,value\n");
     for e in entries {
         let time = jiff::Timestamp::from_millisecond(e.ts)
-            .map(|t| t.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M:%S%:z").to_string())
+            .map(|t| {
+                t.to_zoned(tz.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S%:z")
+                    .to_string()
+            })
             .unwrap_or_default();
         let fields = [
             time,
@@ -273,7 +280,10 @@ mod tests {
         e.note = Some("=cmd()".into());
         let csv = to_csv(&[e], "Asia/Shanghai");
         let line = csv.lines().nth(1).unwrap();
-        assert!(line.starts_with("2026-01-01 08:00:00+08:00,transition,\"pot,1\",ae,"), "{line}");
+        assert!(
+            line.starts_with("2026-01-01 08:00:00+08:00,transition,\"pot,1\",ae,"),
+            "{line}"
+        );
         assert!(line.contains(",'=cmd(),"), "{line}");
     }
 }

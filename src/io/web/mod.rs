@@ -117,12 +117,8 @@ impl Web {
     fn who(&self, headers: &HeaderMap) -> Option<Session> {
         let now = self.clock.now();
         let token = cookie(headers, COOKIE);
-        let found = token.and_then(|t| {
-            self.sessions
-                .lock()
-                .ok()
-                .and_then(|mut s| s.touch(&t, now))
-        });
+        let found =
+            token.and_then(|t| self.sessions.lock().ok().and_then(|mut s| s.touch(&t, now)));
         found.or_else(|| {
             self.anonymous.then(|| Session {
                 user: String::new(),
@@ -311,6 +307,7 @@ fn snapshot_json(web: &Web, snap: &AlarmSnapshot) -> Value {
         if let Value::Object(o) = &mut v {
             o.insert("id".into(), format!("{}/{}", a.device, a.rule).into());
             o.insert("area".into(), web.info.area.clone().into());
+            o.insert("shelved_until_ms".into(), a.shelved_until.into());
         }
         v
     };
@@ -395,7 +392,11 @@ async fn command(
     if !ACTIONS.contains(&a.op.as_str()) {
         return error(
             StatusCode::BAD_REQUEST,
-            &format!("unknown action \"{}\"; accepted: {}", a.op, ACTIONS.join(", ")),
+            &format!(
+                "unknown action \"{}\"; accepted: {}",
+                a.op,
+                ACTIONS.join(", ")
+            ),
         );
     }
     let needed = Role::needed_for(&a.op);
@@ -427,7 +428,10 @@ async fn command(
         .await
         .map_or(true, |r| r.is_err())
     {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the engine is not taking commands");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine is not taking commands",
+        );
     }
     match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
         Ok(Ok(reply)) => {
