@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod net;
 pub mod tools;
 pub mod web;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 

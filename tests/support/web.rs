@@ -50,12 +50,45 @@ pub async fn request(
     if let Some(b) = body {
         s.write_all(b.as_bytes()).await.unwrap();
     }
+    // Read until the body is complete: some servers (chromedriver) keep the connection open.
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
+    let read = async {
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            if complete(&raw) {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
         .await
-        .expect("a reply in time")
-        .expect("read");
+        .expect("a reply in time");
     parse(&raw)
+}
+
+/// Whether `raw` holds a whole response (by Content-Length or the last chunk).
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 fn parse(raw: &[u8]) -> Reply {

@@ -90,6 +90,7 @@ function applyLang() {
   for (const e of document.querySelectorAll("[data-i18n-placeholder]")) e.placeholder = t(e.dataset.i18nPlaceholder);
   $("lang").textContent = S.lang === "zh" ? "English" : "中文";
   $("sound").textContent = S.sound ? t("sound_on") : t("sound_off");
+  if (S.live !== undefined) setLive(S.live);
   if (S.snap) render();
 }
 
@@ -185,20 +186,24 @@ function connect() {
   const es = new EventSource("/api/events");
   S.es = es;
   es.addEventListener("alarms", (ev) => {
-    $("live").textContent = "● " + t("live");
-    $("live").className = "live";
+    setLive(true);
     S.snap = JSON.parse(ev.data);
     render();
   });
   es.onerror = async () => {
-    $("live").textContent = t("reconnecting");
-    $("live").className = "live down";
+    setLive(false);
     if (es.readyState === EventSource.CLOSED) {
       const r = await api("/api/session");
       if (!r.ok) showLogin();
       else setTimeout(connect, 1000);
     }
   };
+}
+
+function setLive(up) {
+  S.live = up;
+  $("live").textContent = up ? "● " + t("live") : t("reconnecting");
+  $("live").className = up ? "live" : "live down";
 }
 
 function options(sel, values, labels) {
