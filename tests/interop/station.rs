@@ -39,7 +39,11 @@ async fn login(b: &Browser, user: &str, password: &str) {
     b.wait("[data-testid=\"alarm-list\"]", W).await;
     // Live once the first snapshot has arrived.
     let t0 = Instant::now();
-    while !b.text_of("[data-testid=\"live-status\"]").await.contains('●') {
+    while !b
+        .text_of("[data-testid=\"live-status\"]")
+        .await
+        .contains('●')
+    {
         assert!(t0.elapsed() < W, "the event stream never came up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -91,14 +95,19 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     let (_, took) = b.wait(&row("pot-1/anode_effect"), TWO_S).await;
     println!("alarm row shown {took:?} after the value was set");
     assert_eq!(
-        b.attribute(&row("pot-1/anode_effect"), "data-state").await.as_deref(),
+        b.attribute(&row("pot-1/anode_effect"), "data-state")
+            .await
+            .as_deref(),
         Some("active_unacked")
     );
     b.screenshot(&shots().join("operator-alarms.png")).await;
 
     // Acknowledge: the retained MQTT state says who.
-    b.click(&format!("{} [data-testid=\"ack\"]", row("pot-1/anode_effect")))
-        .await;
+    b.click(&format!(
+        "{} [data-testid=\"ack\"]",
+        row("pot-1/anode_effect")
+    ))
+    .await;
     let m = sub
         .wait_for(W, |m| {
             m.topic.ends_with("pot-1/alarm/anode_effect") && m.json()["state"] == "active_acked"
@@ -113,8 +122,11 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     .await;
 
     // Shelve for one minute, with a reason.
-    b.click(&format!("{} [data-testid=\"shelve\"]", row("pot-1/anode_effect")))
-        .await;
+    b.click(&format!(
+        "{} [data-testid=\"shelve\"]",
+        row("pot-1/anode_effect")
+    ))
+    .await;
     b.click("[data-testid=\"shelve-duration\"] option[value=\"1m\"]")
         .await;
     b.type_into("[data-testid=\"shelve-reason\"]", "anode change")
@@ -133,8 +145,11 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     mosq.kill();
     pot2.device.set_input(1, 0, &f32_words(9.5, "CDAB"));
     b.wait(&row("pot-2/anode_effect"), TWO_S).await;
-    b.click(&format!("{} [data-testid=\"ack\"]", row("pot-2/anode_effect")))
-        .await;
+    b.click(&format!(
+        "{} [data-testid=\"ack\"]",
+        row("pot-2/anode_effect")
+    ))
+    .await;
     b.wait(
         &format!("{}[data-state=\"active_acked\"]", row("pot-2/anode_effect")),
         W,
@@ -152,8 +167,11 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     // A viewer is refused, with the reason on the page.
     b.click("[data-testid=\"logout\"]").await;
     login(&b, "zhang.min", "potline-view-1").await;
-    b.click(&format!("{} [data-testid=\"shelve\"]", row("pot-2/anode_effect")))
-        .await;
+    b.click(&format!(
+        "{} [data-testid=\"shelve\"]",
+        row("pot-2/anode_effect")
+    ))
+    .await;
     b.click("[data-testid=\"shelve-confirm\"]").await;
     b.wait("[data-testid=\"message\"]:not([hidden])", W).await;
     let msg = b.text_of("[data-testid=\"message\"]").await;
@@ -165,7 +183,10 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     let left = Duration::from_secs(60).saturating_sub(shelved_at.elapsed());
     b.wait(&row("pot-1/anode_effect"), left + Duration::from_secs(5))
         .await;
-    assert!(shelved_at.elapsed() >= Duration::from_secs(59), "not before its minute");
+    assert!(
+        shelved_at.elapsed() >= Duration::from_secs(59),
+        "not before its minute"
+    );
     b.wait_gone(
         "[data-testid=\"shelved-row\"][data-alarm-id=\"pot-1/anode_effect\"]",
         W,
