@@ -147,6 +147,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
     let mut history = None;
     let mut http_addr = None;
+    // The station's device views; the sender is dropped (the engine stops asking) without it.
+    let (query_tx, query_rx) = mpsc::channel::<crate::io::web::DeviceQuery>(8);
     if let Some(h) = &cfg.http {
         let listener = tokio::net::TcpListener::bind(h.listen)
             .await
@@ -174,10 +176,14 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
                 },
                 history: Some(cfg.agent.state_dir.clone()),
             };
+            let link = crate::io::web::EngineLink {
+                commands: cmd_tx.clone(),
+                queries: query_tx.clone(),
+                alarms: alarms_rx.clone(),
+            };
             let web = crate::io::web::Web::new(
                 opts,
-                cmd_tx.clone(),
-                alarms_rx.clone(),
+                link,
                 health_rx.clone(),
                 metrics.clone(),
                 clock.clone(),
@@ -232,10 +238,12 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         control_tx,
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
+    drop(query_tx);
     let inputs = Inputs {
         batches: batch_rx,
         commands: cmd_rx,
         control: control_rx,
+        queries: query_rx,
     };
     tasks.spawn(engine_task.run(inputs, engine_cancel));
     Ok(Running {

@@ -139,6 +139,8 @@ pub struct Inputs {
     pub batches: mpsc::Receiver<SampleBatch>,
     pub commands: mpsc::Receiver<InboundCommand>,
     pub control: mpsc::Receiver<Control>,
+    /// The operator station's device views (closed when it is not served).
+    pub queries: mpsc::Receiver<crate::io::web::DeviceQuery>,
 }
 
 #[derive(Debug)]
@@ -188,6 +190,7 @@ impl EngineTask {
             mut batches,
             mut commands,
             mut control,
+            mut queries,
         } = inputs;
         let cadence = self.driver.cadence();
         // Wakes on the driver's grid of the clock, so a timer due at a grid tick fires when
@@ -236,6 +239,14 @@ impl EngineTask {
                     if let Some(c) = c {
                         self.control(c).await;
                     }
+                }
+                Some(q) = queries.recv() => {
+                    let trend = self.driver.engine_mut().device_trend(
+                        &q.device,
+                        q.since,
+                        crate::io::web::TREND_POINTS,
+                    );
+                    let _ = q.reply.send(trend);
                 }
                 _ = summaries.tick(), if self.summary.interval_ms > 0 => self.publish_summaries().await,
                 _ = cancel.cancelled() => {
@@ -556,6 +567,7 @@ limit = 8.0
             batches: batch_rx,
             commands: command_rx,
             control: control_rx,
+            queries: mpsc::channel(1).1,
         };
         tokio::spawn(task.run(inputs, CancellationToken::new()));
         Harness {

@@ -341,8 +341,10 @@ pub async fn serve_with_limits(
             }
         }
     }
-    // Aborting ends connections still in flight, live event streams included.
+    // Aborting ends connections still in flight, live event streams included; waiting for them
+    // lets go of the station (its history is flushed when the last user is gone).
     conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }
 
 async fn handle_connection<S>(mut sock: S, router: Router, limits: &HttpLimits)

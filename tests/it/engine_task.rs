@@ -166,6 +166,7 @@ limit = 6.0
         batches: batch_rx,
         commands: command_rx,
         control: control_rx,
+        queries: tokio::sync::mpsc::channel(1).1,
     };
     let engine = tokio::spawn(task.run(inputs, tokio_util::sync::CancellationToken::new()));
 

@@ -219,6 +219,20 @@ async fn an_alarm_streams_within_a_second_and_an_ack_reaches_the_retained_mqtt_s
         (Some("active_acked"), Some("li.wei"))
     );
 
+    // The device view: the tag's latest value and quality, its trend from the ring buffer, the
+    // alarm's span (still open).
+    let d = op.get("/api/device/pot-1").await.json();
+    assert_eq!(d["up"], true);
+    assert_eq!(d["tags"][0]["name"], "voltage");
+    assert_eq!(d["tags"][0]["quality"], "good");
+    assert_eq!(d["tags"][0]["value"], 9.0);
+    let points = d["tags"][0]["points"].as_array().unwrap();
+    assert!(points.len() >= 2, "{d}");
+    assert!(points.iter().any(|p| p[1] == 7.0) && points.iter().any(|p| p[1] == 9.0));
+    assert_eq!(d["spans"][0]["rule"], "anode_effect");
+    assert_eq!(d["spans"][0]["to"], serde_json::Value::Null);
+    assert_eq!(op.get("/api/device/nope").await.status, 404);
+
     // Shelve for a minute: it moves to the shelved list with its expiry.
     let r = op
         .act(

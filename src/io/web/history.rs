@@ -107,6 +107,18 @@ impl Entry {
 pub struct History {
     entries: Mutex<VecDeque<Entry>>,
     writer: Option<mpsc::SyncSender<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The lines handed to the writer reach the file before the history is gone (a restart reads
+/// them back).
+impl Drop for History {
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl History {
@@ -125,13 +137,19 @@ impl History {
                 }
             }
         }
-        let writer = compact(&path, &entries)
+        let (writer, thread) = match compact(&path, &entries)
             .and_then(|()| start_writer(path.clone()))
-            .map_err(|e| tracing::warn!(file = %path.display(), error = %e, "the event history is kept in memory only"))
-            .ok();
+        {
+            Ok((w, t)) => (Some(w), Some(t)),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "the event history is kept in memory only");
+                (None, None)
+            }
+        };
         History {
             entries: Mutex::new(entries),
             writer,
+            thread,
         }
     }
 
@@ -156,6 +174,36 @@ impl History {
     }
 }
 
+/// When alarms of `device` were active since `from`, from the transitions (`entries` newest
+/// first, as [`History::list`] gives them). An alarm still active has an open span (`to` null).
+pub fn spans(entries: &[Entry], device: &str, from: Ts) -> Vec<serde_json::Value> {
+    let active = |s: &str| s.starts_with("active");
+    let mut open: std::collections::BTreeMap<&str, (Ts, &str)> = Default::default();
+    let mut out = Vec::new();
+    for e in entries.iter().rev() {
+        if e.kind != "transition" || e.device != device {
+            continue;
+        }
+        match (active(&e.from), active(&e.to)) {
+            (false, true) => {
+                open.insert(&e.rule, (e.ts, &e.priority));
+            }
+            (true, false) => {
+                if let Some((start, prio)) = open.remove(e.rule.as_str()) {
+                    if e.ts >= from {
+                        out.push(serde_json::json!({ "rule": e.rule, "priority": prio, "from": start.max(from), "to": e.ts }));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (rule, (start, prio)) in open {
+        out.push(serde_json::json!({ "rule": rule, "priority": prio, "from": start.max(from), "to": serde_json::Value::Null }));
+    }
+    out
+}
+
 fn compact(path: &Path, entries: &VecDeque<Entry>) -> std::io::Result<()> {
     let tmp: PathBuf = path.with_extension("jsonl.tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
@@ -168,20 +216,22 @@ fn compact(path: &Path, entries: &VecDeque<Entry>) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn start_writer(path: PathBuf) -> std::io::Result<mpsc::SyncSender<String>> {
+type Writer = (mpsc::SyncSender<String>, std::thread::JoinHandle<()>);
+
+fn start_writer(path: PathBuf) -> std::io::Result<Writer> {
     let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
     let (tx, rx) = mpsc::sync_channel::<String>(1024);
-    std::thread::Builder::new()
+    let t = std::thread::Builder::new()
         .name("history".into())
         .spawn(move || {
-            // Ends when the last sender (the History) is dropped.
+            // Ends when the sender (the History) is dropped.
             while let Ok(line) = rx.recv() {
                 if writeln!(f, "{line}").is_err() {
                     break;
                 }
             }
         })?;
-    Ok(tx)
+    Ok((tx, t))
 }
 
 /// CSV for a spreadsheet: times in the plant's time zone (`[agent] timezone`).
@@ -258,16 +308,7 @@ mod tests {
         h.record(entry(1, "pot-1"));
         h.record(entry(2, "pot-2"));
         drop(h);
-        // The writer thread drains before the file is read again.
-        let deadline = 200;
-        let mut again = History::open(dir.path());
-        for _ in 0..deadline {
-            if again.list("").len() == 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            again = History::open(dir.path());
-        }
+        let again = History::open(dir.path());
         let l = again.list("");
         assert_eq!(l.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(again.list("POT-1").len(), 1);

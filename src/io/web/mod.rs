@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::clock::Clock;
-use crate::core::engine::{AREA_DEVICE, FLOOD_RULE};
+use crate::core::engine::{TagTrend, AREA_DEVICE, FLOOD_RULE};
 use crate::io::health::DeviceHealth;
 use crate::io::http::{AlarmJson, AlarmSnapshot};
 use crate::io::publisher::{CommandOrigin, InboundCommand};
@@ -40,6 +40,19 @@ pub const COOKIE: &str = "alsentry_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long an action waits for the engine's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How far back the device view's trend goes.
+pub const TREND_MS: i64 = 10 * 60_000;
+/// Points per tag in the device view's trend, at most.
+pub const TREND_POINTS: usize = 600;
+
+/// A question for the engine task, which owns the windows: one device's tags and trend.
+#[derive(Debug)]
+pub struct DeviceQuery {
+    pub device: String,
+    pub since: crate::core::model::Ts,
+    pub reply: oneshot::Sender<Option<Vec<TagTrend>>>,
+}
 
 /// What the page says about the agent (and uses for time zones).
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +88,7 @@ pub struct Web {
     sessions: Mutex<Sessions>,
     limiter: Mutex<LoginLimiter>,
     commands: mpsc::Sender<InboundCommand>,
+    queries: mpsc::Sender<DeviceQuery>,
     alarms: watch::Receiver<AlarmSnapshot>,
     devices: watch::Receiver<DeviceHealth>,
     metrics: Arc<Metrics>,
@@ -82,11 +96,18 @@ pub struct Web {
     history: Option<Arc<History>>,
 }
 
+/// The channels between the station and the engine task.
+#[derive(Debug)]
+pub struct EngineLink {
+    pub commands: mpsc::Sender<InboundCommand>,
+    pub queries: mpsc::Sender<DeviceQuery>,
+    pub alarms: watch::Receiver<AlarmSnapshot>,
+}
+
 impl Web {
     pub fn new(
         opts: WebOptions,
-        commands: mpsc::Sender<InboundCommand>,
-        alarms: watch::Receiver<AlarmSnapshot>,
+        engine: EngineLink,
         devices: watch::Receiver<DeviceHealth>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
@@ -99,8 +120,9 @@ impl Web {
             info: opts.info,
             sessions: Mutex::new(Sessions::new(opts.session_ttl_ms)),
             limiter: Mutex::new(LoginLimiter::default()),
-            commands,
-            alarms,
+            commands: engine.commands,
+            queries: engine.queries,
+            alarms: engine.alarms,
             devices,
             metrics,
             clock,
@@ -494,7 +516,8 @@ async fn agent(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     }))
 }
 
-/// One device: its alarms (shown and hidden) and whether it answers.
+/// One device: whether it answers, its tags (latest value, quality, the trend its ring buffers
+/// hold for the last [`TREND_MS`]), its alarms and the spans they were active in.
 async fn device(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
@@ -507,6 +530,35 @@ async fn device(
         return error(StatusCode::NOT_FOUND, "no such device");
     };
     let up = web.devices.borrow().is_up(i as u32);
+    let now = web.clock.now();
+    let since = now - TREND_MS;
+    let (tx, rx) = oneshot::channel();
+    let q = DeviceQuery {
+        device: name.clone(),
+        since,
+        reply: tx,
+    };
+    let tags = match web.queries.try_send(q) {
+        Ok(()) => tokio::time::timeout(REPLY_TIMEOUT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let tags: Vec<Value> = tags
+        .iter()
+        .map(|t| {
+            json!({
+                "name": &*t.name,
+                "unit": &*t.unit,
+                "value": t.value,
+                "quality": t.quality.label(),
+                "points": t.points,
+            })
+        })
+        .collect();
     let snap = web.alarms.borrow().clone();
     let all = snapshot_json(&web, &snap);
     let mine = |key: &str| -> Vec<Value> {
@@ -520,9 +572,18 @@ async fn device(
             })
             .unwrap_or_default()
     };
+    let spans = web
+        .history
+        .as_ref()
+        .map(|h| history::spans(&h.list(""), &name, since))
+        .unwrap_or_default();
     no_store(json!({
         "name": name,
         "up": up,
+        "from_ms": since,
+        "now_ms": now,
+        "tags": tags,
+        "spans": spans,
         "alarms": mine("alarms"),
         "shelved": mine("shelved"),
         "out_of_service": mine("out_of_service"),

@@ -329,8 +329,38 @@ async function loadDevice() {
   const d = r.json;
   $("device-up").textContent = d.up ? t("up") : t("down");
   $("device-up").className = "pill " + (d.up ? "up" : "down");
+  $("device-tags").replaceChildren(...d.tags.map((g) =>
+    el("tr", { "data-testid": "device-tag", "data-tag": g.name },
+      el("td", { text: g.name }),
+      el("td", { text: g.value === null ? "" : `${+g.value.toFixed(3)} ${g.unit}` }),
+      el("td", {}, el("span", { class: "pill " + (g.quality === "good" ? "up" : "down"), text: g.quality })))));
+  $("device-trends").replaceChildren(...d.tags.filter((g) => g.points.length > 1).map((g) => trend(g, d)));
   $("device-alarms").replaceChildren(...d.alarms.map((a) => row(a, "alarm")),
     ...d.shelved.map((a) => row(a, "shelved")), ...d.out_of_service.map((a) => row(a, "oos")));
+}
+
+// A trend of one tag over the last minutes, alarm spans shaded in their priority's colour.
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+function trend(g, d) {
+  const W = 1000, H = 160, pad = 4;
+  const vs = g.points.map((p) => p[1]);
+  let lo = Math.min(...vs), hi = Math.max(...vs);
+  if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+  const x = (ts) => ((ts - d.from_ms) / (d.now_ms - d.from_ms)) * W;
+  const y = (v) => H - pad - ((v - lo) / (hi - lo)) * (H - 2 * pad);
+  const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", class: "trend", "data-testid": "device-trend", "data-tag": g.name });
+  const colour = { critical: "#d7263d", high: "#f46036", medium: "#e6c229", low: "#3f88c5" };
+  for (const sp of d.spans) {
+    const x0 = x(sp.from), x1 = x(sp.to === null ? d.now_ms : sp.to);
+    s.append(svg("rect", { x: x0, y: 0, width: Math.max(1, x1 - x0), height: H, fill: colour[sp.priority] || "#888", "fill-opacity": 0.25, "data-testid": "alarm-span" }));
+  }
+  s.append(svg("polyline", { points: g.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), fill: "none", stroke: "#8cc4ff", "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
+  return el("figure", {}, el("figcaption", { text: `${g.name}: ${+lo.toFixed(2)} … ${+hi.toFixed(2)} ${g.unit}` }), s);
 }
 
 let historyTimer = null;
