@@ -155,10 +155,6 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
         W,
     )
     .await;
-    b.click("[data-testid=\"nav-agent\"]").await;
-    b.wait("[data-testid=\"agent-sink\"]", W).await;
-    b.screenshot(&shots().join("operator-agent-broker-down.png"))
-        .await;
     b.click(&format!("{} .device-link", row("pot-2/anode_effect")))
         .await;
     b.wait(
@@ -167,6 +163,10 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     )
     .await;
     b.screenshot(&shots().join("operator-device.png")).await;
+    b.click("[data-testid=\"nav-agent\"]").await;
+    b.wait("[data-testid=\"agent-sink\"]", W).await;
+    b.screenshot(&shots().join("operator-agent-broker-down.png"))
+        .await;
     b.click("[data-testid=\"nav-history\"]").await;
     b.wait("[data-testid=\"history-row\"]", W).await;
     b.screenshot(&shots().join("operator-history.png")).await;

@@ -120,6 +120,7 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
+        println!("click {css}");
         let (e, _) = self.wait(css, Duration::from_secs(5)).await;
         self.call("POST", &format!("/element/{e}/click"), Some(json!({})))
             .await;

@@ -351,7 +351,9 @@ function trend(g, d) {
   const vs = g.points.map((p) => p[1]);
   let lo = Math.min(...vs), hi = Math.max(...vs);
   if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
-  const x = (ts) => ((ts - d.from_ms) / (d.now_ms - d.from_ms)) * W;
+  // From the oldest point held (a young agent has less than the full span) to now.
+  const t0 = Math.max(d.from_ms, Math.min(g.points[0][0], d.now_ms - 1000));
+  const x = (ts) => ((Math.max(ts, t0) - t0) / (d.now_ms - t0)) * W;
   const y = (v) => H - pad - ((v - lo) / (hi - lo)) * (H - 2 * pad);
   const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", class: "trend", "data-testid": "device-trend", "data-tag": g.name });
   const colour = { critical: "#d7263d", high: "#f46036", medium: "#e6c229", low: "#3f88c5" };
