@@ -96,6 +96,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
+    // What was found on disk at start, for the operator station's agent page.
+    let mut restored: Vec<String> = Vec::new();
     let many = cfg.sinks.len() > 1;
     for (i, s) in cfg.sinks.iter().enumerate() {
         let dir = cfg.agent.state_dir.join("outbox").join(&s.name);
@@ -106,6 +108,12 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         if report.recovered > 0 || report.torn_tails > 0 || report.corrupt_regions > 0 {
             info!(sink = %s.name, recovered = report.recovered, torn = report.torn_tails, corrupt = report.corrupt_regions, "outbox reopened with a backlog");
         }
+        restored.push(format!(
+            "outbox {}: {} messages recovered, {} damaged regions skipped",
+            s.name,
+            report.recovered,
+            report.torn_tails + report.corrupt_regions
+        ));
         if report.torn_tails > 0 || report.corrupt_regions > 0 {
             warn!(sink = %s.name, torn_bytes = report.torn_bytes, corrupt_bytes = report.corrupt_bytes, "outbox had damaged records (power cut?); they were skipped");
         }
@@ -175,6 +183,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
                     timezone: cfg.agent.timezone.clone(),
                 },
                 history: Some(cfg.agent.state_dir.clone()),
+                restored: restored.clone(),
             };
             let link = crate::io::web::EngineLink {
                 commands: cmd_tx.clone(),

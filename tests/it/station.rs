@@ -269,6 +269,12 @@ async fn an_alarm_streams_within_a_second_and_an_ack_reaches_the_retained_mqtt_s
         .body
         .starts_with("time,kind,device,rule,priority,from,to,by,note,message,value\n"));
     assert!(csv.body.contains(",li.wei,"));
+    let agent = op.get("/api/agent").await.json();
+    let restored = agent["restored"].to_string();
+    assert!(
+        restored.contains("outbox plant:") && restored.contains("history: "),
+        "{restored}"
+    );
     running.stop().await;
 }
 

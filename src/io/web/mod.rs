@@ -76,6 +76,8 @@ pub struct WebOptions {
     pub info: AgentInfo,
     /// Where the event history is kept (`None`: not kept).
     pub history: Option<PathBuf>,
+    /// What the agent found on disk at start (outbox backlogs), one line each.
+    pub restored: Vec<String>,
 }
 
 /// Everything the station reads and the one channel it writes to.
@@ -85,6 +87,7 @@ pub struct Web {
     anonymous: bool,
     tls: bool,
     info: AgentInfo,
+    restored: Vec<String>,
     sessions: Mutex<Sessions>,
     limiter: Mutex<LoginLimiter>,
     commands: mpsc::Sender<InboundCommand>,
@@ -113,11 +116,16 @@ impl Web {
         clock: Arc<dyn Clock>,
     ) -> Web {
         let history = opts.history.map(|dir| Arc::new(History::open(&dir)));
+        let mut restored = opts.restored;
+        if let Some(h) = &history {
+            restored.push(format!("history: {} entries", h.list("").len()));
+        }
         Web {
             users: Arc::new(opts.users),
             anonymous: opts.anonymous,
             tls: opts.tls,
             info: opts.info,
+            restored,
             sessions: Mutex::new(Sessions::new(opts.session_ttl_ms)),
             limiter: Mutex::new(LoginLimiter::default()),
             commands: engine.commands,
@@ -513,6 +521,7 @@ async fn agent(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         "now_ms": web.clock.now(),
         "devices": devices,
         "sinks": sinks,
+        "restored": web.restored,
     }))
 }
 
