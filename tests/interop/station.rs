@@ -208,3 +208,109 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     drop(b);
     running.stop().await;
 }
+
+/// One request over TLS trusting only `ca`; the raw reply.
+async fn https(addr: std::net::SocketAddr, ca: &std::path::Path, req: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(ca).unwrap(),
+    )) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = connector.connect(name, tcp).await.expect("TLS handshake");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(W, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs openssl; .ci/run runs it"]
+async fn the_station_serves_https_with_a_secure_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::tools::require("openssl"))
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            "http.key",
+            "-out",
+            "http.crt",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = dir.path().join("users");
+    set_user(&users, "li.wei", Some(Role::Operator), "potline-op-1").unwrap();
+    let dev = Served::start(Device::default()).await;
+    let cfg = Agent::new("gw-tls")
+        .state_dir(dir.path())
+        .mqtt("mqtt://127.0.0.1:1")
+        .section(&format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nusers = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            users.display(),
+            dir.path().join("http.crt").display(),
+            dir.path().join("http.key").display()
+        ))
+        .device(Dev::tcp("pot-1", dev.addr).poll("1s").tags(
+            r#"[ { name = "voltage", table = "input", address = 0, type = "f32", unit = "V" } ]"#,
+        ))
+        .build();
+    let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
+    let addr = running.http.unwrap();
+    let ca = dir.path().join("http.crt");
+    let r = https(addr, &ca, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nok\n"),
+        "{r}"
+    );
+    let body = r#"{"username":"li.wei","password":"potline-op-1"}"#;
+    let req = format!(
+        "POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = https(addr, &ca, &req).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let cookie = r
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("a cookie");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP on the TLS port gets no page, and the server keeps serving.
+    let plain = crate::support::web::request(addr, "GET", "/healthz", &[], None).await;
+    assert_ne!(plain.status, 200);
+    let r = https(addr, &ca, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    running.stop().await;
+}
