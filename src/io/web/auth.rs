@@ -295,6 +295,12 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// Whether `token` is a live session, without extending it (an open event stream does not
+    /// keep a login alive).
+    pub fn alive(&self, token: &str, now: Ts) -> bool {
+        self.by_token.get(token).is_some_and(|s| s.expires > now)
+    }
+
     pub fn close(&mut self, token: &str) {
         self.by_token.remove(token);
     }
@@ -459,6 +465,10 @@ mod tests {
         assert_ne!(t, sess.csrf);
         assert!(s.touch(&t, 900).is_some());
         assert!(s.touch(&t, 1_800).is_some(), "slid to 1900");
+        assert!(
+            s.alive(&t, 2_000) && !s.alive(&t, 2_800),
+            "alive does not slide"
+        );
         assert!(s.touch(&t, 2_900).is_none());
         assert!(s.touch(&t, 2_901).is_none(), "gone");
         let (t, _) = s.open(&user, 0);

@@ -364,17 +364,34 @@ async fn snapshot(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
 
 /// Server-sent events: the whole snapshot as event `alarms`, at once and after every change.
 async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if web.who(&headers).is_none() {
+    let Some(who) = web.who(&headers) else {
         return unauthorized();
-    }
+    };
     let w = web.clone();
-    let stream = WatchStream::new(web.alarms.clone()).map(move |snap| {
-        Ok::<_, Infallible>(
-            Event::default()
-                .event("alarms")
-                .data(snapshot_json(&w, &snap).to_string()),
-        )
-    });
+    // The stream ends with the session (at the next change): the page then asks to log in.
+    let token = (!who.user.is_empty())
+        .then(|| cookie(&headers, COOKIE))
+        .flatten();
+    let live = web.clone();
+    let stream = WatchStream::new(web.alarms.clone())
+        .take_while(move |_| {
+            let ok = match &token {
+                Some(t) => live
+                    .sessions
+                    .lock()
+                    .map(|s| s.alive(t, live.clock.now()))
+                    .unwrap_or(false),
+                None => live.anonymous,
+            };
+            std::future::ready(ok)
+        })
+        .map(move |snap| {
+            Ok::<_, Infallible>(
+                Event::default()
+                    .event("alarms")
+                    .data(snapshot_json(&w, &snap).to_string()),
+            )
+        });
     let mut r = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
