@@ -176,14 +176,16 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     b.click("[data-testid=\"logout\"]").await;
     login(&b, "zhang.min", "potline-view-1").await;
     b.click(&format!(
-        "{} [data-testid=\"shelve\"]",
+        "{} [data-testid=\"ack\"]",
         row("pot-2/anode_effect")
     ))
     .await;
-    b.click("[data-testid=\"shelve-confirm\"]").await;
     b.wait("[data-testid=\"message\"]:not([hidden])", W).await;
     let msg = b.text_of("[data-testid=\"message\"]").await;
-    assert!(msg.contains("needs the operator role"), "{msg}");
+    assert!(
+        msg.contains("zhang.min may not ack: it needs the operator role"),
+        "{msg}"
+    );
     b.screenshot(&shots().join("operator-viewer-refused.png"))
         .await;
 

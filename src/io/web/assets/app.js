@@ -217,8 +217,9 @@ for (const id of ["f-area", "f-device", "f-priority"]) $(id).addEventListener("c
 
 function actionButton(op, a, enabled) {
   const testid = { out_of_service: "oos", return_to_service: "return" }[op] || op;
+  // Never disabled: whoever clicks is told by the agent why an action does not apply.
   return el("button", {
-    type: "button", "data-testid": testid, "data-op": op, disabled: !enabled, text: t(op),
+    type: "button", "data-testid": testid, "data-op": op, class: enabled ? "" : "idle", text: t(op),
     onclick: () => (op === "shelve" ? openShelve(a) : act(op, a)),
   });
 }
