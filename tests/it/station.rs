@@ -365,3 +365,46 @@ fn user_add_and_passwd_write_argon2_hashes_from_stdin() {
         assert_eq!(mode & 0o077, 0, "only the owner reads the users file");
     }
 }
+
+// No password, hash, session token or CSRF token in the binary's logs, even at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_the_station_reaches_the_logs() {
+    let dev = Served::start(Device::default()).await;
+    let b = embedded().await;
+    let dir = tempfile::tempdir().unwrap();
+    let u = users(dir.path());
+    let port = crate::support::net::free_port();
+    let http = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\nusers = \"{}\"",
+        u.display()
+    );
+    let path = agent(&dev, &b.url(), dir.path(), &http).write(dir.path());
+    let (proc, lines) = crate::delivery::spawn_agent(&path, &[("RUST_LOG", "debug")]);
+    let mut seen = crate::delivery::wait_line(&lines, "HTTP endpoint", W);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut st = Station::new(addr);
+    assert_eq!(st.login("li.wei", "wrong-potline-pw").await.status, 401);
+    assert_eq!(st.login("li.wei", "potline-op-1").await.status, 200);
+    assert_eq!(st.get("/api/snapshot").await.status, 200);
+    let (cookie, csrf) = (st.cookie.clone().unwrap(), st.csrf.clone().unwrap());
+    let token = cookie.split('=').nth(1).unwrap().to_string();
+    assert_eq!(st.act("ack", "pot-1", "nope", json!({})).await.status, 409);
+    assert_eq!(st.post("/api/logout", &json!({})).await.status, 200);
+    seen.extend(crate::delivery::wait_line(&lines, "logged in", W));
+    let kill = Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    seen.extend(crate::delivery::wait_line(&lines, "stopped", W));
+    drop(proc);
+    assert!(seen.iter().any(|l| l.contains("DEBUG")), "debug is on");
+    assert!(seen
+        .iter()
+        .any(|l| l.contains("login failed") && l.contains("li.wei")));
+    for l in &seen {
+        for secret in ["potline-op-1", "wrong-potline-pw", "$argon2", &token, &csrf] {
+            assert!(!l.contains(secret), "{secret} in log line: {l}");
+        }
+    }
+}
