@@ -284,8 +284,25 @@ async fn anonymous_viewing_is_a_choice_and_never_acts() {
     let b = embedded().await;
     let dir = tempfile::tempdir().unwrap();
     let http = "[http]\nlisten = \"127.0.0.1:0\"\nanonymous = true";
-    let (running, addr) = start(dir.path(), &agent(&dev, &b.url(), dir.path(), http)).await;
+    // A flood as soon as a second activation comes within the window.
+    let cfg = agent(&dev, &b.url(), dir.path(), http)
+        .section("[alarms]\nflood_threshold = 1\nflood_window = \"1m\"");
+    let (running, addr) = start(dir.path(), &cfg).await;
     let anon = Station::new(addr);
+    let mut events = anon.events().await;
+    assert_eq!(events.next(W).await.expect("snapshot")["flood"], false);
+    // Active, returned (unacknowledged), active again: two activations.
+    for (v, state) in [(9.0, "active_unacked"), (7.0, "returned_unacked")] {
+        dev.device.set_input(1, 0, &f32_words(v, "CDAB"));
+        while events.next(W).await.expect("the transition")["alarms"][0]["state"] != state {}
+    }
+    dev.device.set_input(1, 0, &f32_words(9.0, "CDAB"));
+    loop {
+        let s = events.next(W).await.expect("the flood on the stream");
+        if s["flood"] == true {
+            break;
+        }
+    }
     let s = anon.get("/api/session").await;
     assert_eq!((s.status, &s.json()["role"]), (200, &json!("viewer")));
     assert_eq!(anon.get("/api/snapshot").await.status, 200);
