@@ -122,7 +122,7 @@ function showLogin() {
   if (S.es) { S.es.close(); S.es = null; }
   S.session = null;
   $("agent").textContent = S.agent ? `${S.agent.id} · ${S.agent.site}/${S.agent.area}` : "";
-  $("nav").hidden = true; $("logout").hidden = true; $("user").textContent = "";
+  $("nav").hidden = true; $("logout").hidden = true; $("login-open").hidden = true; $("user").textContent = "";
   for (const v of ["alarms", "device", "history", "agent"]) $("view-" + v).hidden = true;
   $("login").hidden = false;
   $("login-form").querySelector("input").focus();
@@ -133,6 +133,8 @@ function signedIn(s) {
   $("agent").textContent = `${s.agent.id} · ${s.agent.site}/${s.agent.area}`;
   $("user").textContent = s.anonymous ? t("anonymous") : `${s.user} (${s.role})`;
   $("logout").hidden = s.anonymous;
+  // Viewing without login: anyone may still log in to act.
+  $("login-open").hidden = !s.anonymous;
   $("login").hidden = true; $("nav").hidden = false;
   connect();
   show("alarms");
@@ -154,6 +156,8 @@ $("logout").addEventListener("click", async () => {
   await api("/api/logout", { method: "POST" });
   showLogin();
 });
+
+$("login-open").addEventListener("click", () => showLogin());
 
 $("lang").addEventListener("click", () => {
   S.lang = S.lang === "zh" ? "en" : "zh";
