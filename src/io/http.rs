@@ -302,9 +302,9 @@ pub async fn serve_with_limits(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((sock, _peer)) => {
+                Ok((sock, peer)) => {
                     if let Ok(permit) = permits.clone().try_acquire_owned() {
-                        let router = router.clone();
+                        let router = router.clone().layer(axum::Extension(crate::io::web::ClientAddr(peer)));
                         let tls = tls.clone();
                         conns.spawn(async move {
                             match tls {

@@ -308,49 +308,47 @@ impl Sessions {
 
 /// Failed logins allowed per name within [`WINDOW_MS`] before logins for it are refused.
 pub const MAX_FAILURES_PER_NAME: usize = 5;
-/// Failed logins allowed in total within [`WINDOW_MS`] (guessing many names).
+/// Failed logins allowed per client address within [`WINDOW_MS`] (one client guessing names).
+pub const MAX_FAILURES_PER_ADDRESS: usize = 10;
+/// Failed logins allowed in total within [`WINDOW_MS`] (many clients guessing).
 pub const MAX_FAILURES_TOTAL: usize = 20;
 pub const WINDOW_MS: i64 = 60_000;
 
-/// Counts failed logins and refuses further tries for a while.
+/// Counts failed logins (by name and by client address) and refuses further tries for a while.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    failures: Vec<(String, Ts)>,
+    /// (name, client address, when).
+    failures: Vec<(String, String, Ts)>,
 }
 
 impl LoginLimiter {
-    /// `Err(seconds to wait)` while logins for `name` are refused.
-    pub fn check(&mut self, name: &str, now: Ts) -> Result<(), i64> {
-        self.failures.retain(|(_, t)| now - t < WINDOW_MS);
-        let mine: Vec<Ts> = self
-            .failures
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, t)| *t)
-            .collect();
-        let blocking = if mine.len() >= MAX_FAILURES_PER_NAME {
-            mine.first().copied()
-        } else if self.failures.len() >= MAX_FAILURES_TOTAL {
-            self.failures.first().map(|(_, t)| *t)
-        } else {
-            None
+    /// `Err(seconds to wait)` while logins for `name`, or from `addr`, are refused.
+    pub fn check(&mut self, name: &str, addr: &str, now: Ts) -> Result<(), i64> {
+        self.failures.retain(|(_, _, t)| now - t < WINDOW_MS);
+        let first = |f: &dyn Fn(&(String, String, Ts)) -> bool, max: usize| {
+            let hits: Vec<Ts> = self.failures.iter().filter(|x| f(x)).map(|x| x.2).collect();
+            (hits.len() >= max).then(|| hits[0])
         };
+        let blocking = first(&|x| x.0 == name, MAX_FAILURES_PER_NAME)
+            .or_else(|| first(&|x| x.1 == addr, MAX_FAILURES_PER_ADDRESS))
+            .or_else(|| first(&|_| true, MAX_FAILURES_TOTAL));
         match blocking {
             Some(first) => Err(((first + WINDOW_MS - now) / 1000).max(1)),
             None => Ok(()),
         }
     }
 
-    pub fn failed(&mut self, name: &str, now: Ts) {
+    pub fn failed(&mut self, name: &str, addr: &str, now: Ts) {
         // Bounded: names are attacker-chosen.
         if self.failures.len() < 10 * MAX_FAILURES_TOTAL {
-            self.failures.push((name.to_string(), now));
+            self.failures
+                .push((name.to_string(), addr.to_string(), now));
         }
     }
 
     /// A good login clears that name's failures.
     pub fn succeeded(&mut self, name: &str) {
-        self.failures.retain(|(n, _)| n != name);
+        self.failures.retain(|(n, _, _)| n != name);
     }
 }
 
@@ -486,19 +484,32 @@ mod tests {
     }
 
     #[test]
-    fn logins_are_limited_per_name_and_in_total() {
+    fn logins_are_limited_per_name_per_address_and_in_total() {
         let mut l = LoginLimiter::default();
         for i in 0..MAX_FAILURES_PER_NAME as i64 {
-            assert!(l.check("bob", i).is_ok());
-            l.failed("bob", i);
+            assert!(l.check("bob", "10.0.0.1", i).is_ok());
+            l.failed("bob", "10.0.0.1", i);
         }
-        assert_eq!(l.check("bob", 10), Err(59));
-        assert!(l.check("alice", 10).is_ok(), "other names still log in");
-        assert!(l.check("bob", WINDOW_MS).is_ok(), "the window passes");
+        assert_eq!(l.check("bob", "10.0.0.2", 10), Err(59));
+        assert!(
+            l.check("alice", "10.0.0.2", 10).is_ok(),
+            "other names still log in"
+        );
+        assert!(
+            l.check("bob", "10.0.0.2", WINDOW_MS).is_ok(),
+            "the window passes"
+        );
+        // One client guessing many names.
+        for i in 0..MAX_FAILURES_PER_ADDRESS {
+            l.failed(&format!("n{i}"), "10.0.0.9", WINDOW_MS);
+        }
+        assert!(l.check("carol", "10.0.0.9", WINDOW_MS + 1).is_err());
+        assert!(l.check("carol", "10.0.0.3", WINDOW_MS + 1).is_ok());
+        // Many clients guessing.
         for i in 0..MAX_FAILURES_TOTAL {
-            l.failed(&format!("n{i}"), WINDOW_MS);
+            l.failed(&format!("m{i}"), &format!("10.1.0.{i}"), WINDOW_MS);
         }
-        assert!(l.check("alice", WINDOW_MS + 1).is_err());
+        assert!(l.check("alice", "10.0.0.4", WINDOW_MS + 1).is_err());
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
     }
 }

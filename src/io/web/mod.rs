@@ -269,15 +269,24 @@ struct LoginForm {
     password: String,
 }
 
-async fn login(State(web): State<Arc<Web>>, Json(form): Json<LoginForm>) -> Response {
+/// The client's address, added to each request by the listener (for login limiting).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+async fn login(
+    State(web): State<Arc<Web>>,
+    client: Option<axum::Extension<ClientAddr>>,
+    Json(form): Json<LoginForm>,
+) -> Response {
     let now = web.clock.now();
     let name = form.username.trim().to_string();
+    let addr = client.map(|c| c.0 .0.ip().to_string()).unwrap_or_default();
     let waited = match web.limiter.lock() {
-        Ok(mut l) => l.check(&name, now),
+        Ok(mut l) => l.check(&name, &addr, now),
         Err(_) => Ok(()),
     };
     if let Err(secs) = waited {
-        tracing::warn!(user = %name, "operator station: login refused, too many failures");
+        tracing::warn!(user = %name, client = %addr, "operator station: login refused, too many failures");
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             &format!("too many failed logins; try again in {secs} s"),
@@ -292,9 +301,9 @@ async fn login(State(web): State<Arc<Web>>, Json(form): Json<LoginForm>) -> Resp
         .flatten();
     let Some(user) = user else {
         if let Ok(mut l) = web.limiter.lock() {
-            l.failed(&name, now);
+            l.failed(&name, &addr, now);
         }
-        tracing::warn!(user = %name, "operator station: login failed");
+        tracing::warn!(user = %name, client = %addr, "operator station: login failed");
         return error(StatusCode::UNAUTHORIZED, "wrong user name or password");
     };
     if let Ok(mut l) = web.limiter.lock() {
