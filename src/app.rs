@@ -173,6 +173,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             };
             let opts = crate::io::web::WebOptions {
                 users,
+                users_file: h.users.clone(),
                 anonymous: h.anonymous,
                 session_ttl_ms: h.session_timeout_ms,
                 tls: tls.is_some(),

@@ -133,6 +133,11 @@ async fn login_csrf_roles_and_rate_limiting() {
         .unwrap()
         .contains("unknown alarm"));
 
+    // A user added while the agent runs can log in at once (the file is re-read on change).
+    set_user(&u, "wang.fang", Some(Role::Operator), "potline-op-2").unwrap();
+    let mut added = Station::new(addr);
+    assert_eq!(added.login("wang.fang", "potline-op-2").await.status, 200);
+
     // Logout ends the session.
     assert_eq!(eng.post("/api/logout", &json!({})).await.status, 200);
     assert_eq!(eng.get("/api/snapshot").await.status, 401);

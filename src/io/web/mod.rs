@@ -68,6 +68,8 @@ pub struct AgentInfo {
 #[derive(Debug, Clone)]
 pub struct WebOptions {
     pub users: Users,
+    /// The users file (`[http] users`), re-read when it changes (after `alsentry user add`).
+    pub users_file: Option<PathBuf>,
     /// Anyone may view without logging in (`[http] anonymous = true`).
     pub anonymous: bool,
     pub session_ttl_ms: i64,
@@ -80,10 +82,24 @@ pub struct WebOptions {
     pub restored: Vec<String>,
 }
 
+/// The users and the file they came from.
+#[derive(Debug)]
+struct UsersFile {
+    path: Option<PathBuf>,
+    /// Modification time and length: a change of either means the file was rewritten.
+    modified: Option<(std::time::SystemTime, u64)>,
+    users: Arc<Users>,
+}
+
+fn modified(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 /// Everything the station reads and the one channel it writes to.
 #[derive(Debug)]
 pub struct Web {
-    users: Arc<Users>,
+    users: Mutex<UsersFile>,
     anonymous: bool,
     tls: bool,
     info: AgentInfo,
@@ -121,7 +137,11 @@ impl Web {
             restored.push(format!("history: {} entries", h.list("").len()));
         }
         Web {
-            users: Arc::new(opts.users),
+            users: Mutex::new(UsersFile {
+                modified: opts.users_file.as_deref().and_then(modified),
+                path: opts.users_file,
+                users: Arc::new(opts.users),
+            }),
             anonymous: opts.anonymous,
             tls: opts.tls,
             info: opts.info,
@@ -136,6 +156,29 @@ impl Web {
             clock,
             history,
         }
+    }
+
+    /// The users, re-read first if the file changed since (a bad file keeps the old users).
+    fn current_users(&self) -> Arc<Users> {
+        let Ok(mut f) = self.users.lock() else {
+            return Arc::new(Users::default());
+        };
+        if let Some(path) = f.path.clone() {
+            let now = modified(&path);
+            if now != f.modified {
+                match Users::load(&path) {
+                    Ok(u) => {
+                        tracing::info!(file = %path.display(), "operator station: users file re-read");
+                        f.users = Arc::new(u);
+                        f.modified = now;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "operator station: users file not re-read; the previous users stay")
+                    }
+                }
+            }
+        }
+        f.users.clone()
     }
 
     /// The history, for the engine task's side that records into it.
@@ -292,7 +335,7 @@ async fn login(
             &format!("too many failed logins; try again in {secs} s"),
         );
     }
-    let users = web.users.clone();
+    let users = web.current_users();
     let (n, pw) = (name.clone(), form.password);
     // argon2 is slow by design: off the async threads.
     let user = tokio::task::spawn_blocking(move || users.verify(&n, &pw).cloned())
