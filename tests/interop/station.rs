@@ -183,7 +183,9 @@ async fn an_operator_works_the_alarm_list_in_chromium() {
     b.wait("[data-testid=\"message\"]:not([hidden])", W).await;
     let msg = b.text_of("[data-testid=\"message\"]").await;
     assert!(
-        msg.contains("zhang.min may not ack: it needs the operator role"),
+        msg.contains(
+            "Refused (403): forbidden: zhang.min (viewer) may not ack: it needs the operator role"
+        ),
         "{msg}"
     );
     b.screenshot(&shots().join("operator-viewer-refused.png"))

@@ -504,8 +504,9 @@ async fn command(
         return error(
             StatusCode::FORBIDDEN,
             &format!(
-                "{} may not {}: it needs the {} role",
+                "forbidden: {} ({}) may not {}: it needs the {} role",
                 s.user,
+                s.role.as_str(),
                 a.op.replace('_', " "),
                 needed.as_str()
             ),

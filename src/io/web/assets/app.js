@@ -9,7 +9,7 @@ const T = {
     alarm: "Alarm", state: "State", since: "Since", value: "Value", message: "Message", ack_info: "Acknowledged",
     no_alarms: "No alarms.", shelved: "Shelved", oos: "Out of service", duration: "Duration", reason: "Reason",
     shelve: "Shelve", cancel: "Cancel", back: "Back", filter: "Filter (device, alarm, user…)", csv: "Export CSV",
-    time: "Time", kind: "Kind", by: "By", devices: "Devices", sinks: "MQTT sinks", all: "All", restored: "Restored at start",
+    time: "Time", kind: "Kind", by: "By", devices: "Devices", sinks: "MQTT sinks", all: "All", restored: "Restored at start", refused: "Refused",
     flood: "Alarm flood: alarms are arriving faster than an operator can handle.",
     ack: "Ack", unshelve: "Unshelve", reset: "Reset", out_of_service: "Out of service", return_to_service: "Return",
     sound_on: "Sound on", sound_off: "Sound off", live: "live", reconnecting: "reconnecting…",
@@ -26,7 +26,7 @@ const T = {
     alarm: "报警", state: "状态", since: "开始时间", value: "数值", message: "信息", ack_info: "确认",
     no_alarms: "无报警。", shelved: "已搁置", oos: "停用", duration: "时长", reason: "原因",
     shelve: "搁置", cancel: "取消", back: "返回", filter: "筛选（设备、报警、用户…）", csv: "导出 CSV",
-    time: "时间", kind: "类型", by: "操作人", devices: "设备", sinks: "MQTT 连接", all: "全部", restored: "启动时恢复",
+    time: "时间", kind: "类型", by: "操作人", devices: "设备", sinks: "MQTT 连接", all: "全部", restored: "启动时恢复", refused: "已拒绝",
     flood: "报警泛滥：报警到达速度超过操作员处理能力。",
     ack: "确认", unshelve: "取消搁置", reset: "复位", out_of_service: "停用", return_to_service: "恢复",
     sound_on: "声音开", sound_off: "声音关", live: "实时", reconnecting: "重新连接中…",
@@ -320,7 +320,7 @@ async function act(op, a, extra) {
   const r = await api("/api/command", { method: "POST", body });
   if (r.status === 401) { showLogin(); return; }
   if (r.ok) say(`${t(op)} ${a.device}/${a.rule}: ${t("done")}`, true);
-  else say((r.json && r.json.error) || `HTTP ${r.status}`, false);
+  else say(`${t("refused")} (${r.status}): ${(r.json && r.json.error) || ""}`, false);
 }
 
 // ---- device, history, agent ------------------------------------------------------------------
