@@ -481,8 +481,14 @@ async fn command(
     let Some(s) = web.who(&headers) else {
         return unauthorized();
     };
+    if s.user.is_empty() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden: viewing without login; log in to act",
+        );
+    }
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    if s.user.is_empty() || !sent.is_some_and(|t| auth::same(t, &s.csrf)) {
+    if !sent.is_some_and(|t| auth::same(t, &s.csrf)) {
         return error(
             StatusCode::FORBIDDEN,
             "missing or wrong CSRF token; reload the page and log in",
