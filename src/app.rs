@@ -185,6 +185,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
                 },
                 history: Some(cfg.agent.state_dir.clone()),
                 restored: restored.clone(),
+                links: cfg.devices.iter().map(|d| d.endpoint.to_string()).collect(),
             };
             let link = crate::io::web::EngineLink {
                 commands: cmd_tx.clone(),

@@ -315,10 +315,9 @@ async fn anonymous_viewing_is_a_choice_and_never_acts() {
     let s = anon.get("/api/session").await;
     assert_eq!((s.status, &s.json()["role"]), (200, &json!("viewer")));
     assert_eq!(anon.get("/api/snapshot").await.status, 200);
-    assert_eq!(
-        anon.get("/api/agent").await.json()["devices"][0]["name"],
-        "pot-1"
-    );
+    let page = anon.get("/api/agent").await.json();
+    assert_eq!(page["devices"][0]["name"], "pot-1");
+    assert_eq!(page["links"][0]["link"], format!("tcp://{}", dev.addr));
     let r = anon.act("ack", "pot-1", "anode_effect", json!({})).await;
     assert_eq!(r.status, 403);
     assert!(r.body.contains("log in to act"), "{}", r.body);

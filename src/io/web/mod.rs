@@ -80,6 +80,8 @@ pub struct WebOptions {
     pub history: Option<PathBuf>,
     /// What the agent found on disk at start (outbox backlogs), one line each.
     pub restored: Vec<String>,
+    /// Per device, in configuration order: the link (Modbus endpoint) it is polled over.
+    pub links: Vec<String>,
 }
 
 /// The users and the file they came from.
@@ -104,6 +106,7 @@ pub struct Web {
     tls: bool,
     info: AgentInfo,
     restored: Vec<String>,
+    links: Vec<String>,
     sessions: Mutex<Sessions>,
     limiter: Mutex<LoginLimiter>,
     commands: mpsc::Sender<InboundCommand>,
@@ -146,6 +149,7 @@ impl Web {
             tls: opts.tls,
             info: opts.info,
             restored,
+            links: opts.links,
             sessions: Mutex::new(Sessions::new(opts.session_ttl_ms)),
             limiter: Mutex::new(LoginLimiter::default()),
             commands: engine.commands,
@@ -570,6 +574,7 @@ async fn agent(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         .map(|(i, d)| {
             json!({
                 "name": d.name,
+                "link": web.links.get(i),
                 "up": health.is_up(i as u32),
                 "polls_ok": d.polls_ok.load(Relaxed),
                 "polls_failed": d.polls_failed.load(Relaxed),
@@ -591,8 +596,25 @@ async fn agent(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
             })
         })
         .collect();
+    // A link is up while any of its devices answers.
+    let mut links: Vec<(String, usize, usize)> = Vec::new();
+    for (i, l) in web.links.iter().enumerate() {
+        let up = usize::from(health.is_up(i as u32));
+        match links.iter_mut().find(|x| &x.0 == l) {
+            Some(x) => {
+                x.1 += up;
+                x.2 += 1;
+            }
+            None => links.push((l.clone(), up, 1)),
+        }
+    }
+    let links: Vec<Value> = links
+        .into_iter()
+        .map(|(link, up, devices)| json!({ "link": link, "up": up > 0, "devices_up": up, "devices": devices }))
+        .collect();
     no_store(json!({
         "agent": web.info,
+        "links": links,
         "started_ms": web.metrics.started_ms.load(Relaxed),
         "now_ms": web.clock.now(),
         "devices": devices,

@@ -9,7 +9,7 @@ const T = {
     alarm: "Alarm", state: "State", since: "Since", value: "Value", message: "Message", ack_info: "Acknowledged",
     no_alarms: "No alarms.", shelved: "Shelved", oos: "Out of service", duration: "Duration", reason: "Reason",
     shelve: "Shelve", cancel: "Cancel", back: "Back", filter: "Filter (device, alarm, user…)", csv: "Export CSV",
-    time: "Time", kind: "Kind", by: "By", devices: "Devices", sinks: "MQTT sinks", all: "All", restored: "Restored at start", refused: "Refused",
+    time: "Time", kind: "Kind", by: "By", devices: "Devices", sinks: "MQTT sinks", all: "All", restored: "Restored at start", refused: "Refused", links: "Links",
     flood: "Alarm flood: alarms are arriving faster than an operator can handle.",
     ack: "Ack", unshelve: "Unshelve", reset: "Reset", out_of_service: "Out of service", return_to_service: "Return",
     sound_on: "Sound on", sound_off: "Sound off", live: "live", reconnecting: "reconnecting…",
@@ -26,7 +26,7 @@ const T = {
     alarm: "报警", state: "状态", since: "开始时间", value: "数值", message: "信息", ack_info: "确认",
     no_alarms: "无报警。", shelved: "已搁置", oos: "停用", duration: "时长", reason: "原因",
     shelve: "搁置", cancel: "取消", back: "返回", filter: "筛选（设备、报警、用户…）", csv: "导出 CSV",
-    time: "时间", kind: "类型", by: "操作人", devices: "设备", sinks: "MQTT 连接", all: "全部", restored: "启动时恢复", refused: "已拒绝",
+    time: "时间", kind: "类型", by: "操作人", devices: "设备", sinks: "MQTT 连接", all: "全部", restored: "启动时恢复", refused: "已拒绝", links: "通信链路",
     flood: "报警泛滥：报警到达速度超过操作员处理能力。",
     ack: "确认", unshelve: "取消搁置", reset: "复位", out_of_service: "停用", return_to_service: "恢复",
     sound_on: "声音开", sound_off: "声音关", live: "实时", reconnecting: "重新连接中…",
@@ -388,9 +388,14 @@ async function loadHistory() {
 async function loadAgent() {
   const r = await api("/api/agent");
   if (!r.ok) return;
+  $("agent-links").replaceChildren(...r.json.links.map((l) =>
+    el("tr", { "data-testid": "agent-link" }, el("td", { text: l.link }),
+      el("td", {}, el("span", { class: "pill " + (l.up ? "up" : "down"), text: l.up ? t("up") : t("down") })),
+      el("td", { text: `${l.devices_up} / ${l.devices}` }))));
   $("agent-devices").replaceChildren(...r.json.devices.map((d) =>
     el("tr", { "data-testid": "agent-device" },
       el("td", {}, el("span", { class: "device-link", text: d.name, onclick: () => show("device", d.name) })),
+      el("td", { text: d.link || "" }),
       el("td", {}, el("span", { class: "pill " + (d.up ? "up" : "down"), text: d.up ? t("up") : t("down") })),
       el("td", { text: `${d.polls_ok} / ${d.polls_failed}` }), el("td", { text: `${d.rtt_ms} ms` }))));
   $("agent-sinks").replaceChildren(...r.json.sinks.map((s) =>
