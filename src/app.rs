@@ -36,6 +36,8 @@ pub struct Running {
     pub cancel: CancellationToken,
     pub tasks: JoinSet<()>,
     pub metrics: Arc<Metrics>,
+    /// Where the HTTP listener is bound (`[http] listen` may name port 0).
+    pub http: Option<std::net::SocketAddr>,
     reload_tx: mpsc::Sender<ReloadRequest>,
 }
 
@@ -94,6 +96,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
+    // What was found on disk at start, for the operator station's agent page.
+    let mut restored: Vec<String> = Vec::new();
     let many = cfg.sinks.len() > 1;
     for (i, s) in cfg.sinks.iter().enumerate() {
         let dir = cfg.agent.state_dir.join("outbox").join(&s.name);
@@ -104,6 +108,12 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         if report.recovered > 0 || report.torn_tails > 0 || report.corrupt_regions > 0 {
             info!(sink = %s.name, recovered = report.recovered, torn = report.torn_tails, corrupt = report.corrupt_regions, "outbox reopened with a backlog");
         }
+        restored.push(format!(
+            "outbox {}: {} messages recovered, {} damaged regions skipped",
+            s.name,
+            report.recovered,
+            report.torn_tails + report.corrupt_regions
+        ));
         if report.torn_tails > 0 || report.corrupt_regions > 0 {
             warn!(sink = %s.name, torn_bytes = report.torn_bytes, corrupt_bytes = report.corrupt_bytes, "outbox had damaged records (power cut?); they were skipped");
         }
@@ -143,17 +153,67 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let seq = SeqLease::open(&cfg.agent.state_dir)
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
+    let mut history = None;
+    let mut http_addr = None;
+    // The station's device views; the sender is dropped (the engine stops asking) without it.
+    let (query_tx, query_rx) = mpsc::channel::<crate::io::web::DeviceQuery>(8);
     if let Some(h) = &cfg.http {
         let listener = tokio::net::TcpListener::bind(h.listen)
             .await
             .with_context(|| format!("binding the HTTP endpoint {}", h.listen))?;
-        info!(listen = %h.listen, "HTTP endpoint: /metrics /healthz /readyz /alarms");
+        http_addr = listener.local_addr().ok();
+        let tls = match &h.tls {
+            Some((cert, key)) => Some(http::Tls::load(cert, key)?),
+            None => None,
+        };
+        let web = if h.station() {
+            let users = match &h.users {
+                Some(p) => crate::io::web::auth::Users::load(p).map_err(anyhow::Error::msg)?,
+                None => crate::io::web::auth::Users::default(),
+            };
+            let opts = crate::io::web::WebOptions {
+                users,
+                users_file: h.users.clone(),
+                anonymous: h.anonymous,
+                session_ttl_ms: h.session_timeout_ms,
+                tls: tls.is_some(),
+                info: crate::io::web::AgentInfo {
+                    id: cfg.agent.id.clone(),
+                    site: cfg.agent.site.clone(),
+                    area: cfg.agent.area.clone(),
+                    timezone: cfg.agent.timezone.clone(),
+                },
+                history: Some(cfg.agent.state_dir.clone()),
+                restored: restored.clone(),
+                links: cfg.devices.iter().map(|d| d.endpoint.to_string()).collect(),
+            };
+            let link = crate::io::web::EngineLink {
+                commands: cmd_tx.clone(),
+                queries: query_tx.clone(),
+                alarms: alarms_rx.clone(),
+            };
+            let web = crate::io::web::Web::new(
+                opts,
+                link,
+                health_rx.clone(),
+                metrics.clone(),
+                clock.clone(),
+            );
+            history = web.history();
+            Some(Arc::new(web))
+        } else {
+            None
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(listen = %h.listen, scheme, station = web.is_some(), "HTTP endpoint: /metrics /healthz /readyz /alarms");
         let state = HttpState {
             metrics: metrics.clone(),
             alarms: alarms_rx,
             devices: health_rx.clone(),
             clock: clock.clone(),
             config_loaded: true,
+            web,
+            tls,
         };
         tasks.spawn(http::serve(listener, state, cancel.child_token()));
     }
@@ -177,6 +237,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             alarms: alarms_tx,
             recorder,
             reloads: reload_tx.clone(),
+            history,
         },
     );
     let supervisor = Supervisor::start(
@@ -188,16 +249,19 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         control_tx,
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
+    drop(query_tx);
     let inputs = Inputs {
         batches: batch_rx,
         commands: cmd_rx,
         control: control_rx,
+        queries: query_rx,
     };
     tasks.spawn(engine_task.run(inputs, engine_cancel));
     Ok(Running {
         cancel,
         tasks,
         metrics,
+        http: http_addr,
         reload_tx,
     })
 }

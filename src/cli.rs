@@ -69,6 +69,119 @@ pub enum Command {
     Replay(crate::replay::ReplayArgs),
     /// Run simulator scenarios through the rule engine on simulated time and score the warnings.
     Evaluate(crate::evaluate::EvaluateArgs),
+    /// Manage the operator station's users (the file named by `[http] users`).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from stdin (one line) or asked for on a terminal.
+    Add {
+        name: String,
+        /// viewer (sees), operator (acknowledges, shelves, resets) or engineer (also out of service).
+        #[arg(long, value_parser = ["viewer", "operator", "engineer"])]
+        role: String,
+        #[command(flatten)]
+        file: UsersFile,
+    },
+    /// Set a user's password (read like `add`'s).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        file: UsersFile,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UsersFile {
+    /// Configuration file whose `[http] users` names the users file.
+    #[arg(short, long, value_name = "FILE", env = "ALSENTRY_CONFIG", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// The users file itself (instead of reading the configuration).
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+}
+
+/// `alsentry user add|passwd`: exit 0, 78 (configuration without `[http] users`), 1 otherwise.
+pub fn user(cmd: UserCommand) -> std::process::ExitCode {
+    use crate::io::web::auth::{set_user, Role};
+    use std::process::ExitCode;
+    let (name, role, file) = match cmd {
+        UserCommand::Add { name, role, file } => (name, Role::parse(&role), file),
+        UserCommand::Passwd { name, file } => (name, None, file),
+    };
+    let path = match file.users {
+        Some(p) => p,
+        None => match crate::config::Config::load(&file.config) {
+            Ok(cfg) => match cfg.http.and_then(|h| h.users) {
+                Some(p) => p,
+                None => {
+                    eprintln!(
+                        "{}: no [http] users file is configured; add `users = \"/etc/alsentry/users\"` under [http] or pass --users FILE",
+                        file.config.display()
+                    );
+                    return ExitCode::from(78);
+                }
+            },
+            Err(e) => return crate::telemetry::config_refused(&file.config, &e, ""),
+        },
+    };
+    let password = match read_password(&name) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match set_user(&path, &name, role, &password) {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One line from stdin; on a terminal, asked twice without echo.
+fn read_password(name: &str) -> Result<String, String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let line = |prompt: &str| -> Result<String, String> {
+        if stdin.is_terminal() {
+            eprint!("{prompt}");
+            let _ = std::io::stderr().flush();
+        }
+        let mut s = String::new();
+        stdin
+            .lock()
+            .read_line(&mut s)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        Ok(s.trim_end_matches(['\n', '\r']).to_string())
+    };
+    if !stdin.is_terminal() {
+        return line("");
+    }
+    let echo = |on: bool| {
+        let _ = std::process::Command::new("stty")
+            .arg(if on { "echo" } else { "-echo" })
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    echo(false);
+    let first = line(&format!("password for {name}: "));
+    eprintln!();
+    let second = line("again: ");
+    eprintln!();
+    echo(true);
+    let (first, second) = (first?, second?);
+    if first != second {
+        return Err("the passwords differ".into());
+    }
+    Ok(first)
 }
 
 #[derive(Debug, Args)]

@@ -19,10 +19,11 @@ use crate::config::{Config, DataMode, DataOptions, SummaryOptions};
 use crate::core::command::{self, Reply, Request};
 use crate::core::driver::{Cadence, Driver, TICK_MS};
 use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
+use crate::core::model::Ts;
 use crate::core::outbound::{Identities, Message, Outbound};
 use crate::core::payload::{DataFilter, DataTag, DataTags, Identity};
 use crate::io::http::AlarmSnapshot;
-use crate::io::publisher::InboundCommand;
+use crate::io::publisher::{self, InboundCommand};
 use crate::io::record::Recorder;
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
@@ -128,6 +129,8 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// To the supervisor, which applies reloads.
     pub reloads: mpsc::Sender<ReloadRequest>,
+    /// The operator station's event history (transitions and commands), when it is served.
+    pub history: Option<Arc<crate::io::web::history::History>>,
 }
 
 /// What the engine task reads.
@@ -136,6 +139,8 @@ pub struct Inputs {
     pub batches: mpsc::Receiver<SampleBatch>,
     pub commands: mpsc::Receiver<InboundCommand>,
     pub control: mpsc::Receiver<Control>,
+    /// The operator station's device views (closed when it is not served).
+    pub queries: mpsc::Receiver<crate::io::web::DeviceQuery>,
 }
 
 #[derive(Debug)]
@@ -185,6 +190,7 @@ impl EngineTask {
             mut batches,
             mut commands,
             mut control,
+            mut queries,
         } = inputs;
         let cadence = self.driver.cadence();
         // Wakes on the driver's grid of the clock, so a timer due at a grid tick fires when
@@ -234,6 +240,14 @@ impl EngineTask {
                         self.control(c).await;
                     }
                 }
+                Some(q) = queries.recv() => {
+                    let trend = self.driver.engine_mut().device_trend(
+                        &q.device,
+                        q.since,
+                        crate::io::web::TREND_POINTS,
+                    );
+                    let _ = q.reply.send(trend);
+                }
                 _ = summaries.tick(), if self.summary.interval_ms > 0 => self.publish_summaries().await,
                 _ = cancel.cancelled() => {
                     while let Ok(b) = batches.try_recv() {
@@ -271,13 +285,19 @@ impl EngineTask {
         let now = self.shared.clock.now();
         let engine = self.driver.engine();
         let kpis = engine.kpis(now);
-        self.shared.alarms.send_replace(AlarmSnapshot::from_events(
-            &engine.shown_alarms(),
-            kpis.floods,
-            kpis.chattering_episodes,
-        ));
+        self.shared.alarms.send_replace(
+            AlarmSnapshot::from_events(
+                &engine.shown_alarms(),
+                kpis.floods,
+                kpis.chattering_episodes,
+            )
+            .with_hidden(&engine.flagged_alarms()),
+        );
         let events: Vec<AlarmEvent> = self.driver.drain_events().collect();
         for event in events {
+            if let Some(h) = &self.shared.history {
+                h.record(crate::io::web::history::Entry::transition(&event));
+            }
             let (seq, err) = self.seq.take();
             if let Some(e) = err {
                 emit(SeqLeaseNotPersisted { error: &e });
@@ -328,6 +348,22 @@ impl EngineTask {
 
     async fn command(&mut self, c: InboundCommand) {
         let now = self.shared.clock.now();
+        let reply = self.apply_command(&c, now);
+        match (c.origin, reply) {
+            // A reload is answered once the supervisor has applied it.
+            (_, None) => {}
+            (publisher::CommandOrigin::Mqtt { sink, .. }, Some(r)) => {
+                self.outlets.reply(sink, r).await
+            }
+            (publisher::CommandOrigin::Local { reply }, Some(r)) => {
+                // The page may have given up waiting; the transition goes out regardless.
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Parses and applies one command; `None` when the reply comes later (reload).
+    fn apply_command(&mut self, c: &InboundCommand, now: Ts) -> Option<Reply> {
         let reply = match command::parse(&c.payload, now) {
             Err(e) => {
                 warn!(error = %e.message, "command refused");
@@ -335,15 +371,23 @@ impl EngineTask {
             }
             Ok(p) => match p.request {
                 Request::Reload { by } => {
+                    let publisher::CommandOrigin::Mqtt { sink, .. } = c.origin else {
+                        return Some(Reply::refused(
+                            p.request_id,
+                            Some(p.op),
+                            "reload is not offered here; use SIGHUP or the MQTT command",
+                            now,
+                        ));
+                    };
                     info!(by = %by, "reload requested over MQTT");
                     let origin = ReloadOrigin::Command(CommandOrigin {
-                        sink: c.sink,
+                        sink,
                         request_id: p.request_id.clone(),
                         op: p.op.clone(),
                     });
                     match self.shared.reloads.try_send(ReloadRequest { origin }) {
                         // The supervisor applies it and hands the outcome back for the reply.
-                        Ok(()) => return,
+                        Ok(()) => return None,
                         Err(_) => Reply::refused(
                             p.request_id,
                             Some(p.op),
@@ -359,17 +403,31 @@ impl EngineTask {
                     command,
                 } => match self.driver.command(&device, &rule, &by, &command, now) {
                     Ok(state) => {
-                        info!(device = %device, rule = %rule, op = %p.op, by = %by, "command applied");
-                        Reply::ok(p.request_id, Some(p.op), now)
+                        let from = match c.origin {
+                            publisher::CommandOrigin::Mqtt { .. } => "mqtt",
+                            publisher::CommandOrigin::Local { .. } => "operator station",
+                        };
+                        info!(device = %device, rule = %rule, op = %p.op, by = %by, from, "command applied");
+                        let r = Reply::ok(p.request_id, Some(p.op), now)
                             .on(device, rule)
-                            .state(state)
+                            .state(state);
+                        if let Some(h) = &self.shared.history {
+                            h.record(crate::io::web::history::Entry::command(&r, Some(&by), now));
+                        }
+                        r
                     }
-                    Err(e) => Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
-                        .on(device, rule),
+                    Err(e) => {
+                        let r = Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
+                            .on(device, rule);
+                        if let Some(h) = &self.shared.history {
+                            h.record(crate::io::web::history::Entry::command(&r, Some(&by), now));
+                        }
+                        r
+                    }
                 },
             },
         };
-        self.outlets.reply(c.sink, reply).await;
+        Some(reply)
     }
 
     async fn control(&mut self, c: Control) {
@@ -504,12 +562,14 @@ limit = 8.0
                 alarms: watch::channel(AlarmSnapshot::default()).0,
                 recorder: None,
                 reloads: reload_tx,
+                history: None,
             },
         );
         let inputs = Inputs {
             batches: batch_rx,
             commands: command_rx,
             control: control_rx,
+            queries: mpsc::channel(1).1,
         };
         tokio::spawn(task.run(inputs, CancellationToken::new()));
         Harness {
@@ -548,7 +608,11 @@ limit = 8.0
 
         async fn command(&self, sink: usize, payload: &str) {
             let payload = payload.as_bytes().to_vec();
-            let c = InboundCommand { sink, payload };
+            let origin = publisher::CommandOrigin::Mqtt {
+                sink,
+                retained: false,
+            };
+            let c = InboundCommand { origin, payload };
             self.commands.send(c).await.unwrap();
         }
     }
@@ -633,6 +697,48 @@ limit = 8.0
             .unwrap()
             .contains("malformed JSON"));
         assert!(h.sinks[1].try_recv().is_err() && h.sinks[2].try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_local_command_is_answered_to_its_caller_and_its_transition_goes_everywhere() {
+        let mut h = harness(4);
+        h.volts(9.0).await;
+        for rx in &mut h.sinks {
+            next(rx).await; // data
+            next(rx).await; // alarm
+        }
+        let (tx, rx) = oneshot::channel();
+        let payload = br#"{"op":"ack","device":"pot-001","rule":"ae","by":"li.wei"}"#.to_vec();
+        let origin = publisher::CommandOrigin::Local { reply: tx };
+        h.commands
+            .send(InboundCommand { origin, payload })
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(reply.state.as_deref(), Some("active_acked"));
+        for rx in &mut h.sinks {
+            let m = next(rx).await;
+            assert!(
+                m.topic.ends_with("/alarm/ae"),
+                "no reply topic: {}",
+                m.topic
+            );
+            assert_eq!(json(&m)["acked_by"], "li.wei");
+        }
+        // A reload is not taken from the page.
+        let (tx, rx) = oneshot::channel();
+        let payload = br#"{"op":"reload","by":"li.wei"}"#.to_vec();
+        let origin = publisher::CommandOrigin::Local { reply: tx };
+        h.commands
+            .send(InboundCommand { origin, payload })
+            .await
+            .unwrap();
+        assert!(!rx.await.unwrap().ok);
+        assert!(h.reloads.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -44,6 +44,9 @@ pub struct Agent {
     /// Runtime worker threads (`worker_threads`, default 1). Polling is I/O-bound: one thread
     /// carries hundreds of devices at 10 Hz, and more threads cost CPU in wake-ups.
     pub worker_threads: usize,
+    /// The plant's time zone (`timezone`, an IANA name such as "Asia/Shanghai"; default
+    /// "UTC"): how the operator station shows times. Payloads stay in UTC.
+    pub timezone: String,
 }
 
 /// The register map shared by every device of one model.
@@ -121,10 +124,27 @@ impl Default for DataOptions {
     }
 }
 
-/// The operations endpoint (`/metrics`, `/healthz`, `/readyz`, `/alarms`); off unless configured.
+/// The HTTP listener: the operations endpoint (`/metrics`, `/healthz`, `/readyz`, `/alarms`)
+/// and, with a users file or anonymous viewing, the operator station at `/`. Off unless
+/// configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http {
     pub listen: std::net::SocketAddr,
+    /// The operator station's users (`users`, written by `alsentry user add`).
+    pub users: Option<PathBuf>,
+    /// Viewing the station without logging in (`anonymous`, default false).
+    pub anonymous: bool,
+    /// A login lasts this long without use (`session_timeout`, default 8h: a shift).
+    pub session_timeout_ms: i64,
+    /// HTTPS with this PEM certificate chain and key (`tls_cert`, `tls_key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Http {
+    /// Whether the operator station is served at `/`.
+    pub fn station(&self) -> bool {
+        self.users.is_some() || self.anonymous
+    }
 }
 
 /// Why a configuration was refused: every problem found.
@@ -517,8 +537,44 @@ fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
         "listen",
         "the address to serve on, e.g. \"127.0.0.1:9184\"",
     );
+    let users = r.opt_str(p, "users").map(PathBuf::from);
+    let anonymous = r.opt_bool(p, "anonymous").unwrap_or(false);
+    let session_timeout_ms = match r.opt_duration_ms(p, "session_timeout") {
+        None => 8 * 3_600_000,
+        Some(ms) if (60_000..=7 * 86_400_000).contains(&ms) => ms,
+        Some(_) => {
+            r.problem(p, "session_timeout", "session_timeout is 1m to 7d");
+            8 * 3_600_000
+        }
+    };
+    let tls = match (r.opt_str(p, "tls_cert"), r.opt_str(p, "tls_key")) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.problem(
+                p,
+                "tls_cert",
+                "tls_cert needs tls_key (the certificate's private key, PEM)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.problem(
+                p,
+                "tls_key",
+                "tls_key needs tls_cert (the certificate chain, PEM)",
+            );
+            None
+        }
+    };
     let out = listen.and_then(|l| match l.parse::<std::net::SocketAddr>() {
-        Ok(a) => Some(Http { listen: a }),
+        Ok(a) => Some(Http {
+            listen: a,
+            users,
+            anonymous,
+            session_timeout_ms,
+            tls,
+        }),
         Err(_) => {
             r.problem(p, "listen", format!("\"{l}\" is not an address; write IP:PORT such as \"127.0.0.1:9184\" (use 0.0.0.0 only behind a firewall)"));
             None
@@ -555,6 +611,16 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
             1
         }
     };
+    let timezone = match r.opt_str(p, "timezone") {
+        None => "UTC".to_string(),
+        Some(tz) => match jiff::tz::TimeZone::get(&tz) {
+            Ok(_) => tz,
+            Err(_) => {
+                r.problem(p, "timezone", format!("unknown time zone \"{tz}\"; write an IANA name such as \"Asia/Shanghai\" or \"UTC\""));
+                "UTC".to_string()
+            }
+        },
+    };
     r.finish(p);
     Some(Agent {
         id: id?,
@@ -562,6 +628,7 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
         area: area?,
         state_dir: PathBuf::from(state_dir),
         worker_threads,
+        timezone,
     })
 }
 

@@ -129,6 +129,18 @@ pub struct DeviceSummary {
     pub tags: Vec<(Arc<str>, Arc<str>, TagSummary)>,
 }
 
+/// One tag as the operator station's device view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagTrend {
+    pub name: Arc<str>,
+    pub unit: Arc<str>,
+    /// Latest good value.
+    pub value: Option<f64>,
+    pub quality: Quality,
+    /// (time, value), oldest first.
+    pub points: Vec<(Ts, f64)>,
+}
+
 #[derive(Debug)]
 struct TagState {
     name: Arc<str>,
@@ -1143,6 +1155,21 @@ impl Engine {
         ))
     }
 
+    /// Every alarm hidden by shelving or out-of-service, as events of their state (for the
+    /// operator station's shelved and out-of-service lists).
+    pub fn flagged_alarms(&self) -> Vec<AlarmEvent> {
+        (0..self.alarms.len() as u32)
+            .filter(|&id| {
+                let a = &self.alarms[id as usize].alarm;
+                a.is_out_of_service() || a.shelved_until().is_some()
+            })
+            .filter_map(|id| {
+                let a = &self.alarms[id as usize];
+                self.alarm_state(&a.device, &a.rule)
+            })
+            .collect()
+    }
+
     pub fn instance_count(&self) -> usize {
         self.alarms.len()
     }
@@ -1166,6 +1193,38 @@ impl Engine {
         let s = self.slot_of(di, tag)?;
         let t = &self.tags[s as usize];
         Some((t.last.map(|p| p.v), t.quality))
+    }
+
+    /// Every tag of `device`: its latest value and quality, and the points its window (the
+    /// ring buffer the rules read) holds from `since` on, at most `max_points` (evenly thinned).
+    pub fn device_trend(
+        &mut self,
+        device: &str,
+        since: Ts,
+        max_points: usize,
+    ) -> Option<Vec<TagTrend>> {
+        let d = self.devices.iter().find(|d| &*d.name == device)?;
+        let range = d.first_slot as usize..(d.first_slot + u32::from(d.slot_count)) as usize;
+        let out = self.tags[range]
+            .iter_mut()
+            .map(|t| {
+                let pts: Vec<(Ts, f64)> = t
+                    .window
+                    .iter()
+                    .filter(|p| p.ts >= since && p.v.is_finite())
+                    .map(|p| (p.ts, p.v))
+                    .collect();
+                let step = pts.len().div_ceil(max_points.max(1)).max(1);
+                TagTrend {
+                    name: t.name.clone(),
+                    unit: t.unit.clone(),
+                    value: t.last.map(|p| p.v).filter(|v| v.is_finite()),
+                    quality: t.quality,
+                    points: pts.into_iter().step_by(step).collect(),
+                }
+            })
+            .collect();
+        Some(out)
     }
 
     /// The figures of every tag since the last call, per device; starts a new interval.

@@ -1,10 +1,11 @@
-//! The operations endpoint: `/metrics` (Prometheus text 0.0.4), `/healthz`, `/readyz` and
-//! `/alarms`, served by a deliberately small HTTP/1.1 server.
+//! The HTTP listener: the operations endpoints `/metrics` (Prometheus text 0.0.4), `/healthz`,
+//! `/readyz` and `/alarms`, and the operator station (`io::web`) when it is configured.
 //!
-//! The server only answers GET and HEAD, reads one request head per connection (bounded in
-//! size and time) and closes the connection after each response. It never trusts the peer:
-//! every malformed or oversized request gets a 4xx and the server keeps serving. Connections
-//! are capped; extra ones get a 503.
+//! Our accept loop caps connections (extra ones get a 503), optionally terminates TLS, and
+//! reads one request head per connection, bounded in size and time, checking it strictly
+//! before anything else sees it: every malformed or oversized request gets a 4xx and the server
+//! keeps serving. A head that passes is handed, with the bytes after it, to hyper and routed
+//! by axum; the connection closes after the response.
 //!
 //! Alarm state is owned by the engine task, which publishes an [`AlarmSnapshot`] on a
 //! `tokio::sync::watch` channel; this module only reads it.
@@ -14,9 +15,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -98,7 +108,7 @@ impl AlarmView {
 
 /// The wire form of [`AlarmView`] in `/alarms`: times as RFC 3339, like the MQTT payloads.
 #[derive(Debug, Serialize)]
-struct AlarmJson<'a> {
+pub(crate) struct AlarmJson<'a> {
     device: &'a str,
     rule: &'a str,
     tag: &'a str,
@@ -155,6 +165,9 @@ pub struct AlarmSnapshot {
     pub floods_total: u64,
     /// Chattering episodes detected since start.
     pub chattering_total: u64,
+    /// Alarms hidden by shelving or out-of-service (not in `alarms`, not counted), for the
+    /// operator station.
+    pub hidden: Vec<AlarmView>,
 }
 
 impl AlarmSnapshot {
@@ -173,7 +186,16 @@ impl AlarmSnapshot {
             alarms,
             floods_total,
             chattering_total,
+            hidden: Vec::new(),
         }
+    }
+
+    /// Adds the shelved and out-of-service alarms (`Engine::flagged_alarms()`).
+    pub fn with_hidden(mut self, events: &[AlarmEvent]) -> AlarmSnapshot {
+        self.hidden = events.iter().map(AlarmView::from_event).collect();
+        self.hidden
+            .sort_by(|a, b| (&a.device, &a.rule).cmp(&(&b.device, &b.rule)));
+        self
     }
 
     /// What `/metrics` reports of the alarms.
@@ -211,6 +233,51 @@ pub struct HttpState {
     /// Gives `now` for uptime and the sample rate; uptime counts from `Metrics::started_ms`.
     pub clock: Arc<dyn Clock>,
     pub config_loaded: bool,
+    /// The operator station at `/`, when `[http]` configures it.
+    pub web: Option<Arc<crate::io::web::Web>>,
+    /// Serve HTTPS with this certificate (`[http] tls_cert`, `tls_key`).
+    pub tls: Option<Tls>,
+}
+
+/// A TLS acceptor for the listener.
+#[derive(Clone)]
+pub struct Tls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// Loads a PEM certificate chain and private key (rustls with ring; TLS 1.2 and 1.3).
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Tls> {
+        use anyhow::Context as _;
+        use rustls::pki_types::pem::{self, PemObject};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert_pem =
+            std::fs::read(cert).with_context(|| format!("opening {}", cert.display()))?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading the certificates in {}", cert.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "no PEM certificate in {}", cert.display());
+        let key_pem = std::fs::read(key).with_context(|| format!("opening {}", key.display()))?;
+        let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(k) => k,
+            Err(pem::Error::NoItemsFound) => anyhow::bail!("no private key in {}", key.display()),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the private key in {}", key.display()))
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("the certificate and key do not form a usable pair")?;
+        Ok(Tls(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
+    }
 }
 
 /// Serves the endpoint on `listener` with [`HttpLimits::default`] until `cancel` fires.
@@ -225,7 +292,8 @@ pub async fn serve_with_limits(
     limits: HttpLimits,
     cancel: CancellationToken,
 ) {
-    let state = Arc::new(state);
+    let tls = state.tls.clone();
+    let router = router(Arc::new(state));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // Rejections are bounded too, so a connection flood cannot spawn unbounded tasks.
     let reject_permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -241,17 +309,28 @@ pub async fn serve_with_limits(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((sock, _peer)) => {
+                Ok((sock, peer)) => {
                     if let Ok(permit) = permits.clone().try_acquire_owned() {
-                        let state = state.clone();
+                        let router = router.clone().layer(axum::Extension(crate::io::web::ClientAddr(peer)));
+                        let tls = tls.clone();
                         conns.spawn(async move {
-                            handle_connection(sock, &state, &limits).await;
+                            match tls {
+                                None => handle_connection(sock, router, &limits).await,
+                                Some(Tls(acceptor)) => {
+                                    let hs = tokio::time::timeout(limits.read_timeout, acceptor.accept(sock)).await;
+                                    match hs {
+                                        Ok(Ok(s)) => handle_connection(s, router, &limits).await,
+                                        Ok(Err(e)) => emit(HttpTrouble { what: HttpOp::Read, error: &e }),
+                                        Err(_) => {}
+                                    }
+                                }
+                            }
                             drop(permit);
                         });
                     } else if let Ok(permit) = reject_permits.clone().try_acquire_owned() {
                         conns.spawn(async move {
                             let resp = Response::text(503, "too many connections\n");
-                            finish(sock, &resp, false, &limits).await;
+                            finish(sock, &resp, &limits).await;
                             drop(permit);
                         });
                     } else {
@@ -269,11 +348,16 @@ pub async fn serve_with_limits(
             }
         }
     }
-    // Dropping the set aborts connections still in flight; they are short-lived anyway.
+    // Aborting ends connections still in flight, live event streams included; waiting for them
+    // lets go of the station (its history is flushed when the last user is gone).
     conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }
 
-async fn handle_connection(mut sock: TcpStream, state: &HttpState, limits: &HttpLimits) {
+async fn handle_connection<S>(mut sock: S, router: Router, limits: &HttpLimits)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let head = tokio::time::timeout(
         limits.read_timeout,
         read_head(&mut sock, limits.max_header_bytes),
@@ -291,22 +375,88 @@ async fn handle_connection(mut sock: TcpStream, state: &HttpState, limits: &Http
         }
         Ok(Err(HeadError::TooLarge)) => Response::text(431, "request header too large\n"),
         Ok(Err(HeadError::Truncated)) => Response::text(400, "incomplete request\n"),
-        Ok(Ok(head)) => match parse_request(&head, limits.max_headers) {
-            Ok(req) => {
-                let resp = route(&req.path, state);
-                finish(sock, &resp, req.head_only, limits).await;
+        Ok(Ok((read, end))) => match parse_request(&read[..end], limits.max_headers) {
+            Ok(req) if !req.get_or_head && OPS_PATHS.contains(&req.path.as_str()) => {
+                Response::text(405, reason(405))
+            }
+            Ok(_) => {
+                // The head passed the strict checks above; hyper re-reads it (and whatever
+                // followed it) and axum routes it. One request per connection, as before.
+                let io = TokioIo::new(Replay {
+                    read,
+                    pos: 0,
+                    inner: sock,
+                });
+                let service = TowerToHyperService::new(router);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.read_timeout)
+                    .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+                    .serve_connection(io, service);
+                if let Err(e) = conn.await {
+                    emit(HttpTrouble {
+                        what: HttpOp::Read,
+                        error: &e,
+                    });
+                }
                 return;
             }
             Err(status) => Response::text(status, reason(status)),
         },
     };
-    finish(sock, &resp, false, limits).await;
+    finish(sock, &resp, limits).await;
+}
+
+/// The bytes already read while checking the head, then the rest of the stream.
+struct Replay<S> {
+    read: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.pos);
+            buf.put_slice(&this.read[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Writes `resp`, closes our side and drains what the peer still sends for a moment, so that
 /// closing with unread input does not reset the connection before the peer reads the response.
-async fn finish(mut sock: TcpStream, resp: &Response, head_only: bool, limits: &HttpLimits) {
-    let bytes = resp.to_bytes(head_only);
+async fn finish<S>(mut sock: S, resp: &Response, limits: &HttpLimits)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let bytes = resp.to_bytes();
     let written = tokio::time::timeout(limits.write_timeout, async {
         sock.write_all(&bytes).await?;
         sock.shutdown().await
@@ -338,8 +488,12 @@ enum HeadError {
     Io(std::io::Error),
 }
 
-/// Reads until the blank line that ends the request head; returns the head without it.
-async fn read_head(sock: &mut TcpStream, max: usize) -> Result<Vec<u8>, HeadError> {
+/// Reads until the blank line that ends the request head; returns every byte read and where
+/// the head ends (the start of the blank line).
+async fn read_head<S: AsyncRead + Unpin>(
+    sock: &mut S,
+    max: usize,
+) -> Result<(Vec<u8>, usize), HeadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
@@ -358,8 +512,7 @@ async fn read_head(sock: &mut TcpStream, max: usize) -> Result<Vec<u8>, HeadErro
             if end > max {
                 return Err(HeadError::TooLarge);
             }
-            buf.truncate(end);
-            return Ok(buf);
+            return Ok((buf, end));
         }
         if buf.len() > max {
             return Err(HeadError::TooLarge);
@@ -376,7 +529,8 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 /// A parsed request: only what routing needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub head_only: bool,
+    /// GET or HEAD: the only methods the operations endpoints answer.
+    pub get_or_head: bool,
     /// Path without the query string.
     pub path: String,
 }
@@ -386,8 +540,8 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Parses a request head (without the blank line). Returns the HTTP status to answer with when
-/// the request cannot be served: 400 for malformed input, 405 for methods other than GET/HEAD,
-/// 431 for too many headers, 505 for HTTP versions other than 1.x.
+/// the request cannot be served: 400 for malformed input, 431 for too many headers, 505 for
+/// HTTP versions other than 1.x. Which methods a path accepts is the router's business.
 pub fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, u16> {
     let text = std::str::from_utf8(head).map_err(|_| 400u16)?;
     // RFC 9112 §2.2: ignore empty lines before the request line.
@@ -428,18 +582,14 @@ pub fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, u16> {
             return Err(400);
         }
     }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Err(405),
-    };
+    let get_or_head = matches!(method, "GET" | "HEAD");
     let origin = origin_form(target).ok_or(400u16)?;
     let path = origin
         .split(['?', '#'])
         .next()
         .unwrap_or(origin)
         .to_string();
-    Ok(Request { head_only, path })
+    Ok(Request { get_or_head, path })
 }
 
 /// The path-and-query of a target in origin form (`/x?y`) or absolute form
@@ -515,7 +665,7 @@ impl Response {
         }
     }
 
-    fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+    fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
             self.status,
@@ -528,11 +678,43 @@ impl Response {
         }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
-        if !head_only {
-            bytes.extend_from_slice(&self.body);
-        }
+        bytes.extend_from_slice(&self.body);
         bytes
     }
+}
+
+impl IntoResponse for Response {
+    fn into_response(self) -> axum::response::Response {
+        let mut r = (
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            self.body,
+        )
+            .into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+}
+
+/// The operations endpoints; they answer GET and HEAD only (checked before routing).
+pub const OPS_PATHS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/alarms"];
+
+/// Every route of the listener: the operations endpoints, then the operator station when it
+/// is configured.
+fn router(state: Arc<HttpState>) -> Router {
+    let mut r = Router::new();
+    for path in OPS_PATHS {
+        let st = state.clone();
+        r = r.route(path, get(move || async move { route(path, &st) }));
+    }
+    if let Some(web) = &state.web {
+        r = r.merge(crate::io::web::router(web.clone()));
+    }
+    r.fallback(|| async { Response::text(404, "not found\n") })
 }
 
 fn route(path: &str, state: &HttpState) -> Response {
@@ -684,19 +866,21 @@ mod tests {
         assert_eq!(
             ok("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*"),
             Ok(Request {
-                head_only: false,
+                get_or_head: true,
                 path: "/metrics".into()
             })
         );
         assert_eq!(
             ok("\r\nHEAD /healthz HTTP/1.0"),
             Ok(Request {
-                head_only: true,
+                get_or_head: true,
                 path: "/healthz".into()
             })
         );
-        assert_eq!(ok("POST /metrics HTTP/1.1\r\nHost: a"), Err(405));
-        assert_eq!(ok("DELETE /x HTTP/1.1"), Err(405));
+        assert_eq!(
+            ok("POST /metrics HTTP/1.1\r\nHost: a").map(|r| r.get_or_head),
+            Ok(false)
+        );
         assert_eq!(ok("GET /metrics HTTP/2.0"), Err(505));
         assert_eq!(ok("GET /metrics HTTP/1.1 extra"), Err(400));
         assert_eq!(ok("GET  /metrics HTTP/1.1"), Err(400));
@@ -742,7 +926,7 @@ mod tests {
             let head = format!("{method} {target} {version}\r\n{header}");
             if let Ok(r) = parse_request(head.as_bytes(), 8) {
                 proptest::prop_assert!(r.path.starts_with('/'));
-                proptest::prop_assert!(method == "GET" || method == "HEAD");
+                proptest::prop_assert_eq!(r.get_or_head, method == "GET" || method == "HEAD");
             }
         }
     }

@@ -15,3 +15,4 @@ pub mod samples;
 pub mod schedule;
 pub mod seq;
 pub mod session;
+pub mod web;

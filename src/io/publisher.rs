@@ -49,11 +49,24 @@ use crate::telemetry::{
 /// What the engine task hands to a sink (defined with the other outbound types in core).
 pub use crate::core::outbound::Message;
 
-/// A command payload that arrived on the agent's command topic.
-#[derive(Debug, Clone)]
+/// A command for the engine task: a JSON payload (the same grammar from every origin) and
+/// where it came from, which is where its one reply goes.
+#[derive(Debug)]
 pub struct InboundCommand {
-    pub sink: usize,
+    pub origin: CommandOrigin,
     pub payload: Vec<u8>,
+}
+
+/// Where a command came from.
+#[derive(Debug)]
+pub enum CommandOrigin {
+    /// The command topic of sink `sink`; `retained` when the broker handed over a retained
+    /// message (one published before this session).
+    Mqtt { sink: usize, retained: bool },
+    /// The operator station (`io::web`): the reply goes back to the waiting request.
+    Local {
+        reply: tokio::sync::oneshot::Sender<crate::core::command::Reply>,
+    },
 }
 
 /// Publishes handed to rumqttc and not yet acknowledged, at most.
@@ -114,6 +127,7 @@ enum Ev {
     Publish {
         topic: String,
         payload: Vec<u8>,
+        retained: bool,
     },
     Other,
 }
@@ -213,6 +227,7 @@ impl Loop {
                 Ok(Event::Incoming(Packet::Publish(p))) => Ok(Ev::Publish {
                     topic: p.topic,
                     payload: p.payload.to_vec(),
+                    retained: p.retain,
                 }),
                 Ok(_) => Ok(Ev::Other),
                 Err(e) => Err(e.to_string()),
@@ -230,6 +245,7 @@ impl Loop {
                 Ok(rumqttc::v5::Event::Incoming(Packet5::Publish(p))) => Ok(Ev::Publish {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload.to_vec(),
+                    retained: p.retain,
                 }),
                 Ok(_) => Ok(Ev::Other),
                 Err(e) => Err(e.to_string()),
@@ -615,9 +631,10 @@ impl Runner<'_> {
                         let settled = self.session.acked(pkid, clock.mono());
                         self.settle(settled, refused);
                     }
-                    Ok(Ev::Publish { topic, payload }) => {
+                    Ok(Ev::Publish { topic, payload, retained }) => {
                         if topic == cmd_topic {
-                            let cmd = InboundCommand { sink: self.t.index, payload };
+                            let origin = CommandOrigin::Mqtt { sink: self.t.index, retained };
+                            let cmd = InboundCommand { origin, payload };
                             if self.t.commands.try_send(cmd).is_err() {
                                 emit(CommandDropped { sink: &self.t.cfg.name });
                             }

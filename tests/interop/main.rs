@@ -24,5 +24,8 @@ mod delivery;
 /// Modbus peers: the binary with the example config against pymodbus and Mosquitto, mbpoll
 /// decoding, mbpoll and pymodbus reading the simulator.
 mod modbus;
+/// The operator station in headless Chromium (WebDriver) against Mosquitto; the screenshots
+/// in docs/screenshots/.
+mod station;
 /// The shipped systemd unit as systemd-analyze sees it.
 mod systemd;

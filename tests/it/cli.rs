@@ -41,6 +41,8 @@ fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
     // The config is read before the scenario or the input, which need not exist.
     let cases: [(&str, &[&str]); 6] = [
         ("check", &["check"]),
+        // Reads the config for `[http] users` before asking for a password.
+        ("user", &["user", "add", "li.wei", "--role", "operator"]),
         ("run", &["run"]),
         ("probe", &["probe", "--all"]),
         (

@@ -275,7 +275,7 @@ async fn status_reports_a_device_going_down_at_once() {
     schema_check("status", &off.json());
 }
 
-fn spawn_agent(
+pub(crate) fn spawn_agent(
     cfg: &Path,
     extra_env: &[(&str, &str)],
 ) -> (Proc, std::sync::mpsc::Receiver<String>) {
@@ -301,7 +301,7 @@ fn spawn_agent(
     (Proc(child), rx)
 }
 
-fn wait_line(
+pub(crate) fn wait_line(
     rx: &std::sync::mpsc::Receiver<String>,
     needle: &str,
     within: Duration,

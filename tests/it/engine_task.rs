@@ -159,12 +159,14 @@ limit = 6.0
             alarms: watch::channel(AlarmSnapshot::default()).0,
             recorder: Some(recorder),
             reloads,
+            history: None,
         },
     );
     let inputs = Inputs {
         batches: batch_rx,
         commands: command_rx,
         control: control_rx,
+        queries: tokio::sync::mpsc::channel(1).1,
     };
     let engine = tokio::spawn(task.run(inputs, tokio_util::sync::CancellationToken::new()));
 

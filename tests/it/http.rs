@@ -53,6 +53,8 @@ impl Server {
             devices,
             clock: clock.clone() as Arc<dyn Clock>,
             config_loaded: true,
+            web: None,
+            tls: None,
         };
         let task = tokio::spawn(serve_with_limits(listener, state, limits, cancel.clone()));
         Server {
@@ -361,6 +363,7 @@ async fn metrics_parse_and_carry_the_counters() {
         ],
         floods_total: 2,
         chattering_total: 7,
+        hidden: vec![],
     });
 
     let r = get(srv.addr, "/metrics").await;
@@ -678,6 +681,8 @@ async fn readyz_fails_without_a_loaded_config() {
         devices,
         clock: ManualClock::new(0) as Arc<dyn Clock>,
         config_loaded: false,
+        web: None,
+        tls: None,
     };
     let task = tokio::spawn(alsentry::io::http::serve(listener, state, cancel.clone()));
     let r = get(addr, "/readyz").await;

@@ -60,6 +60,9 @@ mod replay;
 mod sim;
 /// 420 devices for a minute: everything answers, the engine keeps up, memory stays flat.
 mod soak;
+/// The operator station at `/`: login, CSRF, roles, rate limiting, the live event stream, actions
+/// through the engine to MQTT, the history, `alsentry user`.
+mod station;
 /// The agent's status payload (typed, device counts from the pollers) and the seq lease.
 mod status;
 

@@ -15,6 +15,8 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
 pub mod tools;
+pub mod web;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 

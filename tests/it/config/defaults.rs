@@ -5,7 +5,10 @@ use std::path::Path;
 
 /// Settings the example shows commented out although they have no default: what a value looks
 /// like (credentials, TLS files, the recorded tags, a suppression).
-const EXAMPLES_WITHOUT_DEFAULT: [&str; 8] = [
+const EXAMPLES_WITHOUT_DEFAULT: [&str; 11] = [
+    "http.users",
+    "http.tls_cert",
+    "http.tls_key",
     "mqtt.username",
     "mqtt.password_file",
     "mqtt.password_env",
