@@ -1,4 +1,4 @@
-//! The HTTP listener: the operations endpoints `/metrics` (Prometheus text 0.0.4), `/healthz`,
+//! The HTTP listener: the operations endpoints `/metrics` (OpenMetrics text), `/healthz`,
 //! `/readyz` and `/alarms`, and the operator station (`io::web`) when it is configured.
 //!
 //! Our accept loop caps connections (extra ones get a 503), optionally terminates TLS, and
@@ -781,7 +781,7 @@ pub fn readiness(metrics: &Metrics, devices: &DeviceHealth, config_loaded: bool)
     }
 }
 
-/// Renders every metric in Prometheus text format 0.0.4 (names, help and values live in
+/// Renders every metric as OpenMetrics text (names, help and values live in
 /// `metrics.rs`; the alarm counts come from the engine's snapshot). Pure: `now` is passed in.
 pub fn render_metrics(metrics: &Metrics, alarms: &AlarmSnapshot, now: Ts) -> String {
     metrics.render(&alarms.counts(), now)

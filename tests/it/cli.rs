@@ -39,7 +39,7 @@ fn stderr(out: &Output) -> String {
 /// The same broken file through every subcommand that takes a configuration.
 fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
     // The config is read before the scenario or the input, which need not exist.
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("check", &["check"]),
         // Reads the config for `[http] users` before asking for a password.
         ("user", &["user", "add", "li.wei", "--role", "operator"]),
