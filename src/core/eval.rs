@@ -2,9 +2,11 @@
 //! [`Condition`]. Window statistics are incremental: a [`SpanCursor`] feeds each rule's
 //! accumulator with the samples that enter and leave its span, O(1) amortised per sample.
 
+use std::collections::VecDeque;
+
 use super::alarm::Condition;
 use super::model::Ts;
-use super::rule::{CurveSource, Direction, RuleKind};
+use super::rule::{CurveSource, Direction, Fit, RuleKind, Trend};
 use super::stats::{Cusum, Ewma, Regression};
 use super::window::{Accumulate, Point, SpanCursor, Window};
 
@@ -123,6 +125,195 @@ pub enum Eval {
         count: u32,
         th: Threshold,
     },
+    Trend(Box<TrendEval>),
+}
+
+/// A `trend` rule's state: its own samples with the segment each belongs to (the window ring
+/// does not know about steps), the last fit and the device's slope baseline.
+#[derive(Debug, Clone)]
+pub struct TrendEval {
+    pub cfg: Trend,
+    pub step_slot: Option<u32>,
+    /// (ts, value, segment), oldest first.
+    points: VecDeque<(Ts, f64, u32)>,
+    segment: u32,
+    last_step: Option<f64>,
+    settle_until: Ts,
+    first_ts: Option<Ts>,
+    next_fit: Ts,
+    /// The last fitted slope, per `per_ms`.
+    pub slope: Option<f64>,
+    /// EWMA of the slope and of its absolute deviation, learned outside alarms and holds.
+    baseline: Option<(f64, f64)>,
+    baseline_since: Ts,
+    baseline_at: Ts,
+    held: bool,
+    last: Condition,
+    th: Threshold,
+}
+
+/// Robust spread from a mean absolute deviation: sigma = 1.2533 MAD for a normal variable.
+const MAD_TO_SIGMA: f64 = 1.2533;
+
+impl TrendEval {
+    fn new(cfg: &Trend) -> TrendEval {
+        TrendEval {
+            cfg: cfg.clone(),
+            step_slot: None,
+            points: VecDeque::new(),
+            segment: 0,
+            last_step: None,
+            settle_until: Ts::MIN,
+            first_ts: None,
+            next_fit: Ts::MIN,
+            slope: None,
+            baseline: None,
+            baseline_since: 0,
+            baseline_at: 0,
+            held: false,
+            last: Condition::Unknown,
+            th: Threshold::new(Direction::Above, cfg.limit, cfg.deadband),
+        }
+    }
+
+    fn restart(&mut self) {
+        self.points.clear();
+        self.first_ts = None;
+        self.next_fit = Ts::MIN;
+        self.slope = None;
+        self.last = Condition::Unknown;
+        self.th.active = false;
+    }
+
+    fn on_good(&mut self, p: Point, others: &dyn Lookup) -> Condition {
+        if let Some(b) = self.step_slot.and_then(|s| others.value(s)) {
+            if self
+                .last_step
+                .is_some_and(|l| (b - l).abs() > self.cfg.step_min)
+            {
+                self.segment = self.segment.wrapping_add(1);
+                self.settle_until = p.ts + self.cfg.settle_ms;
+            }
+            self.last_step = Some(b);
+        }
+        let first = *self.first_ts.get_or_insert(p.ts);
+        if p.ts >= self.settle_until {
+            self.points.push_back((p.ts, p.v, self.segment));
+        }
+        while self
+            .points
+            .front()
+            .is_some_and(|f| f.0 <= p.ts - self.cfg.window_ms)
+        {
+            self.points.pop_front();
+        }
+        if p.ts < self.next_fit {
+            return self.last;
+        }
+        self.next_fit = p.ts + self.cfg.every_ms;
+        // Half a window of history before the first judgement, as the other window rules.
+        self.slope = if p.ts - first >= self.cfg.window_ms / 2 {
+            pooled_slope(&self.points, p.ts, self.cfg.fit).map(|s| s * self.cfg.per_ms as f64)
+        } else {
+            None
+        };
+        self.last = self.judge(p.ts);
+        self.last
+    }
+
+    fn judge(&mut self, now: Ts) -> Condition {
+        let Some(s) = self.slope else {
+            return Condition::Unknown;
+        };
+        let Some(tau) = self.cfg.baseline_ms else {
+            return self.th.step(s);
+        };
+        let relative = match self.baseline {
+            Some((mean, mad)) if now - self.baseline_since >= self.cfg.warmup_ms() => {
+                Some(mean + self.cfg.k * MAD_TO_SIGMA * mad)
+            }
+            _ => None,
+        };
+        let c = match relative {
+            Some(r) => {
+                self.th.limit = self.cfg.limit.max(r);
+                self.th.step(s)
+            }
+            None => Condition::Unknown,
+        };
+        // Learn from normal operation only: not from a rise being alarmed, not while held.
+        if !self.held && c != Condition::Active {
+            self.baseline = Some(match self.baseline {
+                None => {
+                    self.baseline_since = now;
+                    (s, 0.0)
+                }
+                Some((mean, mad)) => {
+                    let dt = (now - self.baseline_at).max(0) as f64;
+                    let a = 1.0 - (-dt / tau.max(1) as f64).exp();
+                    (mean + a * (s - mean), mad + a * ((s - mean).abs() - mad))
+                }
+            });
+            self.baseline_at = now;
+        }
+        c
+    }
+
+    /// The current baseline (mean slope, robust spread) once warmed up.
+    pub fn baseline(&self) -> Option<(f64, f64)> {
+        self.baseline.map(|(m, mad)| (m, MAD_TO_SIGMA * mad))
+    }
+}
+
+/// Least-squares slope at `now` (per ms) with one level per segment: each segment is centred on
+/// its own means, and the centred sums are pooled. A step between segments moves only the
+/// levels, never the slope. `Quadratic` fits a common parabola and returns its slope at `now`.
+pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Option<f64> {
+    let (mut cuu, mut cuq, mut cqq, mut cuy, mut cqy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut used = 0usize;
+    let mut i = 0;
+    while i < points.len() {
+        let seg = points[i].2;
+        let mut j = i;
+        let (mut n, mut su, mut sq, mut sy) = (0.0, 0.0, 0.0, 0.0);
+        while j < points.len() && points[j].2 == seg {
+            let u = (points[j].0 - now) as f64 / 1_000.0;
+            n += 1.0;
+            su += u;
+            sq += u * u;
+            sy += points[j].1;
+            j += 1;
+        }
+        if n >= 2.0 {
+            let (mu, mq, my) = (su / n, sq / n, sy / n);
+            for &(ts, v, _) in points.range(i..j) {
+                let u = (ts - now) as f64 / 1_000.0;
+                let (du, dq, dy) = (u - mu, u * u - mq, v - my);
+                cuu += du * du;
+                cuq += du * dq;
+                cqq += dq * dq;
+                cuy += du * dy;
+                cqy += dq * dy;
+            }
+            used += j - i;
+        }
+        i = j;
+    }
+    if used < 3 || cuu <= 0.0 {
+        return None;
+    }
+    let per_s = match fit {
+        Fit::Linear => cuy / cuu,
+        Fit::Quadratic => {
+            let det = cuu * cqq - cuq * cuq;
+            if det <= 1e-9 * cuu * cqq {
+                return None;
+            }
+            // Slope at u = 0 (now): b of y = a_s + b u + c u^2.
+            (cuy * cqq - cqy * cuq) / det
+        }
+    };
+    Some(per_s / 1_000.0)
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +484,17 @@ impl Eval {
                 count: 0,
                 th: Threshold::new(*direction, *limit, *deadband),
             },
+            RuleKind::Trend(t) => {
+                if t.every_ms <= 0 || t.window_ms <= 0 || t.per_ms <= 0 {
+                    return Err("window, per and every must be positive".into());
+                }
+                if t.baseline_ms.is_some() && !(t.k > 0.0 && t.k.is_finite()) {
+                    return Err("k must be a positive number of spreads".into());
+                }
+                let mut e = TrendEval::new(t);
+                e.step_slot = t.step_tag.as_deref().and_then(slot_of);
+                Eval::Trend(Box::new(e))
+            }
             RuleKind::Curve {
                 source,
                 tolerance,
@@ -495,6 +697,18 @@ impl Eval {
                 Some(x) => th.step(x.abs()),
                 None => Condition::Unknown,
             },
+            Eval::Trend(t) => t.on_good(p, others),
+        }
+    }
+
+    /// A hold-off of the rule starts or ends: a held trend rule reads normal and its baseline
+    /// does not learn.
+    pub fn set_held(&mut self, held: bool) {
+        if let Eval::Trend(t) = self {
+            t.held = held;
+            if held {
+                t.th.active = false;
+            }
         }
     }
 
@@ -509,6 +723,7 @@ impl Eval {
             | Eval::Deviation { th, .. }
             | Eval::Average { th, .. }
             | Eval::Curve { th, .. } => th.active = active,
+            Eval::Trend(t) => t.th.active = active,
             Eval::Predict { active: a, .. } => *a = active,
             _ => {}
         }
@@ -541,6 +756,7 @@ impl Eval {
                 *last = None;
                 *changed_once = false;
             }
+            Eval::Trend(t) => t.restart(),
             _ => {}
         }
     }
@@ -580,6 +796,7 @@ impl Eval {
             | Eval::Deviation { th, .. } => Some(th.limit),
             Eval::Predict { limit, .. } => Some(*limit),
             Eval::Curve { curve, .. } => Some(curve.tolerance),
+            Eval::Trend(t) => Some(t.th.limit),
             _ => None,
         }
     }
@@ -594,6 +811,10 @@ impl Eval {
     /// Points the evaluator at the slots of the other tags its kind reads, given in the order
     /// of [`RuleKind::extra_tags`] (a curve rule's setpoint tag or time tag).
     pub fn bind_extra_tags(&mut self, kind: &RuleKind, slots: &[u32]) {
+        if let Eval::Trend(t) = self {
+            t.step_slot = slots.first().copied();
+            return;
+        }
         let (Eval::Curve { curve, .. }, RuleKind::Curve { source, .. }) = (self, kind) else {
             return;
         };
@@ -607,7 +828,11 @@ impl Eval {
     pub fn is_windowed(&self) -> bool {
         matches!(
             self,
-            Eval::Rate { .. } | Eval::Slope { .. } | Eval::Predict { .. } | Eval::Noise { .. }
+            Eval::Rate { .. }
+                | Eval::Slope { .. }
+                | Eval::Predict { .. }
+                | Eval::Noise { .. }
+                | Eval::Trend(_)
         )
     }
 }
@@ -874,5 +1099,135 @@ mod tests {
         );
         assert_eq!(interpolate(&[(0.0, 1.0), (2.0, 3.0)], 1.0), Some(2.0));
         assert_eq!(interpolate(&[(0.0, 1.0), (2.0, 3.0)], 9.0), Some(3.0));
+    }
+
+    fn trend(fit: Fit, step: bool, baseline_ms: Option<i64>) -> RuleKind {
+        RuleKind::Trend(Trend {
+            window_ms: 600_000,
+            per_ms: 60_000,
+            limit: 0.004,
+            deadband: 0.001,
+            fit,
+            step_tag: step.then(|| "beam".into()),
+            step_min: 0.5,
+            settle_ms: 0,
+            every_ms: 10_000,
+            baseline_ms,
+            k: 4.0,
+        })
+    }
+
+    /// The beam position as the only other tag.
+    struct Beam(f64);
+    impl Lookup for Beam {
+        fn value(&self, _: u32) -> Option<f64> {
+            Some(self.0)
+        }
+    }
+
+    /// Runs a trend rule over (ts, value, beam) samples; the slope after each.
+    fn run_trend(kind: &RuleKind, series: &[(Ts, f64, f64)]) -> Vec<(Condition, Option<f64>)> {
+        let mut w = Window::new(4);
+        let mut e = Eval::new(kind, &w, &|_| Some(0)).unwrap();
+        series
+            .iter()
+            .map(|&(ts, v, b)| {
+                let c = e.on_good(&mut w, Point { ts, v }, &Beam(b));
+                let Eval::Trend(t) = &e else { unreachable!() };
+                (c, t.slope)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_beam_step_is_not_a_trend_and_the_samples_before_it_still_count() {
+        // R flat at 5.0 µΩ (+-10 nΩ noise), the beam moves 3 mm at 8 min and R steps -0.05 µΩ.
+        let series: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let (r, b) = if i < 480 { (5.0, 100.0) } else { (4.95, 97.0) };
+                (i * 1_000, r + if i % 2 == 0 { 0.01 } else { -0.01 }, b)
+            })
+            .collect();
+        let corrected = run_trend(&trend(Fit::Linear, true, None), &series);
+        let plain = run_trend(&trend(Fit::Linear, false, None), &series);
+        let worst = |v: &[(Condition, Option<f64>)]| {
+            v.iter()
+                .filter_map(|x| x.1)
+                .fold(0.0f64, |m, s| m.max(s.abs()))
+        };
+        assert!(
+            worst(&corrected) < 0.001,
+            "corrected slope {}",
+            worst(&corrected)
+        );
+        assert!(worst(&plain) > 0.004, "uncorrected slope {}", worst(&plain));
+        assert!(corrected.iter().all(|x| x.0 != Condition::Active));
+        // Right after the move the slope is still known: the move does not blind the rule.
+        assert!(corrected[481].1.is_some() || corrected[489].1.is_some());
+        // And a real rise that continues through a move is still seen.
+        let rising: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let ramp = 0.010 * i as f64 / 60.0; // 10 nΩ/min
+                let (step, b) = if i < 600 { (0.0, 100.0) } else { (-0.05, 97.0) };
+                (i * 1_000, 5.0 + ramp + step, b)
+            })
+            .collect();
+        let c = run_trend(&trend(Fit::Linear, true, None), &rising);
+        let s = c[700].1.unwrap();
+        assert!((s - 0.010).abs() < 0.0005, "slope through the move {s}");
+        assert_eq!(c[700].0, Condition::Active);
+    }
+
+    #[test]
+    fn the_quadratic_fit_takes_the_slope_now_not_half_a_window_ago() {
+        // An accelerating rise: slope grows by 1 nΩ/min each minute.
+        let series: Vec<(Ts, f64, f64)> = (0..1200)
+            .map(|i| {
+                let m = i as f64 / 60.0;
+                (i * 1_000, 5.0 + 0.0005 * m * m, 100.0)
+            })
+            .collect();
+        let lin = run_trend(&trend(Fit::Linear, false, None), &series);
+        let quad = run_trend(&trend(Fit::Quadratic, false, None), &series);
+        // At 19:59 the true slope is 0.02 µΩ/min; a 10-min line gives the slope of 5 min ago.
+        let (l, q) = (lin[1199].1.unwrap(), quad[1199].1.unwrap());
+        assert!((q - 0.02).abs() < 0.0003, "quadratic {q}");
+        assert!((l - 0.015).abs() < 0.0005, "linear {l}");
+    }
+
+    #[test]
+    fn the_limit_follows_the_devices_own_baseline() {
+        // Two cells with normal slopes wandering +-1 and +-3 nΩ/min (a 20-min sine), then the
+        // same 5 nΩ/min rise on both: it stands out of the quiet cell's baseline only.
+        let cell = |amp: f64| -> Vec<(Ts, f64, f64)> {
+            let mut r = 5.0;
+            (0..5 * 3600)
+                .map(|i| {
+                    let t = i as f64;
+                    let slope = if i < 4 * 3600 {
+                        amp * (t * std::f64::consts::TAU / 1200.0).sin()
+                    } else {
+                        5.0
+                    };
+                    r += slope * 0.001 / 60.0;
+                    (i * 1_000, r, 100.0)
+                })
+                .collect()
+        };
+        let kind = trend(Fit::Linear, false, Some(4 * 3_600_000));
+        let quiet = run_trend(&kind, &cell(1.0));
+        let lively = run_trend(&kind, &cell(3.0));
+        assert!(
+            quiet[..600].iter().all(|x| x.0 == Condition::Unknown),
+            "warming up"
+        );
+        assert!(quiet[3600..4 * 3600]
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        assert!(lively[3600..4 * 3600]
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        assert!(quiet[4 * 3600..].iter().any(|x| x.0 == Condition::Active));
+        assert!(lively[4 * 3600..].iter().all(|x| x.0 != Condition::Active));
     }
 }
