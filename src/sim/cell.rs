@@ -23,7 +23,8 @@ pub mod sig {
     pub const UPTIME: usize = 9;
     pub const VOLTAGE_TARGET: usize = 10;
     pub const LINE_SETPOINT: usize = 11;
-    pub const COUNT: usize = 12;
+    pub const BEAM_POSITION: usize = 12;
+    pub const COUNT: usize = 13;
     pub const NAMES: [&str; COUNT] = [
         "voltage",
         "current",
@@ -37,6 +38,7 @@ pub mod sig {
         "uptime",
         "voltage_target",
         "line_setpoint",
+        "beam_position",
     ];
 }
 
@@ -47,6 +49,8 @@ pub mod status {
     pub const OVERFEED: u16 = 1 << 2;
     pub const UNDERFEED: u16 = 1 << 3;
     pub const LINE_LOW: u16 = 1 << 4;
+    pub const TAPPING: u16 = 1 << 5;
+    pub const ANODE_CHANGE: u16 = 1 << 6;
 }
 
 // Feeding figures [U], sized for 500 kA: ~5 kg/min alumina consumed, 1.8 kg shots,
@@ -137,6 +141,8 @@ impl Cell {
         let mut signals = [0.0; sig::COUNT];
         signals[sig::VOLTAGE_TARGET] = v_target;
         signals[sig::LINE_SETPOINT] = line_setpoint_ka;
+        // Anode beam position [U]: mid-travel of a ~400 mm screw jack.
+        signals[sig::BEAM_POSITION] = rng.range(180.0, 260.0);
         Cell {
             r_base,
             temp_base: rng.range(948.0, 962.0),

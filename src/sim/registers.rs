@@ -163,11 +163,14 @@ pub const CELL_MAP: &[TagDef] = {
         bit("overfeed", Input, 7, 2, s::STATUS, "controller in overfeed"),
         bit("underfeed", Input, 7, 3, s::STATUS, "controller in underfeed (or feeding stopped)"),
         bit("line_low", Input, 7, 4, s::STATUS, "line current below 97 % of setpoint"),
+        bit("tapping", Input, 7, 5, s::STATUS, "controller: metal tapping in progress"),
+        bit("anode_change", Input, 7, 6, s::STATUS, "controller: anode change in progress"),
         tag("heartbeat", Input, 8, U16, Abcd, 1.0, "", s::HEARTBEAT, "+1 every model tick (100 ms), wraps", "changing", "[U]"),
         tag("voltage_mv", Input, 9, U16, Abcd, 0.001, "V", s::VOLTAGE, "cell voltage as integer mV", "3900–4300", "[U] encoding"),
         tag("line_current", Input, 10, F32, Abcd, 1.0, "kA", s::CURRENT, "line current, big-endian float", "setpoint ±1 %", "[U]"),
         tag("voltage_badc", Input, 12, F32, Badc, 1.0, "V", s::VOLTAGE, "cell voltage, byte-swapped float", "3.9–4.3", "[U] encoding"),
         tag("resistance_dcba", Input, 14, F32, Dcba, 1.0, "uOhm", s::RESISTANCE, "pseudo-resistance, little-endian float", "3.7–6.6", "[D]"),
+        tag("beam_position", Input, 16, F32, Cdab, 1.0, "mm", s::BEAM_POSITION, "anode beam position (up = larger)", "100–350", "[U]"),
         tag("line_current_int", Input, 20, U16, Abcd, 0.1, "kA", s::CURRENT, "line current in 0.1 kA", "setpoint ±1 %", "[U] encoding"),
         tag("voltage_target", Holding, 0, U16, Abcd, 0.001, "V", s::VOLTAGE_TARGET, "controller voltage target", "4.0–4.25", "[U]"),
         tag("line_setpoint", Holding, 1, U16, Abcd, 0.1, "kA", s::LINE_SETPOINT, "potline current setpoint", "400–600", "[S] Fastmarkets"),
@@ -220,7 +223,7 @@ pub const CALCINER_MAP: &[TagDef] = {
 /// Unmapped addresses inside each map's span, kept on purpose so clients meet exception 02.
 pub fn gaps(kind: DeviceKind) -> &'static str {
     match kind {
-        DeviceKind::Cell => "input 16–19, holding 2–9",
+        DeviceKind::Cell => "input 18–19, holding 2–9",
         DeviceKind::Kiln => "holding 9",
         DeviceKind::Calciner => "input 10",
     }

@@ -236,13 +236,14 @@ async fn kiln_and_calciner_registers_are_plausible() {
 async fn unmapped_and_invalid_requests_get_the_right_exceptions() {
     let h = sim("").await;
     let mut c = connect(&h, "pot-001").await;
-    // The documented gaps: input 16-19 and holding 2-9.
+    // The documented gaps: input 18-19 and holding 2-9.
     assert_eq!(
-        read(&mut c, Table::Input, 16, 4).await,
+        read(&mut c, Table::Input, 18, 2).await,
         Err(ExceptionCode::IllegalDataAddress)
     );
+    assert!(read(&mut c, Table::Input, 16, 2).await.is_ok());
     assert_eq!(
-        read(&mut c, Table::Input, 14, 4).await,
+        read(&mut c, Table::Input, 16, 4).await,
         Err(ExceptionCode::IllegalDataAddress)
     );
     assert_eq!(
@@ -985,7 +986,7 @@ baud = 115200
         .unwrap()
         .unwrap();
     assert!((3.85..4.45).contains(&volts(&s)), "{}", volts(&s));
-    let e = timeout(Duration::from_secs(3), c.read_input_registers(16, 1))
+    let e = timeout(Duration::from_secs(3), c.read_input_registers(18, 1))
         .await
         .unwrap()
         .unwrap();
