@@ -45,7 +45,8 @@ pub struct Rule {
 }
 
 /// Keys specific to one rule type or another.
-const KIND_KEYS: [&str; 23] = [
+const KIND_KEYS: [&str; 24] = [
+    "noise_k",
     "fit",
     "step_tag",
     "step_min",
@@ -366,6 +367,15 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 );
                 valid = false;
             }
+            let noise_k = r.opt_f64(p, "noise_k");
+            if noise_k.is_some_and(|n| !(n > 0.0 && n.is_finite())) {
+                r.problem(
+                    p,
+                    "noise_k",
+                    "must be a positive number of standard errors, e.g. 3",
+                );
+                valid = false;
+            }
             let (window_ms, limit) = (window_ms?, limit?);
             if settle_ms < 0 || settle_ms >= window_ms {
                 r.problem(p, "settle", "must be 0 or shorter than `window`");
@@ -386,6 +396,7 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 every_ms,
                 baseline_ms,
                 k,
+                noise_k,
             })
         }
         "curve" => {

@@ -143,6 +143,8 @@ pub struct TrendEval {
     next_fit: Ts,
     /// The last fitted slope, per `per_ms`.
     pub slope: Option<f64>,
+    /// Its standard error, per `per_ms`.
+    pub slope_se: Option<f64>,
     /// EWMA of the slope and of its absolute deviation, learned outside alarms and holds.
     baseline: Option<(f64, f64)>,
     baseline_since: Ts,
@@ -167,6 +169,7 @@ impl TrendEval {
             first_ts: None,
             next_fit: Ts::MIN,
             slope: None,
+            slope_se: None,
             baseline: None,
             baseline_since: 0,
             baseline_at: 0,
@@ -212,11 +215,14 @@ impl TrendEval {
         }
         self.next_fit = p.ts + self.cfg.every_ms;
         // Half a window of history before the first judgement, as the other window rules.
-        self.slope = if p.ts - first >= self.cfg.window_ms / 2 {
-            pooled_slope(&self.points, p.ts, self.cfg.fit).map(|s| s * self.cfg.per_ms as f64)
+        let fit = if p.ts - first >= self.cfg.window_ms / 2 {
+            pooled_slope(&self.points, p.ts, self.cfg.fit)
         } else {
             None
         };
+        let per = self.cfg.per_ms as f64;
+        self.slope = fit.map(|f| f.slope * per);
+        self.slope_se = fit.map(|f| f.se * per);
         self.last = self.judge(p.ts);
         self.last
     }
@@ -225,8 +231,15 @@ impl TrendEval {
         let Some(s) = self.slope else {
             return Condition::Unknown;
         };
+        // Not significant against the fit's own noise: read as no rise at all.
+        let significant = match (self.cfg.noise_k, self.slope_se) {
+            (Some(nk), Some(se)) => s > nk * se,
+            _ => true,
+        };
         let Some(tau) = self.cfg.baseline_ms else {
-            return self.th.step(s);
+            return self
+                .th
+                .step(if significant { s } else { f64::NEG_INFINITY });
         };
         let relative = match self.baseline {
             Some((mean, mad)) if now - self.baseline_since >= self.cfg.warmup_ms() => {
@@ -237,7 +250,8 @@ impl TrendEval {
         let c = match relative {
             Some(r) => {
                 self.th.limit = self.cfg.limit.max(r);
-                self.th.step(s)
+                self.th
+                    .step(if significant { s } else { f64::NEG_INFINITY })
             }
             None => Condition::Unknown,
         };
@@ -265,12 +279,21 @@ impl TrendEval {
     }
 }
 
+/// A pooled fit: slope at `now` and its standard error, per ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlopeFit {
+    pub slope: f64,
+    pub se: f64,
+}
+
 /// Least-squares slope at `now` (per ms) with one level per segment: each segment is centred on
 /// its own means, and the centred sums are pooled. A step between segments moves only the
 /// levels, never the slope. `Quadratic` fits a common parabola and returns its slope at `now`.
-pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Option<f64> {
-    let (mut cuu, mut cuq, mut cqq, mut cuy, mut cqy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    let mut used = 0usize;
+pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Option<SlopeFit> {
+    let (mut cuu, mut cuq, mut cqq, mut cuy, mut cqy, mut cyy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut used, mut segments) = (0usize, 0usize);
+    // (first, end, mean u, mean u^2, mean y) of each segment that counts.
+    let mut segs: Vec<(usize, usize, f64, f64, f64)> = Vec::new();
     let mut i = 0;
     while i < points.len() {
         let seg = points[i].2;
@@ -294,26 +317,59 @@ pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Opt
                 cqq += dq * dq;
                 cuy += du * dy;
                 cqy += dq * dy;
+                cyy += dy * dy;
             }
             used += j - i;
+            segments += 1;
+            segs.push((i, j, mu, mq, my));
         }
         i = j;
     }
     if used < 3 || cuu <= 0.0 {
         return None;
     }
-    let per_s = match fit {
-        Fit::Linear => cuy / cuu,
+    // Residual variance with one level per segment and the slope (and curvature) fitted.
+    let (b, c, rss, params, var_factor) = match fit {
+        Fit::Linear => {
+            let b = cuy / cuu;
+            (b, 0.0, cyy - b * cuy, 1, 1.0 / cuu)
+        }
         Fit::Quadratic => {
             let det = cuu * cqq - cuq * cuq;
             if det <= 1e-9 * cuu * cqq {
                 return None;
             }
             // Slope at u = 0 (now): b of y = a_s + b u + c u^2.
-            (cuy * cqq - cqy * cuq) / det
+            let b = (cuy * cqq - cqy * cuq) / det;
+            let c = (cqy * cuu - cuy * cuq) / det;
+            (b, c, cyy - b * cuy - c * cqy, 2, cqq / det)
         }
     };
-    Some(per_s / 1_000.0)
+    let dof = used.saturating_sub(segments + params).max(1) as f64;
+    // Noise is not steady (a burst at either end of the window weighs on the fitted curve far
+    // more than the pooled variance says): the largest variance of the window's quarters counts.
+    let first = points.front().map_or(now, |f| f.0);
+    let quarter = ((now - first) / 4).max(1);
+    let mut rss_q = [0.0f64; 4];
+    let mut n_q = [0usize; 4];
+    for &(a, e, mu, mq, my) in &segs {
+        for &(ts, v, _) in points.range(a..e) {
+            let u = (ts - now) as f64 / 1_000.0;
+            let r = (v - my) - b * (u - mu) - c * (u * u - mq);
+            let q = (((ts - first) / quarter) as usize).min(3);
+            rss_q[q] += r * r;
+            n_q[q] += 1;
+        }
+    }
+    let var = (0..4)
+        .filter(|&q| n_q[q] >= 10)
+        .map(|q| rss_q[q] / n_q[q] as f64)
+        .fold(rss.max(0.0) / dof, f64::max);
+    let se = (var * var_factor).sqrt();
+    Some(SlopeFit {
+        slope: b / 1_000.0,
+        se: se / 1_000.0,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -1114,6 +1170,7 @@ mod tests {
             every_ms: 10_000,
             baseline_ms,
             k: 4.0,
+            noise_k: None,
         })
     }
 
@@ -1193,6 +1250,47 @@ mod tests {
         let (l, q) = (lin[1199].1.unwrap(), quad[1199].1.unwrap());
         assert!((q - 0.02).abs() < 0.0003, "quadratic {q}");
         assert!((l - 0.015).abs() < 0.0005, "linear {l}");
+    }
+
+    #[test]
+    fn a_noise_burst_is_not_a_trend_when_the_slope_must_beat_its_error() {
+        // Flat R with a 10-minute burst of +-0.15 µΩ noise (a pseudo-random sequence): the
+        // plain slope wanders past 4 nΩ/min; measured against its own error it does not.
+        let mut x: u64 = 12345;
+        let series: Vec<(Ts, f64, f64)> = (0..1800)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let burst = if (600..1200).contains(&i) {
+                    0.3 * u
+                } else {
+                    0.01 * u
+                };
+                (i * 1_000, 5.0 + burst, 100.0)
+            })
+            .collect();
+        let plain = trend(Fit::Quadratic, false, None);
+        let RuleKind::Trend(mut t) = plain.clone() else {
+            unreachable!()
+        };
+        t.noise_k = Some(3.0);
+        let guarded = RuleKind::Trend(t);
+        assert!(run_trend(&plain, &series)
+            .iter()
+            .any(|x| x.0 == Condition::Active));
+        assert!(run_trend(&guarded, &series)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        // A real 20 nΩ/min rise in the usual noise is far above its error.
+        let rising: Vec<(Ts, f64, f64)> = series[..600]
+            .iter()
+            .map(|&(ts, v, b)| (ts, v + 0.02 * ts as f64 / 60_000.0, b))
+            .collect();
+        assert!(run_trend(&guarded, &rising)[310..]
+            .iter()
+            .all(|x| x.0 == Condition::Active));
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub struct Trend {
     pub baseline_ms: Option<i64>,
     /// With a baseline: active above baseline + `k` robust spreads (and above `limit`).
     pub k: f64,
+    /// When set, the slope must also exceed this many standard errors of the fit: a burst of
+    /// noise widens the error and does not pass for a trend.
+    pub noise_k: Option<f64>,
 }
 
 impl Trend {
