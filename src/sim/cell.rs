@@ -73,6 +73,27 @@ pub enum AeDrive {
     Precursor { progress: f64, shape: f64 },
     /// The AE is on: voltage between `v_min` and `v_max`.
     Active { v_min: f64, v_max: f64 },
+    /// Realistic cells: a feeder problem starves the cell; the R slope grows exponentially from
+    /// `slope_from` to `slope_to` nΩ/min over `total_s` seconds (docs/DOMAIN.md A5b).
+    Depletion {
+        elapsed_s: f64,
+        total_s: f64,
+        slope_from: f64,
+        slope_to: f64,
+    },
+}
+
+/// R added by an exponentially growing slope after `elapsed_s` of `total_s`, µΩ.
+pub fn depletion_rise(elapsed_s: f64, total_s: f64, slope_from: f64, slope_to: f64) -> f64 {
+    let minutes = total_s / 60.0;
+    let x = (elapsed_s / total_s.max(1e-9)).clamp(0.0, 1.0);
+    let g = (slope_to / slope_from).max(1.0);
+    let nohm = if (g - 1.0).abs() < 1e-9 {
+        slope_from * minutes * x
+    } else {
+        slope_from * minutes / g.ln() * (g.powf(x) - 1.0)
+    };
+    nohm / 1000.0
 }
 
 /// Fault effects on one cell for one tick (all neutral by default).
@@ -86,6 +107,12 @@ pub struct CellEffects {
     /// Added bath temperature, °C, and added voltage, V (hot cell).
     pub hot_temp_c: f64,
     pub hot_volt_v: f64,
+    /// Metal tapping: (R rise at the end of the ramp, µΩ; fraction of the ramp done).
+    pub tapping: Option<(f64, f64)>,
+    /// Anode change: (controller flag on, R added now in µΩ).
+    pub anode_change: Option<(bool, f64)>,
+    /// A beam move ordered this tick, mm (by hand; the controller orders its own).
+    pub beam_request: Option<f64>,
 }
 
 impl Default for CellEffects {
@@ -96,8 +123,66 @@ impl Default for CellEffects {
             pad_mv: None,
             hot_temp_c: 0.0,
             hot_volt_v: 0.0,
+            tapping: None,
+            anode_change: None,
+            beam_request: None,
         }
     }
+}
+
+// Realistic cells [U], docs/SIMULATOR.md "Realistic cells".
+/// Alumina term of R: 0.03·(4 − c)² µΩ keeps the normal feeding slope within 0-3 nΩ/min.
+const REAL_ALUMINA_COEF: f64 = 0.03;
+const REAL_UNDERFEED: f64 = 0.7;
+const REAL_OVERFEED: f64 = 1.5;
+/// Controller: R deadband (docs/DOMAIN.md A2), check period, minimum time between moves,
+/// largest move, beam speed, hold-off after a tapping / anode-change flag drops.
+const BAND_UOHM: f64 = 0.05;
+const CHECK_S: f64 = 60.0;
+const MIN_BETWEEN_MOVES_S: f64 = 300.0;
+const MAX_MOVE_MM: f64 = 2.0;
+const BEAM_MM_PER_S: f64 = 0.2;
+const HOLD_AFTER_FLAG_S: f64 = 120.0;
+/// Time constant of the controller's R filter.
+const FILTER_S: f64 = 120.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctl {
+    Tracking,
+    Under,
+    Over,
+}
+
+/// State of a realistic cell: its controller and the disturbances it carries.
+#[derive(Debug, Clone)]
+struct Real {
+    rng: Rng,
+    /// µΩ per mm of beam travel (cell-to-cell variation).
+    k_beam: f64,
+    beam0: f64,
+    beam_target: f64,
+    /// ACD change not made by the beam (anode burn-off, metal growth, tapping), µΩ.
+    r_disturb: f64,
+    drift_per_s: f64,
+    tap_applied: f64,
+    r_target: f64,
+    r_filt: Option<f64>,
+    check_in_s: f64,
+    since_move_s: f64,
+    hold_s: f64,
+    ctl: Ctl,
+    ctl_s: f64,
+    ctl_limit_s: f64,
+    c_low: f64,
+    c_high: f64,
+    consumption_factor: f64,
+    noise_level: f64,
+    bubble_ar: f64,
+    pad_mv: f64,
+    pad_hz: f64,
+    pad_mod: f64,
+    /// A move started this tick, for the ground truth: (mm, seconds it takes).
+    moved: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,11 +209,15 @@ pub struct Cell {
     ae_voltage: Option<f64>,
     precursor_from: Option<f64>,
     cooling_c: f64,
+    beam: f64,
+    real: Option<Box<Real>>,
     signals: [f64; sig::COUNT],
 }
 
 impl Cell {
-    pub fn new(mut rng: Rng, line_setpoint_ka: f64) -> Cell {
+    /// `aux` is a separate stream, so a realistic cell leaves the ideal cell's draws untouched
+    /// (existing scenarios keep their values for a seed).
+    pub fn new(mut rng: Rng, line_setpoint_ka: f64, mut aux: Rng, realism: bool) -> Cell {
         // Spread the cells over the 3.9–4.3 V band at setpoint [S: TRIMET, Qatalum].
         let v_target = rng.range(4.0, 4.25);
         let r_base = (v_target - BACK_EMF_V) / line_setpoint_ka * 1000.0 - 0.05 * 0.64;
@@ -142,7 +231,40 @@ impl Cell {
         signals[sig::VOLTAGE_TARGET] = v_target;
         signals[sig::LINE_SETPOINT] = line_setpoint_ka;
         // Anode beam position [U]: mid-travel of a ~400 mm screw jack.
-        signals[sig::BEAM_POSITION] = rng.range(180.0, 260.0);
+        let beam = aux.range(180.0, 260.0);
+        signals[sig::BEAM_POSITION] = beam;
+        let real = realism.then(|| {
+            let mut a = aux;
+            let c_low = a.range(2.45, 2.75);
+            let c_high = a.range(3.3, 3.7);
+            let drift_sign = if a.uniform() < 0.7 { 1.0 } else { -1.0 };
+            Box::new(Real {
+                k_beam: a.range(0.04, 0.06),
+                beam0: beam,
+                beam_target: beam,
+                r_disturb: 0.0,
+                drift_per_s: drift_sign * a.range(0.005, 0.02) / 3600.0,
+                tap_applied: 0.0,
+                r_target: 0.0,
+                r_filt: None,
+                check_in_s: a.range(0.0, CHECK_S),
+                since_move_s: MIN_BETWEEN_MOVES_S,
+                hold_s: 0.0,
+                ctl: Ctl::Tracking,
+                ctl_s: 0.0,
+                ctl_limit_s: a.range(5.0, 30.0) * 60.0,
+                c_low,
+                c_high,
+                consumption_factor: a.range(0.95, 1.05),
+                noise_level: a.range(0.6, 1.6),
+                bubble_ar: 0.0,
+                pad_mv: a.range(3.0, 8.0),
+                pad_hz: a.range(0.006, 0.01),
+                pad_mod: 0.0,
+                moved: None,
+                rng: a,
+            })
+        });
         Cell {
             r_base,
             temp_base: rng.range(948.0, 962.0),
@@ -158,9 +280,27 @@ impl Cell {
             ae_voltage: None,
             precursor_from: None,
             cooling_c: 0.0,
+            beam,
+            real,
             signals,
             rng,
         }
+        .with_target()
+    }
+
+    /// A realistic cell's controller regulates R to where the cell starts, mid feeding cycle.
+    fn with_target(mut self) -> Cell {
+        if let Some(r) = &mut self.real {
+            r.r_target =
+                self.r_base + REAL_ALUMINA_COEF * (4.0 - 0.5 * (r.c_low + r.c_high)).powi(2);
+            self.alumina = self.alumina.clamp(r.c_low, r.c_high);
+        }
+        self
+    }
+
+    /// A beam move the controller started on the last step: (mm, seconds it takes).
+    pub fn take_beam_move(&mut self) -> Option<(f64, f64)> {
+        self.real.as_mut().and_then(|r| r.moved.take())
     }
 
     /// Pseudo-resistance in μΩ for alumina `c` wt %: minimum near 4 %, rising on the lean side.
@@ -171,6 +311,10 @@ impl Cell {
 
     /// Advance by `dt` seconds to simulated time `t` seconds with line current `line_ka`.
     pub fn step(&mut self, dt: f64, t: f64, tick: u64, line_ka: f64, fx: &CellEffects) {
+        if self.real.is_some() {
+            self.step_real(dt, t, tick, line_ka, fx);
+            return;
+        }
         let setpoint = self.signals[sig::LINE_SETPOINT];
         let load = (line_ka / setpoint).clamp(0.0, 2.0);
         let consumption = CONSUMPTION_KG_PER_S_AT_SETPOINT * load;
@@ -187,7 +331,17 @@ impl Cell {
         }
 
         let mut status = 0u16;
-        match fx.ae {
+        // The ideal cell knows one precursor shape.
+        let ae = match fx.ae {
+            Some(AeDrive::Depletion {
+                elapsed_s, total_s, ..
+            }) => Some(AeDrive::Precursor {
+                progress: elapsed_s / total_s.max(1e-9),
+                shape: 2.0,
+            }),
+            other => other,
+        };
+        match ae {
             Some(AeDrive::Precursor { progress, shape }) => {
                 // Feeding stops (feeder blocked / underfeed run-away): alumina falls to the AE
                 // point, slowly at first, so the R slope starts small and accelerates.
@@ -205,7 +359,7 @@ impl Cell {
                 self.alumina = (self.alumina - consumption * dt / BATH_KG * 100.0).max(0.5);
                 status |= status::AE_ACTIVE | status::UNDERFEED;
             }
-            None => {
+            None | Some(AeDrive::Depletion { .. }) => {
                 self.alumina -= consumption * dt / BATH_KG * 100.0;
                 if self.alumina < C_LOW {
                     self.mode = FeedMode::Over;
@@ -264,18 +418,43 @@ impl Cell {
             (voltage - BACK_EMF_V) / line_ka * 1000.0
         };
 
-        if load < 0.5 {
-            // Without current the cell loses heat; a long outage freezes it.
-            self.cooling_c += 0.5 / 60.0 * dt;
-        } else {
-            self.cooling_c = (self.cooling_c - 0.1 / 60.0 * dt).max(0.0);
-        }
-        let temp = self.temp_base
-            + 1.5 * (std::f64::consts::TAU * t / 21_600.0 + self.temp_phase).sin()
-            + fx.hot_temp_c
-            - self.cooling_c
-            + 0.3 * self.rng.normal();
+        let noise = self.rng.normal();
+        let temp = self.temperature(dt, t, load, fx.hot_temp_c, noise);
 
+        // Scripted disturbances also act on an ideal cell (its controller does not react).
+        let mut voltage = voltage;
+        if fx.tapping.is_some() {
+            status |= status::TAPPING;
+        }
+        if let Some((flag, _)) = fx.anode_change {
+            if flag {
+                status |= status::ANODE_CHANGE;
+            }
+        }
+        let extra =
+            fx.tapping.map_or(0.0, |(rise, p)| rise * p) + fx.anode_change.map_or(0.0, |(_, r)| r);
+        if extra != 0.0 && self.ae_voltage.is_none() && line_ka >= 1.0 {
+            voltage += line_ka * extra / 1000.0;
+        }
+        let resistance = if line_ka < 1.0 {
+            resistance
+        } else {
+            (voltage - BACK_EMF_V) / line_ka * 1000.0
+        };
+        self.publish(t, tick, voltage, line_ka, temp, resistance, status);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        t: f64,
+        tick: u64,
+        voltage: f64,
+        line_ka: f64,
+        temp: f64,
+        resistance: f64,
+        status: u16,
+    ) {
         let s = &mut self.signals;
         s[sig::VOLTAGE] = voltage;
         s[sig::CURRENT] = line_ka;
@@ -287,6 +466,218 @@ impl Cell {
         s[sig::AE_COUNT] = self.ae_count as f64;
         s[sig::HEARTBEAT] = (tick % 65_536) as f64;
         s[sig::UPTIME] = t.floor();
+        s[sig::BEAM_POSITION] = self.beam;
+    }
+
+    /// Bath temperature: per-cell base, 6 h wander, cooling without current.
+    fn temperature(&mut self, dt: f64, t: f64, load: f64, hot_c: f64, noise: f64) -> f64 {
+        if load < 0.5 {
+            // Without current the cell loses heat; a long outage freezes it.
+            self.cooling_c += 0.5 / 60.0 * dt;
+        } else {
+            self.cooling_c = (self.cooling_c - 0.1 / 60.0 * dt).max(0.0);
+        }
+        self.temp_base
+            + 1.5 * (std::f64::consts::TAU * t / 21_600.0 + self.temp_phase).sin()
+            + hot_c
+            - self.cooling_c
+            + 0.3 * noise
+    }
+
+    /// A cell that behaves like a plant's: its controller runs the feeding cycle and moves the
+    /// beam to keep R in its band, and tapping, anode changes and feeder faults disturb R.
+    fn step_real(&mut self, dt: f64, t: f64, tick: u64, line_ka: f64, fx: &CellEffects) {
+        let Some(mut r) = self.real.take() else {
+            return;
+        };
+        let setpoint = self.signals[sig::LINE_SETPOINT];
+        let load = (line_ka / setpoint).clamp(0.0, 2.0);
+        let nominal = CONSUMPTION_KG_PER_S_AT_SETPOINT * load;
+        let consumption = nominal * r.consumption_factor;
+        let active = matches!(fx.ae, Some(AeDrive::Active { .. }));
+
+        // The AE kill: alumina dumped, overfeed; the precursor's R rise is gone with it.
+        if self.ae_voltage.is_some() && !active {
+            self.ae_voltage = None;
+            self.alumina = C_LOW - 0.2;
+            r.ctl = Ctl::Over;
+            r.ctl_s = 0.0;
+            r.ctl_limit_s = r.rng.range(20.0, 40.0) * 60.0;
+        }
+        let depletion = match fx.ae {
+            Some(AeDrive::Depletion {
+                elapsed_s,
+                total_s,
+                slope_from,
+                slope_to,
+            }) => depletion_rise(elapsed_s, total_s, slope_from, slope_to),
+            // The AE itself keeps the starved state until it is killed.
+            Some(AeDrive::Active { .. }) => self.precursor_from.unwrap_or(0.0),
+            _ => 0.0,
+        };
+        self.precursor_from = matches!(fx.ae, Some(AeDrive::Depletion { .. })).then_some(depletion);
+
+        let mut status = 0u16;
+        if active {
+            if self.ae_voltage.is_none() {
+                if let Some(AeDrive::Active { v_min, v_max }) = fx.ae {
+                    self.ae_count += 1;
+                    self.ae_voltage = Some(r.rng.range(v_min, v_max));
+                }
+            }
+            self.alumina = (self.alumina - consumption * dt / BATH_KG * 100.0).max(0.5);
+            status |= status::AE_ACTIVE | status::UNDERFEED;
+        } else {
+            // The controller's feeding cycle. `alumina` is its estimate: a blocked feeder is
+            // invisible to it, as in a plant (the shots are still counted).
+            self.alumina -= consumption * dt / BATH_KG * 100.0;
+            r.ctl_s += dt;
+            let next = match r.ctl {
+                Ctl::Tracking if r.ctl_s >= r.ctl_limit_s => Some((Ctl::Under, 90.0)),
+                Ctl::Under if self.alumina < r.c_low || r.ctl_s >= r.ctl_limit_s => {
+                    Some((Ctl::Over, r.rng.range(15.0, 30.0)))
+                }
+                Ctl::Over if self.alumina > r.c_high || r.ctl_s >= r.ctl_limit_s => {
+                    Some((Ctl::Tracking, r.rng.range(10.0, 40.0)))
+                }
+                _ => None,
+            };
+            if let Some((ctl, minutes)) = next {
+                r.ctl = ctl;
+                r.ctl_s = 0.0;
+                r.ctl_limit_s = minutes * 60.0;
+            }
+            let ratio = match r.ctl {
+                Ctl::Tracking => 1.0,
+                Ctl::Under => REAL_UNDERFEED,
+                Ctl::Over => REAL_OVERFEED,
+            };
+            if nominal > 0.0 {
+                let interval = SHOT_KG / (nominal * ratio);
+                self.shot_timer_s += dt;
+                if self.shot_timer_s >= interval {
+                    self.shot_timer_s -= interval;
+                    self.feed_count += 1;
+                    self.feeding_left_s = FEEDING_FLAG_S;
+                    self.alumina += SHOT_KG / BATH_KG * 100.0;
+                }
+            }
+            status |= match r.ctl {
+                Ctl::Tracking => 0,
+                Ctl::Under => status::UNDERFEED,
+                Ctl::Over => status::OVERFEED,
+            };
+        }
+        if self.feeding_left_s > 0.0 {
+            status |= status::FEEDING;
+            self.feeding_left_s -= dt;
+        }
+        if load < 0.97 {
+            status |= status::LINE_LOW;
+        }
+
+        // Disturbances of the ACD: slow drift, tapping (stays until the beam corrects it).
+        r.r_disturb += r.drift_per_s * dt;
+        match fx.tapping {
+            Some((rise, p)) => {
+                let d = rise * p - r.tap_applied;
+                r.r_disturb += d;
+                r.tap_applied += d;
+                status |= status::TAPPING;
+            }
+            None => r.tap_applied = 0.0,
+        }
+        let (ac_flag, r_ac) = fx.anode_change.unwrap_or((false, 0.0));
+        if ac_flag {
+            status |= status::ANODE_CHANGE;
+        }
+
+        // The beam: ordered moves run at a fixed speed.
+        if let Some(mm) = fx.beam_request {
+            r.beam_target = self.beam + mm;
+        }
+        let gap = r.beam_target - self.beam;
+        self.beam += gap.clamp(-BEAM_MM_PER_S * dt, BEAM_MM_PER_S * dt);
+
+        // Noise: bubbles (~1 Hz sine + AR(1) with 0.5 s memory) and a metal-pad swing whose
+        // amplitude wanders (AR(1), 15 min), both scaled per cell.
+        self.bubble_phase += std::f64::consts::TAU * (1.0 + 0.1 * r.rng.normal()) * dt;
+        let phi = (-dt / 0.5).exp();
+        r.bubble_ar = phi * r.bubble_ar + (1.0 - phi * phi).sqrt() * r.rng.normal();
+        let bubble =
+            r.noise_level * (0.005 * self.bubble_phase.sin() + 0.006 * r.bubble_ar) * fx.noise_gain;
+        let phi = (-dt / 900.0).exp();
+        r.pad_mod = phi * r.pad_mod + (1.0 - phi * phi).sqrt() * r.rng.normal();
+        self.pad_phase += std::f64::consts::TAU * r.pad_hz * dt;
+        let pad_mv = fx
+            .pad_mv
+            .unwrap_or(r.pad_mv * (1.0 + 0.4 * r.pad_mod).max(0.2));
+        let pad = pad_mv / 1000.0 * self.pad_phase.sin();
+
+        let r_cell = self.r_base
+            + REAL_ALUMINA_COEF * (4.0 - self.alumina).powi(2)
+            + r.k_beam * (self.beam - r.beam0)
+            + r.r_disturb
+            + r_ac
+            + depletion;
+        let voltage = if let Some(v_ae) = self.ae_voltage {
+            (v_ae + 2.0 * r.rng.normal()).max(8.5)
+        } else if line_ka < 1.0 {
+            1.2 + 0.005 * r.rng.normal()
+        } else {
+            BACK_EMF_V + line_ka * r_cell / 1000.0 + (bubble + pad) * load + fx.hot_volt_v
+        };
+        let resistance = if line_ka < 1.0 {
+            0.0
+        } else {
+            (voltage - BACK_EMF_V) / line_ka * 1000.0
+        };
+
+        // Regulation: every minute, move the beam if the filtered R is out of its band.
+        let flagged = fx.tapping.is_some() || ac_flag;
+        if flagged {
+            r.hold_s = HOLD_AFTER_FLAG_S;
+        } else {
+            r.hold_s = (r.hold_s - dt).max(0.0);
+        }
+        let blind = self.ae_voltage.is_some() || load < 0.97;
+        if !blind {
+            let a = (-dt / FILTER_S).exp();
+            r.r_filt = Some(
+                r.r_filt
+                    .map_or(resistance, |f| a * f + (1.0 - a) * resistance),
+            );
+        }
+        r.since_move_s += dt;
+        r.check_in_s -= dt;
+        if r.check_in_s <= 0.0 {
+            r.check_in_s += CHECK_S;
+            let idle = (r.beam_target - self.beam).abs() < 1e-9;
+            if let (Some(f), false, false, true, true) = (
+                r.r_filt,
+                blind,
+                flagged || r.hold_s > 0.0,
+                idle,
+                r.since_move_s >= MIN_BETWEEN_MOVES_S,
+            ) {
+                let dev = f - r.r_target;
+                if dev.abs() > BAND_UOHM {
+                    let mm = (-dev / r.k_beam).clamp(-MAX_MOVE_MM, MAX_MOVE_MM);
+                    let mm = (mm * 10.0).round() / 10.0;
+                    if mm != 0.0 {
+                        r.beam_target = self.beam + mm;
+                        r.since_move_s = 0.0;
+                        // The filter restarts from the expected R after the step.
+                        r.r_filt = Some(f + mm * r.k_beam);
+                        r.moved = Some((mm, mm.abs() / BEAM_MM_PER_S));
+                    }
+                }
+            }
+        }
+        let noise = r.rng.normal();
+        self.real = Some(r);
+        let temp = self.temperature(dt, t, load, fx.hot_temp_c, noise);
+        self.publish(t, tick, voltage, line_ka, temp, resistance, status);
     }
 
     pub fn signals(&self) -> &[f64] {
@@ -309,7 +700,7 @@ mod tests {
 
     #[test]
     fn normal_cell_stays_in_band() {
-        let mut c = Cell::new(Rng::new(3, 1), 500.0);
+        let mut c = Cell::new(Rng::new(3, 1), 500.0, Rng::new(3, 2), false);
         let mut t = 0.0;
         for _ in 0..600 {
             run(&mut c, 10.0, &CellEffects::default(), &mut t);
@@ -322,7 +713,7 @@ mod tests {
 
     #[test]
     fn precursor_raises_resistance_then_ae_jumps() {
-        let mut c = Cell::new(Rng::new(3, 1), 500.0);
+        let mut c = Cell::new(Rng::new(3, 1), 500.0, Rng::new(3, 2), false);
         let mut t = 0.0;
         run(&mut c, 5.0, &CellEffects::default(), &mut t);
         let r0 = c.signals()[sig::RESISTANCE];

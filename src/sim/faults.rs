@@ -26,6 +26,27 @@ pub enum HostileMode {
     Unsolicited,
 }
 
+/// What comes before an anode effect's voltage jump (docs/DOMAIN.md A5b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecursorKind {
+    /// Partly blocked feeder: the R slope grows slowly over 5-25 min.
+    Slow,
+    /// Blocked feeder: the R slope grows fast over a few minutes.
+    Fast,
+    /// No alumina precursor (anode problem): the voltage jumps out of a normal cell.
+    None,
+}
+
+impl PrecursorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecursorKind::Slow => "slow",
+            PrecursorKind::Fast => "fast",
+            PrecursorKind::None => "none",
+        }
+    }
+}
+
 /// A fault and its parameters (defaults are [U] engineering defaults, see docs/SIMULATOR.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum FaultKind {
@@ -34,6 +55,29 @@ pub enum FaultKind {
         shape: f64,
         v_min: f64,
         v_max: f64,
+        precursor_kind: PrecursorKind,
+        /// Realistic cells: R slope at the start and at the end of the precursor, nΩ/min.
+        slope_from: f64,
+        slope_to: f64,
+    },
+    /// Metal tapping flagged by the controller: R rises by `rise_uohm` over `ramp`.
+    Tapping {
+        rise_uohm: f64,
+        ramp: Duration,
+    },
+    /// Anode change: flagged for `flag`, R and noise disturbed for the whole duration.
+    AnodeChange {
+        flag: Duration,
+        r_step_uohm: f64,
+        noise_gain: f64,
+    },
+    /// Anode-beam move of `mm` (negative = down), by hand or by the cell controller.
+    BeamMove {
+        mm: f64,
+    },
+    /// Measurement noise of `sigma` (engineering units) on one signal: a sensor fault.
+    SensorNoise {
+        sigma: Option<f64>,
     },
     NoiseBurst {
         noise_gain: f64,
@@ -83,8 +127,12 @@ pub enum FaultKind {
     },
 }
 
-pub const KINDS: [&str; 16] = [
+pub const KINDS: [&str; 20] = [
     "anode_effect",
+    "tapping",
+    "anode_change",
+    "beam_move",
+    "sensor_noise",
     "noise_burst",
     "hot_cell",
     "line_current_drop",
@@ -107,6 +155,10 @@ impl FaultKind {
         use FaultKind::*;
         match self {
             AnodeEffect { .. } => "anode_effect",
+            Tapping { .. } => "tapping",
+            AnodeChange { .. } => "anode_change",
+            BeamMove { .. } => "beam_move",
+            SensorNoise { .. } => "sensor_noise",
             NoiseBurst { .. } => "noise_burst",
             HotCell { .. } => "hot_cell",
             LineCurrentDrop { .. } => "line_current_drop",
@@ -136,8 +188,35 @@ impl FaultKind {
     fn is_sensor_fault(&self) -> bool {
         matches!(
             self,
-            FaultKind::Frozen | FaultKind::Dropout { .. } | FaultKind::OutOfRange { .. }
+            FaultKind::Frozen
+                | FaultKind::Dropout { .. }
+                | FaultKind::OutOfRange { .. }
+                | FaultKind::SensorNoise { .. }
         )
+    }
+
+    /// Family of the disturbance, written to the ground truth so a scorer can tell a sensor
+    /// fault from a process fault and a controller's own action from either.
+    pub fn class(&self) -> &'static str {
+        use FaultKind::*;
+        match self {
+            Tapping { .. } | AnodeChange { .. } | BeamMove { .. } => "operation",
+            Frozen | Dropout { .. } | OutOfRange { .. } | SensorNoise { .. } => "sensor",
+            UnitSilent
+            | SlowUnit { .. }
+            | Exception { .. }
+            | ConnDrop { .. }
+            | HostileReply { .. } => "comm",
+            _ => "process",
+        }
+    }
+
+    /// Anode effects: what precedes the voltage jump.
+    pub fn precursor(&self) -> Option<&'static str> {
+        match self {
+            FaultKind::AnodeEffect { precursor_kind, .. } => Some(precursor_kind.as_str()),
+            _ => None,
+        }
     }
 }
 
@@ -195,6 +274,27 @@ struct AeP {
     shape: Option<f64>,
     v_min: Option<f64>,
     v_max: Option<f64>,
+    precursor_kind: Option<String>,
+    slope_from: Option<f64>,
+    slope_to: Option<f64>,
+}
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TapP {
+    rise_uohm: Option<f64>,
+    ramp: Option<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AnodeP {
+    flag: Option<String>,
+    r_step_uohm: Option<f64>,
+    noise_gain: Option<f64>,
+}
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BeamP {
+    mm: Option<f64>,
 }
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -241,6 +341,7 @@ struct SensorP {
     signal: Option<String>,
     mode: Option<String>,
     value: Option<f64>,
+    sigma: Option<f64>,
 }
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -277,7 +378,38 @@ fn parse_kind(cfg: &FaultCfg, duration: Duration) -> Result<(FaultKind, Option<S
     let kind = match cfg.kind.as_str() {
         "anode_effect" => {
             let x: AeP = params(p)?;
-            let precursor = dur_param("precursor", &x.precursor, "10m")?;
+            let default_precursor = match x.precursor_kind.as_deref() {
+                Some("none") => "0s",
+                Some("fast") => "3m",
+                _ => "10m",
+            };
+            let precursor = dur_param("precursor", &x.precursor, default_precursor)?;
+            let precursor_kind = match x.precursor_kind.as_deref() {
+                None if precursor.is_zero() => PrecursorKind::None,
+                None if precursor < Duration::from_secs(300) => PrecursorKind::Fast,
+                None | Some("slow") => PrecursorKind::Slow,
+                Some("fast") => PrecursorKind::Fast,
+                Some("none") => PrecursorKind::None,
+                Some(other) => {
+                    return Err(format!(
+                        "precursor_kind `{other}`: use \"slow\", \"fast\" or \"none\""
+                    ))
+                }
+            };
+            if precursor_kind == PrecursorKind::None && !precursor.is_zero() {
+                return Err("precursor_kind \"none\" needs precursor = \"0s\"".into());
+            }
+            // [U] docs/DOMAIN.md A5b: ~4 → tens of nΩ/min (slow), far steeper when blocked.
+            let (from, to) = match precursor_kind {
+                PrecursorKind::Fast => (10.0, 150.0),
+                _ => (4.0, 30.0),
+            };
+            let (slope_from, slope_to) = (x.slope_from.unwrap_or(from), x.slope_to.unwrap_or(to));
+            if !(slope_from > 0.0 && slope_to >= slope_from && slope_to <= 10_000.0) {
+                return Err(
+                    "slopes must satisfy 0 < slope_from <= slope_to <= 10000 nΩ/min".into(),
+                );
+            }
             if precursor >= duration {
                 return Err(format!(
                     "precursor ({}) must be shorter than the duration ({}): the AE itself needs time",
@@ -298,7 +430,45 @@ fn parse_kind(cfg: &FaultCfg, duration: Duration) -> Result<(FaultKind, Option<S
                 shape,
                 v_min,
                 v_max,
+                precursor_kind,
+                slope_from,
+                slope_to,
             }
+        }
+        "tapping" => {
+            let x: TapP = params(p)?;
+            let rise_uohm = x.rise_uohm.unwrap_or(0.10);
+            if !(-1.0..=1.0).contains(&rise_uohm) {
+                return Err("rise_uohm must be within -1..1 µΩ".into());
+            }
+            FaultKind::Tapping {
+                rise_uohm,
+                ramp: dur_param("ramp", &x.ramp, "3m")?,
+            }
+        }
+        "anode_change" => {
+            let x: AnodeP = params(p)?;
+            let flag = dur_param("flag", &x.flag, "10m")?;
+            if flag > duration {
+                return Err("flag must not be longer than the duration".into());
+            }
+            let noise_gain = x.noise_gain.unwrap_or(2.5);
+            if !(0.0..=20.0).contains(&noise_gain) {
+                return Err("noise_gain must be within 0..20".into());
+            }
+            FaultKind::AnodeChange {
+                flag,
+                r_step_uohm: x.r_step_uohm.unwrap_or(0.06),
+                noise_gain,
+            }
+        }
+        "beam_move" => {
+            let x: BeamP = params(p)?;
+            let mm = x.mm.unwrap_or(-1.0);
+            if !(-50.0..=50.0).contains(&mm) {
+                return Err("mm must be within -50..50".into());
+            }
+            FaultKind::BeamMove { mm }
         }
         "noise_burst" => {
             let x: NoiseP = params(p)?;
@@ -350,10 +520,14 @@ fn parse_kind(cfg: &FaultCfg, duration: Duration) -> Result<(FaultKind, Option<S
                 ramp: dur_param("ramp", &x.ramp, "30s")?,
             }
         }
-        "frozen" | "dropout" | "out_of_range" => {
+        "frozen" | "dropout" | "out_of_range" | "sensor_noise" => {
             let x: SensorP = params(p)?;
+            if x.sigma.is_some() && cfg.kind != "sensor_noise" {
+                return Err("`sigma` is a sensor_noise parameter".into());
+            }
             let kind = match cfg.kind.as_str() {
                 "frozen" => FaultKind::Frozen,
+                "sensor_noise" => FaultKind::SensorNoise { sigma: x.sigma },
                 "dropout" => FaultKind::Dropout {
                     nan: match x.mode.as_deref().unwrap_or("zero") {
                         "zero" => false,
@@ -564,5 +738,18 @@ pub fn out_of_range_default(kind: DeviceKind, signal: usize) -> f64 {
         "flue_temp" | "furnace_temp" => 2500.0,
         "draft" | "exhaust_draft" => 5000.0,
         _ => 60000.0,
+    }
+}
+
+/// Default measurement noise (1 σ) of a `sensor_noise` fault: a few times the process noise.
+pub fn sensor_noise_default(kind: DeviceKind, signal: usize) -> f64 {
+    let name = kind.signals().get(signal).copied().unwrap_or("");
+    match name {
+        "voltage" => 0.05,
+        "current" => 5.0,
+        "resistance" => 0.1,
+        "bath_temp" | "flue_temp" | "furnace_temp" => 5.0,
+        "draft" | "exhaust_draft" => 20.0,
+        _ => 1.0,
     }
 }

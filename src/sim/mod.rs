@@ -9,6 +9,7 @@ pub mod plant;
 pub mod registers;
 pub mod rng;
 pub mod scenario;
+pub mod schedule;
 pub mod server;
 pub mod truth;
 

@@ -2,11 +2,15 @@
 //! Pure and deterministic: the state after N steps depends only on the scenario and the seed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::calciner::{self, Calciner};
 use super::cell::{AeDrive, Cell, CellEffects};
-use super::faults::{out_of_range_default, FaultKind, HostileMode, RegisterBlock};
+use super::faults::{
+    out_of_range_default, sensor_noise_default, ticks, FaultKind, FaultSpec, HostileMode,
+    PrecursorKind, RegisterBlock, Target,
+};
 use super::kiln::{Kiln, ThermalEffects};
 use super::registers::{encode, Image, Layout};
 use super::rng::Rng;
@@ -37,12 +41,14 @@ pub enum Phase {
 }
 
 /// A fault starting or ending on one device at one tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Transition {
     pub phase: Phase,
     pub fault: usize,
     pub device: usize,
     pub tick: u64,
+    /// The fault itself (scripted, scheduled, or a move the cell controller made).
+    pub spec: Arc<FaultSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +73,12 @@ struct Line {
 #[derive(Debug, Clone)]
 pub struct Plant {
     scenario: Scenario,
+    /// Scripted and scheduled faults of this seed.
+    faults: Vec<Arc<FaultSpec>>,
+    /// Controller-made beam moves still running: (end tick, device, move).
+    moves: Vec<(u64, usize, Arc<FaultSpec>)>,
+    next_fault_id: usize,
+    sensor_rng: Rng,
     layouts: HashMap<DeviceKind, Layout>,
     devices: Vec<DeviceState>,
     lines: Vec<Option<Line>>,
@@ -78,6 +90,12 @@ pub struct Plant {
 
 impl Plant {
     pub fn new(scenario: Scenario, seed: u64) -> Plant {
+        let faults: Vec<Arc<FaultSpec>> = scenario
+            .faults_for_seed(seed)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let realism = scenario.plant.realism;
         let mut layouts = HashMap::new();
         for k in [DeviceKind::Cell, DeviceKind::Kiln, DeviceKind::Calciner] {
             layouts.insert(k, Layout::for_kind(k));
@@ -111,7 +129,8 @@ impl Plant {
                             .get(d.group)
                             .and_then(|l| l.as_ref().map(|l| l.setpoint))
                             .unwrap_or(scenario.plant.line_current_ka);
-                        Model::Cell(Box::new(Cell::new(rng, sp)))
+                        let aux = Rng::new(seed, 3_000_000 + i as u64);
+                        Model::Cell(Box::new(Cell::new(rng, sp, aux, realism)))
                     }
                     DeviceKind::Kiln => Model::Kiln(Box::new(Kiln::new(rng))),
                     DeviceKind::Calciner => Model::Calciner(Box::new(Calciner::new(rng))),
@@ -126,13 +145,17 @@ impl Plant {
                 }
             })
             .collect();
-        for (fi, f) in scenario.faults.iter().enumerate() {
+        for (fi, f) in faults.iter().enumerate() {
             for t in &f.targets {
                 devices[t.device].faults.push((fi, t.signal));
             }
         }
         Plant {
             dt: scenario.tick.as_secs_f64(),
+            next_fault_id: faults.len(),
+            faults,
+            moves: Vec::new(),
+            sensor_rng: Rng::new(seed, 5_000_000),
             scenario,
             layouts,
             devices,
@@ -145,6 +168,11 @@ impl Plant {
 
     pub fn scenario(&self) -> &Scenario {
         &self.scenario
+    }
+
+    /// Scripted and scheduled faults of this run (controller beam moves come as transitions).
+    pub fn faults(&self) -> &[Arc<FaultSpec>] {
+        &self.faults
     }
 
     pub fn seed(&self) -> u64 {
@@ -180,9 +208,23 @@ impl Plant {
         let tick = self.tick;
         let dt = self.dt;
         let t = tick as f64 * dt;
-        let faults = &self.scenario.faults;
+        let faults = &self.faults;
+        let realism = self.scenario.plant.realism;
 
         let mut transitions = Vec::new();
+        self.moves.retain(|(end, device, spec)| {
+            if *end != tick {
+                return true;
+            }
+            transitions.push(Transition {
+                phase: Phase::End,
+                fault: spec.id,
+                device: *device,
+                tick,
+                spec: spec.clone(),
+            });
+            false
+        });
         for (fi, f) in faults.iter().enumerate() {
             let phase = if f.start_tick == tick {
                 Phase::Start
@@ -197,6 +239,7 @@ impl Plant {
                     fault: fi,
                     device: target.device,
                     tick,
+                    spec: f.clone(),
                 });
                 if phase == Phase::End {
                     self.frozen.remove(&(fi, target.device));
@@ -215,14 +258,11 @@ impl Plant {
             {
                 match f.kind {
                     FaultKind::LineCurrentDrop { fraction, ramp } => {
-                        let r = f.ramp(tick, super::faults::ticks(ramp, self.scenario.tick));
+                        let r = f.ramp(tick, ticks(ramp, self.scenario.tick));
                         factor *= 1.0 - (1.0 - fraction) * r;
                     }
                     FaultKind::PotlineOutage => {
-                        let r = f.ramp(
-                            tick,
-                            super::faults::ticks(Duration::from_secs(1), self.scenario.tick),
-                        );
+                        let r = f.ramp(tick, ticks(Duration::from_secs(1), self.scenario.tick));
                         factor *= 1.0 - r;
                     }
                     _ => {}
@@ -246,10 +286,25 @@ impl Plant {
                         v_min,
                         v_max,
                         shape,
+                        precursor_kind,
+                        slope_from,
+                        slope_to,
                         ..
                     } => {
                         let onset = f.onset_tick.unwrap_or(f.start_tick);
-                        if tick < onset {
+                        if tick < onset && realism && precursor_kind != PrecursorKind::None {
+                            let total = (onset - f.start_tick) as f64 * dt;
+                            let elapsed = (tick - f.start_tick) as f64 * dt;
+                            cell_fx.ae = Some(AeDrive::Depletion {
+                                elapsed_s: elapsed,
+                                total_s: total,
+                                slope_from,
+                                slope_to,
+                            });
+                            // Bubble noise grows as the bath starves [U].
+                            let p = elapsed / total.max(dt);
+                            cell_fx.noise_gain *= 1.0 + p * p;
+                        } else if tick < onset {
                             let progress =
                                 (tick - f.start_tick) as f64 / (onset - f.start_tick).max(1) as f64;
                             cell_fx.ae = Some(AeDrive::Precursor { progress, shape });
@@ -271,23 +326,40 @@ impl Plant {
                         cell_fx.hot_temp_c += temp_rise_c * r;
                         cell_fx.hot_volt_v += voltage_rise_mv / 1000.0 * r;
                     }
+                    FaultKind::Tapping { rise_uohm, ramp } => {
+                        let p = f.ramp(tick, ticks(ramp, tick_len));
+                        cell_fx.tapping = Some((rise_uohm, p));
+                    }
+                    FaultKind::AnodeChange {
+                        flag,
+                        r_step_uohm,
+                        noise_gain,
+                    } => {
+                        // The new cold anode takes its share of current over the disturbance:
+                        // R and noise decay from their step with a third of it as time constant.
+                        let elapsed = (tick - f.start_tick) as f64 * dt;
+                        let tau = (f.end_tick - f.start_tick) as f64 * dt / 3.0;
+                        let decay = (-elapsed / tau.max(dt)).exp();
+                        cell_fx.anode_change =
+                            Some((elapsed < flag.as_secs_f64(), r_step_uohm * decay));
+                        cell_fx.noise_gain *= 1.0 + (noise_gain - 1.0).max(0.0) * decay;
+                    }
+                    FaultKind::BeamMove { mm } if tick == f.start_tick => {
+                        cell_fx.beam_request = Some(mm);
+                    }
                     FaultKind::CurveLag { lag_c } => {
                         thermal_fx.lag_c += lag_c * f.ramp(tick, f.end_tick - f.start_tick);
                     }
                     FaultKind::DraftLoss { to_pa, ramp } => {
-                        thermal_fx.draft =
-                            Some((to_pa, f.ramp(tick, super::faults::ticks(ramp, tick_len))));
+                        thermal_fx.draft = Some((to_pa, f.ramp(tick, ticks(ramp, tick_len))));
                     }
                     FaultKind::IncompleteCombustion {
                         co_ppm,
                         o2_pct,
                         ramp,
                     } => {
-                        thermal_fx.combustion = Some((
-                            co_ppm,
-                            o2_pct,
-                            f.ramp(tick, super::faults::ticks(ramp, tick_len)),
-                        ));
+                        thermal_fx.combustion =
+                            Some((co_ppm, o2_pct, f.ramp(tick, ticks(ramp, tick_len))));
                     }
                     FaultKind::UnitSilent => comm.silent = true,
                     FaultKind::SlowUnit { delay } => {
@@ -307,6 +379,30 @@ impl Plant {
             let signals: &[f64] = match &mut dev.model {
                 Model::Cell(c) => {
                     c.step(dt, t, tick, line_ka, &cell_fx);
+                    if let Some((mm, secs)) = c.take_beam_move() {
+                        let spec = Arc::new(FaultSpec {
+                            id: self.next_fault_id,
+                            kind: FaultKind::BeamMove { mm },
+                            targets: vec![Target {
+                                device: di,
+                                signal: None,
+                            }],
+                            groups: Vec::new(),
+                            start_tick: tick,
+                            end_tick: tick + ticks(Duration::from_secs_f64(secs), tick_len).max(1),
+                            onset_tick: None,
+                            params: serde_json::json!({ "mm": mm, "by": "controller" }),
+                        });
+                        self.next_fault_id += 1;
+                        transitions.push(Transition {
+                            phase: Phase::Start,
+                            fault: spec.id,
+                            device: di,
+                            tick,
+                            spec: spec.clone(),
+                        });
+                        self.moves.push((spec.end_tick, di, spec));
+                    }
                     c.signals()
                 }
                 Model::Kiln(k) => {
@@ -338,6 +434,10 @@ impl Plant {
                     }
                     FaultKind::OutOfRange { value } => {
                         value.unwrap_or_else(|| out_of_range_default(dev.kind, s))
+                    }
+                    FaultKind::SensorNoise { sigma } => {
+                        let sigma = sigma.unwrap_or_else(|| sensor_noise_default(dev.kind, s));
+                        dev.signals[s] + sigma * self.sensor_rng.normal()
                     }
                     _ => continue,
                 };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::faults::{FaultKind, FaultSpec};
+pub use super::schedule::ScheduleCfg;
 use crate::core::duration;
 use crate::core::expand::{self, parse_int_ranges, Var};
 
@@ -68,6 +69,10 @@ pub struct PlantCfg {
     /// Default potline current setpoint for cell groups, kA.
     #[serde(default = "default_line")]
     pub line_current_ka: f64,
+    /// Cells that behave like a plant's (controller, beam moves, feeding cycle, cell-to-cell
+    /// variation; docs/SIMULATOR.md "Realistic cells"). Off: the ideal cell of earlier releases.
+    #[serde(default)]
+    pub realism: bool,
 }
 
 fn default_seed() -> u64 {
@@ -87,6 +92,7 @@ impl Default for PlantCfg {
             seed: default_seed(),
             tick: default_tick(),
             line_current_ka: default_line(),
+            realism: false,
         }
     }
 }
@@ -139,6 +145,7 @@ struct ScenarioFile {
     groups: Vec<GroupCfg>,
     #[serde(default)]
     faults: Vec<FaultCfg>,
+    schedule: Option<ScheduleCfg>,
 }
 
 /// One simulated device after expansion.
@@ -161,7 +168,9 @@ pub struct Scenario {
     pub groups: Vec<GroupCfg>,
     pub tick: Duration,
     pub devices: Vec<DeviceSpec>,
+    /// The scripted `[[faults]]` (the `[schedule]`'s depend on the seed: [`Self::faults_for_seed`]).
     pub faults: Vec<FaultSpec>,
+    pub schedule: Option<ScheduleCfg>,
 }
 
 /// Expands `{unit}`, `{index}`, `{port}` with optional zero padding (`{unit:03}`), as the
@@ -308,13 +317,48 @@ impl Scenario {
                 .map_err(|m| invalid(format!("fault #{} ({}): {m}", i + 1, f.kind)))?;
             faults.push(spec);
         }
+        if let Some(sch) = &file.schedule {
+            // Expanding once here reports schedule errors at load time, not at run time.
+            sch.expand(file.plant.seed, faults.len(), &file.groups, &devices, tick)
+                .map_err(invalid)?;
+        }
         Ok(Scenario {
             plant: file.plant,
             groups: file.groups,
             tick,
             devices,
             faults,
+            schedule: file.schedule,
         })
+    }
+
+    /// Every fault a run with `seed` has: the scripted ones, then the `[schedule]`'s.
+    pub fn faults_for_seed(&self, seed: u64) -> Vec<FaultSpec> {
+        let mut all = self.faults.clone();
+        if let Some(sch) = &self.schedule {
+            match sch.expand(seed, all.len(), &self.groups, &self.devices, self.tick) {
+                Ok(more) => all.extend(more),
+                // Validated at load with the scenario's seed; another seed cannot fail it.
+                Err(e) => tracing::warn!("scenario schedule: {e}"),
+            }
+        }
+        all
+    }
+
+    /// How long a run must last to see every fault of `seed` end (for tools that stop on it).
+    pub fn end_for_seed(&self, seed: u64) -> Duration {
+        let last = self
+            .faults_for_seed(seed)
+            .iter()
+            .map(|f| f.end_tick)
+            .max()
+            .unwrap_or(0);
+        let horizon = self
+            .schedule
+            .as_ref()
+            .and_then(|s| s.horizon().ok())
+            .unwrap_or_default();
+        Duration::from_nanos((self.tick.as_nanos() as u64).saturating_mul(last)).max(horizon)
     }
 
     pub fn device_index(&self, name: &str) -> Option<usize> {
@@ -347,7 +391,12 @@ pub fn default_signal(kind: DeviceKind) -> &'static str {
 pub(crate) fn kind_accepts(kind: DeviceKind, fault: &FaultKind) -> bool {
     use FaultKind::*;
     match fault {
-        AnodeEffect { .. } | NoiseBurst { .. } | HotCell { .. } => kind == DeviceKind::Cell,
+        AnodeEffect { .. }
+        | NoiseBurst { .. }
+        | HotCell { .. }
+        | Tapping { .. }
+        | AnodeChange { .. }
+        | BeamMove { .. } => kind == DeviceKind::Cell,
         LineCurrentDrop { .. } | PotlineOutage => kind == DeviceKind::Cell,
         CurveLag { .. } | DraftLoss { .. } | IncompleteCombustion { .. } => {
             kind != DeviceKind::Cell

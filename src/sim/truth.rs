@@ -1,4 +1,5 @@
-//! Ground truth: every injected fault as JSON lines (a `start` line and an `end` line).
+//! Ground truth: every injected fault and every disturbance (scripted, scheduled, or a beam move
+//! the cell controller made) as JSON lines (a `start` line and an `end` line).
 
 use std::fs::File;
 use std::io::{LineWriter, Write};
@@ -19,6 +20,11 @@ pub struct TruthEvent {
     pub fault_id: usize,
     pub device: String,
     pub kind: &'static str,
+    /// `process`, `operation` (tapping, anode change, beam move), `sensor` or `comm`.
+    pub class: &'static str,
+    /// Anode effects: `slow`, `fast` or `none` (what precedes the voltage jump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precursor: Option<&'static str>,
     pub start: String,
     pub end: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,10 +71,8 @@ impl Truth {
         }
         let mut lines = Vec::with_capacity(transitions.len());
         for tr in transitions {
-            let (Some(f), Some(d)) = (
-                scenario.faults.get(tr.fault),
-                scenario.devices.get(tr.device),
-            ) else {
+            let f = &tr.spec;
+            let Some(d) = scenario.devices.get(tr.device) else {
                 continue;
             };
             let start_ms = self.ms_at(f.start_tick);
@@ -82,6 +86,8 @@ impl Truth {
                 fault_id: f.id,
                 device: d.name.clone(),
                 kind: f.kind.name(),
+                class: f.kind.class(),
+                precursor: f.kind.precursor(),
                 start: rfc3339_ms(start_ms),
                 end: rfc3339_ms(end_ms),
                 onset: onset_ms.map(rfc3339_ms),
