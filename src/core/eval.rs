@@ -147,6 +147,8 @@ pub struct TrendEval {
     pub slope_se: Option<f64>,
     /// EWMA of the slope and of its absolute deviation, learned outside alarms and holds.
     baseline: Option<(f64, f64)>,
+    /// Decayed sum of the baseline's weights (ms): early on, every fit weighs the same.
+    baseline_weight: f64,
     baseline_since: Ts,
     baseline_at: Ts,
     held: bool,
@@ -171,6 +173,7 @@ impl TrendEval {
             slope: None,
             slope_se: None,
             baseline: None,
+            baseline_weight: 0.0,
             baseline_since: 0,
             baseline_at: 0,
             held: false,
@@ -257,14 +260,19 @@ impl TrendEval {
         };
         // Learn from normal operation only: not from a rise being alarmed, not while held.
         if !self.held && c != Condition::Active {
+            // A bias-corrected EWMA: weight dt per fit, decayed with time constant tau, so the
+            // first hours are a plain mean, not the first fit's value.
             self.baseline = Some(match self.baseline {
                 None => {
                     self.baseline_since = now;
+                    self.baseline_weight = self.cfg.every_ms as f64;
                     (s, 0.0)
                 }
                 Some((mean, mad)) => {
-                    let dt = (now - self.baseline_at).max(0) as f64;
-                    let a = 1.0 - (-dt / tau.max(1) as f64).exp();
+                    let dt = (now - self.baseline_at).max(1) as f64;
+                    self.baseline_weight =
+                        self.baseline_weight * (-dt / tau.max(1) as f64).exp() + dt;
+                    let a = dt / self.baseline_weight;
                     (mean + a * (s - mean), mad + a * ((s - mean).abs() - mad))
                 }
             });
