@@ -386,7 +386,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         humantime::format_duration(scenario.tick),
         args.speed,
         scenario.devices.len(),
-        scenario.faults.len()
+        // Scripted and scheduled: what this seed's ground truth will hold (beam moves aside).
+        scenario.faults_for_seed(handle.seed()).len()
     );
     for line in describe(&handle, &scenario) {
         println!("  {line}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::calciner::{self, Calciner};
-use super::cell::{AeDrive, Cell, CellEffects};
+use super::cell::{sig as cell_sig, AeDrive, Cell, CellEffects, BACK_EMF_V};
 use super::faults::{
     out_of_range_default, sensor_noise_default, ticks, FaultKind, FaultSpec, HostileMode,
     PrecursorKind, RegisterBlock, Target,
@@ -442,6 +442,13 @@ impl Plant {
                     _ => continue,
                 };
                 dev.signals[s] = v;
+                // A realistic cell's controller computes R from the voltage it measures.
+                if realism && dev.kind == DeviceKind::Cell && s == cell_sig::VOLTAGE {
+                    let i = dev.signals[cell_sig::CURRENT];
+                    if i >= 1.0 {
+                        dev.signals[cell_sig::RESISTANCE] = (v - BACK_EMF_V) / i * 1000.0;
+                    }
+                }
             }
             if dev.kind == DeviceKind::Calciner {
                 debug_assert_eq!(dev.signals.len(), calciner::sig::COUNT);
@@ -522,5 +529,196 @@ mod tests {
         }
         assert_eq!(ends, 3);
         assert!(p.signals(0).unwrap()[super::super::cell::sig::CURRENT] > 450.0);
+    }
+
+    const DAY: &str = r#"
+        [plant]
+        tick = "1s"
+        realism = true
+        [[groups]]
+        id = "line"
+        kind = "cell"
+        name = "pot-{unit:03}"
+        listen = "127.0.0.1:0"
+        units = "1-16"
+        [schedule]
+        horizon = "3h"
+        tapping_every = "8h"
+        anode_change_every = "8h"
+        slow_aes = 2
+        fast_aes = 1
+        sudden_aes = 1
+        line_dips = 1
+        sensor_faults = 3
+        [[faults]]
+        kind = "sensor_noise"
+        devices = ["pot-001"]
+        at = "1m"
+        duration = "1m"
+    "#;
+
+    /// (kind, class, device, phase, precursor, params) of one truth transition.
+    type Seen = (
+        String,
+        String,
+        usize,
+        Phase,
+        Option<&'static str>,
+        serde_json::Value,
+    );
+
+    /// Every start/end of a run.
+    fn run_truth(seed: u64, ticks: u64) -> Vec<Seen> {
+        let s = Scenario::from_str(DAY).unwrap();
+        let mut p = Plant::new(s, seed);
+        let mut out = Vec::new();
+        for _ in 0..ticks {
+            for tr in p.step() {
+                out.push((
+                    tr.spec.kind.name().to_string(),
+                    tr.spec.kind.class().to_string(),
+                    tr.device,
+                    tr.phase,
+                    tr.spec.kind.precursor(),
+                    tr.spec.params.clone(),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn schedule_places_every_disturbance_and_truth_names_each() {
+        let tr = run_truth(3, 3 * 3600);
+        let kinds: std::collections::BTreeSet<&str> = tr.iter().map(|t| t.0.as_str()).collect();
+        for k in [
+            "anode_effect",
+            "tapping",
+            "anode_change",
+            "beam_move",
+            "line_current_drop",
+            "sensor_noise",
+        ] {
+            assert!(kinds.contains(k), "{k} in {kinds:?}");
+        }
+        let starts = |k: &str| {
+            tr.iter()
+                .filter(|t| t.0 == k && t.3 == Phase::Start)
+                .count()
+        };
+        assert_eq!(starts("anode_effect"), 4);
+        assert_eq!(
+            starts("line_current_drop"),
+            16,
+            "a dip hits every cell of the line"
+        );
+        let mut pre: Vec<&str> = tr
+            .iter()
+            .filter(|t| t.0 == "anode_effect" && t.3 == Phase::Start)
+            .filter_map(|t| t.4)
+            .collect();
+        pre.sort_unstable();
+        assert_eq!(pre, ["fast", "none", "slow", "slow"]);
+        // The controller's own moves are in the truth, marked as such, with a start and an end.
+        let moves: Vec<_> = tr.iter().filter(|t| t.0 == "beam_move").collect();
+        assert!(moves
+            .iter()
+            .all(|t| t.1 == "operation" && t.5["by"] == "controller"));
+        assert_eq!(
+            moves.iter().filter(|t| t.3 == Phase::Start).count(),
+            moves.iter().filter(|t| t.3 == Phase::End).count()
+        );
+        for t in &tr {
+            let want = match t.0.as_str() {
+                "tapping" | "anode_change" | "beam_move" => "operation",
+                "frozen" | "out_of_range" | "sensor_noise" | "dropout" => "sensor",
+                _ => "process",
+            };
+            assert_eq!(t.1, want, "{}", t.0);
+        }
+        // Another seed is another day; the same seed is the same day.
+        assert_eq!(format!("{tr:?}"), format!("{:?}", run_truth(3, 3 * 3600)));
+        assert_ne!(format!("{tr:?}"), format!("{:?}", run_truth(4, 3 * 3600)));
+    }
+
+    #[test]
+    fn flags_and_beam_reach_the_register_image() {
+        use super::super::cell::sig;
+        let s = Scenario::from_str(
+            r#"
+            [plant]
+            realism = true
+            [[groups]]
+            id = "line"
+            kind = "cell"
+            name = "pot-{unit}"
+            listen = "127.0.0.1:0"
+            units = "1-2"
+            [[faults]]
+            kind = "tapping"
+            devices = ["pot-1"]
+            at = "1s"
+            duration = "2s"
+            [[faults]]
+            kind = "anode_change"
+            devices = ["pot-2"]
+            at = "1s"
+            duration = "10s"
+            params = { flag = "2s" }
+            [[faults]]
+            kind = "beam_move"
+            devices = ["pot-2"]
+            at = "1s"
+            duration = "5s"
+            params = { mm = -1.0 }
+            "#,
+        )
+        .unwrap();
+        let mut p = Plant::new(s, 1);
+        p.step();
+        let beam0 = p.signals(1).unwrap()[sig::BEAM_POSITION];
+        for _ in 0..15 {
+            p.step();
+        }
+        let status = |d: usize, p: &Plant| p.image(d).unwrap().input[7];
+        assert_eq!(status(0, &p) & (1 << 5), 1 << 5, "tapping bit");
+        assert_eq!(status(1, &p) & (1 << 6), 1 << 6, "anode change bit");
+        assert!(p.image(0).unwrap().discrete[5]);
+        for _ in 0..60 {
+            p.step();
+        }
+        assert_eq!(status(0, &p) & (3 << 5), 0);
+        assert_eq!(status(1, &p) & (3 << 5), 0, "flag for 2 s of the 10 s");
+        let beam1 = p.signals(1).unwrap()[sig::BEAM_POSITION];
+        assert!((beam0 - beam1 - 1.0).abs() < 1e-6, "{beam0} -> {beam1}");
+        let img = p.image(1).unwrap();
+        let f = f32::from_bits(u32::from(img.input[17]) << 16 | u32::from(img.input[16]));
+        assert!((f64::from(f) - beam1).abs() < 1e-3, "CDAB float {f}");
+    }
+
+    #[test]
+    fn sensor_noise_changes_the_reading_not_the_process() {
+        use super::super::cell::sig;
+        let scn = |noise: bool| {
+            let mut t = String::from(
+                "[plant]\nrealism = true\n[[groups]]\nid = \"l\"\nkind = \"cell\"\nname = \"pot-{unit}\"\nlisten = \"127.0.0.1:0\"\nunits = \"1\"\n",
+            );
+            if noise {
+                t.push_str("[[faults]]\nkind = \"sensor_noise\"\ndevices = [\"pot-1\"]\nat = \"1s\"\nduration = \"1m\"\nparams = { signal = \"voltage\", sigma = 0.05 }\n");
+            }
+            Plant::new(Scenario::from_str(&t).unwrap(), 2)
+        };
+        let (mut a, mut b) = (scn(false), scn(true));
+        let mut diff = Vec::new();
+        for _ in 0..300 {
+            a.step();
+            b.step();
+            let (sa, sb) = (a.signals(0).unwrap(), b.signals(0).unwrap());
+            diff.push(sb[sig::VOLTAGE] - sa[sig::VOLTAGE]);
+            assert_eq!(sa[sig::ALUMINA], sb[sig::ALUMINA]);
+            assert_eq!(sa[sig::BEAM_POSITION], sb[sig::BEAM_POSITION]);
+        }
+        let sd = (diff.iter().map(|d| d * d).sum::<f64>() / diff.len() as f64).sqrt();
+        assert!((0.035..0.065).contains(&sd), "{sd}");
     }
 }

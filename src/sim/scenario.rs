@@ -496,4 +496,50 @@ mod tests {
             .to_string();
         assert!(e.contains("oven"), "{e}");
     }
+
+    #[test]
+    fn realism_keys_are_checked() {
+        let base = "[[groups]]\nid = \"g\"\nkind = \"cell\"\nname = \"pot-{unit}\"\nlisten = \"127.0.0.1:5020\"\ncount = 2\n";
+        let fault = |kind: &str, dur: &str, params: &str| {
+            Scenario::from_str(&format!(
+                "{base}[[faults]]\nkind = \"{kind}\"\ndevices = [\"pot-1\"]\nat = \"1m\"\nduration = \"{dur}\"\nparams = {{ {params} }}\n"
+            ))
+        };
+        let err =
+            |kind: &str, dur: &str, params: &str| fault(kind, dur, params).unwrap_err().to_string();
+        assert!(err(
+            "anode_effect",
+            "10m",
+            "precursor_kind = \"none\", precursor = \"5m\""
+        )
+        .contains("0s"));
+        assert!(err("anode_effect", "10m", "precursor_kind = \"slowish\"").contains("slowish"));
+        assert!(err("anode_effect", "10m", "slope_from = 9.0, slope_to = 3.0").contains("slope"));
+        assert!(err("anode_change", "5m", "flag = \"10m\"").contains("flag"));
+        assert!(err("frozen", "5m", "sigma = 0.1").contains("sigma"));
+        assert!(err("tapping", "5m", "rise = 0.1").contains("rise"));
+        assert!(err("beam_move", "5s", "mm = 99.0").contains("mm"));
+        // Defaults: the precursor kind follows the precursor's length.
+        let kind_of =
+            |params: &str| match fault("anode_effect", "30m", params).unwrap().faults[0].kind {
+                FaultKind::AnodeEffect { precursor_kind, .. } => precursor_kind.as_str(),
+                _ => unreachable!(),
+            };
+        assert_eq!(kind_of("precursor = \"10m\""), "slow");
+        assert_eq!(kind_of("precursor = \"2m\""), "fast");
+        assert_eq!(kind_of("precursor = \"0s\""), "none");
+        assert_eq!(kind_of("precursor_kind = \"none\""), "none");
+        let e = Scenario::from_str(&format!(
+            "{base}[schedule]\nhorizon = \"2h\"\nslow_aes = 3\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("3 anode effects"), "{e}");
+        let e = Scenario::from_str(&format!(
+            "{base}[schedule]\nhorizon = \"6h\"\nline_dip = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line_dip"), "{e}");
+    }
 }

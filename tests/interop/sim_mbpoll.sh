@@ -23,7 +23,7 @@ check in_range "$(echo "$out" | val 10)" 495 505
 out=$(mbpoll -m tcp -p "$CELLS" -a 1 -0 -r 0 -c 2 -t 4 -1 "$HOST")
 check in_range "$(echo "$out" | val 0)" 3999 4251
 check in_range "$(echo "$out" | val 1)" 4999 5001
-out=$(mbpoll -m tcp -p "$CELLS" -a 1 -0 -r 16 -c 1 -t 3 -1 "$HOST" 2>&1)
+out=$(mbpoll -m tcp -p "$CELLS" -a 1 -0 -r 18 -c 1 -t 3 -1 "$HOST" 2>&1)
 has_illegal_address() { echo "$out" | grep -qi 'illegal data address'; }
 check has_illegal_address
 out=$(mbpoll -m tcp -p "$KILNS" -a 2 -0 -r 0 -c 2 -t 4 -1 "$HOST")

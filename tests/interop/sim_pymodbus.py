@@ -61,8 +61,8 @@ def main():
     rr = call(c.read_holding_registers, 10, 2, 1)
     feeds = (rr.registers[0] << 16) | rr.registers[1]
     check(not rr.isError() and feeds < 200000, f"feed_count u32 ABCD {feeds}")
-    rr = call(c.read_input_registers, 16, 1, 1)
-    check(rr.isError() and getattr(rr, "exception_code", None) == 2, "input 16 unmapped -> exception 02")
+    rr = call(c.read_input_registers, 18, 1, 1)
+    check(rr.isError() and getattr(rr, "exception_code", None) == 2, "input 18 unmapped -> exception 02")
     c.close()
 
     k = ModbusTcpClient(args.host, port=args.kilns)

@@ -37,6 +37,8 @@ mod deploy;
 mod early_warning;
 /// The engine task end to end: what leaves it per sink, and a live run's recording replayed.
 mod engine_task;
+/// The independent trace generator (tests/gen/potline.py) replayed through the shipped presets.
+mod gen;
 /// The operations endpoint (/metrics, /healthz, /readyz, /alarms) over a raw socket.
 mod http;
 /// Running the agent: reload (SIGHUP and command), SIGTERM, /metrics of the binary.

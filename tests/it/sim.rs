@@ -995,6 +995,165 @@ baud = 115200
     drop(far);
 }
 
+// ---------------------------------------------------------------- realistic cells (issue 12)
+
+/// The controller context of a realistic cell reaches a Modbus client: the tapping and
+/// anode-change bits, and the beam position moving; the ground truth file names each
+/// disturbance with its class, and `alsentry replay` reads it.
+#[tokio::test]
+async fn realistic_cell_serves_controller_context_and_writes_its_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.jsonl");
+    let scn = Scenario::from_str(
+        r#"
+[plant]
+seed = 5
+realism = true
+[[groups]]
+id = "potline"
+kind = "cell"
+name = "pot-{unit:03}"
+listen = "127.0.0.1:5020"
+units = "1-2"
+[[faults]]
+kind = "tapping"
+devices = ["pot-001"]
+at = "1s"
+duration = "3s"
+[[faults]]
+kind = "anode_change"
+devices = ["pot-002"]
+at = "1s"
+duration = "20s"
+params = { flag = "3s" }
+[[faults]]
+kind = "beam_move"
+devices = ["pot-002"]
+at = "1s"
+duration = "5s"
+params = { mm = -1.0 }
+[[faults]]
+kind = "sensor_noise"
+devices = ["pot-001"]
+at = "5s"
+duration = "1s"
+"#,
+    )
+    .unwrap();
+    let h = start(
+        scn,
+        StartOptions {
+            ephemeral_ports: true,
+            speed: 4.0,
+            truth: Some(truth_path.clone()),
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut c1 = connect(&h, "pot-001").await;
+    let mut c2 = connect(&h, "pot-002").await;
+    let beam = |s: &[u16]| f32_of(&s[16..18], Order::Cdab);
+    let before = regs(&mut c2, Table::Input, 0, 18).await;
+    at(&h, Duration::from_secs(2)).await;
+    let s1 = regs(&mut c1, Table::Input, 7, 1).await;
+    let s2 = regs(&mut c2, Table::Input, 7, 1).await;
+    assert_eq!(s1[0] & (1 << 5), 1 << 5, "tapping bit");
+    assert_eq!(s2[0] & (1 << 6), 1 << 6, "anode change bit");
+    let d = timeout(WAIT, c1.read_discrete_inputs(5, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d, Ok(vec![true, false]));
+    at(&h, Duration::from_secs(8)).await;
+    let after = regs(&mut c2, Table::Input, 0, 18).await;
+    assert!(
+        (beam(&before) - beam(&after) - 1.0).abs() < 1e-3,
+        "beam {} -> {}",
+        beam(&before),
+        beam(&after)
+    );
+    assert!((150.0..350.0).contains(&beam(&after)));
+    let s1 = regs(&mut c1, Table::Input, 7, 1).await;
+    let s2 = regs(&mut c2, Table::Input, 7, 1).await;
+    assert_eq!((s1[0] | s2[0]) & (3 << 5), 0, "flags down");
+    h.stop().await;
+
+    let text = std::fs::read_to_string(&truth_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let class_of = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .map(|l| l["class"].as_str().unwrap().to_string())
+    };
+    assert_eq!(class_of("tapping").as_deref(), Some("operation"));
+    assert_eq!(class_of("anode_change").as_deref(), Some("operation"));
+    assert_eq!(class_of("beam_move").as_deref(), Some("operation"));
+    assert_eq!(class_of("sensor_noise").as_deref(), Some("sensor"));
+    let (faults, problems) = alsentry::replay::score::parse_truth(&text);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(faults.len() >= 4, "{faults:?}");
+}
+
+/// config/scenarios/ae_kinds.toml on the pure model: each precursor kind looks as documented,
+/// and the controller lowers the beam during the slow precursor (R leaves its band).
+#[test]
+fn ae_kinds_slow_fast_and_sudden() {
+    use alsentry::sim::cell::sig;
+    let s = Scenario::from_file(repo("config/scenarios/ae_kinds.toml")).unwrap();
+    let idx = |n: &str| s.device_index(n).unwrap();
+    let (slow, fast, none) = (idx("pot-002"), idx("pot-005"), idx("pot-007"));
+    let mut p = Plant::new(s, 35);
+    let per_s = 10; // 100 ms ticks
+    let mut trace: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
+    let mut precursors = Vec::new();
+    for tick in 1..=(45 * 60 * per_s) {
+        for tr in p.step() {
+            if let Some(k) = tr.spec.kind.precursor() {
+                precursors.push((tr.device, k));
+            }
+        }
+        if tick % per_s == 0 {
+            for (i, d) in [slow, fast, none].into_iter().enumerate() {
+                let x = p.signals(d).unwrap();
+                trace[i].push((x[sig::VOLTAGE], x[sig::RESISTANCE], x[sig::BEAM_POSITION]));
+            }
+        }
+    }
+    assert!(precursors.contains(&(slow, "slow")));
+    assert!(precursors.contains(&(fast, "fast")));
+    assert!(precursors.contains(&(none, "none")));
+    let mean_r = |v: &[(f64, f64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    // Slow: 20 min from 20:00, AE at 40:00 (second 2400).
+    let t = &trace[0];
+    assert!(t[2402].0 > 8.0, "slow AE on");
+    assert!(t[2395].0 < 5.0, "not before");
+    let lowered = t[1195].2 - t[2395].2;
+    assert!(
+        lowered >= 1.0,
+        "beam lowered {lowered} mm during the precursor"
+    );
+    let rise = mean_r(&t[2335..2395]) - mean_r(&t[1135..1195]);
+    assert!(
+        (0.02..0.26).contains(&rise),
+        "R rise seen through the moves: {rise}"
+    );
+    // Fast: 3 min from 30:00, AE at 33:00.
+    let t = &trace[1];
+    assert!(t[1982].0 > 8.0 && t[1975].0 < 5.0);
+    let rise = mean_r(&t[1960..1975]) - mean_r(&t[1770..1795]);
+    assert!(rise > 0.05, "fast R rise {rise}");
+    // Sudden: no change in R before the jump at 40:00.
+    let t = &trace[2];
+    assert!(t[2402].0 > 8.0 && t[2395].0 < 5.0);
+    let drift = (mean_r(&t[2335..2395]) - mean_r(&t[2095..2155])).abs();
+    assert!(drift < 0.03, "no precursor: {drift}");
+}
+
 // ---------------------------------------------------------------- shipped files
 
 fn repo(p: &str) -> std::path::PathBuf {
