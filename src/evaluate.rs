@@ -22,7 +22,9 @@ use anyhow::Context as _;
 use crate::config::Config;
 use crate::core::decode::{decode_at, Image, Table};
 use crate::core::driver::{sample_of, Cadence, Driver};
-use crate::core::engine::{AlarmEvent, Engine, SampleBatch, AREA_DEVICE, COMM_LOSS_RULE, FLOOD_RULE};
+use crate::core::engine::{
+    AlarmEvent, Engine, SampleBatch, AREA_DEVICE, COMM_LOSS_RULE, FLOOD_RULE,
+};
 use crate::core::model::{BadReason, Priority, Quality, Ts};
 use crate::sim::truth::Truth;
 use crate::sim::{Plant, Scenario, TruthEvent};
@@ -165,7 +167,10 @@ pub fn parse_truth(text: &str) -> anyhow::Result<Vec<Fault>> {
         let i = |k: &str| v.get(k).and_then(|x| x.as_i64());
         let kind = s("kind").with_context(|| format!("truth line {}: no kind", n + 1))?;
         let device = s("device").unwrap_or_default();
-        let fault_id = v.get("fault_id").and_then(|x| x.as_u64()).unwrap_or(n as u64);
+        let fault_id = v
+            .get("fault_id")
+            .and_then(|x| x.as_u64())
+            .unwrap_or(n as u64);
         let start = i("start_ms").with_context(|| format!("truth line {}: no start_ms", n + 1))?;
         let end = i("end_ms").unwrap_or(start);
         let f = by
@@ -452,7 +457,10 @@ pub fn score(
         })
         .collect();
     let mut faults = Vec::new();
-    for f in truth.iter().filter(|f| !detecting_rules(&f.kind).is_empty()) {
+    for f in truth
+        .iter()
+        .filter(|f| !detecting_rules(&f.kind).is_empty())
+    {
         let rules = detecting_rules(&f.kind);
         let reference = f.onset_ms.unwrap_or(f.start_ms);
         let detected = acts
@@ -519,16 +527,17 @@ pub fn score(
         })
         .cloned()
         .collect();
-    // One entry per line fault (the truth has a line per cell).
-    let mut line_faults: BTreeMap<(u64, Ts), (String, Ts)> = BTreeMap::new();
+    // One entry per line fault (the truth has a line per cell, maybe each with its own id).
+    let mut line_faults: BTreeMap<(Ts, String), Ts> = BTreeMap::new();
     for f in truth.iter().filter(|f| f.is_line()) {
-        line_faults
-            .entry((f.fault_id, f.start_ms))
-            .or_insert((f.kind.clone(), f.end_ms));
+        let end = line_faults
+            .entry((f.start_ms, f.kind.clone()))
+            .or_insert(f.end_ms);
+        *end = (*end).max(f.end_ms);
     }
     let line_faults = line_faults
         .iter()
-        .map(|((_, start), (kind, end))| {
+        .map(|((start, kind), end)| {
             let n = acts
                 .iter()
                 .filter(|a| a.device == AREA_DEVICE && a.at >= *start && a.at <= end + 60_000)
@@ -540,7 +549,11 @@ pub fn score(
     // 10 min after) and the line faults.
     let mut excluded: BTreeMap<&str, Vec<(Ts, Ts)>> = BTreeMap::new();
     for f in truth.iter().filter(|f| f.is_ae() || f.is_line()) {
-        let end = if f.is_ae() { f.end_ms + AFTER_AE_MS } else { f.end_ms };
+        let end = if f.is_ae() {
+            f.end_ms + AFTER_AE_MS
+        } else {
+            f.end_ms
+        };
         excluded
             .entry(f.device.as_str())
             .or_default()
@@ -620,20 +633,30 @@ pub fn section(title: &str, reports: &[Report]) -> String {
         .iter()
         .filter(|f| f.detected.as_ref().is_some_and(|d| d.1 <= 5_000))
         .count();
-    let ae_max = aes.iter().filter_map(|f| f.detected.as_ref().map(|d| d.1)).max();
+    let ae_max = aes
+        .iter()
+        .filter_map(|f| f.detected.as_ref().map(|d| d.1))
+        .max();
     let pre: Vec<&&&FaultScore> = aes
         .iter()
         .filter(|f| f.precursor.as_deref() != Some("none"))
         .collect();
     let warned = pre.iter().filter(|f| f.warned.is_some()).count();
-    let lead = median(pre.iter().filter_map(|f| f.warned.as_ref().map(|w| w.1)).collect());
+    let lead = median(
+        pre.iter()
+            .filter_map(|f| f.warned.as_ref().map(|w| w.1))
+            .collect(),
+    );
     let sudden = aes.len() - pre.len();
     let sudden_warned = aes
         .iter()
         .filter(|f| f.precursor.as_deref() == Some("none") && f.warned.is_some())
         .count();
     let false_ae: usize = reports.iter().map(Report::false_warnings).sum();
-    let eligible_h: f64 = reports.iter().map(|r| r.ae_eligible_ms as f64 / 3_600_000.0).sum();
+    let eligible_h: f64 = reports
+        .iter()
+        .map(|r| r.ae_eligible_ms as f64 / 3_600_000.0)
+        .sum();
     let rate = |n: usize, h: f64| if h > 0.0 { n as f64 * 100.0 / h } else { 0.0 };
     let other_false: Vec<&Act> = reports
         .iter()
@@ -647,12 +670,18 @@ pub fn section(title: &str, reports: &[Report]) -> String {
         .collect();
     let ae_during: usize = reports.iter().map(|r| r.ae_during_ae).sum();
     let ops: Vec<&Act> = reports.iter().flat_map(|r| &r.during_operations).collect();
-    let crit: Vec<&Act> = reports.iter().flat_map(|r| &r.critical_on_sensor_fault).collect();
+    let crit: Vec<&Act> = reports
+        .iter()
+        .flat_map(|r| &r.critical_on_sensor_fault)
+        .collect();
     let dips: Vec<usize> = reports
         .iter()
         .flat_map(|r| r.line_faults.iter().map(|l| l.2))
         .collect();
-    let hours: f64 = reports.iter().map(|r| r.duration_ms as f64 / 3_600_000.0).sum();
+    let hours: f64 = reports
+        .iter()
+        .map(|r| r.duration_ms as f64 / 3_600_000.0)
+        .sum();
     let total: usize = reports.iter().map(Report::annunciations).sum();
     let peak_10min = reports.iter().map(peak_per_10min).max().unwrap_or(0);
     let met = |ok: bool| if ok { "met" } else { "**missed**" };
@@ -663,7 +692,11 @@ pub fn section(title: &str, reports: &[Report]) -> String {
         secs(ae_max),
         met(ae_within_5s == aes.len())
     ));
-    let share = if pre.is_empty() { 100.0 } else { warned as f64 * 100.0 / pre.len() as f64 };
+    let share = if pre.is_empty() {
+        100.0
+    } else {
+        warned as f64 * 100.0 / pre.len() as f64
+    };
     out.push_str(&format!(
         "| ≥ 80 % of AEs with a depletion precursor warned ahead by an `ae_*` rule | {warned}/{} ({share:.0} %) | {} |\n",
         pre.len(),
@@ -737,7 +770,9 @@ pub fn section(title: &str, reports: &[Report]) -> String {
         for a in &ops {
             *m.entry(a.rule.as_str()).or_insert(0) += 1;
         }
-        out.push_str(&format!("\nFalse alarms during operations, by rule: {m:?}\n"));
+        out.push_str(&format!(
+            "\nFalse alarms during operations, by rule: {m:?}\n"
+        ));
     }
     out.push_str("\n### Detection by fault\n\n");
     out.push_str(&fault_table(&faults));
@@ -773,17 +808,28 @@ fn fault_table(faults: &[&FaultScore]) -> String {
     let mut out = String::from("| fault | faults | detected | median delay s | max delay s | warned before onset | median lead min |\n|---|---|---|---|---|---|---|\n");
     for (kind, fs) in &by_kind {
         let n = fs.len();
-        let delays: Vec<Ts> = fs.iter().filter_map(|f| f.detected.as_ref().map(|d| d.1)).collect();
+        let delays: Vec<Ts> = fs
+            .iter()
+            .filter_map(|f| f.detected.as_ref().map(|d| d.1))
+            .collect();
         let with_onset = fs.iter().filter(|f| f.onset_ms.is_some()).count();
         let warned = fs.iter().filter(|f| f.warned.is_some()).count();
-        let lead = median(fs.iter().filter_map(|f| f.warned.as_ref().map(|w| w.1)).collect())
-            .map_or("-".into(), |l| format!("{:.1}", l as f64 / 60_000.0));
+        let lead = median(
+            fs.iter()
+                .filter_map(|f| f.warned.as_ref().map(|w| w.1))
+                .collect(),
+        )
+        .map_or("-".into(), |l| format!("{:.1}", l as f64 / 60_000.0));
         out.push_str(&format!(
             "| {kind} | {n} | {}/{n} | {} | {} | {} | {lead} |\n",
             delays.len(),
             secs(median(delays.clone())),
             secs(delays.iter().copied().max()),
-            if with_onset > 0 { format!("{warned}/{with_onset}") } else { "-".into() },
+            if with_onset > 0 {
+                format!("{warned}/{with_onset}")
+            } else {
+                "-".into()
+            },
         ));
     }
     out
@@ -795,8 +841,8 @@ pub fn run_independent(
     input: &std::path::Path,
     truth_path: &std::path::Path,
 ) -> anyhow::Result<Report> {
-    let text = std::fs::read_to_string(truth_path)
-        .with_context(|| format!("{}", truth_path.display()))?;
+    let text =
+        std::fs::read_to_string(truth_path).with_context(|| format!("{}", truth_path.display()))?;
     let truth = parse_truth(&text).with_context(|| format!("{}", truth_path.display()))?;
     let opts = crate::replay::ReplayOptions::new(vec![input.to_path_buf()]);
     let mut sink = std::io::sink();
@@ -806,7 +852,10 @@ pub fn run_independent(
         match rule {
             COMM_LOSS_RULE => cfg.spec.alarms().comm_loss_priority,
             FLOOD_RULE => Priority::High,
-            r => cfg.spec.rule(r).map_or(Priority::Medium, |x| x.alarm.priority),
+            r => cfg
+                .spec
+                .rule(r)
+                .map_or(Priority::Medium, |x| x.alarm.priority),
         }
     };
     let acts: Vec<(String, String, Priority, Ts)> = rep
@@ -820,9 +869,10 @@ pub fn run_independent(
         .iter()
         .filter(|d| d.template.as_deref() == Some("cell"))
         .count();
-    let name = input
-        .file_name()
-        .map_or_else(|| input.display().to_string(), |n| n.to_string_lossy().to_string());
+    let name = input.file_name().map_or_else(
+        || input.display().to_string(),
+        |n| n.to_string_lossy().to_string(),
+    );
     Ok(score(&name, 0, span, cells, &truth, &acts))
 }
 pub fn main(args: EvaluateArgs) -> ExitCode {
