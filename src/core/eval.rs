@@ -156,6 +156,9 @@ pub struct TrendEval {
     th: Threshold,
 }
 
+/// While a baseline warms up, the floor `limit` counts this many times.
+const WARMUP_FACTOR: f64 = 2.0;
+
 /// Robust spread from a mean absolute deviation: sigma = 1.2533 MAD for a normal variable.
 const MAD_TO_SIGMA: f64 = 1.2533;
 
@@ -244,20 +247,14 @@ impl TrendEval {
                 .th
                 .step(if significant { s } else { f64::NEG_INFINITY });
         };
-        let relative = match self.baseline {
-            Some((mean, mad)) if now - self.baseline_since >= self.cfg.warmup_ms() => {
-                Some(mean + self.cfg.k * MAD_TO_SIGMA * mad)
-            }
-            _ => None,
+        let warm = now - self.baseline_since >= self.cfg.warmup_ms();
+        self.th.limit = match self.baseline {
+            Some((mean, mad)) if warm => self.cfg.limit.max(mean + self.cfg.k * MAD_TO_SIGMA * mad),
+            // Warming up: no baseline to trust yet, so twice the floor; a precursor already
+            // under way is warned, and what rises above it is not learned as normal.
+            _ => self.cfg.limit * WARMUP_FACTOR,
         };
-        let c = match relative {
-            Some(r) => {
-                self.th.limit = self.cfg.limit.max(r);
-                self.th
-                    .step(if significant { s } else { f64::NEG_INFINITY })
-            }
-            None => Condition::Unknown,
-        };
+        let c = self.th.step(if significant { s } else { f64::NEG_INFINITY });
         // Learn from normal operation only: not from a rise being alarmed, not while held.
         if !self.held && c != Condition::Active {
             // A bias-corrected EWMA: weight dt per fit, decayed with time constant tau, so the
@@ -269,6 +266,14 @@ impl TrendEval {
                     (s, 0.0)
                 }
                 Some((mean, mad)) => {
+                    // Once warm, a fit far from the baseline moves it only as far as 3 spreads
+                    // (a slow precursor must not teach the baseline that rising is normal).
+                    let spread = MAD_TO_SIGMA * mad;
+                    let s = if warm {
+                        s.clamp(mean - 3.0 * spread, mean + 3.0 * spread)
+                    } else {
+                        s
+                    };
                     let dt = (now - self.baseline_at).max(1) as f64;
                     self.baseline_weight =
                         self.baseline_weight * (-dt / tau.max(1) as f64).exp() + dt;
@@ -1324,9 +1329,11 @@ mod tests {
         let quiet = run_trend(&kind, &cell(1.0));
         let lively = run_trend(&kind, &cell(3.0));
         assert!(
-            quiet[..600].iter().all(|x| x.0 == Condition::Unknown),
-            "warming up"
+            quiet[..290].iter().all(|x| x.0 == Condition::Unknown),
+            "half a window first"
         );
+        // Warming up (the first 30 min) the floor counts twice: a quiet cell stays normal.
+        assert!(quiet[..1800].iter().all(|x| x.0 != Condition::Active));
         assert!(quiet[3600..4 * 3600]
             .iter()
             .all(|x| x.0 != Condition::Active));
