@@ -98,6 +98,7 @@ fn draft(i: &Input<'_>) -> Draft {
                 message: Some(r.message.clone()),
                 scope: r.scope,
                 suppress_when: r.suppress_when.clone(),
+                hold_off: r.hold_off.iter().map(|(h, _)| h.clone()).collect(),
                 devices: i
                     .devices
                     .iter()
@@ -241,6 +242,13 @@ fn place(i: &Input<'_>, errors: &[SpecError], p: &mut Problems) {
                         e.to_string(),
                     ),
                     RuleProblem::Settings(e) => p.add(src, r.origin.1, &r.path, e.clone()),
+                    RuleProblem::HoldSyntax { index, error }
+                    | RuleProblem::HoldCompile { index, error } => p.add(
+                        src,
+                        r.hold_off.get(*index).map_or(r.origin.1, |h| h.1),
+                        &format!("{}.hold_off[{index}].when", r.path),
+                        format!("{error}; write an expression over the device's tags, e.g. \"tapping or anode_change\""),
+                    ),
                     // Its devices were not checked against a selector that was refused.
                     _ if i.selector_refused.contains(rule) => {}
                     other => lacking[*rule].push(other),
@@ -319,6 +327,14 @@ fn place_rule(i: &Input<'_>, r: &Rule, problems: &[&RuleProblem], p: &mut Proble
                     format!("device \"{}\" has no tag \"{tag}\"", name_of(*device)),
                 );
             }
+            RuleProblem::HoldNoTag {
+                index, device, tag, ..
+            } if !refused(*device, tag) => p.add(
+                src,
+                r.hold_off.get(*index).map_or(off, |h| h.1),
+                &format!("{}.hold_off[{index}].when", r.path),
+                format!("device \"{}\" has no tag \"{tag}\"", name_of(*device)),
+            ),
             RuleProblem::DuplicateAlarm { device, .. } if !duplicate_done => {
                 duplicate_done = true;
                 p.add(src, off, &join(&r.path, "name"), format!("rule name \"{}\" is used twice for device \"{}\"; one alarm per (device, rule)", r.name, name_of(*device)));

@@ -6,7 +6,9 @@ use toml::Spanned;
 use super::reader::{f64_of, index, type_name, Problems, Source, TableReader};
 use crate::core::duration::time_unit_ms;
 use crate::core::model::Priority;
-pub use crate::core::rule::{CurveSource, Direction, RuleKind, Scope, Suppression};
+pub use crate::core::rule::{
+    CurveSource, Direction, Fit, HoldOff, RuleKind, Scope, Suppression, Trend,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Selector {
@@ -28,6 +30,8 @@ pub struct Rule {
     pub latching: bool,
     pub message: String,
     pub suppress_when: Option<Suppression>,
+    /// Hold-offs, with the offset of each `when`.
+    pub hold_off: Vec<(HoldOff, usize)>,
     pub scope: Scope,
     /// Where the rule was written: (source index, byte offset).
     pub origin: (usize, usize),
@@ -41,7 +45,15 @@ pub struct Rule {
 }
 
 /// Keys specific to one rule type or another.
-const KIND_KEYS: [&str; 17] = [
+const KIND_KEYS: [&str; 24] = [
+    "noise_k",
+    "fit",
+    "step_tag",
+    "step_min",
+    "settle",
+    "every",
+    "baseline",
+    "k",
     "limit",
     "deadband",
     "window",
@@ -51,7 +63,6 @@ const KIND_KEYS: [&str; 17] = [
     "max_age",
     "lambda",
     "warmup",
-    "k",
     "h",
     "curve",
     "time_tag",
@@ -300,6 +311,94 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 }
             }
         }
+        "trend" => {
+            let window_ms = req_window(r, p, "window", "the span of the fit, e.g. \"10m\"");
+            let per_ms = unit_ms(r, p, "per", 60_000);
+            let limit = req_f64(
+                r,
+                p,
+                "limit",
+                "the slope floor in the tag's unit per `per`: never active below it",
+            );
+            let deadband = deadband(r, p);
+            let fit = match r.opt_str(p, "fit").as_deref() {
+                None | Some("linear") => Some(Fit::Linear),
+                Some("quadratic") => Some(Fit::Quadratic),
+                Some(other) => {
+                    r.problem(p, "fit", format!("unknown fit \"{other}\"; accepted: linear (mean slope over the window), quadratic (slope at the newest sample)"));
+                    None
+                }
+            };
+            let step_tag = r.opt_str(p, "step_tag");
+            let step_min = r.opt_f64(p, "step_min").unwrap_or(0.0);
+            let mut valid = fit.is_some();
+            if !(step_min >= 0.0 && step_min.is_finite()) {
+                r.problem(
+                    p,
+                    "step_min",
+                    "must be 0 or a positive change of `step_tag`",
+                );
+                valid = false;
+            }
+            let settle_ms = r.opt_duration_ms(p, "settle").unwrap_or(0);
+            let every_ms = r.opt_duration_ms(p, "every").unwrap_or(10_000);
+            if every_ms <= 0 {
+                r.problem(p, "every", "must be a positive duration, e.g. \"10s\"");
+                valid = false;
+            }
+            let baseline_ms = if r.has("baseline") {
+                let b = req_window(
+                    r,
+                    p,
+                    "baseline",
+                    "the time constant of the device's own slope baseline, e.g. \"4h\"",
+                );
+                valid &= b.is_some();
+                b
+            } else {
+                None
+            };
+            let k = r.opt_f64(p, "k").unwrap_or(4.0);
+            if !(k > 0.0 && k.is_finite()) {
+                r.problem(
+                    p,
+                    "k",
+                    "must be a positive number of robust spreads, e.g. 4",
+                );
+                valid = false;
+            }
+            let noise_k = r.opt_f64(p, "noise_k");
+            if noise_k.is_some_and(|n| !(n > 0.0 && n.is_finite())) {
+                r.problem(
+                    p,
+                    "noise_k",
+                    "must be a positive number of standard errors, e.g. 3",
+                );
+                valid = false;
+            }
+            let (window_ms, limit) = (window_ms?, limit?);
+            if settle_ms < 0 || settle_ms >= window_ms {
+                r.problem(p, "settle", "must be 0 or shorter than `window`");
+                valid = false;
+            }
+            if !valid {
+                return None;
+            }
+            RuleKind::Trend(Trend {
+                window_ms,
+                per_ms,
+                limit,
+                deadband,
+                fit: fit?,
+                step_tag,
+                step_min,
+                settle_ms,
+                every_ms,
+                baseline_ms,
+                k,
+                noise_k,
+            })
+        }
         "curve" => {
             let tolerance = req_f64(
                 r,
@@ -485,6 +584,7 @@ pub fn parse_rule(
                 None
             }
         });
+    let hold_off = parse_hold_off(&mut r, p);
     let scope = match r.opt_str(p, "scope").as_deref() {
         None | Some("device") => Scope::Device,
         Some("area") => Scope::Area { quorum: 0.5 },
@@ -531,6 +631,7 @@ pub fn parse_rule(
         latching,
         message,
         suppress_when,
+        hold_off,
         scope,
         origin: (src_idx, v.span().start),
         tag_offset,
@@ -539,6 +640,58 @@ pub fn parse_rule(
         suppress_offset,
         path,
     })
+}
+
+/// `hold_off = [{ when = "tapping", for = "30m" }, ...]`: each entry its own expression, so a
+/// tag missing from the data (no samples) disables only its own entry.
+fn parse_hold_off(r: &mut TableReader<'_, '_>, p: &mut Problems) -> Vec<(HoldOff, usize)> {
+    let Some(v) = r.get("hold_off") else {
+        return Vec::new();
+    };
+    let path = r.key_path("hold_off");
+    let DeValue::Array(items) = v.get_ref() else {
+        r.problem(
+            p,
+            "hold_off",
+            format!(
+                "expected an array of {{ when = \"EXPRESSION\", for = \"DURATION\" }}, found {}",
+                type_name(v.get_ref())
+            ),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(mut e) = TableReader::of(item, r.at.src, index(&path, i), p) else {
+            continue;
+        };
+        let when = e.req_str(
+            p,
+            "when",
+            "an expression over the device's tags, true to hold the rule off, e.g. \"tapping\"",
+        );
+        let when_offset = e.value_offset("when");
+        let for_ms = if e.has("for") {
+            e.opt_duration_ms(p, "for")
+        } else {
+            e.missing(
+                p,
+                "for",
+                "how long the hold lasts after the condition ends, e.g. \"30m\" (\"0s\" for none)",
+            );
+            None
+        };
+        if for_ms.is_some_and(|f| !(0..=86_400_000).contains(&f)) {
+            e.problem(p, "for", "must be between 0s and 24h");
+            e.finish(p);
+            continue;
+        }
+        e.finish(p);
+        if let (Some(when), Some(for_ms)) = (when, for_ms) {
+            out.push((HoldOff { when, for_ms }, when_offset));
+        }
+    }
+    out
 }
 
 /// Glob match with `*` (any run) and `?` (one character).

@@ -169,6 +169,43 @@ struct Evaluator {
     kind: RuleKind,
     eval: Eval,
     target: Target,
+    holds: Vec<Hold>,
+    held: bool,
+}
+
+/// One hold-off of one evaluator: its expression on the device's slots, and until when it holds.
+#[derive(Debug)]
+struct Hold {
+    program: Compiled,
+    inputs: Vec<u32>,
+    for_ms: i64,
+    until: Option<Ts>,
+}
+
+impl Hold {
+    /// Whether the rule is held at `ts`; an expression that cannot be evaluated (a tag without
+    /// a good value) neither starts nor extends the hold.
+    fn update(&mut self, ts: Ts, latest: &[f64]) -> bool {
+        let mut inputs = [f64::NAN; 16];
+        let ok =
+            self.inputs.len() <= inputs.len()
+                && self.inputs.iter().enumerate().all(|(k, &slot)| {
+                    match Latest(latest).value(slot) {
+                        Some(v) => {
+                            inputs[k] = v;
+                            true
+                        }
+                        None => false,
+                    }
+                });
+        if ok {
+            let v = self.program.eval(&inputs[..self.inputs.len()]);
+            if v.is_finite() && v != 0.0 {
+                self.until = Some(ts + self.for_ms);
+            }
+        }
+        self.until.is_some_and(|u| ts <= u)
+    }
 }
 
 /// Everything an alarm needs to describe itself.
@@ -533,10 +570,23 @@ impl Engine {
             };
             let ev = self.evaluators.len() as u32;
             self.tags[slot as usize].watchers.push(ev);
+            let holds = rule
+                .holds
+                .iter()
+                .zip(&b.hold_inputs)
+                .map(|(h, inputs)| Hold {
+                    program: h.program.clone(),
+                    inputs: inputs.iter().map(|&t| first_slot + u32::from(t)).collect(),
+                    for_ms: h.for_ms,
+                    until: None,
+                })
+                .collect();
             self.evaluators.push(Evaluator {
                 kind: rule.kind.clone(),
                 eval,
                 target,
+                holds,
+                held: false,
             });
             self.evaluator_slot.push(slot);
         }
@@ -638,6 +688,10 @@ impl Engine {
             let stored = self.store(slot, batch.ts, v, q);
             scratch.push(stored);
         }
+        // A suppression that ends is applied after the rules saw this batch: an alarm whose
+        // condition held while suppressed (a sensor reading 150 V) must not annunciate on the
+        // stale condition in the instant the suppression lifts.
+        let mut ending: Vec<u32> = Vec::new();
         for i in 0..self.devices[di].suppressions.len() {
             let s = &self.devices[di].suppressions[i];
             let mut inputs = [f64::NAN; 16];
@@ -656,13 +710,20 @@ impl Engine {
             if s.state != Some(on) {
                 let targets = s.targets.clone();
                 self.devices[di].suppressions[i].state = Some(on);
-                for t in targets {
-                    self.suppress(t, on, now, out);
+                if on {
+                    for t in targets {
+                        self.suppress(t, true, now, out);
+                    }
+                } else {
+                    ending.extend(targets);
                 }
             }
         }
         for stored in scratch.drain(..) {
             self.evaluate(stored, now, out);
+        }
+        for t in ending {
+            self.suppress(t, false, now, out);
         }
         self.scratch = scratch;
         if let Some(id) = self.devices[di].comm_alarm {
@@ -712,10 +773,19 @@ impl Engine {
                     e.eval.evicted(seq, old);
                 }
                 if good {
-                    Some(
-                        e.eval
-                            .on_good(&mut self.tags[slot].window, p, &Latest(&self.latest)),
-                    )
+                    let mut held = false;
+                    for h in &mut e.holds {
+                        held |= h.update(p.ts, &self.latest);
+                    }
+                    if held != e.held {
+                        e.held = held;
+                        e.eval.set_held(held);
+                    }
+                    let c = e
+                        .eval
+                        .on_good(&mut self.tags[slot].window, p, &Latest(&self.latest));
+                    // Held off: the statistics keep running, the alarm reads normal.
+                    Some(if held { Condition::Clear } else { c })
                 } else {
                     e.eval.on_bad()
                 }
@@ -1319,6 +1389,51 @@ mod tests {
 
     fn rule_events<'a>(ev: &'a [AlarmEvent], rule: &str) -> Vec<&'a AlarmEvent> {
         ev.iter().filter(|e| &*e.rule == rule).collect()
+    }
+
+    #[test]
+    fn a_suppression_that_ends_does_not_annunciate_the_stale_condition() {
+        // A voltage sensor stuck out of range (150 V) suppresses the anode-effect rule; when it
+        // reads 4.3 V again, the rule sees that sample before the suppression lifts.
+        let mut e = engine(vec![ae(8.0)
+            .remove(0)
+            .suppress_when(Suppression::Expr("voltage > 100".into()))]);
+        let mut all = feed(&mut e, 0, 0, 4.2);
+        for t in 1..20 {
+            all.extend(feed(&mut e, 0, t * 1_000, 150.0));
+            e.tick(t * 1_000 + 500, &mut all);
+        }
+        for t in 20..30 {
+            all.extend(feed(&mut e, 0, t * 1_000, 4.3));
+            e.tick(t * 1_000 + 500, &mut all);
+        }
+        assert!(
+            all.iter().all(|e| e.transition.to != "active_unacked"),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn a_hold_off_keeps_the_rule_normal_while_true_and_for_its_time_after() {
+        let mut e =
+            engine(vec![RuleDraft::new("v_high", "voltage", high(5.0, 0.0))
+                .hold_off("current < 400", 10_000)]);
+        let mut all = Vec::new();
+        for t in 0..30 {
+            let i = if t <= 5 { 300.0 } else { 500.0 };
+            all.extend(feed2(&mut e, 0, t * 1_000, 6.0, i));
+            e.tick(t * 1_000 + 500, &mut all);
+        }
+        let on: Vec<_> = all
+            .iter()
+            .filter(|e| e.transition.to == "active_unacked")
+            .collect();
+        assert_eq!(on.len(), 1, "{all:?}");
+        assert!(
+            on[0].transition.at > 15_000,
+            "held until 10 s after the condition ended at 5 s: {:?}",
+            on[0]
+        );
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! [`Condition`]. Window statistics are incremental: a [`SpanCursor`] feeds each rule's
 //! accumulator with the samples that enter and leave its span, O(1) amortised per sample.
 
+use std::collections::VecDeque;
+
 use super::alarm::Condition;
 use super::model::Ts;
-use super::rule::{CurveSource, Direction, RuleKind};
+use super::rule::{CurveSource, Direction, Fit, RuleKind, Trend};
 use super::stats::{Cusum, Ewma, Regression};
 use super::window::{Accumulate, Point, SpanCursor, Window};
 
@@ -123,6 +125,264 @@ pub enum Eval {
         count: u32,
         th: Threshold,
     },
+    Trend(Box<TrendEval>),
+}
+
+/// A `trend` rule's state: its own samples with the segment each belongs to (the window ring
+/// does not know about steps), the last fit and the device's slope baseline.
+#[derive(Debug, Clone)]
+pub struct TrendEval {
+    pub cfg: Trend,
+    pub step_slot: Option<u32>,
+    /// (ts, value, segment), oldest first.
+    points: VecDeque<(Ts, f64, u32)>,
+    segment: u32,
+    last_step: Option<f64>,
+    settle_until: Ts,
+    first_ts: Option<Ts>,
+    next_fit: Ts,
+    /// The last fitted slope, per `per_ms`.
+    pub slope: Option<f64>,
+    /// Its standard error, per `per_ms`.
+    pub slope_se: Option<f64>,
+    /// EWMA of the slope and of its absolute deviation, learned outside alarms and holds.
+    baseline: Option<(f64, f64)>,
+    /// Decayed sum of the baseline's weights (ms): early on, every fit weighs the same.
+    baseline_weight: f64,
+    baseline_since: Ts,
+    baseline_at: Ts,
+    held: bool,
+    last: Condition,
+    th: Threshold,
+}
+
+/// While a baseline warms up, the floor `limit` counts this many times.
+const WARMUP_FACTOR: f64 = 2.0;
+
+/// Robust spread from a mean absolute deviation: sigma = 1.2533 MAD for a normal variable.
+const MAD_TO_SIGMA: f64 = 1.2533;
+
+impl TrendEval {
+    fn new(cfg: &Trend) -> TrendEval {
+        TrendEval {
+            cfg: cfg.clone(),
+            step_slot: None,
+            points: VecDeque::new(),
+            segment: 0,
+            last_step: None,
+            settle_until: Ts::MIN,
+            first_ts: None,
+            next_fit: Ts::MIN,
+            slope: None,
+            slope_se: None,
+            baseline: None,
+            baseline_weight: 0.0,
+            baseline_since: 0,
+            baseline_at: 0,
+            held: false,
+            last: Condition::Unknown,
+            th: Threshold::new(Direction::Above, cfg.limit, cfg.deadband),
+        }
+    }
+
+    fn restart(&mut self) {
+        self.points.clear();
+        self.first_ts = None;
+        self.next_fit = Ts::MIN;
+        self.slope = None;
+        self.last = Condition::Unknown;
+        self.th.active = false;
+    }
+
+    fn on_good(&mut self, p: Point, others: &dyn Lookup) -> Condition {
+        if let Some(b) = self.step_slot.and_then(|s| others.value(s)) {
+            if self
+                .last_step
+                .is_some_and(|l| (b - l).abs() > self.cfg.step_min)
+            {
+                self.segment = self.segment.wrapping_add(1);
+                self.settle_until = p.ts + self.cfg.settle_ms;
+            }
+            self.last_step = Some(b);
+        }
+        let first = *self.first_ts.get_or_insert(p.ts);
+        if p.ts >= self.settle_until {
+            self.points.push_back((p.ts, p.v, self.segment));
+        }
+        while self
+            .points
+            .front()
+            .is_some_and(|f| f.0 <= p.ts - self.cfg.window_ms)
+        {
+            self.points.pop_front();
+        }
+        if p.ts < self.next_fit {
+            return self.last;
+        }
+        self.next_fit = p.ts + self.cfg.every_ms;
+        // Half a window of history before the first judgement, as the other window rules.
+        let fit = if p.ts - first >= self.cfg.window_ms / 2 {
+            pooled_slope(&self.points, p.ts, self.cfg.fit)
+        } else {
+            None
+        };
+        let per = self.cfg.per_ms as f64;
+        self.slope = fit.map(|f| f.slope * per);
+        self.slope_se = fit.map(|f| f.se * per);
+        self.last = self.judge(p.ts);
+        self.last
+    }
+
+    fn judge(&mut self, now: Ts) -> Condition {
+        let Some(s) = self.slope else {
+            return Condition::Unknown;
+        };
+        // Not significant against the fit's own noise: read as no rise at all.
+        let significant = match (self.cfg.noise_k, self.slope_se) {
+            (Some(nk), Some(se)) => s > nk * se,
+            _ => true,
+        };
+        let Some(tau) = self.cfg.baseline_ms else {
+            return self
+                .th
+                .step(if significant { s } else { f64::NEG_INFINITY });
+        };
+        let warm = now - self.baseline_since >= self.cfg.warmup_ms();
+        self.th.limit = match self.baseline {
+            Some((mean, mad)) if warm => self.cfg.limit.max(mean + self.cfg.k * MAD_TO_SIGMA * mad),
+            // Warming up: no baseline to trust yet, so twice the floor; a precursor already
+            // under way is warned, and what rises above it is not learned as normal.
+            _ => self.cfg.limit * WARMUP_FACTOR,
+        };
+        let c = self.th.step(if significant { s } else { f64::NEG_INFINITY });
+        // Learn from normal operation only: not from a rise being alarmed, not while held.
+        if !self.held && c != Condition::Active {
+            // A bias-corrected EWMA: weight dt per fit, decayed with time constant tau, so the
+            // first hours are a plain mean, not the first fit's value.
+            self.baseline = Some(match self.baseline {
+                None => {
+                    self.baseline_since = now;
+                    self.baseline_weight = self.cfg.every_ms as f64;
+                    (s, 0.0)
+                }
+                Some((mean, mad)) => {
+                    // Once warm, a fit far from the baseline moves it only as far as 3 spreads
+                    // (a slow precursor must not teach the baseline that rising is normal).
+                    let spread = MAD_TO_SIGMA * mad;
+                    let s = if warm {
+                        s.clamp(mean - 3.0 * spread, mean + 3.0 * spread)
+                    } else {
+                        s
+                    };
+                    let dt = (now - self.baseline_at).max(1) as f64;
+                    self.baseline_weight =
+                        self.baseline_weight * (-dt / tau.max(1) as f64).exp() + dt;
+                    let a = dt / self.baseline_weight;
+                    (mean + a * (s - mean), mad + a * ((s - mean).abs() - mad))
+                }
+            });
+            self.baseline_at = now;
+        }
+        c
+    }
+
+    /// The current baseline (mean slope, robust spread) once warmed up.
+    pub fn baseline(&self) -> Option<(f64, f64)> {
+        self.baseline.map(|(m, mad)| (m, MAD_TO_SIGMA * mad))
+    }
+}
+
+/// A pooled fit: slope at `now` and its standard error, per ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlopeFit {
+    pub slope: f64,
+    pub se: f64,
+}
+
+/// Least-squares slope at `now` (per ms) with one level per segment: each segment is centred on
+/// its own means, and the centred sums are pooled. A step between segments moves only the
+/// levels, never the slope. `Quadratic` fits a common parabola and returns its slope at `now`.
+pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Option<SlopeFit> {
+    let (mut cuu, mut cuq, mut cqq, mut cuy, mut cqy, mut cyy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut used, mut segments) = (0usize, 0usize);
+    // (first, end, mean u, mean u^2, mean y) of each segment that counts.
+    let mut segs: Vec<(usize, usize, f64, f64, f64)> = Vec::new();
+    let mut i = 0;
+    while i < points.len() {
+        let seg = points[i].2;
+        let mut j = i;
+        let (mut n, mut su, mut sq, mut sy) = (0.0, 0.0, 0.0, 0.0);
+        while j < points.len() && points[j].2 == seg {
+            let u = (points[j].0 - now) as f64 / 1_000.0;
+            n += 1.0;
+            su += u;
+            sq += u * u;
+            sy += points[j].1;
+            j += 1;
+        }
+        if n >= 2.0 {
+            let (mu, mq, my) = (su / n, sq / n, sy / n);
+            for &(ts, v, _) in points.range(i..j) {
+                let u = (ts - now) as f64 / 1_000.0;
+                let (du, dq, dy) = (u - mu, u * u - mq, v - my);
+                cuu += du * du;
+                cuq += du * dq;
+                cqq += dq * dq;
+                cuy += du * dy;
+                cqy += dq * dy;
+                cyy += dy * dy;
+            }
+            used += j - i;
+            segments += 1;
+            segs.push((i, j, mu, mq, my));
+        }
+        i = j;
+    }
+    if used < 3 || cuu <= 0.0 {
+        return None;
+    }
+    // Residual variance with one level per segment and the slope (and curvature) fitted.
+    let (b, c, rss, params, var_factor) = match fit {
+        Fit::Linear => {
+            let b = cuy / cuu;
+            (b, 0.0, cyy - b * cuy, 1, 1.0 / cuu)
+        }
+        Fit::Quadratic => {
+            let det = cuu * cqq - cuq * cuq;
+            if det <= 1e-9 * cuu * cqq {
+                return None;
+            }
+            // Slope at u = 0 (now): b of y = a_s + b u + c u^2.
+            let b = (cuy * cqq - cqy * cuq) / det;
+            let c = (cqy * cuu - cuy * cuq) / det;
+            (b, c, cyy - b * cuy - c * cqy, 2, cqq / det)
+        }
+    };
+    let dof = used.saturating_sub(segments + params).max(1) as f64;
+    // Noise is not steady (a burst at either end of the window weighs on the fitted curve far
+    // more than the pooled variance says): the largest variance of the window's quarters counts.
+    let first = points.front().map_or(now, |f| f.0);
+    let quarter = ((now - first) / 4).max(1);
+    let mut rss_q = [0.0f64; 4];
+    let mut n_q = [0usize; 4];
+    for &(a, e, mu, mq, my) in &segs {
+        for &(ts, v, _) in points.range(a..e) {
+            let u = (ts - now) as f64 / 1_000.0;
+            let r = (v - my) - b * (u - mu) - c * (u * u - mq);
+            let q = (((ts - first) / quarter) as usize).min(3);
+            rss_q[q] += r * r;
+            n_q[q] += 1;
+        }
+    }
+    let var = (0..4)
+        .filter(|&q| n_q[q] >= 10)
+        .map(|q| rss_q[q] / n_q[q] as f64)
+        .fold(rss.max(0.0) / dof, f64::max);
+    let se = (var * var_factor).sqrt();
+    Some(SlopeFit {
+        slope: b / 1_000.0,
+        se: se / 1_000.0,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +553,17 @@ impl Eval {
                 count: 0,
                 th: Threshold::new(*direction, *limit, *deadband),
             },
+            RuleKind::Trend(t) => {
+                if t.every_ms <= 0 || t.window_ms <= 0 || t.per_ms <= 0 {
+                    return Err("window, per and every must be positive".into());
+                }
+                if t.baseline_ms.is_some() && !(t.k > 0.0 && t.k.is_finite()) {
+                    return Err("k must be a positive number of spreads".into());
+                }
+                let mut e = TrendEval::new(t);
+                e.step_slot = t.step_tag.as_deref().and_then(slot_of);
+                Eval::Trend(Box::new(e))
+            }
             RuleKind::Curve {
                 source,
                 tolerance,
@@ -495,6 +766,18 @@ impl Eval {
                 Some(x) => th.step(x.abs()),
                 None => Condition::Unknown,
             },
+            Eval::Trend(t) => t.on_good(p, others),
+        }
+    }
+
+    /// A hold-off of the rule starts or ends: a held trend rule reads normal and its baseline
+    /// does not learn.
+    pub fn set_held(&mut self, held: bool) {
+        if let Eval::Trend(t) = self {
+            t.held = held;
+            if held {
+                t.th.active = false;
+            }
         }
     }
 
@@ -509,6 +792,7 @@ impl Eval {
             | Eval::Deviation { th, .. }
             | Eval::Average { th, .. }
             | Eval::Curve { th, .. } => th.active = active,
+            Eval::Trend(t) => t.th.active = active,
             Eval::Predict { active: a, .. } => *a = active,
             _ => {}
         }
@@ -541,6 +825,7 @@ impl Eval {
                 *last = None;
                 *changed_once = false;
             }
+            Eval::Trend(t) => t.restart(),
             _ => {}
         }
     }
@@ -580,6 +865,7 @@ impl Eval {
             | Eval::Deviation { th, .. } => Some(th.limit),
             Eval::Predict { limit, .. } => Some(*limit),
             Eval::Curve { curve, .. } => Some(curve.tolerance),
+            Eval::Trend(t) => Some(t.th.limit),
             _ => None,
         }
     }
@@ -594,6 +880,10 @@ impl Eval {
     /// Points the evaluator at the slots of the other tags its kind reads, given in the order
     /// of [`RuleKind::extra_tags`] (a curve rule's setpoint tag or time tag).
     pub fn bind_extra_tags(&mut self, kind: &RuleKind, slots: &[u32]) {
+        if let Eval::Trend(t) = self {
+            t.step_slot = slots.first().copied();
+            return;
+        }
         let (Eval::Curve { curve, .. }, RuleKind::Curve { source, .. }) = (self, kind) else {
             return;
         };
@@ -607,7 +897,11 @@ impl Eval {
     pub fn is_windowed(&self) -> bool {
         matches!(
             self,
-            Eval::Rate { .. } | Eval::Slope { .. } | Eval::Predict { .. } | Eval::Noise { .. }
+            Eval::Rate { .. }
+                | Eval::Slope { .. }
+                | Eval::Predict { .. }
+                | Eval::Noise { .. }
+                | Eval::Trend(_)
         )
     }
 }
@@ -874,5 +1168,179 @@ mod tests {
         );
         assert_eq!(interpolate(&[(0.0, 1.0), (2.0, 3.0)], 1.0), Some(2.0));
         assert_eq!(interpolate(&[(0.0, 1.0), (2.0, 3.0)], 9.0), Some(3.0));
+    }
+
+    fn trend(fit: Fit, step: bool, baseline_ms: Option<i64>) -> RuleKind {
+        RuleKind::Trend(Trend {
+            window_ms: 600_000,
+            per_ms: 60_000,
+            limit: 0.004,
+            deadband: 0.001,
+            fit,
+            step_tag: step.then(|| "beam".into()),
+            step_min: 0.5,
+            settle_ms: 0,
+            every_ms: 10_000,
+            baseline_ms,
+            k: 4.0,
+            noise_k: None,
+        })
+    }
+
+    /// The beam position as the only other tag.
+    struct Beam(f64);
+    impl Lookup for Beam {
+        fn value(&self, _: u32) -> Option<f64> {
+            Some(self.0)
+        }
+    }
+
+    /// Runs a trend rule over (ts, value, beam) samples; the slope after each.
+    fn run_trend(kind: &RuleKind, series: &[(Ts, f64, f64)]) -> Vec<(Condition, Option<f64>)> {
+        let mut w = Window::new(4);
+        let mut e = Eval::new(kind, &w, &|_| Some(0)).unwrap();
+        series
+            .iter()
+            .map(|&(ts, v, b)| {
+                let c = e.on_good(&mut w, Point { ts, v }, &Beam(b));
+                let Eval::Trend(t) = &e else { unreachable!() };
+                (c, t.slope)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_beam_step_is_not_a_trend_and_the_samples_before_it_still_count() {
+        // R flat at 5.0 µΩ (+-10 nΩ noise), the beam moves 3 mm at 8 min and R steps -0.05 µΩ.
+        let series: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let (r, b) = if i < 480 { (5.0, 100.0) } else { (4.95, 97.0) };
+                (i * 1_000, r + if i % 2 == 0 { 0.01 } else { -0.01 }, b)
+            })
+            .collect();
+        let corrected = run_trend(&trend(Fit::Linear, true, None), &series);
+        let plain = run_trend(&trend(Fit::Linear, false, None), &series);
+        let worst = |v: &[(Condition, Option<f64>)]| {
+            v.iter()
+                .filter_map(|x| x.1)
+                .fold(0.0f64, |m, s| m.max(s.abs()))
+        };
+        assert!(
+            worst(&corrected) < 0.001,
+            "corrected slope {}",
+            worst(&corrected)
+        );
+        assert!(worst(&plain) > 0.004, "uncorrected slope {}", worst(&plain));
+        assert!(corrected.iter().all(|x| x.0 != Condition::Active));
+        // Right after the move the slope is still known: the move does not blind the rule.
+        assert!(corrected[481].1.is_some() || corrected[489].1.is_some());
+        // And a real rise that continues through a move is still seen.
+        let rising: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let ramp = 0.010 * i as f64 / 60.0; // 10 nΩ/min
+                let (step, b) = if i < 600 { (0.0, 100.0) } else { (-0.05, 97.0) };
+                (i * 1_000, 5.0 + ramp + step, b)
+            })
+            .collect();
+        let c = run_trend(&trend(Fit::Linear, true, None), &rising);
+        let s = c[700].1.unwrap();
+        assert!((s - 0.010).abs() < 0.0005, "slope through the move {s}");
+        assert_eq!(c[700].0, Condition::Active);
+    }
+
+    #[test]
+    fn the_quadratic_fit_takes_the_slope_now_not_half_a_window_ago() {
+        // An accelerating rise: slope grows by 1 nΩ/min each minute.
+        let series: Vec<(Ts, f64, f64)> = (0..1200)
+            .map(|i| {
+                let m = i as f64 / 60.0;
+                (i * 1_000, 5.0 + 0.0005 * m * m, 100.0)
+            })
+            .collect();
+        let lin = run_trend(&trend(Fit::Linear, false, None), &series);
+        let quad = run_trend(&trend(Fit::Quadratic, false, None), &series);
+        // At 19:59 the true slope is 0.02 µΩ/min; a 10-min line gives the slope of 5 min ago.
+        let (l, q) = (lin[1199].1.unwrap(), quad[1199].1.unwrap());
+        assert!((q - 0.02).abs() < 0.0003, "quadratic {q}");
+        assert!((l - 0.015).abs() < 0.0005, "linear {l}");
+    }
+
+    #[test]
+    fn a_noise_burst_is_not_a_trend_when_the_slope_must_beat_its_error() {
+        // Flat R with a 10-minute burst of +-0.15 µΩ noise (a pseudo-random sequence): the
+        // plain slope wanders past 4 nΩ/min; measured against its own error it does not.
+        let mut x: u64 = 12345;
+        let series: Vec<(Ts, f64, f64)> = (0..1800)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let burst = if (600..1200).contains(&i) {
+                    0.3 * u
+                } else {
+                    0.01 * u
+                };
+                (i * 1_000, 5.0 + burst, 100.0)
+            })
+            .collect();
+        let plain = trend(Fit::Quadratic, false, None);
+        let RuleKind::Trend(mut t) = plain.clone() else {
+            unreachable!()
+        };
+        t.noise_k = Some(3.0);
+        let guarded = RuleKind::Trend(t);
+        assert!(run_trend(&plain, &series)
+            .iter()
+            .any(|x| x.0 == Condition::Active));
+        assert!(run_trend(&guarded, &series)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        // A real 20 nΩ/min rise in the usual noise is far above its error.
+        let rising: Vec<(Ts, f64, f64)> = series[..600]
+            .iter()
+            .map(|&(ts, v, b)| (ts, v + 0.02 * ts as f64 / 60_000.0, b))
+            .collect();
+        assert!(run_trend(&guarded, &rising)[310..]
+            .iter()
+            .all(|x| x.0 == Condition::Active));
+    }
+
+    #[test]
+    fn the_limit_follows_the_devices_own_baseline() {
+        // Two cells with normal slopes wandering +-1 and +-3 nΩ/min (a 20-min sine), then the
+        // same 5 nΩ/min rise on both: it stands out of the quiet cell's baseline only.
+        let cell = |amp: f64| -> Vec<(Ts, f64, f64)> {
+            let mut r = 5.0;
+            (0..5 * 3600)
+                .map(|i| {
+                    let t = i as f64;
+                    let slope = if i < 4 * 3600 {
+                        amp * (t * std::f64::consts::TAU / 1200.0).sin()
+                    } else {
+                        5.0
+                    };
+                    r += slope * 0.001 / 60.0;
+                    (i * 1_000, r, 100.0)
+                })
+                .collect()
+        };
+        let kind = trend(Fit::Linear, false, Some(4 * 3_600_000));
+        let quiet = run_trend(&kind, &cell(1.0));
+        let lively = run_trend(&kind, &cell(3.0));
+        assert!(
+            quiet[..290].iter().all(|x| x.0 == Condition::Unknown),
+            "half a window first"
+        );
+        // Warming up (the first 30 min) the floor counts twice: a quiet cell stays normal.
+        assert!(quiet[..1800].iter().all(|x| x.0 != Condition::Active));
+        assert!(quiet[3600..4 * 3600]
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        assert!(lively[3600..4 * 3600]
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        assert!(quiet[4 * 3600..].iter().any(|x| x.0 == Condition::Active));
+        assert!(lively[4 * 3600..].iter().all(|x| x.0 != Condition::Active));
     }
 }

@@ -96,11 +96,68 @@ pub enum RuleKind {
         deadband: f64,
         direction: Direction,
     },
+    /// Context-aware slope (see [`Trend`]): steps of `step_tag` are removed from the fit, the
+    /// slope can be taken at the newest sample, and the limit can follow the device's own
+    /// baseline.
+    Trend(Trend),
+}
+
+/// How a `trend` rule fits its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Least-squares line: the mean slope over the window (it lags by half the window).
+    Linear,
+    /// Least-squares parabola, slope taken at the newest sample: no half-window lag on an
+    /// accelerating rise, at the price of a noisier estimate.
+    Quadratic,
+}
+
+/// Settings of a `trend` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trend {
+    pub window_ms: i64,
+    pub per_ms: i64,
+    /// Absolute floor: the slope must exceed it whatever the baseline says.
+    pub limit: f64,
+    pub deadband: f64,
+    pub fit: Fit,
+    /// A tag whose change starts a new segment (the anode-beam position): the fit gives each
+    /// segment its own level and pools the slopes within segments, so a step made by a move is
+    /// not read as a trend, and the samples before the move still count.
+    pub step_tag: Option<String>,
+    /// Changes of `step_tag` up to this size are not a move (register noise).
+    pub step_min: f64,
+    /// Samples after a move left out of the fit while the signal settles.
+    pub settle_ms: i64,
+    /// Refit every so often (a controller recomputes its slope every 1-5 min).
+    pub every_ms: i64,
+    /// Time constant of the device's own slope baseline; `None`: the fixed `limit` only.
+    pub baseline_ms: Option<i64>,
+    /// With a baseline: active above baseline + `k` robust spreads (and above `limit`).
+    pub k: f64,
+    /// When set, the slope must also exceed this many standard errors of the fit: a burst of
+    /// noise widens the error and does not pass for a trend.
+    pub noise_k: Option<f64>,
+}
+
+impl Trend {
+    /// How long the baseline learns before the relative limit is trusted.
+    pub fn warmup_ms(&self) -> i64 {
+        self.baseline_ms.map_or(0, |b| b / 8)
+    }
+}
+
+/// Holds a rule off while an expression over the device's tags is true (non-zero) and for
+/// `for_ms` after: its alarm reads normal and its baseline does not learn from the disturbance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldOff {
+    pub when: String,
+    pub for_ms: i64,
 }
 
 impl RuleKind {
     pub const NAMES: &'static str =
-        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve, average";
+        "high, low, rate, slope, predict, noise, frozen, stale, deviation, cusum, curve, average, trend";
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -116,6 +173,7 @@ impl RuleKind {
             RuleKind::Cusum { .. } => "cusum",
             RuleKind::Curve { .. } => "curve",
             RuleKind::Average { .. } => "average",
+            RuleKind::Trend(_) => "trend",
         }
     }
 
@@ -126,6 +184,7 @@ impl RuleKind {
             | RuleKind::Slope { window_ms, .. }
             | RuleKind::Predict { window_ms, .. }
             | RuleKind::Noise { window_ms, .. } => *window_ms,
+            // A trend rule keeps its own samples (with their segment).
             _ => 0,
         }
     }
@@ -141,6 +200,7 @@ impl RuleKind {
             | RuleKind::Noise { limit, .. }
             | RuleKind::Deviation { limit, .. }
             | RuleKind::Average { limit, .. } => Some(*limit),
+            RuleKind::Trend(t) => Some(t.limit),
             RuleKind::Curve { tolerance, .. } => Some(*tolerance),
             _ => None,
         }
@@ -160,6 +220,9 @@ impl RuleKind {
                     },
                 ..
             } => vec![t.as_str()],
+            RuleKind::Trend(Trend {
+                step_tag: Some(t), ..
+            }) => vec![t.as_str()],
             _ => Vec::new(),
         }
     }

@@ -19,7 +19,7 @@ use super::eval::Eval;
 use super::expr::{Compiled, Expr, ExprError};
 use super::message::{MessageTemplate, TemplateError};
 use super::model::Priority;
-use super::rule::{RuleKind, Scope, Suppression, BUILTIN_RULES};
+use super::rule::{HoldOff, RuleKind, Scope, Suppression, BUILTIN_RULES};
 use super::window::Window;
 
 /// `[alarms]`: agent-wide alarm behaviour.
@@ -88,6 +88,7 @@ pub struct RuleDraft {
     pub message: Option<String>,
     pub scope: Scope,
     pub suppress_when: Option<Suppression>,
+    pub hold_off: Vec<HoldOff>,
     /// Indices into [`Draft::devices`] of the devices the rule applies to.
     pub devices: Vec<u32>,
 }
@@ -109,8 +110,17 @@ impl RuleDraft {
             message: None,
             scope: Scope::Device,
             suppress_when: None,
+            hold_off: Vec::new(),
             devices: Vec::new(),
         }
+    }
+
+    pub fn hold_off(mut self, when: &str, for_ms: i64) -> RuleDraft {
+        self.hold_off.push(HoldOff {
+            when: when.to_string(),
+            for_ms,
+        });
+        self
     }
 
     pub fn priority(mut self, p: Priority) -> RuleDraft {
@@ -412,6 +422,28 @@ fn compile_rule<'d>(
             },
         },
     };
+    let mut hold_exprs = Vec::with_capacity(r.hold_off.len());
+    let mut holds = Vec::with_capacity(r.hold_off.len());
+    for (index, h) in r.hold_off.iter().enumerate() {
+        let compiled = Expr::parse(&h.when)
+            .map_err(|e| RuleProblem::HoldSyntax { index, error: e })
+            .and_then(|expr| {
+                expr.compile(|v| expr.variables().iter().position(|x| x == v))
+                    .map(|program| (expr, program))
+                    .map_err(|e| RuleProblem::HoldCompile { index, error: e })
+            });
+        match compiled {
+            Ok((expr, program)) => {
+                hold_exprs.push(expr);
+                holds.push(HoldSpec {
+                    source: Arc::from(h.when.as_str()),
+                    program,
+                    for_ms: h.for_ms,
+                });
+            }
+            Err(e) => problems.push(e),
+        }
+    }
     let mut instances = Vec::with_capacity(r.devices.len());
     // Resolved once per tag table: the devices of one entry share it.
     let mut bindings: Vec<Binding> = Vec::new();
@@ -425,7 +457,7 @@ fn compile_rule<'d>(
         let binding = match bound.iter().find(|(t, _)| *t == table) {
             Some((_, b)) => *b,
             None => {
-                let b = bind(&d.tags, r, suppress_expr.as_ref()).map(|b| {
+                let b = bind(&d.tags, r, suppress_expr.as_ref(), &hold_exprs).map(|b| {
                     bindings.push(b);
                     (bindings.len() - 1) as u32
                 });
@@ -479,6 +511,23 @@ fn compile_rule<'d>(
             }
         }
     }
+    for (index, expr) in hold_exprs.iter().enumerate() {
+        for v in expr.variables() {
+            if let Some(d) = r
+                .devices
+                .iter()
+                .filter_map(|&di| devices.get(di as usize).map(|d| (di, d)))
+                .find(|(_, d)| d.tags.index_of(v).is_none())
+            {
+                problems.push(RuleProblem::HoldNoTag {
+                    index,
+                    device: d.0,
+                    device_name: d.1.name.to_string(),
+                    tag: v.clone(),
+                });
+            }
+        }
+    }
     if !problems.is_empty() {
         return None;
     }
@@ -490,6 +539,7 @@ fn compile_rule<'d>(
         message: Arc::new(message?),
         scope: r.scope,
         suppress_when,
+        holds,
         eval: eval?,
         bindings,
         instances,
@@ -497,7 +547,12 @@ fn compile_rule<'d>(
 }
 
 /// The rule's tags in one table, if it has them all (what it lacks is reported per device).
-fn bind(table: &TagTable, r: &RuleDraft, suppress: Option<&Expr>) -> Option<Binding> {
+fn bind(
+    table: &TagTable,
+    r: &RuleDraft,
+    suppress: Option<&Expr>,
+    holds: &[Expr],
+) -> Option<Binding> {
     let tag = table.index_of(&r.tag)?;
     let extra_tags = r
         .kind
@@ -513,10 +568,20 @@ fn bind(table: &TagTable, r: &RuleDraft, suppress: Option<&Expr>) -> Option<Bind
             .collect::<Option<Vec<u16>>>()?,
         None => Vec::new(),
     };
+    let hold_inputs = holds
+        .iter()
+        .map(|e| {
+            e.variables()
+                .iter()
+                .map(|v| table.index_of(v))
+                .collect::<Option<Vec<u16>>>()
+        })
+        .collect::<Option<Vec<_>>>()?;
     Some(Binding {
         tag,
         extra_tags,
         suppress_inputs,
+        hold_inputs,
     })
 }
 
@@ -628,6 +693,8 @@ pub struct RuleSpec {
     pub message: Arc<MessageTemplate>,
     pub scope: Scope,
     pub suppress_when: Option<SuppressSpec>,
+    /// Hold-offs, in the order written.
+    pub holds: Vec<HoldSpec>,
     /// The rule's evaluator for a fresh window, its extra tags not yet bound (see
     /// [`Eval::bind_extra_tags`]); building it is what checks the kind's settings.
     pub eval: Eval,
@@ -647,15 +714,21 @@ impl RuleSpec {
             Some(SuppressSpec::Alarm { rule, device }) => format!("alarm:{device:?}/{rule}"),
             Some(SuppressSpec::Expr { source, .. }) => source.to_string(),
         };
+        let holds: Vec<String> = self
+            .holds
+            .iter()
+            .map(|h| format!("{}/{}", h.source, h.for_ms))
+            .collect();
         let text = format!(
-            "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{}\u{0}{}",
+            "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{}\u{0}{}\u{0}{}",
             self.name,
             self.tag,
             self.kind,
             self.alarm,
             self.scope,
             suppress,
-            self.message.source()
+            self.message.source(),
+            holds.join("\u{1}")
         );
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in text.bytes() {
@@ -685,6 +758,16 @@ pub struct Binding {
     pub extra_tags: Vec<u16>,
     /// For a `suppress_when` expression: the tag of each variable, in the program's order.
     pub suppress_inputs: Vec<u16>,
+    /// For each hold-off: the tag of each variable of its expression.
+    pub hold_inputs: Vec<Vec<u16>>,
+}
+
+/// A compiled hold-off ([`HoldOff`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldSpec {
+    pub source: Arc<str>,
+    pub program: Compiled,
+    pub for_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -772,6 +855,22 @@ pub enum RuleProblem {
         device_name: String,
         tag: String,
     },
+    /// `hold_off[index].when` does not parse or compile.
+    HoldSyntax {
+        index: usize,
+        error: ExprError,
+    },
+    HoldCompile {
+        index: usize,
+        error: ExprError,
+    },
+    /// The first device lacking a tag of `hold_off[index].when`.
+    HoldNoTag {
+        index: usize,
+        device: u32,
+        device_name: String,
+        tag: String,
+    },
     /// Another rule of the same name already has an alarm on the device.
     DuplicateAlarm {
         device: u32,
@@ -813,6 +912,19 @@ impl fmt::Display for RuleProblem {
             } => write!(
                 f,
                 "suppress_when: device \"{device_name}\" has no tag \"{tag}\""
+            ),
+            RuleProblem::HoldSyntax { index, error }
+            | RuleProblem::HoldCompile { index, error } => {
+                write!(f, "hold_off[{index}].when: {error}")
+            }
+            RuleProblem::HoldNoTag {
+                index,
+                device_name,
+                tag,
+                ..
+            } => write!(
+                f,
+                "hold_off[{index}].when: device \"{device_name}\" has no tag \"{tag}\""
             ),
             RuleProblem::DuplicateAlarm { device_name, .. } => write!(
                 f,
