@@ -63,6 +63,29 @@ pub struct DeviceEntry {
     pub tags_offset: usize,
 }
 
+/// Why `s` cannot be one level of an MQTT topic, if it cannot: empty, a level separator or
+/// wildcard (`/`, `+`, `#`), whitespace, or a control character. MQTT forbids U+0000 and
+/// brokers refuse the other control characters (MQTT 3.1.1 §1.5.3); a broker that meets one
+/// drops the connection at that publish.
+pub fn topic_level_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty (it becomes part of MQTT topics)".into());
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "contains the control character U+{:04X}; a broker refuses it in a topic",
+            c as u32
+        ));
+    }
+    if s.contains(['/', '+', '#']) || s.chars().any(char::is_whitespace) {
+        return Some(
+            "must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"
+                .into(),
+        );
+    }
+    None
+}
+
 pub const DEFAULT_POLL_MS: i64 = 1_000;
 pub const DEFAULT_TIMEOUT_MS: i64 = 1_000;
 pub const DEFAULT_MAX_GAP: u16 = 16;

@@ -539,8 +539,8 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
     let area = r.req_str(p, "area", "the area, e.g. \"potline-1\"");
     for (key, val) in [("id", &id), ("site", &site), ("area", &area)] {
         if let Some(s) = val {
-            if s.is_empty() || s.contains(['/', '+', '#']) || s.chars().any(char::is_whitespace) {
-                r.problem(p, key, "must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)");
+            if let Some(why) = device::topic_level_problem(s) {
+                r.problem(p, key, why);
             }
         }
     }
@@ -785,11 +785,13 @@ fn expand_devices(
                     break;
                 }
             };
-            if name.is_empty()
-                || name.contains(['/', '+', '#'])
-                || name.chars().any(char::is_whitespace)
-            {
-                p.add(src, e.name_offset, &join(&path, "name"), format!("device name \"{name}\" must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"));
+            if let Some(why) = device::topic_level_problem(&name) {
+                p.add(
+                    src,
+                    e.name_offset,
+                    &join(&path, "name"),
+                    format!("device name {name:?} {why}"),
+                );
                 break;
             }
             if endpoint.is_serial_line() && !(1..=247).contains(&x.unit) {
