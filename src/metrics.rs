@@ -91,6 +91,8 @@ pub struct SinkMetrics {
     pub dropped: AtomicU64,
     /// Appends the outbox refused with an I/O error (disk full, unwritable).
     pub outbox_write_errors: AtomicU64,
+    /// Records the broker refused, moved to the dead-letter file.
+    pub dead_lettered: AtomicU64,
     pub puback_latency_us_sum: AtomicU64,
     pub puback_latency_us_last: AtomicU64,
 }
@@ -132,6 +134,12 @@ const SINK_FAMILIES: &[Family<SinkMetrics>] = &[
         kind: Kind::Counter,
         help: "Messages the outbox could not store (disk full, unwritable); alarms then go out without durability while connected.",
         read: Read::Int(|s| load(&s.outbox_write_errors)),
+    },
+    Family {
+        name: "alsentry_outbox_dead_lettered_total",
+        kind: Kind::Counter,
+        help: "Messages the broker refused again and again (it dropped the connection at them), moved to dead-letter.jsonl in the outbox folder so the rest flows.",
+        read: Read::Int(|s| load(&s.dead_lettered)),
     },
     Family {
         name: "alsentry_outbox_depth",
@@ -556,6 +564,7 @@ mod tests {
             "alsentry_sink_bytes_total",
             "alsentry_outbox_dropped_total",
             "alsentry_outbox_write_errors_total",
+            "alsentry_outbox_dead_lettered_total",
             "alsentry_outbox_depth",
             "alsentry_outbox_bytes",
             "alsentry_puback_latency_seconds",

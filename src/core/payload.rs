@@ -138,6 +138,9 @@ pub struct OnlineStatus<'a> {
     pub drops: ClassCounts,
     /// The same drops by reason.
     pub drop_reasons: DropReasons,
+    /// Messages the broker refused again and again, moved to the dead-letter file of this
+    /// sink's outbox (kept, not dropped), since start.
+    pub dead_lettered: u64,
 }
 
 /// Most device names listed in `down`.
@@ -229,6 +232,7 @@ mod tests {
                     full: 3412,
                     ..Default::default()
                 },
+                dead_lettered: 0,
             },
         );
         // The example of docs/MQTT.md, byte for byte.
@@ -239,7 +243,7 @@ mod tests {
                 r#""version":"0.1.0","config_hash":"9f2c41d0","devices_up":95,"devices_down":1,"down":["pot-042"],"#,
                 r#""sink":"plant","outbox_depth":0,"outbox_bytes":0,"outbox_oldest_age_s":null,"#,
                 r#""drops":{"alarm":0,"status":0,"summary":12,"data":3400},"#,
-                r#""drop_reasons":{"full":3412,"expired":0,"io":0,"refused":0}}"#
+                r#""drop_reasons":{"full":3412,"expired":0,"io":0,"refused":0},"dead_lettered":0}"#
             )
         );
         assert_eq!(
