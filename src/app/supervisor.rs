@@ -3,7 +3,10 @@
 //! links whose devices changed. It publishes nothing: the outcome of a reload asked for over
 //! MQTT goes back to the engine task, which replies.
 
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +67,7 @@ impl Supervisor {
     }
 
     /// Starts a poller for every link, or only for the links in `only`.
-    fn spawn_links(&mut self, devices: &[Device], only: Option<&[String]>) {
+    fn spawn_links(&mut self, devices: &[Device], only: Option<&HashSet<String>>) {
         for (endpoint, link_devices) in links(devices) {
             let key = endpoint.link_key();
             if only.is_some_and(|keys| !keys.contains(&key)) {
@@ -143,13 +146,7 @@ impl Supervisor {
             .first()
             .cloned()
             .ok_or("no configuration file to re-read")?;
-        let new = Config::load(&path).map_err(|e| {
-            e.problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        let new = load_off_runtime(path, RELOAD_TIMEOUT).await?;
         needs_restart(&self.cfg, &new)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.engine
@@ -163,9 +160,10 @@ impl Supervisor {
             .map(|l| (l.key.as_str(), l.devices.as_slice()))
             .collect();
         let plan = plan_links(&running, &wanted_links(&new.devices));
+        let restart: HashSet<String> = plan.restart.iter().cloned().collect();
         let mut i = 0;
         while i < self.links.len() {
-            if plan.restart.contains(&self.links[i].key) {
+            if restart.contains(&self.links[i].key) {
                 let l = self.links.remove(i);
                 l.cancel.cancel();
                 let _ = l.task.await;
@@ -173,7 +171,7 @@ impl Supervisor {
                 i += 1;
             }
         }
-        self.spawn_links(&new.devices, Some(&plan.restart));
+        self.spawn_links(&new.devices, Some(&restart));
         let rules = new.rules.len();
         self.cfg = new;
         Ok(format!(
@@ -181,6 +179,31 @@ impl Supervisor {
             plan.kept,
             plan.restart.len()
         ))
+    }
+}
+
+/// Longest a reload may take to read and validate the configuration. Files are bounded in
+/// kind and size (`config/reader.rs`), so only a stuck file system reaches it.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads and validates the configuration on a blocking thread, so that a slow disk or a large
+/// plant (10,000 devices) never holds a runtime worker that pollers, the engine and `/healthz`
+/// need. Past `timeout` the reload is refused; the thread is left to finish on its own.
+async fn load_off_runtime(path: PathBuf, timeout: Duration) -> Result<Config, String> {
+    let read = tokio::task::spawn_blocking(move || Config::load(&path));
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(format!(
+            "reading the configuration took longer than {} s; nothing was applied",
+            timeout.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("reading the configuration failed: {e}")),
+        Ok(Ok(Err(e))) => Err(e
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Ok(Ok(Ok(cfg))) => Ok(cfg),
     }
 }
 
@@ -241,14 +264,20 @@ fn plan_links(running: &[(&str, &[Device])], wanted: &[(String, Vec<Device>)]) -
         kept: 0,
         restart: Vec::new(),
     };
+    // Maps, not scans: a plant of 10,000 links must not cost 100 million comparisons.
+    let wanted_by_key: HashMap<&str, &[Device]> = wanted
+        .iter()
+        .map(|(k, d)| (k.as_str(), d.as_slice()))
+        .collect();
+    let running_keys: HashSet<&str> = running.iter().map(|(k, _)| *k).collect();
     for (key, devices) in running {
-        match wanted.iter().find(|(k, _)| k == key) {
-            Some((_, d)) if d.as_slice() == *devices => plan.kept += 1,
+        match wanted_by_key.get(key) {
+            Some(d) if d == devices => plan.kept += 1,
             _ => plan.restart.push(key.to_string()),
         }
     }
     for (key, _) in wanted {
-        if !running.iter().any(|(k, _)| k == key) && !plan.restart.contains(key) {
+        if !running_keys.contains(key.as_str()) {
             plan.restart.push(key.clone());
         }
     }

@@ -319,7 +319,23 @@ pub fn fill(pattern: &str, x: &Expansion<'_>) -> Result<String, String> {
 }
 
 /// All (host, port, unit) combinations of an entry, hosts outermost.
-pub fn combinations(e: &DeviceEntry) -> Vec<Expansion<'_>> {
+/// Most devices one entry may expand to: hosts × ports × units is refused past it before
+/// anything is built (a /16 of hosts times every port would be 4 billion devices).
+pub const MAX_EXPANSION: usize = 100_000;
+
+/// Every device of the entry, or how many it would be when that is over [`MAX_EXPANSION`].
+pub fn combinations(e: &DeviceEntry) -> Result<Vec<Expansion<'_>>, usize> {
+    let count = [
+        e.hosts.as_ref().map_or(1, Vec::len),
+        e.ports.as_ref().map_or(1, Vec::len),
+        e.units.len(),
+    ]
+    .iter()
+    .try_fold(1usize, |acc, n| acc.checked_mul(*n))
+    .unwrap_or(usize::MAX);
+    if count > MAX_EXPANSION {
+        return Err(count);
+    }
     let hosts: Vec<Option<&str>> = match &e.hosts {
         Some(h) => h.iter().map(|s| Some(s.as_str())).collect(),
         None => vec![None],
@@ -341,7 +357,7 @@ pub fn combinations(e: &DeviceEntry) -> Vec<Expansion<'_>> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn int_or_none(v: &DeValue<'_>) -> Option<i64> {

@@ -65,14 +65,19 @@ impl LinkDevice {
     }
 }
 
-/// Groups devices by link.
+/// Groups devices by link, links in order of their first device.
 pub fn links(devices: &[Device]) -> Vec<(Endpoint, Vec<LinkDevice>)> {
     let mut out: Vec<(Endpoint, Vec<LinkDevice>)> = Vec::new();
+    // Link key → index in `out`: one lookup per device (400 cells on 400 ports).
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, d) in devices.iter().enumerate() {
         let key = d.endpoint.link_key();
-        match out.iter_mut().find(|(e, _)| e.link_key() == key) {
-            Some((_, list)) => list.push(LinkDevice::new(i as u32, d)),
-            None => out.push((d.endpoint.clone(), vec![LinkDevice::new(i as u32, d)])),
+        match at.get(&key) {
+            Some(&li) => out[li].1.push(LinkDevice::new(i as u32, d)),
+            None => {
+                at.insert(key, out.len());
+                out.push((d.endpoint.clone(), vec![LinkDevice::new(i as u32, d)]));
+            }
         }
     }
     out
