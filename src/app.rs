@@ -88,6 +88,14 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
     let engine = Engine::new(&cfg.spec);
+    // The agent watching itself: the engine marks its turns, the supervisor its dead pollers.
+    let pulse = crate::io::health::Pulse::new(
+        crate::io::health::HealthLimits {
+            ready_share: cfg.http.as_ref().map_or(0.5, |h| h.ready_share),
+            ..Default::default()
+        },
+        clock.mono(),
+    );
     // Which devices answer: written by the pollers, read by the status and /readyz.
     let (health, health_rx) =
         crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
@@ -154,6 +162,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             devices: health_rx.clone(),
             clock: clock.clone(),
             config_loaded: true,
+            pulse: pulse.clone(),
         };
         tasks.spawn(http::serve(listener, state, cancel.child_token()));
     }
@@ -177,6 +186,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             alarms: alarms_tx,
             recorder,
             reloads: reload_tx.clone(),
+            pulse: pulse.clone(),
         },
     );
     let supervisor = Supervisor::start(
@@ -186,6 +196,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         metrics.clone(),
         health,
         control_tx,
+        pulse,
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
     let inputs = Inputs {

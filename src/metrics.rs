@@ -176,6 +176,8 @@ pub struct Metrics {
     pub sinks: Vec<SinkMetrics>,
     /// Sample batches dropped because the engine fell behind.
     pub batches_dropped: AtomicU64,
+    /// Link pollers restarted by the supervisor after they died.
+    pub link_restarts: AtomicU64,
     pub alarm_transitions: AtomicU64,
     pub started_ms: AtomicI64,
 }
@@ -188,6 +190,10 @@ const SAMPLES_PER_SECOND: (&str, &str) = (
 const BATCHES_DROPPED: (&str, &str) = (
     "alsentry_batches_dropped_total",
     "Sample batches dropped because the engine fell behind.",
+);
+const LINK_RESTARTS: (&str, &str) = (
+    "alsentry_link_restarts_total",
+    "Link pollers that died (a panic) and were restarted by the supervisor, with backoff.",
 );
 const ALARM_TRANSITIONS: (&str, &str) = (
     "alsentry_alarm_transitions_total",
@@ -285,6 +291,11 @@ impl Metrics {
             BATCHES_DROPPED,
             Kind::Counter,
             &load(&self.batches_dropped).to_string(),
+        );
+        e.single(
+            LINK_RESTARTS,
+            Kind::Counter,
+            &load(&self.link_restarts).to_string(),
         );
         e.single(
             ALARM_TRANSITIONS,
@@ -554,6 +565,7 @@ mod tests {
             "alsentry_device_up",
             "alsentry_samples_per_second",
             "alsentry_batches_dropped_total",
+            "alsentry_link_restarts_total",
             "alsentry_alarm_transitions_total",
             "alsentry_alarms",
             "alsentry_alarm_floods_total",

@@ -282,6 +282,35 @@ impl InternalEvent for DeviceDown<'_> {
     }
 }
 
+/// A link poller died (a panic): its devices are reported down until it polls again.
+#[derive(Debug)]
+pub struct LinkDied<'a> {
+    pub link: &'a str,
+    pub error: &'a dyn LogValue,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for LinkDied<'_> {
+    fn emit(self) {
+        error!(link = %self.link, error = %self.error, retry_in_ms = ms(self.retry_in), "link poller died; its devices are down until it is restarted");
+    }
+}
+
+/// The supervisor restarted a link poller that had died.
+#[derive(Debug)]
+pub struct LinkRestarted<'a> {
+    pub metrics: &'a Metrics,
+    pub link: &'a str,
+    pub restarts: u32,
+}
+
+impl InternalEvent for LinkRestarted<'_> {
+    fn emit(self) {
+        inc(&self.metrics.link_restarts);
+        warn!(link = %self.link, restarts = self.restarts, "link poller restarted");
+    }
+}
+
 /// Exception 02 on a block read: the planner probes which registers the device serves.
 #[derive(Debug)]
 pub struct UnmappedRegisters<'a> {

@@ -128,6 +128,8 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// To the supervisor, which applies reloads.
     pub reloads: mpsc::Sender<ReloadRequest>,
+    /// Where each turn of the loop is marked, for `/healthz`.
+    pub pulse: Arc<crate::io::health::Pulse>,
 }
 
 /// What the engine task reads.
@@ -245,6 +247,7 @@ impl EngineTask {
                 }
             }
             self.publish_events().await;
+            self.shared.pulse.engine_turned(self.shared.clock.mono());
         }
     }
 
@@ -502,6 +505,7 @@ limit = 8.0
                 alarms: watch::channel(AlarmSnapshot::default()).0,
                 recorder: None,
                 reloads: reload_tx,
+                pulse: crate::io::health::Pulse::new(Default::default(), clock.mono()),
             },
         );
         let inputs = Inputs {

@@ -1,7 +1,10 @@
-//! The supervisor owns the link pollers and applies reloads: it re-reads the configuration,
-//! refuses what needs a restart, has the engine task swap its engine, and restarts only the
-//! links whose devices changed. It publishes nothing: the outcome of a reload asked for over
-//! MQTT goes back to the engine task, which replies.
+//! The supervisor owns the link pollers and applies reloads: it re-reads the configuration
+//! (off the runtime, bounded in time), refuses what needs a restart, has the engine task swap
+//! its engine, and restarts only the links whose devices changed. It also watches its
+//! pollers: one that dies (a panic) has its devices reported down with bad samples (so they
+//! raise `comm_loss`), counts as down for `/healthz`, and is restarted with backoff. It
+//! publishes nothing: the outcome of a reload asked for over MQTT goes back to the engine
+//! task, which replies.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -13,12 +16,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::engine::{Control, ReloadOrigin, ReloadRequest};
-use crate::clock::Clock;
-use crate::config::{Config, Device};
+use crate::clock::{Clock, Mono};
+use crate::config::{Config, Device, Endpoint};
 use crate::core::engine::SampleBatch;
-use crate::io::health::HealthTx;
-use crate::io::poller::{links, Link};
+use crate::core::model::{BadReason, Quality};
+use crate::io::backoff::{self, Backoff};
+use crate::io::health::{HealthTx, Pulse};
+use crate::io::poller::{links, Link, LinkDevice};
 use crate::metrics::Metrics;
+use crate::telemetry::{emit, BatchDropped, DeviceDown, LinkDied, LinkRestarted};
+
+/// How often the supervisor looks for dead pollers.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// First and longest wait before a dead poller is restarted.
+const RESTART_MIN: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A poller that ran this long before dying starts its backoff again.
+const RESTART_FORGIVEN_AFTER: Duration = Duration::from_secs(60);
 
 /// A running link poller.
 #[derive(Debug)]
@@ -26,8 +40,15 @@ struct RunningLink {
     key: String,
     /// Its devices as configured, to tell whether a reload changes them.
     devices: Vec<Device>,
+    /// Each device's index and tag count: what to report bad when the poller dies.
+    polled: Vec<(u32, usize)>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    started: Mono,
+    /// Deaths in a row (reset after a long life).
+    deaths: u32,
+    /// Dead, to be restarted at this time.
+    restart_at: Option<Mono>,
 }
 
 #[derive(Debug)]
@@ -40,6 +61,9 @@ pub struct Supervisor {
     /// Handed to each poller: which devices answer.
     health: HealthTx,
     engine: mpsc::Sender<Control>,
+    /// Where dead pollers are counted, for `/healthz`.
+    pulse: Arc<Pulse>,
+    restart_backoff: Backoff,
 }
 
 impl Supervisor {
@@ -51,7 +75,9 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         health: HealthTx,
         engine: mpsc::Sender<Control>,
+        pulse: Arc<Pulse>,
     ) -> Supervisor {
+        let seed = backoff::seed("supervisor", clock.now() as u64);
         let mut s = Supervisor {
             links: Vec::new(),
             batches,
@@ -59,6 +85,8 @@ impl Supervisor {
             metrics,
             health,
             engine,
+            pulse,
+            restart_backoff: Backoff::new(RESTART_MIN, RESTART_MAX, seed),
             cfg,
         };
         let devices = s.cfg.devices.clone();
@@ -77,23 +105,121 @@ impl Supervisor {
                 .iter()
                 .map(|d| as_polled(&devices[d.index as usize]))
                 .collect();
-            let cancel = CancellationToken::new();
-            let link = Link {
-                endpoint,
-                devices: link_devices,
-                tx: self.batches.clone(),
-                clock: self.clock.clone(),
-                metrics: self.metrics.clone(),
-                health: self.health.clone(),
-            };
-            let task = tokio::spawn(link.run(cancel.clone()));
+            let polled = link_devices
+                .iter()
+                .map(|d| (d.index, d.tags.len()))
+                .collect();
+            let (cancel, task) = self.spawn_link(endpoint, link_devices);
             self.links.push(RunningLink {
                 key,
                 devices: configured,
+                polled,
                 cancel,
                 task,
+                started: self.clock.mono(),
+                deaths: 0,
+                restart_at: None,
             });
         }
+    }
+
+    fn spawn_link(
+        &self,
+        endpoint: Endpoint,
+        devices: Vec<LinkDevice>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let link = Link {
+            endpoint,
+            devices,
+            tx: self.batches.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        };
+        (cancel.clone(), tokio::spawn(link.run(cancel)))
+    }
+
+    /// Finds pollers that died, reports their devices down, and restarts each when its
+    /// backoff has passed. Sets the count of dead pollers for `/healthz`.
+    async fn watch_links(&mut self) {
+        let now = self.clock.mono();
+        let mut down = 0;
+        for i in 0..self.links.len() {
+            let l = &mut self.links[i];
+            if l.restart_at.is_none() && l.task.is_finished() && !l.cancel.is_cancelled() {
+                let error = match (&mut l.task).await {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the poller returned".to_string(),
+                };
+                if now.since(l.started) >= RESTART_FORGIVEN_AFTER {
+                    l.deaths = 0;
+                }
+                l.deaths += 1;
+                let retry_in = self.restart_backoff.delay(l.deaths);
+                l.restart_at = Some(now + retry_in);
+                emit(LinkDied {
+                    link: &l.key,
+                    error: &error,
+                    retry_in,
+                });
+                self.report_down(i);
+            }
+            let l = &self.links[i];
+            match l.restart_at {
+                Some(at) if now >= at => self.restart(i),
+                Some(_) => down += 1,
+                None => {}
+            }
+        }
+        self.pulse.set_links_down(down);
+    }
+
+    /// A dead poller's devices: down, and one batch of bad samples each, so that the engine
+    /// raises `comm_loss` as for a lost connection until the new poller reads them again.
+    fn report_down(&self, i: usize) {
+        let now = self.clock.now();
+        for &(index, tags) in &self.links[i].polled {
+            self.health.set(index, false);
+            if let Some(m) = self.metrics.device(index) {
+                emit(DeviceDown { device: m });
+            }
+            let values = (0..tags as u16)
+                .map(|t| (t, f64::NAN, Quality::Bad(BadReason::ConnectionLost)))
+                .collect();
+            let batch = SampleBatch {
+                device: index,
+                ts: now,
+                values,
+            };
+            if self.batches.try_send(batch).is_err() {
+                let name = self.metrics.device(index).map_or("", |d| d.name.as_str());
+                emit(BatchDropped {
+                    metrics: &self.metrics,
+                    device: name,
+                });
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let key = self.links[i].key.clone();
+        let Some((endpoint, devices)) = links(&self.cfg.devices)
+            .into_iter()
+            .find(|(e, _)| e.link_key() == key)
+        else {
+            return;
+        };
+        let (cancel, task) = self.spawn_link(endpoint, devices);
+        let l = &mut self.links[i];
+        (l.cancel, l.task) = (cancel, task);
+        l.started = self.clock.mono();
+        l.restart_at = None;
+        emit(LinkRestarted {
+            metrics: &self.metrics,
+            link: &key,
+            restarts: l.deaths,
+        });
     }
 
     /// Serves reload requests until `cancel`; then stops the pollers and, once they have
@@ -104,6 +230,8 @@ impl Supervisor {
         cancel: CancellationToken,
         engine_cancel: CancellationToken,
     ) {
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -111,6 +239,7 @@ impl Supervisor {
                     Some(r) => self.handle(r).await,
                     None => break,
                 },
+                _ = watch.tick() => self.watch_links().await,
             }
         }
         for l in &self.links {
@@ -448,6 +577,7 @@ limit = {limit}
             metrics,
             health,
             control_tx,
+            Pulse::new(Default::default(), Mono::ZERO),
         );
         let (requests, requests_rx) = mpsc::channel(4);
         let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());

@@ -122,9 +122,11 @@ impl Default for DataOptions {
 }
 
 /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`, `/alarms`); off unless configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Http {
     pub listen: std::net::SocketAddr,
+    /// Share of the devices that must answer for `/readyz` (0 to 1; at least one device).
+    pub ready_share: f64,
 }
 
 /// Why a configuration was refused: every problem found.
@@ -517,8 +519,23 @@ fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
         "listen",
         "the address to serve on, e.g. \"127.0.0.1:9184\"",
     );
+    let ready_share = match r.opt_f64(p, "ready_share") {
+        Some(s) if (0.0..=1.0).contains(&s) => s,
+        Some(s) => {
+            r.problem(
+                p,
+                "ready_share",
+                format!("{s} is out of range; accepted: 0 to 1 (a share of the devices)"),
+            );
+            0.5
+        }
+        None => 0.5,
+    };
     let out = listen.and_then(|l| match l.parse::<std::net::SocketAddr>() {
-        Ok(a) => Some(Http { listen: a }),
+        Ok(a) => Some(Http {
+            listen: a,
+            ready_share,
+        }),
         Err(_) => {
             r.problem(p, "listen", format!("\"{l}\" is not an address; write IP:PORT such as \"127.0.0.1:9184\" (use 0.0.0.0 only behind a firewall)"));
             None

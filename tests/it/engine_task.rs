@@ -159,6 +159,7 @@ limit = 6.0
             alarms: watch::channel(AlarmSnapshot::default()).0,
             recorder: Some(recorder),
             reloads,
+            pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
         },
     );
     let inputs = Inputs {

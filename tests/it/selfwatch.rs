@@ -315,3 +315,233 @@ fn a_reload_never_stops_polling_and_a_fifo_include_is_refused() {
         running.stop().await;
     });
 }
+
+/// `GET path` on a fresh connection: (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// An agent with `[http]`, an embedded broker and `devs` on their own links.
+async fn agent_with_http(
+    dir: &std::path::Path,
+    devs: &[(&str, std::net::SocketAddr)],
+    ready_share: f64,
+) -> (
+    alsentry::app::Running,
+    std::net::SocketAddr,
+    alsentry::broker::EmbeddedBroker,
+) {
+    use crate::support::agent::Dev;
+    let broker = embedded().await;
+    let port = crate::support::net::free_port();
+    let mut agent = Agent::new("gw")
+        .state_dir(dir)
+        .mqtt(&broker.url())
+        .section(&format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nready_share = {ready_share}"
+        ));
+    for (name, addr) in devs {
+        agent = agent.device(
+            Dev::tcp(name, *addr)
+                .poll("50ms")
+                .tags(r#"[ { name = "v", table = "input", address = 0, type = "u16" } ]"#),
+        );
+    }
+    let running = alsentry::app::start(agent.build(), SystemClock::new())
+        .await
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (running, addr, broker)
+}
+
+// Issue 15: a link poller that died raised nothing and was never restarted. Now its devices
+// go down at once (bad samples, comm loss), /healthz fails while it is down, and it is
+// restarted with backoff and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_poller_fails_healthz_takes_its_devices_down_and_is_restarted() {
+    use crate::support::harness::{polls_ok, wait_until};
+    use crate::support::modbus::{Device, Served};
+    let (a, b) = (
+        Served::start(Device::default()).await,
+        Served::start(Device::default()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let devs = [("sw-dead-1", a.addr), ("sw-alive-1", b.addr)];
+    let (running, http, _broker) = agent_with_http(dir.path(), &devs, 1.0).await;
+    let w = Duration::from_secs(10);
+    wait_until(w, "both devices polled", || {
+        polls_ok(&running, 0) > 2 && polls_ok(&running, 1) > 2
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + w;
+    loop {
+        let (status, body) = http_get(http, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+
+    alsentry::io::poller::inject_panic_once("sw-dead-1");
+    // Seen dead: /healthz fails and names it, the device is down (not ready at share 1).
+    let deadline = tokio::time::Instant::now() + w;
+    let body = loop {
+        let (status, body) = http_get(http, "/healthz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(body.contains("1 link poller(s) down"), "{body}");
+    let dead = &running.metrics.devices[0];
+    assert!(!dead.up.load(Ordering::Relaxed), "its device is down");
+    let (status, ready) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    let alive_before = polls_ok(&running, 1);
+    // Restarted with backoff: counted, healthy again, polling again.
+    wait_until(w, "restarted", || {
+        running.metrics.link_restarts.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let after = polls_ok(&running, 0);
+    wait_until(w, "the restarted poller polls", || {
+        polls_ok(&running, 0) > after + 2
+    })
+    .await;
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+    wait_until(w, "its device up again", || dead.up.load(Ordering::Relaxed)).await;
+    assert!(
+        polls_ok(&running, 1) > alive_before,
+        "the other link never stopped"
+    );
+    let text = running
+        .metrics
+        .render(&Default::default(), SystemClock::new().now());
+    assert!(text.contains("alsentry_link_restarts_total 1\n"), "{text}");
+    running.stop().await;
+}
+
+// Issue 15: /readyz said ready with 1 of 400 devices answering, and a device answering only
+// with exceptions counted as up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_answering_only_exceptions_is_not_up() {
+    use crate::support::harness::{polls_ok, wait_until};
+    use crate::support::modbus::{Device, Served};
+    let (a, b) = (
+        Served::start(Device::default()).await,
+        Served::start(Device::default()).await,
+    );
+    // Exception 02 for its only register: it answers, with no value.
+    b.device.unmap(1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let devs = [("sw-good-1", a.addr), ("sw-exc-1", b.addr)];
+    let (running, http, _broker) = agent_with_http(dir.path(), &devs, 1.0).await;
+    let w = Duration::from_secs(10);
+    wait_until(w, "both devices polled", || {
+        polls_ok(&running, 0) > 5 && polls_ok(&running, 1) > 5
+    })
+    .await;
+    let (status, body) = http_get(http, "/readyz").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["devices_up"], 1, "{v}");
+    assert_eq!(v["devices_needed"], 2, "{v}");
+    assert_eq!(
+        v["failing"],
+        serde_json::json!(["too few devices answering"])
+    );
+    running.stop().await;
+}
+
+// Issue 15: /healthz was a constant "ok". An engine loop that stops turning fails it.
+#[tokio::test]
+async fn a_stuck_engine_fails_healthz() {
+    use alsentry::clock::ManualClock;
+    use alsentry::io::health::{HealthLimits, Pulse};
+    use alsentry::io::http::{serve, AlarmSnapshot, HttpState};
+    let clock = ManualClock::new(1_000_000);
+    let pulse = Pulse::new(HealthLimits::default(), clock.mono());
+    let metrics = Metrics::new(["d".to_string()], ["s".to_string()]);
+    let (_health, devices) = alsentry::io::health::channel(["d".to_string()]);
+    let (_alarms, alarms) = tokio::sync::watch::channel(AlarmSnapshot::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let state = HttpState {
+        metrics,
+        alarms,
+        devices,
+        clock: clock.clone(),
+        config_loaded: true,
+        pulse: pulse.clone(),
+    };
+    let task = tokio::spawn(serve(listener, state, cancel.clone()));
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    clock.advance(10_000);
+    assert_eq!(http_get(addr, "/healthz").await.0, 200, "10 s is allowed");
+    clock.advance(1);
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body, "the engine loop has not turned for 10001 ms\n");
+    pulse.engine_turned(clock.mono());
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+// Issue 15: 32 idle HTTP connections made /healthz answer 503 for 5 s (default limits).
+#[tokio::test]
+async fn healthz_answers_beside_32_idle_connections() {
+    use alsentry::clock::ManualClock;
+    use alsentry::io::health::{HealthLimits, Pulse};
+    use alsentry::io::http::{serve, AlarmSnapshot, HttpState};
+    let clock = ManualClock::new(1_000_000);
+    let metrics = Metrics::new(["d".to_string()], ["s".to_string()]);
+    let (_health, devices) = alsentry::io::health::channel(["d".to_string()]);
+    let (_alarms, alarms) = tokio::sync::watch::channel(AlarmSnapshot::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let state = HttpState {
+        metrics,
+        alarms,
+        devices,
+        clock: clock.clone(),
+        config_loaded: true,
+        pulse: Pulse::new(HealthLimits::default(), clock.mono()),
+    };
+    let task = tokio::spawn(serve(listener, state, cancel.clone()));
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let t0 = std::time::Instant::now();
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    cancel.cancel();
+    task.await.unwrap();
+}
