@@ -100,6 +100,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let (health, health_rx) =
         crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
+    // The hash of the configuration in force: the supervisor updates it, the statuses say it.
+    let (hash_tx, hash_rx) = tokio::sync::watch::channel(cfg.hash.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
     let many = cfg.sinks.len() > 1;
@@ -139,7 +141,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             clock: clock.clone(),
             metrics: metrics.clone(),
             health: health_rx.clone(),
-            config_hash: cfg.hash.clone(),
+            config_hash: hash_rx.clone(),
             password,
         };
         tasks.spawn(task.run(cancel.child_token()));
@@ -197,6 +199,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         health,
         control_tx,
         pulse,
+        hash_tx,
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
     let inputs = Inputs {

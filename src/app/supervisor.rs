@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -63,6 +63,8 @@ pub struct Supervisor {
     engine: mpsc::Sender<Control>,
     /// Where dead pollers are counted, for `/healthz`.
     pulse: Arc<Pulse>,
+    /// The hash of the configuration in force, for the sinks' status.
+    config_hash: watch::Sender<String>,
     restart_backoff: Backoff,
 }
 
@@ -76,6 +78,7 @@ impl Supervisor {
         health: HealthTx,
         engine: mpsc::Sender<Control>,
         pulse: Arc<Pulse>,
+        config_hash: watch::Sender<String>,
     ) -> Supervisor {
         let seed = backoff::seed("supervisor", clock.now() as u64);
         let mut s = Supervisor {
@@ -86,6 +89,7 @@ impl Supervisor {
             health,
             engine,
             pulse,
+            config_hash,
             restart_backoff: Backoff::new(RESTART_MIN, RESTART_MAX, seed),
             cfg,
         };
@@ -302,6 +306,7 @@ impl Supervisor {
         }
         self.spawn_links(&new.devices, Some(&restart));
         let rules = new.rules.len();
+        self.config_hash.send_replace(new.hash.clone());
         self.cfg = new;
         Ok(format!(
             "{rules} rules; {} links kept, {} restarted",
@@ -566,6 +571,7 @@ limit = {limit}
         std::fs::write(&path, text("gw", 8.0, "")).unwrap();
         let cfg = Config::load(&path).unwrap();
         let first_hash = cfg.hash.clone();
+        let (hash_tx, hash_rx) = watch::channel(first_hash.clone());
         let (batches, _batch_rx) = mpsc::channel(16);
         let (control_tx, mut control) = mpsc::channel(4);
         let metrics = Metrics::new(["a".to_string()], ["default".to_string()]);
@@ -578,6 +584,7 @@ limit = {limit}
             health,
             control_tx,
             Pulse::new(Default::default(), Mono::ZERO),
+            hash_tx,
         );
         let (requests, requests_rx) = mpsc::channel(4);
         let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());
@@ -602,6 +609,13 @@ limit = {limit}
         };
         assert_eq!(got, to);
         assert_eq!(result, Ok("1 rules; 1 links kept, 0 restarted".to_string()));
+        // Issue 15: the status kept the old hash after a reload.
+        assert_eq!(
+            *hash_rx.borrow(),
+            new.hash,
+            "the sinks learn the hash in force"
+        );
+        assert_ne!(*hash_rx.borrow(), first_hash);
 
         // What needs a restart is refused before the engine hears of it.
         std::fs::write(&path, text("gw-2", 9.0, "")).unwrap();
@@ -610,6 +624,11 @@ limit = {limit}
         requests.send(ReloadRequest { origin }).await.unwrap();
         let err = within(rx).await.unwrap().unwrap_err();
         assert!(err.contains("[agent]"), "{err}");
+        assert_eq!(
+            *hash_rx.borrow(),
+            new.hash,
+            "a refused reload changes nothing"
+        );
         assert!(
             control.try_recv().is_err(),
             "no swap, no reply to hand back"

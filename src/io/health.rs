@@ -23,6 +23,9 @@ use crate::clock::Mono;
 pub struct DeviceHealth {
     names: Arc<[String]>,
     up: Vec<bool>,
+    /// Polled at least once (answered or not).
+    polled: Vec<bool>,
+    unpolled: usize,
 }
 
 impl DeviceHealth {
@@ -31,8 +34,16 @@ impl DeviceHealth {
         let names: Arc<[String]> = names.into_iter().collect();
         DeviceHealth {
             up: vec![false; names.len()],
+            polled: vec![false; names.len()],
+            unpolled: names.len(),
             names,
         }
+    }
+
+    /// Every device was polled at least once: the counts mean something (before, every
+    /// device counts as down).
+    pub fn first_cycle_done(&self) -> bool {
+        self.unpolled == 0
     }
 
     pub fn devices(&self) -> usize {
@@ -72,6 +83,19 @@ impl HealthTx {
             .send_if_modified(|h| match h.up.get_mut(device as usize) {
                 Some(u) if *u != up => {
                     *u = up;
+                    true
+                }
+                _ => false,
+            });
+    }
+
+    /// `device` was polled (answered or not); readers are woken only the first time.
+    pub fn polled(&self, device: u32) {
+        self.0
+            .send_if_modified(|h| match h.polled.get_mut(device as usize) {
+                Some(p) if !*p => {
+                    *p = true;
+                    h.unpolled -= 1;
                     true
                 }
                 _ => false,
@@ -297,5 +321,13 @@ mod tests {
         tx.set(1, true);
         tx.set(7, true);
         assert!(!rx.has_changed().unwrap());
+        // The first cycle: every device polled once, answered or not.
+        assert!(!rx.borrow().first_cycle_done());
+        for d in [0, 1, 2, 2, 9] {
+            tx.polled(d);
+        }
+        assert!(rx.borrow_and_update().first_cycle_done());
+        tx.polled(1);
+        assert!(!rx.has_changed().unwrap(), "woken once per device");
     }
 }

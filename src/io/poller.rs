@@ -195,6 +195,7 @@ impl Link {
                             let now_ms = self.clock.now();
                             for (i, change) in failed.due {
                                 self.report_all_bad(i, now_ms, BadReason::ConnectionLost);
+                                self.health.polled(self.devices[i].index);
                                 let d = &self.devices[i];
                                 if let Some(m) = self.metrics.device(d.index) {
                                     emit(PollFinished {
@@ -272,6 +273,7 @@ impl Link {
                     if polled_ok {
                         self.health.set(self.devices[di].index, answered_values);
                     }
+                    self.health.polled(self.devices[di].index);
                 }
             }
         }

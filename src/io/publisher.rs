@@ -71,6 +71,9 @@ const MAX_PACKET: usize = 1 << 20;
 /// "Poison messages"). Low enough that the rest waits seconds, high enough that a broker
 /// restarted a few times in a row does not move a good message aside.
 pub const POISON_ATTEMPTS: u32 = 5;
+/// The first status waits for every device to be polled once, at most this long, so that it
+/// does not say "all devices down" just because none was polled yet.
+pub const FIRST_CYCLE_MAX: Duration = Duration::from_secs(30);
 /// Periodic status (the session decides when).
 pub use super::session::STATUS_INTERVAL;
 
@@ -89,7 +92,9 @@ pub struct SinkTask {
     pub metrics: Arc<Metrics>,
     /// Which devices answer, from the pollers that own that state (for the status).
     pub health: watch::Receiver<DeviceHealth>,
-    pub config_hash: String,
+    /// The hash of the configuration in force (the supervisor sends a new one after a
+    /// reload; a status goes out at once then).
+    pub config_hash: watch::Receiver<String>,
     pub password: Option<String>,
 }
 
@@ -437,11 +442,13 @@ impl SinkTask {
         let metrics = self.metrics.clone();
         let fallback = SinkMetrics::default();
         let sm = metrics.sink(self.index).unwrap_or(&fallback);
+        let started = self.clock.mono();
         Runner {
             t: self,
             sm,
             session,
             own_drops: OwnDrops::default(),
+            started,
         }
         .run(cancel)
         .await
@@ -454,6 +461,7 @@ struct Runner<'m> {
     sm: &'m SinkMetrics,
     session: Session<RecordId>,
     own_drops: OwnDrops,
+    started: Mono,
 }
 
 impl Runner<'_> {
@@ -620,6 +628,14 @@ impl Runner<'_> {
                 _ = housekeeping.tick() => {
                     self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
                 }
+                Ok(()) = self.t.config_hash.changed() => {
+                    // A reload was applied: say so now, not at the next periodic status.
+                    if let Some(c) = conn.as_ref().filter(|c| c.connected) {
+                        if self.t.cfg.carry.contains(&Class::Status) && self.session.has_room() {
+                            self.send_status(&c.client);
+                        }
+                    }
+                }
                 _ = clock::sleep_until(&*clock, wake.unwrap_or(Mono::ZERO)), if wake.is_some() => {}
                 ev = poll(conn.as_mut()), if conn.is_some() => match ev {
                     Ok(Ev::ConnAck) => {
@@ -637,8 +653,12 @@ impl Runner<'_> {
                             emit(ClientRefused { sink: &self.t.cfg.name, op: ClientOp::Subscribe, error: &e });
                         }
                         // Current status goes straight out, ahead of any backlog: it is
-                        // regenerated on every connect, so there is nothing to keep.
-                        self.send_status(&c.client);
+                        // regenerated on every connect, so there is nothing to keep. Not before
+                        // the first poll cycle: the retained status (offline, from the Last
+                        // Will or the last stop) stays until the counts mean something.
+                        if self.first_cycle_done() {
+                            self.send_status(&c.client);
+                        }
                     }
                     Ok(Ev::Sent(pkid)) => {
                         let settled = self.session.sent(pkid, clock.mono());
@@ -862,6 +882,7 @@ impl Runner<'_> {
         let now = self.t.clock.now();
         let st = self.t.outbox.stats();
         let health = self.t.health.borrow();
+        let config_hash = self.t.config_hash.borrow().clone();
         let reason = |r: DropReason| -> u64 {
             Class::EVICTION_ORDER
                 .iter()
@@ -874,7 +895,7 @@ impl Runner<'_> {
             now,
             OnlineStatus {
                 version: env!("CARGO_PKG_VERSION"),
-                config_hash: &self.t.config_hash,
+                config_hash: &config_hash,
                 devices_up: health.up(),
                 devices_down: health.down(),
                 down: health.down_names().take(STATUS_DOWN_NAMES).collect(),
@@ -914,10 +935,16 @@ impl Runner<'_> {
         self.session.status_sent(self.t.clock.mono(), key);
     }
 
+    /// Every device was polled once (or [`FIRST_CYCLE_MAX`] passed): statuses may go out.
+    fn first_cycle_done(&self) -> bool {
+        self.t.health.borrow().first_cycle_done()
+            || self.t.clock.mono().since(self.started) >= FIRST_CYCLE_MAX
+    }
+
     /// A status when the session says one is due and the window has room.
     fn status_if_due(&mut self, client: Option<&Client>) {
         let Some(client) = client else { return };
-        if !self.t.cfg.carry.contains(&Class::Status) {
+        if !self.t.cfg.carry.contains(&Class::Status) || !self.first_cycle_done() {
             return;
         }
         if self

@@ -545,3 +545,53 @@ async fn healthz_answers_beside_32_idle_connections() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+// Issue 15: at every start the status went offline → online with every device down, before
+// the first poll, then to the real counts. The first status waits for the first poll cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_status_waits_for_the_first_poll_cycle() {
+    let broker = embedded().await;
+    let mut sub = Subscriber::connect("127.0.0.1", broker.addr.port(), "sub-first", STATUS).await;
+    let text = format!("[mqtt]\nurl = \"mqtt://{}\"\n", broker.addr);
+    let cfg = Agent::new("gw").sinks(&text).build();
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _) = Outbox::open(
+        dir.path(),
+        cfg.sinks[0].outbox_options(),
+        SystemClock::new().now(),
+    )
+    .unwrap();
+    let metrics = Metrics::new(Vec::<String>::new(), vec!["plant".to_string()]);
+    let (mut task, _tx, _crx) = sink_task(&cfg, 0, outbox, metrics.clone());
+    let (health, rx) = alsentry::io::health::channel(["a".to_string(), "b".to_string()]);
+    task.health = rx;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(task.run(cancel.clone()));
+    let sink = &metrics.sinks[0];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sink.connected.load(Ordering::Relaxed) {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let early = sub.wait_for(Duration::from_millis(1500), |_| true).await;
+    assert!(
+        early.is_none(),
+        "a status before any poll: {:?}",
+        early.map(|m| m.json())
+    );
+    health.set(0, true);
+    health.polled(0);
+    health.polled(1);
+    let m = sub
+        .wait_for(Duration::from_secs(5), |_| true)
+        .await
+        .expect("the status once every device was polled");
+    let j = m.json();
+    assert_eq!(j["status"], "online");
+    assert_eq!(
+        (j["devices_up"].as_u64(), j["devices_down"].as_u64()),
+        (Some(1), Some(1))
+    );
+    cancel.cancel();
+    let _ = handle.await;
+}
