@@ -198,8 +198,10 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         metrics.clone(),
         health,
         control_tx,
-        pulse,
-        hash_tx,
+        supervisor::Reports {
+            pulse,
+            config_hash: hash_tx,
+        },
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
     let inputs = Inputs {

@@ -51,6 +51,15 @@ struct RunningLink {
     restart_at: Option<Mono>,
 }
 
+/// What the supervisor tells about the agent.
+#[derive(Debug)]
+pub struct Reports {
+    /// Where dead pollers are counted, for `/healthz`.
+    pub pulse: Arc<Pulse>,
+    /// The hash of the configuration in force, for the sinks' status.
+    pub config_hash: watch::Sender<String>,
+}
+
 #[derive(Debug)]
 pub struct Supervisor {
     cfg: Config,
@@ -61,10 +70,7 @@ pub struct Supervisor {
     /// Handed to each poller: which devices answer.
     health: HealthTx,
     engine: mpsc::Sender<Control>,
-    /// Where dead pollers are counted, for `/healthz`.
-    pulse: Arc<Pulse>,
-    /// The hash of the configuration in force, for the sinks' status.
-    config_hash: watch::Sender<String>,
+    reports: Reports,
     restart_backoff: Backoff,
 }
 
@@ -77,8 +83,7 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         health: HealthTx,
         engine: mpsc::Sender<Control>,
-        pulse: Arc<Pulse>,
-        config_hash: watch::Sender<String>,
+        reports: Reports,
     ) -> Supervisor {
         let seed = backoff::seed("supervisor", clock.now() as u64);
         let mut s = Supervisor {
@@ -88,8 +93,7 @@ impl Supervisor {
             metrics,
             health,
             engine,
-            pulse,
-            config_hash,
+            reports,
             restart_backoff: Backoff::new(RESTART_MIN, RESTART_MAX, seed),
             cfg,
         };
@@ -176,7 +180,7 @@ impl Supervisor {
                 None => {}
             }
         }
-        self.pulse.set_links_down(down);
+        self.reports.pulse.set_links_down(down);
     }
 
     /// A dead poller's devices: down, and one batch of bad samples each, so that the engine
@@ -306,7 +310,7 @@ impl Supervisor {
         }
         self.spawn_links(&new.devices, Some(&restart));
         let rules = new.rules.len();
-        self.config_hash.send_replace(new.hash.clone());
+        self.reports.config_hash.send_replace(new.hash.clone());
         self.cfg = new;
         Ok(format!(
             "{rules} rules; {} links kept, {} restarted",
@@ -583,8 +587,10 @@ limit = {limit}
             metrics,
             health,
             control_tx,
-            Pulse::new(Default::default(), Mono::ZERO),
-            hash_tx,
+            Reports {
+                pulse: Pulse::new(Default::default(), Mono::ZERO),
+                config_hash: hash_tx,
+            },
         );
         let (requests, requests_rx) = mpsc::channel(4);
         let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());
