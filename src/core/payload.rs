@@ -74,10 +74,21 @@ pub fn event_id(agent: &str, seq: u64) -> String {
     format!("{agent}-{seq}")
 }
 
+/// The id of a transition found by `alsentry replay`: its own namespace, so that a replayed
+/// transition is never taken for (or deduplicated against) a live one with the same `seq`.
+pub fn replay_event_id(agent: &str, seq: u64) -> String {
+    format!("{agent}-replay-{seq}")
+}
+
 pub fn alarm_payload(who: &Identity, seq: u64, ev: &AlarmEvent) -> Vec<u8> {
+    alarm_payload_with_id(who, event_id(&who.agent, seq), seq, ev)
+}
+
+/// [`alarm_payload`] with an explicit `id` (replay's, [`replay_event_id`]).
+pub fn alarm_payload_with_id(who: &Identity, id: String, seq: u64, ev: &AlarmEvent) -> Vec<u8> {
     let p = AlarmPayload {
         schema: ALARM_SCHEMA,
-        id: event_id(&who.agent, seq),
+        id,
         seq,
         agent: &who.agent,
         site: &who.site,
