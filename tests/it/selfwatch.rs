@@ -595,3 +595,136 @@ async fn the_first_status_waits_for_the_first_poll_cycle() {
     cancel.cancel();
     let _ = handle.await;
 }
+
+// Issue 15: the full-disk test ran with the broker connected, so a failed append went out
+// directly and nothing was ever lost; full disk *and* broker down was tested nowhere. Then an
+// alarm can be neither stored nor sent: it is lost, and it must be counted as lost (metrics
+// and status), polling must go on, and the next alarm after recovery must arrive.
+#[test]
+fn a_full_disk_with_the_broker_down_counts_every_lost_alarm_and_recovers() {
+    crate::support::harness::run_watched(full_disk_and_broker_down());
+}
+
+async fn full_disk_and_broker_down() {
+    use crate::support::agent::Dev;
+    use crate::support::harness::{device_index, fault_agent, polls_ok, stop_checked};
+    use crate::support::modbus::{Device, Served};
+    use crate::support::net::Proxy;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dev = Device::default();
+    dev.set_holding(1, 0, &[100]);
+    let served = Served::start(dev.clone()).await;
+    let broker = embedded().await;
+    let mut sub =
+        Subscriber::connect("127.0.0.1", broker.addr.port(), "sw-disk", "alsentry/#").await;
+    let proxy = Proxy::start(broker.addr).await;
+    let state = tempfile::tempdir().unwrap();
+    let d = Dev::tcp("plc", served.addr)
+        .unit(1)
+        .poll("200ms")
+        .timeout("300ms")
+        .tags(r#"[{ name = "x", table = "holding", address = 0 }]"#);
+    let rule = "[[rules]]\nname = \"hi\"\ndevices = [\"plc\"]\ntag = \"x\"\ntype = \"high\"\nlimit = 500\npriority = \"high\"\n";
+    let cfg = fault_agent(state.path(), &format!("mqtt://{}", proxy.addr))
+        .device(d)
+        .rule(rule)
+        .build();
+    let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
+    let sink = &running.metrics.sinks[0];
+    let w = Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + w;
+    while !sink.connected.load(Ordering::Relaxed) {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The broker goes away, then the disk fills: every segment the store may create is a link
+    // to /dev/full (ENOSPC), put back whenever the store removes it.
+    proxy.set_up(false);
+    while sink.connected.load(Ordering::Relaxed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw the broker go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outbox_dir = state.path().join("outbox").join(&sink.name);
+    let links: Vec<std::path::PathBuf> = (1..=64u64)
+        .map(|id| outbox_dir.join(format!("{id:020}.seg")))
+        .collect();
+    for l in &links {
+        std::os::unix::fs::symlink("/dev/full", l).unwrap();
+    }
+    let keep_full = Arc::new(AtomicBool::new(true));
+    let relinker = {
+        let (links, keep_full) = (links.clone(), keep_full.clone());
+        tokio::spawn(async move {
+            while keep_full.load(Ordering::SeqCst) {
+                for l in &links {
+                    if std::fs::symlink_metadata(l).is_err() {
+                        let _ = std::os::unix::fs::symlink("/dev/full", l);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let transitions = || running.metrics.alarm_transitions.load(Ordering::Relaxed);
+    let idx = device_index(&running, "plc");
+    let rounds = 3u64;
+    for round in 0..rounds {
+        let before = transitions();
+        dev.set_holding(1, 0, &[if round % 2 == 0 { 900 } else { 100 }]);
+        let t = std::time::Instant::now();
+        while transitions() == before {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "round {round}: no transition"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ok = polls_ok(&running, idx);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            polls_ok(&running, idx) >= ok + 3,
+            "round {round}: polling stalled"
+        );
+    }
+    // Neither stored nor sent: each one counted as lost (the level is refreshed every 500 ms).
+    let deadline = tokio::time::Instant::now() + w;
+    while sink.dropped.load(Ordering::Relaxed) < rounds {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lost alarms not counted: {}",
+            sink.dropped.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.dropped.load(Ordering::Relaxed), rounds);
+    assert!(sink.outbox_write_errors.load(Ordering::Relaxed) >= rounds);
+
+    // Space and broker come back: the status says what was lost, the next alarm arrives.
+    keep_full.store(false, Ordering::SeqCst);
+    relinker.await.unwrap();
+    for l in &links {
+        let _ = std::fs::remove_file(l);
+    }
+    proxy.set_up(true);
+    let status = sub
+        .wait_for(Duration::from_secs(15), |m| {
+            m.topic == "alsentry/s/a/_agent/rel/status"
+                && m.json()["drops"]["alarm"].as_u64() == Some(rounds)
+        })
+        .await
+        .expect("a status counting the lost alarms");
+    assert_eq!(status.json()["drop_reasons"]["io"].as_u64(), Some(rounds));
+    dev.set_holding(1, 0, &[100]);
+    let m = sub
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic == "alsentry/s/a/plc/alarm/hi"
+        })
+        .await
+        .expect("an alarm once the disk and the broker are back");
+    assert_eq!(m.json()["state"], "returned_unacked");
+    stop_checked(running).await;
+}
