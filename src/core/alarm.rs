@@ -546,9 +546,15 @@ impl Alarm {
     }
 
     fn fire_pending_if_due(&mut self, now: Ts) {
-        let Some(pending) = self.pending else {
+        let Some(mut pending) = self.pending else {
             return;
         };
+        if now < pending.since {
+            // An injected clock stepped back: restart the delay at `now` instead of waiting for
+            // the clock to catch up with the step (an anode effect annunciated an hour late).
+            pending.since = now;
+            self.pending = Some(pending);
+        }
         let delay = if pending.to_active {
             self.settings.on_delay_ms
         } else {

@@ -108,12 +108,10 @@ fn clock_steps_in_the_engine_never_panic_and_never_duplicate_an_alarm() {
     assert_eq!(total, 1, "fires exactly once: {caught_up:?}");
 }
 
-/// FINDING (design): after a backward step of `now` the engine waits for the clock to catch
-/// up before a pending on-delay can complete (src/core/alarm.rs `fire_pending_if_due`:
-/// `now - pending.since` stays negative), i.e. an anode effect would be annunciated an hour
-/// late. The live SystemClock never steps, so this needs an injected clock that does.
+/// Regression: after a backward step of `now` a pending on-delay restarts at the new `now`
+/// (src/core/alarm.rs `fire_pending_if_due`) instead of waiting an hour for the clock to catch
+/// up with the step, which would annunciate an anode effect an hour late.
 #[test]
-#[ignore = "finding: a backward step of the injected clock postpones pending on-delays by the step"]
 fn a_pending_on_delay_survives_a_backward_step() {
     let mut e = step_engine();
     assert!(sample(&mut e, T0, 900.0).is_empty());
