@@ -12,8 +12,12 @@
 #      CELL_BASE (15100: the cells listen on CELL_BASE..+399), KILN_PORT (5021),
 #      OUT (bench/soak-<date>.csv), NO_BUILD=1 to skip `cargo build --release`, BIN (the binary;
 #      default target/release/alsentry; `.ci/run` uses target/soak/alsentry).
-# Passes when the agent's RSS is flat after warm-up AND it kept polling: at least 95 % of the
-# scheduled polls of the window completed, none of them failed.
+#      MAX_GROWTH_KIB (1024: the bound on the agent's RSS growth after warm-up).
+# Passes when the agent's RSS grew less than MAX_GROWTH_KIB from the first sample after warm-up
+# to the last (1 MiB over the 9 minutes after warm-up catches a slow leak: the ~600 MiB/day the
+# old bound of 10 % or 4 MiB let pass is 3.8 MiB there) AND it kept polling: at least 95 % of
+# the scheduled polls of the window completed, none of them failed. Run it on a machine that is
+# not building at the same time: a compiler beside it costs polls, not memory, but noise.
 # Needs: Linux (/proc), mosquitto on PATH, free ports CELL_BASE..+399, KILN_PORT, MQTT_PORT, HTTP_PORT.
 set -euo pipefail
 
@@ -22,6 +26,7 @@ ROOT=$(pwd)
 DURATION_S=${DURATION_S:-600}
 WARMUP_S=${WARMUP_S:-60}
 SAMPLE_S=${SAMPLE_S:-10}
+MAX_GROWTH_KIB=${MAX_GROWTH_KIB:-1024}
 MQTT_PORT=${MQTT_PORT:-18830}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-bench/soak-$STAMP.csv}
@@ -180,7 +185,7 @@ print(f"soak: polls after warm-up: {done:.0f} completed of ~{scheduled:.0f} sche
       f"({done / max(scheduled, 1) * 100:.1f} %), {failed:.0f} failed")
 sys.exit(0 if done >= 0.95 * scheduled and failed == 0 else 1)
 PY
-awk -F, -v warm="$WARMUP_S" -v dur="$DURATION_S" -v errors="$ERRORS" -v hz="$(getconf CLK_TCK)" '
+awk -F, -v warm="$WARMUP_S" -v dur="$DURATION_S" -v errors="$ERRORS" -v hz="$(getconf CLK_TCK)" -v bound="$MAX_GROWTH_KIB" '
   NR == 1 { next }
   $1 >= warm && first == "" { first = $2; t_first = $1; c_first = $4 }
   $1 >= warm { last = $2; t_last = $1; c_last = $4; if ($2 > max) max = $2; if (min == "" || $2 < min) min = $2 }
@@ -188,8 +193,8 @@ awk -F, -v warm="$WARMUP_S" -v dur="$DURATION_S" -v errors="$ERRORS" -v hz="$(ge
     growth = (last - first) * 100.0 / first
     printf "soak: %ds, warm-up %ds; agent VmRSS after warm-up: first %d KiB, last %d KiB, min %d, max %d, growth %+.1f %%\n", dur, warm, first, last, min, max, growth
     printf "soak: agent CPU after warm-up: %.1f %% of one core; %d warning/error log lines\n", (c_last - c_first) * 100.0 / hz / (t_last - t_first), errors
-    flat = (max - first) < ((first / 10 > 4096) ? first / 10 : 4096)
-    printf "soak: %s (bound: growth below 10 %% or 4 MiB, whichever is larger)\n", flat ? "FLAT" : "GROWING"
+    flat = (last - first) < bound
+    printf "soak: %s (bound: growth after warm-up below %d KiB; measured %+d KiB)\n", flat ? "FLAT" : "GROWING", bound, last - first
     exit flat ? 0 : 1
   }' "$OUT" || RSS_BAD=1
 echo "soak: samples in $OUT"

@@ -90,10 +90,20 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
     let engine = Engine::new(&cfg.spec);
+    // The agent watching itself: the engine marks its turns, the supervisor its dead pollers.
+    let pulse = crate::io::health::Pulse::new(
+        crate::io::health::HealthLimits {
+            ready_share: cfg.http.as_ref().map_or(0.5, |h| h.ready_share),
+            ..Default::default()
+        },
+        clock.mono(),
+    );
     // Which devices answer: written by the pollers, read by the status and /readyz.
     let (health, health_rx) =
         crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
+    // The hash of the configuration in force: the supervisor updates it, the statuses say it.
+    let (hash_tx, hash_rx) = tokio::sync::watch::channel(cfg.hash.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
     // What was found on disk at start, for the operator station's agent page.
@@ -141,7 +151,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             clock: clock.clone(),
             metrics: metrics.clone(),
             health: health_rx.clone(),
-            config_hash: cfg.hash.clone(),
+            config_hash: hash_rx.clone(),
             password,
         };
         tasks.spawn(task.run(cancel.child_token()));
@@ -214,6 +224,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             config_loaded: true,
             web,
             tls,
+            pulse: pulse.clone(),
         };
         tasks.spawn(http::serve(listener, state, cancel.child_token()));
     }
@@ -238,6 +249,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             recorder,
             reloads: reload_tx.clone(),
             history,
+            pulse: pulse.clone(),
         },
     );
     let supervisor = Supervisor::start(
@@ -247,6 +259,10 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         metrics.clone(),
         health,
         control_tx,
+        supervisor::Reports {
+            pulse,
+            config_hash: hash_tx,
+        },
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
     drop(query_tx);

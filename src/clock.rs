@@ -32,17 +32,37 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 /// Wall time that never jumps: anchored to the system clock at start and advanced by the
 /// monotonic clock, so a wall-clock step (NTP, operator) cannot fire or cancel alarm delays.
 /// It re-anchors when the wall clock drifts more than `max_drift_ms` away, and reports it.
-#[derive(Debug)]
 pub struct SystemClock {
     anchor_wall: AtomicI64,
     anchor_mono: Instant,
+    /// The wall clock it anchors to: the system's, or a test's that steps.
+    wall: WallSource,
+}
+
+/// Where wall time comes from.
+pub type WallSource = Arc<dyn Fn() -> Ts + Send + Sync>;
+
+impl std::fmt::Debug for SystemClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemClock")
+            .field("anchor_wall", &self.anchor_wall)
+            .field("anchor_mono", &self.anchor_mono)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SystemClock {
     pub fn new() -> Arc<SystemClock> {
+        SystemClock::with_wall(Arc::new(wall_ms))
+    }
+
+    /// A live clock over another wall clock: tests step it (a real step of the system clock
+    /// needs root) and watch this clock re-anchor exactly as it does in the field.
+    pub fn with_wall(wall: WallSource) -> Arc<SystemClock> {
         Arc::new(SystemClock {
-            anchor_wall: AtomicI64::new(wall_ms()),
+            anchor_wall: AtomicI64::new(wall()),
             anchor_mono: Instant::now(),
+            wall,
         })
     }
 
@@ -50,7 +70,7 @@ impl SystemClock {
     /// returns the step in ms when it did.
     fn resync_now(&self, max_drift_ms: i64) -> Option<i64> {
         let ours = self.now();
-        let wall = wall_ms();
+        let wall = (self.wall)();
         let step = wall - ours;
         // Only forward: a gateway that boots without a battery-backed clock gets its time later
         // (a step forward). Following a backward step would postpone pending alarm delays by

@@ -143,6 +143,8 @@ pub struct SinkMetrics {
     pub outbox_write_errors: AtomicU64,
     /// Publish-to-PUBACK latency of every acknowledged message.
     pub puback: Histogram,
+    /// Records the broker refused, moved to the dead-letter file.
+    pub dead_lettered: AtomicU64,
     pub puback_latency_us_last: AtomicU64,
 }
 
@@ -158,6 +160,7 @@ impl Default for SinkMetrics {
             outbox_bytes: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             outbox_write_errors: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
             puback: latency_buckets(),
             puback_latency_us_last: AtomicU64::new(0),
         }
@@ -203,6 +206,12 @@ const SINK_FAMILIES: &[Family<SinkMetrics>] = &[
         read: Read::Int(|s| load(&s.outbox_write_errors)),
     },
     Family {
+        name: "alsentry_outbox_dead_lettered_total",
+        kind: Kind::Counter,
+        help: "Messages the broker refused again and again (it dropped the connection at them), moved to dead-letter.jsonl in the outbox folder so the rest flows.",
+        read: Read::Int(|s| load(&s.dead_lettered)),
+    },
+    Family {
         name: "alsentry_outbox_depth",
         kind: Kind::Gauge,
         help: "Messages waiting in the outbox.",
@@ -234,6 +243,8 @@ pub struct Metrics {
     pub sinks: Vec<SinkMetrics>,
     /// Sample batches dropped because the engine fell behind.
     pub batches_dropped: AtomicU64,
+    /// Link pollers restarted by the supervisor after they died.
+    pub link_restarts: AtomicU64,
     pub alarm_transitions: AtomicU64,
     pub started_ms: AtomicI64,
     /// Every successful Modbus read's round trip, all devices together.
@@ -248,6 +259,7 @@ impl Default for Metrics {
             devices: Vec::new(),
             sinks: Vec::new(),
             batches_dropped: AtomicU64::new(0),
+            link_restarts: AtomicU64::new(0),
             alarm_transitions: AtomicU64::new(0),
             started_ms: AtomicI64::new(0),
             modbus_rtt: rtt_buckets(),
@@ -268,6 +280,10 @@ const MODBUS_RTT: (&str, &str) = (
 const BATCHES_DROPPED: (&str, &str) = (
     "alsentry_batches_dropped_total",
     "Sample batches dropped because the engine fell behind.",
+);
+const LINK_RESTARTS: (&str, &str) = (
+    "alsentry_link_restarts_total",
+    "Link pollers that died (a panic) and were restarted by the supervisor, with backoff.",
 );
 const ALARM_TRANSITIONS: (&str, &str) = (
     "alsentry_alarm_transitions_total",
@@ -463,6 +479,11 @@ impl Metrics {
             BATCHES_DROPPED,
             Kind::Counter,
             Value::Int(load(&self.batches_dropped)),
+        ));
+        families.push(single(
+            LINK_RESTARTS,
+            Kind::Counter,
+            Value::Int(load(&self.link_restarts)),
         ));
         families.push(single(
             ALARM_TRANSITIONS,
@@ -819,6 +840,7 @@ mod tests {
             "alsentry_samples_per_second ",
             "alsentry_modbus_rtt_seconds_bucket{",
             "alsentry_batches_dropped_total ",
+            "alsentry_link_restarts_total ",
             "alsentry_alarm_transitions_total ",
             "alsentry_alarm_latency_seconds_bucket{",
             "alsentry_alarm_floods_total ",
@@ -829,6 +851,7 @@ mod tests {
             "alsentry_sink_bytes_total{",
             "alsentry_outbox_dropped_total{",
             "alsentry_outbox_write_errors_total{",
+            "alsentry_outbox_dead_lettered_total{",
             "alsentry_outbox_depth{",
             "alsentry_outbox_bytes{",
             "alsentry_puback_latency_seconds{",

@@ -299,6 +299,35 @@ impl InternalEvent for DeviceDown<'_> {
     }
 }
 
+/// A link poller died (a panic): its devices are reported down until it polls again.
+#[derive(Debug)]
+pub struct LinkDied<'a> {
+    pub link: &'a str,
+    pub error: &'a dyn LogValue,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for LinkDied<'_> {
+    fn emit(self) {
+        error!(link = %self.link, error = %self.error, retry_in_ms = ms(self.retry_in), "link poller died; its devices are down until it is restarted");
+    }
+}
+
+/// The supervisor restarted a link poller that had died.
+#[derive(Debug)]
+pub struct LinkRestarted<'a> {
+    pub metrics: &'a Metrics,
+    pub link: &'a str,
+    pub restarts: u32,
+}
+
+impl InternalEvent for LinkRestarted<'_> {
+    fn emit(self) {
+        inc(&self.metrics.link_restarts);
+        warn!(link = %self.link, restarts = self.restarts, "link poller restarted");
+    }
+}
+
 /// Exception 02 on a block read: the planner probes which registers the device serves.
 #[derive(Debug)]
 pub struct UnmappedRegisters<'a> {
@@ -423,27 +452,52 @@ impl InternalEvent for Published<'_> {
 pub struct PublishSettled<'a> {
     pub sink: &'a SinkMetrics,
     pub latency: Duration,
-    /// An outbox record (not a status or reply sent around the outbox).
-    pub record: bool,
+    /// A PUBACK settled it (any QoS 1 publish: records, status, replies), as opposed to a
+    /// QoS 0 publish written to the socket, which has no acknowledgement and no latency.
+    pub puback: bool,
     /// The MQTT 5 reason when the broker refused it for good (it is dropped).
     pub refused: Option<&'a str>,
 }
 
 impl InternalEvent for PublishSettled<'_> {
     fn emit(self) {
-        let us = micros(self.latency);
-        self.sink
-            .puback_latency_us_last
-            .store(us, Ordering::Relaxed);
-        if self.record {
-            crate::metrics::observe(&self.sink.puback, self.latency);
-        }
         if let Some(reason) = self.refused {
             // Resending it forever would pin the outbox: dropped, counted in the status.
             error!(sink = %self.sink.name, reason = %reason, "broker refused a message; dropped");
         }
-        if self.record {
+        if self.puback {
+            let us = micros(self.latency);
+            self.sink
+                .puback_latency_us_last
+                .store(us, Ordering::Relaxed);
+            crate::metrics::observe(&self.sink.puback, self.latency);
             inc(&self.sink.acked);
+        }
+    }
+}
+
+/// A record the broker refuses was moved out of the outbox to its dead-letter file.
+#[derive(Debug)]
+pub struct DeadLettered<'a> {
+    pub sink: &'a SinkMetrics,
+    /// Its outbox id, and its topic when known (Debug-printed: it may hold control characters).
+    pub id: u64,
+    pub topic: Option<&'a str>,
+    pub why: &'a str,
+    /// Writing it aside failed: it is lost (it left the outbox all the same).
+    pub error: Option<&'a dyn LogValue>,
+}
+
+impl InternalEvent for DeadLettered<'_> {
+    fn emit(self) {
+        inc(&self.sink.dead_lettered);
+        match self.error {
+            None => {
+                error!(sink = %self.sink.name, id = self.id, topic = ?self.topic, why = %self.why, "message moved to the dead-letter file; the rest of the outbox flows")
+            }
+            Some(e) => {
+                error!(sink = %self.sink.name, id = self.id, topic = ?self.topic, why = %self.why, error = %e, "message refused by the broker could not be written to the dead-letter file; lost")
+            }
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Shared {
     pub reloads: mpsc::Sender<ReloadRequest>,
     /// The operator station's event history (transitions and commands), when it is served.
     pub history: Option<Arc<crate::io::web::history::History>>,
+    /// Where each turn of the loop is marked, for `/healthz`.
+    pub pulse: Arc<crate::io::health::Pulse>,
 }
 
 /// What the engine task reads.
@@ -259,6 +261,7 @@ impl EngineTask {
                 }
             }
             self.publish_events().await;
+            self.shared.pulse.engine_turned(self.shared.clock.mono());
         }
     }
 
@@ -563,6 +566,7 @@ limit = 8.0
                 recorder: None,
                 reloads: reload_tx,
                 history: None,
+                pulse: crate::io::health::Pulse::new(Default::default(), clock.mono()),
             },
         );
         let inputs = Inputs {

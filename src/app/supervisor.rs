@@ -1,21 +1,38 @@
-//! The supervisor owns the link pollers and applies reloads: it re-reads the configuration,
-//! refuses what needs a restart, has the engine task swap its engine, and restarts only the
-//! links whose devices changed. It publishes nothing: the outcome of a reload asked for over
-//! MQTT goes back to the engine task, which replies.
+//! The supervisor owns the link pollers and applies reloads: it re-reads the configuration
+//! (off the runtime, bounded in time), refuses what needs a restart, has the engine task swap
+//! its engine, and restarts only the links whose devices changed. It also watches its
+//! pollers: one that dies (a panic) has its devices reported down with bad samples (so they
+//! raise `comm_loss`), counts as down for `/healthz`, and is restarted with backoff. It
+//! publishes nothing: the outcome of a reload asked for over MQTT goes back to the engine
+//! task, which replies.
 
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::engine::{Control, ReloadOrigin, ReloadRequest};
-use crate::clock::Clock;
-use crate::config::{Config, Device};
+use crate::clock::{Clock, Mono};
+use crate::config::{Config, Device, Endpoint};
 use crate::core::engine::SampleBatch;
-use crate::io::health::HealthTx;
-use crate::io::poller::{links, Link};
+use crate::core::model::{BadReason, Quality};
+use crate::io::backoff::{self, Backoff};
+use crate::io::health::{HealthTx, Pulse};
+use crate::io::poller::{links, Link, LinkDevice};
 use crate::metrics::Metrics;
+use crate::telemetry::{emit, BatchDropped, DeviceDown, LinkDied, LinkRestarted};
+
+/// How often the supervisor looks for dead pollers.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// First and longest wait before a dead poller is restarted.
+const RESTART_MIN: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A poller that ran this long before dying starts its backoff again.
+const RESTART_FORGIVEN_AFTER: Duration = Duration::from_secs(60);
 
 /// A running link poller.
 #[derive(Debug)]
@@ -23,8 +40,24 @@ struct RunningLink {
     key: String,
     /// Its devices as configured, to tell whether a reload changes them.
     devices: Vec<Device>,
+    /// Each device's index and tag count: what to report bad when the poller dies.
+    polled: Vec<(u32, usize)>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    started: Mono,
+    /// Deaths in a row (reset after a long life).
+    deaths: u32,
+    /// Dead, to be restarted at this time.
+    restart_at: Option<Mono>,
+}
+
+/// What the supervisor tells about the agent.
+#[derive(Debug)]
+pub struct Reports {
+    /// Where dead pollers are counted, for `/healthz`.
+    pub pulse: Arc<Pulse>,
+    /// The hash of the configuration in force, for the sinks' status.
+    pub config_hash: watch::Sender<String>,
 }
 
 #[derive(Debug)]
@@ -37,6 +70,8 @@ pub struct Supervisor {
     /// Handed to each poller: which devices answer.
     health: HealthTx,
     engine: mpsc::Sender<Control>,
+    reports: Reports,
+    restart_backoff: Backoff,
 }
 
 impl Supervisor {
@@ -48,7 +83,9 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         health: HealthTx,
         engine: mpsc::Sender<Control>,
+        reports: Reports,
     ) -> Supervisor {
+        let seed = backoff::seed("supervisor", clock.now() as u64);
         let mut s = Supervisor {
             links: Vec::new(),
             batches,
@@ -56,6 +93,8 @@ impl Supervisor {
             metrics,
             health,
             engine,
+            reports,
+            restart_backoff: Backoff::new(RESTART_MIN, RESTART_MAX, seed),
             cfg,
         };
         let devices = s.cfg.devices.clone();
@@ -64,7 +103,7 @@ impl Supervisor {
     }
 
     /// Starts a poller for every link, or only for the links in `only`.
-    fn spawn_links(&mut self, devices: &[Device], only: Option<&[String]>) {
+    fn spawn_links(&mut self, devices: &[Device], only: Option<&HashSet<String>>) {
         for (endpoint, link_devices) in links(devices) {
             let key = endpoint.link_key();
             if only.is_some_and(|keys| !keys.contains(&key)) {
@@ -74,23 +113,121 @@ impl Supervisor {
                 .iter()
                 .map(|d| as_polled(&devices[d.index as usize]))
                 .collect();
-            let cancel = CancellationToken::new();
-            let link = Link {
-                endpoint,
-                devices: link_devices,
-                tx: self.batches.clone(),
-                clock: self.clock.clone(),
-                metrics: self.metrics.clone(),
-                health: self.health.clone(),
-            };
-            let task = tokio::spawn(link.run(cancel.clone()));
+            let polled = link_devices
+                .iter()
+                .map(|d| (d.index, d.tags.len()))
+                .collect();
+            let (cancel, task) = self.spawn_link(endpoint, link_devices);
             self.links.push(RunningLink {
                 key,
                 devices: configured,
+                polled,
                 cancel,
                 task,
+                started: self.clock.mono(),
+                deaths: 0,
+                restart_at: None,
             });
         }
+    }
+
+    fn spawn_link(
+        &self,
+        endpoint: Endpoint,
+        devices: Vec<LinkDevice>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let link = Link {
+            endpoint,
+            devices,
+            tx: self.batches.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        };
+        (cancel.clone(), tokio::spawn(link.run(cancel)))
+    }
+
+    /// Finds pollers that died, reports their devices down, and restarts each when its
+    /// backoff has passed. Sets the count of dead pollers for `/healthz`.
+    async fn watch_links(&mut self) {
+        let now = self.clock.mono();
+        let mut down = 0;
+        for i in 0..self.links.len() {
+            let l = &mut self.links[i];
+            if l.restart_at.is_none() && l.task.is_finished() && !l.cancel.is_cancelled() {
+                let error = match (&mut l.task).await {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the poller returned".to_string(),
+                };
+                if now.since(l.started) >= RESTART_FORGIVEN_AFTER {
+                    l.deaths = 0;
+                }
+                l.deaths += 1;
+                let retry_in = self.restart_backoff.delay(l.deaths);
+                l.restart_at = Some(now + retry_in);
+                emit(LinkDied {
+                    link: &l.key,
+                    error: &error,
+                    retry_in,
+                });
+                self.report_down(i);
+            }
+            let l = &self.links[i];
+            match l.restart_at {
+                Some(at) if now >= at => self.restart(i),
+                Some(_) => down += 1,
+                None => {}
+            }
+        }
+        self.reports.pulse.set_links_down(down);
+    }
+
+    /// A dead poller's devices: down, and one batch of bad samples each, so that the engine
+    /// raises `comm_loss` as for a lost connection until the new poller reads them again.
+    fn report_down(&self, i: usize) {
+        let now = self.clock.now();
+        for &(index, tags) in &self.links[i].polled {
+            self.health.set(index, false);
+            if let Some(m) = self.metrics.device(index) {
+                emit(DeviceDown { device: m });
+            }
+            let values = (0..tags as u16)
+                .map(|t| (t, f64::NAN, Quality::Bad(BadReason::ConnectionLost)))
+                .collect();
+            let batch = SampleBatch {
+                device: index,
+                ts: now,
+                values,
+            };
+            if self.batches.try_send(batch).is_err() {
+                let name = self.metrics.device(index).map_or("", |d| d.name.as_str());
+                emit(BatchDropped {
+                    metrics: &self.metrics,
+                    device: name,
+                });
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let key = self.links[i].key.clone();
+        let Some((endpoint, devices)) = links(&self.cfg.devices)
+            .into_iter()
+            .find(|(e, _)| e.link_key() == key)
+        else {
+            return;
+        };
+        let (cancel, task) = self.spawn_link(endpoint, devices);
+        let l = &mut self.links[i];
+        (l.cancel, l.task) = (cancel, task);
+        l.started = self.clock.mono();
+        l.restart_at = None;
+        emit(LinkRestarted {
+            metrics: &self.metrics,
+            link: &key,
+            restarts: l.deaths,
+        });
     }
 
     /// Serves reload requests until `cancel`; then stops the pollers and, once they have
@@ -101,6 +238,8 @@ impl Supervisor {
         cancel: CancellationToken,
         engine_cancel: CancellationToken,
     ) {
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -108,6 +247,7 @@ impl Supervisor {
                     Some(r) => self.handle(r).await,
                     None => break,
                 },
+                _ = watch.tick() => self.watch_links().await,
             }
         }
         for l in &self.links {
@@ -143,13 +283,7 @@ impl Supervisor {
             .first()
             .cloned()
             .ok_or("no configuration file to re-read")?;
-        let new = Config::load(&path).map_err(|e| {
-            e.problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        let new = load_off_runtime(path, RELOAD_TIMEOUT).await?;
         needs_restart(&self.cfg, &new)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.engine
@@ -163,9 +297,10 @@ impl Supervisor {
             .map(|l| (l.key.as_str(), l.devices.as_slice()))
             .collect();
         let plan = plan_links(&running, &wanted_links(&new.devices));
+        let restart: HashSet<String> = plan.restart.iter().cloned().collect();
         let mut i = 0;
         while i < self.links.len() {
-            if plan.restart.contains(&self.links[i].key) {
+            if restart.contains(&self.links[i].key) {
                 let l = self.links.remove(i);
                 l.cancel.cancel();
                 let _ = l.task.await;
@@ -173,14 +308,40 @@ impl Supervisor {
                 i += 1;
             }
         }
-        self.spawn_links(&new.devices, Some(&plan.restart));
+        self.spawn_links(&new.devices, Some(&restart));
         let rules = new.rules.len();
+        self.reports.config_hash.send_replace(new.hash.clone());
         self.cfg = new;
         Ok(format!(
             "{rules} rules; {} links kept, {} restarted",
             plan.kept,
             plan.restart.len()
         ))
+    }
+}
+
+/// Longest a reload may take to read and validate the configuration. Files are bounded in
+/// kind and size (`config/reader.rs`), so only a stuck file system reaches it.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads and validates the configuration on a blocking thread, so that a slow disk or a large
+/// plant (10,000 devices) never holds a runtime worker that pollers, the engine and `/healthz`
+/// need. Past `timeout` the reload is refused; the thread is left to finish on its own.
+async fn load_off_runtime(path: PathBuf, timeout: Duration) -> Result<Config, String> {
+    let read = tokio::task::spawn_blocking(move || Config::load(&path));
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(format!(
+            "reading the configuration took longer than {} s; nothing was applied",
+            timeout.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("reading the configuration failed: {e}")),
+        Ok(Ok(Err(e))) => Err(e
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Ok(Ok(Ok(cfg))) => Ok(cfg),
     }
 }
 
@@ -241,14 +402,20 @@ fn plan_links(running: &[(&str, &[Device])], wanted: &[(String, Vec<Device>)]) -
         kept: 0,
         restart: Vec::new(),
     };
+    // Maps, not scans: a plant of 10,000 links must not cost 100 million comparisons.
+    let wanted_by_key: HashMap<&str, &[Device]> = wanted
+        .iter()
+        .map(|(k, d)| (k.as_str(), d.as_slice()))
+        .collect();
+    let running_keys: HashSet<&str> = running.iter().map(|(k, _)| *k).collect();
     for (key, devices) in running {
-        match wanted.iter().find(|(k, _)| k == key) {
-            Some((_, d)) if d.as_slice() == *devices => plan.kept += 1,
+        match wanted_by_key.get(key) {
+            Some(d) if d == devices => plan.kept += 1,
             _ => plan.restart.push(key.to_string()),
         }
     }
     for (key, _) in wanted {
-        if !running.iter().any(|(k, _)| k == key) && !plan.restart.contains(key) {
+        if !running_keys.contains(key.as_str()) {
             plan.restart.push(key.clone());
         }
     }
@@ -408,6 +575,7 @@ limit = {limit}
         std::fs::write(&path, text("gw", 8.0, "")).unwrap();
         let cfg = Config::load(&path).unwrap();
         let first_hash = cfg.hash.clone();
+        let (hash_tx, hash_rx) = watch::channel(first_hash.clone());
         let (batches, _batch_rx) = mpsc::channel(16);
         let (control_tx, mut control) = mpsc::channel(4);
         let metrics = Metrics::new(["a".to_string()], ["default".to_string()]);
@@ -419,6 +587,10 @@ limit = {limit}
             metrics,
             health,
             control_tx,
+            Reports {
+                pulse: Pulse::new(Default::default(), Mono::ZERO),
+                config_hash: hash_tx,
+            },
         );
         let (requests, requests_rx) = mpsc::channel(4);
         let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());
@@ -443,6 +615,13 @@ limit = {limit}
         };
         assert_eq!(got, to);
         assert_eq!(result, Ok("1 rules; 1 links kept, 0 restarted".to_string()));
+        // Issue 15: the status kept the old hash after a reload.
+        assert_eq!(
+            *hash_rx.borrow(),
+            new.hash,
+            "the sinks learn the hash in force"
+        );
+        assert_ne!(*hash_rx.borrow(), first_hash);
 
         // What needs a restart is refused before the engine hears of it.
         std::fs::write(&path, text("gw-2", 9.0, "")).unwrap();
@@ -451,6 +630,11 @@ limit = {limit}
         requests.send(ReloadRequest { origin }).await.unwrap();
         let err = within(rx).await.unwrap().unwrap_err();
         assert!(err.contains("[agent]"), "{err}");
+        assert_eq!(
+            *hash_rx.borrow(),
+            new.hash,
+            "a refused reload changes nothing"
+        );
         assert!(
             control.try_recv().is_err(),
             "no swap, no reply to hand back"

@@ -63,6 +63,29 @@ pub struct DeviceEntry {
     pub tags_offset: usize,
 }
 
+/// Why `s` cannot be one level of an MQTT topic, if it cannot: empty, a level separator or
+/// wildcard (`/`, `+`, `#`), whitespace, or a control character. MQTT forbids U+0000 and
+/// brokers refuse the other control characters (MQTT 3.1.1 §1.5.3); a broker that meets one
+/// drops the connection at that publish.
+pub fn topic_level_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty (it becomes part of MQTT topics)".into());
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "contains the control character U+{:04X}; a broker refuses it in a topic",
+            c as u32
+        ));
+    }
+    if s.contains(['/', '+', '#']) || s.chars().any(char::is_whitespace) {
+        return Some(
+            "must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"
+                .into(),
+        );
+    }
+    None
+}
+
 pub const DEFAULT_POLL_MS: i64 = 1_000;
 pub const DEFAULT_TIMEOUT_MS: i64 = 1_000;
 pub const DEFAULT_MAX_GAP: u16 = 16;
@@ -296,7 +319,23 @@ pub fn fill(pattern: &str, x: &Expansion<'_>) -> Result<String, String> {
 }
 
 /// All (host, port, unit) combinations of an entry, hosts outermost.
-pub fn combinations(e: &DeviceEntry) -> Vec<Expansion<'_>> {
+/// Most devices one entry may expand to: hosts × ports × units is refused past it before
+/// anything is built (a /16 of hosts times every port would be 4 billion devices).
+pub const MAX_EXPANSION: usize = 100_000;
+
+/// Every device of the entry, or how many it would be when that is over [`MAX_EXPANSION`].
+pub fn combinations(e: &DeviceEntry) -> Result<Vec<Expansion<'_>>, usize> {
+    let count = [
+        e.hosts.as_ref().map_or(1, Vec::len),
+        e.ports.as_ref().map_or(1, Vec::len),
+        e.units.len(),
+    ]
+    .iter()
+    .try_fold(1usize, |acc, n| acc.checked_mul(*n))
+    .unwrap_or(usize::MAX);
+    if count > MAX_EXPANSION {
+        return Err(count);
+    }
     let hosts: Vec<Option<&str>> = match &e.hosts {
         Some(h) => h.iter().map(|s| Some(s.as_str())).collect(),
         None => vec![None],
@@ -318,7 +357,7 @@ pub fn combinations(e: &DeviceEntry) -> Vec<Expansion<'_>> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn int_or_none(v: &DeValue<'_>) -> Option<i64> {

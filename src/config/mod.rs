@@ -127,9 +127,11 @@ impl Default for DataOptions {
 /// The HTTP listener: the operations endpoint (`/metrics`, `/healthz`, `/readyz`, `/alarms`)
 /// and, with a users file or anonymous viewing, the operator station at `/`. Off unless
 /// configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Http {
     pub listen: std::net::SocketAddr,
+    /// Share of the devices that must answer for `/readyz` (0 to 1; at least one device).
+    pub ready_share: f64,
     /// The operator station's users (`users`, written by `alsentry user add`).
     pub users: Option<PathBuf>,
     /// Viewing the station without logging in (`anonymous`, default false).
@@ -567,6 +569,18 @@ fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
             None
         }
     };
+    let ready_share = match r.opt_f64(p, "ready_share") {
+        Some(s) if (0.0..=1.0).contains(&s) => s,
+        Some(s) => {
+            r.problem(
+                p,
+                "ready_share",
+                format!("{s} is out of range; accepted: 0 to 1 (a share of the devices)"),
+            );
+            0.5
+        }
+        None => 0.5,
+    };
     let out = listen.and_then(|l| match l.parse::<std::net::SocketAddr>() {
         Ok(a) => Some(Http {
             listen: a,
@@ -574,6 +588,7 @@ fn parse_http(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
             anonymous,
             session_timeout_ms,
             tls,
+            ready_share,
         }),
         Err(_) => {
             r.problem(p, "listen", format!("\"{l}\" is not an address; write IP:PORT such as \"127.0.0.1:9184\" (use 0.0.0.0 only behind a firewall)"));
@@ -595,8 +610,8 @@ fn parse_agent(v: &toml::Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) -
     let area = r.req_str(p, "area", "the area, e.g. \"potline-1\"");
     for (key, val) in [("id", &id), ("site", &site), ("area", &area)] {
         if let Some(s) = val {
-            if s.is_empty() || s.contains(['/', '+', '#']) || s.chars().any(char::is_whitespace) {
-                r.problem(p, key, "must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)");
+            if let Some(why) = device::topic_level_problem(s) {
+                r.problem(p, key, why);
             }
         }
     }
@@ -772,6 +787,9 @@ fn expand_devices(
     let mut incomplete = false;
     let mut names: HashMap<String, (usize, usize)> = HashMap::new();
     let mut links: HashMap<String, (Endpoint, usize, usize)> = HashMap::new();
+    // (link, unit) pairs taken: a lookup per device, not a scan of every device before it
+    // (10,000 devices were 50 million link keys formatted).
+    let mut units: HashSet<(String, u8)> = HashSet::new();
     for (ei, (e, si)) in entries.iter().enumerate() {
         let src = &sources[*si];
         let path = index("devices", ei);
@@ -830,7 +848,14 @@ fn expand_devices(
         let (tags, derived) = (table.tags.clone(), table.derived.clone());
         let table_index = tables.len();
         tables.push(table);
-        let combos = device::combinations(e);
+        let combos = match device::combinations(e) {
+            Ok(c) => c,
+            Err(n) => {
+                p.add(src, e.offset, &path, format!("this entry expands to {n} devices (hosts × ports × units); at most {} are accepted per entry", device::MAX_EXPANSION));
+                incomplete = true;
+                continue;
+            }
+        };
         let before = out.len();
         if combos.len() > 1 && !e.name.contains('{') {
             p.add(src, e.name_offset, &join(&path, "name"), format!("this entry expands to {} devices, so its name needs a placeholder such as \"{}-{{unit:03}}\"", combos.len(), e.name));
@@ -852,11 +877,13 @@ fn expand_devices(
                     break;
                 }
             };
-            if name.is_empty()
-                || name.contains(['/', '+', '#'])
-                || name.chars().any(char::is_whitespace)
-            {
-                p.add(src, e.name_offset, &join(&path, "name"), format!("device name \"{name}\" must be non-empty without '/', '+', '#' or spaces (it becomes part of MQTT topics)"));
+            if let Some(why) = device::topic_level_problem(&name) {
+                p.add(
+                    src,
+                    e.name_offset,
+                    &join(&path, "name"),
+                    format!("device name {name:?} {why}"),
+                );
                 break;
             }
             if endpoint.is_serial_line() && !(1..=247).contains(&x.unit) {
@@ -893,10 +920,7 @@ fn expand_devices(
             } else {
                 links.insert(key.clone(), (endpoint.clone(), *si, e.offset));
             }
-            if out
-                .iter()
-                .any(|d| d.endpoint.link_key() == key && d.unit == x.unit)
-            {
+            if units.contains(&(key.clone(), x.unit)) {
                 p.add(
                     src,
                     e.unit_offset,
@@ -909,6 +933,7 @@ fn expand_devices(
                 continue;
             }
             names.insert(name.clone(), (*si, e.name_offset));
+            units.insert((key, x.unit));
             out.push(Device {
                 name,
                 template: e.template.clone(),

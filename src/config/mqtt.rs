@@ -254,11 +254,15 @@ pub fn parse_sink(
     let topic_root = r
         .opt_str(p, "topic_root")
         .unwrap_or_else(|| "alsentry".to_string());
-    if topic_root.contains(['+', '#']) || topic_root.starts_with('/') || topic_root.ends_with('/') {
+    if topic_root.contains(['+', '#'])
+        || topic_root.starts_with('/')
+        || topic_root.ends_with('/')
+        || topic_root.chars().any(char::is_control)
+    {
         r.problem(
             p,
             "topic_root",
-            "a topic root may not contain '+' or '#' nor start or end with '/'",
+            "a topic root may not contain '+', '#' or control characters nor start or end with '/'",
         );
     }
     let client_id = r.opt_str(p, "client_id");

@@ -492,19 +492,102 @@ pub fn parse_document<'a>(src: &'a Source, p: &mut Problems) -> Option<Spanned<D
     }
 }
 
-/// Reads a file, or reports why it cannot be read.
+/// Largest configuration file (main or included) that is read: far above any plant's
+/// configuration (10,000 devices take about 1 MiB), and it keeps a wrong include from eating
+/// the memory of the agent.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a file, or reports why it cannot be read. Only a regular file of at most
+/// [`MAX_FILE_BYTES`] is read: a FIFO would block the reader until someone writes to it, and
+/// a device such as `/dev/zero` never ends.
 pub fn read_source(path: &Path) -> Result<Source, Problem> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Source {
-            path: path.to_path_buf(),
-            text,
-        }),
-        Err(e) => Err(Problem {
-            file: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            path: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }),
+    let fail = |message: String| Problem {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        path: String::new(),
+        message: format!("cannot read the file: {message}"),
+    };
+    // Checked before opening: opening a FIFO for reading blocks until a writer comes.
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    check_file_kind(&meta).map_err(fail)?;
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    // The path may have been replaced between the two calls: check what was opened, and
+    // never read more than the bound.
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    check_file_kind(&meta).map_err(fail)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(too_large(bytes.len() as u64)));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| fail("stream did not contain valid UTF-8".to_string()))?;
+    Ok(Source {
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+fn too_large(len: u64) -> String {
+    format!("it holds {len} bytes or more; a configuration file may hold at most {MAX_FILE_BYTES}")
+}
+
+/// Only regular files of bounded size are configuration files.
+fn check_file_kind(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(kind) = kind {
+        return Err(format!("it is {kind}; only a regular file can be read"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    #[test]
+    fn only_bounded_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("a.toml");
+        std::fs::write(&ok, "x = 1\n").unwrap();
+        assert_eq!(read_source(&ok).unwrap().text, "x = 1\n");
+        let err = |p: &Path| read_source(p).unwrap_err().message;
+        assert!(err(Path::new("/dev/zero")).contains("a character device"));
+        assert!(err(dir.path()).contains("a directory"));
+        let big = dir.path().join("big.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        assert!(err(&big).contains("at most 16777216"), "{}", err(&big));
+        // A FIFO nobody writes to: refused at once instead of blocking the reader.
+        let fifo = dir.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo (coreutils)");
+        assert!(err(&fifo).contains("a FIFO"));
+        let missing = err(&dir.path().join("none.toml"));
+        assert!(missing.contains("No such file"), "{missing}");
     }
 }

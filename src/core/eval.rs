@@ -254,7 +254,9 @@ impl TrendEval {
             // under way is warned, and what rises above it is not learned as normal.
             _ => self.cfg.limit * WARMUP_FACTOR,
         };
-        let c = self.th.step(if significant { s } else { f64::NEG_INFINITY });
+        let c = self
+            .th
+            .step(if significant { s } else { f64::NEG_INFINITY });
         // Learn from normal operation only: not from a rise being alarmed, not while held.
         if !self.held && c != Condition::Active {
             // A bias-corrected EWMA: weight dt per fit, decayed with time constant tau, so the

@@ -107,10 +107,21 @@ pub fn event_id(agent: &str, seq: u64) -> String {
     format!("{agent}-{seq}")
 }
 
+/// The id of a transition found by `alsentry replay`: its own namespace, so that a replayed
+/// transition is never taken for (or deduplicated against) a live one with the same `seq`.
+pub fn replay_event_id(agent: &str, seq: u64) -> String {
+    format!("{agent}-replay-{seq}")
+}
+
 pub fn alarm_payload(who: &Identity, seq: u64, ev: &AlarmEvent) -> Vec<u8> {
+    alarm_payload_with_id(who, event_id(&who.agent, seq), seq, ev)
+}
+
+/// [`alarm_payload`] with an explicit `id` (replay's, [`replay_event_id`]).
+pub fn alarm_payload_with_id(who: &Identity, id: String, seq: u64, ev: &AlarmEvent) -> Vec<u8> {
     let p = AlarmPayload {
         schema: ALARM_SCHEMA,
-        id: event_id(&who.agent, seq),
+        id,
         seq,
         agent: &who.agent,
         site: &who.site,
@@ -171,6 +182,9 @@ pub struct OnlineStatus<'a> {
     pub drops: ClassCounts,
     /// The same drops by reason.
     pub drop_reasons: DropReasons,
+    /// Messages the broker refused again and again, moved to the dead-letter file of this
+    /// sink's outbox (kept, not dropped), since start.
+    pub dead_lettered: u64,
 }
 
 /// Most device names listed in `down`.
@@ -262,6 +276,7 @@ mod tests {
                     full: 3412,
                     ..Default::default()
                 },
+                dead_lettered: 0,
             },
         );
         // The example of docs/MQTT.md, byte for byte.
@@ -272,7 +287,7 @@ mod tests {
                 r#""version":"0.1.0","config_hash":"9f2c41d0","devices_up":95,"devices_down":1,"down":["pot-042"],"#,
                 r#""sink":"plant","outbox_depth":0,"outbox_bytes":0,"outbox_oldest_age_s":null,"#,
                 r#""drops":{"alarm":0,"status":0,"summary":12,"data":3400},"#,
-                r#""drop_reasons":{"full":3412,"expired":0,"io":0,"refused":0}}"#
+                r#""drop_reasons":{"full":3412,"expired":0,"io":0,"refused":0},"dead_lettered":0}"#
             )
         );
         assert_eq!(

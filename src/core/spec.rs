@@ -447,21 +447,23 @@ fn compile_rule<'d>(
     let mut instances = Vec::with_capacity(r.devices.len());
     // Resolved once per tag table: the devices of one entry share it.
     let mut bindings: Vec<Binding> = Vec::new();
-    let mut bound: Vec<(*const TagTable, Option<u32>)> = Vec::new();
+    // By table address: a lookup per device, not a scan (10,000 entries are 10,000 tables).
+    let mut bound: std::collections::HashMap<*const TagTable, Option<u32>> =
+        std::collections::HashMap::new();
     for &di in &r.devices {
         let Some(d) = devices.get(di as usize) else {
             problems.push(RuleProblem::UnknownDevice(di));
             continue;
         };
         let table = Arc::as_ptr(&d.tags);
-        let binding = match bound.iter().find(|(t, _)| *t == table) {
-            Some((_, b)) => *b,
+        let binding = match bound.get(&table) {
+            Some(b) => *b,
             None => {
                 let b = bind(&d.tags, r, suppress_expr.as_ref(), &hold_exprs).map(|b| {
                     bindings.push(b);
                     (bindings.len() - 1) as u32
                 });
-                bound.push((table, b));
+                bound.insert(table, b);
                 b
             }
         };

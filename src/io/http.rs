@@ -1,11 +1,13 @@
 //! The HTTP listener: the operations endpoints `/metrics` (OpenMetrics text), `/healthz`,
 //! `/readyz` and `/alarms`, and the operator station (`io::web`) when it is configured.
 //!
-//! Our accept loop caps connections (extra ones get a 503), optionally terminates TLS, and
-//! reads one request head per connection, bounded in size and time, checking it strictly
-//! before anything else sees it: every malformed or oversized request gets a 4xx and the server
-//! keeps serving. A head that passes is handed, with the bytes after it, to hyper and routed
-//! by axum; the connection closes after the response.
+//! Our accept loop caps connections; past the cap, as many again are still served but get a
+//! short time for their request (so idle or slow clients cannot starve `/healthz`); past both,
+//! they are closed. It optionally terminates TLS and reads one request head per connection,
+//! bounded in size and time, checking it strictly before anything else sees it: every
+//! malformed or oversized request gets a 4xx and the server keeps serving. A head that passes
+//! is handed, with the bytes after it, to hyper and routed by axum; the connection closes after
+//! the response. What `/healthz` and `/readyz` answer is decided in `health.rs`.
 //!
 //! Alarm state is owned by the engine task, which publishes an [`AlarmSnapshot`] on a
 //! `tokio::sync::watch` channel; this module only reads it.
@@ -34,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{rfc3339_ms, Clock};
 use crate::core::engine::AlarmEvent;
 use crate::core::model::{Priority, Ts};
-use crate::io::health::DeviceHealth;
+pub use crate::io::health::Readiness;
+use crate::io::health::{self, DeviceHealth, Pulse};
 use crate::metrics::{AlarmCounts, Metrics};
 use crate::telemetry::{emit, HttpOp, HttpTrouble};
 
@@ -49,9 +52,13 @@ pub struct HttpLimits {
     pub read_timeout: Duration,
     /// Time allowed to write a response.
     pub write_timeout: Duration,
-    /// Connections served at once; extra ones get a 503 and are closed.
+    /// Connections served at once with `read_timeout`; as many more are served with at most
+    /// [`OVERFLOW_READ_TIMEOUT`]; past that they are closed.
     pub max_connections: usize,
 }
+
+/// Time for the request head of a connection over `max_connections`.
+pub const OVERFLOW_READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Default for HttpLimits {
     fn default() -> Self {
@@ -233,6 +240,8 @@ pub struct HttpState {
     /// Gives `now` for uptime and the sample rate; uptime counts from `Metrics::started_ms`.
     pub clock: Arc<dyn Clock>,
     pub config_loaded: bool,
+    /// The engine's last turn and the link pollers down (for `/healthz`), and the limits.
+    pub pulse: Arc<Pulse>,
     /// The operator station at `/`, when `[http]` configures it.
     pub web: Option<Arc<crate::io::web::Web>>,
     /// Serve HTTPS with this certificate (`[http] tls_cert`, `tls_key`).
@@ -260,7 +269,11 @@ impl Tls {
         let certs = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("reading the certificates in {}", cert.display()))?;
-        anyhow::ensure!(!certs.is_empty(), "no PEM certificate in {}", cert.display());
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "no PEM certificate in {}",
+            cert.display()
+        );
         let key_pem = std::fs::read(key).with_context(|| format!("opening {}", key.display()))?;
         let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
             Ok(k) => k,
@@ -295,8 +308,13 @@ pub async fn serve_with_limits(
     let tls = state.tls.clone();
     let router = router(Arc::new(state));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // Rejections are bounded too, so a connection flood cannot spawn unbounded tasks.
-    let reject_permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // The overflow lane is bounded too, so a connection flood cannot spawn unbounded tasks.
+    let overflow_permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let overflow = HttpLimits {
+        read_timeout: limits.read_timeout.min(OVERFLOW_READ_TIMEOUT),
+        write_timeout: limits.write_timeout.min(OVERFLOW_READ_TIMEOUT),
+        ..limits
+    };
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -310,7 +328,13 @@ pub async fn serve_with_limits(
             }
             accepted = listener.accept() => match accepted {
                 Ok((sock, peer)) => {
-                    if let Ok(permit) = permits.clone().try_acquire_owned() {
+                    // Past the cap, as many again are still served with a short time for
+                    // their request, so idle or slow clients cannot starve `/healthz`.
+                    let lane = match permits.clone().try_acquire_owned() {
+                        Ok(p) => Some((p, limits)),
+                        Err(_) => overflow_permits.clone().try_acquire_owned().ok().map(|p| (p, overflow)),
+                    };
+                    if let Some((permit, limits)) = lane {
                         let router = router.clone().layer(axum::Extension(crate::io::web::ClientAddr(peer)));
                         let tls = tls.clone();
                         conns.spawn(async move {
@@ -325,12 +349,6 @@ pub async fn serve_with_limits(
                                     }
                                 }
                             }
-                            drop(permit);
-                        });
-                    } else if let Ok(permit) = reject_permits.clone().try_acquire_owned() {
-                        conns.spawn(async move {
-                            let resp = Response::text(503, "too many connections\n");
-                            finish(sock, &resp, &limits).await;
                             drop(permit);
                         });
                     } else {
@@ -728,9 +746,21 @@ fn route(path: &str, state: &HttpState) -> Response {
                 body: render_metrics(&state.metrics, &alarms, state.clock.now()).into_bytes(),
             }
         }
-        "/healthz" => Response::text(200, "ok\n"),
+        "/healthz" => {
+            let l = state.pulse.liveness(state.clock.mono());
+            if l.alive {
+                Response::text(200, "ok\n")
+            } else {
+                Response::text(503, &format!("{}\n", l.failing.join("\n")))
+            }
+        }
         "/readyz" => {
-            let r = readiness(&state.metrics, &state.devices.borrow(), state.config_loaded);
+            let r = readiness(
+                &state.metrics,
+                &state.devices.borrow(),
+                state.config_loaded,
+                state.pulse.limits.ready_share,
+            );
             let status = if r.ready { 200 } else { 503 };
             Response::json(status, serde_json::to_vec(&r).unwrap_or_default())
         }
@@ -743,42 +773,20 @@ fn route(path: &str, state: &HttpState) -> Response {
     }
 }
 
-/// The `/readyz` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub config_loaded: bool,
-    pub sinks_connected: usize,
-    pub devices_up: usize,
-    /// Each failing condition, in words.
-    pub failing: Vec<&'static str>,
-}
-
-/// Ready = config loaded, at least one sink connected, at least one device answering.
-pub fn readiness(metrics: &Metrics, devices: &DeviceHealth, config_loaded: bool) -> Readiness {
+/// `/readyz`: config loaded, a sink connected, `share` of the devices answering
+/// ([`health::readiness`]).
+pub fn readiness(
+    metrics: &Metrics,
+    devices: &DeviceHealth,
+    config_loaded: bool,
+    share: f64,
+) -> Readiness {
     let sinks_connected = metrics
         .sinks
         .iter()
         .filter(|s| s.connected.load(Ordering::Relaxed))
         .count();
-    let devices_up = devices.up();
-    let mut failing = Vec::new();
-    if !config_loaded {
-        failing.push("config not loaded");
-    }
-    if sinks_connected == 0 {
-        failing.push("no sink connected");
-    }
-    if devices_up == 0 {
-        failing.push("no device answering");
-    }
-    Readiness {
-        ready: failing.is_empty(),
-        config_loaded,
-        sinks_connected,
-        devices_up,
-        failing,
-    }
+    health::readiness(config_loaded, sinks_connected, devices, share)
 }
 
 /// Renders every metric as OpenMetrics text (names, help and values live in
@@ -943,7 +951,7 @@ mod tests {
         let m = metrics();
         let (health, devices) =
             crate::io::health::channel(m.devices.iter().map(|d| d.name.clone()));
-        let r = readiness(&m, &devices.borrow(), false);
+        let r = readiness(&m, &devices.borrow(), false, 0.5);
         assert!(!r.ready);
         assert_eq!(
             r.failing,
@@ -955,7 +963,7 @@ mod tests {
         );
         m.sinks[0].connected.store(true, Ordering::Relaxed);
         health.set(1, true);
-        let r = readiness(&m, &devices.borrow(), true);
+        let r = readiness(&m, &devices.borrow(), true, 0.5);
         assert!(r.ready);
         assert_eq!((r.sinks_connected, r.devices_up), (1, 1));
     }

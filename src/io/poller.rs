@@ -65,17 +65,52 @@ impl LinkDevice {
     }
 }
 
-/// Groups devices by link.
+/// Groups devices by link, links in order of their first device.
 pub fn links(devices: &[Device]) -> Vec<(Endpoint, Vec<LinkDevice>)> {
     let mut out: Vec<(Endpoint, Vec<LinkDevice>)> = Vec::new();
+    // Link key → index in `out`: one lookup per device (400 cells on 400 ports).
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, d) in devices.iter().enumerate() {
         let key = d.endpoint.link_key();
-        match out.iter_mut().find(|(e, _)| e.link_key() == key) {
-            Some((_, list)) => list.push(LinkDevice::new(i as u32, d)),
-            None => out.push((d.endpoint.clone(), vec![LinkDevice::new(i as u32, d)])),
+        match at.get(&key) {
+            Some(&li) => out[li].1.push(LinkDevice::new(i as u32, d)),
+            None => {
+                at.insert(key, out.len());
+                out.push((d.endpoint.clone(), vec![LinkDevice::new(i as u32, d)]));
+            }
         }
     }
     out
+}
+
+/// Test-only fault injection, not for operators: the next poll of each named device panics
+/// its link poller, once, so tests can watch the supervisor restart it. Nothing in the agent
+/// calls it; an empty list costs one relaxed load per poll.
+#[doc(hidden)]
+pub fn inject_panic_once(device: &str) {
+    if let Ok(mut names) = INJECTED.lock() {
+        names.push(device.to_string());
+        ARMED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static INJECTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn take_injected_panic(device: &str) -> bool {
+    if !ARMED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    let Ok(mut names) = INJECTED.lock() else {
+        return false;
+    };
+    match names.iter().position(|n| n == device) {
+        Some(i) => {
+            names.swap_remove(i);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A read still to do in this poll.
@@ -110,6 +145,8 @@ struct PollReport {
     took: Duration,
     last_rtt: Option<Duration>,
     samples: usize,
+    /// Values read with good quality.
+    good: usize,
     decode_errors: usize,
 }
 
@@ -158,6 +195,7 @@ impl Link {
                             let now_ms = self.clock.now();
                             for (i, change) in failed.due {
                                 self.report_all_bad(i, now_ms, BadReason::ConnectionLost);
+                                self.health.polled(self.devices[i].index);
                                 let d = &self.devices[i];
                                 if let Some(m) = self.metrics.device(d.index) {
                                     emit(PollFinished {
@@ -182,9 +220,18 @@ impl Link {
                     if schedule.forget_due(di, self.clock.mono()) {
                         self.devices[di].planner.forget();
                     }
+                    if take_injected_panic(&self.devices[di].name) {
+                        panic!(
+                            "injected by a test: link poller of {} dies",
+                            self.devices[di].name
+                        );
+                    }
                     let report = self.poll_device(c, di, &mut schedule).await;
                     let now = self.clock.mono();
                     let d = &self.devices[di];
+                    // Answering only with exceptions is answering, for the schedule (no comm
+                    // loss), but not "up": no value came back.
+                    let answered_values = report.good > 0;
                     let (result, change, missed) = match report.outcome {
                         PollOutcome::Ok => {
                             let a = schedule.answered(di, now);
@@ -206,6 +253,7 @@ impl Link {
                             )
                         }
                     };
+                    let polled_ok = matches!(result, PollResult::Ok);
                     if let Some(m) = self.metrics.device(d.index) {
                         emit(PollFinished {
                             device: m,
@@ -222,6 +270,10 @@ impl Link {
                         }
                     }
                     self.changed(di, change, &key);
+                    if polled_ok {
+                        self.health.set(self.devices[di].index, answered_values);
+                    }
+                    self.health.polled(self.devices[di].index);
                 }
             }
         }
@@ -232,8 +284,11 @@ impl Link {
         let (Some(change), Some(d)) = (change, self.devices.get(i)) else {
             return;
         };
-        let up = matches!(change, Change::Up { .. });
-        self.health.set(d.index, up);
+        // Up is set by the poll that brought values (see `run`): an answer of exceptions
+        // only is not up.
+        if matches!(change, Change::Down) {
+            self.health.set(d.index, false);
+        }
         let Some(m) = self.metrics.device(d.index) else {
             return;
         };
@@ -406,6 +461,7 @@ impl Link {
             batch.push((ti as u16, v, q));
         }
         let samples = batch.len();
+        let good = batch.iter().filter(|(_, _, q)| q.is_good()).count();
         let index = d.index;
         self.send(SampleBatch {
             device: index,
@@ -417,6 +473,7 @@ impl Link {
             took,
             last_rtt,
             samples,
+            good,
             decode_errors,
         }
     }

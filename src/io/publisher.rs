@@ -42,8 +42,8 @@ use crate::metrics::{Metrics, SinkMetrics};
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
 use crate::telemetry::{
     emit, AlarmSentWithoutDurability, BrokerConnected, BrokerDisconnected, ClientOp, ClientRefused,
-    CommandDropped, ConnectionSetupFailed, OutboxError, OutboxExpired, OutboxFull, OutboxLevels,
-    OutboxOp, OutboxWriteFailed, PublishSettled, Published,
+    CommandDropped, ConnectionSetupFailed, DeadLettered, OutboxError, OutboxExpired, OutboxFull,
+    OutboxLevels, OutboxOp, OutboxWriteFailed, PublishSettled, Published,
 };
 
 /// What the engine task hands to a sink (defined with the other outbound types in core).
@@ -77,6 +77,16 @@ const DATA_WINDOW: usize = 64;
 /// The one bounded request channel to rumqttc. At most WINDOW + DATA_WINDOW publishes plus a
 /// subscribe and a status are ever queued in it, so `try_publish` never finds it full.
 const CHANNEL_CAPACITY: usize = 2 * (WINDOW + DATA_WINDOW);
+/// Largest MQTT packet the client writes (and reads); a bigger publish would end the connection.
+const MAX_PACKET: usize = 1 << 20;
+/// Connections in a row that may end with the same record the oldest in flight before it is
+/// taken for a message the broker refuses and moved to the dead-letter file (docs/MQTT.md,
+/// "Poison messages"). Low enough that the rest waits seconds, high enough that a broker
+/// restarted a few times in a row does not move a good message aside.
+pub const POISON_ATTEMPTS: u32 = 5;
+/// The first status waits for every device to be polled once, at most this long, so that it
+/// does not say "all devices down" just because none was polled yet.
+pub const FIRST_CYCLE_MAX: Duration = Duration::from_secs(30);
 /// Periodic status (the session decides when).
 pub use super::session::STATUS_INTERVAL;
 
@@ -95,7 +105,9 @@ pub struct SinkTask {
     pub metrics: Arc<Metrics>,
     /// Which devices answer, from the pollers that own that state (for the status).
     pub health: watch::Receiver<DeviceHealth>,
-    pub config_hash: String,
+    /// The hash of the configuration in force (the supervisor sends a new one after a
+    /// reload; a status goes out at once then).
+    pub config_hash: watch::Receiver<String>,
     pub password: Option<String>,
 }
 
@@ -314,6 +326,28 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
     }
 }
 
+/// Why no broker would take a publish of `payload_len` bytes on `topic`, if none would: MQTT
+/// forbids an empty topic, wildcards in a published topic, U+0000 (brokers refuse the other
+/// control characters too), and the client refuses a packet over [`MAX_PACKET`].
+pub fn unpublishable(topic: &str, payload_len: usize) -> Option<String> {
+    if topic.is_empty() {
+        return Some("empty topic".into());
+    }
+    if topic.contains(['+', '#']) {
+        return Some("wildcard in a published topic".into());
+    }
+    if let Some(c) = topic.chars().find(|c| c.is_control()) {
+        return Some(format!("control character U+{:04X} in the topic", c as u32));
+    }
+    // Fixed header, topic length, packet id and MQTT 5 properties fit in 1 KiB.
+    if topic.len() + payload_len + 1024 > MAX_PACKET {
+        return Some(format!(
+            "{payload_len} bytes of payload: over the {MAX_PACKET}-byte packet limit"
+        ));
+    }
+    None
+}
+
 /// The `schema` field of a JSON payload, for the MQTT 5 user property.
 fn schema_of(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -350,7 +384,7 @@ impl SinkTask {
                 o.set_clean_session(true);
                 o.set_inflight(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
-                o.set_max_packet_size(1 << 20, 1 << 20);
+                o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
                 o.set_last_will(LastWill::new(
                     status_topic,
                     self.offline_payload(),
@@ -380,7 +414,7 @@ impl SinkTask {
                 o.set_session_expiry_interval(Some(0));
                 o.set_outgoing_inflight_upper_limit(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
-                o.set_max_packet_size(Some(1 << 20));
+                o.set_max_packet_size(Some(MAX_PACKET as u32));
                 o.set_last_will(LastWill5::new(
                     status_topic,
                     self.offline_payload(),
@@ -424,11 +458,13 @@ impl SinkTask {
         let metrics = self.metrics.clone();
         let fallback = SinkMetrics::default();
         let sm = metrics.sink(self.index).unwrap_or(&fallback);
+        let started = self.clock.mono();
         Runner {
             t: self,
             sm,
             session,
             own_drops: OwnDrops::default(),
+            started,
         }
         .run(cancel)
         .await
@@ -441,6 +477,7 @@ struct Runner<'m> {
     sm: &'m SinkMetrics,
     session: Session<RecordId>,
     own_drops: OwnDrops,
+    started: Mono,
 }
 
 impl Runner<'_> {
@@ -515,6 +552,10 @@ impl Runner<'_> {
                     .is_ok()
                 {
                     self.session.handed(None);
+                    emit(Published {
+                        sink: self.sm,
+                        bytes: m.payload.len(),
+                    });
                     emit(AlarmSentWithoutDurability {
                         sink: &self.t.cfg.name,
                         topic: &m.topic,
@@ -603,6 +644,14 @@ impl Runner<'_> {
                 _ = housekeeping.tick() => {
                     self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
                 }
+                Ok(()) = self.t.config_hash.changed() => {
+                    // A reload was applied: say so now, not at the next periodic status.
+                    if let Some(c) = conn.as_ref().filter(|c| c.connected) {
+                        if self.t.cfg.carry.contains(&Class::Status) && self.session.has_room() {
+                            self.send_status(&c.client);
+                        }
+                    }
+                }
                 _ = clock::sleep_until(&*clock, wake.unwrap_or(Mono::ZERO)), if wake.is_some() => {}
                 ev = poll(conn.as_mut()), if conn.is_some() => match ev {
                     Ok(Ev::ConnAck) => {
@@ -620,16 +669,20 @@ impl Runner<'_> {
                             emit(ClientRefused { sink: &self.t.cfg.name, op: ClientOp::Subscribe, error: &e });
                         }
                         // Current status goes straight out, ahead of any backlog: it is
-                        // regenerated on every connect, so there is nothing to keep.
-                        self.send_status(&c.client);
+                        // regenerated on every connect, so there is nothing to keep. Not before
+                        // the first poll cycle: the retained status (offline, from the Last
+                        // Will or the last stop) stays until the counts mean something.
+                        if self.first_cycle_done() {
+                            self.send_status(&c.client);
+                        }
                     }
                     Ok(Ev::Sent(pkid)) => {
                         let settled = self.session.sent(pkid, clock.mono());
-                        self.settle(settled, None);
+                        self.settle(settled, None, false);
                     }
                     Ok(Ev::Acked { pkid, refused }) => {
                         let settled = self.session.acked(pkid, clock.mono());
-                        self.settle(settled, refused);
+                        self.settle(settled, refused, true);
                     }
                     Ok(Ev::Publish { topic, payload, retained }) => {
                         if topic == cmd_topic {
@@ -645,6 +698,9 @@ impl Runner<'_> {
                         // Dropped with its client: nothing of it can reach the next connection.
                         conn = None;
                         let lost = self.session.lost(clock.mono());
+                        if lost.was_connected {
+                            self.suspect_poison();
+                        }
                         self.t.outbox.requeue_in_flight();
                         emit(BrokerDisconnected {
                             sink: self.sm,
@@ -660,8 +716,45 @@ impl Runner<'_> {
         }
     }
 
-    /// A publish was settled by the broker (or refused for good).
-    fn settle(&mut self, settled: Option<Settled<RecordId>>, refused: Option<String>) {
+    /// A connection ended: the oldest record in flight may be one the broker refuses. Past
+    /// [`POISON_ATTEMPTS`] connections in a row it is moved aside, so the rest flows.
+    fn suspect_poison(&mut self) {
+        let Some((id, attempts)) = self.t.outbox.delivery_failed() else {
+            return;
+        };
+        if attempts >= POISON_ATTEMPTS {
+            let why = format!(
+                "the broker dropped the connection {attempts} times in a row with this message the oldest in flight"
+            );
+            self.dead_letter(id, None, &why);
+        }
+    }
+
+    /// Moves record `id` to the dead-letter file and says so.
+    fn dead_letter(&mut self, id: u64, topic: Option<&str>, why: &str) {
+        let now = self.t.clock.now();
+        let result = self.t.outbox.dead_letter(id, why, now);
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| e as &dyn crate::telemetry::LogValue);
+        emit(DeadLettered {
+            sink: self.sm,
+            id,
+            topic,
+            why,
+            error,
+        });
+    }
+
+    /// A publish was settled by the broker (or refused for good); `puback` when a PUBACK
+    /// settled it (not a QoS 0 write).
+    fn settle(
+        &mut self,
+        settled: Option<Settled<RecordId>>,
+        refused: Option<String>,
+        puback: bool,
+    ) {
         let Some(s) = settled else {
             return;
         };
@@ -680,7 +773,7 @@ impl Runner<'_> {
         emit(PublishSettled {
             sink: self.sm,
             latency: s.latency,
-            record: s.id.is_some(),
+            puback,
             refused: refused.as_deref(),
         });
     }
@@ -733,6 +826,11 @@ impl Runner<'_> {
                     // Raw data past its expiry is worthless to consumers: not sent.
                     self.own_drops.expired_unsent[r.class.index()] += 1;
                     let _ = self.t.outbox.ack(r.id);
+                    continue;
+                }
+                if let Some(why) = unpublishable(&r.topic, r.payload.len()) {
+                    // No broker takes it: sending would only end the connection.
+                    self.dead_letter(r.id, Some(&r.topic), &why);
                     continue;
                 }
                 let props = self.props(r.class, Some(&r.payload), age);
@@ -790,7 +888,9 @@ impl Runner<'_> {
         StatusKey {
             up: health.up(),
             down: health.down(),
-            drops: self.drops_by_class().total(),
+            // A message moved aside is news like a drop: a status says so within seconds.
+            drops: self.drops_by_class().total()
+                + self.t.outbox.stats().dead_lettered.iter().sum::<u64>(),
         }
     }
 
@@ -799,6 +899,7 @@ impl Runner<'_> {
         let now = self.t.clock.now();
         let st = self.t.outbox.stats();
         let health = self.t.health.borrow();
+        let config_hash = self.t.config_hash.borrow().clone();
         let reason = |r: DropReason| -> u64 {
             Class::EVICTION_ORDER
                 .iter()
@@ -811,7 +912,7 @@ impl Runner<'_> {
             now,
             OnlineStatus {
                 version: env!("CARGO_PKG_VERSION"),
-                config_hash: &self.t.config_hash,
+                config_hash: &config_hash,
                 devices_up: health.up(),
                 devices_down: health.down(),
                 down: health.down_names().take(STATUS_DOWN_NAMES).collect(),
@@ -826,6 +927,7 @@ impl Runner<'_> {
                     io: own.io.iter().sum(),
                     refused: own.refused.iter().sum(),
                 },
+                dead_lettered: st.dead_lettered.iter().sum(),
             },
         )
         .to_vec()
@@ -836,19 +938,30 @@ impl Runner<'_> {
         let key = self.status_key();
         let payload = self.status_payload();
         let props = self.props(Class::Status, Some(&payload), 0);
+        let bytes = payload.len();
         if client
             .publish(self.t.who.agent_topic("status"), 1, true, payload, props)
             .is_ok()
         {
             self.session.handed(None);
+            emit(Published {
+                sink: self.sm,
+                bytes,
+            });
         }
         self.session.status_sent(self.t.clock.mono(), key);
+    }
+
+    /// Every device was polled once (or [`FIRST_CYCLE_MAX`] passed): statuses may go out.
+    fn first_cycle_done(&self) -> bool {
+        self.t.health.borrow().first_cycle_done()
+            || self.t.clock.mono().since(self.started) >= FIRST_CYCLE_MAX
     }
 
     /// A status when the session says one is due and the window has room.
     fn status_if_due(&mut self, client: Option<&Client>) {
         let Some(client) = client else { return };
-        if !self.t.cfg.carry.contains(&Class::Status) {
+        if !self.t.cfg.carry.contains(&Class::Status) || !self.first_cycle_done() {
             return;
         }
         if self
@@ -897,6 +1010,7 @@ impl Runner<'_> {
         }
         if let Some(mut c) = conn.filter(|c| c.connected) {
             let payload = self.t.offline_payload();
+            let bytes = payload.len();
             if c.client
                 .publish(
                     self.t.who.agent_topic("status"),
@@ -908,6 +1022,10 @@ impl Runner<'_> {
                 .is_ok()
             {
                 self.session.handed(None);
+                emit(Published {
+                    sink: self.sm,
+                    bytes,
+                });
             }
             let clock = self.t.clock.clone();
             let events = &mut c.events;
@@ -916,11 +1034,11 @@ impl Runner<'_> {
                     match events.poll().await {
                         Ok(Ev::Sent(pkid)) => {
                             let settled = self.session.sent(pkid, clock.mono());
-                            self.settle(settled, None);
+                            self.settle(settled, None, false);
                         }
                         Ok(Ev::Acked { pkid, refused }) => {
                             let settled = self.session.acked(pkid, clock.mono());
-                            self.settle(settled, refused);
+                            self.settle(settled, refused, true);
                         }
                         Ok(_) => {}
                         Err(_) => break,

@@ -102,5 +102,5 @@ pub mod store;
 pub use crate::core::outbound::Class;
 pub use store::{
     DropCounts, DropReason, FsyncPolicy, NewRecord, OpenReport, Outbox, OutboxError, OutboxOptions,
-    OutboxStats, StoredRecord,
+    OutboxStats, StoredRecord, DEAD_LETTER_FILE,
 };

@@ -17,6 +17,9 @@ const ID_LEASE_BLOCK: u64 = 4096;
 const LEASE_FILE: &str = "ids.lease";
 const SEGMENT_EXT: &str = "seg";
 const ACK_EXT: &str = "ack";
+/// Records the broker refused, moved aside so the rest flows: one JSON object per line, in the
+/// outbox folder (not a segment: `list_dir` never reads it back).
+pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
 
 // The settings are `[mqtt.outbox]` of the configuration.
 pub use crate::config::mqtt::{FsyncPolicy, OutboxOptions};
@@ -132,6 +135,8 @@ pub struct OutboxStats {
     /// Creation time of the oldest live record.
     pub oldest_created: Option<Ts>,
     pub next_id: u64,
+    /// Records moved to the dead-letter file since open, by class index.
+    pub dead_lettered: [u64; 4],
 }
 
 impl OutboxStats {
@@ -247,6 +252,10 @@ pub struct Outbox {
     report: OpenReport,
     last_sync: Ts,
     scratch: Vec<u8>,
+    /// The oldest record in flight when a connection ended, and how many connections in a row
+    /// ended with it the oldest in flight (see [`Outbox::delivery_failed`]).
+    suspect: Option<(u64, u32)>,
+    dead_lettered: [u64; 4],
 }
 
 impl Outbox {
@@ -377,6 +386,8 @@ impl Outbox {
             report,
             last_sync: now,
             scratch: Vec::new(),
+            suspect: None,
+            dead_lettered: [0; 4],
         };
         outbox.lease.raise(outbox.next_id)?;
         for e in &outbox.entries {
@@ -495,6 +506,9 @@ impl Outbox {
             return Ok(false);
         };
         let segment = self.remove_at(pos);
+        if self.suspect.is_some_and(|(s, _)| s == id) {
+            self.suspect = None;
+        }
         self.persist_removals(&[(segment, id)])?;
         self.pop_tombstones();
         Ok(true)
@@ -530,6 +544,85 @@ impl Outbox {
         }
         self.drop_unreadable(&unreadable)?;
         Ok(out)
+    }
+
+    /// A connection ended while records were in flight (call it before
+    /// [`requeue_in_flight`](Self::requeue_in_flight)). A broker that refuses a message (a
+    /// topic with a control character, a packet over its limit) drops the connection at that
+    /// publish, after acknowledging the ones before it, so the oldest record in flight is the
+    /// suspect. Returns its id and how many connections in a row ended with it the oldest in
+    /// flight; the caller dead-letters it past a bound. Kept in memory only: after a restart a
+    /// poison record costs the bound again, nothing more.
+    pub fn delivery_failed(&mut self) -> Option<(u64, u32)> {
+        let e = self
+            .entries
+            .iter()
+            .take_while(|e| e.id < self.unsent_from)
+            .find(|e| !e.removed)?;
+        let n = match self.suspect {
+            Some((id, n)) if id == e.id => n.saturating_add(1),
+            _ => 1,
+        };
+        self.suspect = Some((e.id, n));
+        Some((e.id, n))
+    }
+
+    /// Moves record `id` out of the outbox into [`DEAD_LETTER_FILE`] (with `reason`), so that
+    /// the records behind it flow. Returns false if it was not live. The record leaves the
+    /// outbox even when writing it aside fails (the error is returned): one message must never
+    /// wedge the sink. Once the dead-letter file holds `max_size_bytes`, records are listed
+    /// there without their payload.
+    pub fn dead_letter(&mut self, id: u64, reason: &str, now: Ts) -> Result<bool, OutboxError> {
+        let Some(pos) = self.position(id) else {
+            return Ok(false);
+        };
+        let e = self.entries[pos];
+        let written = match self.read_entry(&e) {
+            Ok(Some(rec)) => self.write_dead_letter(&rec, reason, now),
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        };
+        let segment = self.remove_at(pos);
+        self.dead_lettered[e.class.index()] += 1;
+        if self.suspect.is_some_and(|(s, _)| s == id) {
+            self.suspect = None;
+        }
+        self.persist_removals(&[(segment, id)])?;
+        self.pop_tombstones();
+        written.map(|()| true)
+    }
+
+    fn write_dead_letter(
+        &self,
+        rec: &StoredRecord,
+        reason: &str,
+        now: Ts,
+    ) -> Result<(), OutboxError> {
+        let path = self.dir.join(DEAD_LETTER_FILE);
+        let held = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let room = held.saturating_add(rec.payload.len() as u64) <= self.opts.max_size_bytes;
+        let line = serde_json::json!({
+            "dead_lettered_ms": now,
+            "reason": reason,
+            "id": rec.id,
+            "class": rec.class.as_str(),
+            "created_ms": rec.created,
+            "retain": rec.retain,
+            "qos": rec.qos,
+            "topic": rec.topic,
+            "payload_bytes": rec.payload.len(),
+            "payload": room.then(|| String::from_utf8_lossy(&rec.payload)),
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io_err("write", &path))
     }
 
     /// After a disconnect: everything in flight becomes unsent again, in its original order.
@@ -599,6 +692,7 @@ impl Outbox {
             compacted_bytes: self.compacted_bytes,
             oldest_created: self.entries.iter().find(|e| !e.removed).map(|e| e.created),
             next_id: self.next_id,
+            dead_lettered: self.dead_lettered,
         }
     }
 
@@ -1192,6 +1286,40 @@ mod tests {
         let stats = ob.stats();
         assert_eq!((stats.depth, stats.in_flight, stats.bytes), (0, 0, 0));
         assert_eq!(stats.oldest_created, None);
+    }
+
+    #[test]
+    fn a_suspect_record_is_counted_per_connection_and_dead_lettered_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), opts(), 1_000).unwrap();
+        let ids = append_n(&mut ob, Class::Alarm, 3, 1_000);
+        assert_eq!(ob.delivery_failed(), None, "nothing in flight");
+        for n in 1..=3 {
+            assert_eq!(ids_of(&ob.next_unsent(10).unwrap()), ids);
+            assert_eq!(ob.delivery_failed(), Some((ids[0], n)));
+            ob.requeue_in_flight();
+        }
+        // Acknowledged after all: the count starts again with the next oldest.
+        ob.next_unsent(10).unwrap();
+        ob.ack(ids[0]).unwrap();
+        assert_eq!(ob.delivery_failed(), Some((ids[1], 1)));
+        assert!(ob.dead_letter(ids[1], "refused", 2_000).unwrap());
+        assert!(!ob.dead_letter(ids[1], "refused", 2_000).unwrap(), "once");
+        ob.requeue_in_flight();
+        assert_eq!(ids_of(&ob.next_unsent(10).unwrap()), vec![ids[2]]);
+        let st = ob.stats();
+        assert_eq!((st.depth, st.dead_lettered[Class::Alarm.index()]), (1, 1));
+        let text = std::fs::read_to_string(dir.path().join(DEAD_LETTER_FILE)).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["id"], ids[1]);
+        assert_eq!(line["reason"], "refused");
+        assert_eq!(line["class"], "alarm");
+        assert!(line["payload"].is_string());
+        drop(ob);
+        // It stays aside after a restart.
+        let (mut ob, report) = Outbox::open(dir.path(), opts(), 3_000).unwrap();
+        assert_eq!(report.recovered, 1);
+        assert_eq!(ids_of(&ob.next_unsent(10).unwrap()), vec![ids[2]]);
     }
 
     #[test]

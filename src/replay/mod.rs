@@ -20,7 +20,7 @@ use crate::config::{Config, DEFAULT_PATH};
 use crate::core::driver::{Cadence, Driver, MAX_TICKED_GAP_MS};
 use crate::core::engine::Engine;
 use crate::core::model::Ts;
-use crate::core::payload::{alarm_payload, Identity};
+use crate::core::payload::{alarm_payload_with_id, replay_event_id, Identity};
 use crate::io::samples::{csv, HeaderError, Names, Next, RowErrorKind, SampleReader};
 use score::{Activation, Matches, ScoreInput};
 
@@ -182,7 +182,8 @@ impl Replayer<'_> {
     fn drain(&mut self) -> Result<(), ReplayError> {
         for ev in self.driver.drain_events() {
             self.seq += 1;
-            let mut line = alarm_payload(&self.who, self.seq, &ev);
+            let id = replay_event_id(&self.who.agent, self.seq);
+            let mut line = alarm_payload_with_id(&self.who, id, self.seq, &ev);
             line.push(b'\n');
             self.out.write_all(&line).map_err(ReplayError::Output)?;
             let (from, to, at) = (ev.transition.from, ev.transition.to, ev.transition.at);
@@ -303,7 +304,8 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ReplayError> {
 }
 
 /// Replays `opts.inputs` through a fresh engine built from `cfg`, writing each alarm transition
-/// to `out` as one JSON line (the MQTT alarm payload, with the replay's own sequence from 1).
+/// to `out` as one JSON line (the MQTT alarm payload, with the replay's own sequence from 1 and
+/// ids `{agent}-replay-{seq}`, which never collide with live ids).
 /// Bad rows are counted and skipped; only an unreadable input or header stops the replay.
 pub fn run_replay(
     cfg: &Config,

@@ -126,3 +126,31 @@ fn a_pending_on_delay_survives_a_backward_step() {
         "fires within the on-delay of real time"
     );
 }
+
+// Issue 15: the "clock step" cases never stepped a clock (case 6 only compares SystemClock with
+// Instant). Here the wall clock the live clock anchors to really steps: one hour forward, then
+// back. The live clock never jumps on its own; the engine's periodic resync follows the
+// forward step (reported, so the engine task jumps its driver) and ignores the backward one.
+#[test]
+fn a_stepped_wall_clock_reaches_the_live_clock_only_through_resync() {
+    use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let c = SystemClock::with_wall(Arc::new(move || {
+        alsentry::clock::wall_ms() + o.load(SeqCst)
+    }));
+    let t0 = c.now();
+    offset.store(3_600_000, SeqCst);
+    assert!(c.now() - t0 < 1_000, "a step never reaches `now` by itself");
+    let step = c.resync(2_000).expect("the forward step is seen");
+    assert!((step - 3_600_000).abs() < 1_000, "step {step}");
+    assert!((c.now() - t0 - 3_600_000).abs() < 1_000, "now follows it");
+    assert_eq!(c.resync(2_000), None, "once");
+    // Back by the hour: not followed, the timeline keeps running forward.
+    offset.store(0, SeqCst);
+    let t1 = c.now();
+    assert_eq!(c.resync(2_000), None);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(c.now() >= t1 + 20, "monotonic after a backward step");
+}

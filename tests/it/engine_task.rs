@@ -160,6 +160,7 @@ limit = 6.0
             recorder: Some(recorder),
             reloads,
             history: None,
+            pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
         },
     );
     let inputs = Inputs {

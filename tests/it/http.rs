@@ -55,6 +55,7 @@ impl Server {
             config_loaded: true,
             web: None,
             tls: None,
+            pulse: alsentry::io::health::Pulse::new(Default::default(), clock.mono()),
         };
         let task = tokio::spawn(serve_with_limits(listener, state, limits, cancel.clone()));
         Server {
@@ -683,6 +684,7 @@ async fn readyz_fails_without_a_loaded_config() {
         config_loaded: false,
         web: None,
         tls: None,
+        pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
     };
     let task = tokio::spawn(alsentry::io::http::serve(listener, state, cancel.clone()));
     let r = get(addr, "/readyz").await;
@@ -783,8 +785,10 @@ async fn a_silent_client_gets_408() {
     srv.stop().await;
 }
 
+// Issue 15: 32 idle connections made /healthz answer 503 for 5 s. Past the cap, connections
+// are still served, with a short time for their request; past twice the cap they are closed.
 #[tokio::test]
-async fn connections_over_the_cap_get_503_and_capacity_comes_back() {
+async fn idle_connections_over_the_cap_never_starve_healthz() {
     let srv = Server::start(HttpLimits {
         max_connections: 2,
         read_timeout: Duration::from_secs(30),
@@ -792,29 +796,15 @@ async fn connections_over_the_cap_get_503_and_capacity_comes_back() {
     })
     .await;
     // Two idle connections hold both slots (accepted in order, before the third).
-    let idle1 = TcpStream::connect(srv.addr).await.unwrap();
-    let idle2 = TcpStream::connect(srv.addr).await.unwrap();
+    let _idle1 = TcpStream::connect(srv.addr).await.unwrap();
+    let _idle2 = TcpStream::connect(srv.addr).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(get(srv.addr, "/healthz").await.status, 200);
+    // An idle one over the cap is cut after the short timeout (408), not held for 30 s.
     let third = TcpStream::connect(srv.addr).await.unwrap();
     let r = read_reply(third).await;
-    assert_eq!(r.status, 503);
-    assert_eq!(r.headers["connection"], "close");
-
-    drop(idle1);
-    drop(idle2);
-    // The slots free up once the server sees the closes; poll for that, bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = get(srv.addr, "/healthz").await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 503);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "capacity never came back"
-        );
-        tokio::task::yield_now().await;
-    }
+    assert_eq!(r.status, 408);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     srv.stop().await;
 }
 

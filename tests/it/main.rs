@@ -55,6 +55,9 @@ mod probe;
 mod properties;
 /// `alsentry replay` and `[record]`: file time, recorded files replay to the live alarms.
 mod replay;
+/// The agent watching itself (issue 15): poison messages, bounded reloads, supervised
+/// pollers, /healthz and /readyz decisions.
+mod selfwatch;
 /// The simulator as Modbus clients see it: register maps, faults, ground truth, RTU, the
 /// shipped scenarios and templates.
 mod sim;

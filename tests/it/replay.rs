@@ -164,7 +164,10 @@ fn on_delay_runs_on_file_time_with_exact_transitions_and_payloads() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["schema"], "alsentry/alarm/1");
     assert_eq!(lines[0]["seq"], 1);
-    assert_eq!(lines[0]["id"], "gw-replay-1");
+    assert_eq!(
+        lines[0]["id"], "gw-replay-replay-1",
+        "the agent is gw-replay: replay ids have their own namespace"
+    );
     assert_eq!(lines[0]["ts"], "2026-11-28T00:00:12.000Z");
     // The delay fires on the 12 s tick, before the 12 s sample: the value is the 11 s one.
     assert_eq!(lines[0]["value"], 12.0);
@@ -650,6 +653,14 @@ priority = "critical""#,
         replayed.iter().map(key).collect::<Vec<_>>(),
         vec![key(&raised.json()), key(&cleared.json())]
     );
+    // Issue 15: replayed ids were `{agent}-{seq}` from 1, the ids of live transitions.
+    for (r, l) in replayed.iter().zip([raised.json(), cleared.json()]) {
+        assert_ne!(r["id"], l["id"]);
+        assert!(
+            r["id"].as_str().unwrap().starts_with("gw-rec-replay-"),
+            "{r}"
+        );
+    }
     // Live evaluates a batch when it arrives, replay at its source timestamp: within a poll.
     let ms = |j: &serde_json::Value| alsentry::clock::parse_ts(j["ts"].as_str().unwrap()).unwrap();
     for (r, l) in replayed.iter().zip([raised.json(), cleared.json()]) {

@@ -172,6 +172,7 @@ async fn the_status_is_typed_and_its_device_counts_come_from_the_pollers() {
         "outbox_oldest_age_s",
         "drops",
         "drop_reasons",
+        "dead_lettered",
     ];
     assert_eq!(
         top_level_keys(&raw),

@@ -145,7 +145,7 @@ pub fn sink_task(
         clock: SystemClock::new(),
         health: alsentry::io::health::channel(cfg.devices.iter().map(|d| d.name.clone())).1,
         metrics,
-        config_hash: "test".into(),
+        config_hash: tokio::sync::watch::channel("test".to_string()).1,
         password: None,
     };
     (task, tx, crx)

@@ -159,3 +159,92 @@ impl Drop for Proc {
         let _ = self.0.wait();
     }
 }
+
+/// A broker that cannot take some messages, as a client sees it: forwards MQTT both ways and
+/// drops the connection (both sides, like Mosquitto meeting a malformed topic) at any PUBLISH
+/// whose topic contains `marker`. `refused` counts those publishes.
+pub struct RefusingProxy {
+    pub addr: SocketAddr,
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RefusingProxy {
+    pub async fn start(target: SocketAddr, marker: &'static str) -> RefusingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let counter = refused.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let counter = counter.clone();
+                conns.spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut bi, mut bo) = outbound.into_split();
+                    let down = tokio::io::copy(&mut bi, &mut co);
+                    let up = async {
+                        while let Some(packet) = read_mqtt_packet(&mut ci).await {
+                            if packet[0] >> 4 == 3 && publish_topic(&packet).contains(marker) {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            use tokio::io::AsyncWriteExt;
+                            if bo.write_all(&packet).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! { _ = down => {}, _ = up => {} }
+                });
+            }
+        });
+        RefusingProxy {
+            addr,
+            refused,
+            task,
+        }
+    }
+}
+
+impl Drop for RefusingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One whole MQTT control packet (fixed header included), or None at the end of the stream.
+async fn read_mqtt_packet(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut packet = vec![r.read_u8().await.ok()?];
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = r.read_u8().await.ok()?;
+        packet.push(b);
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 || shift > 21 {
+            break;
+        }
+    }
+    let start = packet.len();
+    packet.resize(start + len, 0);
+    r.read_exact(&mut packet[start..]).await.ok()?;
+    Some(packet)
+}
+
+/// The topic of a PUBLISH packet (lossy).
+fn publish_topic(packet: &[u8]) -> String {
+    let mut i = 1;
+    while packet.get(i).is_some_and(|b| b & 0x80 != 0) {
+        i += 1;
+    }
+    let body = packet.get(i + 1..).unwrap_or(&[]);
+    let n = body
+        .get(..2)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    String::from_utf8_lossy(body.get(2..2 + n).unwrap_or(&[])).into_owned()
+}
