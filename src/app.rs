@@ -92,6 +92,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let (health, health_rx) =
         crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
+    // Before this start creates anything there: has an agent used this state_dir?
+    let ran_before = crate::io::seq::ran_before(&cfg.agent.state_dir);
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
     let many = cfg.sinks.len() > 1;
@@ -140,7 +142,11 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let (batch_tx, batch_rx) = mpsc::channel::<SampleBatch>(4096);
     // The engine outlives the pollers so that their last batches are processed.
     let engine_cancel = CancellationToken::new();
-    let seq = SeqLease::open(&cfg.agent.state_dir)
+    let evidence = crate::io::seq::Evidence {
+        ran_before,
+        next_seen: None,
+    };
+    let seq = SeqLease::open(&cfg.agent.state_dir, evidence, clock.now())
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
     if let Some(h) = &cfg.http {

@@ -640,14 +640,18 @@ impl InternalEvent for SeqLeaseNotPersisted<'_> {
     }
 }
 
-/// The event sequence lease holds no readable value; `seq` starts again at 1.
+/// The event sequence lease was deleted or damaged after the agent had run; `seq` goes on
+/// from what survives or the time floor (io/seq.rs), never from 1.
 #[derive(Debug)]
-pub struct SeqLeaseUnreadable<'a> {
+pub struct SeqLeaseDamaged<'a> {
     pub path: &'a Path,
+    /// "missing", "empty" or "unreadable".
+    pub found: &'static str,
+    pub next: u64,
 }
 
-impl InternalEvent for SeqLeaseUnreadable<'_> {
+impl InternalEvent for SeqLeaseDamaged<'_> {
     fn emit(self) {
-        error!(path = %self.path.display(), "the event sequence lease is damaged; seq starts again at 1");
+        error!(path = %self.path.display(), found = self.found, next_seq = self.next, "the event sequence lease is damaged; seq continues above every number handed out before");
     }
 }

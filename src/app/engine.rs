@@ -494,7 +494,7 @@ limit = 8.0
         let task = EngineTask::new(
             &cfg,
             Engine::new(&cfg.spec),
-            SeqLease::open(state.path()).unwrap(),
+            SeqLease::open(state.path(), Default::default(), T0).unwrap(),
             Outlets::new(&cfg, sink_txs),
             Shared {
                 clock: clock.clone(),
