@@ -4,6 +4,7 @@
 //! published) and `supervisor` (link pollers and reloads).
 
 pub mod engine;
+mod restore;
 mod supervisor;
 
 use std::path::Path;
@@ -87,13 +88,17 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     metrics
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
-    let engine = Engine::new(&cfg.spec);
+    // Before this start creates anything there: has an agent used this state_dir?
+    let ran_before = crate::io::seq::ran_before(&cfg.agent.state_dir);
+    std::fs::create_dir_all(&cfg.agent.state_dir)
+        .with_context(|| format!("creating {}", cfg.agent.state_dir.display()))?;
+    let mut engine = Engine::new(&cfg.spec);
+    // The previous run's alarm state, before the first poll.
+    let restored = restore::restore(&cfg, &mut engine);
     // Which devices answer: written by the pollers, read by the status and /readyz.
     let (health, health_rx) =
         crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
-    // Before this start creates anything there: has an agent used this state_dir?
-    let ran_before = crate::io::seq::ran_before(&cfg.agent.state_dir);
     let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
     let mut sink_txs = Vec::new();
     let many = cfg.sinks.len() > 1;
@@ -135,6 +140,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             health: health_rx.clone(),
             config_hash: cfg.hash.clone(),
             password,
+            restore: Some(restored.report(i)),
         };
         tasks.spawn(task.run(cancel.child_token()));
     }
@@ -144,7 +150,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let engine_cancel = CancellationToken::new();
     let evidence = crate::io::seq::Evidence {
         ran_before,
-        next_seen: None,
+        next_seen: restored.next_seq,
     };
     let seq = SeqLease::open(&cfg.agent.state_dir, evidence, clock.now())
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
@@ -184,7 +190,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             recorder,
             reloads: reload_tx.clone(),
         },
-    );
+    )
+    .restored(&restored);
     let supervisor = Supervisor::start(
         cfg,
         batch_tx,

@@ -655,3 +655,51 @@ impl InternalEvent for SeqLeaseDamaged<'_> {
         error!(path = %self.path.display(), found = self.found, next_seq = self.next, "the event sequence lease is damaged; seq continues above every number handed out before");
     }
 }
+
+/// The previous run's alarm state was taken over at start.
+#[derive(Debug)]
+pub struct AlarmStateRestored {
+    pub restored: usize,
+    pub dropped: usize,
+    pub cleared: usize,
+}
+
+impl InternalEvent for AlarmStateRestored {
+    fn emit(self) {
+        info!(
+            restored = self.restored,
+            dropped = self.dropped,
+            cleared = self.cleared,
+            "alarm state restored: {} alarms restored, {} dropped (rule or device removed), {} retained topics cleared",
+            self.restored,
+            self.dropped,
+            self.cleared
+        );
+    }
+}
+
+/// The alarm state file could not be read; the agent starts with fresh alarm state.
+#[derive(Debug)]
+pub struct AlarmStateUnreadable<'a> {
+    pub error: &'a dyn LogValue,
+    pub set_aside: Option<&'a Path>,
+}
+
+impl InternalEvent for AlarmStateUnreadable<'_> {
+    fn emit(self) {
+        let aside = self.set_aside.map(|p| p.display().to_string());
+        error!(error = %self.error, set_aside = ?aside, "the alarm state file is unreadable; starting with fresh alarm state");
+    }
+}
+
+/// The alarm state could not be saved; it is tried again at the next change.
+#[derive(Debug)]
+pub struct AlarmStateNotSaved<'a> {
+    pub error: &'a dyn LogValue,
+}
+
+impl InternalEvent for AlarmStateNotSaved<'_> {
+    fn emit(self) {
+        error!(error = %self.error, "cannot save the alarm state");
+    }
+}

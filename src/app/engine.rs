@@ -19,7 +19,7 @@ use crate::config::{Config, DataMode, DataOptions, SummaryOptions};
 use crate::core::command::{self, Reply, Request};
 use crate::core::driver::{Cadence, Driver, TICK_MS};
 use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
-use crate::core::outbound::{Identities, Message, Outbound};
+use crate::core::outbound::{Class, Identities, Message, Outbound};
 use crate::core::payload::{DataFilter, DataTag, DataTags, Identity};
 use crate::io::http::AlarmSnapshot;
 use crate::io::publisher::InboundCommand;
@@ -27,6 +27,8 @@ use crate::io::record::Recorder;
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
 use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
+
+use super::restore::{Keeper, Restore};
 
 /// Who asked for a reload over MQTT, for the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +98,13 @@ impl Outlets {
         stopped
     }
 
+    /// A message for one sink only, as it stands (a retained topic to clear).
+    async fn send_to(&self, sink: usize, m: Message) {
+        if let Some(tx) = self.sinks.get(sink) {
+            let _ = tx.send(Arc::new(m)).await;
+        }
+    }
+
     /// Replies go to the sink the command came from.
     async fn reply(&self, sink: usize, reply: Reply) {
         if let (Some(tx), Some(m)) = (
@@ -152,6 +161,10 @@ pub struct EngineTask {
     names: Vec<DataTags>,
     /// READY=1 after the first poll cycle, WATCHDOG=1 while this loop turns (issue 15).
     systemd: crate::io::notify::Systemd,
+    /// The alarm state file.
+    keeper: Keeper,
+    /// Per sink: retained alarm topics to clear at start (their instance is gone).
+    clears: Vec<Vec<String>>,
 }
 
 impl EngineTask {
@@ -175,7 +188,59 @@ impl EngineTask {
             agent: cfg.agent.id.clone(),
             names: data_names(cfg),
             systemd,
+            keeper: Keeper::new(cfg),
+            clears: Vec::new(),
         }
+    }
+
+    /// What was restored into the engine at start (`super::restore::restore`): the task
+    /// republishes it and clears the retained topics of vanished instances when it starts.
+    pub fn restored(mut self, r: &Restore) -> EngineTask {
+        self.keeper.restored(r);
+        self.clears = r.clears.clone();
+        self
+    }
+
+    /// Before the first poll: the broker gets the same picture as the agent (vanished alarm
+    /// topics cleared, restored states republished), /alarms shows the restored alarms, and
+    /// the file says what this run holds.
+    async fn start_up(&mut self) {
+        let now = self.shared.clock.now();
+        self.send_snapshot(now);
+        for (sink, topics) in std::mem::take(&mut self.clears).into_iter().enumerate() {
+            for topic in topics {
+                let clear = Message {
+                    class: Class::Alarm,
+                    topic,
+                    // An empty retained message removes the broker's retained one.
+                    payload: Vec::new(),
+                    retain: true,
+                    priority: None,
+                };
+                self.outlets.send_to(sink, clear).await;
+            }
+        }
+        for event in self.driver.engine().restored_states(now) {
+            self.publish_alarm(event).await;
+        }
+        self.save(true);
+    }
+
+    fn send_snapshot(&self, now: i64) {
+        let engine = self.driver.engine();
+        let kpis = engine.kpis(now);
+        self.shared.alarms.send_replace(AlarmSnapshot::from_events(
+            &engine.shown_alarms(),
+            kpis.floods,
+            kpis.chattering_episodes,
+        ));
+    }
+
+    /// Saves the alarm state when due (`at_once`: whenever it changed).
+    fn save(&mut self, at_once: bool) {
+        let (mono, now) = (self.shared.clock.mono(), self.shared.clock.now());
+        self.keeper
+            .save_if_due(self.driver.engine(), self.seq.peek(), mono, now, at_once);
     }
 
     /// Runs until every poller has stopped (the batch channel closes) or `cancel` fires; either
@@ -197,6 +262,7 @@ impl EngineTask {
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first summary one interval after start, not at once.
         summaries.reset();
+        self.start_up().await;
         loop {
             tokio::select! {
                 b = batches.recv() => match b {
@@ -206,6 +272,7 @@ impl EngineTask {
                         self.driver.advance(self.shared.clock.now());
                         self.driver.finish();
                         self.publish_events().await;
+                        self.save(true);
                         return;
                     }
                 },
@@ -241,10 +308,12 @@ impl EngineTask {
                         self.driver.apply(&b, self.shared.clock.now());
                     }
                     self.publish_events().await;
+                    self.save(true);
                     return;
                 }
             }
             self.publish_events().await;
+            self.save(false);
         }
     }
 
@@ -268,16 +337,16 @@ impl EngineTask {
         if !self.driver.has_events() {
             return;
         }
-        let now = self.shared.clock.now();
-        let engine = self.driver.engine();
-        let kpis = engine.kpis(now);
-        self.shared.alarms.send_replace(AlarmSnapshot::from_events(
-            &engine.shown_alarms(),
-            kpis.floods,
-            kpis.chattering_episodes,
-        ));
+        self.send_snapshot(self.shared.clock.now());
         let events: Vec<AlarmEvent> = self.driver.drain_events().collect();
         for event in events {
+            self.publish_alarm(event).await;
+        }
+    }
+
+    /// Numbers one alarm event and hands it to every sink.
+    async fn publish_alarm(&mut self, event: AlarmEvent) {
+        {
             let (seq, err) = self.seq.take();
             if let Some(e) = err {
                 emit(SeqLeaseNotPersisted { error: &e });
@@ -290,6 +359,8 @@ impl EngineTask {
                 priority: &event.priority,
                 message: &event.message,
             });
+            self.keeper
+                .published(&event.device, &event.rule, event.priority);
             // Alarms are never dropped here: waiting is the backpressure.
             if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
                 error!("a sink stopped; alarm not queued for it");

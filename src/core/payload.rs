@@ -138,6 +138,22 @@ pub struct OnlineStatus<'a> {
     pub drops: ClassCounts,
     /// The same drops by reason.
     pub drop_reasons: DropReasons,
+    /// What this start restored of the previous run's alarm state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreReport>,
+}
+
+/// What a start did with the previous run's alarm state (`restore` in the status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// "read", "none" (first start) or "unreadable" (set aside, started fresh).
+    pub state_file: &'static str,
+    /// Alarm instances whose state was taken over.
+    pub restored: u64,
+    /// Saved instances whose device or rule no longer exists.
+    pub dropped: u64,
+    /// Retained alarm topics of the sink cleared because their instance no longer exists.
+    pub cleared: u64,
 }
 
 /// Most device names listed in `down`.
@@ -229,6 +245,7 @@ mod tests {
                     full: 3412,
                     ..Default::default()
                 },
+                restore: None,
             },
         );
         // The example of docs/MQTT.md, byte for byte.

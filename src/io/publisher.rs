@@ -36,7 +36,8 @@ use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
 use crate::config::MqttSink;
 use crate::core::payload::{
-    ClassCounts, DropReasons, Identity, OnlineStatus, StatusPayload, STATUS_DOWN_NAMES,
+    ClassCounts, DropReasons, Identity, OnlineStatus, RestoreReport, StatusPayload,
+    STATUS_DOWN_NAMES,
 };
 use crate::metrics::{Metrics, SinkMetrics};
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
@@ -84,6 +85,8 @@ pub struct SinkTask {
     pub health: watch::Receiver<DeviceHealth>,
     pub config_hash: String,
     pub password: Option<String>,
+    /// What this start restored of the alarm state, for the status.
+    pub restore: Option<RestoreReport>,
 }
 
 /// Never prints the password, only whether there is one.
@@ -809,6 +812,7 @@ impl Runner<'_> {
                     io: own.io.iter().sum(),
                     refused: own.refused.iter().sum(),
                 },
+                restore: self.t.restore,
             },
         )
         .to_vec()

@@ -147,6 +147,7 @@ pub fn sink_task(
         metrics,
         config_hash: "test".into(),
         password: None,
+        restore: None,
     };
     (task, tx, crx)
 }
