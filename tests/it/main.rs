@@ -50,6 +50,9 @@ mod polling;
 mod properties;
 /// `alsentry replay` and `[record]`: file time, recorded files replay to the live alarms.
 mod replay;
+/// Alarm state across restarts (clean and crash-like), the broker's retained picture, the
+/// seq lease deleted or garbled.
+mod restart;
 /// The simulator as Modbus clients see it: register maps, faults, ground truth, RTU, the
 /// shipped scenarios and templates.
 mod sim;
