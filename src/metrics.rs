@@ -93,6 +93,10 @@ pub struct SinkMetrics {
     pub outbox_write_errors: AtomicU64,
     pub puback_latency_us_sum: AtomicU64,
     pub puback_latency_us_last: AtomicU64,
+    /// Commands received through this sink and answered or dropped by the sink itself:
+    /// delivered with RETAIN set and oversized (dropped), engine queue full (answered busy).
+    pub commands_retained_oversized: AtomicU64,
+    pub commands_busy: AtomicU64,
 }
 
 /// Per-sink families, in export order.
@@ -132,6 +136,18 @@ const SINK_FAMILIES: &[Family<SinkMetrics>] = &[
         kind: Kind::Counter,
         help: "Messages the outbox could not store (disk full, unwritable); alarms then go out without durability while connected.",
         read: Read::Int(|s| load(&s.outbox_write_errors)),
+    },
+    Family {
+        name: "alsentry_sink_commands_refused_total",
+        kind: Kind::Counter,
+        help: "Commands the sink refused itself: retained_oversized = delivered with RETAIN set and larger than a command may be (dropped without a reply), busy = the engine's command queue was full (answered busy).",
+        read: Read::ByLabel(
+            "reason",
+            &[
+                ("retained_oversized", |s| load(&s.commands_retained_oversized)),
+                ("busy", |s| load(&s.commands_busy)),
+            ],
+        ),
     },
     Family {
         name: "alsentry_outbox_depth",
@@ -556,6 +572,7 @@ mod tests {
             "alsentry_sink_bytes_total",
             "alsentry_outbox_dropped_total",
             "alsentry_outbox_write_errors_total",
+            "alsentry_sink_commands_refused_total",
             "alsentry_outbox_depth",
             "alsentry_outbox_bytes",
             "alsentry_puback_latency_seconds",

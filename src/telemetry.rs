@@ -561,15 +561,33 @@ impl InternalEvent for ClientRefused<'_> {
     }
 }
 
-/// A command arrived while the engine's command queue was full.
+/// A command the sink did not hand to the engine task.
 #[derive(Debug)]
 pub struct CommandDropped<'a> {
-    pub sink: &'a str,
+    pub sink: &'a SinkMetrics,
+    pub reason: CommandDropReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandDropReason {
+    /// The engine's command queue was full: answered `busy`.
+    Busy,
+    /// Delivered with RETAIN set and larger than a command may be: dropped, no reply.
+    RetainedOversized,
 }
 
 impl InternalEvent for CommandDropped<'_> {
     fn emit(self) {
-        warn!(sink = %self.sink, "command dropped: the engine is busy");
+        match self.reason {
+            CommandDropReason::Busy => {
+                inc(&self.sink.commands_busy);
+                warn!(sink = %self.sink.name, "command answered busy: the engine's command queue is full");
+            }
+            CommandDropReason::RetainedOversized => {
+                inc(&self.sink.commands_retained_oversized);
+                warn!(sink = %self.sink.name, "retained command larger than a command may be: dropped without a reply (clear it on the broker)");
+            }
+        }
     }
 }
 

@@ -16,13 +16,13 @@ use tracing::{error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{Config, DataMode, DataOptions, SummaryOptions};
-use crate::core::command::{self, Reply, Request};
+use crate::core::command::{self, RecentReplies, Reply, Request};
 use crate::core::driver::{Cadence, Driver, TICK_MS};
 use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
 use crate::core::outbound::{Class, Identities, Message, Outbound};
 use crate::core::payload::{DataFilter, DataTag, DataTags, Identity};
 use crate::io::http::AlarmSnapshot;
-use crate::io::publisher::InboundCommand;
+use crate::io::inbound::{CommandOrigin, InboundCommand};
 use crate::io::record::Recorder;
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
@@ -30,10 +30,14 @@ use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
 
 use super::restore::{Keeper, Restore};
 
-/// Who asked for a reload over MQTT, for the reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandOrigin {
-    pub sink: usize,
+/// Commands applied before one save of the alarm state (group commit).
+const COMMAND_BATCH: usize = 256;
+
+/// A command answered later (a reload, once the supervisor has applied it): where the reply
+/// goes and what it echoes.
+#[derive(Debug)]
+pub struct PendingReply {
+    pub to: CommandOrigin,
     pub request_id: Option<String>,
     pub op: String,
 }
@@ -42,7 +46,7 @@ pub struct CommandOrigin {
 #[derive(Debug)]
 pub enum ReloadOrigin {
     /// The `reload` command: the supervisor hands the outcome to the engine task, which replies.
-    Command(CommandOrigin),
+    Command(PendingReply),
     /// SIGHUP or [`super::Running::reload`]: the caller waits for the outcome.
     Caller(oneshot::Sender<Result<String, String>>),
 }
@@ -60,7 +64,7 @@ pub enum Control {
     Swap(Box<Config>, oneshot::Sender<Result<(), String>>),
     /// A reload asked for by a command has finished: reply to it.
     Reloaded {
-        to: CommandOrigin,
+        to: PendingReply,
         result: Result<String, String>,
     },
 }
@@ -165,6 +169,8 @@ pub struct EngineTask {
     keeper: Keeper,
     /// Per sink: retained alarm topics to clear at start (their instance is gone).
     clears: Vec<Vec<String>>,
+    /// Replies by `request_id`, so that a command sent twice runs once.
+    recent: RecentReplies,
 }
 
 impl EngineTask {
@@ -190,6 +196,7 @@ impl EngineTask {
             systemd,
             keeper: Keeper::new(cfg),
             clears: Vec::new(),
+            recent: RecentReplies::default(),
         }
     }
 
@@ -278,7 +285,7 @@ impl EngineTask {
                 },
                 c = commands.recv() => {
                     if let Some(c) = c {
-                        self.command(c).await;
+                        self.commands(c, &mut commands).await;
                     }
                 }
                 () = &mut tick => {
@@ -395,50 +402,111 @@ impl EngineTask {
             .await;
     }
 
-    async fn command(&mut self, c: InboundCommand) {
+    /// Runs `first` and whatever else is queued (up to [`COMMAND_BATCH`]), saves the alarm
+    /// state once, then replies: an `ok` reply means the change survives a crash, and a burst
+    /// costs one fsync per batch rather than one per command.
+    async fn commands(
+        &mut self,
+        first: InboundCommand,
+        queue: &mut mpsc::Receiver<InboundCommand>,
+    ) {
+        let mut replies = Vec::new();
+        replies.extend(self.command(first));
+        for _ in 1..COMMAND_BATCH {
+            let Ok(c) = queue.try_recv() else { break };
+            replies.extend(self.command(c));
+        }
+        self.save(true);
+        for (to, reply) in replies {
+            self.answer(to, reply).await;
+        }
+    }
+
+    /// Applies one command; its reply, unless it comes later (a reload).
+    fn command(&mut self, c: InboundCommand) -> Option<(CommandOrigin, Reply)> {
         let now = self.shared.clock.now();
-        let reply = match command::parse(&c.payload, now) {
+        let InboundCommand { origin, payload } = c;
+        if let CommandOrigin::Mqtt { retained: true, .. } = origin {
+            let reply = command::refuse_retained(&payload, now);
+            warn!(request_id = ?reply.request_id, op = ?reply.op, "retained command refused, not executed");
+            return Some((origin, reply));
+        }
+        let p = match command::parse(&payload, now) {
             Err(e) => {
                 warn!(error = %e.message, "command refused");
-                Reply::unparsed(e, now)
+                let reply = Reply::unparsed(e, now);
+                self.recent.remember(&reply, now);
+                return Some((origin, reply));
             }
-            Ok(p) => match p.request {
-                Request::Reload { by } => {
-                    info!(by = %by, "reload requested over MQTT");
-                    let origin = ReloadOrigin::Command(CommandOrigin {
-                        sink: c.sink,
-                        request_id: p.request_id.clone(),
-                        op: p.op.clone(),
-                    });
-                    match self.shared.reloads.try_send(ReloadRequest { origin }) {
-                        // The supervisor applies it and hands the outcome back for the reply.
-                        Ok(()) => return,
-                        Err(_) => Reply::refused(
-                            p.request_id,
-                            Some(p.op),
+            Ok(p) => p,
+        };
+        if let Some(first) = p
+            .request_id
+            .as_deref()
+            .and_then(|id| self.recent.get(id, now))
+        {
+            info!(request_id = ?p.request_id, op = %p.op, "duplicate command: the first reply again");
+            return Some((origin, first));
+        }
+        let reply = match p.request {
+            Request::Reload { by } => {
+                info!(by = %by, "reload requested over MQTT");
+                let pending = PendingReply {
+                    to: origin,
+                    request_id: p.request_id,
+                    op: p.op,
+                };
+                match self.shared.reloads.try_send(ReloadRequest {
+                    origin: ReloadOrigin::Command(pending),
+                }) {
+                    // The supervisor applies it and hands the outcome back for the reply.
+                    Ok(()) => return None,
+                    Err(e) => {
+                        let ReloadRequest {
+                            origin: ReloadOrigin::Command(pending),
+                        } = e.into_inner()
+                        else {
+                            return None;
+                        };
+                        let reply = Reply::refused(
+                            pending.request_id,
+                            Some(pending.op),
                             "a reload is already in progress; try again",
                             now,
-                        ),
+                        );
+                        return Some((pending.to, reply));
                     }
                 }
-                Request::Alarm {
-                    device,
-                    rule,
-                    by,
-                    command,
-                } => match self.driver.command(&device, &rule, &by, &command, now) {
-                    Ok(state) => {
-                        info!(device = %device, rule = %rule, op = %p.op, by = %by, "command applied");
-                        Reply::ok(p.request_id, Some(p.op), now)
-                            .on(device, rule)
-                            .state(state)
-                    }
-                    Err(e) => Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
-                        .on(device, rule),
-                },
+            }
+            Request::Alarm {
+                device,
+                rule,
+                by,
+                command,
+            } => match self.driver.command(&device, &rule, &by, &command, now) {
+                Ok(state) => {
+                    info!(device = %device, rule = %rule, op = %p.op, by = %by, "command applied");
+                    Reply::ok(p.request_id, Some(p.op), now)
+                        .on(device, rule)
+                        .state(state)
+                }
+                Err(e) => {
+                    Reply::refused(p.request_id, Some(p.op), e.to_string(), now).on(device, rule)
+                }
             },
         };
-        self.outlets.reply(c.sink, reply).await;
+        self.recent.remember(&reply, now);
+        Some((origin, reply))
+    }
+
+    /// Sends a reply back the way its command came.
+    async fn answer(&mut self, to: CommandOrigin, reply: Reply) {
+        match to {
+            CommandOrigin::Mqtt { sink, .. } => self.outlets.reply(sink, reply).await,
+            CommandOrigin::Local { reply: tx } => {
+                let _ = tx.send(reply);
+            }
+        }
     }
 
     async fn control(&mut self, c: Control) {
@@ -453,7 +521,8 @@ impl EngineTask {
                     Ok(m) => Reply::ok(to.request_id, Some(to.op), now).state(Some(&m)),
                     Err(e) => Reply::refused(to.request_id, Some(to.op), e, now),
                 };
-                self.outlets.reply(to.sink, reply).await;
+                self.recent.remember(&reply, now);
+                self.answer(to.to, reply).await;
             }
         }
     }
@@ -617,7 +686,11 @@ limit = 8.0
 
         async fn command(&self, sink: usize, payload: &str) {
             let payload = payload.as_bytes().to_vec();
-            let c = InboundCommand { sink, payload };
+            let origin = CommandOrigin::Mqtt {
+                sink,
+                retained: false,
+            };
+            let c = InboundCommand { origin, payload };
             self.commands.send(c).await.unwrap();
         }
     }
@@ -717,13 +790,16 @@ limit = 8.0
             panic!("a command origin")
         };
         assert_eq!(
-            to,
-            CommandOrigin {
-                sink: 2,
-                request_id: Some("r7".into()),
-                op: "reload".into()
-            }
+            (to.request_id.as_deref(), to.op.as_str()),
+            (Some("r7"), "reload")
         );
+        assert!(matches!(
+            to.to,
+            CommandOrigin::Mqtt {
+                sink: 2,
+                retained: false
+            }
+        ));
         // Not answered yet: the next reply on that sink is for a later command.
         h.command(2, "{}").await;
         assert_eq!(

@@ -6,6 +6,7 @@ pub mod alarm_state;
 pub mod backoff;
 pub mod health;
 pub mod http;
+pub mod inbound;
 pub mod modbus;
 pub mod notify;
 pub mod poller;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{
-    LastWill as LastWill5, Packet as Packet5, PubAckReason, PublishProperties,
+    Filter, LastWill as LastWill5, Packet as Packet5, PubAckReason, PublishProperties,
 };
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
@@ -31,10 +31,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff;
 use super::health::DeviceHealth;
+use super::inbound::{admit, Admitted};
 use super::session::{Session, SessionConfig, Settled, StatusKey};
 use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
 use crate::config::MqttSink;
+use crate::core::command;
+use crate::core::outbound::REPLY_LEAF;
 use crate::core::payload::{
     ClassCounts, DropReasons, Identity, OnlineStatus, RestoreReport, StatusPayload,
     STATUS_DOWN_NAMES,
@@ -43,19 +46,15 @@ use crate::metrics::{Metrics, SinkMetrics};
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
 use crate::telemetry::{
     emit, AlarmSentWithoutDurability, BrokerConnected, BrokerDisconnected, ClientOp, ClientRefused,
-    CommandDropped, ConnectionSetupFailed, OutboxError, OutboxExpired, OutboxFull, OutboxLevels,
-    OutboxOp, OutboxWriteFailed, PublishSettled, Published,
+    CommandDropReason, CommandDropped, ConnectionSetupFailed, OutboxError, OutboxExpired,
+    OutboxFull, OutboxLevels, OutboxOp, OutboxWriteFailed, PublishSettled, Published,
 };
 
 /// What the engine task hands to a sink (defined with the other outbound types in core).
 pub use crate::core::outbound::Message;
 
-/// A command payload that arrived on the agent's command topic.
-#[derive(Debug, Clone)]
-pub struct InboundCommand {
-    pub sink: usize,
-    pub payload: Vec<u8>,
-}
+/// Commands handed to the engine task, with where they came from (io/inbound.rs).
+pub use super::inbound::{CommandOrigin, InboundCommand};
 
 /// Publishes handed to rumqttc and not yet acknowledged, at most.
 const WINDOW: usize = 64;
@@ -65,6 +64,13 @@ const DATA_WINDOW: usize = 64;
 /// The one bounded request channel to rumqttc. At most WINDOW + DATA_WINDOW publishes plus a
 /// subscribe and a status are ever queued in it, so `try_publish` never finds it full.
 const CHANNEL_CAPACITY: usize = 2 * (WINDOW + DATA_WINDOW);
+/// The largest packet MQTT can carry (a remaining length of 268,435,455 bytes plus the fixed
+/// header). rumqttc treats an incoming packet over its limit as a fatal connection error, and
+/// the broker delivers a retained one again after every reconnect: a reconnect loop. So the
+/// limit is the protocol's own, and the sink drops an oversized command itself (io/inbound.rs).
+/// Such a packet is held in memory while it is read; brokers bound it lower (Mosquitto's
+/// `message_size_limit`, docs/MQTT.md).
+const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
 /// Periodic status (the session decides when).
 pub use super::session::STATUS_INTERVAL;
 
@@ -117,6 +123,8 @@ enum Ev {
     Publish {
         topic: String,
         payload: Vec<u8>,
+        /// RETAIN as delivered (see io/inbound.rs).
+        retain: bool,
     },
     Other,
 }
@@ -189,8 +197,13 @@ impl Client {
             Client::V4(c) => c
                 .try_subscribe(topic, QoS::AtLeastOnce)
                 .map_err(|e| e.to_string()),
+            // Retain-As-Published: a command published retained arrives with RETAIN set even
+            // on a live subscription, so it is refused like one from the retained store.
             Client::V5(c) => c
-                .try_subscribe(topic, QoS5::AtLeastOnce)
+                .try_subscribe_many([Filter {
+                    preserve_retain: true,
+                    ..Filter::new(topic, QoS5::AtLeastOnce)
+                }])
                 .map_err(|e| e.to_string()),
         }
     }
@@ -216,6 +229,7 @@ impl Loop {
                 Ok(Event::Incoming(Packet::Publish(p))) => Ok(Ev::Publish {
                     topic: p.topic,
                     payload: p.payload.to_vec(),
+                    retain: p.retain,
                 }),
                 Ok(_) => Ok(Ev::Other),
                 Err(e) => Err(e.to_string()),
@@ -233,6 +247,7 @@ impl Loop {
                 Ok(rumqttc::v5::Event::Incoming(Packet5::Publish(p))) => Ok(Ev::Publish {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload.to_vec(),
+                    retain: p.retain,
                 }),
                 Ok(_) => Ok(Ev::Other),
                 Err(e) => Err(e.to_string()),
@@ -337,7 +352,7 @@ impl SinkTask {
                 o.set_clean_session(true);
                 o.set_inflight(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
-                o.set_max_packet_size(1 << 20, 1 << 20);
+                o.set_max_packet_size(MAX_INCOMING_PACKET, 1 << 20);
                 o.set_last_will(LastWill::new(
                     status_topic,
                     self.offline_payload(),
@@ -367,7 +382,7 @@ impl SinkTask {
                 o.set_session_expiry_interval(Some(0));
                 o.set_outgoing_inflight_upper_limit(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
-                o.set_max_packet_size(Some(1 << 20));
+                o.set_max_packet_size(Some(MAX_INCOMING_PACKET as u32));
                 o.set_last_will(LastWill5::new(
                     status_topic,
                     self.offline_payload(),
@@ -618,12 +633,9 @@ impl Runner<'_> {
                         let settled = self.session.acked(pkid, clock.mono());
                         self.settle(settled, refused);
                     }
-                    Ok(Ev::Publish { topic, payload }) => {
+                    Ok(Ev::Publish { topic, payload, retain }) => {
                         if topic == cmd_topic {
-                            let cmd = InboundCommand { sink: self.t.index, payload };
-                            if self.t.commands.try_send(cmd).is_err() {
-                                emit(CommandDropped { sink: &self.t.cfg.name });
-                            }
+                            self.command(payload, retain);
                         }
                     }
                     Ok(Ev::Other) => {}
@@ -644,6 +656,40 @@ impl Runner<'_> {
                 }
             }
         }
+    }
+
+    /// A publish on the command topic: to the engine task, which answers it; answered `busy`
+    /// here when the engine's queue is full, so that no command goes unanswered.
+    fn command(&mut self, payload: Vec<u8>, retain: bool) {
+        let cmd = match admit(self.t.index, retain, payload) {
+            Admitted::Command(c) => c,
+            Admitted::DroppedRetainedOversized => {
+                emit(CommandDropped {
+                    sink: self.sm,
+                    reason: CommandDropReason::RetainedOversized,
+                });
+                return;
+            }
+        };
+        let Err(e) = self.t.commands.try_send(cmd) else {
+            return;
+        };
+        let cmd = match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        };
+        emit(CommandDropped {
+            sink: self.sm,
+            reason: CommandDropReason::Busy,
+        });
+        let reply = command::busy(&cmd.payload, self.t.clock.now());
+        let m = Message {
+            class: Class::Status,
+            topic: self.t.who.agent_topic(REPLY_LEAF),
+            payload: serde_json::to_vec(&reply).unwrap_or_default(),
+            retain: false,
+            priority: None,
+        };
+        self.store(&m);
     }
 
     /// A publish was settled by the broker (or refused for good).
