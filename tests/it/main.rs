@@ -22,6 +22,9 @@ mod support;
 mod cli;
 /// Time a gateway lives by: wall-clock steps and what the engine does with a `now` that jumps.
 mod clock;
+/// Commands that cannot be replayed: RETAIN set, oversized, duplicates, a burst beyond the
+/// queue.
+mod commands;
 /// The configuration as users meet it: golden broken configs (tests/cases/), the shipped
 /// example (accepted, its meaning, embedded in the README, its commented defaults).
 mod config;
