@@ -31,6 +31,9 @@ use crate::outbox::Outbox;
 use engine::{Control, EngineTask, Inputs, Outlets, ReloadOrigin, ReloadRequest, Shared};
 use supervisor::Supervisor;
 
+/// Commands waiting for the engine task, at most (all sinks together).
+const COMMAND_QUEUE: usize = 1024;
+
 /// Handles to a running agent, for tests and the demo.
 #[derive(Debug)]
 pub struct Running {
@@ -99,7 +102,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let (health, health_rx) =
         crate::io::health::channel(cfg.devices.iter().map(|d| d.name.clone()));
 
-    let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
+    // Commands are at most 4 KiB: a full queue holds 4 MiB. Past it a sink answers "busy".
+    let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(COMMAND_QUEUE);
     let mut sink_txs = Vec::new();
     let many = cfg.sinks.len() > 1;
     for (i, s) in cfg.sinks.iter().enumerate() {
