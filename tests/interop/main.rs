@@ -24,5 +24,8 @@ mod delivery;
 /// Modbus peers: the binary with the example config against pymodbus and Mosquitto, mbpoll
 /// decoding, mbpoll and pymodbus reading the simulator.
 mod modbus;
+/// Alarm state and commands through Mosquitto: a 5 MiB retained command, MQTT 5
+/// Retain-As-Published, the real binary SIGKILLed and restarted with its alarm states.
+mod restart;
 /// The shipped systemd unit as systemd-analyze sees it.
 mod systemd;
