@@ -353,25 +353,23 @@ impl EngineTask {
 
     /// Numbers one alarm event and hands it to every sink.
     async fn publish_alarm(&mut self, event: AlarmEvent) {
-        {
-            let (seq, err) = self.seq.take();
-            if let Some(e) = err {
-                emit(SeqLeaseNotPersisted { error: &e });
-            }
-            emit(AlarmPublished {
-                metrics: &self.shared.metrics,
-                device: &event.device,
-                rule: &event.rule,
-                state: event.transition.to,
-                priority: &event.priority,
-                message: &event.message,
-            });
-            self.keeper
-                .published(&event.device, &event.rule, event.priority);
-            // Alarms are never dropped here: waiting is the backpressure.
-            if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
-                error!("a sink stopped; alarm not queued for it");
-            }
+        let (seq, err) = self.seq.take();
+        if let Some(e) = err {
+            emit(SeqLeaseNotPersisted { error: &e });
+        }
+        emit(AlarmPublished {
+            metrics: &self.shared.metrics,
+            device: &event.device,
+            rule: &event.rule,
+            state: event.transition.to,
+            priority: &event.priority,
+            message: &event.message,
+        });
+        self.keeper
+            .published(&event.device, &event.rule, event.priority);
+        // Alarms are never dropped here: waiting is the backpressure.
+        if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
+            error!("a sink stopped; alarm not queued for it");
         }
     }
 

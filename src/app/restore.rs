@@ -74,28 +74,24 @@ fn views(cfg: &Config) -> Vec<SinkView> {
 pub fn restore(cfg: &Config, engine: &mut Engine) -> Restore {
     let dir = &cfg.agent.state_dir;
     let file = match alarm_state::load(dir) {
-        Ok(Some(f)) => Some(f),
-        Ok(None) => None,
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Restore {
+                state_file: "none",
+                ..Restore::default()
+            }
+        }
         Err(e) => {
             let aside = alarm_state::set_aside(dir);
             emit(AlarmStateUnreadable {
                 error: &e,
                 set_aside: aside.as_ref().ok().map(PathBuf::as_path),
             });
-            let mut r = Restore {
+            return Restore {
                 state_file: "unreadable",
                 ..Restore::default()
             };
-            r.clears = vec![Vec::new(); cfg.sinks.len()];
-            return r;
         }
-    };
-    let Some(file) = file else {
-        return Restore {
-            state_file: "none",
-            clears: vec![Vec::new(); cfg.sinks.len()],
-            ..Restore::default()
-        };
     };
     let done = engine.restore(file.alarms);
     let mut r = Restore {
@@ -173,7 +169,7 @@ impl Keeper {
     }
 
     /// Saves when something changed and the last save is at least [`MIN_INTERVAL`] old, or
-    /// whenever something changed when `now_or_never` (commands, shutdown).
+    /// whenever something changed when `at_once` (commands, start, shutdown).
     pub fn save_if_due(
         &mut self,
         engine: &Engine,

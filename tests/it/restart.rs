@@ -433,3 +433,40 @@ fn alarm_state_survives_a_clean_stop_and_a_crash_and_the_broker_agrees() {
         crate::support::harness::stop_checked(running).await;
     });
 }
+
+/// A damaged state file never keeps the agent down: it is set aside, reported in the status,
+/// and the agent starts fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_state_file_is_set_aside_and_the_agent_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("alarm-state.json"),
+        b"{\"version\":1,\"alarms\":[{\"dev",
+    )
+    .unwrap();
+    let broker = crate::support::broker::embedded().await;
+    let dev = Device::default();
+    let served = Served::start(dev.clone()).await;
+    let mut sub = Subscriber::connect("127.0.0.1", broker.addr.port(), "r-bad", STATUS).await;
+    let http = crate::support::net::free_port();
+    let running = alsentry::app::start(
+        config(&state, &served, &broker, http, true),
+        SystemClock::new(),
+    )
+    .await
+    .unwrap();
+    let status = sub
+        .wait_for(Duration::from_secs(10), |m| m.json()["restore"].is_object())
+        .await
+        .expect("a status with the restore report")
+        .json();
+    assert_eq!(status["restore"]["state_file"], "unreadable", "{status}");
+    assert_eq!(status["restore"]["restored"], 0);
+    assert!(state.join("alarm-state.json.bad").exists());
+    // The fresh state is written at once, readable.
+    let fresh = std::fs::read(state.join("alarm-state.json")).unwrap();
+    assert!(serde_json::from_slice::<serde_json::Value>(&fresh).is_ok());
+    crate::support::harness::stop_checked(running).await;
+}
