@@ -349,6 +349,11 @@ impl EngineTask {
         for event in events {
             self.publish_alarm(event).await;
         }
+        // A topic retained for the first time must be on the list before a crash can lose
+        // it, or a later removal of its rule could not clear it.
+        if self.keeper.has_new_topics() {
+            self.save(true);
+        }
     }
 
     /// Numbers one alarm event and hands it to every sink.
@@ -433,7 +438,7 @@ impl EngineTask {
             Err(e) => {
                 warn!(error = %e.message, "command refused");
                 let reply = Reply::unparsed(e, now);
-                self.recent.remember(&reply, now);
+                self.recent.remember(&payload, &reply, now);
                 return Some((origin, reply));
             }
             Ok(p) => p,
@@ -441,7 +446,7 @@ impl EngineTask {
         if let Some(first) = p
             .request_id
             .as_deref()
-            .and_then(|id| self.recent.get(id, now))
+            .and_then(|id| self.recent.get(id, &payload, now))
         {
             info!(request_id = ?p.request_id, op = %p.op, "duplicate command: the first reply again");
             return Some((origin, first));
@@ -493,7 +498,7 @@ impl EngineTask {
                 }
             },
         };
-        self.recent.remember(&reply, now);
+        self.recent.remember(&payload, &reply, now);
         Some((origin, reply))
     }
 
@@ -519,7 +524,6 @@ impl EngineTask {
                     Ok(m) => Reply::ok(to.request_id, Some(to.op), now).state(Some(&m)),
                     Err(e) => Reply::refused(to.request_id, Some(to.op), e, now),
                 };
-                self.recent.remember(&reply, now);
                 self.answer(to.to, reply).await;
             }
         }

@@ -168,6 +168,11 @@ impl Keeper {
         }
     }
 
+    /// A topic was added to a retained list since the last save.
+    pub fn has_new_topics(&self) -> bool {
+        self.retained_dirty
+    }
+
     /// Saves when something changed and the last save is at least [`MIN_INTERVAL`] old, or
     /// whenever something changed when `at_once` (commands, start, shutdown).
     pub fn save_if_due(

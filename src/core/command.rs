@@ -278,34 +278,50 @@ pub fn busy(payload: &[u8], now: Ts) -> Reply {
     )
 }
 
-/// How long a `request_id` is remembered: a command carrying one seen this recently is not
-/// executed again, the first reply is sent again.
+/// How long a `request_id` is remembered: the same command (same bytes) carrying one seen
+/// this recently is not executed again, the first reply is sent again.
 pub const DEDUP_WINDOW_MS: i64 = 10 * 60_000;
 /// At most this many `request_id`s are remembered (the oldest are forgotten first).
 pub const DEDUP_MAX: usize = 10_000;
 
 /// The replies of recent commands by `request_id`, so that a command sent twice (a console's
-/// retry, a duplicate QoS 1 delivery) is executed once and answered the same way twice.
+/// retry, a duplicate QoS 1 delivery) is executed once and answered the same way twice. A
+/// *different* command that reuses an id is a new command: consoles that number their
+/// commands per session must not see one refused for an old id.
 #[derive(Debug, Default)]
 pub struct RecentReplies {
-    by_id: HashMap<String, Reply>,
+    /// id → (hash of the command's bytes, first reply).
+    by_id: HashMap<String, (u64, Reply)>,
     /// (when remembered, id), oldest first.
     order: VecDeque<(Ts, String)>,
 }
 
+fn digest(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same bytes give the same digest for the life of the process.
+    let mut h = std::hash::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
 impl RecentReplies {
-    /// The first reply to `request_id`, if it came within [`DEDUP_WINDOW_MS`] before `now`.
-    pub fn get(&mut self, request_id: &str, now: Ts) -> Option<Reply> {
+    /// The first reply to this very command (`payload`, carrying `request_id`), if it came
+    /// within [`DEDUP_WINDOW_MS`] before `now`.
+    pub fn get(&mut self, request_id: &str, payload: &[u8], now: Ts) -> Option<Reply> {
         self.forget_before(now - DEDUP_WINDOW_MS);
-        self.by_id.get(request_id).cloned()
+        match self.by_id.get(request_id) {
+            Some((d, reply)) if *d == digest(payload) => Some(reply.clone()),
+            _ => None,
+        }
     }
 
-    /// Remembers the reply of a command that carried a `request_id`.
-    pub fn remember(&mut self, reply: &Reply, now: Ts) {
+    /// Remembers the reply to `payload` when it carries a `request_id`.
+    pub fn remember(&mut self, payload: &[u8], reply: &Reply, now: Ts) {
         let Some(id) = &reply.request_id else {
             return;
         };
-        if self.by_id.insert(id.clone(), reply.clone()).is_none() {
+        let entry = (digest(payload), reply.clone());
+        if self.by_id.insert(id.clone(), entry).is_none() {
             self.order.push_back((now, id.clone()));
         }
         while self.order.len() > DEDUP_MAX {
@@ -333,17 +349,28 @@ mod tests {
     #[test]
     fn a_request_id_is_answered_with_its_first_reply_within_the_window() {
         let mut r = RecentReplies::default();
+        let cmd = br#"{"op":"ack","device":"d","rule":"r","by":"b","request_id":"c-1"}"#;
         let first = Reply::ok(Some("c-1".into()), Some("ack".into()), 1_000);
-        r.remember(&first, 1_000);
-        r.remember(&Reply::ok(None, Some("ack".into()), 1_000), 1_000);
-        assert_eq!(r.get("c-1", 2_000), Some(first.clone()));
-        assert_eq!(r.get("c-1", 1_000 + DEDUP_WINDOW_MS - 1), Some(first));
-        assert_eq!(r.get("c-1", 1_000 + DEDUP_WINDOW_MS), None, "forgotten");
+        r.remember(cmd, &first, 1_000);
+        r.remember(b"{}", &Reply::ok(None, Some("ack".into()), 1_000), 1_000);
+        assert_eq!(r.get("c-1", cmd, 2_000), Some(first.clone()));
+        assert_eq!(r.get("c-1", cmd, 1_000 + DEDUP_WINDOW_MS - 1), Some(first));
+        let other = br#"{"op":"reset","device":"d","rule":"r","by":"b","request_id":"c-1"}"#;
+        assert_eq!(
+            r.get("c-1", other, 2_000),
+            None,
+            "another command reusing the id"
+        );
+        assert_eq!(
+            r.get("c-1", cmd, 1_000 + DEDUP_WINDOW_MS),
+            None,
+            "forgotten"
+        );
         for i in 0..DEDUP_MAX + 1 {
-            r.remember(&Reply::ok(Some(format!("x{i}")), None, 0), 5_000);
+            r.remember(b"x", &Reply::ok(Some(format!("x{i}")), None, 0), 5_000);
         }
-        assert_eq!(r.get("x0", 5_000), None, "the oldest goes first");
-        assert!(r.get(&format!("x{DEDUP_MAX}"), 5_000).is_some());
+        assert_eq!(r.get("x0", b"x", 5_000), None, "the oldest goes first");
+        assert!(r.get(&format!("x{DEDUP_MAX}"), b"x", 5_000).is_some());
     }
 
     #[test]
