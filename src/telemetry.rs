@@ -663,7 +663,7 @@ impl InternalEvent for SeqLeaseNotPersisted<'_> {
 #[derive(Debug)]
 pub struct SeqLeaseDamaged<'a> {
     pub path: &'a Path,
-    /// "missing", "empty" or "unreadable".
+    /// "missing", "empty", "unreadable" or "behind the alarm state".
     pub found: &'static str,
     pub next: u64,
 }

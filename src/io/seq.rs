@@ -54,11 +54,14 @@ impl SeqLease {
             next
         };
         let next = match CounterLease::read(dir, FILE)? {
-            Found::Ceiling(v) => v.max(seen),
+            // Below what the alarm state saw handed out: an old copy (a restored backup).
+            Found::Ceiling(v) if v < seen => lost("behind the alarm state"),
+            Found::Ceiling(v) => v,
             Found::Missing if evidence.ran_before => lost("missing"),
             Found::Missing => seen,
             Found::Damaged(bytes) => match legacy_text(&bytes) {
-                Some(v) => v.max(seen),
+                Some(v) if v < seen => lost("behind the alarm state"),
+                Some(v) => v,
                 None if bytes.is_empty() => lost("empty"),
                 None => lost("unreadable"),
             },
@@ -176,8 +179,15 @@ mod tests {
         };
         let (_, next) = after_damage(|p| std::fs::remove_file(p).unwrap(), evidence);
         assert_eq!(next, seen);
-        // And an intact lease behind the alarm state (a restored backup) is raised to it.
+        // An intact lease behind the alarm state (a restored backup) is damage too: the alarm
+        // state may itself be a little behind, so the floor applies.
         let (_, next) = after_damage(|_| {}, evidence);
         assert_eq!(next, seen);
+        let behind = Evidence {
+            ran_before: true,
+            next_seen: Some(5_000),
+        };
+        let (last, next) = after_damage(|_| {}, behind);
+        assert_eq!((last, next), (1_001, NOW as u64));
     }
 }
