@@ -590,18 +590,16 @@ impl Runner<'_> {
                 }
             }
             let wake = self.session.next_wake();
+            // Biased, the network before the engine's messages: a command burst is taken off
+            // the wire (and answered, `busy` if need be) faster than the outbox stores what
+            // it causes, so the broker never queues commands for the agent up to its limit
+            // (Mosquitto drops past 1,000 by default). Timers first: they are rarely ready.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => {
                     self.shutdown(conn.take()).await;
                     return;
                 }
-                msg = self.t.rx.recv() => match msg {
-                    Some(m) => self.store_or_send(&m, conn.as_ref()),
-                    None => {
-                        self.shutdown(conn.take()).await;
-                        return;
-                    }
-                },
                 _ = housekeeping.tick() => {
                     self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
                 }
@@ -653,7 +651,14 @@ impl Runner<'_> {
                             retry_in: lost.retry_in,
                         });
                     }
-                }
+                },
+                msg = self.t.rx.recv() => match msg {
+                    Some(m) => self.store_or_send(&m, conn.as_ref()),
+                    None => {
+                        self.shutdown(conn.take()).await;
+                        return;
+                    }
+                },
             }
         }
     }

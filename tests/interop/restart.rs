@@ -304,3 +304,70 @@ async fn the_binary_sigkilled_comes_back_with_every_alarm_state() {
     );
     drop(agent);
 }
+
+// Mosquitto queues at most 1,000 QoS 1 messages per client by default and drops the rest: the
+// agent must take commands off the wire faster than it stores their consequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto; .ci/run runs it"]
+async fn a_burst_of_3000_commands_through_mosquitto_gets_one_reply_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosq = Mosquitto::private(dir.path());
+    let dev = Served::start(Device::default()).await;
+    set_volts(&dev.device, 9.0);
+    let mut sub = Subscriber::connect("127.0.0.1", mosq.port, "burst-sub", REPLY).await;
+    let mut alarms = Subscriber::connect(
+        "127.0.0.1",
+        mosq.port,
+        "burst-alarms",
+        "alsentry/s/a/pot-1/alarm/#",
+    )
+    .await;
+    let sinks = format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n", mosq.port);
+    let state = dir.path().join("state");
+    let running = alsentry::app::start(
+        one_cell_agent(&state, &dev, &sinks, 1).build(),
+        SystemClock::new(),
+    )
+    .await
+    .unwrap();
+    alarms
+        .wait_for(Duration::from_secs(10), |m| m.topic.ends_with("/alarm/hi1"))
+        .await
+        .expect("active");
+    let n = 3_000;
+    let t0 = Instant::now();
+    let publisher = sub.client.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            let c = cmd("shelve", &format!("b-{i}"), "hi1", r#","duration":"1h""#);
+            publisher
+                .publish(CMD, QoS::AtLeastOnce, false, c.into_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    let mut replies: BTreeMap<String, usize> = BTreeMap::new();
+    let mut busy = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while replies.len() < n {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.rx.recv()).await else {
+            panic!("{} of {n} commands answered", replies.len());
+        };
+        let j = m.json();
+        if let Some(id) = j["request_id"].as_str() {
+            *replies.entry(id.to_string()).or_default() += 1;
+            busy += usize::from(j["error"].as_str().is_some_and(|e| e.starts_with("busy: ")));
+        }
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.rx.recv()).await {
+        if let Some(id) = m.json()["request_id"].as_str() {
+            *replies.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    assert!(replies.values().all(|&c| c == 1), "exactly one reply each");
+    eprintln!(
+        "{n} commands through Mosquitto: all answered once in {:?}, {busy} busy",
+        t0.elapsed()
+    );
+    stop_checked(running).await;
+}
