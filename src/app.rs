@@ -21,9 +21,11 @@ use tracing::{error, info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::config::mqtt::PasswordSource;
 use crate::config::Config;
+use crate::core::command::Reply;
 use crate::core::engine::{Engine, SampleBatch};
 use crate::core::outbound::Message;
 use crate::io::http::{self, AlarmSnapshot, HttpState};
+use crate::io::inbound::CommandOrigin;
 use crate::io::publisher::{InboundCommand, SinkTask};
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
@@ -41,6 +43,7 @@ pub struct Running {
     pub tasks: JoinSet<()>,
     pub metrics: Arc<Metrics>,
     reload_tx: mpsc::Sender<ReloadRequest>,
+    commands: mpsc::Sender<InboundCommand>,
 }
 
 impl Running {
@@ -56,6 +59,21 @@ impl Running {
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
         rx.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+
+    /// Runs an operator command from inside the agent (an operator page; tests): the same JSON,
+    /// checks and reply as on the MQTT command topic, without a broker.
+    pub async fn command(&self, payload: &[u8]) -> Result<Reply, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = InboundCommand {
+            origin: CommandOrigin::Local { reply },
+            payload: payload.to_vec(),
+        };
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await.map_err(|_| "the agent is stopping".to_string())
     }
 
     /// Stops every task and waits for them (bounded).
@@ -216,6 +234,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         tasks,
         metrics,
         reload_tx,
+        commands: cmd_tx,
     })
 }
 

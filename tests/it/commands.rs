@@ -215,3 +215,50 @@ async fn a_burst_of_3000_commands_gets_exactly_one_reply_each_and_duplicates_the
     );
     crate::support::harness::stop_checked(running).await;
 }
+
+/// A command from inside the agent (`CommandOrigin::Local`, for an operator page): the same
+/// checks and reply, back to the caller; the transition names the operator on the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_command_is_answered_to_its_caller() {
+    let dev = Served::start(Device::default()).await;
+    set_volts(&dev.device, 9.0);
+    let broker = crate::support::broker::embedded().await;
+    let mut sub =
+        Subscriber::connect("127.0.0.1", broker.addr.port(), "c-sub4", "alsentry/#").await;
+    let state = tempfile::tempdir().unwrap();
+    let sinks = format!("[mqtt]\nurl = \"{}\"\n", broker.url());
+    let running = alsentry::app::start(
+        one_cell_agent(state.path(), &dev, &sinks, 1).build(),
+        SystemClock::new(),
+    )
+    .await
+    .unwrap();
+    sub.wait_for(Duration::from_secs(10), |m| m.topic.ends_with("/alarm/hi1"))
+        .await
+        .expect("active");
+    let reply = running
+        .command(cmd("ack", "local-1", "").as_bytes())
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.state.as_deref(), Some("active_acked"));
+    let m = sub
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic.ends_with("/alarm/hi1") && m.json()["state"] == "active_acked"
+        })
+        .await
+        .expect("the transition");
+    assert_eq!(m.json()["acked_by"], "shift-a");
+    assert!(
+        sub.wait_for(Duration::from_millis(300), |m| m.topic == REPLY)
+            .await
+            .is_none(),
+        "no MQTT reply to a local command"
+    );
+    let reply = running
+        .command(br#"{"op":"explode","by":"x"}"#)
+        .await
+        .unwrap();
+    assert!(!reply.ok && reply.error.unwrap().contains("unknown op"));
+    crate::support::harness::stop_checked(running).await;
+}
