@@ -25,7 +25,7 @@ pub const FILE: &str = "alarm-state.json";
 /// The format this release writes.
 pub const VERSION: u32 = 1;
 /// Condition-driven changes are saved at most this often (a crash loses at most this much).
-pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The file's content.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -256,9 +256,9 @@ async fn the_binary_sigkilled_comes_back_with_every_alarm_state() {
     .expect("latched");
     let before = retained(mosq.port, "k-ret1").await;
     // SIGKILL right after the broker has the picture (commands are on disk before their
-    // reply; the latch within 250 ms, and the condition is clear so it would latch again
+    // reply; the latch within 1 s, and the condition is clear so it would latch again
     // only if the state was lost).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     drop(agent);
     std::fs::remove_file(state.join("seq.lease")).unwrap();
     let (agent, lines) = spawn_agent(&cfg);

@@ -277,8 +277,8 @@ fn alarm_state_survives_a_clean_stop_and_a_crash_and_the_broker_agrees() {
         let mut sub =
             Subscriber::connect("127.0.0.1", broker.addr.port(), "r-sub1", "alsentry/#").await;
         let (before, seq) = make_states(&dev, &broker, &mut sub).await;
-        // Condition-driven changes are saved within 250 ms; commands before their reply.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Condition-driven changes are saved within 1 s; commands before their reply.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
         std::mem::forget(running);
         (broker, served, before, seq)
     });
@@ -332,7 +332,10 @@ fn alarm_state_survives_a_clean_stop_and_a_crash_and_the_broker_agrees() {
             })
             .await
             .expect("a status with the restore report");
-        assert_eq!(status.json()["restore"]["restored"], 6, "{}", status.json());
+        // The six, and a comm-loss alarm that a slow poll raised meanwhile, if any.
+        let restored = status.json()["restore"]["restored"].as_u64().unwrap();
+        assert!(restored >= 6, "{}", status.json());
+        assert_eq!(status.json()["restore"]["dropped"], 0);
         assert_eq!(status.json()["restore"]["state_file"], "read");
         // Clean stop, the lease garbled; restart.
         crate::support::harness::stop_checked(running).await;
@@ -465,8 +468,13 @@ async fn an_unreadable_state_file_is_set_aside_and_the_agent_starts_fresh() {
     assert_eq!(status["restore"]["state_file"], "unreadable", "{status}");
     assert_eq!(status["restore"]["restored"], 0);
     assert!(state.join("alarm-state.json.bad").exists());
-    // The fresh state is written at once, readable.
-    let fresh = std::fs::read(state.join("alarm-state.json")).unwrap();
+    // The fresh state is written when the engine starts, readable.
+    let file = state.join("alarm-state.json");
+    crate::support::harness::wait_until(Duration::from_secs(10), "a fresh state file", || {
+        file.exists()
+    })
+    .await;
+    let fresh = std::fs::read(&file).unwrap();
     assert!(serde_json::from_slice::<serde_json::Value>(&fresh).is_ok());
     crate::support::harness::stop_checked(running).await;
 }
