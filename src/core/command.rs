@@ -248,7 +248,7 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
 }
 
 /// The `request_id` and `op` of a command that will not be executed, for its refusal.
-pub fn ids(payload: &[u8], now: Ts) -> (Option<String>, Option<String>) {
+fn ids(payload: &[u8], now: Ts) -> (Option<String>, Option<String>) {
     match parse(payload, now) {
         Ok(p) => (p.request_id, Some(p.op)),
         Err(e) => (e.request_id, e.op),

@@ -17,7 +17,7 @@ use crate::outbox::lease::{CounterLease, Found, LeaseError};
 use crate::telemetry::{emit, SeqLeaseDamaged};
 
 const BLOCK: u64 = 1_000;
-pub const FILE: &str = "seq.lease";
+const FILE: &str = "seq.lease";
 
 /// What the rest of `state_dir` says about earlier runs, for when the lease is lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
