@@ -4,6 +4,7 @@
 //! published) and `supervisor` (link pollers and reloads).
 
 pub mod engine;
+mod restore;
 mod supervisor;
 
 use std::path::Path;
@@ -20,15 +21,20 @@ use tracing::{error, info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::config::mqtt::PasswordSource;
 use crate::config::Config;
+use crate::core::command::Reply;
 use crate::core::engine::{Engine, SampleBatch};
 use crate::core::outbound::Message;
 use crate::io::http::{self, AlarmSnapshot, HttpState};
+use crate::io::inbound::CommandOrigin;
 use crate::io::publisher::{InboundCommand, SinkTask};
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use engine::{Control, EngineTask, Inputs, Outlets, ReloadOrigin, ReloadRequest, Shared};
 use supervisor::Supervisor;
+
+/// Commands waiting for the engine task, at most (all sinks together).
+const COMMAND_QUEUE: usize = 1024;
 
 /// Handles to a running agent, for tests and the demo.
 #[derive(Debug)]
@@ -39,6 +45,7 @@ pub struct Running {
     /// Where the HTTP listener is bound (`[http] listen` may name port 0).
     pub http: Option<std::net::SocketAddr>,
     reload_tx: mpsc::Sender<ReloadRequest>,
+    commands: mpsc::Sender<InboundCommand>,
 }
 
 impl Running {
@@ -54,6 +61,21 @@ impl Running {
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
         rx.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+
+    /// Runs an operator command from inside the agent (an operator page; tests): the same JSON,
+    /// checks and reply as on the MQTT command topic, without a broker.
+    pub async fn command(&self, payload: &[u8]) -> Result<Reply, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = InboundCommand {
+            origin: CommandOrigin::Local { reply },
+            payload: payload.to_vec(),
+        };
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await.map_err(|_| "the agent is stopping".to_string())
     }
 
     /// Stops every task and waits for them (bounded).
@@ -89,7 +111,13 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     metrics
         .started_ms
         .store(clock.now(), std::sync::atomic::Ordering::Relaxed);
-    let engine = Engine::new(&cfg.spec);
+    // Before this start creates anything there: has an agent used this state_dir?
+    let ran_before = crate::io::seq::ran_before(&cfg.agent.state_dir);
+    std::fs::create_dir_all(&cfg.agent.state_dir)
+        .with_context(|| format!("creating {}", cfg.agent.state_dir.display()))?;
+    let mut engine = Engine::new(&cfg.spec);
+    // The previous run's alarm state, before the first poll.
+    let restored = restore::restore(&cfg, &mut engine);
     // The agent watching itself: the engine marks its turns, the supervisor its dead pollers.
     let pulse = crate::io::health::Pulse::new(
         crate::io::health::HealthLimits {
@@ -104,10 +132,15 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
 
     // The hash of the configuration in force: the supervisor updates it, the statuses say it.
     let (hash_tx, hash_rx) = tokio::sync::watch::channel(cfg.hash.clone());
-    let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(64);
+    // Commands are at most 4 KiB: a full queue holds 4 MiB. Past it a sink answers "busy".
+    let (cmd_tx, cmd_rx) = mpsc::channel::<InboundCommand>(COMMAND_QUEUE);
     let mut sink_txs = Vec::new();
     // What was found on disk at start, for the operator station's agent page.
-    let mut restored: Vec<String> = Vec::new();
+    let clears: usize = restored.clears.iter().map(Vec::len).sum();
+    let mut restore_lines: Vec<String> = vec![format!(
+        "alarm state ({}): {} alarms restored, {} dropped (rule or device removed), {} retained topics cleared",
+        restored.state_file, restored.restored, restored.dropped, clears
+    )];
     let many = cfg.sinks.len() > 1;
     for (i, s) in cfg.sinks.iter().enumerate() {
         let dir = cfg.agent.state_dir.join("outbox").join(&s.name);
@@ -118,7 +151,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         if report.recovered > 0 || report.torn_tails > 0 || report.corrupt_regions > 0 {
             info!(sink = %s.name, recovered = report.recovered, torn = report.torn_tails, corrupt = report.corrupt_regions, "outbox reopened with a backlog");
         }
-        restored.push(format!(
+        restore_lines.push(format!(
             "outbox {}: {} messages recovered, {} damaged regions skipped",
             s.name,
             report.recovered,
@@ -153,6 +186,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             health: health_rx.clone(),
             config_hash: hash_rx.clone(),
             password,
+            restore: Some(restored.report(i)),
         };
         tasks.spawn(task.run(cancel.child_token()));
     }
@@ -160,7 +194,11 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
     let (batch_tx, batch_rx) = mpsc::channel::<SampleBatch>(4096);
     // The engine outlives the pollers so that their last batches are processed.
     let engine_cancel = CancellationToken::new();
-    let seq = SeqLease::open(&cfg.agent.state_dir)
+    let evidence = crate::io::seq::Evidence {
+        ran_before,
+        next_seen: restored.next_seq,
+    };
+    let seq = SeqLease::open(&cfg.agent.state_dir, evidence, clock.now())
         .with_context(|| format!("opening {}", cfg.agent.state_dir.display()))?;
     let (alarms_tx, alarms_rx) = tokio::sync::watch::channel(AlarmSnapshot::default());
     let mut history = None;
@@ -194,7 +232,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
                     timezone: cfg.agent.timezone.clone(),
                 },
                 history: Some(cfg.agent.state_dir.clone()),
-                restored: restored.clone(),
+                restored: restore_lines.clone(),
                 links: cfg.devices.iter().map(|d| d.endpoint.to_string()).collect(),
             };
             let link = crate::io::web::EngineLink {
@@ -251,7 +289,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             history,
             pulse: pulse.clone(),
         },
-    );
+    )
+    .restored(&restored);
     let supervisor = Supervisor::start(
         cfg,
         batch_tx,
@@ -279,6 +318,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         metrics,
         http: http_addr,
         reload_tx,
+        commands: cmd_tx,
     })
 }
 

@@ -146,6 +146,10 @@ pub struct SinkMetrics {
     /// Records the broker refused, moved to the dead-letter file.
     pub dead_lettered: AtomicU64,
     pub puback_latency_us_last: AtomicU64,
+    /// Commands received through this sink and answered or dropped by the sink itself:
+    /// delivered with RETAIN set and oversized (dropped), engine queue full (answered busy).
+    pub commands_retained_oversized: AtomicU64,
+    pub commands_busy: AtomicU64,
 }
 
 impl Default for SinkMetrics {
@@ -161,6 +165,8 @@ impl Default for SinkMetrics {
             dropped: AtomicU64::new(0),
             outbox_write_errors: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            commands_retained_oversized: AtomicU64::new(0),
+            commands_busy: AtomicU64::new(0),
             puback: latency_buckets(),
             puback_latency_us_last: AtomicU64::new(0),
         }
@@ -210,6 +216,18 @@ const SINK_FAMILIES: &[Family<SinkMetrics>] = &[
         kind: Kind::Counter,
         help: "Messages the broker refused again and again (it dropped the connection at them), moved to dead-letter.jsonl in the outbox folder so the rest flows.",
         read: Read::Int(|s| load(&s.dead_lettered)),
+    },
+    Family {
+        name: "alsentry_sink_commands_refused_total",
+        kind: Kind::Counter,
+        help: "Commands the sink refused itself: retained_oversized = delivered with RETAIN set and larger than a command may be (dropped without a reply), busy = the engine's command queue was full (answered busy).",
+        read: Read::ByLabel(
+            "reason",
+            &[
+                ("retained_oversized", |s| load(&s.commands_retained_oversized)),
+                ("busy", |s| load(&s.commands_busy)),
+            ],
+        ),
     },
     Family {
         name: "alsentry_outbox_depth",
@@ -852,6 +870,7 @@ mod tests {
             "alsentry_outbox_dropped_total{",
             "alsentry_outbox_write_errors_total{",
             "alsentry_outbox_dead_lettered_total{",
+            "alsentry_sink_commands_refused_total{",
             "alsentry_outbox_depth{",
             "alsentry_outbox_bytes{",
             "alsentry_puback_latency_seconds{",

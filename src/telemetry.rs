@@ -632,15 +632,33 @@ impl InternalEvent for ClientRefused<'_> {
     }
 }
 
-/// A command arrived while the engine's command queue was full.
+/// A command the sink did not hand to the engine task.
 #[derive(Debug)]
 pub struct CommandDropped<'a> {
-    pub sink: &'a str,
+    pub sink: &'a SinkMetrics,
+    pub reason: CommandDropReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandDropReason {
+    /// The engine's command queue was full: answered `busy`.
+    Busy,
+    /// Delivered with RETAIN set and larger than a command may be: dropped, no reply.
+    RetainedOversized,
 }
 
 impl InternalEvent for CommandDropped<'_> {
     fn emit(self) {
-        warn!(sink = %self.sink, "command dropped: the engine is busy");
+        match self.reason {
+            CommandDropReason::Busy => {
+                inc(&self.sink.commands_busy);
+                warn!(sink = %self.sink.name, "command answered busy: the engine's command queue is full");
+            }
+            CommandDropReason::RetainedOversized => {
+                inc(&self.sink.commands_retained_oversized);
+                warn!(sink = %self.sink.name, "retained command larger than a command may be: dropped without a reply (clear it on the broker)");
+            }
+        }
     }
 }
 
@@ -716,14 +734,66 @@ impl InternalEvent for SeqLeaseNotPersisted<'_> {
     }
 }
 
-/// The event sequence lease holds no readable value; `seq` starts again at 1.
+/// The event sequence lease was deleted or damaged after the agent had run; `seq` goes on
+/// from what survives or the time floor (io/seq.rs), never from 1.
 #[derive(Debug)]
-pub struct SeqLeaseUnreadable<'a> {
+pub struct SeqLeaseDamaged<'a> {
     pub path: &'a Path,
+    /// "missing", "empty", "unreadable" or "behind the alarm state".
+    pub found: &'static str,
+    pub next: u64,
 }
 
-impl InternalEvent for SeqLeaseUnreadable<'_> {
+impl InternalEvent for SeqLeaseDamaged<'_> {
     fn emit(self) {
-        error!(path = %self.path.display(), "the event sequence lease is damaged; seq starts again at 1");
+        error!(path = %self.path.display(), found = self.found, next_seq = self.next, "the event sequence lease is damaged; seq continues above every number handed out before");
+    }
+}
+
+/// The previous run's alarm state was taken over at start.
+#[derive(Debug)]
+pub struct AlarmStateRestored {
+    pub restored: usize,
+    pub dropped: usize,
+    pub cleared: usize,
+}
+
+impl InternalEvent for AlarmStateRestored {
+    fn emit(self) {
+        info!(
+            restored = self.restored,
+            dropped = self.dropped,
+            cleared = self.cleared,
+            "alarm state restored: {} alarms restored, {} dropped (rule or device removed), {} retained topics cleared",
+            self.restored,
+            self.dropped,
+            self.cleared
+        );
+    }
+}
+
+/// The alarm state file could not be read; the agent starts with fresh alarm state.
+#[derive(Debug)]
+pub struct AlarmStateUnreadable<'a> {
+    pub error: &'a dyn LogValue,
+    pub set_aside: Option<&'a Path>,
+}
+
+impl InternalEvent for AlarmStateUnreadable<'_> {
+    fn emit(self) {
+        let aside = self.set_aside.map(|p| p.display().to_string());
+        error!(error = %self.error, set_aside = ?aside, "the alarm state file is unreadable; starting with fresh alarm state");
+    }
+}
+
+/// The alarm state could not be saved; it is tried again at the next change.
+#[derive(Debug)]
+pub struct AlarmStateNotSaved<'a> {
+    pub error: &'a dyn LogValue,
+}
+
+impl InternalEvent for AlarmStateNotSaved<'_> {
+    fn emit(self) {
+        error!(error = %self.error, "cannot save the alarm state");
     }
 }

@@ -16,23 +16,29 @@ use tracing::{error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{Config, DataMode, DataOptions, SummaryOptions};
-use crate::core::command::{self, Reply, Request};
+use crate::core::command::{self, RecentReplies, Reply, Request};
 use crate::core::driver::{Cadence, Driver, TICK_MS};
 use crate::core::engine::{AlarmEvent, Engine, SampleBatch};
 use crate::core::model::Ts;
-use crate::core::outbound::{Identities, Message, Outbound};
+use crate::core::outbound::{Class, Identities, Message, Outbound};
 use crate::core::payload::{DataFilter, DataTag, DataTags, Identity};
 use crate::io::http::AlarmSnapshot;
-use crate::io::publisher::{self, InboundCommand};
+use crate::io::inbound::{CommandOrigin, InboundCommand};
 use crate::io::record::Recorder;
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
 use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
 
-/// Who asked for a reload over MQTT, for the reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandOrigin {
-    pub sink: usize,
+use super::restore::{Keeper, Restore};
+
+/// Commands applied before one save of the alarm state (group commit).
+const COMMAND_BATCH: usize = 256;
+
+/// A command answered later (a reload, once the supervisor has applied it): where the reply
+/// goes and what it echoes.
+#[derive(Debug)]
+pub struct PendingReply {
+    pub to: CommandOrigin,
     pub request_id: Option<String>,
     pub op: String,
 }
@@ -41,7 +47,7 @@ pub struct CommandOrigin {
 #[derive(Debug)]
 pub enum ReloadOrigin {
     /// The `reload` command: the supervisor hands the outcome to the engine task, which replies.
-    Command(CommandOrigin),
+    Command(PendingReply),
     /// SIGHUP or [`super::Running::reload`]: the caller waits for the outcome.
     Caller(oneshot::Sender<Result<String, String>>),
 }
@@ -59,7 +65,7 @@ pub enum Control {
     Swap(Box<Config>, oneshot::Sender<Result<(), String>>),
     /// A reload asked for by a command has finished: reply to it.
     Reloaded {
-        to: CommandOrigin,
+        to: PendingReply,
         result: Result<String, String>,
     },
 }
@@ -95,6 +101,13 @@ impl Outlets {
             }
         }
         stopped
+    }
+
+    /// A message for one sink only, as it stands (a retained topic to clear).
+    async fn send_to(&self, sink: usize, m: Message) {
+        if let Some(tx) = self.sinks.get(sink) {
+            let _ = tx.send(Arc::new(m)).await;
+        }
     }
 
     /// Replies go to the sink the command came from.
@@ -159,6 +172,12 @@ pub struct EngineTask {
     names: Vec<DataTags>,
     /// READY=1 after the first poll cycle, WATCHDOG=1 while this loop turns (issue 15).
     systemd: crate::io::notify::Systemd,
+    /// The alarm state file.
+    keeper: Keeper,
+    /// Per sink: retained alarm topics to clear at start (their instance is gone).
+    clears: Vec<Vec<String>>,
+    /// Replies by `request_id`, so that a command sent twice runs once.
+    recent: RecentReplies,
 }
 
 impl EngineTask {
@@ -182,7 +201,63 @@ impl EngineTask {
             agent: cfg.agent.id.clone(),
             names: data_names(cfg),
             systemd,
+            keeper: Keeper::new(cfg),
+            clears: Vec::new(),
+            recent: RecentReplies::default(),
         }
+    }
+
+    /// What was restored into the engine at start (`super::restore::restore`): the task
+    /// republishes it and clears the retained topics of vanished instances when it starts.
+    pub fn restored(mut self, r: &Restore) -> EngineTask {
+        self.keeper.restored(r);
+        self.clears = r.clears.clone();
+        self
+    }
+
+    /// Before the first poll: the broker gets the same picture as the agent (vanished alarm
+    /// topics cleared, restored states republished), /alarms shows the restored alarms, and
+    /// the file says what this run holds.
+    async fn start_up(&mut self) {
+        let now = self.shared.clock.now();
+        self.send_snapshot(now);
+        for (sink, topics) in std::mem::take(&mut self.clears).into_iter().enumerate() {
+            for topic in topics {
+                let clear = Message {
+                    class: Class::Alarm,
+                    topic,
+                    // An empty retained message removes the broker's retained one.
+                    payload: Vec::new(),
+                    retain: true,
+                    priority: None,
+                };
+                self.outlets.send_to(sink, clear).await;
+            }
+        }
+        for event in self.driver.engine().restored_states(now) {
+            self.publish_alarm(event).await;
+        }
+        self.save(true);
+    }
+
+    fn send_snapshot(&self, now: i64) {
+        let engine = self.driver.engine();
+        let kpis = engine.kpis(now);
+        self.shared.alarms.send_replace(
+            AlarmSnapshot::from_events(
+                &engine.shown_alarms(),
+                kpis.floods,
+                kpis.chattering_episodes,
+            )
+            .with_hidden(&engine.flagged_alarms()),
+        );
+    }
+
+    /// Saves the alarm state when due (`at_once`: whenever it changed).
+    fn save(&mut self, at_once: bool) {
+        let (mono, now) = (self.shared.clock.mono(), self.shared.clock.now());
+        self.keeper
+            .save_if_due(self.driver.engine(), self.seq.peek(), mono, now, at_once);
     }
 
     /// Runs until every poller has stopped (the batch channel closes) or `cancel` fires; either
@@ -205,6 +280,7 @@ impl EngineTask {
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first summary one interval after start, not at once.
         summaries.reset();
+        self.start_up().await;
         loop {
             tokio::select! {
                 b = batches.recv() => match b {
@@ -214,12 +290,13 @@ impl EngineTask {
                         self.driver.advance(self.shared.clock.now());
                         self.driver.finish();
                         self.publish_events().await;
+                        self.save(true);
                         return;
                     }
                 },
                 c = commands.recv() => {
                     if let Some(c) = c {
-                        self.command(c).await;
+                        self.commands(c, &mut commands).await;
                     }
                 }
                 () = &mut tick => {
@@ -257,11 +334,13 @@ impl EngineTask {
                         self.driver.apply(&b, self.shared.clock.now());
                     }
                     self.publish_events().await;
+                    self.save(true);
                     return;
                 }
             }
             self.publish_events().await;
             self.shared.pulse.engine_turned(self.shared.clock.mono());
+            self.save(false);
         }
     }
 
@@ -285,40 +364,43 @@ impl EngineTask {
         if !self.driver.has_events() {
             return;
         }
-        let now = self.shared.clock.now();
-        let engine = self.driver.engine();
-        let kpis = engine.kpis(now);
-        self.shared.alarms.send_replace(
-            AlarmSnapshot::from_events(
-                &engine.shown_alarms(),
-                kpis.floods,
-                kpis.chattering_episodes,
-            )
-            .with_hidden(&engine.flagged_alarms()),
-        );
+        self.send_snapshot(self.shared.clock.now());
         let events: Vec<AlarmEvent> = self.driver.drain_events().collect();
         for event in events {
-            if let Some(h) = &self.shared.history {
-                h.record(crate::io::web::history::Entry::transition(&event));
-            }
-            let (seq, err) = self.seq.take();
-            if let Some(e) = err {
-                emit(SeqLeaseNotPersisted { error: &e });
-            }
-            emit(AlarmPublished {
-                metrics: &self.shared.metrics,
-                device: &event.device,
-                rule: &event.rule,
-                state: event.transition.to,
-                priority: &event.priority,
-                message: &event.message,
-                latency: (event.transition.cause == crate::core::alarm::Cause::Condition)
-                    .then(|| Duration::from_millis((now - event.transition.at).max(0) as u64)),
-            });
-            // Alarms are never dropped here: waiting is the backpressure.
-            if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
-                error!("a sink stopped; alarm not queued for it");
-            }
+            self.publish_alarm(event).await;
+        }
+        // A topic retained for the first time must be on the list before a crash can lose
+        // it, or a later removal of its rule could not clear it.
+        if self.keeper.has_new_topics() {
+            self.save(true);
+        }
+    }
+
+    /// Numbers one alarm event and hands it to every sink.
+    async fn publish_alarm(&mut self, event: AlarmEvent) {
+        let now = self.shared.clock.now();
+        let (seq, err) = self.seq.take();
+        if let Some(e) = err {
+            emit(SeqLeaseNotPersisted { error: &e });
+        }
+        emit(AlarmPublished {
+            metrics: &self.shared.metrics,
+            device: &event.device,
+            rule: &event.rule,
+            state: event.transition.to,
+            priority: &event.priority,
+            message: &event.message,
+            latency: (event.transition.cause == crate::core::alarm::Cause::Condition)
+                .then(|| Duration::from_millis((now - event.transition.at).max(0) as u64)),
+        });
+        if let Some(h) = &self.shared.history {
+            h.record(crate::io::web::history::Entry::transition(&event));
+        }
+        self.keeper
+            .published(&event.device, &event.rule, event.priority);
+        // Alarms are never dropped here: waiting is the backpressure.
+        if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
+            error!("a sink stopped; alarm not queued for it");
         }
     }
 
@@ -349,88 +431,127 @@ impl EngineTask {
             .await;
     }
 
-    async fn command(&mut self, c: InboundCommand) {
-        let now = self.shared.clock.now();
-        let reply = self.apply_command(&c, now);
-        match (c.origin, reply) {
-            // A reload is answered once the supervisor has applied it.
-            (_, None) => {}
-            (publisher::CommandOrigin::Mqtt { sink, .. }, Some(r)) => {
-                self.outlets.reply(sink, r).await
-            }
-            (publisher::CommandOrigin::Local { reply }, Some(r)) => {
-                // The page may have given up waiting; the transition goes out regardless.
-                let _ = reply.send(r);
-            }
+    /// Runs `first` and whatever else is queued (up to [`COMMAND_BATCH`]), saves the alarm
+    /// state once, then replies: an `ok` reply means the change survives a crash, and a burst
+    /// costs one fsync per batch rather than one per command.
+    async fn commands(
+        &mut self,
+        first: InboundCommand,
+        queue: &mut mpsc::Receiver<InboundCommand>,
+    ) {
+        let mut replies = Vec::new();
+        replies.extend(self.command(first));
+        for _ in 1..COMMAND_BATCH {
+            let Ok(c) = queue.try_recv() else { break };
+            replies.extend(self.command(c));
+        }
+        self.save(true);
+        for (to, reply) in replies {
+            self.answer(to, reply).await;
         }
     }
 
-    /// Parses and applies one command; `None` when the reply comes later (reload).
-    fn apply_command(&mut self, c: &InboundCommand, now: Ts) -> Option<Reply> {
-        let reply = match command::parse(&c.payload, now) {
+    /// Applies one command; its reply, unless it comes later (a reload).
+    fn command(&mut self, c: InboundCommand) -> Option<(CommandOrigin, Reply)> {
+        let now = self.shared.clock.now();
+        let InboundCommand { origin, payload } = c;
+        if let CommandOrigin::Mqtt { retained: true, .. } = origin {
+            let reply = command::refuse_retained(&payload, now);
+            warn!(request_id = ?reply.request_id, op = ?reply.op, "retained command refused, not executed");
+            return Some((origin, reply));
+        }
+        let p = match command::parse(&payload, now) {
             Err(e) => {
                 warn!(error = %e.message, "command refused");
-                Reply::unparsed(e, now)
+                let reply = Reply::unparsed(e, now);
+                self.recent.remember(&payload, &reply, now);
+                return Some((origin, reply));
             }
-            Ok(p) => match p.request {
-                Request::Reload { by } => {
-                    let publisher::CommandOrigin::Mqtt { sink, .. } = c.origin else {
-                        return Some(Reply::refused(
-                            p.request_id,
-                            Some(p.op),
-                            "reload is not offered here; use SIGHUP or the MQTT command",
-                            now,
-                        ));
-                    };
-                    info!(by = %by, "reload requested over MQTT");
-                    let origin = ReloadOrigin::Command(CommandOrigin {
-                        sink,
-                        request_id: p.request_id.clone(),
-                        op: p.op.clone(),
-                    });
-                    match self.shared.reloads.try_send(ReloadRequest { origin }) {
-                        // The supervisor applies it and hands the outcome back for the reply.
-                        Ok(()) => return None,
-                        Err(_) => Reply::refused(
-                            p.request_id,
-                            Some(p.op),
+            Ok(p) => p,
+        };
+        if let Some(first) = p
+            .request_id
+            .as_deref()
+            .and_then(|id| self.recent.get(id, &payload, now))
+        {
+            info!(request_id = ?p.request_id, op = %p.op, "duplicate command: the first reply again");
+            return Some((origin, first));
+        }
+        let reply = match p.request {
+            Request::Reload { by } => {
+                info!(by = %by, "reload requested over MQTT");
+                let pending = PendingReply {
+                    to: origin,
+                    request_id: p.request_id,
+                    op: p.op,
+                };
+                match self.shared.reloads.try_send(ReloadRequest {
+                    origin: ReloadOrigin::Command(pending),
+                }) {
+                    // The supervisor applies it and hands the outcome back for the reply.
+                    Ok(()) => return None,
+                    Err(e) => {
+                        let ReloadRequest {
+                            origin: ReloadOrigin::Command(pending),
+                        } = e.into_inner()
+                        else {
+                            return None;
+                        };
+                        let reply = Reply::refused(
+                            pending.request_id,
+                            Some(pending.op),
                             "a reload is already in progress; try again",
                             now,
-                        ),
+                        );
+                        return Some((pending.to, reply));
                     }
                 }
-                Request::Alarm {
-                    device,
-                    rule,
-                    by,
-                    command,
-                } => match self.driver.command(&device, &rule, &by, &command, now) {
-                    Ok(state) => {
-                        let from = match c.origin {
-                            publisher::CommandOrigin::Mqtt { .. } => "mqtt",
-                            publisher::CommandOrigin::Local { .. } => "operator station",
-                        };
-                        info!(device = %device, rule = %rule, op = %p.op, by = %by, from, "command applied");
-                        let r = Reply::ok(p.request_id, Some(p.op), now)
-                            .on(device, rule)
-                            .state(state);
-                        if let Some(h) = &self.shared.history {
-                            h.record(crate::io::web::history::Entry::command(&r, Some(&by), now));
-                        }
-                        r
-                    }
-                    Err(e) => {
-                        let r = Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
-                            .on(device, rule);
-                        if let Some(h) = &self.shared.history {
-                            h.record(crate::io::web::history::Entry::command(&r, Some(&by), now));
-                        }
-                        r
-                    }
-                },
+            }
+            Request::Alarm {
+                device,
+                rule,
+                by,
+                command,
+            } => match self.driver.command(&device, &rule, &by, &command, now) {
+                Ok(state) => {
+                    let from = match origin {
+                        CommandOrigin::Mqtt { .. } => "mqtt",
+                        CommandOrigin::Local { .. } => "operator station",
+                    };
+                    info!(device = %device, rule = %rule, op = %p.op, by = %by, from, "command applied");
+                    let r = Reply::ok(p.request_id, Some(p.op), now)
+                        .on(device, rule)
+                        .state(state);
+                    self.remember_command(&r, &by, now);
+                    r
+                }
+                Err(e) => {
+                    let r = Reply::refused(p.request_id, Some(p.op), e.to_string(), now)
+                        .on(device, rule);
+                    self.remember_command(&r, &by, now);
+                    r
+                }
             },
         };
-        Some(reply)
+        self.recent.remember(&payload, &reply, now);
+        Some((origin, reply))
+    }
+
+    /// Keeps an applied or refused alarm command in the station's history, when it is served.
+    fn remember_command(&self, r: &Reply, by: &str, now: Ts) {
+        if let Some(h) = &self.shared.history {
+            h.record(crate::io::web::history::Entry::command(r, Some(by), now));
+        }
+    }
+
+    /// Sends a reply back the way its command came.
+    async fn answer(&mut self, to: CommandOrigin, reply: Reply) {
+        match to {
+            CommandOrigin::Mqtt { sink, .. } => self.outlets.reply(sink, reply).await,
+            CommandOrigin::Local { reply: tx } => {
+                let _ = tx.send(reply);
+            }
+        }
     }
 
     async fn control(&mut self, c: Control) {
@@ -445,7 +566,7 @@ impl EngineTask {
                     Ok(m) => Reply::ok(to.request_id, Some(to.op), now).state(Some(&m)),
                     Err(e) => Reply::refused(to.request_id, Some(to.op), e, now),
                 };
-                self.outlets.reply(to.sink, reply).await;
+                self.answer(to.to, reply).await;
             }
         }
     }
@@ -557,7 +678,7 @@ limit = 8.0
         let task = EngineTask::new(
             &cfg,
             Engine::new(&cfg.spec),
-            SeqLease::open(state.path()).unwrap(),
+            SeqLease::open(state.path(), Default::default(), T0).unwrap(),
             Outlets::new(&cfg, sink_txs),
             Shared {
                 clock: clock.clone(),
@@ -612,7 +733,7 @@ limit = 8.0
 
         async fn command(&self, sink: usize, payload: &str) {
             let payload = payload.as_bytes().to_vec();
-            let origin = publisher::CommandOrigin::Mqtt {
+            let origin = CommandOrigin::Mqtt {
                 sink,
                 retained: false,
             };
@@ -713,7 +834,7 @@ limit = 8.0
         }
         let (tx, rx) = oneshot::channel();
         let payload = br#"{"op":"ack","device":"pot-001","rule":"ae","by":"li.wei"}"#.to_vec();
-        let origin = publisher::CommandOrigin::Local { reply: tx };
+        let origin = CommandOrigin::Local { reply: tx };
         h.commands
             .send(InboundCommand { origin, payload })
             .await
@@ -736,7 +857,7 @@ limit = 8.0
         // A reload is not taken from the page.
         let (tx, rx) = oneshot::channel();
         let payload = br#"{"op":"reload","by":"li.wei"}"#.to_vec();
-        let origin = publisher::CommandOrigin::Local { reply: tx };
+        let origin = CommandOrigin::Local { reply: tx };
         h.commands
             .send(InboundCommand { origin, payload })
             .await
@@ -758,13 +879,16 @@ limit = 8.0
             panic!("a command origin")
         };
         assert_eq!(
-            to,
-            CommandOrigin {
-                sink: 2,
-                request_id: Some("r7".into()),
-                op: "reload".into()
-            }
+            (to.request_id.as_deref(), to.op.as_str()),
+            (Some("r7"), "reload")
         );
+        assert!(matches!(
+            to.to,
+            CommandOrigin::Mqtt {
+                sink: 2,
+                retained: false
+            }
+        ));
         // Not answered yet: the next reply on that sink is for a later command.
         h.command(2, "{}").await;
         assert_eq!(

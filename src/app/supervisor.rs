@@ -533,8 +533,9 @@ limit = 8.0
 #[cfg(test)]
 mod reload_tests {
     use super::*;
-    use crate::app::engine::CommandOrigin;
+    use crate::app::engine::PendingReply;
     use crate::clock::ManualClock;
+    use crate::io::inbound::CommandOrigin;
     use std::time::Duration;
 
     fn text(agent: &str, limit: f64, top: &str) -> String {
@@ -598,12 +599,15 @@ limit = {limit}
 
         // A new limit, and a comment that moves every entry: applied in place, link kept.
         std::fs::write(&path, text("gw", 9.0, "# moved\n")).unwrap();
-        let to = CommandOrigin {
-            sink: 0,
+        let to = PendingReply {
+            to: CommandOrigin::Mqtt {
+                sink: 0,
+                retained: false,
+            },
             request_id: Some("r1".into()),
             op: "reload".into(),
         };
-        let origin = ReloadOrigin::Command(to.clone());
+        let origin = ReloadOrigin::Command(to);
         requests.send(ReloadRequest { origin }).await.unwrap();
         let Some(Control::Swap(new, done)) = within(control.recv()).await else {
             panic!("the engine is asked to swap first")
@@ -613,7 +617,8 @@ limit = {limit}
         let Some(Control::Reloaded { to: got, result }) = within(control.recv()).await else {
             panic!("the outcome goes back to the engine task")
         };
-        assert_eq!(got, to);
+        assert_eq!(got.request_id.as_deref(), Some("r1"));
+        assert!(matches!(got.to, CommandOrigin::Mqtt { sink: 0, .. }));
         assert_eq!(result, Ok("1 rules; 1 links kept, 0 restarted".to_string()));
         // Issue 15: the status kept the old hash after a reload.
         assert_eq!(

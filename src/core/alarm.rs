@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::model::{Priority, Ts};
@@ -61,9 +61,11 @@ pub struct AlarmSettings {
 }
 
 /// ISA-18.2 alarm state, ignoring the shelved/suppressed/out-of-service flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum State {
     /// NORM: condition normal, nothing to acknowledge.
+    #[default]
     Normal,
     /// UNACK: condition abnormal, not acknowledged.
     ActiveUnacked,
@@ -120,6 +122,8 @@ pub enum Cause {
     ReturnToService,
     Suppressed,
     Unsuppressed,
+    /// Not a change: the state restored at start, published again (docs/MQTT.md).
+    Restored,
 }
 
 impl Cause {
@@ -135,6 +139,7 @@ impl Cause {
             Cause::ReturnToService => "return_to_service",
             Cause::Suppressed => "suppressed",
             Cause::Unsuppressed => "unsuppressed",
+            Cause::Restored => "restored",
         }
     }
 }
@@ -188,6 +193,30 @@ struct Pending {
     since: Ts,
 }
 
+/// What an alarm keeps across a restart (`io/alarm_state.rs` writes it as JSON). Wall-clock
+/// times (`Ts`), so a shelve ends when it should however long the agent was down. A pending
+/// on/off delay is not kept: it starts again from the next sample. Every field has a default
+/// so that a file from an older release still reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SavedAlarm {
+    pub state: State,
+    pub latched_acked: bool,
+    pub active: bool,
+    pub active_since: Option<Ts>,
+    pub since: Ts,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<Ts>,
+    pub shelved_until: Option<Ts>,
+    pub shelved_by: Option<String>,
+    pub suppressed: bool,
+    pub out_of_service: bool,
+    /// The last activations, for chattering detection.
+    pub recent_activations: Vec<Ts>,
+    pub activations: u64,
+    pub chattering_episodes: u64,
+}
+
 /// One alarm instance. See the module docs for the conventions.
 #[derive(Debug, Clone)]
 pub struct Alarm {
@@ -232,6 +261,83 @@ impl Alarm {
             activations: 0,
             chattering_episodes: 0,
         }
+    }
+
+    /// The state to persist.
+    pub fn save(&self) -> SavedAlarm {
+        SavedAlarm {
+            state: self.state,
+            latched_acked: self.latched_acked,
+            active: self.active,
+            active_since: self.active_since,
+            since: self.since,
+            acked_by: self.acked_by.clone(),
+            acked_at: self.acked_at,
+            shelved_until: self.shelved_until,
+            shelved_by: self.shelved_by.clone(),
+            suppressed: self.suppressed,
+            out_of_service: self.out_of_service,
+            recent_activations: self.recent_activations.iter().copied().collect(),
+            activations: self.activations,
+            chattering_episodes: self.chattering_episodes,
+        }
+    }
+
+    /// An alarm with `settings` (the configuration in force now) in the state `saved`. The
+    /// ack and shelve are kept whatever the limit or priority became; an alarm latched under a
+    /// rule that no longer latches is released as `reset` would (to NORM if it was
+    /// acknowledged, RTNUN otherwise). Contradictions a hand-edited file could hold are
+    /// settled towards what the condition says.
+    pub fn restore(settings: AlarmSettings, saved: SavedAlarm) -> Alarm {
+        let mut state = saved.state;
+        let active = saved.active || matches!(state, State::ActiveUnacked | State::ActiveAcked);
+        if state == State::Latched && !settings.latching {
+            state = if saved.latched_acked {
+                State::Normal
+            } else {
+                State::ReturnedUnacked
+            };
+        }
+        let acked = match state {
+            State::ActiveAcked => true,
+            State::Latched => saved.latched_acked,
+            State::Normal | State::ActiveUnacked | State::ReturnedUnacked => false,
+        };
+        let mut recent: VecDeque<Ts> = saved.recent_activations.into_iter().collect();
+        while recent.len() > CHATTER_ACTIVATIONS {
+            recent.pop_front();
+        }
+        Alarm {
+            settings,
+            state,
+            latched_acked: state == State::Latched && saved.latched_acked,
+            active,
+            active_since: if active {
+                saved.active_since.or(Some(saved.since))
+            } else {
+                None
+            },
+            pending: None,
+            since: saved.since,
+            acked_by: if acked { saved.acked_by } else { None },
+            acked_at: if acked { saved.acked_at } else { None },
+            shelved_by: saved.shelved_until.and(saved.shelved_by),
+            shelved_until: saved.shelved_until,
+            suppressed: saved.suppressed,
+            out_of_service: saved.out_of_service,
+            recent_activations: recent,
+            activations: saved.activations,
+            chattering_episodes: saved.chattering_episodes,
+        }
+    }
+
+    /// Whether nothing distinguishes this alarm from a new one (nothing worth persisting).
+    pub fn is_pristine(&self) -> bool {
+        self.since == 0
+            && !self.active
+            && self.state == State::Normal
+            && self.flag().is_none()
+            && self.activations == 0
     }
 
     /// New settings from a reloaded configuration; the state is kept.
@@ -1149,6 +1255,80 @@ mod tests {
         cycle(&mut a, 220_000);
         assert_eq!(a.chattering_episodes(), 2);
         assert_eq!(a.activations(), 7);
+    }
+
+    /// Saved, written as JSON, read back and restored: the same alarm, whatever it went through.
+    fn round_trip(a: &Alarm) -> Alarm {
+        let json = serde_json::to_string(&a.save()).unwrap();
+        let saved: SavedAlarm = serde_json::from_str(&json).unwrap();
+        Alarm::restore(*a.settings(), saved)
+    }
+
+    fn same(a: &Alarm, b: &Alarm) {
+        assert_eq!(a.save(), b.save());
+        assert_eq!(a.published_state(), b.published_state());
+        assert_eq!(a.is_acked(), b.is_acked());
+    }
+
+    #[test]
+    fn every_state_survives_save_and_restore() {
+        let mut unacked = plain();
+        fire(&mut unacked, Condition::Active, 1_000);
+        let mut acked = unacked.clone();
+        acked.ack("shift-a", None, 2_000).unwrap();
+        let mut returned = unacked.clone();
+        fire(&mut returned, Condition::Clear, 3_000);
+        let mut latched = Alarm::new(settings(0, 0, true));
+        fire(&mut latched, Condition::Active, 1_000);
+        latched.ack("shift-b", None, 2_000).unwrap();
+        fire(&mut latched, Condition::Clear, 3_000);
+        let mut shelved = unacked.clone();
+        shelved.shelve(7_201_000, "shift-c", 4_000).unwrap();
+        let mut oos = unacked.clone();
+        oos.remove_from_service("tech", 5_000).unwrap();
+        for (name, a) in [
+            ("unacked", &unacked),
+            ("acked", &acked),
+            ("returned", &returned),
+            ("latched", &latched),
+            ("shelved", &shelved),
+            ("oos", &oos),
+        ] {
+            let b = round_trip(a);
+            same(a, &b);
+            assert!(!b.is_pristine(), "{name}");
+        }
+        assert_eq!(round_trip(&acked).acked_by(), Some("shift-a"));
+        assert_eq!(round_trip(&shelved).shelved_until(), Some(7_201_000));
+        // What was restored acts like the original: the latched alarm resets to NORM.
+        let t = round_trip(&latched).reset("op", 6_000).unwrap().unwrap();
+        assert_eq!(labels(&t), ("latched", "normal"));
+        // A shelve that ended while the agent was down expires at the first tick.
+        let t = round_trip(&shelved).tick(7_300_000).unwrap();
+        assert_eq!((t.to, t.cause), ("active_unacked", Cause::ShelveExpired));
+        assert!(plain().is_pristine());
+    }
+
+    #[test]
+    fn a_latched_alarm_whose_rule_no_longer_latches_is_released() {
+        let mut a = Alarm::new(settings(0, 0, true));
+        fire(&mut a, Condition::Active, 0);
+        fire(&mut a, Condition::Clear, 1_000);
+        let b = Alarm::restore(settings(0, 0, false), a.save());
+        assert_eq!(b.state(), State::ReturnedUnacked);
+        a.ack("op", None, 2_000).unwrap();
+        let b = Alarm::restore(settings(0, 0, false), a.save());
+        assert_eq!((b.state(), b.acked_by()), (State::Normal, None));
+        // A newer release's file with fields this one does not know, or an older one missing
+        // some, still reads.
+        let saved: SavedAlarm =
+            serde_json::from_str(r#"{"state":"active_acked","acked_by":"x","future":1}"#).unwrap();
+        let b = Alarm::restore(settings(0, 0, false), saved);
+        assert_eq!(
+            (b.published_state(), b.acked_by()),
+            ("active_acked", Some("x"))
+        );
+        assert!(b.is_active());
     }
 
     #[test]

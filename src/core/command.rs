@@ -2,6 +2,8 @@
 //! `{"op":"ack","device":"pot-017","rule":"anode_effect","by":"shift-a","note":"checked"}`.
 //! Parsing is strict and field by field; a bad command gets a clear error, never a panic.
 
+use std::collections::{HashMap, VecDeque};
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -100,6 +102,8 @@ impl Reply {
 }
 pub const OPS: &str = "ack, shelve, unshelve, reset, out_of_service, return_to_service, reload";
 const MAX_TEXT: usize = 256;
+/// The largest command accepted, in bytes.
+pub const MAX_BYTES: usize = 4096;
 /// Shelving is time-limited by design; a week is the longest an alarm may be hidden.
 pub const MAX_SHELVE_MS: i64 = 7 * 86_400_000;
 
@@ -139,8 +143,12 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
         op,
         message: m,
     };
-    if payload.len() > 4096 {
-        return Err(err(None, None, "command larger than 4096 bytes".into()));
+    if payload.len() > MAX_BYTES {
+        return Err(err(
+            None,
+            None,
+            format!("command larger than {MAX_BYTES} bytes"),
+        ));
     }
     let v: Value = serde_json::from_slice(payload)
         .map_err(|e| err(None, None, format!("malformed JSON: {e}")))?;
@@ -239,9 +247,145 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
     })
 }
 
+/// The `request_id` and `op` of a command that will not be executed, for its refusal.
+fn ids(payload: &[u8], now: Ts) -> (Option<String>, Option<String>) {
+    match parse(payload, now) {
+        Ok(p) => (p.request_id, Some(p.op)),
+        Err(e) => (e.request_id, e.op),
+    }
+}
+
+/// The refusal of a command delivered with RETAIN set: it came from the broker's retained
+/// store (or, with MQTT 5, was published retained) and would run again at every reconnect.
+pub fn refuse_retained(payload: &[u8], now: Ts) -> Reply {
+    let (request_id, op) = ids(payload, now);
+    Reply::refused(
+        request_id,
+        op,
+        "refused: the command was delivered with RETAIN set and is never executed (a retained command would run again at every reconnect); publish commands without retain, and clear the retained one",
+        now,
+    )
+}
+
+/// The answer when the engine's command queue is full.
+pub fn busy(payload: &[u8], now: Ts) -> Reply {
+    let (request_id, op) = ids(payload, now);
+    Reply::refused(
+        request_id,
+        op,
+        "busy: too many commands at once; not executed, send it again",
+        now,
+    )
+}
+
+/// How long a `request_id` is remembered: the same command (same bytes) carrying one seen
+/// this recently is not executed again, the first reply is sent again.
+pub const DEDUP_WINDOW_MS: i64 = 10 * 60_000;
+/// At most this many `request_id`s are remembered (the oldest are forgotten first).
+pub const DEDUP_MAX: usize = 10_000;
+
+/// The replies of recent commands by `request_id`, so that a command sent twice (a console's
+/// retry, a duplicate QoS 1 delivery) is executed once and answered the same way twice. A
+/// *different* command that reuses an id is a new command: consoles that number their
+/// commands per session must not see one refused for an old id.
+#[derive(Debug, Default)]
+pub struct RecentReplies {
+    /// id → (hash of the command's bytes, first reply).
+    by_id: HashMap<String, (u64, Reply)>,
+    /// (when remembered, id), oldest first.
+    order: VecDeque<(Ts, String)>,
+}
+
+fn digest(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same bytes give the same digest for the life of the process.
+    let mut h = std::hash::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+impl RecentReplies {
+    /// The first reply to this very command (`payload`, carrying `request_id`), if it came
+    /// within [`DEDUP_WINDOW_MS`] before `now`.
+    pub fn get(&mut self, request_id: &str, payload: &[u8], now: Ts) -> Option<Reply> {
+        self.forget_before(now - DEDUP_WINDOW_MS);
+        match self.by_id.get(request_id) {
+            Some((d, reply)) if *d == digest(payload) => Some(reply.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers the reply to `payload` when it carries a `request_id`.
+    pub fn remember(&mut self, payload: &[u8], reply: &Reply, now: Ts) {
+        let Some(id) = &reply.request_id else {
+            return;
+        };
+        let entry = (digest(payload), reply.clone());
+        if self.by_id.insert(id.clone(), entry).is_none() {
+            self.order.push_back((now, id.clone()));
+        }
+        while self.order.len() > DEDUP_MAX {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn forget_before(&mut self, t: Ts) {
+        while let Some((at, id)) = self.order.front() {
+            if *at > t {
+                break;
+            }
+            self.by_id.remove(id);
+            self.order.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_is_answered_with_its_first_reply_within_the_window() {
+        let mut r = RecentReplies::default();
+        let cmd = br#"{"op":"ack","device":"d","rule":"r","by":"b","request_id":"c-1"}"#;
+        let first = Reply::ok(Some("c-1".into()), Some("ack".into()), 1_000);
+        r.remember(cmd, &first, 1_000);
+        r.remember(b"{}", &Reply::ok(None, Some("ack".into()), 1_000), 1_000);
+        assert_eq!(r.get("c-1", cmd, 2_000), Some(first.clone()));
+        assert_eq!(r.get("c-1", cmd, 1_000 + DEDUP_WINDOW_MS - 1), Some(first));
+        let other = br#"{"op":"reset","device":"d","rule":"r","by":"b","request_id":"c-1"}"#;
+        assert_eq!(
+            r.get("c-1", other, 2_000),
+            None,
+            "another command reusing the id"
+        );
+        assert_eq!(
+            r.get("c-1", cmd, 1_000 + DEDUP_WINDOW_MS),
+            None,
+            "forgotten"
+        );
+        for i in 0..DEDUP_MAX + 1 {
+            r.remember(b"x", &Reply::ok(Some(format!("x{i}")), None, 0), 5_000);
+        }
+        assert_eq!(r.get("x0", b"x", 5_000), None, "the oldest goes first");
+        assert!(r.get(&format!("x{DEDUP_MAX}"), b"x", 5_000).is_some());
+    }
+
+    #[test]
+    fn refusals_keep_the_request_id_and_op() {
+        let p = br#"{"op":"out_of_service","device":"d","rule":"r","by":"b","request_id":"q"}"#;
+        let r = refuse_retained(p, 0);
+        assert_eq!(
+            (r.ok, r.request_id.as_deref(), r.op.as_deref()),
+            (false, Some("q"), Some("out_of_service"))
+        );
+        assert!(r.error.unwrap().contains("RETAIN"));
+        let r = busy(b"{\"op\":\"ack\",\"id\":7}", 0);
+        assert_eq!(r.request_id.as_deref(), Some("7"));
+        assert!(r.error.unwrap().starts_with("busy: "));
+    }
 
     #[test]
     fn parses_each_op() {

@@ -10,7 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::alarm::{Alarm, AlarmSettings, Cause, CommandError, Condition, Transition};
+use serde::{Deserialize, Serialize};
+
+use super::alarm::{
+    Alarm, AlarmSettings, Cause, CommandError, Condition, SavedAlarm, State, Transition,
+};
 use super::eval::{Eval, Lookup};
 use super::expr::Compiled;
 use super::flood::{AlarmKpis, FloodConfig, FloodDecision, FloodDetector, FloodEvent, KpiSnapshot};
@@ -51,6 +55,27 @@ pub struct AlarmEvent {
     pub active_since: Option<Ts>,
     pub acked_by: Option<String>,
     pub shelved_until: Option<Ts>,
+}
+
+/// One alarm instance as persisted across restarts, named by (device, rule) so that it finds
+/// its alarm in whatever configuration is in force at the next start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedInstance {
+    pub device: String,
+    pub rule: String,
+    /// The last value seen, for the message of the republished state.
+    #[serde(default)]
+    pub value: Option<f64>,
+    pub alarm: SavedAlarm,
+}
+
+/// What [`Engine::restore`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Instances whose state was taken over.
+    pub restored: usize,
+    /// Instances whose device or rule no longer exists.
+    pub dropped: usize,
 }
 
 /// An operator command on one alarm.
@@ -288,6 +313,9 @@ pub struct Engine {
     kpis: AlarmKpis,
     summary_from: Option<Ts>,
     scratch: Vec<Stored>,
+    /// Counts alarm changes (transitions, silent activations while hidden, commands), so the
+    /// owner can tell when the state is worth saving again.
+    changes: u64,
 }
 
 /// A sample stored in its slot, waiting for its rules to run.
@@ -430,8 +458,14 @@ impl Engine {
             kpis: AlarmKpis::new(),
             summary_from: None,
             scratch: Vec::new(),
+            changes: 0,
         };
         engine.flood_alarm = engine.alarms.len() as u32;
+        // Addressable like any alarm, so an operator can acknowledge it.
+        engine.by_name.insert(
+            (Arc::from(AREA_DEVICE), Arc::from(FLOOD_RULE)),
+            engine.flood_alarm,
+        );
         engine.alarms.push(AlarmSlot {
             device: area.clone(),
             rule: Arc::from(FLOOD_RULE),
@@ -859,6 +893,9 @@ impl Engine {
     ) {
         let a = &mut self.alarms[id as usize];
         let is = a.alarm.is_active();
+        if was_active != is || tr.is_some() {
+            self.changes += 1;
+        }
         if was_active != is {
             let n = self.active_by_rule.entry(a.rule.clone()).or_insert(0);
             *n = if is { *n + 1 } else { n.saturating_sub(1) };
@@ -1015,6 +1052,7 @@ impl Engine {
             Command::OutOfService => alarm.remove_from_service(by, now)?,
             Command::ReturnToService => alarm.return_to_service(by, now)?,
         };
+        self.changes += 1;
         let is_active = self.alarms[id as usize].alarm.is_active();
         if was != is_active {
             let n = self
@@ -1163,6 +1201,19 @@ impl Engine {
                 self.evaluators[i].eval.set_active(active);
             }
         }
+        self.resettle();
+        self.flood = old.flood;
+        self.kpis = old.kpis;
+        self.held = HashMap::new();
+        self.started = old.started;
+        self.summary_from = old.summary_from;
+        let fid = self.flood_alarm;
+        self.alarms[fid as usize].alarm = old.alarms[old.flood_alarm as usize].alarm.clone();
+    }
+
+    /// Recounts what depends on which alarms are active or suppressed, after their states
+    /// were replaced wholesale (a reload, a restore).
+    fn resettle(&mut self) {
         self.active_by_rule.clear();
         for a in &self.alarms {
             if a.alarm.is_active() {
@@ -1176,13 +1227,108 @@ impl Engine {
                 .is_some_and(|&t| self.alarms[t as usize].alarm.is_suppressed());
         }
         self.suppression_dirty = true;
-        self.flood = old.flood;
-        self.kpis = old.kpis;
-        self.held = HashMap::new();
-        self.started = old.started;
-        self.summary_from = old.summary_from;
-        let fid = self.flood_alarm;
-        self.alarms[fid as usize].alarm = old.alarms[old.flood_alarm as usize].alarm.clone();
+    }
+
+    /// Every alarm instance that is not as new, for persisting (see [`Engine::restore`]).
+    pub fn save(&self) -> Vec<SavedInstance> {
+        let mut out: Vec<SavedInstance> = self
+            .by_name
+            .iter()
+            .filter_map(|((device, rule), &id)| {
+                let a = &self.alarms[id as usize];
+                (!a.alarm.is_pristine()).then(|| SavedInstance {
+                    device: device.to_string(),
+                    rule: rule.to_string(),
+                    value: a.value.filter(|v| v.is_finite()),
+                    alarm: a.alarm.save(),
+                })
+            })
+            .collect();
+        // A stable order keeps the file readable and diffable.
+        out.sort_by(|a, b| (&a.device, &a.rule).cmp(&(&b.device, &b.rule)));
+        out
+    }
+
+    /// Takes over the saved state of every (device, rule) that still exists, with the settings
+    /// configured now: an alarm whose limit or priority changed keeps its ack and shelve (see
+    /// [`Alarm::restore`]); instances of removed rules or devices are dropped. Call it before
+    /// the first batch. A flood in progress is not carried over (the detector's window starts
+    /// empty): its alarm is restored as if the flood had just ended. Nothing is published here;
+    /// the caller republishes the restored states.
+    pub fn restore(&mut self, saved: Vec<SavedInstance>) -> Restored {
+        let mut r = Restored::default();
+        for s in saved {
+            let key = (Arc::from(s.device.as_str()), Arc::from(s.rule.as_str()));
+            let Some(&id) = self.by_name.get(&key) else {
+                r.dropped += 1;
+                continue;
+            };
+            let mut alarm = s.alarm;
+            if id == self.flood_alarm && alarm.active {
+                alarm.active = false;
+                alarm.active_since = None;
+                alarm.state = match alarm.state {
+                    State::ActiveUnacked => State::ReturnedUnacked,
+                    State::ActiveAcked => State::Normal,
+                    other => other,
+                };
+            }
+            let a = &mut self.alarms[id as usize];
+            a.alarm = Alarm::restore(*a.alarm.settings(), alarm);
+            a.value = s.value;
+            a.chatter_seen = a.alarm.chattering_episodes();
+            r.restored += 1;
+        }
+        // Hysteresis and trends start from what the alarm says, as after a reload.
+        for i in 0..self.evaluators.len() {
+            if let Target::Alarm(id) = self.evaluators[i].target {
+                let active = self.alarms[id as usize].alarm.is_active();
+                self.evaluators[i].eval.set_active(active);
+            }
+        }
+        self.resettle();
+        self.changes += 1;
+        r
+    }
+
+    /// Grows with every alarm change; compare with the value at the last save.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Every alarm instance that exists: (device, rule, priority), as topics name them.
+    pub fn instances(&self) -> impl Iterator<Item = (&str, &str, Priority)> + '_ {
+        self.by_name.iter().map(|((device, rule), &id)| {
+            let a = &self.alarms[id as usize];
+            (&**device, &**rule, a.alarm.priority())
+        })
+    }
+
+    /// The current state of every restored (not pristine) alarm, as events to republish.
+    pub fn restored_states(&self, now: Ts) -> Vec<AlarmEvent> {
+        let mut ids: Vec<u32> = self
+            .by_name
+            .values()
+            .copied()
+            .filter(|&id| !self.alarms[id as usize].alarm.is_pristine())
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|id| {
+                let s = self.alarms[id as usize].alarm.published_state();
+                self.event(
+                    id,
+                    Transition {
+                        from: s,
+                        to: s,
+                        at: now,
+                        cause: Cause::Restored,
+                        by: None,
+                        note: None,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Every alarm operators currently see (not normal, not hidden), as events of their state.
@@ -1434,6 +1580,94 @@ mod tests {
             "held until 10 s after the condition ended at 5 s: {:?}",
             on[0]
         );
+    }
+
+    #[test]
+    fn saved_alarms_are_restored_into_a_new_engine_and_removed_ones_dropped() {
+        let rules = || {
+            let mut r = ae(8.0);
+            r.push(RuleDraft::new("low_v", "voltage", low(3.0)));
+            r
+        };
+        let mut e = engine(rules());
+        for t in [0, 1_000, 2_000] {
+            feed(&mut e, 0, t, 12.0);
+            feed(&mut e, 1, t, 12.0);
+            feed(&mut e, 2, t, 1.0);
+        }
+        let by = "shift-a";
+        assert!(e
+            .command(
+                "pot-001",
+                "anode_effect",
+                by,
+                &Command::Ack { note: None },
+                3_000
+            )
+            .is_ok());
+        let until = Command::Shelve { until: 9_000_000 };
+        assert!(e
+            .command("pot-002", "anode_effect", by, &until, 3_000)
+            .is_ok());
+        assert!(e
+            .command("pot-003", "low_v", by, &Command::OutOfService, 3_000)
+            .is_ok());
+        let changes = e.changes();
+        let saved = e.save();
+        assert_eq!(e.changes(), changes, "saving changes nothing");
+        assert_eq!(saved.len(), 3, "alarms as new are not saved");
+
+        // Same configuration: the same states, and the restored alarms answer commands.
+        let mut b = engine(rules());
+        let r = b.restore(saved.clone());
+        assert_eq!((r.restored, r.dropped), (3, 0));
+        assert_eq!(b.save(), saved);
+        let state = |e: &Engine, d: &str, r: &str| e.alarm_state(d, r).unwrap();
+        assert_eq!(
+            state(&b, "pot-001", "anode_effect").acked_by.as_deref(),
+            Some(by)
+        );
+        assert_eq!(
+            state(&b, "pot-002", "anode_effect").shelved_until,
+            Some(9_000_000)
+        );
+        assert_eq!(
+            state(&b, "pot-003", "low_v").transition.to,
+            "out_of_service"
+        );
+        assert_eq!(b.restored_states(5_000).len(), 3);
+        let cmd = b.command("pot-003", "low_v", by, &Command::ReturnToService, 5_000);
+        assert_eq!(cmd.unwrap().unwrap().transition.to, "active_unacked");
+
+        // The limit and priority changed, low_v removed: ack and shelve kept, low_v dropped.
+        let mut c = engine(vec![ae(9.0).remove(0).priority(Priority::High)]);
+        let r = c.restore(saved);
+        assert_eq!((r.restored, r.dropped), (2, 1));
+        let a = state(&c, "pot-001", "anode_effect");
+        assert_eq!(
+            (a.priority, a.acked_by.as_deref()),
+            (Priority::High, Some(by))
+        );
+        assert_eq!(
+            state(&c, "pot-002", "anode_effect").shelved_until,
+            Some(9_000_000)
+        );
+        // The hysteresis starts from the restored activation: no new annunciation.
+        let ev = feed(&mut c, 0, 6_000, 12.0);
+        assert!(rule_events(&ev, "anode_effect").is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn the_flood_alarm_can_be_acknowledged() {
+        let mut e = engine(ae(8.0));
+        let err = e.command(
+            AREA_DEVICE,
+            FLOOD_RULE,
+            "op",
+            &Command::Ack { note: None },
+            0,
+        );
+        assert!(matches!(err, Err(EngineError::Refused(_))), "{err:?}");
     }
 
     #[test]

@@ -185,6 +185,22 @@ pub struct OnlineStatus<'a> {
     /// Messages the broker refused again and again, moved to the dead-letter file of this
     /// sink's outbox (kept, not dropped), since start.
     pub dead_lettered: u64,
+    /// What this start restored of the previous run's alarm state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreReport>,
+}
+
+/// What a start did with the previous run's alarm state (`restore` in the status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// "read", "none" (first start) or "unreadable" (set aside, started fresh).
+    pub state_file: &'static str,
+    /// Alarm instances whose state was taken over.
+    pub restored: u64,
+    /// Saved instances whose device or rule no longer exists.
+    pub dropped: u64,
+    /// Retained alarm topics of the sink cleared because their instance no longer exists.
+    pub cleared: u64,
 }
 
 /// Most device names listed in `down`.
@@ -277,6 +293,7 @@ mod tests {
                     ..Default::default()
                 },
                 dead_lettered: 0,
+                restore: None,
             },
         );
         // The example of docs/MQTT.md, byte for byte.

@@ -2,9 +2,11 @@
 //! `record`), and beside them the pure machines that decide for them without reading a clock
 //! (`schedule` for the pollers, `session` for the sinks, `backoff` for both).
 
+pub mod alarm_state;
 pub mod backoff;
 pub mod health;
 pub mod http;
+pub mod inbound;
 pub mod modbus;
 pub mod notify;
 pub mod poller;

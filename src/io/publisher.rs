@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{
-    LastWill as LastWill5, Packet as Packet5, PubAckReason, PublishProperties,
+    Filter, LastWill as LastWill5, Packet as Packet5, PubAckReason, PublishProperties,
 };
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
@@ -31,43 +31,31 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff;
 use super::health::DeviceHealth;
+use super::inbound::{admit, Admitted};
 use super::session::{Session, SessionConfig, Settled, StatusKey};
 use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
 use crate::config::MqttSink;
+use crate::core::command;
+use crate::core::outbound::REPLY_LEAF;
 use crate::core::payload::{
-    ClassCounts, DropReasons, Identity, OnlineStatus, StatusPayload, STATUS_DOWN_NAMES,
+    ClassCounts, DropReasons, Identity, OnlineStatus, RestoreReport, StatusPayload,
+    STATUS_DOWN_NAMES,
 };
 use crate::metrics::{Metrics, SinkMetrics};
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
 use crate::telemetry::{
     emit, AlarmSentWithoutDurability, BrokerConnected, BrokerDisconnected, ClientOp, ClientRefused,
-    CommandDropped, ConnectionSetupFailed, DeadLettered, OutboxError, OutboxExpired, OutboxFull,
-    OutboxLevels, OutboxOp, OutboxWriteFailed, PublishSettled, Published,
+    CommandDropReason, CommandDropped, ConnectionSetupFailed, DeadLettered, OutboxError,
+    OutboxExpired, OutboxFull, OutboxLevels, OutboxOp, OutboxWriteFailed, PublishSettled,
+    Published,
 };
 
 /// What the engine task hands to a sink (defined with the other outbound types in core).
 pub use crate::core::outbound::Message;
 
-/// A command for the engine task: a JSON payload (the same grammar from every origin) and
-/// where it came from, which is where its one reply goes.
-#[derive(Debug)]
-pub struct InboundCommand {
-    pub origin: CommandOrigin,
-    pub payload: Vec<u8>,
-}
-
-/// Where a command came from.
-#[derive(Debug)]
-pub enum CommandOrigin {
-    /// The command topic of sink `sink`; `retained` when the broker handed over a retained
-    /// message (one published before this session).
-    Mqtt { sink: usize, retained: bool },
-    /// The operator station (`io::web`): the reply goes back to the waiting request.
-    Local {
-        reply: tokio::sync::oneshot::Sender<crate::core::command::Reply>,
-    },
-}
+/// Commands handed to the engine task, with where they came from (io/inbound.rs).
+pub use super::inbound::{CommandOrigin, InboundCommand};
 
 /// Publishes handed to rumqttc and not yet acknowledged, at most.
 const WINDOW: usize = 64;
@@ -87,6 +75,13 @@ pub const POISON_ATTEMPTS: u32 = 5;
 /// The first status waits for every device to be polled once, at most this long, so that it
 /// does not say "all devices down" just because none was polled yet.
 pub const FIRST_CYCLE_MAX: Duration = Duration::from_secs(30);
+/// The largest packet MQTT can carry (a remaining length of 268,435,455 bytes plus the fixed
+/// header). rumqttc treats an incoming packet over its limit as a fatal connection error, and
+/// the broker delivers a retained one again after every reconnect: a reconnect loop. So the
+/// limit is the protocol's own, and the sink drops an oversized command itself (io/inbound.rs).
+/// Such a packet is held in memory while it is read; brokers bound it lower (Mosquitto's
+/// `message_size_limit`, docs/MQTT.md).
+const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
 /// Periodic status (the session decides when).
 pub use super::session::STATUS_INTERVAL;
 
@@ -109,6 +104,8 @@ pub struct SinkTask {
     /// reload; a status goes out at once then).
     pub config_hash: watch::Receiver<String>,
     pub password: Option<String>,
+    /// What this start restored of the alarm state, for the status.
+    pub restore: Option<RestoreReport>,
 }
 
 /// Never prints the password, only whether there is one.
@@ -139,7 +136,8 @@ enum Ev {
     Publish {
         topic: String,
         payload: Vec<u8>,
-        retained: bool,
+        /// RETAIN as delivered (see io/inbound.rs).
+        retain: bool,
     },
     Other,
 }
@@ -212,8 +210,13 @@ impl Client {
             Client::V4(c) => c
                 .try_subscribe(topic, QoS::AtLeastOnce)
                 .map_err(|e| e.to_string()),
+            // Retain-As-Published: a command published retained arrives with RETAIN set even
+            // on a live subscription, so it is refused like one from the retained store.
             Client::V5(c) => c
-                .try_subscribe(topic, QoS5::AtLeastOnce)
+                .try_subscribe_many([Filter {
+                    preserve_retain: true,
+                    ..Filter::new(topic, QoS5::AtLeastOnce)
+                }])
                 .map_err(|e| e.to_string()),
         }
     }
@@ -239,7 +242,7 @@ impl Loop {
                 Ok(Event::Incoming(Packet::Publish(p))) => Ok(Ev::Publish {
                     topic: p.topic,
                     payload: p.payload.to_vec(),
-                    retained: p.retain,
+                    retain: p.retain,
                 }),
                 Ok(_) => Ok(Ev::Other),
                 Err(e) => Err(e.to_string()),
@@ -257,7 +260,7 @@ impl Loop {
                 Ok(rumqttc::v5::Event::Incoming(Packet5::Publish(p))) => Ok(Ev::Publish {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload.to_vec(),
-                    retained: p.retain,
+                    retain: p.retain,
                 }),
                 Ok(_) => Ok(Ev::Other),
                 Err(e) => Err(e.to_string()),
@@ -384,7 +387,7 @@ impl SinkTask {
                 o.set_clean_session(true);
                 o.set_inflight(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
-                o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+                o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_PACKET);
                 o.set_last_will(LastWill::new(
                     status_topic,
                     self.offline_payload(),
@@ -414,7 +417,7 @@ impl SinkTask {
                 o.set_session_expiry_interval(Some(0));
                 o.set_outgoing_inflight_upper_limit(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
-                o.set_max_packet_size(Some(MAX_PACKET as u32));
+                o.set_max_packet_size(Some(MAX_INCOMING_PACKET as u32));
                 o.set_last_will(LastWill5::new(
                     status_topic,
                     self.offline_payload(),
@@ -629,18 +632,16 @@ impl Runner<'_> {
                 }
             }
             let wake = self.session.next_wake();
+            // Biased, the network before the engine's messages: a command burst is taken off
+            // the wire (and answered, `busy` if need be) faster than the outbox stores what
+            // it causes, so the broker never queues commands for the agent up to its limit
+            // (Mosquitto drops past 1,000 by default). Timers first: they are rarely ready.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => {
                     self.shutdown(conn.take()).await;
                     return;
                 }
-                msg = self.t.rx.recv() => match msg {
-                    Some(m) => self.store_or_send(&m, conn.as_ref()),
-                    None => {
-                        self.shutdown(conn.take()).await;
-                        return;
-                    }
-                },
                 _ = housekeeping.tick() => {
                     self.housekeeping(conn.as_ref().filter(|c| c.connected).map(|c| &c.client));
                 }
@@ -684,13 +685,9 @@ impl Runner<'_> {
                         let settled = self.session.acked(pkid, clock.mono());
                         self.settle(settled, refused, true);
                     }
-                    Ok(Ev::Publish { topic, payload, retained }) => {
+                    Ok(Ev::Publish { topic, payload, retain }) => {
                         if topic == cmd_topic {
-                            let origin = CommandOrigin::Mqtt { sink: self.t.index, retained };
-                            let cmd = InboundCommand { origin, payload };
-                            if self.t.commands.try_send(cmd).is_err() {
-                                emit(CommandDropped { sink: &self.t.cfg.name });
-                            }
+                            self.command(payload, retain);
                         }
                     }
                     Ok(Ev::Other) => {}
@@ -711,9 +708,50 @@ impl Runner<'_> {
                             retry_in: lost.retry_in,
                         });
                     }
-                }
+                },
+                msg = self.t.rx.recv() => match msg {
+                    Some(m) => self.store_or_send(&m, conn.as_ref()),
+                    None => {
+                        self.shutdown(conn.take()).await;
+                        return;
+                    }
+                },
             }
         }
+    }
+
+    /// A publish on the command topic: to the engine task, which answers it; answered `busy`
+    /// here when the engine's queue is full, so that no command goes unanswered.
+    fn command(&mut self, payload: Vec<u8>, retain: bool) {
+        let cmd = match admit(self.t.index, retain, payload) {
+            Admitted::Command(c) => c,
+            Admitted::DroppedRetainedOversized => {
+                emit(CommandDropped {
+                    sink: self.sm,
+                    reason: CommandDropReason::RetainedOversized,
+                });
+                return;
+            }
+        };
+        let Err(e) = self.t.commands.try_send(cmd) else {
+            return;
+        };
+        let cmd = match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        };
+        emit(CommandDropped {
+            sink: self.sm,
+            reason: CommandDropReason::Busy,
+        });
+        let reply = command::busy(&cmd.payload, self.t.clock.now());
+        let m = Message {
+            class: Class::Status,
+            topic: self.t.who.agent_topic(REPLY_LEAF),
+            payload: serde_json::to_vec(&reply).unwrap_or_default(),
+            retain: false,
+            priority: None,
+        };
+        self.store(&m);
     }
 
     /// A connection ended: the oldest record in flight may be one the broker refuses. Past
@@ -928,6 +966,7 @@ impl Runner<'_> {
                     refused: own.refused.iter().sum(),
                 },
                 dead_lettered: st.dead_lettered.iter().sum(),
+                restore: self.t.restore,
             },
         )
         .to_vec()

@@ -24,6 +24,9 @@ mod delivery;
 /// Modbus peers: the binary with the example config against pymodbus and Mosquitto, mbpoll
 /// decoding, mbpoll and pymodbus reading the simulator.
 mod modbus;
+/// Alarm state and commands through Mosquitto: a 5 MiB retained command, MQTT 5
+/// Retain-As-Published, the real binary SIGKILLed and restarted with its alarm states.
+mod restart;
 /// The operator station in headless Chromium (WebDriver) against Mosquitto; the screenshots
 /// in docs/screenshots/.
 mod station;

@@ -151,7 +151,7 @@ limit = 6.0
     let task = EngineTask::new(
         &cfg,
         Engine::new(&cfg.spec),
-        SeqLease::open(state.path()).unwrap(),
+        SeqLease::open(state.path(), Default::default(), 0).unwrap(),
         Outlets::new(&cfg, vec![sink_tx]),
         Shared {
             clock: clock.clone(),

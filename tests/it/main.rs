@@ -22,6 +22,9 @@ mod support;
 mod cli;
 /// Time a gateway lives by: wall-clock steps and what the engine does with a `now` that jumps.
 mod clock;
+/// Commands that cannot be replayed: RETAIN set, oversized, duplicates, a burst beyond the
+/// queue.
+mod commands;
 /// The configuration as users meet it: golden broken configs (tests/cases/), the shipped
 /// example (accepted, its meaning, embedded in the README, its commented defaults).
 mod config;
@@ -55,6 +58,9 @@ mod probe;
 mod properties;
 /// `alsentry replay` and `[record]`: file time, recorded files replay to the live alarms.
 mod replay;
+/// Alarm state across restarts (clean and crash-like), the broker's retained picture, the
+/// seq lease deleted or garbled.
+mod restart;
 /// The agent watching itself (issue 15): poison messages, bounded reloads, supervised
 /// pollers, /healthz and /readyz decisions.
 mod selfwatch;

@@ -173,6 +173,7 @@ async fn the_status_is_typed_and_its_device_counts_come_from_the_pollers() {
         "drops",
         "drop_reasons",
         "dead_lettered",
+        "restore",
     ];
     assert_eq!(
         top_level_keys(&raw),
@@ -183,6 +184,7 @@ async fn the_status_is_typed_and_its_device_counts_come_from_the_pollers() {
     assert_eq!(j["status"], "online");
     assert_eq!(j["down"], serde_json::json!(["pot-2"]));
     assert_eq!(j["sink"], "plant");
+    assert_eq!(j["restore"]["state_file"], "none", "a first start: {raw}");
     for k in ["alarm", "status", "summary", "data"] {
         assert!(j["drops"][k].is_u64(), "{raw}");
     }

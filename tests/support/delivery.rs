@@ -147,6 +147,7 @@ pub fn sink_task(
         metrics,
         config_hash: tokio::sync::watch::channel("test".to_string()).1,
         password: None,
+        restore: None,
     };
     (task, tx, crx)
 }
