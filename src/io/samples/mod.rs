@@ -132,8 +132,9 @@ pub enum HeaderError {
     Csv(#[from] CsvError),
 }
 
+/// Where the columns of a file are, from its header: what a reader resumed inside the file needs.
 #[derive(Debug, Clone, Copy)]
-struct Columns {
+pub struct Columns {
     ts: usize,
     device: usize,
     tag: usize,
@@ -201,6 +202,56 @@ impl<'n, R: BufRead> SampleReader<'n, R> {
             last_device_text: String::new(),
             last_device: None,
         })
+    }
+
+    /// A reader of the same file positioned at a record: `input` starts at the record's byte
+    /// `offset`, after `lines_before` lines, and the columns are those the header gave.
+    pub fn resume(
+        input: R,
+        names: &'n Names,
+        cols: Columns,
+        offset: u64,
+        lines_before: u64,
+    ) -> Self {
+        SampleReader {
+            csv: CsvReader::resume(input, offset, lines_before),
+            names,
+            cols,
+            last_ts_text: String::new(),
+            last_ts: 0,
+            last_device_text: String::new(),
+            last_device: None,
+        }
+    }
+
+    pub fn columns(&self) -> Columns {
+        self.cols
+    }
+
+    /// Reads the next record and only its timestamp: `(byte offset, line, ts)`, with `None`
+    /// for a record whose timestamp (or syntax) is bad. For a first pass over a file that only
+    /// needs to know its order.
+    pub fn next_ts(&mut self) -> Result<Option<(u64, u64, Option<Ts>)>, std::io::Error> {
+        let line = match self.csv.next_record() {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(None),
+            Err(CsvError::Io(e)) => return Err(e),
+            Err(CsvError::Syntax { line, .. }) => {
+                return Ok(Some((self.csv.record_offset(), line, None)))
+            }
+        };
+        let at = self.csv.record_offset();
+        let text = self.csv.field(self.cols.ts).unwrap_or("").trim();
+        if text == self.last_ts_text && !text.is_empty() {
+            return Ok(Some((at, line, Some(self.last_ts))));
+        }
+        let ts = parse_file_ts(text);
+        if let Some(ts) = ts {
+            self.last_ts_text.clear();
+            self.last_ts_text.push_str(text);
+            self.last_ts = ts;
+        }
+        Ok(Some((at, line, ts)))
     }
 
     /// Reads and resolves the next row. I/O errors end the file; every other problem is a bad row.
