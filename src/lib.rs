@@ -25,3 +25,4 @@ pub mod outbox;
 pub mod replay;
 pub mod sim;
 pub mod telemetry;
+pub mod tune;

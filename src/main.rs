@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => alsentry::demo::main(args),
         Command::Evaluate(args) => alsentry::evaluate::main(args),
         Command::Replay(args) => alsentry::replay::main(args),
+        Command::Tune(args) => alsentry::tune::main(args),
         Command::Sim(args) => {
             alsentry::telemetry::init(None);
             let rt = match tokio::runtime::Builder::new_multi_thread()

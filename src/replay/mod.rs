@@ -307,6 +307,35 @@ fn copy_stdin() -> std::io::Result<tempfile::NamedTempFile> {
     Ok(tmp)
 }
 
+/// The files to read, in order (see [`expand_inputs`]), and the temporary copy of standard
+/// input if `-` is among them (read twice, so it must be a file; deleted when dropped).
+pub fn sources(
+    inputs: &[PathBuf],
+) -> Result<(Vec<Source>, Option<tempfile::NamedTempFile>), ReplayError> {
+    let files = expand_inputs(inputs)?;
+    let mut stdin_copy = None;
+    let mut sources = Vec::with_capacity(files.len());
+    for path in &files {
+        if path.as_os_str() == "-" {
+            let tmp = copy_stdin().map_err(|source| ReplayError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            sources.push(Source {
+                path: tmp.path().to_path_buf(),
+                display: "-".into(),
+            });
+            stdin_copy = Some(tmp);
+        } else {
+            sources.push(Source {
+                path: path.clone(),
+                display: path.display().to_string(),
+            });
+        }
+    }
+    Ok((sources, stdin_copy))
+}
+
 /// Files to replay, in order: directories expand to their `*.csv` files sorted by name.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ReplayError> {
     let mut out = Vec::new();
@@ -342,7 +371,6 @@ pub fn run_replay(
 ) -> Result<ReplayReport, ReplayError> {
     let engine = Engine::new(&cfg.spec);
     let names = Names::new(cfg);
-    let files = expand_inputs(&opts.inputs)?;
     let cadence = Cadence {
         tick_ms: opts.tick_ms,
         max_ticked_gap_ms: MAX_TICKED_GAP_MS,
@@ -368,27 +396,7 @@ pub fn run_replay(
         report_limit: opts.max_reported,
         progress: Progress::hidden(),
     };
-    // Standard input cannot be read twice: it is copied to a temporary file first.
-    let mut stdin_copy = None;
-    let mut sources = Vec::with_capacity(files.len());
-    for path in &files {
-        if path.as_os_str() == "-" {
-            let tmp = copy_stdin().map_err(|source| ReplayError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            sources.push(Source {
-                path: tmp.path().to_path_buf(),
-                display: "-".into(),
-            });
-            stdin_copy = Some(tmp);
-        } else {
-            sources.push(Source {
-                path: path.clone(),
-                display: path.display().to_string(),
-            });
-        }
-    }
+    let (sources, stdin_copy) = sources(&opts.inputs)?;
     let order_opts = OrderOptions {
         tolerance_ms: opts.reorder_tolerance_ms,
         max_runs: opts.max_runs,
@@ -402,7 +410,7 @@ pub fn run_replay(
     let stats = plan.for_each(&mut |item| r.on_item(item, &sources, tolerance))?;
     r.progress.finish();
     drop(stdin_copy);
-    r.report.files = files.len();
+    r.report.files = sources.len();
     r.report.order = stats;
     // Delays due by the last sample fire; nothing is invented past the data.
     r.driver.finish();
