@@ -211,8 +211,7 @@ pub fn run_tune(cfg: &Config, opts: &TuneOptions) -> anyhow::Result<TuneOutcome>
             })
             .collect();
         let current = sweep::limit_of(&cfg.rules[r].kind).unwrap_or(0.0);
-        let best = sweep::best(scored.iter().map(|(s, sc)| (s, sc)), current, &t)
-            .and_then(|(b, _)| scored.iter().position(|(s, _)| s == b));
+        let best = sweep::best(&scored, current, &t);
         rules.push(RuleOutcome {
             rule: cfg.rules[r].name.clone(),
             settings: scored,

@@ -199,6 +199,8 @@ pub struct Setting {
     pub on_delay_ms: i64,
     /// Whether this is the configuration's own setting.
     pub current: bool,
+    /// Place on the grid: (limit step, delay step).
+    pub grid: (usize, usize),
 }
 
 /// The settings of one rule: the grid of limits times the delays.
@@ -208,8 +210,8 @@ pub fn settings(cfg: &Config, rule: usize) -> Vec<Setting> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for f in factors(&r.kind) {
-        for d in delays(r.on_delay_ms) {
+    for (i, f) in factors(&r.kind).into_iter().enumerate() {
+        for (j, d) in delays(r.on_delay_ms).into_iter().enumerate() {
             let l = if (f - 1.0).abs() < 1e-9 {
                 limit
             } else {
@@ -220,6 +222,7 @@ pub fn settings(cfg: &Config, rule: usize) -> Vec<Setting> {
                 limit: l,
                 on_delay_ms: d,
                 current: l == limit && d == r.on_delay_ms,
+                grid: (i, j),
             });
         }
     }
@@ -499,13 +502,25 @@ impl Targets {
     }
 }
 
-/// The best setting that meets the targets: the longest median lead, then the fewest false
-/// warnings, then the one nearest the current setting.
-pub fn best<'a>(
-    candidates: impl Iterator<Item = (&'a Setting, &'a Score)>,
-    current_limit: f64,
-    t: &Targets,
-) -> Option<(&'a Setting, &'a Score)> {
+/// The best setting that meets the targets with a margin: its neighbours on the grid (the next
+/// limit either side, the next delay either side) meet them too, so that a limit at the edge
+/// of a cliff in false warnings is not proposed. Among those: the longest median lead, then the
+/// fewest false warnings, then the one nearest the current setting.
+pub fn best<'a>(scored: &'a [(Setting, Score)], current_limit: f64, t: &Targets) -> Option<usize> {
+    let at = |g: (usize, usize)| scored.iter().find(|(s, _)| s.grid == g);
+    let robust = |s: &Setting| {
+        let (i, j) = s.grid;
+        [
+            i.checked_sub(1).map(|i| (i, j)),
+            Some((i + 1, j)),
+            j.checked_sub(1).map(|j| (i, j)),
+            Some((i, j + 1)),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(at)
+        .all(|(_, sc)| t.met(sc))
+    };
     let distance = |s: &Setting| {
         if current_limit != 0.0 && s.limit / current_limit > 0.0 {
             (s.limit / current_limit).ln().abs()
@@ -513,14 +528,19 @@ pub fn best<'a>(
             (s.limit - current_limit).abs()
         }
     };
-    candidates.filter(|(_, sc)| t.met(sc)).max_by(|a, b| {
-        let lead = |x: &Score| x.median_lead_s.unwrap_or(f64::NEG_INFINITY);
-        lead(a.1)
-            .total_cmp(&lead(b.1))
-            .then(b.1.false_warnings.cmp(&a.1.false_warnings))
-            .then(distance(b.0).total_cmp(&distance(a.0)))
-            .then(b.0.on_delay_ms.cmp(&a.0.on_delay_ms))
-    })
+    let lead = |x: &Score| x.median_lead_s.unwrap_or(f64::NEG_INFINITY);
+    scored
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, sc))| t.met(sc) && robust(s))
+        .max_by(|(_, a), (_, b)| {
+            lead(&a.1)
+                .total_cmp(&lead(&b.1))
+                .then(b.1.false_warnings.cmp(&a.1.false_warnings))
+                .then(distance(&b.0).total_cmp(&distance(&a.0)))
+                .then(b.0.on_delay_ms.cmp(&a.0.on_delay_ms))
+        })
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]

@@ -1,0 +1,284 @@
+//! `alsentry tune` on recordings of the simulator with anode effects: the truth comes from the
+//! cells' own `ae_active` register, the proposal meets the targets on held-out data of the same
+//! plant, a grouped export of the same rows gives the same result, and the report has one
+//! figure per anode effect.
+
+use std::path::{Path, PathBuf};
+
+use alsentry::config::record::RecordConfig;
+use alsentry::config::Config;
+use alsentry::core::decode::{decode_at, Image, Table};
+use alsentry::core::driver::sample_of;
+use alsentry::core::engine::SampleBatch;
+use alsentry::core::model::{BadReason, Quality, Ts};
+use alsentry::io::record::recorder;
+use alsentry::sim::{Plant, Scenario};
+use alsentry::tune::{run_tune, TuneOptions, TuneOutcome};
+
+/// 6 cells with the shipped cell template and presets (copied, so a test can edit the rules).
+fn config(dir: &Path) -> PathBuf {
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/templates");
+    for f in ["cell.toml", "cell-rules.toml"] {
+        std::fs::copy(templates.join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("plant.toml");
+    std::fs::write(
+        &path,
+        r#"include = ["cell.toml", "cell-rules.toml"]
+[agent]
+id = "gw-tune"
+site = "s"
+area = "potline-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[devices]]
+name = "pot-{unit:03}"
+template = "cell"
+endpoint = "tcp://127.0.0.1:5020"
+units = "1-6"
+poll = "1s"
+"#,
+    )
+    .unwrap();
+    path
+}
+
+/// Anode effects from underfeeding (10 min precursor, then the voltage jump) on the given
+/// cells at the given minutes.
+fn scenario(seed: u64, effects: &[(u32, u32)]) -> Scenario {
+    let mut s = format!(
+        r#"[plant]
+name = "tune"
+seed = {seed}
+tick = "100ms"
+line_current_ka = 500.0
+[[groups]]
+id = "potline"
+kind = "cell"
+name = "pot-{{unit:03}}"
+listen = "127.0.0.1:5020"
+units = "1-6"
+"#
+    );
+    for (cell, minute) in effects {
+        s.push_str(&format!(
+            "[[faults]]\nkind = \"anode_effect\"\ndevices = [\"pot-{cell:03}\"]\nat = \"{minute}m\"\nduration = \"10m45s\"\nparams = {{ precursor = \"10m\", v_min = 10.0, v_max = 40.0 }}\n"
+        ));
+    }
+    Scenario::from_str(&s).unwrap()
+}
+
+/// The tags the presets read, and the anode-effect register.
+const RECORDED: [&str; 7] = [
+    "voltage",
+    "current",
+    "resistance",
+    "line_current",
+    "line_setpoint",
+    "bath_temp",
+    "ae_active",
+];
+
+/// Polls the simulated plant every second for `minutes`, decoding as the pollers do, into a
+/// `[record]` directory.
+fn record(cfg: &Config, scenario: Scenario, seed: u64, minutes: i64, dir: &Path) {
+    let rc = RecordConfig {
+        dir: dir.to_path_buf(),
+        max_size: 4 << 20,
+        max_files: 1000,
+        tags: Some(RECORDED.iter().map(|t| t.to_string()).collect()),
+    };
+    let (rec, writer) = recorder(&rc, cfg, 1 << 20);
+    let thread = std::thread::spawn(move || writer.run());
+    let epoch: Ts = 1_795_824_000_000;
+    let tick_ms = scenario.tick.as_millis() as i64;
+    let mut plant = Plant::new(scenario.clone(), seed);
+    let map: Vec<usize> = cfg
+        .devices
+        .iter()
+        .map(|d| {
+            scenario
+                .devices
+                .iter()
+                .position(|s| s.name == d.name)
+                .unwrap()
+        })
+        .collect();
+    for _ in 0..(minutes * 60_000 / tick_ms) {
+        plant.step();
+        let rel = plant.tick() as i64 * tick_ms;
+        if rel % 1000 != 0 {
+            continue;
+        }
+        for (di, d) in cfg.devices.iter().enumerate() {
+            let image = plant.image(map[di]).unwrap();
+            let values = d
+                .tags
+                .iter()
+                .enumerate()
+                .map(|(ti, t)| {
+                    let table = match t.encoding.table {
+                        Table::Input => Image::Registers {
+                            start: 0,
+                            words: &image.input,
+                        },
+                        Table::Holding => Image::Registers {
+                            start: 0,
+                            words: &image.holding,
+                        },
+                        Table::Discrete => Image::Bits {
+                            start: 0,
+                            bits: &image.discrete,
+                        },
+                        Table::Coil => {
+                            return (ti as u16, f64::NAN, Quality::Bad(BadReason::Exception(2)))
+                        }
+                    };
+                    let (v, q) = sample_of(decode_at(&t.encoding, t.address, table));
+                    (ti as u16, v, q)
+                })
+                .collect();
+            // Each cell polled at its own millisecond, as live.
+            rec.offer(&SampleBatch {
+                device: di as u32,
+                ts: epoch + rel + di as i64 * 7,
+                values,
+            });
+        }
+    }
+    drop(rec);
+    thread.join().unwrap();
+}
+
+fn tune(cfg_path: &Path, inputs: Vec<PathBuf>, out: &Path) -> TuneOutcome {
+    let cfg = Config::load(cfg_path).unwrap();
+    let mut opts = TuneOptions::new(inputs, out.to_path_buf());
+    opts.jobs = 2;
+    run_tune(&cfg, &opts).unwrap()
+}
+
+/// Writes the proposal's `[[rules]]` blocks over the blocks of the same name in `rules_file`.
+fn apply(proposal: &str, rules_file: &Path) {
+    let mut text = std::fs::read_to_string(rules_file).unwrap();
+    for block in proposal.split("\n[[rules]]\n").skip(1) {
+        let block: String = block
+            .lines()
+            .take_while(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let name = block
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap();
+        let at = text.find(&format!("name = \"{name}\"")).unwrap();
+        let start = text[..at].rfind("[[rules]]").unwrap();
+        let end = text[at..].find("\n[").map_or(text.len(), |e| at + e + 1);
+        // Comments before the next block stay with it.
+        let end = text[start..end]
+            .rfind("\n\n")
+            .map_or(end, |e| start + e + 1)
+            .max(at);
+        text.replace_range(start..end, &format!("[[rules]]\n{}\n", block.trim_end()));
+    }
+    std::fs::write(rules_file, text).unwrap();
+}
+
+#[test]
+fn tune_on_a_sim_recording_proposes_limits_that_hold_on_held_out_data_and_draws_each_anode_effect()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = config(dir.path());
+    let cfg = Config::load(&cfg_path).unwrap();
+    let train = dir.path().join("record-train");
+    let effects = [(1, 12), (3, 30), (5, 48), (2, 66), (4, 84)];
+    record(&cfg, scenario(21, &effects), 21, 100, &train);
+
+    let out = dir.path().join("out");
+    let got = tune(&cfg_path, vec![train.clone()], &out);
+    assert_eq!(got.bad_rows, 0, "{:?}", got.problems);
+    assert_eq!(got.effects.len(), effects.len(), "{:?}", got.effects);
+    assert!(got.effects.iter().all(|e| e.source == "ae_active"));
+    eprintln!("{}\n{}", got.table, got.snippet);
+    let warning = got.rules.iter().find(|r| r.rule == "ae_warning").unwrap();
+    assert!(warning.proposed.is_some(), "{}", got.table);
+    assert!(
+        got.snippet.contains("name = \"ae_warning\""),
+        "{}",
+        got.snippet
+    );
+    let parsed: toml::Table = toml::from_str(&got.snippet).unwrap();
+    assert!(parsed["rules"].as_array().is_some_and(|r| !r.is_empty()));
+
+    // One figure per anode effect, each one inline SVG.
+    let html = std::fs::read_to_string(&got.report).unwrap();
+    assert_eq!(
+        html.matches("data-testid=\"ae-figure\"").count(),
+        effects.len()
+    );
+    for i in 1..=effects.len() {
+        let at = html.find(&format!("id=\"ae-{i}\"")).unwrap();
+        let figure = &html[at..at + html[at..].find("</figure>").unwrap()];
+        assert_eq!(figure.matches("<svg").count(), 1, "figure {i}");
+        assert!(
+            figure.contains("<polyline") || figure.contains("<path"),
+            "figure {i}"
+        );
+    }
+    assert!(html.matches("data-testid=\"tradeoff-figure\"").count() >= 1);
+
+    // The same rows exported per device, in one file, give the same truth and proposal.
+    let export = dir.path().join("export.csv");
+    grouped_export(&train, &export);
+    let again = tune(&cfg_path, vec![export], &dir.path().join("out2"));
+    assert_eq!(again.effects, got.effects);
+    assert_eq!(again.snippet, got.snippet);
+
+    // Held-out data of the same plant (other cells, times and seed), with the proposal applied.
+    apply(&got.snippet, &dir.path().join("cell-rules.toml"));
+    let tuned = Config::load(&cfg_path).unwrap();
+    let held_out = dir.path().join("record-held-out");
+    record(
+        &tuned,
+        scenario(5, &[(2, 15), (6, 40), (4, 64), (1, 85)]),
+        5,
+        100,
+        &held_out,
+    );
+    let check = tune(&cfg_path, vec![held_out], &dir.path().join("out3"));
+    assert_eq!(check.effects.len(), 4);
+    let t = TuneOptions::new(vec![], PathBuf::new()).targets;
+    for r in got.rules.iter().filter(|r| r.proposed.is_some()) {
+        let now = check.rules.iter().find(|c| c.rule == r.rule).unwrap();
+        let (_, score) = now.current().unwrap();
+        assert!(
+            t.met(score),
+            "{} as proposed on held-out data: {score:?}\n{}",
+            r.rule,
+            check.table
+        );
+    }
+}
+
+/// The rows of a `[record]` directory, regrouped per device into one file.
+fn grouped_export(record_dir: &Path, to: &Path) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(record_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut per_device: std::collections::BTreeMap<String, String> = Default::default();
+    for f in files {
+        for line in std::fs::read_to_string(f).unwrap().lines().skip(1) {
+            let device = line.split(',').nth(1).unwrap().to_string();
+            let rows = per_device.entry(device).or_default();
+            rows.push_str(line);
+            rows.push('\n');
+        }
+    }
+    let mut text = String::from("ts,device,tag,value,quality\n");
+    for rows in per_device.values() {
+        text.push_str(rows);
+    }
+    std::fs::write(to, text).unwrap();
+}
