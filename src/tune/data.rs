@@ -89,6 +89,7 @@ pub fn load(
     opts: &OrderOptions,
     max_rows_in_memory: u64,
     max_problems: usize,
+    show_progress: bool,
 ) -> Result<Loaded, ReplayError> {
     let names = Names::new(cfg);
     let mut regs: Vec<Register> = cfg
@@ -112,7 +113,11 @@ pub fn load(
     let records = plan.stats().records;
     let keep = records <= max_rows_in_memory;
     let mut kept = Vec::with_capacity(if keep { records as usize } else { 0 });
-    let mut progress = Progress::rows("reading", records);
+    let mut progress = if show_progress {
+        Progress::rows("reading", records)
+    } else {
+        Progress::hidden()
+    };
     let (mut bad_rows, mut problems) = (0u64, Vec::new());
     let (mut first, mut last): (Option<Ts>, Option<Ts>) = (None, None);
     plan.for_each(&mut |item| {

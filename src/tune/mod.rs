@@ -170,7 +170,14 @@ pub fn run_tune(cfg: &Config, opts: &TuneOptions) -> anyhow::Result<TuneOutcome>
         tick_ms: opts.tick_ms,
         max_ticked_gap_ms: MAX_TICKED_GAP_MS,
     };
-    let loaded = data::load(cfg, sources, &order, opts.max_rows_in_memory, 20)?;
+    let loaded = data::load(
+        cfg,
+        sources,
+        &order,
+        opts.max_rows_in_memory,
+        20,
+        opts.progress,
+    )?;
     let t = opts.targets;
     let by_device = data::by_device(&loaded.effects);
     let cell_hours = loaded.cell_hours();

@@ -282,3 +282,52 @@ fn grouped_export(record_dir: &Path, to: &Path) {
     }
     std::fs::write(to, text).unwrap();
 }
+
+/// The binary: the table and the proposal on stdout, the files in `--out`, exit 0; exit 1 when
+/// the data holds no anode effect; no progress bar when stderr is not a terminal.
+#[test]
+fn cli_tune_writes_the_report_and_exits_1_without_anode_effects() {
+    let bin = env!("CARGO_BIN_EXE_alsentry");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = config(dir.path());
+    let cfg = Config::load(&cfg_path).unwrap();
+    let with = dir.path().join("with");
+    record(&cfg, scenario(3, &[(2, 12), (5, 20)]), 3, 30, &with);
+    let without = dir.path().join("without");
+    record(&cfg, scenario(3, &[]), 3, 5, &without);
+    let run = |input: &Path, out: &Path| {
+        std::process::Command::new(bin)
+            .args(["tune", "--jobs", "2", "--config"])
+            .arg(&cfg_path)
+            .arg("--input")
+            .arg(input)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("out");
+    let o = run(&with, &out);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2 anode effect(s)"), "{stderr}");
+    assert!(!stderr.contains("ETA"), "{stderr}");
+    assert!(
+        stdout.contains("ae_warning (slope on resistance"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("median lead s"), "{stdout}");
+    let proposal = std::fs::read_to_string(out.join("proposal.toml")).unwrap();
+    assert!(stdout.contains(&proposal));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("data-testid=\"ae-figure\"").count(), 2);
+
+    let o = run(&without, &dir.path().join("out-none"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no anode effect in the data"), "{stderr}");
+    assert!(dir.path().join("out-none/report.html").is_file());
+}
