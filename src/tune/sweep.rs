@@ -506,7 +506,7 @@ impl Targets {
 /// limit either side, the next delay either side) meet them too, so that a limit at the edge
 /// of a cliff in false warnings is not proposed. Among those: the longest median lead, then the
 /// fewest false warnings, then the one nearest the current setting.
-pub fn best<'a>(scored: &'a [(Setting, Score)], current_limit: f64, t: &Targets) -> Option<usize> {
+pub fn best(scored: &[(Setting, Score)], current_limit: f64, t: &Targets) -> Option<usize> {
     let at = |g: (usize, usize)| scored.iter().find(|(s, _)| s.grid == g);
     let robust = |s: &Setting| {
         let (i, j) = s.grid;
