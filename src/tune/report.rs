@@ -68,7 +68,8 @@ pub fn trailing_slope(points: &[(Ts, f64)], window_ms: Ts, per_ms: Ts) -> Vec<(T
             from += 1;
         }
         let w = &points[from..=i];
-        if w.len() < 3 {
+        // A fit over less than half its window (at the start of the data) is mostly noise.
+        if w.len() < 3 || t - w[0].0 < window_ms / 2 {
             continue;
         }
         let n = w.len() as f64;
@@ -98,7 +99,7 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    let pad = ((hi - lo) * 0.08).max(1e-6);
+    let pad = ((hi - lo) * 0.08).max(1e-6 * hi.abs().max(1.0));
     (lo - pad, hi + pad)
 }
 
@@ -111,14 +112,25 @@ fn panel(
     title: &str,
     series: &[(f64, f64)],
     color: RGBColor,
+    precursor_scale: bool,
 ) -> Result<(), std::io::Error> {
     let x0 = -(f.before_ms as f64) / 60_000.0;
     let x1 = f.after_ms as f64 / 60_000.0;
     let (lo, hi) = range(series.iter().map(|p| p.1));
+    // The effect itself dwarfs its precursor: scale to the half hour before the onset and
+    // clip what follows, so the rise that warnings react to is visible.
+    let (lo, hi) = if precursor_scale && series.iter().any(|p| p.0 < 0.0) {
+        let (a, b) = range(series.iter().filter(|p| p.0 < 0.0).map(|p| p.1));
+        let pad = (b - a) * 0.25;
+        ((a - pad).max(lo), (b + pad).min(hi))
+    } else {
+        (lo, hi)
+    };
+    let series: Vec<(f64, f64)> = series.iter().map(|&(x, y)| (x, y.clamp(lo, hi))).collect();
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 14))
         .margin(6)
-        .x_label_area_size(22)
+        .x_label_area_size(34)
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, lo..hi)
         .map_err(err)?;
@@ -187,13 +199,14 @@ pub fn effect_svg(f: &EffectFigure<'_>) -> Result<String, std::io::Error> {
             .collect();
         let r: Vec<(f64, f64)> = r.into_iter().map(|(t, v)| (rel(t), v)).collect();
         let panels = root.split_evenly((3, 1));
-        panel(&panels[0], f, "voltage (V)", &voltage, BLUE)?;
+        panel(&panels[0], f, "voltage (V)", &voltage, BLUE, false)?;
         panel(
             &panels[1],
             f,
-            &format!("{} (µΩ)", f.resistance_tag),
+            &format!("{} (µΩ; after the onset clipped)", f.resistance_tag),
             &r,
             GREEN,
+            true,
         )?;
         let per = humantime::format_duration(std::time::Duration::from_millis(
             f.slope_per_ms.max(1) as u64,
@@ -205,11 +218,12 @@ pub fn effect_svg(f: &EffectFigure<'_>) -> Result<String, std::io::Error> {
             &panels[2],
             f,
             &format!(
-                "slope of {} (µΩ per {per}, {window} least squares)",
+                "slope of {} (µΩ per {per}, {window} least squares; after the onset clipped)",
                 f.resistance_tag
             ),
             &slope,
             MAGENTA,
+            true,
         )?;
         root.present().map_err(err)?;
     }
