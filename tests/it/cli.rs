@@ -39,7 +39,7 @@ fn stderr(out: &Output) -> String {
 /// The same broken file through every subcommand that takes a configuration.
 fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
     // The config is read before the scenario or the input, which need not exist.
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("check", &["check"]),
         ("run", &["run"]),
         (
@@ -47,6 +47,10 @@ fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
             &["evaluate", "--scenario", "config/scenarios/normal.toml"],
         ),
         ("replay", &["replay", "--input", "no-such-samples.csv"]),
+        (
+            "tune",
+            &["tune", "--input", "no-such-samples.csv", "--out", "no-such-dir"],
+        ),
         // An external broker URL keeps the embedded one out of it.
         (
             "demo",
@@ -132,7 +136,7 @@ fn help_shows_the_environment_variables() {
     for v in ["[env: ALSENTRY_LOG_FORMAT=]", "[env: RUST_LOG=]", "78"] {
         assert!(top.contains(v), "alsentry --help lacks {v}:\n{top}");
     }
-    for sub in ["run", "check", "replay", "evaluate"] {
+    for sub in ["run", "check", "replay", "evaluate", "tune"] {
         let help = stderr_or_stdout(&run(&mut alsentry(&[sub, "--help"])));
         assert!(
             help.contains("-c, --config <FILE>") && help.contains("[env: ALSENTRY_CONFIG="),
