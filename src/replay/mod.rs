@@ -194,6 +194,9 @@ struct Replayer<'w> {
     report: ReplayReport,
     report_limit: usize,
     progress: Progress,
+    /// Rows to draw a bar for, from the first row replayed on (after any sorting, so that its
+    /// rate is the replay's).
+    bar_rows: Option<u64>,
 }
 
 impl Replayer<'_> {
@@ -264,6 +267,9 @@ impl Replayer<'_> {
             }
             Item::Row { row, file } => (row, file),
         };
+        if let Some(total) = self.bar_rows.take() {
+            self.progress = Progress::rows("replay", total);
+        }
         self.progress.row();
         if let Some(newest) = self.newest {
             if row.ts < newest {
@@ -395,17 +401,19 @@ pub fn run_replay(
         report: ReplayReport::default(),
         report_limit: opts.max_reported,
         progress: Progress::hidden(),
+        bar_rows: None,
     };
     let (sources, stdin_copy) = sources(&opts.inputs)?;
     let order_opts = OrderOptions {
         tolerance_ms: opts.reorder_tolerance_ms,
         max_runs: opts.max_runs,
         chunk_rows: opts.chunk_rows,
+        progress: opts.progress,
     };
     let tolerance = opts.reorder_tolerance_ms;
     let plan = order::plan(&sources, &names, &order_opts)?;
     if opts.progress {
-        r.progress = Progress::rows("replay", plan.stats().records);
+        r.bar_rows = Some(plan.stats().records);
     }
     let stats = plan.for_each(&mut |item| r.on_item(item, &sources, tolerance))?;
     r.progress.finish();

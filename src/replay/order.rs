@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+use super::progress::Progress;
 use super::ReplayError;
 use crate::core::model::{BadReason, Quality, Ts};
 use crate::io::samples::{csv, Columns, HeaderError, Names, Next, Row, RowError, SampleReader};
@@ -41,6 +42,8 @@ pub struct OrderOptions {
     pub tolerance_ms: i64,
     pub max_runs: usize,
     pub chunk_rows: usize,
+    /// Show the chunk sort's progress on a terminal.
+    pub progress: bool,
 }
 
 impl OrderOptions {
@@ -49,6 +52,7 @@ impl OrderOptions {
             tolerance_ms,
             max_runs: MAX_RUNS,
             chunk_rows: CHUNK_ROWS,
+            progress: false,
         }
     }
 }
@@ -493,6 +497,11 @@ fn spill_sort(
     let mut chunk: Vec<Keyed> = Vec::with_capacity(chunk_rows);
     let mut chunks: Vec<File> = Vec::new();
     let (mut newest, mut run, mut seq): (Option<Ts>, u64, u64) = (None, 0, 0);
+    let mut progress = if opts.progress {
+        Progress::rows("sorting", stats.records)
+    } else {
+        Progress::hidden()
+    };
     for (fi, src) in sources.iter().enumerate() {
         let mut r = header(src, names)?;
         loop {
@@ -501,6 +510,7 @@ fn spill_sort(
                 Next::Derived => emit(Item::Derived)?,
                 Next::Bad(error) => emit(Item::Bad { file: fi, error })?,
                 Next::Row(row) => {
+                    progress.row();
                     let n = match newest {
                         Some(n) if row.ts < n.saturating_sub(opts.tolerance_ms) => {
                             run += 1;
@@ -527,6 +537,7 @@ fn spill_sort(
             }
         }
     }
+    progress.finish();
     let mut pass = |k: Keyed| {
         emit(Item::Row {
             row: k.row,

@@ -40,7 +40,7 @@ impl Progress {
     pub fn rows(what: &str, total: u64) -> Progress {
         Progress::bar(
             total,
-            "{msg} [{bar:30}] {human_pos}/{human_len} rows, {per_sec}, ETA {eta}",
+            "{msg} [{bar:30}] {human_pos}/{human_len} rows, {per_sec:0}, ETA {eta}",
             what,
         )
     }
@@ -49,7 +49,7 @@ impl Progress {
     pub fn sim_time(what: &str, total_s: u64) -> Progress {
         Progress::bar(
             total_s,
-            "{msg} [{bar:30}] {human_pos}/{human_len} s simulated, {per_sec}, ETA {eta}",
+            "{msg} [{bar:30}] {human_pos}/{human_len} s simulated, {per_sec:0}, ETA {eta}",
             what,
         )
     }

@@ -49,7 +49,13 @@ fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
         ("replay", &["replay", "--input", "no-such-samples.csv"]),
         (
             "tune",
-            &["tune", "--input", "no-such-samples.csv", "--out", "no-such-dir"],
+            &[
+                "tune",
+                "--input",
+                "no-such-samples.csv",
+                "--out",
+                "no-such-dir",
+            ],
         ),
         // An external broker URL keeps the embedded one out of it.
         (
