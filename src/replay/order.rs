@@ -2,11 +2,12 @@
 //! historian export grouped per device or per tag (in one file or several) replays like the
 //! same rows in time order. See docs/REPLAY.md, "Order".
 //!
-//! A first pass reads only the timestamps and cuts the input, taken as one stream over the
-//! files in the order given, into *runs*: a run ends where a row is older than the newest row
-//! of the run by more than the reorder tolerance. Inside a run rows keep their order, so a row
-//! that is late by less than the tolerance (a late batch, as `[record]` writes it) is still
-//! applied late, as live. The second pass merges the runs: each run is read from its own place
+//! A first pass reads only the timestamps and devices and cuts the input, taken as one stream
+//! over the files in the order given, into *runs*: a run ends where a row is older than the
+//! newest row of the run by more than the reorder tolerance, or older than the run's previous
+//! row of the same device. Inside a run rows keep their order, so a row that is late by less
+//! than the tolerance behind other devices' rows (a late batch, as `[record]` writes it) is
+//! still applied late, as live; one device's own samples never go back in time. The second pass merges the runs: each run is read from its own place
 //! in its file with a small buffer, and the run whose next row has the smallest key goes next.
 //! The key is (newest time of the run so far, device, run): rows of one device and timestamp
 //! from several runs (an export grouped per tag) meet again in one batch. When there are more
@@ -81,6 +82,53 @@ pub struct OrderStats {
     pub last_ts: Option<Ts>,
 }
 
+/// Where runs end: a row older than the run's newest by more than the tolerance, or older
+/// than the run's last row of its device.
+#[derive(Debug)]
+struct Breaks {
+    tolerance_ms: i64,
+    newest: Option<Ts>,
+    run: u64,
+    /// Per device: (run, time) of its last row.
+    last: Vec<(u64, Ts)>,
+}
+
+impl Breaks {
+    fn new(tolerance_ms: i64, devices: usize) -> Breaks {
+        Breaks {
+            tolerance_ms,
+            newest: None,
+            run: 0,
+            last: vec![(u64::MAX, 0); devices],
+        }
+    }
+
+    /// Takes a row; true if it starts a new run. Rows without a time never do.
+    fn take(&mut self, ts: Option<Ts>, device: Option<u32>) -> bool {
+        let Some(t) = ts else {
+            return false;
+        };
+        let slot = device.and_then(|d| self.last.get(d as usize).copied());
+        let breaks = match self.newest {
+            None => false,
+            Some(n) => {
+                t < n.saturating_sub(self.tolerance_ms)
+                    || slot.is_some_and(|(run, prev)| run == self.run && t < prev)
+            }
+        };
+        if breaks {
+            self.run += 1;
+            self.newest = Some(t);
+        } else {
+            self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+        }
+        if let Some(s) = device.and_then(|d| self.last.get_mut(d as usize)) {
+            *s = (self.run, t);
+        }
+        breaks
+    }
+}
+
 /// A stretch of one file inside a run.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -137,20 +185,16 @@ fn scan(sources: &[Source], names: &Names, opts: &OrderOptions) -> Result<Scan, 
     let mut columns = Vec::with_capacity(sources.len());
     let mut runs: Option<Vec<Vec<Segment>>> = Some(Vec::new());
     let mut stats = OrderStats::default();
-    let mut newest: Option<Ts> = None;
+    let mut cuts = Breaks::new(opts.tolerance_ms, names.device_count());
     for (fi, src) in sources.iter().enumerate() {
         let mut r = header(src, names)?;
         columns.push(r.columns());
         let mut seg: Option<Segment> = None;
-        while let Some((offset, line, ts)) = r.next_ts().map_err(io_err(src))? {
+        while let Some(key) = r.next_key().map_err(io_err(src))? {
+            let (offset, line, ts) = (key.offset, key.line, key.ts);
             stats.records += 1;
-            let breaks = matches!((newest, ts), (Some(n), Some(t)) if t < n.saturating_sub(opts.tolerance_ms));
+            let breaks = cuts.take(ts, key.device);
             if let Some(t) = ts {
-                newest = Some(if breaks {
-                    t
-                } else {
-                    newest.map_or(t, |n| n.max(t))
-                });
                 stats.first_ts = Some(stats.first_ts.map_or(t, |f| f.min(t)));
                 stats.last_ts = Some(stats.last_ts.map_or(t, |l| l.max(t)));
             }
@@ -496,7 +540,8 @@ fn spill_sort(
     let fan_in = opts.max_runs.max(2);
     let mut chunk: Vec<Keyed> = Vec::with_capacity(chunk_rows);
     let mut chunks: Vec<File> = Vec::new();
-    let (mut newest, mut run, mut seq): (Option<Ts>, u64, u64) = (None, 0, 0);
+    let mut cuts = Breaks::new(opts.tolerance_ms, names.device_count());
+    let mut seq: u64 = 0;
     let mut progress = if opts.progress {
         Progress::rows("sorting", stats.records)
     } else {
@@ -511,19 +556,11 @@ fn spill_sort(
                 Next::Bad(error) => emit(Item::Bad { file: fi, error })?,
                 Next::Row(row) => {
                     progress.row();
-                    let n = match newest {
-                        Some(n) if row.ts < n.saturating_sub(opts.tolerance_ms) => {
-                            run += 1;
-                            row.ts
-                        }
-                        Some(n) => n.max(row.ts),
-                        None => row.ts,
-                    };
-                    newest = Some(n);
+                    cuts.take(Some(row.ts), Some(row.device));
                     seq += 1;
                     chunk.push(Keyed {
-                        newest: n,
-                        run,
+                        newest: cuts.newest.unwrap_or(row.ts),
+                        run: cuts.run,
                         seq,
                         file: fi as u32,
                         row,

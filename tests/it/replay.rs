@@ -190,8 +190,9 @@ fn bad_rows_are_reported_with_file_and_line_and_the_replay_goes_on() {
         format_args!("pot-001,{},voltage,9\n", T0),
         format_args!("pot-009,{},voltage,9\n", T0 + 1000),
         format_args!("pot-001,{},voltage,9\n", T0 + 1000),
-        // 500 ms late: inside the 2 s tolerance, applied at the current time.
-        format_args!("pot-001,{},current,300\n", T0 + 500),
+        // 500 ms behind pot-001: a late batch of another device, inside the 2 s tolerance,
+        // applied at the current time.
+        format_args!("pot-002,{},current,300\n", T0 + 500),
         // 10 s late: not a late batch but another stretch of the file; put in order.
         format_args!("pot-001,{},current,300\n", T0 - 9000),
         format_args!("pot-001,{},voltage,9\n", T0 + 2000),
@@ -687,7 +688,22 @@ fn many_runs_are_sorted_in_bounded_chunks_spilled_to_disk() {
         "by-tag.csv",
         &format!("{HEADER}{}{}", per_tag("voltage"), per_tag("current")),
     );
-    for (what, input) in [("shuffled", shuffled), ("per tag", by_tag)] {
+    // Newest first, per device: every row is older than its device's previous one, however
+    // close, so each starts a run (none is taken for a late batch).
+    let mut newest_first = String::from(HEADER);
+    for d in 0..3 {
+        for t in (0..600).rev() {
+            for tag in TAGS {
+                newest_first.push_str(&export_value(t, d, tag));
+            }
+        }
+    }
+    let newest_first = write(dir.path(), "newest-first.csv", &newest_first);
+    for (what, input) in [
+        ("shuffled", shuffled),
+        ("per tag", by_tag),
+        ("newest first", newest_first),
+    ] {
         let opts = ReplayOptions {
             max_runs: 4,
             chunk_rows: 500,
