@@ -52,9 +52,10 @@ pub struct ReplayArgs {
     /// Engine tick period on file time; on/off delays fire on this grid, as live.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration_arg)]
     pub tick: i64,
-    /// A row older than the newest row before it by at most this much keeps its place and is
-    /// applied at the current replay time (as live, where late batches are evaluated on
-    /// arrival); an older row starts another time-ordered run, and runs are merged.
+    /// A row older than the newest row before it by at most this much (and not older than its
+    /// device's previous row) keeps its place and is applied at the current replay time (as
+    /// live, where late batches are evaluated on arrival); any other row that goes back starts
+    /// another time-ordered run, and runs are merged.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration_arg)]
     pub reorder_tolerance: i64,
     /// Ground truth from the simulator (JSON lines) to score the alarms against.

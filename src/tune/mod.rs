@@ -48,10 +48,11 @@ pub struct TuneArgs {
     #[arg(long = "rule", value_name = "NAME")]
     pub rules: Vec<String>,
     /// How long before an onset an activation counts as its early warning.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = duration_arg)]
     pub lookback: i64,
-    /// How long after an onset an activation still counts as detecting it.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg)]
+    /// How long after an onset an activation still counts as detecting it (0: only warnings
+    /// before the onset count).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration_arg)]
     pub margin: i64,
     /// Target: share of anode effects detected, in percent.
     #[arg(long, value_name = "PERCENT", default_value_t = 80.0)]
@@ -91,8 +92,8 @@ impl TuneOptions {
             out,
             extra_rules: Vec::new(),
             targets: Targets {
-                lookback_ms: 1_800_000,
-                margin_ms: 30_000,
+                lookback_ms: 900_000,
+                margin_ms: 0,
                 min_detection: 0.8,
                 max_false_per_100_cell_hours: 1.0,
             },
@@ -335,8 +336,9 @@ fn resistance_series(cfg: &Config) -> (String, Ts, Ts) {
     ("resistance".into(), 300_000, 60_000)
 }
 
-/// `ae_*` rules with a limit, the rules asked for, and every rule with a limit that fired
-/// within the scoring window of an anode effect on its cell with the configuration as it is.
+/// `ae_*` rules with a limit, the rules asked for, and every rule with a limit that warned:
+/// fired within the lookback before an anode effect on its cell, with the configuration as it
+/// is.
 fn rules_to_sweep(
     cfg: &Config,
     extra: &[String],
@@ -348,9 +350,7 @@ fn rules_to_sweep(
         .iter()
         .filter(|s| {
             effects.iter().any(|e| {
-                e.device == s.device
-                    && s.start >= e.onset - t.lookback_ms
-                    && s.start <= e.onset + t.margin_ms
+                e.device == s.device && s.start >= e.onset - t.lookback_ms && s.start < e.onset
             })
         })
         .map(|s| &*s.rule)

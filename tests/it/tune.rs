@@ -90,7 +90,11 @@ fn tune_on_a_sim_recording_proposes_limits_that_hold_on_held_out_data_and_draws_
     // The same rows exported per device, in one file, give the same truth and proposal.
     let export = dir.path().join("export.csv");
     grouped_export(&train, &export);
-    let again = tune(&cfg_path, vec![export], &dir.path().join("out2"));
+    // Read from the file for each replay rather than kept in memory: the same again.
+    let mut opts = TuneOptions::new(vec![export], dir.path().join("out2"));
+    opts.jobs = 2;
+    opts.max_rows_in_memory = 0;
+    let again = run_tune(&cfg, &opts).unwrap();
     assert_eq!(again.effects, got.effects);
     assert_eq!(again.snippet, got.snippet);
 
