@@ -77,9 +77,6 @@ pub struct OrderStats {
     pub spilled_chunks: u64,
     /// Most rows held in memory at once by the chunk sort.
     pub max_buffered_rows: usize,
-    /// Earliest and latest timestamp seen by the first pass.
-    pub first_ts: Option<Ts>,
-    pub last_ts: Option<Ts>,
 }
 
 /// Where runs end: a row older than the run's newest by more than the tolerance, or older
@@ -191,13 +188,9 @@ fn scan(sources: &[Source], names: &Names, opts: &OrderOptions) -> Result<Scan, 
         columns.push(r.columns());
         let mut seg: Option<Segment> = None;
         while let Some(key) = r.next_key().map_err(io_err(src))? {
-            let (offset, line, ts) = (key.offset, key.line, key.ts);
+            let (offset, line) = (key.offset, key.line);
             stats.records += 1;
-            let breaks = cuts.take(ts, key.device);
-            if let Some(t) = ts {
-                stats.first_ts = Some(stats.first_ts.map_or(t, |f| f.min(t)));
-                stats.last_ts = Some(stats.last_ts.map_or(t, |l| l.max(t)));
-            }
+            let breaks = cuts.take(key.ts, key.device);
             if breaks || seg.is_none() {
                 if let (Some(s), Some(runs)) = (seg.take(), runs.as_mut()) {
                     if let Some(run) = runs.last_mut() {

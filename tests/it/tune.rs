@@ -195,3 +195,58 @@ fn cli_tune_writes_the_report_and_exits_1_without_anode_effects() {
     assert!(stderr.contains("no anode effect in the data"), "{stderr}");
     assert!(dir.path().join("out-none/report.html").is_file());
 }
+
+/// A cell without `ae_active` rows: its anode effects are the increments of `ae_count`; a
+/// cell with `ae_active` is read from its rising edges only (its counter is not counted twice).
+#[test]
+fn truth_comes_from_ae_active_edges_or_else_ae_count_increments() {
+    use alsentry::replay::order::OrderOptions;
+    use alsentry::tune::data::load;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::load(&config(dir.path())).unwrap();
+    let t0: i64 = 1_795_824_000_000;
+    let mut csv = String::from("ts,device,tag,value,quality\n");
+    for s in 0..600i64 {
+        let ts = t0 + s * 1000;
+        // pot-001: counter only, 7 -> 8 at 100 s and 8 -> 9 at 400 s; a bad read in between.
+        let count = 7 + i32::from(s >= 100) + i32::from(s >= 400);
+        if s == 250 {
+            csv.push_str(&format!("{ts},pot-001,ae_count,,bad:timeout\n"));
+        } else {
+            csv.push_str(&format!("{ts},pot-001,ae_count,{count}\n"));
+        }
+        // pot-002: the status bit high from 300 s to 345 s, and its counter stepping too.
+        let on = i32::from((300..345).contains(&s));
+        csv.push_str(&format!("{ts},pot-002,ae_active,{on}\n"));
+        csv.push_str(&format!(
+            "{ts},pot-002,ae_count,{}\n",
+            3 + i32::from(s >= 300)
+        ));
+    }
+    let path = dir.path().join("s.csv");
+    std::fs::write(&path, csv).unwrap();
+    let (sources, _) = alsentry::replay::sources(&[path]).unwrap();
+    let loaded = load(&cfg, sources, &OrderOptions::new(2000), u64::MAX, 20, false).unwrap();
+    let got: Vec<(u32, i64, i64, &str)> = loaded
+        .effects
+        .iter()
+        .map(|e| {
+            (
+                e.device,
+                (e.onset - t0) / 1000,
+                (e.end - t0) / 1000,
+                e.source,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 100, 160, "ae_count"),
+            (1, 300, 345, "ae_active"),
+            (0, 400, 460, "ae_count"),
+        ]
+    );
+    assert_eq!(loaded.cells, 2);
+    assert_eq!(loaded.bad_rows, 0);
+}
