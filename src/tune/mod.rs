@@ -106,7 +106,7 @@ impl TuneOptions {
     }
 }
 
-/// About 32 bytes a row: 16 M rows is half a gigabyte.
+/// About 24 bytes a row: 16 M rows is under 400 MB.
 pub const MAX_ROWS_IN_MEMORY: u64 = 16_000_000;
 /// The figures show this long before each onset, and this long after.
 const BEFORE_MS: Ts = 1_800_000;
