@@ -67,6 +67,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Replay recorded samples (CSV) through the engine on file time; score against ground truth.
     Replay(crate::replay::ReplayArgs),
+    /// Sweep the early-warning limits over recorded samples against the cells' own anode-effect
+    /// register; propose limits and write an HTML report with figures.
+    Tune(crate::tune::TuneArgs),
     /// Run simulator scenarios through the rule engine on simulated time and score the warnings.
     Evaluate(crate::evaluate::EvaluateArgs),
     /// Manage the operator station's users (the file named by `[http] users`).

@@ -303,7 +303,11 @@ pub fn run(
     let mut all: Vec<AlarmEvent> = Vec::new();
     let mut next_poll: Vec<Ts> = cfg.devices.iter().map(|_| 0).collect();
     let ticks = duration_ms / tick_ms;
+    // Simulated seconds on stderr when it is a terminal (replay's progress bar).
+    let mut progress =
+        crate::replay::progress::Progress::sim_time(&name, (duration_ms / 1000) as u64);
     for _ in 0..ticks {
+        progress.set(((plant.tick() as i64 * tick_ms) / 1000) as u64);
         let transitions = plant.step();
         truth.record(&scenario, &transitions);
         let now = truth.ms_at(plant.tick());
@@ -359,6 +363,7 @@ pub fn run(
         driver.advance(now);
         all.extend(driver.drain_events());
     }
+    progress.finish();
     let faults: Vec<Fault> = merge_truth(&truth.events())
         .iter()
         .map(Fault::from_truth)

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! core  <-  config  <-  { io, outbox (store), clock, metrics, telemetry (observe), broker }  <-  app  <-  main, cli
-//! tools (demo, evaluate, explain, probe, replay) may use anything; nothing uses a tool.
+//! tools (demo, evaluate, explain, probe, replay, tune) may use anything; nothing uses a tool.
 //! sim (the plant simulator) uses core only (and clock.rs, the one place that reads clocks).
 //! ```
 //!
@@ -58,7 +58,7 @@ const APP: &[&str] = &[
 ];
 
 /// The tools built into the binary: they may use anything, and nothing may use them.
-const TOOLS: &[&str] = &["demo", "evaluate", "explain", "probe", "replay"];
+const TOOLS: &[&str] = &["demo", "evaluate", "explain", "probe", "replay", "tune"];
 
 /// The entry: the command line names every tool's arguments.
 const ENTRY: &[&str] = &["cli"];

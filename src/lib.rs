@@ -26,3 +26,4 @@ pub mod probe;
 pub mod replay;
 pub mod sim;
 pub mod telemetry;
+pub mod tune;

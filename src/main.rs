@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => alsentry::evaluate::main(args),
         Command::Replay(args) => alsentry::replay::main(args),
         Command::User(cmd) => alsentry::cli::user(cmd),
+        Command::Tune(args) => alsentry::tune::main(args),
         Command::Sim(args) => {
             alsentry::telemetry::init(None);
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -6,12 +6,14 @@
 //! rows. Only the source of time differs: here `now` is the file's timestamp, so an hour replays
 //! in a second. The sample format is [`crate::io::samples`], which `[record]` writes.
 
+pub mod order;
+pub mod progress;
 pub mod score;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -21,7 +23,9 @@ use crate::core::driver::{Cadence, Driver, MAX_TICKED_GAP_MS};
 use crate::core::engine::Engine;
 use crate::core::model::Ts;
 use crate::core::payload::{alarm_payload_with_id, replay_event_id, Identity};
-use crate::io::samples::{csv, HeaderError, Names, Next, RowErrorKind, SampleReader};
+use crate::io::samples::{HeaderError, Names, RowErrorKind};
+use order::{Item, OrderOptions, OrderStats, Source};
+use progress::Progress;
 use score::{Activation, Matches, ScoreInput};
 
 fn duration_arg(s: &str) -> Result<i64, String> {
@@ -34,8 +38,9 @@ pub struct ReplayArgs {
     /// Configuration file (devices, tags and rules; MQTT settings are not used).
     #[arg(short, long, value_name = "FILE", env = "ALSENTRY_CONFIG", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
-    /// Sample CSV: `ts,device,tag,value[,quality]`. Repeat for several files; a directory
-    /// replays its `*.csv` files in name order (as `[record]` writes them); `-` reads stdin.
+    /// Sample CSV: `ts,device,tag,value[,quality]`, in any order (rows grouped per device or
+    /// per tag are put in time order). Repeat for several files; a directory is read as its
+    /// `*.csv` files in name order (as `[record]` writes them); `-` reads stdin.
     #[arg(short, long, value_name = "FILE|DIR|-", required = true)]
     pub input: Vec<PathBuf>,
     /// Where to write alarm transitions as JSON lines (default: stdout).
@@ -47,9 +52,10 @@ pub struct ReplayArgs {
     /// Engine tick period on file time; on/off delays fire on this grid, as live.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration_arg)]
     pub tick: i64,
-    /// A row older than the newest row so far by at most this much is applied at the current
-    /// replay time (as live, where late batches are evaluated on arrival); older rows are
-    /// rejected as out of order.
+    /// A row older than the newest row before it by at most this much (and not older than its
+    /// device's previous row) keeps its place and is applied at the current replay time (as
+    /// live, where late batches are evaluated on arrival); any other row that goes back starts
+    /// another time-ordered run, and runs are merged.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration_arg)]
     pub reorder_tolerance: i64,
     /// Ground truth from the simulator (JSON lines) to score the alarms against.
@@ -77,6 +83,11 @@ pub struct ReplayOptions {
     pub reorder_tolerance_ms: i64,
     /// Bad rows kept with their message in the report; the rest are only counted.
     pub max_reported: usize,
+    /// Runs merged directly, and rows per sorted chunk when the runs are more (see [`order`]).
+    pub max_runs: usize,
+    pub chunk_rows: usize,
+    /// Show progress on stderr when it is a terminal.
+    pub progress: bool,
 }
 
 impl ReplayOptions {
@@ -86,6 +97,9 @@ impl ReplayOptions {
             tick_ms: 250,
             reorder_tolerance_ms: 2_000,
             max_reported: 20,
+            max_runs: order::MAX_RUNS,
+            chunk_rows: order::CHUNK_ROWS,
+            progress: false,
         }
     }
 }
@@ -103,6 +117,8 @@ pub enum ReplayError {
     EmptyDir(PathBuf),
     #[error("writing the alarm output: {0}")]
     Output(std::io::Error),
+    #[error("sorting the rows in a temporary file: {0}")]
+    Spill(std::io::Error),
 }
 
 /// Per-rule totals over the replay.
@@ -149,6 +165,8 @@ pub struct ReplayReport {
     pub transitions: Vec<TransitionSeen>,
     pub activations: Vec<Activation>,
     pub rules: Vec<RuleSummary>,
+    /// How the rows were put in time order.
+    pub order: OrderStats,
 }
 
 fn is_active(label: &str) -> bool {
@@ -176,6 +194,10 @@ struct Replayer<'w> {
     seen_device: Vec<bool>,
     report: ReplayReport,
     report_limit: usize,
+    progress: Progress,
+    /// Rows to draw a bar for, from the first row replayed on (after any sorting, so that its
+    /// rate is the replay's).
+    bar_rows: Option<u64>,
 }
 
 impl Replayer<'_> {
@@ -225,57 +247,101 @@ impl Replayer<'_> {
         }
     }
 
-    fn feed<R: BufRead>(
+    fn on_item(
         &mut self,
-        reader: &mut SampleReader<'_, R>,
-        file: &str,
-        path: &Path,
+        item: Item,
+        sources: &[Source],
         tolerance: i64,
     ) -> Result<(), ReplayError> {
-        loop {
-            let next = reader.next_row().map_err(|source| ReplayError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let row = match next {
-                Next::End => return Ok(()),
-                Next::Derived => {
-                    self.report.derived_rows += 1;
-                    continue;
-                }
-                Next::Bad(e) => {
-                    self.bad(file, e.line, e.kind, &e.message);
-                    continue;
-                }
-                Next::Row(r) => r,
-            };
-            if let Some(newest) = self.newest {
-                if row.ts < newest {
-                    if newest - row.ts > tolerance {
-                        let msg = format!(
-                            "out of order: {} is {} ms before an earlier row's {} (tolerance {} ms); rows must be in time order",
-                            crate::clock::rfc3339_ms(row.ts),
-                            newest - row.ts,
-                            crate::clock::rfc3339_ms(newest),
-                            tolerance
-                        );
-                        self.bad(file, row.line, RowErrorKind::OutOfOrder, &msg);
-                        continue;
-                    }
-                    self.report.late_rows += 1;
-                }
+        let (row, file) = match item {
+            Item::Derived => {
+                self.report.derived_rows += 1;
+                return Ok(());
             }
-            self.driver
-                .push_row(row.device, row.ts, row.tag, row.value, row.quality);
-            self.drain()?;
-            self.report.rows += 1;
-            self.newest = Some(self.newest.map_or(row.ts, |n| n.max(row.ts)));
-            self.report.first_ts = Some(self.report.first_ts.map_or(row.ts, |f| f.min(row.ts)));
-            if let Some(seen) = self.seen_device.get_mut(row.device as usize) {
-                *seen = true;
+            Item::Bad { file, error } => {
+                self.bad(
+                    &sources[file].display,
+                    error.line,
+                    error.kind,
+                    &error.message,
+                );
+                return Ok(());
+            }
+            Item::Row { row, file } => (row, file),
+        };
+        if let Some(total) = self.bar_rows.take() {
+            self.progress = Progress::rows("replay", total);
+        }
+        self.progress.row();
+        if let Some(newest) = self.newest {
+            if row.ts < newest {
+                // Ordering cuts runs where a row is later than this, so this is a safety net.
+                if newest - row.ts > tolerance {
+                    let msg = format!(
+                        "out of order: {} is {} ms before an earlier row's {} (tolerance {} ms)",
+                        crate::clock::rfc3339_ms(row.ts),
+                        newest - row.ts,
+                        crate::clock::rfc3339_ms(newest),
+                        tolerance
+                    );
+                    self.bad(
+                        &sources[file].display,
+                        row.line,
+                        RowErrorKind::OutOfOrder,
+                        &msg,
+                    );
+                    return Ok(());
+                }
+                self.report.late_rows += 1;
             }
         }
+        self.driver
+            .push_row(row.device, row.ts, row.tag, row.value, row.quality);
+        self.drain()?;
+        self.report.rows += 1;
+        self.newest = Some(self.newest.map_or(row.ts, |n| n.max(row.ts)));
+        self.report.first_ts = Some(self.report.first_ts.map_or(row.ts, |f| f.min(row.ts)));
+        if let Some(seen) = self.seen_device.get_mut(row.device as usize) {
+            *seen = true;
+        }
+        Ok(())
     }
+}
+
+fn copy_stdin() -> std::io::Result<tempfile::NamedTempFile> {
+    let mut tmp = tempfile::NamedTempFile::new()?;
+    std::io::copy(&mut std::io::stdin().lock(), tmp.as_file_mut())?;
+    tmp.as_file_mut().flush()?;
+    Ok(tmp)
+}
+
+/// The files to read, in order (see [`expand_inputs`]), and the temporary copy of standard
+/// input if `-` is among them (read twice, so it must be a file; deleted when dropped).
+pub fn sources(
+    inputs: &[PathBuf],
+) -> Result<(Vec<Source>, Option<tempfile::NamedTempFile>), ReplayError> {
+    let files = expand_inputs(inputs)?;
+    let mut stdin_copy = None;
+    let mut sources = Vec::with_capacity(files.len());
+    for path in &files {
+        if path.as_os_str() == "-" {
+            let tmp = copy_stdin().map_err(|source| ReplayError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            sources.push(Source {
+                path: tmp.path().to_path_buf(),
+                display: "-".into(),
+            });
+            stdin_copy = Some(tmp);
+        } else {
+            sources.push(Source {
+                path: path.clone(),
+                display: path.display().to_string(),
+            });
+        }
+    }
+    Ok((sources, stdin_copy))
 }
 
 /// Files to replay, in order: directories expand to their `*.csv` files sorted by name.
@@ -314,7 +380,6 @@ pub fn run_replay(
 ) -> Result<ReplayReport, ReplayError> {
     let engine = Engine::new(&cfg.spec);
     let names = Names::new(cfg);
-    let files = expand_inputs(&opts.inputs)?;
     let cadence = Cadence {
         tick_ms: opts.tick_ms,
         max_ticked_gap_ms: MAX_TICKED_GAP_MS,
@@ -338,31 +403,26 @@ pub fn run_replay(
         seen_device: vec![false; cfg.devices.len()],
         report: ReplayReport::default(),
         report_limit: opts.max_reported,
+        progress: Progress::hidden(),
+        bar_rows: None,
     };
-    for path in &files {
-        let read_err = |source| ReplayError::Read {
-            path: path.clone(),
-            source,
-        };
-        let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
-            Box::new(BufReader::with_capacity(1 << 16, std::io::stdin()))
-        } else {
-            Box::new(BufReader::with_capacity(
-                1 << 16,
-                File::open(path).map_err(read_err)?,
-            ))
-        };
-        let mut reader = SampleReader::new(input, &names).map_err(|e| match e {
-            HeaderError::Csv(csv::CsvError::Io(source)) => read_err(source),
-            other => ReplayError::Header {
-                path: path.clone(),
-                source: other,
-            },
-        })?;
-        let display = path.display().to_string();
-        r.feed(&mut reader, &display, path, opts.reorder_tolerance_ms)?;
-        r.report.files += 1;
+    let (sources, stdin_copy) = sources(&opts.inputs)?;
+    let order_opts = OrderOptions {
+        tolerance_ms: opts.reorder_tolerance_ms,
+        max_runs: opts.max_runs,
+        chunk_rows: opts.chunk_rows,
+        progress: opts.progress,
+    };
+    let tolerance = opts.reorder_tolerance_ms;
+    let plan = order::plan(&sources, &names, &order_opts)?;
+    if opts.progress {
+        r.bar_rows = Some(plan.stats().records);
     }
+    let stats = plan.for_each(&mut |item| r.on_item(item, &sources, tolerance))?;
+    r.progress.finish();
+    drop(stdin_copy);
+    r.report.files = sources.len();
+    r.report.order = stats;
     // Delays due by the last sample fire; nothing is invented past the data.
     r.driver.finish();
     r.drain()?;
@@ -512,6 +572,8 @@ pub fn main(args: ReplayArgs) -> ExitCode {
         tick_ms: args.tick,
         reorder_tolerance_ms: args.reorder_tolerance,
         max_reported: args.max_errors,
+        progress: true,
+        ..ReplayOptions::new(Vec::new())
     };
     let started = crate::clock::Stopwatch::start();
     let report = match run_replay(&cfg, &opts, &mut out) {
@@ -549,6 +611,20 @@ pub fn main(args: ReplayArgs) -> ExitCode {
         report.rows as f64 / elapsed.max(1e-9),
         report.transitions.len()
     );
+    if report.order.runs > 1 {
+        eprintln!(
+            "the input was not in time order: {} run(s) merged{}",
+            report.order.runs,
+            if report.order.spilled_chunks > 0 {
+                format!(
+                    ", after sorting {} chunk(s) in temporary files",
+                    report.order.spilled_chunks
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if report.late_rows > 0 {
         eprintln!(
             "{} row(s) were up to {} ms late and applied at the replay time",
@@ -607,6 +683,7 @@ pub fn main(args: ReplayArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn mapping_mistakes_are_warned_about() {

@@ -1,5 +1,5 @@
 //! Interop: the tests that need software nobody here wrote and that a bare machine lacks
-//! (Mosquitto, openssl, systemd-analyze, mbpoll, pymodbus). Every test here is
+//! (Mosquitto, openssl, systemd-analyze, mbpoll, pymodbus, chromium). Every test here is
 //! `#[ignore = "needs TOOL; .ci/run runs it"]`, so plain `cargo test` lists it as ignored
 //! rather than passing it unrun. `.ci/run` installs the tools and runs
 //! `cargo test --test interop -- --ignored`; once a test runs, a missing tool fails it.
@@ -32,3 +32,5 @@ mod restart;
 mod station;
 /// The shipped systemd unit as systemd-analyze sees it.
 mod systemd;
+/// `alsentry tune`'s HTML report in headless Chromium, and the screenshot in docs/.
+mod tune;

@@ -39,7 +39,7 @@ fn stderr(out: &Output) -> String {
 /// The same broken file through every subcommand that takes a configuration.
 fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
     // The config is read before the scenario or the input, which need not exist.
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("check", &["check"]),
         // Reads the config for `[http] users` before asking for a password.
         ("user", &["user", "add", "li.wei", "--role", "operator"]),
@@ -50,6 +50,16 @@ fn every_subcommand(config: &[&str]) -> Vec<(&'static str, Command)> {
             &["evaluate", "--scenario", "config/scenarios/normal.toml"],
         ),
         ("replay", &["replay", "--input", "no-such-samples.csv"]),
+        (
+            "tune",
+            &[
+                "tune",
+                "--input",
+                "no-such-samples.csv",
+                "--out",
+                "no-such-dir",
+            ],
+        ),
         // An external broker URL keeps the embedded one out of it.
         (
             "demo",
@@ -140,7 +150,7 @@ fn help_shows_the_environment_variables() {
     ] {
         assert!(top.contains(v), "alsentry --help lacks {v}:\n{top}");
     }
-    for sub in ["run", "check", "probe", "replay", "evaluate"] {
+    for sub in ["run", "check", "probe", "replay", "evaluate", "tune"] {
         let help = stderr_or_stdout(&run(&mut alsentry(&[sub, "--help"])));
         assert!(
             help.contains("-c, --config <FILE>") && help.contains("[env: ALSENTRY_CONFIG="),

@@ -74,6 +74,9 @@ mod soak;
 mod station;
 /// The agent's status payload (typed, device counts from the pollers) and the seq lease.
 mod status;
+/// `alsentry tune` on simulator recordings: truth from the cells' register, proposals that hold
+/// on held-out data, the HTML report.
+mod tune;
 
 /// Guards the harness of the agent tests: a panic in a task on a watched runtime fails the
 /// test that owns the runtime, even when nobody joins the task.

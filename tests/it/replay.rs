@@ -193,27 +193,25 @@ fn bad_rows_are_reported_with_file_and_line_and_the_replay_goes_on() {
         format_args!("pot-001,{},voltage,9\n", T0),
         format_args!("pot-009,{},voltage,9\n", T0 + 1000),
         format_args!("pot-001,{},voltage,9\n", T0 + 1000),
-        // 500 ms late: inside the 2 s tolerance, applied at the current time.
-        format_args!("pot-001,{},current,300\n", T0 + 500),
-        // 10 s late: rejected.
+        // 500 ms behind pot-001: a late batch of another device, inside the 2 s tolerance,
+        // applied at the current time.
+        format_args!("pot-002,{},current,300\n", T0 + 500),
+        // 10 s late: not a late batch but another stretch of the file; put in order.
         format_args!("pot-001,{},current,300\n", T0 - 9000),
         format_args!("pot-001,{},voltage,9\n", T0 + 2000),
     );
     let input = write(dir.path(), "bad.csv", &csv);
     let (report, _) = replay(&cfg, std::slice::from_ref(&input));
-    assert_eq!(report.bad_rows, 2);
+    assert_eq!(report.bad_rows, 1);
     assert_eq!(report.late_rows, 1);
-    assert_eq!(report.rows, 4);
+    assert_eq!(report.rows, 5);
+    assert_eq!(report.order.runs, 2);
     let shown = input.display().to_string();
-    assert!(
-        report.problems[0].starts_with(&format!("{shown}:3: device \"pot-009\"")),
-        "{:?}",
-        report.problems
-    );
-    assert!(
-        report.problems[1].starts_with(&format!("{shown}:6: out of order")),
-        "{:?}",
-        report.problems
+    assert_eq!(
+        report.problems,
+        vec![format!(
+            "{shown}:3: device \"pot-009\" is not in the configuration"
+        )]
     );
     // The alarm still activates on file time after the bad rows.
     assert_eq!(
@@ -515,10 +513,230 @@ fn recording_keeps_at_most_max_files_and_only_the_chosen_tags() {
     assert!(!last.contains("current"));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Historian exports: rows grouped per device or per tag, in one file or several, replay to the
+// transitions of the same rows in time order.
+// ---------------------------------------------------------------------------------------------
+
+const DEVICES: [&str; 3] = ["pot-001", "pot-002", "pot-003"];
+const TAGS: [&str; 2] = ["voltage", "current"];
+
+/// 10 minutes at 1 Hz: an anode effect on each cell at its own time (two of them at the same
+/// second), a line-current dip on pot-002, a second of bad quality on pot-003.
+fn export_value(t: i64, d: usize, tag: &str) -> String {
+    let ae_start = [100, 250, 250][d];
+    let v = match tag {
+        "voltage" if (ae_start..ae_start + 20).contains(&t) => 12.0 + (t % 3) as f64,
+        "voltage" => 4.2 + (t % 7) as f64 * 0.01,
+        _ if d == 1 && (400..420).contains(&t) => 50.0,
+        _ => 300.0,
+    };
+    if d == 2 && t == 300 {
+        return format!("{},{},{tag},,bad:timeout\n", T0 + t * 1000, DEVICES[d]);
+    }
+    format!("{},{},{tag},{v},good\n", T0 + t * 1000, DEVICES[d])
+}
+
+const HEADER: &str = "ts,device,tag,value,quality\n";
+
+fn time_ordered() -> String {
+    let mut s = String::from(HEADER);
+    for t in 0..600 {
+        for d in 0..3 {
+            for tag in TAGS {
+                s.push_str(&export_value(t, d, tag));
+            }
+        }
+    }
+    s
+}
+
+fn per_device(d: usize) -> String {
+    let mut s = String::new();
+    for t in 0..600 {
+        for tag in TAGS {
+            s.push_str(&export_value(t, d, tag));
+        }
+    }
+    s
+}
+
+fn per_tag(tag: &str) -> String {
+    let mut s = String::new();
+    for d in 0..3 {
+        for t in 0..600 {
+            s.push_str(&export_value(t, d, tag));
+        }
+    }
+    s
+}
+
+fn replay_with(cfg: &Config, opts: ReplayOptions) -> (ReplayReport, String) {
+    let mut out = Vec::new();
+    let report = run_replay(cfg, &opts, &mut out).unwrap();
+    (report, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn grouped_exports_replay_to_the_transitions_of_the_time_ordered_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = config_file(dir.path());
+    let ordered = write(dir.path(), "ordered.csv", &time_ordered());
+    let (want, want_json) = replay_with(&cfg, ReplayOptions::new(vec![ordered]));
+    assert_eq!(want.order.runs, 1);
+    assert_eq!((want.bad_rows, want.late_rows), (0, 0));
+    // Every anode effect and the current dip are found: the reference is not empty.
+    let active: Vec<_> = transitions(&want)
+        .into_iter()
+        .filter(|t| t.2 == "active_unacked")
+        .collect();
+    assert_eq!(active.len(), 4, "{active:?}");
+
+    let by_device = write(
+        dir.path(),
+        "by-device.csv",
+        &format!(
+            "{HEADER}{}{}{}",
+            per_device(0),
+            per_device(1),
+            per_device(2)
+        ),
+    );
+    let by_tag = write(
+        dir.path(),
+        "by-tag.csv",
+        &format!("{HEADER}{}{}", per_tag("voltage"), per_tag("current")),
+    );
+    let split = dir.path().join("split");
+    std::fs::create_dir(&split).unwrap();
+    for (d, name) in DEVICES.iter().enumerate() {
+        write(
+            &split,
+            &format!("{name}.csv"),
+            &format!("{HEADER}{}", per_device(d)),
+        );
+    }
+    let tag_files: Vec<PathBuf> = TAGS
+        .iter()
+        .map(|t| {
+            write(
+                dir.path(),
+                &format!("{t}.csv"),
+                &format!("{HEADER}{}", per_tag(t)),
+            )
+        })
+        .collect();
+    for (what, inputs, runs) in [
+        ("per device", vec![by_device], 3),
+        ("per tag", vec![by_tag], 6),
+        ("a directory of one file per device", vec![split], 3),
+        ("one file per tag", tag_files, 6),
+    ] {
+        let (got, got_json) = replay_with(&cfg, ReplayOptions::new(inputs));
+        assert_eq!(got.order.runs, runs, "{what}");
+        assert_eq!(got.order.spilled_chunks, 0, "{what}");
+        assert_eq!(
+            (got.bad_rows, got.late_rows),
+            (0, 0),
+            "{what}: {:?}",
+            got.problems
+        );
+        assert_eq!(got.rows, want.rows, "{what}");
+        assert_eq!(
+            got.batches, want.batches,
+            "{what}: rows of one poll meet again"
+        );
+        assert_eq!(transitions(&got), transitions(&want), "{what}");
+        assert_eq!(
+            got_json, want_json,
+            "{what}: the same payloads, byte for byte"
+        );
+    }
+}
+
+#[test]
+fn many_runs_are_sorted_in_bounded_chunks_spilled_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = config_file(dir.path());
+    let ordered = write(dir.path(), "ordered.csv", &time_ordered());
+    let (want, want_json) = replay_with(&cfg, ReplayOptions::new(vec![ordered]));
+    // Each cell's and tag's series cut in 10 s blocks, the blocks shuffled: about 180 runs;
+    // and grouped per tag, with fewer runs allowed open than it has.
+    let mut blocks: Vec<String> = Vec::new();
+    for d in 0..3 {
+        for tag in TAGS {
+            for b in 0..60 {
+                blocks.push(
+                    (b * 10..b * 10 + 10)
+                        .map(|t| export_value(t, d, tag))
+                        .collect(),
+                );
+            }
+        }
+    }
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in (1..blocks.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        blocks.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let shuffled = write(
+        dir.path(),
+        "shuffled.csv",
+        &format!("{HEADER}{}", blocks.concat()),
+    );
+    let by_tag = write(
+        dir.path(),
+        "by-tag.csv",
+        &format!("{HEADER}{}{}", per_tag("voltage"), per_tag("current")),
+    );
+    // Newest first, per device: every row is older than its device's previous one, however
+    // close, so each starts a run (none is taken for a late batch).
+    let mut newest_first = String::from(HEADER);
+    for d in 0..3 {
+        for t in (0..600).rev() {
+            for tag in TAGS {
+                newest_first.push_str(&export_value(t, d, tag));
+            }
+        }
+    }
+    let newest_first = write(dir.path(), "newest-first.csv", &newest_first);
+    for (what, input) in [
+        ("shuffled", shuffled),
+        ("per tag", by_tag),
+        ("newest first", newest_first),
+    ] {
+        let opts = ReplayOptions {
+            max_runs: 4,
+            chunk_rows: 500,
+            ..ReplayOptions::new(vec![input])
+        };
+        let (got, got_json) = replay_with(&cfg, opts);
+        assert!(got.order.runs > 4, "{what}: {:?}", got.order);
+        // 3,600 rows through chunks of 500: 8 chunks, merged in groups of 4 first.
+        assert_eq!(got.order.spilled_chunks, 8, "{what}");
+        assert!(
+            got.order.max_buffered_rows <= 500,
+            "{what}: {:?}",
+            got.order
+        );
+        assert_eq!(
+            (got.bad_rows, got.late_rows),
+            (0, 0),
+            "{what}: {:?}",
+            got.problems
+        );
+        assert_eq!(transitions(&got), transitions(&want), "{what}");
+        assert_eq!(got_json, want_json, "{what}");
+    }
+}
+
 /// The real binary: `alsentry replay` writes the alarms as JSON lines, reports a bad row with
 /// its file and line, and exits 1 for it.
 #[test]
 fn cli_replay_subcommand_writes_alarms_and_exits_1_on_a_bad_row() {
+    cli_replay_of_a_grouped_export_exits_0();
     let bin = env!("CARGO_BIN_EXE_alsentry");
     let dir = tempfile::tempdir().unwrap();
     let (_, cfg_path) = config_file(dir.path());
@@ -547,6 +765,44 @@ fn cli_replay_subcommand_writes_alarms_and_exits_1_on_a_bad_row() {
     let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(first["ts"], "2026-11-28T00:00:02.000Z");
     assert_eq!(first["state"], "active_unacked");
+}
+
+/// A per-device export through the binary: exit 0, the transitions of the ordered file, and no
+/// progress bar when stderr is not a terminal.
+fn cli_replay_of_a_grouped_export_exits_0() {
+    let bin = env!("CARGO_BIN_EXE_alsentry");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cfg_path) = config_file(dir.path());
+    let run = |input: &Path| {
+        std::process::Command::new(bin)
+            .arg("replay")
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--input")
+            .arg(input)
+            .output()
+            .unwrap()
+    };
+    let ordered = run(&write(dir.path(), "o.csv", &time_ordered()));
+    let grouped = run(&write(
+        dir.path(),
+        "g.csv",
+        &format!(
+            "{HEADER}{}{}{}",
+            per_device(2),
+            per_device(0),
+            per_device(1)
+        ),
+    ));
+    let stderr = String::from_utf8_lossy(&grouped.stderr);
+    assert_eq!(grouped.status.code(), Some(0), "{stderr}");
+    assert_eq!(ordered.status.code(), Some(0));
+    assert!(!ordered.stdout.is_empty());
+    assert_eq!(grouped.stdout, ordered.stdout);
+    assert!(
+        !stderr.contains("rows/s,") && !stderr.contains("ETA"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //! single-file test: one agent-config builder (`agent`), one embedded-broker starter
 //! (`broker`), one Mosquitto launcher (`mosquitto`), one Modbus test device (`modbus`), one MQTT
 //! subscriber (`mqtt`), network fault helpers (`net`), the agent harness (`harness`), what
-//! delivery tests share (`delivery`) and the gate for external tools (`tools`).
+//! delivery tests share (`delivery`), simulator recordings for `tune` (`simrec`) and the gate
+//! for external tools (`tools`).
 
 #![allow(dead_code)]
 
@@ -14,6 +15,7 @@ pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
+pub mod simrec;
 pub mod tools;
 pub mod web;
 pub mod webdriver;

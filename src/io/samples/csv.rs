@@ -23,6 +23,10 @@ pub struct CsvReader<R> {
     lines: u64,
     /// Line on which the current record starts.
     record_line: u64,
+    /// Bytes consumed so far, and the offset at which the current record starts: where a reader
+    /// can [`CsvReader::resume`] to re-read it (replay's ordering reads runs of a file this way).
+    offset: u64,
+    record_offset: u64,
     raw: String,
     /// Unescaped text of the current record when it had quotes; otherwise fields point into `raw`.
     unescaped: String,
@@ -37,12 +41,24 @@ impl<R: BufRead> CsvReader<R> {
             inner,
             lines: 0,
             record_line: 0,
+            offset: 0,
+            record_offset: 0,
             raw: String::new(),
             unescaped: String::new(),
             in_unescaped: false,
             spans: Vec::new(),
             started: false,
         }
+    }
+
+    /// A reader positioned inside a file: `inner` starts at a record's first byte, `offset`
+    /// (that record's [`CsvReader::record_offset`]) after `lines_before` lines.
+    pub fn resume(inner: R, offset: u64, lines_before: u64) -> Self {
+        let mut r = CsvReader::new(inner);
+        r.lines = lines_before;
+        r.offset = offset;
+        r.started = true;
+        r
     }
 
     /// Advances to the next non-blank record and returns the line it starts on, or `None` at the
@@ -55,10 +71,12 @@ impl<R: BufRead> CsvReader<R> {
             // its line number, not an I/O error that ends the file. The buffer is reused.
             let mut bytes = std::mem::take(&mut self.raw).into_bytes();
             bytes.clear();
+            self.record_offset = self.offset;
             let n = self.inner.read_until(b'\n', &mut bytes)?;
             if n == 0 {
                 return Ok(None);
             }
+            self.offset += n as u64;
             self.lines += 1;
             self.record_line = self.lines;
             if !self.started {
@@ -78,6 +96,7 @@ impl<R: BufRead> CsvReader<R> {
                     if more == 0 {
                         return Err(self.syntax("unterminated quoted field at end of file"));
                     }
+                    self.offset += more as u64;
                     self.lines += 1;
                 }
             }
@@ -193,6 +212,11 @@ impl<R: BufRead> CsvReader<R> {
     /// Line on which the current record starts (1-based).
     pub fn line(&self) -> u64 {
         self.record_line
+    }
+
+    /// Byte offset at which the current record (or the one just refused) starts.
+    pub fn record_offset(&self) -> u64 {
+        self.record_offset
     }
 }
 

@@ -71,6 +71,16 @@ pub struct Row {
     pub quality: Quality,
 }
 
+/// Where a record is and what orders it, from [`SampleReader::next_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// Byte offset of the record in the file, and its line.
+    pub offset: u64,
+    pub line: u64,
+    pub ts: Option<Ts>,
+    pub device: Option<u32>,
+}
+
 /// Outcome of reading one row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
@@ -90,6 +100,10 @@ pub struct Names {
 }
 
 impl Names {
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
     pub fn new(cfg: &Config) -> Names {
         Names {
             devices: cfg
@@ -132,8 +146,9 @@ pub enum HeaderError {
     Csv(#[from] CsvError),
 }
 
+/// Where the columns of a file are, from its header: what a reader resumed inside the file needs.
 #[derive(Debug, Clone, Copy)]
-struct Columns {
+pub struct Columns {
     ts: usize,
     device: usize,
     tag: usize,
@@ -201,6 +216,80 @@ impl<'n, R: BufRead> SampleReader<'n, R> {
             last_device_text: String::new(),
             last_device: None,
         })
+    }
+
+    /// A reader of the same file positioned at a record: `input` starts at the record's byte
+    /// `offset`, after `lines_before` lines, and the columns are those the header gave.
+    pub fn resume(
+        input: R,
+        names: &'n Names,
+        cols: Columns,
+        offset: u64,
+        lines_before: u64,
+    ) -> Self {
+        SampleReader {
+            csv: CsvReader::resume(input, offset, lines_before),
+            names,
+            cols,
+            last_ts_text: String::new(),
+            last_ts: 0,
+            last_device_text: String::new(),
+            last_device: None,
+        }
+    }
+
+    pub fn columns(&self) -> Columns {
+        self.cols
+    }
+
+    /// Reads the next record and only its timestamp and device, for a first pass over a file
+    /// that only needs to know its order. `ts` and `device` are `None` where they are bad.
+    pub fn next_key(&mut self) -> Result<Option<Key>, std::io::Error> {
+        let line = match self.csv.next_record() {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(None),
+            Err(CsvError::Io(e)) => return Err(e),
+            Err(CsvError::Syntax { line, .. }) => {
+                return Ok(Some(Key {
+                    offset: self.csv.record_offset(),
+                    line,
+                    ts: None,
+                    device: None,
+                }))
+            }
+        };
+        let offset = self.csv.record_offset();
+        let text = self.csv.field(self.cols.ts).unwrap_or("").trim();
+        let ts = if text == self.last_ts_text && !text.is_empty() {
+            Some(self.last_ts)
+        } else {
+            let ts = parse_file_ts(text);
+            if let Some(ts) = ts {
+                self.last_ts_text.clear();
+                self.last_ts_text.push_str(text);
+                self.last_ts = ts;
+            }
+            ts
+        };
+        let text = self.csv.field(self.cols.device).unwrap_or("").trim();
+        let device = match self.last_device {
+            Some(d) if text == self.last_device_text => Some(d),
+            _ => {
+                let d = self.names.devices.get(text).copied();
+                if d.is_some() {
+                    self.last_device_text.clear();
+                    self.last_device_text.push_str(text);
+                    self.last_device = d;
+                }
+                d
+            }
+        };
+        Ok(Some(Key {
+            offset,
+            line,
+            ts,
+            device,
+        }))
     }
 
     /// Reads and resolves the next row. I/O errors end the file; every other problem is a bad row.
