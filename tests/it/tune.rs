@@ -179,10 +179,7 @@ fn cli_tune_writes_the_report_and_exits_1_without_anode_effects() {
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("2 anode effect(s)"), "{stderr}");
     assert!(!stderr.contains("ETA"), "{stderr}");
-    assert!(
-        stdout.contains("ae_warning (slope on resistance"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("ae_warning ("), "{stdout}");
     assert!(stdout.contains("median lead s"), "{stdout}");
     let proposal = std::fs::read_to_string(out.join("proposal.toml")).unwrap();
     assert!(stdout.contains(&proposal));
