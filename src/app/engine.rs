@@ -478,6 +478,14 @@ impl EngineTask {
             return Some((origin, first));
         }
         let reply = match p.request {
+            Request::Reload { .. } if matches!(origin, CommandOrigin::Local { .. }) => {
+                Reply::refused(
+                    p.request_id,
+                    Some(p.op),
+                    "reload is not offered here; use SIGHUP or the MQTT command",
+                    now,
+                )
+            }
             Request::Reload { by } => {
                 info!(by = %by, "reload requested over MQTT");
                 let pending = PendingReply {
