@@ -157,7 +157,7 @@ pub struct TrendEval {
 }
 
 /// While a baseline warms up, the floor `limit` counts this many times.
-const WARMUP_FACTOR: f64 = 2.0;
+const WARMUP_FACTOR: f64 = 3.0;
 
 /// Robust spread from a mean absolute deviation: sigma = 1.2533 MAD for a normal variable.
 const MAD_TO_SIGMA: f64 = 1.2533;
@@ -250,11 +250,13 @@ impl TrendEval {
         let warm = now - self.baseline_since >= self.cfg.warmup_ms();
         self.th.limit = match self.baseline {
             Some((mean, mad)) if warm => self.cfg.limit.max(mean + self.cfg.k * MAD_TO_SIGMA * mad),
-            // Warming up: no baseline to trust yet, so twice the floor; a precursor already
+            // Warming up: no baseline to trust yet, so a multiple of the floor; a precursor already
             // under way is warned, and what rises above it is not learned as normal.
             _ => self.cfg.limit * WARMUP_FACTOR,
         };
-        let c = self.th.step(if significant { s } else { f64::NEG_INFINITY });
+        let c = self
+            .th
+            .step(if significant { s } else { f64::NEG_INFINITY });
         // Learn from normal operation only: not from a rise being alarmed, not while held.
         if !self.held && c != Condition::Active {
             // A bias-corrected EWMA: weight dt per fit, decayed with time constant tau, so the
@@ -1332,7 +1334,7 @@ mod tests {
             quiet[..290].iter().all(|x| x.0 == Condition::Unknown),
             "half a window first"
         );
-        // Warming up (the first 30 min) the floor counts twice: a quiet cell stays normal.
+        // Warming up (the first 30 min) the floor counts three times: a quiet cell stays normal.
         assert!(quiet[..1800].iter().all(|x| x.0 != Condition::Active));
         assert!(quiet[3600..4 * 3600]
             .iter()
