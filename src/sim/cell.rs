@@ -812,6 +812,14 @@ mod realism_tests {
             let mut t = 0.0;
             let s = run(&mut c, &mut t, 3.0 * 3600.0, |_| CellEffects::default());
             let abs: Vec<f64> = slopes(&r_of(&s)).iter().map(|x| x.abs()).collect();
+            // Printed for docs/SIMULATOR.md (`cargo test --lib normal_cell_slopes -- --nocapture`).
+            eprintln!(
+                "seed {seed}: |slope| median {:.2}, p90 {:.2}, p95 {:.2}, max {:.1} nΩ/min",
+                pct(abs.clone(), 0.5),
+                pct(abs.clone(), 0.9),
+                pct(abs.clone(), 0.95),
+                pct(abs.clone(), 1.0)
+            );
             // docs/DOMAIN.md A5b: 0-3 nΩ/min; beam moves make short ~10 nΩ/min transients.
             assert!(
                 pct(abs.clone(), 0.5) < 1.5,
