@@ -156,6 +156,9 @@ pub struct TrendEval {
     th: Threshold,
 }
 
+/// How long before a step of `step_tag` the signal may already have moved.
+const STEP_SKEW_MS: Ts = 5_000;
+
 /// While a baseline warms up, the floor `limit` counts this many times.
 const WARMUP_FACTOR: f64 = 3.0;
 
@@ -202,6 +205,17 @@ impl TrendEval {
             {
                 self.segment = self.segment.wrapping_add(1);
                 self.settle_until = p.ts + self.cfg.settle_ms;
+                // The last fit saw the step as a rise: refit now.
+                self.next_fit = Ts::MIN;
+                // The step tag may be read a little after the signal moved (another register,
+                // another poll): the last seconds before the move are left out too.
+                while self
+                    .points
+                    .back()
+                    .is_some_and(|b| b.0 > p.ts - STEP_SKEW_MS)
+                {
+                    self.points.pop_back();
+                }
             }
             self.last_step = Some(b);
         }
@@ -1234,6 +1248,21 @@ mod tests {
         );
         assert!(worst(&plain) > 0.004, "uncorrected slope {}", worst(&plain));
         assert!(corrected.iter().all(|x| x.0 != Condition::Active));
+        // The beam register read 3 s after R stepped (-0.3 µΩ on a flat R): still no trend.
+        let late: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let r = if i < 480 { 5.0 } else { 4.7 };
+                (i * 1_000, r, if i < 483 { 100.0 } else { 97.0 })
+            })
+            .collect();
+        // (Before the register moves, nothing can tell the step from a rise: the on-delay
+        // covers those seconds.)
+        let skewed = run_trend(&trend(Fit::Linear, true, None), &late);
+        assert!(
+            worst(&skewed[483..]) < 1e-9,
+            "skewed slope {}",
+            worst(&skewed[483..])
+        );
         // Right after the move the slope is still known: the move does not blind the rule.
         assert!(corrected[481].1.is_some() || corrected[489].1.is_some());
         // And a real rise that continues through a move is still seen.
