@@ -132,8 +132,8 @@ pub enum Eval {
 /// does not know about steps), the last fit and the device's slope baseline.
 #[derive(Debug, Clone)]
 pub struct TrendEval {
-    pub cfg: Trend,
-    pub step_slot: Option<u32>,
+    cfg: Trend,
+    step_slot: Option<u32>,
     /// (ts, value, segment), oldest first.
     points: VecDeque<(Ts, f64, u32)>,
     segment: u32,
@@ -142,9 +142,9 @@ pub struct TrendEval {
     first_ts: Option<Ts>,
     next_fit: Ts,
     /// The last fitted slope, per `per_ms`.
-    pub slope: Option<f64>,
+    slope: Option<f64>,
     /// Its standard error, per `per_ms`.
-    pub slope_se: Option<f64>,
+    slope_se: Option<f64>,
     /// EWMA of the slope and of its absolute deviation, learned outside alarms and holds.
     baseline: Option<(f64, f64)>,
     /// Decayed sum of the baseline's weights (ms): early on, every fit weighs the same.
@@ -300,11 +300,6 @@ impl TrendEval {
             self.baseline_at = now;
         }
         c
-    }
-
-    /// The current baseline (mean slope, robust spread) once warmed up.
-    pub fn baseline(&self) -> Option<(f64, f64)> {
-        self.baseline.map(|(m, mad)| (m, MAD_TO_SIGMA * mad))
     }
 }
 
