@@ -132,8 +132,8 @@ pub enum Eval {
 /// does not know about steps), the last fit and the device's slope baseline.
 #[derive(Debug, Clone)]
 pub struct TrendEval {
-    pub cfg: Trend,
-    pub step_slot: Option<u32>,
+    cfg: Trend,
+    step_slot: Option<u32>,
     /// (ts, value, segment), oldest first.
     points: VecDeque<(Ts, f64, u32)>,
     segment: u32,
@@ -142,9 +142,9 @@ pub struct TrendEval {
     first_ts: Option<Ts>,
     next_fit: Ts,
     /// The last fitted slope, per `per_ms`.
-    pub slope: Option<f64>,
+    slope: Option<f64>,
     /// Its standard error, per `per_ms`.
-    pub slope_se: Option<f64>,
+    slope_se: Option<f64>,
     /// EWMA of the slope and of its absolute deviation, learned outside alarms and holds.
     baseline: Option<(f64, f64)>,
     /// Decayed sum of the baseline's weights (ms): early on, every fit weighs the same.
@@ -156,8 +156,11 @@ pub struct TrendEval {
     th: Threshold,
 }
 
+/// How long before a step of `step_tag` the signal may already have moved.
+const STEP_SKEW_MS: Ts = 5_000;
+
 /// While a baseline warms up, the floor `limit` counts this many times.
-const WARMUP_FACTOR: f64 = 2.0;
+const WARMUP_FACTOR: f64 = 3.0;
 
 /// Robust spread from a mean absolute deviation: sigma = 1.2533 MAD for a normal variable.
 const MAD_TO_SIGMA: f64 = 1.2533;
@@ -202,6 +205,17 @@ impl TrendEval {
             {
                 self.segment = self.segment.wrapping_add(1);
                 self.settle_until = p.ts + self.cfg.settle_ms;
+                // The last fit saw the step as a rise: refit now.
+                self.next_fit = Ts::MIN;
+                // The step tag may be read a little after the signal moved (another register,
+                // another poll): the last seconds before the move are left out too.
+                while self
+                    .points
+                    .back()
+                    .is_some_and(|b| b.0 > p.ts - STEP_SKEW_MS)
+                {
+                    self.points.pop_back();
+                }
             }
             self.last_step = Some(b);
         }
@@ -250,7 +264,7 @@ impl TrendEval {
         let warm = now - self.baseline_since >= self.cfg.warmup_ms();
         self.th.limit = match self.baseline {
             Some((mean, mad)) if warm => self.cfg.limit.max(mean + self.cfg.k * MAD_TO_SIGMA * mad),
-            // Warming up: no baseline to trust yet, so twice the floor; a precursor already
+            // Warming up: no baseline to trust yet, so a multiple of the floor; a precursor already
             // under way is warned, and what rises above it is not learned as normal.
             _ => self.cfg.limit * WARMUP_FACTOR,
         };
@@ -286,11 +300,6 @@ impl TrendEval {
             self.baseline_at = now;
         }
         c
-    }
-
-    /// The current baseline (mean slope, robust spread) once warmed up.
-    pub fn baseline(&self) -> Option<(f64, f64)> {
-        self.baseline.map(|(m, mad)| (m, MAD_TO_SIGMA * mad))
     }
 }
 
@@ -1234,6 +1243,21 @@ mod tests {
         );
         assert!(worst(&plain) > 0.004, "uncorrected slope {}", worst(&plain));
         assert!(corrected.iter().all(|x| x.0 != Condition::Active));
+        // The beam register read 3 s after R stepped (-0.3 µΩ on a flat R): still no trend.
+        let late: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let r = if i < 480 { 5.0 } else { 4.7 };
+                (i * 1_000, r, if i < 483 { 100.0 } else { 97.0 })
+            })
+            .collect();
+        // (Before the register moves, nothing can tell the step from a rise: the on-delay
+        // covers those seconds.)
+        let skewed = run_trend(&trend(Fit::Linear, true, None), &late);
+        assert!(
+            worst(&skewed[483..]) < 1e-9,
+            "skewed slope {}",
+            worst(&skewed[483..])
+        );
         // Right after the move the slope is still known: the move does not blind the rule.
         assert!(corrected[481].1.is_some() || corrected[489].1.is_some());
         // And a real rise that continues through a move is still seen.
@@ -1334,7 +1358,7 @@ mod tests {
             quiet[..290].iter().all(|x| x.0 == Condition::Unknown),
             "half a window first"
         );
-        // Warming up (the first 30 min) the floor counts twice: a quiet cell stays normal.
+        // Warming up (the first 30 min) the floor counts three times: a quiet cell stays normal.
         assert!(quiet[..1800].iter().all(|x| x.0 != Condition::Active));
         assert!(quiet[3600..4 * 3600]
             .iter()
