@@ -18,6 +18,7 @@ use crate::core::model::Ts;
 use crate::core::rule::{RuleKind, Suppression};
 use crate::core::spec::{DerivedDraft, DeviceDraft, Draft, RuleDraft, TableDraft, TagDraft};
 use crate::replay::order::OrderOptions;
+use crate::replay::progress::Progress;
 
 use super::data::{for_each_row, AnodeEffect, Rows};
 
@@ -300,6 +301,7 @@ pub fn replay(
     opts: &OrderOptions,
     cadence: Cadence,
     mut trace: Option<&mut Trace>,
+    progress: &mut Progress,
 ) -> anyhow::Result<Vec<Span>> {
     let spec = draft
         .compile()
@@ -337,6 +339,7 @@ pub fn replay(
     };
     let mut prev: Option<(u32, Ts)> = None;
     for_each_row(rows, cfg, opts, &mut |s| {
+        progress.row();
         driver.push_row(s.device, s.ts, s.tag, s.value, s.quality);
         if let Some(t) = trace.as_deref_mut() {
             // A row of another batch has just applied the previous one.
@@ -354,6 +357,7 @@ pub fn replay(
         t.sample(driver.engine(), d, ts);
     }
     collect(&mut driver, &mut spans);
+    progress.finish();
     Ok(spans)
 }
 
