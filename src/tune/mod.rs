@@ -203,7 +203,12 @@ pub fn run_tune(cfg: &Config, opts: &TuneOptions) -> anyhow::Result<TuneOutcome>
         &mut progress,
     )?;
 
-    let swept = rules_to_sweep(cfg, &opts.extra_rules, &baseline, &loaded.effects, &t);
+    // Without an anode effect there is nothing to score a setting against.
+    let swept = if loaded.effects.is_empty() {
+        Vec::new()
+    } else {
+        rules_to_sweep(cfg, &opts.extra_rules, &baseline, &loaded.effects, &t)
+    };
     let settings: Vec<Setting> = swept
         .iter()
         .flat_map(|&r| sweep::settings(cfg, r))
