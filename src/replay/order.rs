@@ -7,8 +7,9 @@
 //! newest row of the run by more than the reorder tolerance, or older than the run's previous
 //! row of the same device. Inside a run rows keep their order, so a row that is late by less
 //! than the tolerance behind other devices' rows (a late batch, as `[record]` writes it) is
-//! still applied late, as live; one device's own samples never go back in time. The second pass merges the runs: each run is read from its own place
-//! in its file with a small buffer, and the run whose next row has the smallest key goes next.
+//! still applied late, as live; one device's own samples never go back in time. The second
+//! pass merges the runs: each run is read from its own place in its file with a small buffer,
+//! and the run whose next row has the smallest key goes next.
 //! The key is (newest time of the run so far, device, run): rows of one device and timestamp
 //! from several runs (an export grouped per tag) meet again in one batch. When there are more
 //! runs than can be open at once (a shuffled file), rows are sorted in chunks of bounded size,

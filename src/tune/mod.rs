@@ -188,9 +188,27 @@ pub fn run_tune(cfg: &Config, opts: &TuneOptions) -> anyhow::Result<TuneOutcome>
     let base = sweep::base_draft(cfg);
     let (resistance_tag, slope_window_ms, slope_per_ms) = resistance_series(cfg);
     let mut trace = sweep::Trace::new(cfg, &loaded.effects, BEFORE_MS, AFTER_MS, &resistance_tag);
-    let baseline = sweep::replay(&base, cfg, &loaded.rows, &order, cadence, Some(&mut trace))?;
+    let mut progress = if opts.progress {
+        Progress::rows("as configured", loaded.records)
+    } else {
+        Progress::hidden()
+    };
+    let baseline = sweep::replay(
+        &base,
+        cfg,
+        &loaded.rows,
+        &order,
+        cadence,
+        Some(&mut trace),
+        &mut progress,
+    )?;
 
-    let swept = rules_to_sweep(cfg, &opts.extra_rules, &baseline, &loaded.effects, &t);
+    // Without an anode effect there is nothing to score a setting against.
+    let swept = if loaded.effects.is_empty() {
+        Vec::new()
+    } else {
+        rules_to_sweep(cfg, &opts.extra_rules, &baseline, &loaded.effects, &t)
+    };
     let settings: Vec<Setting> = swept
         .iter()
         .flat_map(|&r| sweep::settings(cfg, r))
@@ -401,7 +419,15 @@ fn replay_settings(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(d) = drafts.get(i) else { break };
-                let r = sweep::replay(d, cfg, &loaded.rows, order, cadence, None);
+                let r = sweep::replay(
+                    d,
+                    cfg,
+                    &loaded.rows,
+                    order,
+                    cadence,
+                    None,
+                    &mut Progress::hidden(),
+                );
                 if let Ok(mut p) = progress.lock() {
                     p.1 += 1;
                     let done = p.1;

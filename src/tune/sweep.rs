@@ -1,8 +1,8 @@
 //! The sweep: which rules, which settings, the replays and their scores.
 //!
-//! Every setting of a rule is a copy of the rule under its own name (`rule~k`) with another
-//! limit or on-delay; copies are spread over one engine per core and each engine replays the
-//! samples once through the same [`Driver`] (batching, tick grid) as `replay` and `run`. Rules
+//! Every setting of a rule is a copy of the rule under its own name (the rule's, [`COPY`], the
+//! setting's number) with another limit or on-delay; copies are spread over several engines and
+//! each engine replays the samples once through the same [`Driver`] (batching, tick grid) as `replay` and `run`. Rules
 //! of one engine do not interact: a copy is suppressed exactly as its rule is (the rules its
 //! `suppress_when` names are in every engine), and flood shelving, which depends on what else
 //! is alarming, is off, so each copy scores as the rule alone would.
@@ -18,11 +18,13 @@ use crate::core::model::Ts;
 use crate::core::rule::{RuleKind, Suppression};
 use crate::core::spec::{DerivedDraft, DeviceDraft, Draft, RuleDraft, TableDraft, TagDraft};
 use crate::replay::order::OrderOptions;
+use crate::replay::progress::Progress;
 
 use super::data::{for_each_row, AnodeEffect, Rows};
 
-/// Separates a rule's name from its setting number in the copies' names.
-const COPY: char = '~';
+/// Separates a rule's name from its setting number in the copies' names; rule names from the
+/// configuration never hold it (a control character).
+const COPY: char = '\u{1f}';
 
 /// The configuration as the core builds it (as `config/compile.rs` does), to change rules in.
 pub fn base_draft(cfg: &Config) -> Draft {
@@ -307,6 +309,7 @@ pub fn replay(
     opts: &OrderOptions,
     cadence: Cadence,
     mut trace: Option<&mut Trace>,
+    progress: &mut Progress,
 ) -> anyhow::Result<Vec<Span>> {
     let spec = draft
         .compile()
@@ -344,6 +347,7 @@ pub fn replay(
     };
     let mut prev: Option<(u32, Ts)> = None;
     for_each_row(rows, cfg, opts, &mut |s| {
+        progress.row();
         driver.push_row(s.device, s.ts, s.tag, s.value, s.quality);
         if let Some(t) = trace.as_deref_mut() {
             // A row of another batch has just applied the previous one.
@@ -361,6 +365,7 @@ pub fn replay(
         t.sample(driver.engine(), d, ts);
     }
     collect(&mut driver, &mut spans);
+    progress.finish();
     Ok(spans)
 }
 
@@ -375,8 +380,8 @@ fn needed(draft: &Draft, rule: usize, into: &mut BTreeSet<usize>) {
     }
 }
 
-/// Drafts of `jobs` engines holding every setting as a copy of its rule named `rule~k`, `k`
-/// indexing `settings`.
+/// Drafts of `jobs` engines holding every setting as a copy of its rule named `rule` + [`COPY`]
+/// + `k`, `k` indexing `settings`.
 pub fn variant_drafts(base: &Draft, settings: &[Setting], jobs: usize) -> Vec<Draft> {
     let jobs = jobs.clamp(1, settings.len().max(1));
     let mut out: Vec<(BTreeSet<usize>, Vec<RuleDraft>)> = vec![Default::default(); jobs];

@@ -803,6 +803,25 @@ fn cli_replay_of_a_grouped_export_exits_0() {
         !stderr.contains("rows/s,") && !stderr.contains("ETA"),
         "{stderr}"
     );
+    // From standard input (read twice, so first copied to a temporary file): the same.
+    let mut child = std::process::Command::new(bin)
+        .args(["replay", "--input", "-", "--config"])
+        .arg(&cfg_path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = format!(
+        "{HEADER}{}{}{}",
+        per_device(1),
+        per_device(2),
+        per_device(0)
+    );
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert_eq!(piped.status.code(), Some(0));
+    assert_eq!(piped.stdout, ordered.stdout);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -163,11 +163,42 @@ pub struct SampleReader<'n, R> {
     csv: CsvReader<R>,
     names: &'n Names,
     cols: Columns,
-    // Consecutive rows usually repeat the timestamp and device: parse and look them up once.
-    last_ts_text: String,
-    last_ts: Ts,
-    last_device_text: String,
-    last_device: Option<u32>,
+    last: Last,
+}
+
+/// Consecutive rows usually repeat the timestamp and device: parse and look them up once.
+#[derive(Debug, Default)]
+struct Last {
+    ts_text: String,
+    ts: Ts,
+    device_text: String,
+    device: Option<u32>,
+}
+
+impl Last {
+    fn ts(&mut self, text: &str) -> Option<Ts> {
+        if text == self.ts_text && !text.is_empty() {
+            return Some(self.ts);
+        }
+        let ts = parse_file_ts(text)?;
+        self.ts_text.clear();
+        self.ts_text.push_str(text);
+        self.ts = ts;
+        Some(ts)
+    }
+
+    fn device(&mut self, names: &Names, text: &str) -> Option<u32> {
+        match self.device {
+            Some(d) if text == self.device_text => Some(d),
+            _ => {
+                let d = *names.devices.get(text)?;
+                self.device_text.clear();
+                self.device_text.push_str(text);
+                self.device = Some(d);
+                Some(d)
+            }
+        }
+    }
 }
 
 impl<'n, R: BufRead> SampleReader<'n, R> {
@@ -211,10 +242,7 @@ impl<'n, R: BufRead> SampleReader<'n, R> {
                 quality,
                 needed,
             },
-            last_ts_text: String::new(),
-            last_ts: 0,
-            last_device_text: String::new(),
-            last_device: None,
+            last: Last::default(),
         })
     }
 
@@ -231,10 +259,7 @@ impl<'n, R: BufRead> SampleReader<'n, R> {
             csv: CsvReader::resume(input, offset, lines_before),
             names,
             cols,
-            last_ts_text: String::new(),
-            last_ts: 0,
-            last_device_text: String::new(),
-            last_device: None,
+            last: Last::default(),
         }
     }
 
@@ -259,31 +284,13 @@ impl<'n, R: BufRead> SampleReader<'n, R> {
             }
         };
         let offset = self.csv.record_offset();
-        let text = self.csv.field(self.cols.ts).unwrap_or("").trim();
-        let ts = if text == self.last_ts_text && !text.is_empty() {
-            Some(self.last_ts)
-        } else {
-            let ts = parse_file_ts(text);
-            if let Some(ts) = ts {
-                self.last_ts_text.clear();
-                self.last_ts_text.push_str(text);
-                self.last_ts = ts;
-            }
-            ts
-        };
-        let text = self.csv.field(self.cols.device).unwrap_or("").trim();
-        let device = match self.last_device {
-            Some(d) if text == self.last_device_text => Some(d),
-            _ => {
-                let d = self.names.devices.get(text).copied();
-                if d.is_some() {
-                    self.last_device_text.clear();
-                    self.last_device_text.push_str(text);
-                    self.last_device = d;
-                }
-                d
-            }
-        };
+        let ts = self
+            .last
+            .ts(self.csv.field(self.cols.ts).unwrap_or("").trim());
+        let device = self.last.device(
+            self.names,
+            self.csv.field(self.cols.device).unwrap_or("").trim(),
+        );
         Ok(Some(Key {
             offset,
             line,
@@ -331,42 +338,19 @@ impl<'n, R: BufRead> SampleReader<'n, R> {
         let field = |i: usize| self.csv.field(i).unwrap_or("").trim();
 
         let ts_text = field(c.ts);
-        let ts = if ts_text == self.last_ts_text && !ts_text.is_empty() {
-            self.last_ts
-        } else {
-            match parse_file_ts(ts_text) {
-                Some(ts) => {
-                    self.last_ts_text.clear();
-                    self.last_ts_text.push_str(ts_text);
-                    self.last_ts = ts;
-                    ts
-                }
-                None => {
-                    return bad(
-                        RowErrorKind::Timestamp,
-                        format!("ts \"{ts_text}\" is not a time in RFC 3339 (2026-11-28T16:05:53.123Z) or epoch milliseconds, between 1970 and 9999"),
-                    )
-                }
-            }
+        let Some(ts) = self.last.ts(ts_text) else {
+            return bad(
+                RowErrorKind::Timestamp,
+                format!("ts \"{ts_text}\" is not a time in RFC 3339 (2026-11-28T16:05:53.123Z) or epoch milliseconds, between 1970 and 9999"),
+            );
         };
 
         let device_text = field(c.device);
-        let device = match self.last_device {
-            Some(d) if device_text == self.last_device_text => d,
-            _ => match self.names.devices.get(device_text) {
-                Some(&d) => {
-                    self.last_device_text.clear();
-                    self.last_device_text.push_str(device_text);
-                    self.last_device = Some(d);
-                    d
-                }
-                None => {
-                    return bad(
-                        RowErrorKind::UnknownDevice,
-                        format!("device \"{device_text}\" is not in the configuration"),
-                    )
-                }
-            },
+        let Some(device) = self.last.device(self.names, device_text) else {
+            return bad(
+                RowErrorKind::UnknownDevice,
+                format!("device \"{device_text}\" is not in the configuration"),
+            );
         };
 
         let tag_text = field(c.tag);
