@@ -592,11 +592,11 @@ impl Runner<'_> {
                     }
                 }
             }
+            let engine_messages = self.burst.open(clock.mono());
             let wake = match (self.session.next_wake(), self.burst.wake()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let engine_messages = self.burst.open(clock.mono());
             // Biased, the network before the engine's messages, which also wait while commands
             // stream in (io/inbound.rs, `BurstGate`): a command burst is taken off the wire
             // (and answered, `busy` if need be) faster than the outbox stores what it causes.
