@@ -2,8 +2,11 @@
 //! that the one reply goes back the same way. A sink admits what arrives on its command topic
 //! here before handing it over.
 
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 
+use crate::clock::Mono;
 use crate::core::command::{Reply, MAX_BYTES};
 
 /// Where a command came from, and so where its reply goes.
@@ -51,9 +54,90 @@ pub fn admit(sink: usize, retained: bool, mut payload: Vec<u8>) -> Admitted {
     })
 }
 
+/// A burst ends when no command came for this long.
+const BURST_QUIET: Duration = Duration::from_millis(50);
+/// The engine's messages wait at most this long for a burst...
+const BURST_MAX_HOLD: Duration = Duration::from_secs(2);
+/// ...and are then taken for at least this long, whatever comes in.
+const BURST_COOL: Duration = Duration::from_millis(500);
+
+/// While commands stream in, a sink reads them before it stores the engine's messages. Storing
+/// an alarm waits for an fsync, and a broker holds only so many messages for a client that
+/// does not read (Mosquitto: 20 in flight, 1,000 queued, then it drops them), so a burst of
+/// commands read between fsyncs would be lost at the broker, unanswered. Taken off the wire
+/// at once they are all answered (`busy` past the queue). Bounded: a stream of commands holds
+/// the engine's messages back at most [`BURST_MAX_HOLD`] at a time, then lets them through for
+/// [`BURST_COOL`], so commands cannot starve alarm delivery. Pure: the caller passes the time.
+#[derive(Debug, Default)]
+pub struct BurstGate {
+    hold_until: Option<Mono>,
+    held_since: Option<Mono>,
+    cool_until: Option<Mono>,
+}
+
+impl BurstGate {
+    /// A command arrived at `now`.
+    pub fn on_command(&mut self, now: Mono) {
+        if self.cool_until.is_some_and(|c| now < c) {
+            return;
+        }
+        self.held_since.get_or_insert(now);
+        self.hold_until = Some(now + BURST_QUIET);
+    }
+
+    /// Whether the engine's messages may be taken at `now`.
+    pub fn open(&mut self, now: Mono) -> bool {
+        let (Some(until), Some(since)) = (self.hold_until, self.held_since) else {
+            return true;
+        };
+        let too_long = now.since(since) >= BURST_MAX_HOLD;
+        if now < until && !too_long {
+            return false;
+        }
+        if too_long {
+            self.cool_until = Some(now + BURST_COOL);
+        }
+        self.hold_until = None;
+        self.held_since = None;
+        true
+    }
+
+    /// When the gate opens by itself, while it is closed.
+    pub fn wake(&self) -> Option<Mono> {
+        let (until, since) = (self.hold_until?, self.held_since?);
+        Some(until.min(since + BURST_MAX_HOLD))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_holds_the_engine_messages_back_for_a_bounded_time() {
+        let ms = |m: i64| Mono::from_millis(m);
+        let mut g = BurstGate::default();
+        assert!(g.open(ms(0)) && g.wake().is_none());
+        g.on_command(ms(10));
+        assert!(!g.open(ms(20)));
+        assert_eq!(g.wake(), Some(ms(60)));
+        assert!(g.open(ms(60)), "quiet for 50 ms: the burst is over");
+        // A stream of commands every 10 ms: held at most 2 s, then open for 500 ms.
+        let mut t = 1_000;
+        while !g.open(ms(t)) || t == 1_000 {
+            g.on_command(ms(t));
+            t += 10;
+            assert!(t <= 3_100, "held too long");
+        }
+        assert!(t >= 3_000);
+        g.on_command(ms(t + 10));
+        assert!(
+            g.open(ms(t + 20)),
+            "cooling down: the engine's messages go through"
+        );
+        g.on_command(ms(t + 600));
+        assert!(!g.open(ms(t + 610)), "held again after the cool-down");
+    }
 
     #[test]
     fn oversized_retained_commands_are_dropped_others_go_on() {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff;
 use super::health::DeviceHealth;
-use super::inbound::{admit, Admitted};
+use super::inbound::{admit, Admitted, BurstGate};
 use super::session::{Session, SessionConfig, Settled, StatusKey};
 use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
@@ -468,6 +468,7 @@ impl SinkTask {
             session,
             own_drops: OwnDrops::default(),
             started,
+            burst: BurstGate::default(),
         }
         .run(cancel)
         .await
@@ -481,6 +482,8 @@ struct Runner<'m> {
     session: Session<RecordId>,
     own_drops: OwnDrops,
     started: Mono,
+    /// Commands streaming in are read before the engine's messages are stored.
+    burst: BurstGate,
 }
 
 impl Runner<'_> {
@@ -631,11 +634,15 @@ impl Runner<'_> {
                     }
                 }
             }
-            let wake = self.session.next_wake();
-            // Biased, the network before the engine's messages: a command burst is taken off
-            // the wire (and answered, `busy` if need be) faster than the outbox stores what
-            // it causes, so the broker never queues commands for the agent up to its limit
-            // (Mosquitto drops past 1,000 by default). Timers first: they are rarely ready.
+            let engine_messages = self.burst.open(clock.mono());
+            let wake = match (self.session.next_wake(), self.burst.wake()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Biased, the network before the engine's messages, which also wait while commands
+            // stream in (io/inbound.rs, `BurstGate`): a command burst is taken off the wire
+            // (and answered, `busy` if need be) faster than the outbox stores what it causes.
+            // Timers first: they are rarely ready.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -709,7 +716,7 @@ impl Runner<'_> {
                         });
                     }
                 },
-                msg = self.t.rx.recv() => match msg {
+                msg = self.t.rx.recv(), if engine_messages => match msg {
                     Some(m) => self.store_or_send(&m, conn.as_ref()),
                     None => {
                         self.shutdown(conn.take()).await;
@@ -723,6 +730,7 @@ impl Runner<'_> {
     /// A publish on the command topic: to the engine task, which answers it; answered `busy`
     /// here when the engine's queue is full, so that no command goes unanswered.
     fn command(&mut self, payload: Vec<u8>, retain: bool) {
+        self.burst.on_command(self.t.clock.mono());
         let cmd = match admit(self.t.index, retain, payload) {
             Admitted::Command(c) => c,
             Admitted::DroppedRetainedOversized => {
