@@ -250,10 +250,11 @@ limit = 6.0
     .unwrap();
     assert_eq!(report.bad_rows, 0, "{:?}", report.problems);
     assert!(report.files > 1, "the recording rotated");
+    // The same payloads, byte for byte, but for the ids: replay has its own (issue 15).
     let replayed: Vec<String> = String::from_utf8(out)
         .unwrap()
         .lines()
-        .map(str::to_string)
+        .map(|l| l.replace("\"id\":\"gw-replay-", "\"id\":\"gw-"))
         .collect();
     // Byte for byte but the id: a replay's ids are its own (`{agent}-replay-{seq}`), so they
     // never collide with the ids the live agent published.

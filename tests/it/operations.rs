@@ -160,15 +160,20 @@ async fn the_binary_serves_metrics_reloads_on_sighup_and_publishes_offline_on_si
         .spawn()
         .unwrap();
     let w = Duration::from_secs(10);
-    let online = sub
-        .wait_for(w, |m| {
-            m.topic.ends_with("/_agent/gw-ops/status") && m.json()["status"] == "online"
-        })
-        .await;
-    assert!(online.is_some(), "online status");
-    sub.wait_for(w, |m| m.topic.ends_with("/alarm/anode_effect"))
-        .await
-        .expect("alarm");
+    // In either order: the first status waits for the first poll cycle, which may raise the
+    // alarm first.
+    let (mut online, mut alarm) = (false, false);
+    while !(online && alarm) {
+        let m = sub
+            .wait_for(w, |m| {
+                (m.topic.ends_with("/_agent/gw-ops/status") && m.json()["status"] == "online")
+                    || m.topic.ends_with("/alarm/anode_effect")
+            })
+            .await
+            .unwrap_or_else(|| panic!("online status ({online}) and alarm ({alarm})"));
+        online |= m.topic.ends_with("/status");
+        alarm |= m.topic.ends_with("/alarm/anode_effect");
+    }
 
     // /metrics parses as Prometheus text and counts the polls.
     let deadline = Instant::now() + w;
