@@ -73,12 +73,18 @@ async fn a_5mib_retained_command_does_not_disturb_delivery() {
     .await
     .unwrap();
     let m = &running.metrics.sinks[0];
+    // Generous: beside the other gated tests a debug build reads 5 MiB slowly.
     wait_until(
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         "the 5 MiB retained command dropped and counted",
-        || m.commands_retained_oversized.load(Ordering::Relaxed) == 1,
+        || m.commands_retained_oversized.load(Ordering::Relaxed) >= 1,
     )
     .await;
+    assert_eq!(
+        m.commands_retained_oversized.load(Ordering::Relaxed),
+        1,
+        "delivered once: no reconnect"
+    );
     // The connection stays: every transition arrives promptly, and the command is not
     // delivered again (it would be after a reconnect).
     let t0 = Instant::now();
