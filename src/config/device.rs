@@ -5,9 +5,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::endpoint::{parse_endpoint, Endpoint};
-use super::reader::{
-    index, int_of, name_of, type_name, value_offset_of, Problems, Source, TableReader,
-};
+use super::reader::{index, name_of, type_name, value_offset_of, Problems, Source, TableReader};
 use super::tag::{parse_derived, parse_tag, Derived, Tag};
 use super::units::parse_host_ranges;
 use crate::core::expand::{self, parse_int_ranges, Var};
@@ -358,10 +356,6 @@ pub fn combinations(e: &DeviceEntry) -> Result<Vec<Expansion<'_>>, usize> {
         }
     }
     Ok(out)
-}
-
-pub fn int_or_none(v: &DeValue<'_>) -> Option<i64> {
-    int_of(v)
 }
 
 pub fn endpoint_for(pattern: &str, x: &Expansion<'_>) -> Result<Endpoint, String> {

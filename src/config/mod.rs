@@ -5,14 +5,14 @@
 
 mod compile;
 pub mod describe;
-pub mod device;
-pub mod endpoint;
-pub mod mqtt;
-pub mod reader;
+pub(crate) mod device;
+pub(crate) mod endpoint;
+pub(crate) mod mqtt;
+pub(crate) mod reader;
 pub mod record;
-pub mod rule;
-pub mod tag;
-pub mod units;
+pub(crate) mod rule;
+pub(crate) mod tag;
+pub(crate) mod units;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -112,14 +112,6 @@ pub fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-/// A value with its location.
-#[derive(Debug, Clone, Copy)]
-pub struct Node<'a, 's> {
-    pub value: &'a DeValue<'a>,
-    pub at: At<'s>,
-    pub path: &'a str,
-}
-
 pub fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
@@ -187,15 +179,6 @@ impl<'a, 's> TableReader<'a, 's> {
 
     pub fn has(&self, key: &str) -> bool {
         self.table.get(key).is_some()
-    }
-
-    /// Offset of a key (for errors about the key itself), or of the table.
-    pub fn key_offset(&self, key: &str) -> usize {
-        self.table
-            .iter()
-            .find(|(k, _)| k.get_ref() == key)
-            .map(|(k, _)| k.span().start)
-            .unwrap_or(self.at.offset)
     }
 
     pub fn value_offset(&self, key: &str) -> usize {

@@ -4,7 +4,6 @@
 
 // One grammar for durations and ranges, shared with commands, tools and the simulator.
 pub use crate::core::duration::{format_duration_ms, parse_duration_ms};
-pub use crate::core::expand::parse_int_ranges;
 
 /// Parses a size into bytes: B, KB/MB/GB (powers of 1000) or KiB/MiB/GiB (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -98,10 +98,6 @@ impl FloodDetector {
         }
     }
 
-    pub fn config(&self) -> &FloodConfig {
-        &self.config
-    }
-
     /// Count one activation. The activation that starts a flood is already subject to it.
     pub fn on_activation(&mut self, area: &str, priority: Priority, now: Ts) -> FloodDecision {
         let config = self.config;
@@ -153,12 +149,14 @@ impl FloodDetector {
         events
     }
 
+    #[cfg(test)]
     pub fn is_flooding(&self, area: &str) -> bool {
         self.areas
             .get(area)
             .is_some_and(|window| window.flood.is_some())
     }
 
+    #[cfg(test)]
     /// Areas in flood, sorted.
     pub fn flooding_areas(&self) -> Vec<&str> {
         self.areas
@@ -168,6 +166,7 @@ impl FloodDetector {
             .collect()
     }
 
+    #[cfg(test)]
     /// Activations currently held back across all areas.
     pub fn held_count(&self) -> usize {
         self.areas

@@ -8,11 +8,6 @@ use thiserror::Error;
 
 use super::model::{Priority, Ts};
 
-/// Placeholder names a template may use.
-pub const PLACEHOLDERS: [&str; 9] = [
-    "device", "tag", "rule", "unit", "value", "limit", "eta", "priority", "state",
-];
-
 /// Largest precision accepted in `{value:.N}`.
 pub const MAX_PRECISION: usize = 9;
 

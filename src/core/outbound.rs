@@ -207,10 +207,6 @@ impl Identities {
         let (who, _) = self.groups.get(*self.of_sink.get(sink)?)?;
         Some(Arc::new(msg.into_message(who)))
     }
-
-    pub fn sinks(&self) -> usize {
-        self.of_sink.len()
-    }
 }
 
 #[cfg(test)]

@@ -39,10 +39,6 @@ impl Backoff {
     pub fn spread(&mut self) -> f64 {
         self.rng.unit()
     }
-
-    pub fn cap(&self) -> Duration {
-        self.cap
-    }
 }
 
 /// A seed for [`Backoff::new`]: FNV-1a of `name`, mixed with `salt` (e.g. the start time, so

@@ -2,19 +2,19 @@
 //! `record`), and beside them the pure machines that decide for them without reading a clock
 //! (`schedule` for the pollers, `session` for the sinks, `backoff` for both).
 
-pub mod alarm_state;
-pub mod backoff;
+pub(crate) mod alarm_state;
+pub(crate) mod backoff;
 pub mod health;
 pub mod http;
-pub mod inbound;
-pub mod modbus;
-pub mod notify;
+pub(crate) mod inbound;
+pub(crate) mod modbus;
+pub(crate) mod notify;
 pub mod poller;
 pub mod publisher;
-pub mod read_plan;
+pub(crate) mod read_plan;
 pub mod record;
-pub mod samples;
-pub mod schedule;
+pub(crate) mod samples;
+pub(crate) mod schedule;
 pub mod seq;
-pub mod session;
+pub(crate) mod session;
 pub mod web;

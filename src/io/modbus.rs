@@ -41,6 +41,7 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    #[cfg(test)]
     /// Whether the connection must be dropped before the next request.
     pub fn poisons_connection(&self) -> bool {
         matches!(

@@ -176,11 +176,6 @@ impl Systemd {
         self.send("WATCHDOG=1");
     }
 
-    /// Before an orderly stop, so systemd does not read the exit as a crash of a ready service.
-    pub fn stopping(&self) {
-        self.send("STOPPING=1");
-    }
-
     fn ready(&self) {
         if self.notifier.is_none() {
             return;
@@ -269,9 +264,6 @@ mod tests {
             b"READY=1\nSTATUS=polling",
             "a second tick within half the watchdog interval sends no ping"
         );
-        s.stopping();
-        let len = systemd_side.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..len], b"STOPPING=1");
     }
 
     #[cfg(target_os = "linux")]
@@ -299,7 +291,6 @@ mod tests {
         let mut s = Systemd::new(None, Some(Duration::from_secs(1)), 1, t0);
         s.on_batch(0);
         s.on_tick(t0);
-        s.stopping();
         assert!(s.ping_every.is_none());
     }
 }

@@ -249,6 +249,7 @@ impl PollSchedule {
         }
     }
 
+    #[cfg(test)]
     pub fn is_connected(&self) -> bool {
         self.connected
     }

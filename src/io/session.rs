@@ -139,6 +139,7 @@ impl<Id: Copy> Session<Id> {
         self.retry_at = None;
     }
 
+    #[cfg(test)]
     pub fn is_connected(&self) -> bool {
         self.phase == Phase::Connected
     }

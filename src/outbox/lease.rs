@@ -104,11 +104,6 @@ impl CounterLease {
         self.end = end;
         Ok(())
     }
-
-    /// Values below this are covered on disk.
-    pub fn end(&self) -> u64 {
-        self.end
-    }
 }
 
 #[cfg(test)]
@@ -124,7 +119,7 @@ mod tests {
         );
         let mut l = CounterLease::new(dir.path(), "x.lease", 100);
         l.cover(1).unwrap();
-        assert_eq!(l.end(), 101);
+        assert_eq!(l.end, 101);
         // Covered values write nothing.
         fs::remove_file(dir.path().join("x.lease")).unwrap();
         l.cover(100).unwrap();
@@ -161,6 +156,6 @@ mod tests {
         let e = l.cover(0).unwrap_err();
         assert_eq!(e.op, "create");
         assert!(e.to_string().contains("x.lease.tmp"), "{e}");
-        assert_eq!(l.end(), 0);
+        assert_eq!(l.end, 0);
     }
 }

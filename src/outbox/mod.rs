@@ -94,9 +94,9 @@
 //! * Compaction copies live records forward; with alarms pinned in every segment and nothing
 //!   acked, it can rewrite a large share of the appended bytes (see
 //!   [`OutboxStats::compacted_bytes`]).
-pub mod frame;
-pub mod lease;
-pub mod store;
+pub(crate) mod frame;
+pub(crate) mod lease;
+pub(crate) mod store;
 
 /// Records carry the message class the agent gives everything it publishes.
 pub use crate::core::outbound::Class;

@@ -7,7 +7,7 @@
 //! in a second. The sample format is [`crate::io::samples`], which `[record]` writes.
 
 pub mod order;
-pub mod progress;
+pub(crate) mod progress;
 pub mod score;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,17 +1,17 @@
 //! `alsentry sim`: a Modbus plant simulator (potline cells, baking-furnace sections, calciners)
 //! with scripted, seeded faults and a ground-truth log. See docs/SIMULATOR.md.
 
-pub mod calciner;
+pub(crate) mod calciner;
 pub mod cell;
 pub mod faults;
-pub mod kiln;
+pub(crate) mod kiln;
 pub mod plant;
 pub mod registers;
-pub mod rng;
+pub(crate) mod rng;
 pub mod scenario;
-pub mod schedule;
-pub mod server;
-pub mod truth;
+pub(crate) mod schedule;
+pub(crate) mod server;
+pub(crate) mod truth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

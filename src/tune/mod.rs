@@ -6,8 +6,8 @@
 //! rule's trade-off. See docs/TUNE.md.
 
 pub mod data;
-pub mod report;
-pub mod sweep;
+pub(crate) mod report;
+pub(crate) mod sweep;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -194,10 +194,6 @@ impl<R: BufRead> CsvReader<R> {
         self.spans.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
     /// Field `i` of the current record, unescaped.
     pub fn field(&self, i: usize) -> Option<&str> {
         let &(a, b) = self.spans.get(i)?;
@@ -207,11 +203,6 @@ impl<R: BufRead> CsvReader<R> {
             &self.raw
         };
         text.get(a..b)
-    }
-
-    /// Line on which the current record starts (1-based).
-    pub fn line(&self) -> u64 {
-        self.record_line
     }
 
     /// Byte offset at which the current record (or the one just refused) starts.

@@ -3,7 +3,7 @@
 //! in any order, resolves names through the configuration, and reports each bad row with its
 //! line.
 
-pub mod csv;
+pub(crate) mod csv;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -6,7 +6,7 @@
 //! with the logged-in user as `by`, then waits for the engine's reply. Access: `auth`.
 
 pub mod auth;
-pub mod history;
+pub(crate) mod history;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
