@@ -393,7 +393,13 @@ impl EngineTask {
             latency: (event.transition.cause == crate::core::alarm::Cause::Condition)
                 .then(|| Duration::from_millis((now - event.transition.at).max(0) as u64)),
         });
-        if let Some(h) = &self.shared.history {
+        // A state republished at start is not a transition: the history already holds it.
+        if let Some(h) = self
+            .shared
+            .history
+            .as_ref()
+            .filter(|_| event.transition.cause != crate::core::alarm::Cause::Restored)
+        {
             h.record(crate::io::web::history::Entry::transition(&event));
         }
         self.keeper

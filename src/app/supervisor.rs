@@ -357,6 +357,16 @@ pub fn needs_restart(old: &Config, new: &Config) -> Result<(), String> {
             "changes in [mqtt] take effect at the next restart; nothing was applied".into(),
         );
     }
+    if new.http != old.http {
+        return Err(
+            "changes in [http] take effect at the next restart; nothing was applied".into(),
+        );
+    }
+    if new.record != old.record {
+        return Err(
+            "changes in [record] take effect at the next restart; nothing was applied".into(),
+        );
+    }
     let names = |c: &Config| c.devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
     if names(old) != names(new) {
         return Err("adding, removing or reordering devices takes effect at the next restart; devices can be changed in place".into());
@@ -478,6 +488,17 @@ limit = 8.0
             .contains("reordering devices"));
         let fewer = cfg("gw", &a);
         assert!(needs_restart(&old, &fewer).is_err());
+        // [http] and [record] are read at start only: a reload must not answer ok for them.
+        let mut http = old.clone();
+        http.http = Some(crate::config::Http {
+            listen: "127.0.0.1:9184".parse().unwrap(),
+            ready_share: 0.5,
+            users: None,
+            anonymous: false,
+            session_timeout_ms: 3_600_000,
+            tls: None,
+        });
+        assert!(needs_restart(&old, &http).unwrap_err().contains("[http]"));
     }
 
     #[test]

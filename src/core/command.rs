@@ -321,9 +321,11 @@ impl RecentReplies {
             return;
         };
         let entry = (digest(payload), reply.clone());
-        if self.by_id.insert(id.clone(), entry).is_none() {
-            self.order.push_back((now, id.clone()));
+        // A reused id starts its window again: its old place in the order would forget it early.
+        if self.by_id.insert(id.clone(), entry).is_some() {
+            self.order.retain(|(_, o)| o != id);
         }
+        self.order.push_back((now, id.clone()));
         while self.order.len() > DEDUP_MAX {
             if let Some((_, old)) = self.order.pop_front() {
                 self.by_id.remove(&old);
@@ -371,6 +373,18 @@ mod tests {
         }
         assert_eq!(r.get("x0", b"x", 5_000), None, "the oldest goes first");
         assert!(r.get(&format!("x{DEDUP_MAX}"), b"x", 5_000).is_some());
+    }
+
+    #[test]
+    fn a_reused_request_id_gets_a_whole_window_again() {
+        let mut r = RecentReplies::default();
+        let a = br#"{"op":"ack","device":"d","rule":"r","by":"b","request_id":"c-2"}"#;
+        let b = br#"{"op":"reset","device":"d","rule":"r","by":"b","request_id":"c-2"}"#;
+        r.remember(a, &Reply::ok(Some("c-2".into()), Some("ack".into()), 0), 0);
+        let second = Reply::ok(Some("c-2".into()), Some("reset".into()), 300_000);
+        r.remember(b, &second, 300_000);
+        // The first command's window has ended; the second's has not.
+        assert_eq!(r.get("c-2", b, DEDUP_WINDOW_MS + 1), Some(second));
     }
 
     #[test]

@@ -655,7 +655,12 @@ impl Runner<'_> {
                 Ok(()) = self.t.config_hash.changed() => {
                     // A reload was applied: say so now, not at the next periodic status.
                     if let Some(c) = conn.as_ref().filter(|c| c.connected) {
-                        if self.t.cfg.carry.contains(&Class::Status) && self.session.has_room() {
+                        // Not before the first poll cycle either: a reload at start must not
+                        // publish every device down.
+                        if self.t.cfg.carry.contains(&Class::Status)
+                            && self.session.has_room()
+                            && self.first_cycle_done()
+                        {
                             self.send_status(&c.client);
                         }
                     }
