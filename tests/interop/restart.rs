@@ -34,13 +34,21 @@ async fn reply_to(sub: &mut Subscriber, id: &str) -> serde_json::Value {
     .json()
 }
 
-/// A client that can publish packets up to 8 MiB; its event loop runs in the background.
-async fn big_publisher(port: u16) -> AsyncClient {
+/// A client that can publish packets up to 8 MiB; its event loop runs in the background and
+/// reports each PUBACK (so a test knows the broker holds what was published).
+async fn big_publisher(port: u16) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<()>) {
     let mut o = MqttOptions::new("big-pub", "127.0.0.1", port);
     o.set_max_packet_size(8 << 20, 8 << 20);
     let (client, mut el) = AsyncClient::new(o, 10);
-    tokio::spawn(async move { while el.poll().await.is_ok() {} });
-    client
+    let (acked, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev {
+                let _ = acked.send(());
+            }
+        }
+    });
+    (client, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,10 +65,15 @@ async fn a_5mib_retained_command_does_not_disturb_delivery() {
         "alsentry/s/a/pot-1/alarm/#",
     )
     .await;
-    let big = big_publisher(mosq.port).await;
+    let (big, mut acked) = big_publisher(mosq.port).await;
     big.publish(CMD, QoS::AtLeastOnce, true, vec![b' '; 5 << 20])
         .await
         .unwrap();
+    // The broker must hold it before the agent subscribes: else it arrives live, not retained.
+    tokio::time::timeout(Duration::from_secs(30), acked.recv())
+        .await
+        .expect("the broker acknowledged the 5 MiB retained command")
+        .expect("the publisher's event loop runs");
     let sinks = format!(
         "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect_max = \"1s\"\n",
         mosq.port
