@@ -315,6 +315,9 @@ pub async fn serve_with_limits(
         write_timeout: limits.write_timeout.min(OVERFLOW_READ_TIMEOUT),
         ..limits
     };
+    // Live event streams stay open for a whole session: they get lanes of their own, so open
+    // station pages never hold the lanes `/healthz` and the other requests need.
+    let streams = Arc::new(Semaphore::new(MAX_LIVE_STREAMS));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -337,19 +340,20 @@ pub async fn serve_with_limits(
                     if let Some((permit, limits)) = lane {
                         let router = router.clone().layer(axum::Extension(crate::io::web::ClientAddr(peer)));
                         let tls = tls.clone();
+                        let streams = streams.clone();
                         conns.spawn(async move {
+                            let lane = Lane { permit, streams };
                             match tls {
-                                None => handle_connection(sock, router, &limits).await,
+                                None => handle_connection(sock, router, &limits, lane).await,
                                 Some(Tls(acceptor)) => {
                                     let hs = tokio::time::timeout(limits.read_timeout, acceptor.accept(sock)).await;
                                     match hs {
-                                        Ok(Ok(s)) => handle_connection(s, router, &limits).await,
+                                        Ok(Ok(s)) => handle_connection(s, router, &limits, lane).await,
                                         Ok(Err(e)) => emit(HttpTrouble { what: HttpOp::Read, error: &e }),
                                         Err(_) => {}
                                     }
                                 }
                             }
-                            drop(permit);
                         });
                     } else {
                         drop(sock);
@@ -372,7 +376,18 @@ pub async fn serve_with_limits(
     while conns.join_next().await.is_some() {}
 }
 
-async fn handle_connection<S>(mut sock: S, router: Router, limits: &HttpLimits)
+/// Live event streams served at once, at most; past it a new one gets 503.
+pub const MAX_LIVE_STREAMS: usize = 64;
+/// Where a station's live event stream is served.
+const EVENTS_PATH: &str = "/api/events";
+
+/// The connection lane a connection holds, and the lanes of live streams it moves to.
+struct Lane {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    streams: Arc<Semaphore>,
+}
+
+async fn handle_connection<S>(mut sock: S, router: Router, limits: &HttpLimits, lane: Lane)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -397,7 +412,24 @@ where
             Ok(req) if !req.get_or_head && OPS_PATHS.contains(&req.path.as_str()) => {
                 Response::text(405, reason(405))
             }
-            Ok(_) => {
+            Ok(req) => {
+                // A live stream gives its connection lane back and holds a stream lane instead.
+                let Lane { permit, streams } = lane;
+                let _held = if req.path == EVENTS_PATH {
+                    match streams.try_acquire_owned() {
+                        Ok(stream) => {
+                            drop(permit);
+                            stream
+                        }
+                        Err(_) => {
+                            let resp = Response::text(503, "too many live event streams\n");
+                            finish(sock, &resp, limits).await;
+                            return;
+                        }
+                    }
+                } else {
+                    permit
+                };
                 // The head passed the strict checks above; hyper re-reads it (and whatever
                 // followed it) and axum routes it. One request per connection, as before.
                 let io = TokioIo::new(Replay {

@@ -430,3 +430,33 @@ async fn no_secret_of_the_station_reaches_the_logs() {
         }
     }
 }
+
+/// Open station pages keep their live streams for a whole session: they must not hold the
+/// connection lanes that `/healthz` and every other request need (both lanes full of streams
+/// used to drop the health probe's connection). Streams have lanes of their own, bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_never_starve_healthz() {
+    use alsentry::io::http::{HttpLimits, MAX_LIVE_STREAMS};
+    let dev = Served::start(Device::default()).await;
+    let b = embedded().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = "[http]\nlisten = \"127.0.0.1:0\"\nanonymous = true";
+    let (running, addr) = start(dir.path(), &agent(&dev, &b.url(), dir.path(), http)).await;
+    let anon = Station::new(addr);
+    // More streams than both connection lanes together hold.
+    assert!(MAX_LIVE_STREAMS >= 2 * HttpLimits::default().max_connections);
+    let mut streams = Vec::new();
+    for i in 0..MAX_LIVE_STREAMS {
+        let mut s = anon.events().await;
+        assert!(s.next(W).await.is_some(), "stream {i}: its snapshot");
+        streams.push(s);
+    }
+    let health = request(addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let page = request(addr, "GET", "/", &[], None).await;
+    assert_eq!(page.status, 200);
+    let one_more = request(addr, "GET", "/api/events", &[], None).await;
+    assert_eq!(one_more.status, 503, "{}", one_more.body);
+    drop(streams);
+    running.stop().await;
+}
