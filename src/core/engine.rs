@@ -1444,12 +1444,15 @@ impl Engine {
     }
 
     /// The figures of every tag since the last call, per device; starts a new interval.
-    pub fn take_summaries(&mut self, now: Ts) -> Vec<DeviceSummary> {
+    /// One summary per device, made as the caller takes it: the publisher queues each before
+    /// the next is built, so a summary tick of a whole potline never holds every summary at once
+    /// (400 cells made a 1.3 MiB heap spike every interval, which the allocator kept as RSS).
+    pub fn take_summaries(&mut self, now: Ts) -> impl Iterator<Item = DeviceSummary> + Send + '_ {
         let from = self.summary_from.replace(now).unwrap_or(now);
-        let mut out = Vec::with_capacity(self.devices.len());
-        for d in &self.devices {
+        let tags = &mut self.tags;
+        self.devices.iter().map(move |d| {
             let range = d.first_slot as usize..(d.first_slot + u32::from(d.slot_count)) as usize;
-            let tags = self.tags[range]
+            let tags = tags[range]
                 .iter_mut()
                 .map(|t| {
                     (
@@ -1459,14 +1462,13 @@ impl Engine {
                     )
                 })
                 .collect();
-            out.push(DeviceSummary {
+            DeviceSummary {
                 device: d.name.clone(),
                 from,
                 to: now,
                 tags,
-            });
-        }
-        out
+            }
+        })
     }
 }
 
@@ -1972,13 +1974,16 @@ mod tests {
         for (t, v) in [(0, 4.0), (1_000, 4.4), (2_000, 4.2)] {
             feed(&mut e, 0, t, v);
         }
-        let s = e.take_summaries(60_000);
+        let s: Vec<_> = e.take_summaries(60_000).collect();
         let v = &s[0].tags[0].2;
         assert_eq!(
             (v.count, v.good, v.min, v.max, v.last),
             (3, 3, 4.0, 4.4, Some(4.2))
         );
         assert!((v.mean().unwrap() - 4.2).abs() < 1e-12);
-        assert_eq!(e.take_summaries(120_000)[0].tags[0].2.count, 0);
+        assert_eq!(
+            e.take_summaries(120_000).next().map(|s| s.tags[0].2.count),
+            Some(0)
+        );
     }
 }
