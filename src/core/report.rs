@@ -211,7 +211,6 @@ pub struct SavedReports {
 /// A cell taking part: a device with a `voltage` tag.
 #[derive(Debug, Clone)]
 struct Cell {
-    device: u32,
     name: Arc<str>,
     voltage: u16,
     current: Option<u16>,
@@ -248,7 +247,6 @@ impl Reports {
             };
             by_device[i] = Some(cells.len());
             cells.push(Cell {
-                device: i as u32,
                 name: name.clone(),
                 voltage,
                 current: find(KPI_CURRENT.0),
