@@ -381,7 +381,9 @@ impl Reports {
         let acc = &mut self.acc[ci];
         match ev.active_since {
             Some(since) => acc.alarm_ae.start(since),
-            None => acc.alarm_ae.end(ev.transition.at),
+            // `since` is when the alarm left its active state: the transition's own time, or
+            // for a state restored at start, when it ended before the restart.
+            None => acc.alarm_ae.end(ev.since.min(ev.transition.at)),
         }
         out
     }
