@@ -419,7 +419,10 @@ impl EngineTask {
         }
         self.keeper
             .published(&event.device, &event.rule, event.priority);
-        to_report(&self.shared.report, || ReportInput::Event(event.clone())).await;
+        to_report(&self.shared.report, || {
+            ReportInput::Event(Box::new(event.clone()))
+        })
+        .await;
         // Alarms are never dropped here: waiting is the backpressure.
         if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
             error!("a sink stopped; alarm not queued for it");

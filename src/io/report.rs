@@ -39,7 +39,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum ReportInput {
     Batch(SampleBatch),
-    Event(AlarmEvent),
+    // Boxed: transitions are rare, batches many; the queue holds the small variant.
+    Event(Box<AlarmEvent>),
 }
 
 /// The file's content.

@@ -81,7 +81,7 @@ fn a_replayed_day_gives_the_hand_computed_anode_effects_and_co2e() {
             .any(|&(s, d)| t >= DAY0 + s && t < DAY0 + s + d * 1000);
         let v1 = if in_ae { 25.0 } else { 4.2 };
         csv += &format!("{t},pot-001,voltage,{v1}\n{t},pot-001,current,400\n");
-        let down = t >= DAY0 + 12 * H && t < DAY0 + 18 * H;
+        let down = (DAY0 + 12 * H..DAY0 + 18 * H).contains(&t);
         if !down {
             csv += &format!("{t},pot-002,voltage,4.0\n{t},pot-002,current,400\n");
         }
