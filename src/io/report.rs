@@ -205,6 +205,69 @@ impl ReportTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::core::model::Quality;
+
+    /// 2026-11-27T16:00:00Z: midnight of 2026-11-28 in Shanghai.
+    const DAY0: Ts = 1_795_795_200_000;
+    const H: Ts = 3_600_000;
+
+    fn config(state: &Path) -> Config {
+        let text = format!(
+            "[agent]\nid = \"gw\"\nsite = \"s\"\narea = \"a\"\ntimezone = \"Asia/Shanghai\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\ntopic_root = \"plant\"\n[[devices]]\nname = \"pot-1\"\nendpoint = \"tcp://127.0.0.1:502\"\ntags = [ {{ name = \"voltage\", table = \"input\", address = 0, type = \"f32\", unit = \"V\" }}, {{ name = \"current\", table = \"input\", address = 2, type = \"f32\", unit = \"kA\" }} ]\n",
+            state.display()
+        );
+        Config::from_str(Path::new("t.toml"), &text).unwrap()
+    }
+
+    /// `alsentry run` publishes the day's reports, retained, when the plant's midnight passes,
+    /// with no sample needed to end the day.
+    #[tokio::test]
+    async fn the_reports_go_out_retained_when_the_local_day_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let clock = ManualClock::new(DAY0 + 10 * H);
+        let who = Identity {
+            topic_root: "plant".into(),
+            agent: "gw".into(),
+            site: "s".into(),
+            area: "a".into(),
+        };
+        let (sink, mut out) = mpsc::channel(16);
+        let task = ReportTask::new(&cfg, vec![(who, sink)], clock.clone()).unwrap();
+        let (input, rx) = mpsc::channel(16);
+        let running = tokio::spawn(task.run(rx));
+        let batch = SampleBatch {
+            device: 0,
+            ts: DAY0 + 10 * H,
+            values: vec![(0, 4.2, Quality::Good), (1, 400.0, Quality::Good)],
+        };
+        input.send(ReportInput::Batch(batch)).await.unwrap();
+        // 23:59:59 local: not yet.
+        clock.set(DAY0 + 24 * H - 1_000);
+        let early = tokio::time::timeout(Duration::from_millis(1_500), out.recv()).await;
+        assert!(early.is_err(), "published before midnight");
+        clock.set(DAY0 + 24 * H + 200);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(5), out.recv())
+                .await
+                .expect("the reports at midnight")
+                .unwrap();
+            got.push(m);
+        }
+        assert_eq!(got[0].topic, "plant/s/a/pot-1/report/daily");
+        assert_eq!(got[1].topic, "plant/s/a/_area/report/daily");
+        assert!(got.iter().all(|m| m.retain && m.class == Class::Summary));
+        let j: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+        assert_eq!(j["day"], "2026-11-28");
+        assert_eq!(j["energy"]["voltage_mean_v"], 4.2);
+        drop(input);
+        running.await.unwrap();
+        // The next day is the one saved.
+        let f = load(dir.path()).unwrap().unwrap();
+        assert_eq!(f.state.day.unwrap().date, "2026-11-29");
+    }
 
     #[test]
     fn the_file_reads_back_and_an_older_or_newer_one_still_reads() {
