@@ -17,7 +17,7 @@ pub const DEFAULT_SAVE_INTERVAL_MS: i64 = 60_000;
 pub struct ReportConfig {
     pub options: ReportOptions,
     pub save_interval_ms: i64,
-    /// Where `rules` name the anode-effect rule (`ae_rule`), to check it names a rule.
+    /// Where `ae_rule` is written, when it is: checked against the rules once they are read.
     pub ae_rule_offset: Option<usize>,
 }
 
@@ -45,7 +45,7 @@ pub fn parse_report(v: &Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
             r.problem(p, "ae_rule", "must name a rule, e.g. \"anode_effect\"");
         } else {
             o.ae_rule = s;
-            c.ae_rule_offset = Some(v.span().start);
+            c.ae_rule_offset = Some(r.value_offset("ae_rule"));
         }
     }
     for (key, slot, example) in [
