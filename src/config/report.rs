@@ -53,6 +53,7 @@ pub fn parse_report(v: &Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
         ("slope_c2f6", &mut o.slope_c2f6, "0.0173"),
         ("gwp_cf4", &mut o.gwp_cf4, "7390"),
         ("gwp_c2f6", &mut o.gwp_c2f6, "12200"),
+        ("voltage_max", &mut o.voltage_max, "100.0"),
     ] {
         if let Some(f) = r.opt_f64(p, key) {
             if f.is_finite() && f >= 0.0 {
@@ -113,7 +114,7 @@ mod tests {
 
     #[test]
     fn every_key_is_read_and_bad_values_are_named() {
-        let c = load("[report]\nenabled = false\nslope_cf4 = 0.1\nslope_c2f6 = 0.01\ngwp_cf4 = 6630\ngwp_c2f6 = 11100\ncoverage_gap = \"30s\"\nsave_interval = \"10s\"\n").unwrap();
+        let c = load("[report]\nenabled = false\nslope_cf4 = 0.1\nslope_c2f6 = 0.01\ngwp_cf4 = 6630\ngwp_c2f6 = 11100\nvoltage_max = 90.0\ncoverage_gap = \"30s\"\nsave_interval = \"10s\"\n").unwrap();
         let o = &c.report.options;
         assert!(!o.enabled);
         assert_eq!(

@@ -50,6 +50,9 @@ pub struct ReportOptions {
     pub gwp_c2f6: f64,
     /// A good voltage sample covers the time until the next one, at most this long.
     pub coverage_gap_ms: i64,
+    /// A voltage reading above this (or at or below 0 V) is a sensor fault, not a cell voltage:
+    /// left out of the mean and the coverage, and counted (`implausible_samples`).
+    pub voltage_max: f64,
     /// From `[summary]`: current efficiency and rectifier efficiency (fractions).
     pub current_efficiency: f64,
     pub rectifier_efficiency: f64,
@@ -65,6 +68,7 @@ impl Default for ReportOptions {
             gwp_cf4: 7_390.0,
             gwp_c2f6: 12_200.0,
             coverage_gap_ms: 60_000,
+            voltage_max: 100.0,
             current_efficiency: 0.93,
             rectifier_efficiency: 0.98,
         }
@@ -165,6 +169,8 @@ pub struct DeviceDay {
     pub tag_seen: bool,
     /// Samples stamped before this day began, counted and left out.
     pub late: u64,
+    /// Good-quality voltage readings outside (0, voltage_max], left out.
+    pub implausible: u64,
 }
 
 impl DeviceDay {
@@ -336,7 +342,10 @@ impl Reports {
             if let Some((from, until)) = acc.cover.take() {
                 acc.covered_ms += (until.min(ts) - from).max(0);
             }
-            if good {
+            let plausible = value > 0.0 && value <= self.opts.voltage_max;
+            if good && !plausible {
+                acc.implausible += 1;
+            } else if good {
                 acc.v_good += 1;
                 acc.v_sum += value;
                 acc.cover = Some((ts, ts + gap));
@@ -480,13 +489,14 @@ impl Reports {
         r.energy = Energy::new(&self.opts, v_mean, i_mean);
         let production = i_mean.map(|i| production_t(i, self.opts.current_efficiency, r.hours));
         r.pfc = Pfc::new(&self.opts, r.anode_effects.minutes, r.pot_days, production);
-        r.coverage = Coverage::new(acc.v_samples, acc.v_good, acc.covered_ms, acc.late, r.hours);
+        r.coverage = Coverage::new(acc, r.hours);
         r
     }
 
     fn area_report(&self, day: &Day, end: Ts, partial: bool, now: Ts, a: &AreaSums) -> DayReport {
         let mut r = self.base(day, end, partial, now, AREA);
-        let pots = self.cells.len() as u64;
+        // Cells that sent nothing all day are not pot-days the agent saw.
+        let pots = self.cells.len() as u64 - a.without_data;
         r.pots = pots;
         r.pot_days *= pots as f64;
         let source = match (a.by_tag, a.by_alarm) {
@@ -496,7 +506,7 @@ impl Reports {
         };
         r.anode_effects = AnodeEffects::from_spans(&a.ae, source, r.pot_days);
         r.anode_effects.open = a.open;
-        let v_mean = (a.v_good > 0).then(|| a.v_sum / a.v_good as f64);
+        let v_mean = (a.day.v_good > 0).then(|| a.day.v_sum / a.day.v_good as f64);
         let i_mean = (a.i_cells > 0).then(|| a.i_mean_sum / a.i_cells as f64);
         r.energy = Energy::new(&self.opts, v_mean, i_mean);
         // The area emits what its cells emit: each cell's own AEM times its own production.
@@ -509,7 +519,8 @@ impl Reports {
             r.pfc.cells_without_current = pots - a.pfc_cells;
         }
         let hours = r.hours * pots as f64;
-        r.coverage = Coverage::new(a.v_samples, a.v_good, a.covered_ms, a.late, hours);
+        r.coverage = Coverage::new(&a.day, hours);
+        r.coverage.cells_without_data = a.without_data;
         r
     }
 
@@ -554,13 +565,11 @@ struct AreaSums {
     open: u64,
     by_tag: bool,
     by_alarm: bool,
-    v_samples: u64,
-    v_good: u64,
-    v_sum: f64,
+    /// Samples, sums and coverage added over the cells.
+    day: DeviceDay,
     i_mean_sum: f64,
     i_cells: u64,
-    covered_ms: i64,
-    late: u64,
+    without_data: u64,
     pfc_cells: u64,
     production_t: f64,
     cf4_kg: f64,
@@ -571,6 +580,10 @@ struct AreaSums {
 impl AreaSums {
     fn add(&mut self, r: &DayReport, acc: &DeviceDay) {
         let ae = &r.anode_effects;
+        if acc.v_samples == 0 && acc.implausible == 0 && ae.count == 0 && ae.open == 0 {
+            self.without_data += 1;
+            return;
+        }
         self.ae.count += ae.count;
         self.ae.total_ms += (ae.minutes * 60_000.0).round() as i64;
         self.ae.max_ms = self
@@ -582,15 +595,17 @@ impl AreaSums {
             AeSource::AeActive => self.by_tag = true,
             _ => self.by_alarm = true,
         }
-        self.v_samples += acc.v_samples;
-        self.v_good += acc.v_good;
-        self.v_sum += acc.v_sum;
+        let d = &mut self.day;
+        d.v_samples += acc.v_samples;
+        d.v_good += acc.v_good;
+        d.v_sum += acc.v_sum;
+        d.covered_ms += acc.covered_ms;
+        d.late += acc.late;
+        d.implausible += acc.implausible;
         if let Some(i) = r.energy.current_mean_ka {
             self.i_mean_sum += i;
             self.i_cells += 1;
         }
-        self.covered_ms += acc.covered_ms;
-        self.late += acc.late;
         if let (Some(p), Some(cf4), Some(c2f6), Some(co2e)) = (
             r.pfc.production_t,
             r.pfc.cf4_kg,
@@ -758,22 +773,29 @@ pub struct Coverage {
     pub share: f64,
     /// Samples stamped before the day, not counted anywhere (docs/REPORT.md, late data).
     pub late_samples: u64,
+    /// Good-quality voltage readings outside (0, `voltage_max`]: sensor faults, left out of
+    /// the mean and the coverage.
+    pub implausible_samples: u64,
+    /// Area only: cells that sent nothing all day, left out of `pots`.
+    pub cells_without_data: u64,
 }
 
 impl Coverage {
-    fn new(samples: u64, good: u64, covered_ms: i64, late: u64, hours: f64) -> Coverage {
-        let covered_h = covered_ms as f64 / 3_600_000.0;
+    fn new(d: &DeviceDay, hours: f64) -> Coverage {
+        let covered_h = d.covered_ms as f64 / 3_600_000.0;
         Coverage {
-            samples,
-            good_samples: good,
-            good_ratio: (samples > 0).then(|| good as f64 / samples as f64),
+            samples: d.v_samples,
+            good_samples: d.v_good,
+            good_ratio: (d.v_samples > 0).then(|| d.v_good as f64 / d.v_samples as f64),
             covered_h,
             share: if hours > 0.0 {
                 (covered_h / hours).min(1.0)
             } else {
                 0.0
             },
-            late_samples: late,
+            late_samples: d.late,
+            implausible_samples: d.implausible,
+            cells_without_data: 0,
         }
     }
 }
@@ -1076,6 +1098,34 @@ mod tests {
             a.pfc.production_t.unwrap(),
             2.0 * 500.0 * 24.0 * 0.93 / 2980.0
         ));
+    }
+
+    #[test]
+    fn sensor_faults_stay_out_of_the_mean_and_silent_cells_out_of_the_area() {
+        let mut r = Reports::new(&cells(3, false), ReportOptions::default(), "UTC");
+        steady(&mut r, 0, T0, T0 + 24 * H);
+        // A stuck 0xFFFF register (655.35 V) and 0 V: good quality, but not cell voltages.
+        for _ in 0..3 {
+            r.sample(0, T0 + 24 * H - 1, 0, 655.35, Quality::Good);
+            r.sample(0, T0 + 24 * H - 1, 0, 0.0, Quality::Good);
+        }
+        // An anode effect at 40 V is a cell voltage.
+        r.sample(1, T0 + H, 0, 40.0, Quality::Good);
+        r.sample(1, T0 + H + 60_000, 0, 4.0, Quality::Good);
+        let out = r.advance(T0 + 24 * H);
+        let p1 = &out[0];
+        assert!(close(p1.energy.voltage_mean_v.unwrap(), 4.1));
+        let c = &p1.coverage;
+        assert_eq!(
+            (c.implausible_samples, c.samples, c.good_samples),
+            (6, 1446, 1440)
+        );
+        assert!(close(out[1].energy.voltage_mean_v.unwrap(), 22.0));
+        // pot-3 sent nothing: it has its report (coverage 0), and is not a pot of the area.
+        assert_eq!((out[2].coverage.samples, out[2].coverage.share), (0, 0.0));
+        let a = &out[3];
+        assert_eq!((a.pots, a.coverage.cells_without_data), (2, 1));
+        assert!(close(a.pot_days, 2.0));
     }
 
     #[test]
