@@ -181,6 +181,9 @@ impl ReportTask {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let done = tokio::select! {
+                // What is queued first: at midnight the old day's last batches are applied
+                // before the clock ends the day (they would otherwise be late samples).
+                biased;
                 m = rx.recv() => match m {
                     Some(ReportInput::Batch(b)) => self.reports.batch(&b),
                     Some(ReportInput::Event(e)) => self.reports.event(&e),
@@ -267,6 +270,52 @@ mod tests {
         // The next day is the one saved.
         let f = load(dir.path()).unwrap().unwrap();
         assert_eq!(f.state.day.unwrap().date, "2026-11-29");
+    }
+
+    /// A crash loses at most `save_interval`: the partial day reaches the file while the task
+    /// runs, not only when it stops.
+    #[tokio::test]
+    async fn the_partial_day_is_saved_every_save_interval_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let clock = ManualClock::new(DAY0 + 10 * H);
+        let task = ReportTask::new(&cfg, Vec::new(), clock.clone()).unwrap();
+        let (input, rx) = mpsc::channel(16);
+        let running = tokio::spawn(task.run(rx));
+        let batch = SampleBatch {
+            device: 0,
+            ts: DAY0 + 10 * H,
+            values: vec![(0, 4.2, Quality::Good)],
+        };
+        input.send(ReportInput::Batch(batch)).await.unwrap();
+        let samples = || {
+            load(dir.path())
+                .ok()
+                .flatten()
+                .map_or(0, |f| f.state.devices["pot-1"].v_samples)
+        };
+        // The task has started when it has written the file once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while load(dir.path()).ok().flatten().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the task did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The save interval (1 min by default) passes on the clock; the next turn saves.
+        clock.set(DAY0 + 10 * H + 61_000);
+        while samples() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not saved while running: {:?}",
+                load(dir.path())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(samples(), 1);
+        drop(input);
+        running.await.unwrap();
     }
 
     #[test]
