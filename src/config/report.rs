@@ -10,7 +10,7 @@ use super::reader::{Problems, Source, TableReader};
 pub use crate::core::report::ReportOptions;
 
 /// How often the live agent saves the partial day by default (a crash loses at most this).
-pub const DEFAULT_SAVE_INTERVAL_MS: i64 = 60_000;
+pub const DEFAULT_SAVE_INTERVAL_MS: i64 = 10_000;
 
 /// `[report]` as read: the accumulator's options and the live agent's save interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +79,7 @@ pub fn parse_report(v: &Spanned<DeValue<'_>>, src: &Source, p: &mut Problems) ->
             r.problem(
                 p,
                 "save_interval",
-                "must be at least \"1s\" (default \"1m\")",
+                "must be at least \"1s\" (default \"10s\")",
             );
         } else {
             c.save_interval_ms = d;
@@ -109,12 +109,12 @@ mod tests {
         assert_eq!((o.slope_cf4, o.slope_c2f6), (0.143, 0.0173));
         assert_eq!((o.gwp_cf4, o.gwp_c2f6), (7390.0, 12200.0));
         assert_eq!((o.current_efficiency, o.rectifier_efficiency), (0.92, 0.98));
-        assert_eq!(c.report.save_interval_ms, 60_000);
+        assert_eq!(c.report.save_interval_ms, 10_000);
     }
 
     #[test]
     fn every_key_is_read_and_bad_values_are_named() {
-        let c = load("[report]\nenabled = false\nslope_cf4 = 0.1\nslope_c2f6 = 0.01\ngwp_cf4 = 6630\ngwp_c2f6 = 11100\nvoltage_max = 90.0\ncoverage_gap = \"30s\"\nsave_interval = \"10s\"\n").unwrap();
+        let c = load("[report]\nenabled = false\nslope_cf4 = 0.1\nslope_c2f6 = 0.01\ngwp_cf4 = 6630\ngwp_c2f6 = 11100\nvoltage_max = 90.0\ncoverage_gap = \"30s\"\nsave_interval = \"20s\"\n").unwrap();
         let o = &c.report.options;
         assert!(!o.enabled);
         assert_eq!(

@@ -310,7 +310,7 @@ mod tests {
             within_5s(|| load(dir.path()).ok().flatten().is_some()).await,
             "the task did not start"
         );
-        // The save interval (1 min by default) passes on the clock; the next turn saves.
+        // The save interval (10 s by default) passes on the clock; the next turn saves.
         clock.set(DAY0 + 10 * H + 61_000);
         assert!(
             within_5s(|| samples() > 0).await,
