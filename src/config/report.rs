@@ -123,7 +123,7 @@ mod tests {
         );
         assert_eq!(
             (o.coverage_gap_ms, c.report.save_interval_ms),
-            (30_000, 10_000)
+            (30_000, 20_000)
         );
         let e = load("[report]\nslope_cf4 = -1\nae_rule = \"nope\"\ncolour = 1\n").unwrap_err();
         assert!(
