@@ -346,3 +346,55 @@ fn a_restart_keeps_the_partial_day_and_publishes_a_day_that_ended_meanwhile() {
         assert_eq!(s4["state"]["devices"]["pot-1"]["alarm_ae"]["count"], 0);
     });
 }
+
+/// A crash (the runtime dropped without the shutdown path, as a power cut) loses at most
+/// `save_interval` of the day: an anode effect seen more than that before the crash is in the
+/// file the next start reads.
+#[test]
+fn a_crash_loses_at_most_the_save_interval() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().to_path_buf();
+    let dev = Device::default();
+    dev.set_holding(1, 0, &[42, 400]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let st = state.clone();
+    rt.block_on(async move {
+        let broker = crate::support::broker::embedded().await;
+        let served = Served::start(dev.clone()).await;
+        let mut sub =
+            Subscriber::connect("127.0.0.1", broker.addr.port(), "rep-c", "alsentry/#").await;
+        let running =
+            alsentry::app::start(live_config(&st, &served, broker.addr), SystemClock::new())
+                .await
+                .unwrap();
+        anode_effect(&dev, &mut sub).await;
+        // Saved by the periodic save (1 s here) while running, not by a stop.
+        let t0 = std::time::Instant::now();
+        let count = || {
+            std::fs::read_to_string(st.join("report-state.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["state"]["devices"]["pot-1"]["alarm_ae"]["count"].as_u64())
+        };
+        while count() != Some(1) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "not saved while running"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Then gone without the shutdown path.
+        std::mem::forget(running);
+        std::mem::forget(served);
+    });
+    rt.shutdown_background();
+    let s = saved(&state);
+    assert_eq!(
+        s["state"]["devices"]["pot-1"]["alarm_ae"]["count"], 1,
+        "{s}"
+    );
+}
