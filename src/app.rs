@@ -273,6 +273,18 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         tasks.spawn_blocking(move || writer.run());
         rec
     });
+    // The daily report: fed by the engine task, publishing to every sink.
+    let report_sinks = cfg
+        .sinks
+        .iter()
+        .zip(&sink_txs)
+        .map(|(s, tx)| (engine::identity(&cfg, s), tx.clone()))
+        .collect();
+    let report = crate::io::report::ReportTask::new(&cfg, report_sinks, clock.clone()).map(|t| {
+        let (tx, rx) = mpsc::channel(crate::io::report::QUEUE);
+        tasks.spawn(t.run(rx));
+        tx
+    });
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
     let engine_task = EngineTask::new(
@@ -288,6 +300,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             reloads: reload_tx.clone(),
             history,
             pulse: pulse.clone(),
+            report,
         },
     )
     .restored(&restored);

@@ -25,11 +25,22 @@ use crate::core::payload::{DataFilter, DataTag, DataTags, Identity};
 use crate::io::http::AlarmSnapshot;
 use crate::io::inbound::{CommandOrigin, InboundCommand};
 use crate::io::record::Recorder;
+use crate::io::report::ReportInput;
 use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
 use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
 
 use super::restore::{Keeper, Restore};
+
+/// Hands a copy to the daily report, waiting while its queue is full (it loses nothing).
+async fn to_report(
+    report: &Option<mpsc::Sender<ReportInput>>,
+    input: impl FnOnce() -> ReportInput,
+) {
+    if let Some(r) = report {
+        let _ = r.send(input()).await;
+    }
+}
 
 /// Commands applied before one save of the alarm state (group commit).
 const COMMAND_BATCH: usize = 256;
@@ -146,6 +157,8 @@ pub struct Shared {
     pub history: Option<Arc<crate::io::web::history::History>>,
     /// Where each turn of the loop is marked, for `/healthz`.
     pub pulse: Arc<crate::io::health::Pulse>,
+    /// Copies of the batches and transitions for the daily report (`io/report.rs`).
+    pub report: Option<mpsc::Sender<ReportInput>>,
 }
 
 /// What the engine task reads.
@@ -331,6 +344,7 @@ impl EngineTask {
                 _ = cancel.cancelled() => {
                     while let Ok(b) = batches.try_recv() {
                         self.record(&b);
+                        to_report(&self.shared.report, || ReportInput::Batch(b.clone())).await;
                         self.driver.apply(&b, self.shared.clock.now());
                     }
                     self.publish_events().await;
@@ -352,6 +366,7 @@ impl EngineTask {
 
     async fn on_batch(&mut self, b: &SampleBatch) {
         self.record(b);
+        to_report(&self.shared.report, || ReportInput::Batch(b.clone())).await;
         self.systemd.on_batch(b.device);
         // Live evaluates a batch when it arrives.
         self.driver.apply(b, self.shared.clock.now());
@@ -404,6 +419,10 @@ impl EngineTask {
         }
         self.keeper
             .published(&event.device, &event.rule, event.priority);
+        to_report(&self.shared.report, || {
+            ReportInput::Event(Box::new(event.clone()))
+        })
+        .await;
         // Alarms are never dropped here: waiting is the backpressure.
         if self.outlets.publish(Outbound::Alarm { seq, event }).await > 0 {
             error!("a sink stopped; alarm not queued for it");
@@ -702,6 +721,7 @@ limit = 8.0
                 reloads: reload_tx,
                 history: None,
                 pulse: crate::io::health::Pulse::new(Default::default(), clock.mono()),
+                report: None,
             },
         );
         let inputs = Inputs {

@@ -10,6 +10,7 @@ pub(crate) mod endpoint;
 pub(crate) mod mqtt;
 pub(crate) mod reader;
 pub mod record;
+pub mod report;
 pub(crate) mod rule;
 pub(crate) mod tag;
 pub(crate) mod units;
@@ -74,6 +75,8 @@ pub struct Config {
     pub data: DataOptions,
     /// `[record]`: write the samples read to CSV files for `alsentry replay`.
     pub record: Option<record::RecordConfig>,
+    /// `[report]`: the daily energy and emissions report (docs/REPORT.md).
+    pub report: report::ReportConfig,
     /// The devices' tags and the rules, compiled once at load: what the engine is built from.
     pub spec: Arc<Spec>,
 }
@@ -255,6 +258,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     let mut summary = SummaryOptions::default();
     let mut data = DataOptions::default();
     let mut record_cfg = None;
+    let mut report_cfg = report::ReportConfig::default();
 
     for (si, (src, doc)) in sources.iter().zip(docs.iter()).enumerate() {
         let Some(doc) = doc else { continue };
@@ -327,6 +331,9 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             if let Some(v) = top.get("data") {
                 data = parse_data_options(v, src, &mut p);
             }
+            if let Some(v) = top.get("report") {
+                report_cfg = report::parse_report(v, src, &mut p);
+            }
             if let Some(v) = top.get("record") {
                 record_cfg = record::parse_record(v, src, "record".into(), &mut p)
                     .map(|r| (r, v.span().start));
@@ -384,6 +391,20 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         }
     }
     check_sinks(&sinks, &sources[0], &mut p);
+    if let Some(offset) = report_cfg.ae_rule_offset {
+        let name = &report_cfg.options.ae_rule;
+        if !rules.iter().any(|r| &r.name == name) {
+            p.add(
+                &sources[0],
+                offset,
+                "report.ae_rule",
+                format!("no rule \"{name}\" in the configuration"),
+            );
+        }
+    }
+    // One kWh/t for the summary and the report.
+    report_cfg.options.current_efficiency = summary.current_efficiency;
+    report_cfg.options.rectifier_efficiency = summary.rectifier_efficiency;
     let selector_refused = check_rules(&rules, &devices, &templates, &refused, &sources, &mut p);
     let spec = compile::compile(
         &compile::Input {
@@ -427,6 +448,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         summary,
         data,
         record: record_cfg.map(|(r, _)| r),
+        report: report_cfg,
         spec: Arc::new(spec),
     })
 }

@@ -15,6 +15,7 @@ pub mod model;
 pub(crate) mod outbound;
 pub mod payload;
 pub mod plan;
+pub mod report;
 pub mod rule;
 pub mod spec;
 pub mod stats;

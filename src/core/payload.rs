@@ -394,6 +394,14 @@ pub const ENERGY_BASELINE_KWH_T: f64 = 13_350.0;
 /// Faraday's constant for aluminium: 3F/M = 2,980 Ah/kg, so DC kWh/t = 2980 * V / CE.
 pub const AH_PER_KG: f64 = 2_980.0;
 
+/// Energy per tonne of aluminium from a mean cell voltage: (DC, AC) kWh/t, DC = 2980 * V / CE
+/// and AC = DC / rectifier efficiency (docs/DOMAIN.md B). The one place this formula lives:
+/// the summary's KPIs and the daily report (`core::report`) both call it.
+pub fn energy_kwh_t(voltage: f64, ce: f64, rectifier: f64) -> (f64, f64) {
+    let dc = AH_PER_KG * voltage / ce;
+    (dc, dc / rectifier)
+}
+
 impl Identity {
     pub fn summary_topic(&self, device: &str) -> String {
         format!(
@@ -457,8 +465,7 @@ pub fn cell_kpi(
     } else {
         None
     };
-    let dc = AH_PER_KG * vm / ce;
-    let ac = dc / rectifier;
+    let (dc, ac) = energy_kwh_t(vm, ce, rectifier);
     Some(CellKpi {
         pseudo_resistance_uohm: r_uohm.and_then(finite),
         voltage_noise_mv: v.std().map(|s| s * 1_000.0).and_then(finite),

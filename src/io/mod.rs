@@ -13,6 +13,7 @@ pub mod poller;
 pub mod publisher;
 pub(crate) mod read_plan;
 pub mod record;
+pub mod report;
 pub(crate) mod samples;
 pub(crate) mod schedule;
 pub mod seq;

@@ -23,6 +23,7 @@ use crate::core::driver::{Cadence, Driver, MAX_TICKED_GAP_MS};
 use crate::core::engine::Engine;
 use crate::core::model::Ts;
 use crate::core::payload::{alarm_payload_with_id, replay_event_id, Identity};
+use crate::core::report::{DayReport, Reports};
 use crate::io::samples::{HeaderError, Names, RowErrorKind};
 use order::{Item, OrderOptions, OrderStats, Source};
 use progress::Progress;
@@ -74,6 +75,12 @@ pub struct ReplayArgs {
     /// How many bad rows to print individually (all are counted).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_errors: usize,
+    /// Also compute the daily energy and emissions reports (docs/REPORT.md) from the samples
+    /// and write them to this directory, one JSON file per day and device (`DAY/DEVICE.json`,
+    /// `DAY/_area.json`), as `alsentry run` publishes them. The last day of data is written
+    /// too, marked `"partial": true`.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +95,8 @@ pub struct ReplayOptions {
     pub chunk_rows: usize,
     /// Show progress on stderr when it is a terminal.
     pub progress: bool,
+    /// Write the daily reports here (`--report`).
+    pub report_dir: Option<PathBuf>,
 }
 
 impl ReplayOptions {
@@ -100,6 +109,7 @@ impl ReplayOptions {
             max_runs: order::MAX_RUNS,
             chunk_rows: order::CHUNK_ROWS,
             progress: false,
+            report_dir: None,
         }
     }
 }
@@ -119,6 +129,11 @@ pub enum ReplayError {
     Output(std::io::Error),
     #[error("sorting the rows in a temporary file: {0}")]
     Spill(std::io::Error),
+    #[error("{}: cannot write the report: {source}", .path.display())]
+    Report {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Per-rule totals over the replay.
@@ -167,6 +182,8 @@ pub struct ReplayReport {
     pub rules: Vec<RuleSummary>,
     /// How the rows were put in time order.
     pub order: OrderStats,
+    /// Daily report files written (`--report`).
+    pub report_files: Vec<PathBuf>,
 }
 
 fn is_active(label: &str) -> bool {
@@ -198,11 +215,18 @@ struct Replayer<'w> {
     /// Rows to draw a bar for, from the first row replayed on (after any sorting, so that its
     /// rate is the replay's).
     bar_rows: Option<u64>,
+    /// The daily reports (`--report`), fed the same samples and transitions as live.
+    reports: Option<(Reports, PathBuf)>,
 }
 
 impl Replayer<'_> {
     fn drain(&mut self) -> Result<(), ReplayError> {
-        for ev in self.driver.drain_events() {
+        let events: Vec<_> = self.driver.drain_events().collect();
+        for ev in events {
+            if let Some((reports, _)) = &mut self.reports {
+                let done = reports.event(&ev);
+                self.write_reports(done)?;
+            }
             self.seq += 1;
             let id = replay_event_id(&self.who.agent, self.seq);
             let mut line = alarm_payload_with_id(&self.who, id, self.seq, &ev);
@@ -233,6 +257,27 @@ impl Replayer<'_> {
                 to,
                 at,
             });
+        }
+        Ok(())
+    }
+
+    /// Writes `DIR/DAY/DEVICE.json` for each report.
+    fn write_reports(&mut self, done: Vec<DayReport>) -> Result<(), ReplayError> {
+        let Some((_, dir)) = &self.reports else {
+            return Ok(());
+        };
+        for r in done {
+            let day = dir.join(&r.day);
+            let path = day.join(format!("{}.json", r.device));
+            let mut bytes = r.payload(&self.who);
+            bytes.push(b'\n');
+            std::fs::create_dir_all(&day)
+                .and_then(|()| std::fs::write(&path, bytes))
+                .map_err(|source| ReplayError::Report {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.report.report_files.push(path);
         }
         Ok(())
     }
@@ -297,7 +342,12 @@ impl Replayer<'_> {
         }
         self.driver
             .push_row(row.device, row.ts, row.tag, row.value, row.quality);
+        // The transitions of the batches before this row first, then the row itself.
         self.drain()?;
+        if let Some((reports, _)) = &mut self.reports {
+            let done = reports.sample(row.device, row.ts, row.tag, row.value, row.quality);
+            self.write_reports(done)?;
+        }
         self.report.rows += 1;
         self.newest = Some(self.newest.map_or(row.ts, |n| n.max(row.ts)));
         self.report.first_ts = Some(self.report.first_ts.map_or(row.ts, |f| f.min(row.ts)));
@@ -405,6 +455,13 @@ pub fn run_replay(
         report_limit: opts.max_reported,
         progress: Progress::hidden(),
         bar_rows: None,
+        reports: opts.report_dir.as_ref().map(|d| {
+            let o = cfg.report.options.clone();
+            (
+                Reports::from_spec(&cfg.spec, o, &cfg.agent.timezone),
+                d.clone(),
+            )
+        }),
     };
     let (sources, stdin_copy) = sources(&opts.inputs)?;
     let order_opts = OrderOptions {
@@ -426,6 +483,10 @@ pub fn run_replay(
     // Delays due by the last sample fire; nothing is invented past the data.
     r.driver.finish();
     r.drain()?;
+    if let (Some((reports, _)), Some(last)) = (&mut r.reports, r.driver.now()) {
+        let done = reports.finish(last);
+        r.write_reports(done)?;
+    }
     r.out.flush().map_err(ReplayError::Output)?;
     let last = r.driver.now();
     r.report.batches = r.driver.batches();
@@ -573,6 +634,7 @@ pub fn main(args: ReplayArgs) -> ExitCode {
         reorder_tolerance_ms: args.reorder_tolerance,
         max_reported: args.max_errors,
         progress: true,
+        report_dir: args.report.clone(),
         ..ReplayOptions::new(Vec::new())
     };
     let started = crate::clock::Stopwatch::start();
@@ -635,6 +697,13 @@ pub fn main(args: ReplayArgs) -> ExitCode {
         eprintln!(
             "{} row(s) of derived tags skipped (the engine computes them)",
             report.derived_rows
+        );
+    }
+    if let Some(dir) = &args.report {
+        eprintln!(
+            "{} daily report file(s) written to {}",
+            report.report_files.len(),
+            dir.display()
         );
     }
     if report.bad_rows > 0 {

@@ -669,7 +669,14 @@ async fn the_password_never_appears_in_debug_logs() {
 
 #[test]
 fn schemas_are_valid_and_accept_documented_examples() {
-    for name in ["alarm", "status", "summary", "command", "cmd-reply"] {
+    for name in [
+        "alarm",
+        "status",
+        "summary",
+        "command",
+        "cmd-reply",
+        "report",
+    ] {
         let text = std::fs::read_to_string(schema_path(name)).unwrap();
         let s: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(

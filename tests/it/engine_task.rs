@@ -161,6 +161,7 @@ limit = 6.0
             reloads,
             history: None,
             pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
+            report: None,
         },
     );
     let inputs = Inputs {

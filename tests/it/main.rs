@@ -58,6 +58,8 @@ mod probe;
 mod properties;
 /// `alsentry replay` and `[record]`: file time, recorded files replay to the live alarms.
 mod replay;
+/// The daily energy and emissions report: replayed figures by hand, a restart mid-day.
+mod report;
 /// Alarm state across restarts (clean and crash-like), the broker's retained picture, the
 /// seq lease deleted or garbled.
 mod restart;
