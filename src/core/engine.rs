@@ -26,6 +26,10 @@ use super::window::{capacity_for, Point, Window};
 
 pub use super::rule::{AREA_DEVICE, COMM_LOSS_RULE, FLOOD_RULE};
 
+/// The built-in alarm of a device whose action failed (see [`Engine::action_failed`]).
+pub const ACTION_FAILED_RULE: &str = "action_failed";
+const ACTION_FAILED_MESSAGE: &str = "{device}: an action's write was refused or failed";
+
 /// Values read from one device in one poll.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleBatch {
@@ -1401,6 +1405,66 @@ impl Engine {
                 }
             }),
         )
+    }
+
+    /// Sets the built-in `action_failed` alarm of `device` (docs/DISPOSAL.md): raised when an
+    /// action's write is refused, fails or reads back different, cleared by the device's next
+    /// verified write. Created at its first raise, so configurations without actions have
+    /// none. `note` (what failed) goes into the transition.
+    pub fn action_failed(
+        &mut self,
+        device: &str,
+        active: bool,
+        note: Option<String>,
+        now: Ts,
+        out: &mut Vec<AlarmEvent>,
+    ) {
+        let key = (
+            Arc::<str>::from(device),
+            Arc::<str>::from(ACTION_FAILED_RULE),
+        );
+        let id = match self.by_name.get(&key) {
+            Some(&id) => id,
+            None if !active => return,
+            None => {
+                let Ok(message) = MessageTemplate::parse(ACTION_FAILED_MESSAGE) else {
+                    return;
+                };
+                let id = self.alarms.len() as u32;
+                self.alarms.push(AlarmSlot {
+                    device: key.0.clone(),
+                    rule: key.1.clone(),
+                    tag: Arc::from(""),
+                    unit: Arc::from(""),
+                    message: Arc::new(message),
+                    alarm: Alarm::new(AlarmSettings {
+                        priority: Priority::High,
+                        on_delay_ms: 0,
+                        off_delay_ms: 0,
+                        latching: false,
+                    }),
+                    value: None,
+                    quality: Quality::Good,
+                    limit: None,
+                    eta_ms: None,
+                    chatter_seen: 0,
+                });
+                self.by_name.insert(key, id);
+                id
+            }
+        };
+        let c = if active {
+            Condition::Active
+        } else {
+            Condition::Clear
+        };
+        let before = out.len();
+        self.apply(id, c, now, out);
+        if let Some(n) = note {
+            for e in &mut out[before..] {
+                e.transition.note = Some(n.clone());
+            }
+        }
     }
 
     /// Latest good value and current quality of a tag, for tests and summaries.

@@ -323,6 +323,11 @@ impl Book {
         &self.specs
     }
 
+    /// The number the next execution gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
     pub fn kill(&self) -> &Kill {
         &self.kill
     }
