@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::core::action::{Book, Effect, Facts, Kill, Proposal, Trigger, WriteResult};
+use crate::core::action::{Book, Effect, Facts, Kill, Trigger, WriteResult};
 use crate::core::alarm::Cause;
 use crate::core::engine::{AlarmEvent, Engine};
 use crate::core::model::Ts;
@@ -109,14 +109,6 @@ impl Disposal {
         !self.book.specs().is_empty()
     }
 
-    pub fn proposals(&self) -> Vec<Proposal> {
-        self.book.proposals()
-    }
-
-    pub fn recent(&self, n: usize) -> Vec<String> {
-        self.file.tail(n)
-    }
-
     /// Alarm transitions just drained from the engine: the actions they trigger.
     pub fn on_events(&mut self, events: &[AlarmEvent], engine: &mut Engine, now: Ts) -> Done {
         if !self.is_configured() {
@@ -207,7 +199,7 @@ impl Disposal {
                             engine.action_failed(d, false, None, now, &mut done.alarms);
                         }
                     }
-                    done.publish.push(Outbound::Audit(a));
+                    done.publish.push(Outbound::Audit(*a));
                 }
                 Effect::Failed { device, detail, .. } => {
                     engine.action_failed(&device, true, Some(detail), now, &mut done.alarms);

@@ -78,6 +78,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts a poller for every link of `cfg`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: Config,
         batches: mpsc::Sender<SampleBatch>,

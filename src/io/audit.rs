@@ -53,6 +53,30 @@ impl AuditFile {
     }
 }
 
+/// The proposals of `lines` (audit events, oldest first) still waiting at `now` (RFC 3339, as
+/// the events spell it): proposed in `confirm` mode, not yet confirmed, expired or refused.
+pub fn waiting(lines: &[serde_json::Value], now: &str) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for l in lines {
+        let id = &l["id"];
+        match l["event"].as_str() {
+            Some("proposed") if l["mode"] == "confirm" => out.push(serde_json::json!({
+                "id": id,
+                "action": l["action"],
+                "device": l["device"],
+                "target": l["target"],
+                "value": l["value"],
+                "expires": l["expires"],
+            })),
+            Some(_) if !id.is_null() => out.retain(|p| &p["id"] != id),
+            _ => {}
+        }
+    }
+    // Timestamps of one format compare as text.
+    out.retain(|p| p["expires"].as_str().is_some_and(|e| e > now));
+    out
+}
+
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct SavedKill {
     all: bool,

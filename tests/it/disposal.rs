@@ -418,3 +418,63 @@ async fn f32_cdab_scaled_i16_and_u32_are_written_to_the_right_words() {
     );
     stop_checked(running).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_station_lists_a_proposal_and_an_operator_confirms_it() {
+    let dev = Served::start(Device::default()).await;
+    volts(&dev.device, 4.2);
+    let (broker, mut sub) = embedded_with_sub("disposal-st", "alsentry/#").await;
+    let state = tempfile::tempdir().unwrap();
+    let users = crate::station::users(state.path());
+    let cfg = agent(
+        &dev,
+        &broker.url(),
+        state.path(),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nusers = \"{}\"\n{}",
+            users.display(),
+            r#"[[actions]]
+name = "extra_feed"
+rule = "ae_warning"
+enabled = true
+mode = "confirm"
+target = "feed_request"
+value = 1
+min = 0
+max = 1"#
+        ),
+    )
+    .build();
+    let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
+    let addr = running.http.expect("the HTTP listener");
+    volts(&dev.device, 5.0);
+    let p = audit(&mut sub, "proposed").await;
+
+    let mut viewer = crate::support::web::Station::new(addr);
+    assert_eq!(
+        viewer.login("zhang.min", "potline-view-1").await.status,
+        200
+    );
+    let list = viewer.get("/api/actions").await.json();
+    assert_eq!(list["proposals"][0]["id"], p["id"], "{list}");
+    assert_eq!(list["proposals"][0]["action"], "extra_feed");
+    assert_eq!(list["audit"][0]["event"], "proposed");
+    // A viewer may look, not confirm.
+    let extra = serde_json::json!({ "action": "extra_feed", "proposal": p["id"] });
+    let r = viewer.act("confirm", "pot-001", "", extra.clone()).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(dev.device.writes().is_empty());
+
+    let mut op = crate::support::web::Station::new(addr);
+    assert_eq!(op.login("li.wei", "potline-op-1").await.status, 200);
+    let r = op.act("confirm", "pot-001", "", extra).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = audit(&mut sub, "confirmed").await;
+    assert_eq!(c["by"], "li.wei");
+    audit(&mut sub, "verified").await;
+    assert_eq!(dev.device.writes(), [(1, 6, 30, vec![1])]);
+    let list = op.get("/api/actions").await.json();
+    assert_eq!(list["proposals"], serde_json::json!([]));
+    assert_eq!(list["audit"][0]["event"], "verified");
+    stop_checked(running).await;
+}

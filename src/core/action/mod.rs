@@ -249,7 +249,7 @@ pub struct WriteResult {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Publish (QoS 1) and append to the audit file.
-    Audit(Audit),
+    Audit(Box<Audit>),
     Write(WriteOrder),
     /// Raise the device's `action_failed` alarm.
     Failed {
@@ -257,6 +257,12 @@ pub enum Effect {
         action: String,
         detail: String,
     },
+}
+
+impl Effect {
+    fn audit(a: Audit) -> Effect {
+        Effect::Audit(Box::new(a))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,17 +417,17 @@ impl Book {
                             self.audit(AuditKind::Refused, &o, now).refused(r, detail)
                         }
                     };
-                    out.push(Effect::Audit(a));
+                    out.push(Effect::audit(a));
                 }
                 Mode::Confirm => {
                     let a = self.audit(AuditKind::Proposed, &o, now).expires(o.expires);
                     // A proposal that could not be written now is still shown: the interlock
                     // may be true by the time an operator confirms. Bounds and kill are said.
-                    out.push(Effect::Audit(a));
+                    out.push(Effect::audit(a));
                     self.open.insert(id, o);
                 }
                 Mode::Auto => {
-                    out.push(Effect::Audit(self.audit(AuditKind::Proposed, &o, now)));
+                    out.push(Effect::audit(self.audit(AuditKind::Proposed, &o, now)));
                     o.by = Some("auto".into());
                     self.execute(o, facts, now, &mut out);
                 }
@@ -492,13 +498,13 @@ impl Book {
             return Err(format!("proposal {oid} is gone"));
         };
         if now >= o.expires {
-            out.push(Effect::Audit(self.audit(AuditKind::Expired, &o, now)));
+            out.push(Effect::audit(self.audit(AuditKind::Expired, &o, now)));
             return Err(format!(
                 "proposal {oid} expired before it was confirmed; nothing was written"
             ));
         }
         o.by = Some(by.to_string());
-        out.push(Effect::Audit(
+        out.push(Effect::audit(
             self.audit(AuditKind::Confirmed, &o, now).by(by),
         ));
         self.execute(o, facts, now, out);
@@ -571,7 +577,7 @@ impl Book {
         match self.guards(&o, facts, now) {
             Err((r, detail)) => {
                 let s = &self.specs[o.action];
-                out.push(Effect::Audit(
+                out.push(Effect::audit(
                     self.audit(AuditKind::Refused, &o, now)
                         .refused(r, detail.clone()),
                 ));
@@ -622,7 +628,7 @@ impl Book {
         };
         match r.written {
             Err(e) => {
-                out.push(Effect::Audit(
+                out.push(Effect::audit(
                     self.audit(AuditKind::Failed, &o, now)
                         .words_raw(&expected)
                         .detail(format!("write failed: {e}")),
@@ -630,7 +636,7 @@ impl Book {
                 out.push(fail(format!("{} write failed: {e}", s.name)));
             }
             Ok(()) => {
-                out.push(Effect::Audit(
+                out.push(Effect::audit(
                     self.audit(AuditKind::Written, &o, now).words_raw(&expected),
                 ));
                 let rb = r
@@ -664,10 +670,10 @@ impl Book {
                     if a.detail.is_none() {
                         a = a.detail(detail.clone());
                     }
-                    out.push(Effect::Audit(a));
+                    out.push(Effect::audit(a));
                     out.push(fail(detail));
                 } else {
-                    out.push(Effect::Audit(a));
+                    out.push(Effect::audit(a));
                 }
             }
         }
@@ -685,7 +691,7 @@ impl Book {
         let mut out = Vec::new();
         for id in due {
             if let Some(o) = self.open.remove(&id) {
-                out.push(Effect::Audit(self.audit(AuditKind::Expired, &o, now)));
+                out.push(Effect::audit(self.audit(AuditKind::Expired, &o, now)));
             }
         }
         out
@@ -703,7 +709,7 @@ impl Book {
                 self.kill.areas.remove(a);
             }
         }
-        vec![Effect::Audit(Audit::kill(now, area, on, by))]
+        vec![Effect::audit(Audit::kill(now, area, on, by))]
     }
 }
 
