@@ -4,6 +4,7 @@
 Usage: pymodbus_server.py PORT UNITS
 Serves units 1..UNITS with 0-based addressing. Reads commands from stdin, one per line:
   set UNIT input|holding|coil|discrete ADDR VALUE [VALUE...]   (bits as 0/1)
+  get UNIT input|holding|coil|discrete ADDR COUNT              -- prints "VALUES v1 v2 ..."
   stop     -- exit
 Prints "READY" once listening.
 """
@@ -50,6 +51,11 @@ async def commands(ctx):
             fc = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}[table]
             ctx[unit].setValues(fc, addr, words)
             print("OK", flush=True)
+        if parts[0] == "get":
+            unit, table, addr, count = int(parts[1]), parts[2], int(parts[3]), int(parts[4])
+            fc = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}[table]
+            values = ctx[unit].getValues(fc, addr, count)
+            print("VALUES " + " ".join(str(int(v)) for v in values), flush=True)
 
 
 async def main():
