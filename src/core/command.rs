@@ -531,6 +531,60 @@ mod tests {
         }
     }
 
+    #[test]
+    fn parses_confirm_and_kill_switches() {
+        let p = parse(
+            br#"{"op":"confirm","action":"extra_feed","device":"pot-1","by":"li","proposal":42}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            p.request,
+            Request::Confirm {
+                action: "extra_feed".into(),
+                device: "pot-1".into(),
+                proposal: Some(42),
+                by: "li".into()
+            }
+        );
+        let p = parse(br#"{"op":"kill","area":"line-2","by":"boss"}"#, 0).unwrap();
+        assert_eq!(
+            p.request,
+            Request::Kill {
+                area: Some("line-2".into()),
+                on: true,
+                by: "boss".into()
+            }
+        );
+        let p = parse(br#"{"op":"release_kill","by":"boss"}"#, 0).unwrap();
+        assert_eq!(
+            p.request,
+            Request::Kill {
+                area: None,
+                on: false,
+                by: "boss".into()
+            }
+        );
+        for (input, expected) in [
+            (
+                &br#"{"op":"confirm","device":"d","by":"b"}"#[..],
+                "missing \"action\"",
+            ),
+            (
+                br#"{"op":"confirm","action":"a","by":"b"}"#,
+                "missing \"device\"",
+            ),
+            (
+                br#"{"op":"confirm","action":"a","device":"d","by":"b","proposal":"x"}"#,
+                "proposal number",
+            ),
+            (br#"{"op":"kill"}"#, "missing \"by\""),
+        ] {
+            let e = parse(input, 0).unwrap_err();
+            assert!(e.message.contains(expected), "{}", e.message);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
