@@ -253,6 +253,30 @@ struct AlarmSlot {
     chatter_seen: u64,
 }
 
+impl AlarmSlot {
+    /// A built-in alarm that watches no tag (comm loss, flood, action failed).
+    fn builtin(
+        device: Arc<str>,
+        rule: Arc<str>,
+        message: Arc<MessageTemplate>,
+        settings: AlarmSettings,
+    ) -> AlarmSlot {
+        AlarmSlot {
+            device,
+            rule,
+            tag: Arc::from(""),
+            unit: Arc::from(""),
+            message,
+            alarm: Alarm::new(settings),
+            value: None,
+            quality: Quality::Good,
+            limit: None,
+            eta_ms: None,
+            chatter_seen: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct AreaAggregate {
     alarm: u32,
@@ -407,24 +431,17 @@ impl Engine {
             let name = d.name.clone();
             let comm_alarm = alarm_options.comm_loss.then(|| {
                 let id = alarms.len() as u32;
-                alarms.push(AlarmSlot {
-                    device: name.clone(),
-                    rule: Arc::from(COMM_LOSS_RULE),
-                    tag: Arc::from(""),
-                    unit: Arc::from(""),
-                    message: spec.comm_loss_message().clone(),
-                    alarm: Alarm::new(AlarmSettings {
+                alarms.push(AlarmSlot::builtin(
+                    name.clone(),
+                    Arc::from(COMM_LOSS_RULE),
+                    spec.comm_loss_message().clone(),
+                    AlarmSettings {
                         priority: alarm_options.comm_loss_priority,
                         on_delay_ms: alarm_options.comm_loss_delay_ms,
                         off_delay_ms: 0,
                         latching: false,
-                    }),
-                    value: None,
-                    quality: Quality::Good,
-                    limit: None,
-                    eta_ms: None,
-                    chatter_seen: 0,
-                });
+                    },
+                ));
                 by_name.insert((name.clone(), Arc::from(COMM_LOSS_RULE)), id);
                 id
             });
@@ -470,24 +487,17 @@ impl Engine {
             (Arc::from(AREA_DEVICE), Arc::from(FLOOD_RULE)),
             engine.flood_alarm,
         );
-        engine.alarms.push(AlarmSlot {
-            device: area.clone(),
-            rule: Arc::from(FLOOD_RULE),
-            tag: Arc::from(""),
-            unit: Arc::from(""),
-            message: spec.flood_message().clone(),
-            alarm: Alarm::new(AlarmSettings {
+        engine.alarms.push(AlarmSlot::builtin(
+            area.clone(),
+            Arc::from(FLOOD_RULE),
+            spec.flood_message().clone(),
+            AlarmSettings {
                 priority: Priority::High,
                 on_delay_ms: 0,
                 off_delay_ms: 0,
                 latching: false,
-            }),
-            value: None,
-            quality: Quality::Good,
-            limit: None,
-            eta_ms: None,
-            chatter_seen: 0,
-        });
+            },
+        ));
         // One evaluator (and at most one alarm) per rule and device: sized up front, as
         // growth by doubling would leave freed blocks the allocator keeps (~1 MB at 400 cells).
         let instances: usize = spec.rules().iter().map(|r| r.instances.len() + 1).sum();
@@ -1431,24 +1441,17 @@ impl Engine {
                     return;
                 };
                 let id = self.alarms.len() as u32;
-                self.alarms.push(AlarmSlot {
-                    device: key.0.clone(),
-                    rule: key.1.clone(),
-                    tag: Arc::from(""),
-                    unit: Arc::from(""),
-                    message: Arc::new(message),
-                    alarm: Alarm::new(AlarmSettings {
+                self.alarms.push(AlarmSlot::builtin(
+                    key.0.clone(),
+                    key.1.clone(),
+                    Arc::new(message),
+                    AlarmSettings {
                         priority: Priority::High,
                         on_delay_ms: 0,
                         off_delay_ms: 0,
                         latching: false,
-                    }),
-                    value: None,
-                    quality: Quality::Good,
-                    limit: None,
-                    eta_ms: None,
-                    chatter_seen: 0,
-                });
+                    },
+                ));
                 self.by_name.insert(key, id);
                 id
             }

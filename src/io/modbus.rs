@@ -148,6 +148,21 @@ impl Connection {
         Ok(Connection { ctx })
     }
 
+    /// One request within `timeout`, its failure sorted into device "no" and wire trouble.
+    async fn call(
+        &mut self,
+        request: Request<'static>,
+        timeout: Duration,
+    ) -> Result<Response, ReadError> {
+        match tokio::time::timeout(timeout, self.ctx.call(request)).await {
+            Err(_) => Err(ReadError::Timeout(timeout)),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ReadError::Transport(e.to_string())),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(ReadError::Protocol(e.to_string())),
+            Ok(Ok(Err(code))) => Err(ReadError::Exception(u8::from(code))),
+            Ok(Ok(Ok(response))) => Ok(response),
+        }
+    }
+
     /// Reads `count` addresses from `table` of unit `unit`, within `timeout`.
     pub async fn read(
         &mut self,
@@ -167,17 +182,7 @@ impl Connection {
             Table::Coil => Request::ReadCoils(start, count),
             Table::Discrete => Request::ReadDiscreteInputs(start, count),
         };
-        let response = match tokio::time::timeout(timeout, self.ctx.call(request)).await {
-            Err(_) => return Err(ReadError::Timeout(timeout)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                return Err(ReadError::Transport(e.to_string()))
-            }
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                return Err(ReadError::Protocol(e.to_string()))
-            }
-            Ok(Ok(Err(code))) => return Err(ReadError::Exception(u8::from(code))),
-            Ok(Ok(Ok(response))) => response,
-        };
+        let response = self.call(request, timeout).await?;
         let mut data = match (table, response) {
             (Table::Holding, Response::ReadHoldingRegisters(words))
             | (Table::Input, Response::ReadInputRegisters(words)) => ReadData::Registers(words),
@@ -227,17 +232,7 @@ impl Connection {
                 Request::WriteMultipleRegisters(start, w.clone().into())
             }
         };
-        let response = match tokio::time::timeout(timeout, self.ctx.call(request)).await {
-            Err(_) => return Err(ReadError::Timeout(timeout)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                return Err(ReadError::Transport(e.to_string()))
-            }
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                return Err(ReadError::Protocol(e.to_string()))
-            }
-            Ok(Ok(Err(code))) => return Err(ReadError::Exception(u8::from(code))),
-            Ok(Ok(Ok(response))) => response,
-        };
+        let response = self.call(request, timeout).await?;
         // The echo must name what was asked: a reply for another request means the stream
         // is out of step.
         let echoed = match response {
