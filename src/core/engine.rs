@@ -1162,6 +1162,16 @@ impl Engine {
                 }
             }
         }
+        // The `action_failed` alarms exist once raised: carried over like the others.
+        let failed: Vec<Arc<str>> = old
+            .by_name
+            .keys()
+            .filter(|(_, r)| &**r == ACTION_FAILED_RULE)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in failed {
+            self.action_failed_slot(&d);
+        }
         // Alarm states, by (device, rule).
         let mut old_ids: HashMap<(Arc<str>, Arc<str>), u32> = HashMap::new();
         for (k, v) in &old.by_name {
@@ -1273,7 +1283,12 @@ impl Engine {
         let mut r = Restored::default();
         for s in saved {
             let key = (Arc::from(s.device.as_str()), Arc::from(s.rule.as_str()));
-            let Some(&id) = self.by_name.get(&key) else {
+            let found = match self.by_name.get(&key) {
+                Some(&id) => Some(id),
+                None if s.rule == ACTION_FAILED_RULE => self.action_failed_slot(&s.device),
+                None => None,
+            };
+            let Some(id) = found else {
                 r.dropped += 1;
                 continue;
             };
@@ -1417,6 +1432,36 @@ impl Engine {
         )
     }
 
+    /// The `action_failed` alarm of `device`, made now (it exists only once raised, or when
+    /// restored or carried over a reload); `None` for a device this engine does not have.
+    fn action_failed_slot(&mut self, device: &str) -> Option<u32> {
+        let key = (
+            Arc::<str>::from(device),
+            Arc::<str>::from(ACTION_FAILED_RULE),
+        );
+        if let Some(&id) = self.by_name.get(&key) {
+            return Some(id);
+        }
+        if !self.devices.iter().any(|d| &*d.name == device) {
+            return None;
+        }
+        let message = MessageTemplate::parse(ACTION_FAILED_MESSAGE).ok()?;
+        let id = self.alarms.len() as u32;
+        self.alarms.push(AlarmSlot::builtin(
+            key.0.clone(),
+            key.1.clone(),
+            Arc::new(message),
+            AlarmSettings {
+                priority: Priority::High,
+                on_delay_ms: 0,
+                off_delay_ms: 0,
+                latching: false,
+            },
+        ));
+        self.by_name.insert(key, id);
+        Some(id)
+    }
+
     /// Sets the built-in `action_failed` alarm of `device` (docs/DISPOSAL.md): raised when an
     /// action's write is refused, fails or reads back different, cleared by the device's next
     /// verified write. Created at its first raise, so configurations without actions have
@@ -1436,25 +1481,10 @@ impl Engine {
         let id = match self.by_name.get(&key) {
             Some(&id) => id,
             None if !active => return,
-            None => {
-                let Ok(message) = MessageTemplate::parse(ACTION_FAILED_MESSAGE) else {
-                    return;
-                };
-                let id = self.alarms.len() as u32;
-                self.alarms.push(AlarmSlot::builtin(
-                    key.0.clone(),
-                    key.1.clone(),
-                    Arc::new(message),
-                    AlarmSettings {
-                        priority: Priority::High,
-                        on_delay_ms: 0,
-                        off_delay_ms: 0,
-                        latching: false,
-                    },
-                ));
-                self.by_name.insert(key, id);
-                id
-            }
+            None => match self.action_failed_slot(device) {
+                Some(id) => id,
+                None => return,
+            },
         };
         let c = if active {
             Condition::Active
@@ -1722,6 +1752,40 @@ mod tests {
         // The hysteresis starts from the restored activation: no new annunciation.
         let ev = feed(&mut c, 0, 6_000, 12.0);
         assert!(rule_events(&ev, "anode_effect").is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn action_failed_is_raised_cleared_and_kept_across_restart_and_reload() {
+        let mut e = engine(ae(8.0));
+        let mut out = Vec::new();
+        e.action_failed("pot-001", false, None, 0, &mut out);
+        assert!(out.is_empty(), "nothing to clear before a failure");
+        e.action_failed("nope", true, None, 0, &mut out);
+        assert!(out.is_empty(), "no alarm for an unknown device");
+        e.action_failed(
+            "pot-001",
+            true,
+            Some("read back [0]".into()),
+            1_000,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (&*out[0].rule, out[0].transition.to, out[0].priority),
+            (ACTION_FAILED_RULE, "active_unacked", Priority::High)
+        );
+        assert_eq!(out[0].transition.note.as_deref(), Some("read back [0]"));
+        // A restart finds it; so does a reload.
+        let mut b = engine(ae(8.0));
+        let r = b.restore(e.save());
+        assert_eq!(r.dropped, 0);
+        let st = b.alarm_state("pot-001", ACTION_FAILED_RULE).unwrap();
+        assert_eq!(st.transition.to, "active_unacked");
+        let mut c = engine(ae(8.0));
+        c.adopt(b);
+        let mut out = Vec::new();
+        c.action_failed("pot-001", false, None, 2_000, &mut out);
+        assert_eq!(out[0].transition.to, "returned_unacked");
     }
 
     #[test]
