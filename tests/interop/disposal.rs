@@ -134,3 +134,50 @@ async fn actions_write_what_pymodbus_stores_only_when_allowed() {
     }
     stop_checked(running).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs pymodbus; .ci/run runs it"]
+async fn a_value_pymodbus_does_not_keep_raises_the_alarm() {
+    let port = free_port();
+    let mut py = PyServer::start(port, 1);
+    py.set(1, "input", 0, &f32_words(4.2, "CDAB"));
+    // The controller overrides the request: the write is acknowledged, the value stays 0.
+    py.stick(1, 30);
+    let (broker, mut sub) = embedded_with_sub("disposal-interop-2", "alsentry/#").await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Agent::new("gw")
+        .at("s", "a")
+        .state_dir(state.path())
+        .sinks(&format!("[mqtt]\nurl = \"{}\"\ntopic_root = \"alsentry\"\n", broker.url()))
+        .section("[[actions]]\nname = \"extra_feed\"\nrule = \"ae_warning\"\nenabled = true\nmode = \"auto\"\ntarget = \"feed_request\"\nvalue = 1\nmin = 0\nmax = 1\nread_back = { attempts = 3, delay = \"100ms\" }\n")
+        .device(Dev::tcp("pot-001", format!("127.0.0.1:{port}").parse().unwrap()).unit(1).poll("200ms").timeout("1s").tags(
+            r#"[
+  { name = "voltage", table = "input", address = 0, type = "f32", order = "CDAB", unit = "V" },
+  { name = "feed_request", table = "holding", address = 30, type = "u16" },
+]"#,
+        ))
+        .rule("[[rules]]\nname = \"ae_warning\"\ndevices = [\"pot-001\"]\ntag = \"voltage\"\ntype = \"high\"\nlimit = 4.6\ndeadband = 0.1")
+        .build();
+    let clock: std::sync::Arc<dyn Clock> = SystemClock::new();
+    let running = alsentry::app::start(cfg, clock).await.unwrap();
+    sub.wait_for(W, |m| {
+        m.topic == "alsentry/s/a/_agent/gw/status" && m.json()["status"] == "online"
+    })
+    .await
+    .expect("online");
+    py.set(1, "input", 0, &f32_words(5.0, "CDAB"));
+    let mut seen = Vec::new();
+    audit(&mut sub, &mut seen, "written", "extra_feed").await;
+    let f = audit(&mut sub, &mut seen, "failed", "extra_feed").await;
+    assert_eq!(
+        (&f["read_back"], &f["words"], &f["attempts"]),
+        (&serde_json::json!([0]), &serde_json::json!([1]), &3.into())
+    );
+    let a = sub
+        .wait_for(W, |m| m.topic == "alsentry/s/a/pot-001/alarm/action_failed")
+        .await
+        .expect("the action_failed alarm");
+    assert_eq!(a.json()["state"], "active_unacked");
+    assert_eq!(py.get(1, "holding", 30, 1), [0]);
+    stop_checked(running).await;
+}

@@ -55,6 +55,14 @@ impl PyServer {
         assert_eq!(line.trim(), "OK");
     }
 
+    /// Clients' writes to holding `addr` are acknowledged, not kept.
+    pub(crate) fn stick(&mut self, unit: u8, addr: u16) {
+        writeln!(self.stdin, "stick {unit} {addr}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "OK");
+    }
+
     /// What the server holds now (bits as 0/1).
     pub(crate) fn get(&mut self, unit: u8, table: &str, addr: u16, count: u16) -> Vec<u16> {
         writeln!(self.stdin, "get {unit} {table} {addr} {count}").unwrap();
