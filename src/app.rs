@@ -3,6 +3,7 @@
 //! [`start`]. The tasks live in their own modules: [`engine`] (the only producer of what is
 //! published) and `supervisor` (link pollers and reloads).
 
+mod disposal;
 pub mod engine;
 mod restore;
 mod supervisor;
@@ -286,6 +287,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
         tx
     });
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    // Where action writes reach the pollers (docs/DISPOSAL.md).
+    let writes = crate::io::poller::WriteRouter::default();
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
     let engine_task = EngineTask::new(
         &cfg,
@@ -303,7 +306,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             report,
         },
     )
-    .restored(&restored);
+    .restored(&restored)
+    .with_writes(writes.clone());
     let supervisor = Supervisor::start(
         cfg,
         batch_tx,
@@ -315,6 +319,7 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             pulse,
             config_hash: hash_tx,
         },
+        writes,
     );
     tasks.spawn(supervisor.run(reload_rx, cancel.clone(), engine_cancel.clone()));
     drop(query_tx);

@@ -151,10 +151,54 @@ pub fn render_line(topic: &str, payload: &[u8], color: bool) -> Option<String> {
             v["device"].as_str().unwrap_or("?"),
             parts.join("  ")
         ))
+    } else if topic.ends_with("/audit") {
+        let event = v["event"].as_str().unwrap_or("?");
+        let detail = match event {
+            "proposed" => format!(
+                "proposes {} = {} (id {}), confirm by {}",
+                v["target"].as_str().unwrap_or("?"),
+                v["value"],
+                v["id"],
+                v["expires"]
+                    .as_str()
+                    .and_then(|t| t.get(11..19))
+                    .unwrap_or("?")
+            ),
+            "confirmed" => format!("confirmed by {}", v["by"].as_str().unwrap_or("?")),
+            "written" => format!(
+                "wrote {} to {} {}",
+                v["words"],
+                v["table"].as_str().unwrap_or("?"),
+                v["address"]
+            ),
+            "verified" => format!("read back {}: verified", v["read_back"]),
+            "expired" => "not confirmed in time: nothing written".to_string(),
+            "dry_run" => format!("would write {} (dry run)", v["words"]),
+            "kill" => format!(
+                "kill switch {} by {}",
+                if v["kill_on"] == true { "on" } else { "off" },
+                v["by"].as_str().unwrap_or("?")
+            ),
+            _ => format!(
+                "{} {}",
+                v["reason"].as_str().unwrap_or(""),
+                v["detail"].as_str().unwrap_or("")
+            ),
+        };
+        Some(format!(
+            "{time}  {}  {:<8} {:<18} {:<17} {detail}",
+            st.paint("1;35", "action  "),
+            v["device"].as_str().unwrap_or("-"),
+            v["action"].as_str().unwrap_or("-"),
+            event,
+        ))
     } else {
         None
     }
 }
+
+/// The demo's scripted operator confirms proposals on this cell (and lets the others expire).
+const CONFIRMS_ON: &str = "pot-002";
 
 pub fn main(args: DemoArgs) -> ExitCode {
     if !crate::telemetry::filter_given() {
@@ -247,7 +291,12 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "the same stream: mosquitto_sub -h {} -p {} -t '{root}/#' -v",
         url.host, url.port
     );
-    println!("within a minute pot-003 underfeeds (warning), goes into an anode effect, and recovers; Ctrl-C to stop\n");
+    println!("within a minute pot-003 underfeeds (warning), goes into an anode effect, and recovers; Ctrl-C to stop");
+    println!("pot-002 underfeeds too: the agent proposes extra feeding, the operator confirms it over MQTT, and the anode effect does not come\n");
+    let cmd_topic = format!(
+        "{root}/{}/{}/_agent/{}/cmd",
+        cfg.agent.site, cfg.agent.area, cfg.agent.id
+    );
 
     let mut o = MqttOptions::new(
         format!("alsentry-demo-console-{}", std::process::id()),
@@ -270,6 +319,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(line) = render_line(&p.topic, &p.payload, color) {
                         println!("{line}");
+                    }
+                    if let Some(cmd) = confirmation(&p.topic, &p.payload) {
+                        println!(
+                            "{:>8}  operator  {CONFIRMS_ON}  confirms over MQTT: {cmd}",
+                            ""
+                        );
+                        let _ = client
+                            .publish(cmd_topic.clone(), QoS::AtLeastOnce, false, cmd.into_bytes())
+                            .await;
                     }
                 }
                 Ok(_) => {}
@@ -300,6 +358,27 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// The scripted operator: the confirm command for a proposal on [`CONFIRMS_ON`].
+fn confirmation(topic: &str, payload: &[u8]) -> Option<String> {
+    if !topic.ends_with("/audit") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if v["event"] != "proposed" || v["device"] != CONFIRMS_ON || v["mode"] != "confirm" {
+        return None;
+    }
+    Some(
+        serde_json::json!({
+            "op": "confirm",
+            "action": v["action"],
+            "device": v["device"],
+            "proposal": v["id"],
+            "by": "demo-operator",
+        })
+        .to_string(),
+    )
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

@@ -30,6 +30,7 @@ use crate::io::seq::SeqLease;
 use crate::metrics::Metrics;
 use crate::telemetry::{emit, AlarmPublished, SeqLeaseNotPersisted};
 
+use super::disposal::{Disposal, Done};
 use super::restore::{Keeper, Restore};
 
 /// Hands a copy to the daily report, waiting while its queue is full (it loses nothing).
@@ -191,6 +192,10 @@ pub struct EngineTask {
     clears: Vec<Vec<String>>,
     /// Replies by `request_id`, so that a command sent twice runs once.
     recent: RecentReplies,
+    /// The actions on rules (docs/DISPOSAL.md).
+    disposal: Disposal,
+    /// What commands of this batch asked disposal to publish.
+    disposal_done: Done,
 }
 
 impl EngineTask {
@@ -203,6 +208,7 @@ impl EngineTask {
         shared: Shared,
     ) -> EngineTask {
         let systemd = crate::io::notify::Systemd::from_env(cfg.devices.len(), shared.clock.mono());
+        let disposal = Disposal::new(cfg, shared.clock.now());
         EngineTask {
             driver: Driver::new(engine, Cadence::default()),
             seq,
@@ -217,6 +223,30 @@ impl EngineTask {
             keeper: Keeper::new(cfg),
             clears: Vec::new(),
             recent: RecentReplies::default(),
+            disposal,
+            disposal_done: Done::default(),
+        }
+    }
+
+    /// Where action writes reach the link pollers (without it every write fails as "link not
+    /// running").
+    pub fn with_writes(mut self, writes: crate::io::poller::WriteRouter) -> EngineTask {
+        self.disposal = self.disposal.with_writes(writes);
+        self
+    }
+
+    /// Publishes what disposal produced: audit events, then the failure alarms they caused.
+    async fn deliver(&mut self, done: Done) {
+        for o in done.publish {
+            if self.outlets.publish(o).await > 0 {
+                error!("a sink stopped; audit event not queued for it");
+            }
+        }
+        if !done.alarms.is_empty() {
+            self.send_snapshot(self.shared.clock.now());
+        }
+        for e in done.alarms {
+            self.publish_alarm(e).await;
         }
     }
 
@@ -288,6 +318,7 @@ impl EngineTask {
         let tick = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(tick);
         let mut wakes: u64 = 0;
+        let mut written = self.disposal.take_results();
         let summary_every = Duration::from_millis(self.summary.interval_ms.max(1_000) as u64);
         let mut summaries = tokio::time::interval(summary_every);
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -323,6 +354,8 @@ impl EngineTask {
                     }
                     let now = self.shared.clock.now();
                     self.driver.advance(now);
+                    let done = self.disposal.tick(self.driver.engine_mut(), now);
+                    self.deliver(done).await;
                     self.systemd.on_tick(self.shared.clock.mono());
                     let wait = cadence.until_next_tick(now).unwrap_or(TICK_MS);
                     tick.set(tokio::time::sleep(Duration::from_millis(wait as u64)));
@@ -331,6 +364,11 @@ impl EngineTask {
                     if let Some(c) = c {
                         self.control(c).await;
                     }
+                }
+                Some(r) = written.recv() => {
+                    let now = self.shared.clock.now();
+                    let done = self.disposal.on_written(r, self.driver.engine_mut(), now);
+                    self.deliver(done).await;
                 }
                 Some(q) = queries.recv() => {
                     let trend = self.driver.engine_mut().device_trend(
@@ -381,9 +419,14 @@ impl EngineTask {
         }
         self.send_snapshot(self.shared.clock.now());
         let events: Vec<AlarmEvent> = self.driver.drain_events().collect();
+        let now = self.shared.clock.now();
+        let done = self
+            .disposal
+            .on_events(&events, self.driver.engine_mut(), now);
         for event in events {
             self.publish_alarm(event).await;
         }
+        self.deliver(done).await;
         // A topic retained for the first time must be on the list before a crash can lose
         // it, or a later removal of its rule could not clear it.
         if self.keeper.has_new_topics() {
@@ -474,6 +517,8 @@ impl EngineTask {
         for (to, reply) in replies {
             self.answer(to, reply).await;
         }
+        let done = std::mem::take(&mut self.disposal_done);
+        self.deliver(done).await;
     }
 
     /// Applies one command; its reply, unless it comes later (a reload).
@@ -538,6 +583,45 @@ impl EngineTask {
                         );
                         return Some((pending.to, reply));
                     }
+                }
+            }
+            Request::Confirm {
+                action,
+                device,
+                proposal,
+                by,
+            } => {
+                let (done, r) = self.disposal.confirm(
+                    &action,
+                    &device,
+                    proposal,
+                    &by,
+                    self.driver.engine_mut(),
+                    now,
+                );
+                self.disposal_done.publish.extend(done.publish);
+                self.disposal_done.alarms.extend(done.alarms);
+                info!(action = %action, device = %device, by = %by, ok = r.is_ok(), "action confirmation");
+                let reply = match r {
+                    Ok(()) => Reply::ok(p.request_id, Some(p.op), now).state(Some("confirmed")),
+                    Err(e) => Reply::refused(p.request_id, Some(p.op), e, now),
+                };
+                reply.on(device, action)
+            }
+            Request::Kill { area, on, by } => {
+                let (done, r) =
+                    self.disposal
+                        .kill(area.as_deref(), on, &by, self.driver.engine_mut(), now);
+                self.disposal_done.publish.extend(done.publish);
+                self.disposal_done.alarms.extend(done.alarms);
+                warn!(area = ?area, on, by = %by, "action kill switch");
+                match r {
+                    Ok(()) => Reply::ok(p.request_id, Some(p.op), now).state(Some(if on {
+                        "killed"
+                    } else {
+                        "released"
+                    })),
+                    Err(e) => Reply::refused(p.request_id, Some(p.op), e, now),
                 }
             }
             Request::Alarm {
@@ -611,6 +695,7 @@ impl EngineTask {
         self.summary = cfg.summary.clone();
         self.data = cfg.data.clone();
         self.names = data_names(cfg);
+        self.disposal.reload(cfg);
         Ok(())
     }
 }

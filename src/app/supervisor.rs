@@ -22,7 +22,7 @@ use crate::core::engine::SampleBatch;
 use crate::core::model::{BadReason, Quality};
 use crate::io::backoff::{self, Backoff};
 use crate::io::health::{HealthTx, Pulse};
-use crate::io::poller::{links, Link, LinkDevice};
+use crate::io::poller::{links, Link, LinkDevice, WriteRouter};
 use crate::metrics::Metrics;
 use crate::telemetry::{emit, BatchDropped, DeviceDown, LinkDied, LinkRestarted};
 
@@ -72,10 +72,13 @@ pub struct Supervisor {
     engine: mpsc::Sender<Control>,
     reports: Reports,
     restart_backoff: Backoff,
+    /// Handed to each poller: where writes of actions reach its link.
+    writes: WriteRouter,
 }
 
 impl Supervisor {
     /// Starts a poller for every link of `cfg`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: Config,
         batches: mpsc::Sender<SampleBatch>,
@@ -84,6 +87,7 @@ impl Supervisor {
         health: HealthTx,
         engine: mpsc::Sender<Control>,
         reports: Reports,
+        writes: WriteRouter,
     ) -> Supervisor {
         let seed = backoff::seed("supervisor", clock.now() as u64);
         let mut s = Supervisor {
@@ -95,6 +99,7 @@ impl Supervisor {
             engine,
             reports,
             restart_backoff: Backoff::new(RESTART_MIN, RESTART_MAX, seed),
+            writes,
             cfg,
         };
         let devices = s.cfg.devices.clone();
@@ -144,6 +149,7 @@ impl Supervisor {
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            writes: self.writes.clone(),
         };
         (cancel.clone(), tokio::spawn(link.run(cancel)))
     }
@@ -613,6 +619,7 @@ limit = {limit}
                 pulse: Pulse::new(Default::default(), Mono::ZERO),
                 config_hash: hash_tx,
             },
+            Default::default(),
         );
         let (requests, requests_rx) = mpsc::channel(4);
         let (cancel, engine_cancel) = (CancellationToken::new(), CancellationToken::new());

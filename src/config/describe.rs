@@ -42,6 +42,30 @@ pub fn summary(cfg: &Config) -> String {
         cfg.rules.len(),
         instances
     );
+    // Writes to plant equipment: say plainly whether anything can be written.
+    if !cfg.actions.is_empty() {
+        let enabled: Vec<String> = cfg
+            .actions
+            .iter()
+            .filter(|a| a.enabled)
+            .map(|a| format!("{} ({})", a.name, a.mode.as_str()))
+            .collect();
+        let kill = if cfg.disposal.all {
+            "; kill switch ON: nothing is written"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "{} actions, enabled: {}{kill}",
+            cfg.actions.len(),
+            if enabled.is_empty() {
+                "none (nothing is written)".to_string()
+            } else {
+                enabled.join(", ")
+            }
+        );
+    }
     for sink in &cfg.sinks {
         let _ = writeln!(
             s,

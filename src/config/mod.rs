@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: every problem is collected with its file, line,
 //! column and key path, so `alsentry check` shows them all at once.
 
+pub(crate) mod action;
 mod compile;
 pub mod describe;
 pub(crate) mod device;
@@ -79,6 +80,10 @@ pub struct Config {
     pub report: report::ReportConfig,
     /// The devices' tags and the rules, compiled once at load: what the engine is built from.
     pub spec: Arc<Spec>,
+    /// `[[actions]]`: what may be written to plant equipment (docs/DISPOSAL.md).
+    pub actions: Vec<crate::core::action::ActionSpec>,
+    /// `[disposal]`: the kill switches as configured.
+    pub disposal: crate::core::action::Kill,
 }
 
 /// `[summary]`: the periodic per-device summary.
@@ -259,6 +264,8 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     let mut data = DataOptions::default();
     let mut record_cfg = None;
     let mut report_cfg = report::ReportConfig::default();
+    let mut action_values = Vec::new();
+    let mut disposal = crate::core::action::Kill::default();
 
     for (si, (src, doc)) in sources.iter().zip(docs.iter()).enumerate() {
         let Some(doc) = doc else { continue };
@@ -334,6 +341,9 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             if let Some(v) = top.get("report") {
                 report_cfg = report::parse_report(v, src, &mut p);
             }
+            if let Some(v) = top.get("disposal") {
+                disposal = action::parse_disposal(v, src, &mut p);
+            }
             if let Some(v) = top.get("record") {
                 record_cfg = record::parse_record(v, src, "record".into(), &mut p)
                     .map(|r| (r, v.span().start));
@@ -365,6 +375,9 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             let listed = parse_listed(v, src, "devices".into(), &mut p, device::parse_device_entry);
             refused.devices |= listed.incomplete;
             entries.extend(listed.items.into_iter().map(|(e, _)| (e, si)));
+        }
+        if let Some(v) = top.get("actions") {
+            action_values.push((si, v));
         }
         if let Some(v) = top.get("rules") {
             let listed = parse_listed(v, src, "rules".into(), &mut p, |v, s, path, p| {
@@ -406,6 +419,27 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
     report_cfg.options.current_efficiency = summary.current_efficiency;
     report_cfg.options.rectifier_efficiency = summary.rectifier_efficiency;
     let selector_refused = check_rules(&rules, &devices, &templates, &refused, &sources, &mut p);
+    let mut actions = Vec::new();
+    {
+        let cx = action::Context {
+            devices: &devices,
+            rules: &rules,
+            area: agent.as_ref().map_or("", |a| a.area.as_str()),
+        };
+        for (si, v) in &action_values {
+            for a in action::parse_actions(v, &sources[*si], &cx, &mut p) {
+                if actions
+                    .iter()
+                    .any(|x: &crate::core::action::ActionSpec| x.name == a.name)
+                {
+                    let at = v.span().start;
+                    let msg = format!("action \"{}\" is defined twice", a.name);
+                    p.add(&sources[*si], at, "actions", msg);
+                }
+                actions.push(a);
+            }
+        }
+    }
     let spec = compile::compile(
         &compile::Input {
             sources: &sources,
@@ -450,6 +484,8 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         record: record_cfg.map(|(r, _)| r),
         report: report_cfg,
         spec: Arc::new(spec),
+        actions,
+        disposal,
     })
 }
 

@@ -21,6 +21,20 @@ pub enum Request {
     Reload {
         by: String,
     },
+    /// Confirms a proposed action (docs/DISPOSAL.md).
+    Confirm {
+        action: String,
+        device: String,
+        /// The proposal's number, when the operator names it.
+        proposal: Option<u64>,
+        by: String,
+    },
+    /// Sets (`on`) or releases a kill switch: of `area`, or of every action.
+    Kill {
+        area: Option<String>,
+        on: bool,
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +114,7 @@ impl Reply {
         self
     }
 }
-pub const OPS: &str = "ack, shelve, unshelve, reset, out_of_service, return_to_service, reload";
+pub const OPS: &str = "ack, shelve, unshelve, reset, out_of_service, return_to_service, reload, confirm, kill, release_kill";
 const MAX_TEXT: usize = 256;
 /// The largest command accepted, in bytes.
 pub const MAX_BYTES: usize = 4096;
@@ -174,6 +188,9 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
         "until",
         "request_id",
         "id",
+        "action",
+        "area",
+        "proposal",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(fail(format!(
@@ -187,6 +204,41 @@ pub fn parse(payload: &[u8], now: Ts) -> Result<Parsed, ParseError> {
             request_id,
             op,
             request: Request::Reload { by },
+        });
+    }
+    if op == "kill" || op == "release_kill" {
+        let area = text(&obj, "area", false).map_err(&fail)?;
+        return Ok(Parsed {
+            request_id: request_id.clone(),
+            request: Request::Kill {
+                area,
+                on: op == "kill",
+                by,
+            },
+            op,
+        });
+    }
+    if op == "confirm" {
+        let action = text(&obj, "action", true)
+            .map_err(&fail)?
+            .unwrap_or_default();
+        let device = text(&obj, "device", true)
+            .map_err(&fail)?
+            .unwrap_or_default();
+        let proposal = match obj.get("proposal") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(_) => return Err(fail("\"proposal\" must be a proposal number".into())),
+        };
+        return Ok(Parsed {
+            request_id: request_id.clone(),
+            op,
+            request: Request::Confirm {
+                action,
+                device,
+                proposal,
+                by,
+            },
         });
     }
     let command = match op.as_str() {
@@ -476,6 +528,60 @@ mod tests {
                 String::from_utf8_lossy(input),
                 e.message
             );
+        }
+    }
+
+    #[test]
+    fn parses_confirm_and_kill_switches() {
+        let p = parse(
+            br#"{"op":"confirm","action":"extra_feed","device":"pot-1","by":"li","proposal":42}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            p.request,
+            Request::Confirm {
+                action: "extra_feed".into(),
+                device: "pot-1".into(),
+                proposal: Some(42),
+                by: "li".into()
+            }
+        );
+        let p = parse(br#"{"op":"kill","area":"line-2","by":"boss"}"#, 0).unwrap();
+        assert_eq!(
+            p.request,
+            Request::Kill {
+                area: Some("line-2".into()),
+                on: true,
+                by: "boss".into()
+            }
+        );
+        let p = parse(br#"{"op":"release_kill","by":"boss"}"#, 0).unwrap();
+        assert_eq!(
+            p.request,
+            Request::Kill {
+                area: None,
+                on: false,
+                by: "boss".into()
+            }
+        );
+        for (input, expected) in [
+            (
+                &br#"{"op":"confirm","device":"d","by":"b"}"#[..],
+                "missing \"action\"",
+            ),
+            (
+                br#"{"op":"confirm","action":"a","by":"b"}"#,
+                "missing \"device\"",
+            ),
+            (
+                br#"{"op":"confirm","action":"a","device":"d","by":"b","proposal":"x"}"#,
+                "proposal number",
+            ),
+            (br#"{"op":"kill"}"#, "missing \"by\""),
+        ] {
+            let e = parse(input, 0).unwrap_err();
+            assert!(e.message.contains(expected), "{}", e.message);
         }
     }
 

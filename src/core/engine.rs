@@ -26,6 +26,10 @@ use super::window::{capacity_for, Point, Window};
 
 pub use super::rule::{AREA_DEVICE, COMM_LOSS_RULE, FLOOD_RULE};
 
+/// The built-in alarm of a device whose action failed (see [`Engine::action_failed`]).
+pub const ACTION_FAILED_RULE: &str = "action_failed";
+const ACTION_FAILED_MESSAGE: &str = "{device}: an action's write was refused or failed";
+
 /// Values read from one device in one poll.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleBatch {
@@ -249,6 +253,30 @@ struct AlarmSlot {
     chatter_seen: u64,
 }
 
+impl AlarmSlot {
+    /// A built-in alarm that watches no tag (comm loss, flood, action failed).
+    fn builtin(
+        device: Arc<str>,
+        rule: Arc<str>,
+        message: Arc<MessageTemplate>,
+        settings: AlarmSettings,
+    ) -> AlarmSlot {
+        AlarmSlot {
+            device,
+            rule,
+            tag: Arc::from(""),
+            unit: Arc::from(""),
+            message,
+            alarm: Alarm::new(settings),
+            value: None,
+            quality: Quality::Good,
+            limit: None,
+            eta_ms: None,
+            chatter_seen: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct AreaAggregate {
     alarm: u32,
@@ -403,24 +431,17 @@ impl Engine {
             let name = d.name.clone();
             let comm_alarm = alarm_options.comm_loss.then(|| {
                 let id = alarms.len() as u32;
-                alarms.push(AlarmSlot {
-                    device: name.clone(),
-                    rule: Arc::from(COMM_LOSS_RULE),
-                    tag: Arc::from(""),
-                    unit: Arc::from(""),
-                    message: spec.comm_loss_message().clone(),
-                    alarm: Alarm::new(AlarmSettings {
+                alarms.push(AlarmSlot::builtin(
+                    name.clone(),
+                    Arc::from(COMM_LOSS_RULE),
+                    spec.comm_loss_message().clone(),
+                    AlarmSettings {
                         priority: alarm_options.comm_loss_priority,
                         on_delay_ms: alarm_options.comm_loss_delay_ms,
                         off_delay_ms: 0,
                         latching: false,
-                    }),
-                    value: None,
-                    quality: Quality::Good,
-                    limit: None,
-                    eta_ms: None,
-                    chatter_seen: 0,
-                });
+                    },
+                ));
                 by_name.insert((name.clone(), Arc::from(COMM_LOSS_RULE)), id);
                 id
             });
@@ -466,24 +487,17 @@ impl Engine {
             (Arc::from(AREA_DEVICE), Arc::from(FLOOD_RULE)),
             engine.flood_alarm,
         );
-        engine.alarms.push(AlarmSlot {
-            device: area.clone(),
-            rule: Arc::from(FLOOD_RULE),
-            tag: Arc::from(""),
-            unit: Arc::from(""),
-            message: spec.flood_message().clone(),
-            alarm: Alarm::new(AlarmSettings {
+        engine.alarms.push(AlarmSlot::builtin(
+            area.clone(),
+            Arc::from(FLOOD_RULE),
+            spec.flood_message().clone(),
+            AlarmSettings {
                 priority: Priority::High,
                 on_delay_ms: 0,
                 off_delay_ms: 0,
                 latching: false,
-            }),
-            value: None,
-            quality: Quality::Good,
-            limit: None,
-            eta_ms: None,
-            chatter_seen: 0,
-        });
+            },
+        ));
         // One evaluator (and at most one alarm) per rule and device: sized up front, as
         // growth by doubling would leave freed blocks the allocator keeps (~1 MB at 400 cells).
         let instances: usize = spec.rules().iter().map(|r| r.instances.len() + 1).sum();
@@ -1148,6 +1162,16 @@ impl Engine {
                 }
             }
         }
+        // The `action_failed` alarms exist once raised: carried over like the others.
+        let failed: Vec<Arc<str>> = old
+            .by_name
+            .keys()
+            .filter(|(_, r)| &**r == ACTION_FAILED_RULE)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in failed {
+            self.action_failed_slot(&d);
+        }
         // Alarm states, by (device, rule).
         let mut old_ids: HashMap<(Arc<str>, Arc<str>), u32> = HashMap::new();
         for (k, v) in &old.by_name {
@@ -1259,7 +1283,12 @@ impl Engine {
         let mut r = Restored::default();
         for s in saved {
             let key = (Arc::from(s.device.as_str()), Arc::from(s.rule.as_str()));
-            let Some(&id) = self.by_name.get(&key) else {
+            let found = match self.by_name.get(&key) {
+                Some(&id) => Some(id),
+                None if s.rule == ACTION_FAILED_RULE => self.action_failed_slot(&s.device),
+                None => None,
+            };
+            let Some(id) = found else {
                 r.dropped += 1;
                 continue;
             };
@@ -1401,6 +1430,74 @@ impl Engine {
                 }
             }),
         )
+    }
+
+    /// The `action_failed` alarm of `device`, made now (it exists only once raised, or when
+    /// restored or carried over a reload); `None` for a device this engine does not have.
+    fn action_failed_slot(&mut self, device: &str) -> Option<u32> {
+        let key = (
+            Arc::<str>::from(device),
+            Arc::<str>::from(ACTION_FAILED_RULE),
+        );
+        if let Some(&id) = self.by_name.get(&key) {
+            return Some(id);
+        }
+        if !self.devices.iter().any(|d| &*d.name == device) {
+            return None;
+        }
+        let message = MessageTemplate::parse(ACTION_FAILED_MESSAGE).ok()?;
+        let id = self.alarms.len() as u32;
+        self.alarms.push(AlarmSlot::builtin(
+            key.0.clone(),
+            key.1.clone(),
+            Arc::new(message),
+            AlarmSettings {
+                priority: Priority::High,
+                on_delay_ms: 0,
+                off_delay_ms: 0,
+                latching: false,
+            },
+        ));
+        self.by_name.insert(key, id);
+        Some(id)
+    }
+
+    /// Sets the built-in `action_failed` alarm of `device` (docs/DISPOSAL.md): raised when an
+    /// action's write is refused, fails or reads back different, cleared by the device's next
+    /// verified write. Created at its first raise, so configurations without actions have
+    /// none. `note` (what failed) goes into the transition.
+    pub fn action_failed(
+        &mut self,
+        device: &str,
+        active: bool,
+        note: Option<String>,
+        now: Ts,
+        out: &mut Vec<AlarmEvent>,
+    ) {
+        let key = (
+            Arc::<str>::from(device),
+            Arc::<str>::from(ACTION_FAILED_RULE),
+        );
+        let id = match self.by_name.get(&key) {
+            Some(&id) => id,
+            None if !active => return,
+            None => match self.action_failed_slot(device) {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        let c = if active {
+            Condition::Active
+        } else {
+            Condition::Clear
+        };
+        let before = out.len();
+        self.apply(id, c, now, out);
+        if let Some(n) = note {
+            for e in &mut out[before..] {
+                e.transition.note = Some(n.clone());
+            }
+        }
     }
 
     /// Latest good value and current quality of a tag, for tests and summaries.
@@ -1657,6 +1754,40 @@ mod tests {
         // The hysteresis starts from the restored activation: no new annunciation.
         let ev = feed(&mut c, 0, 6_000, 12.0);
         assert!(rule_events(&ev, "anode_effect").is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn action_failed_is_raised_cleared_and_kept_across_restart_and_reload() {
+        let mut e = engine(ae(8.0));
+        let mut out = Vec::new();
+        e.action_failed("pot-001", false, None, 0, &mut out);
+        assert!(out.is_empty(), "nothing to clear before a failure");
+        e.action_failed("nope", true, None, 0, &mut out);
+        assert!(out.is_empty(), "no alarm for an unknown device");
+        e.action_failed(
+            "pot-001",
+            true,
+            Some("read back [0]".into()),
+            1_000,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (&*out[0].rule, out[0].transition.to, out[0].priority),
+            (ACTION_FAILED_RULE, "active_unacked", Priority::High)
+        );
+        assert_eq!(out[0].transition.note.as_deref(), Some("read back [0]"));
+        // A restart finds it; so does a reload.
+        let mut b = engine(ae(8.0));
+        let r = b.restore(e.save());
+        assert_eq!(r.dropped, 0);
+        let st = b.alarm_state("pot-001", ACTION_FAILED_RULE).unwrap();
+        assert_eq!(st.transition.to, "active_unacked");
+        let mut c = engine(ae(8.0));
+        c.adopt(b);
+        let mut out = Vec::new();
+        c.action_failed("pot-001", false, None, 2_000, &mut out);
+        assert_eq!(out[0].transition.to, "returned_unacked");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Pure core: no sockets, no files, no clock reads. Time is always passed in.
 //! `layers.rs` (a test) keeps it so: core uses nothing else of the crate.
+pub mod action;
 pub mod alarm;
 pub mod command;
 pub mod decode;

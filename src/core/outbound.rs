@@ -87,6 +87,9 @@ pub enum Outbound {
     Data { device: String, payload: Vec<u8> },
     /// The answer to an operator command, for the sink the command came from.
     Reply(Reply),
+    /// One disposal audit event (docs/DISPOSAL.md): carried like an alarm (QoS 1, evicted
+    /// last), never retained.
+    Audit(super::action::Audit),
 }
 
 impl Outbound {
@@ -96,6 +99,7 @@ impl Outbound {
             Outbound::Summary { .. } => Class::Summary,
             Outbound::Data { .. } => Class::Data,
             Outbound::Reply(_) => Class::Status,
+            Outbound::Audit(_) => Class::Alarm,
         }
     }
 
@@ -137,6 +141,10 @@ impl Outbound {
             Outbound::Reply(reply) => (
                 who.agent_topic(REPLY_LEAF),
                 serde_json::to_vec(reply).unwrap_or_default(),
+            ),
+            Outbound::Audit(a) => (
+                who.agent_topic(super::action::audit::AUDIT_LEAF),
+                a.payload(&who.agent, &who.site, &who.area),
             ),
         }
     }

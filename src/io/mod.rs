@@ -3,6 +3,7 @@
 //! (`schedule` for the pollers, `session` for the sinks, `backoff` for both).
 
 pub(crate) mod alarm_state;
+pub(crate) mod audit;
 pub(crate) mod backoff;
 pub mod health;
 pub mod http;

@@ -14,6 +14,7 @@ use tokio_modbus::Slave;
 
 use crate::config::endpoint::{Parity, Serial};
 use crate::config::Endpoint;
+use crate::core::action::WriteData;
 use crate::core::decode::Table;
 
 /// What one read produced.
@@ -147,6 +148,21 @@ impl Connection {
         Ok(Connection { ctx })
     }
 
+    /// One request within `timeout`, its failure sorted into device "no" and wire trouble.
+    async fn call(
+        &mut self,
+        request: Request<'static>,
+        timeout: Duration,
+    ) -> Result<Response, ReadError> {
+        match tokio::time::timeout(timeout, self.ctx.call(request)).await {
+            Err(_) => Err(ReadError::Timeout(timeout)),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ReadError::Transport(e.to_string())),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(ReadError::Protocol(e.to_string())),
+            Ok(Ok(Err(code))) => Err(ReadError::Exception(u8::from(code))),
+            Ok(Ok(Ok(response))) => Ok(response),
+        }
+    }
+
     /// Reads `count` addresses from `table` of unit `unit`, within `timeout`.
     pub async fn read(
         &mut self,
@@ -166,17 +182,7 @@ impl Connection {
             Table::Coil => Request::ReadCoils(start, count),
             Table::Discrete => Request::ReadDiscreteInputs(start, count),
         };
-        let response = match tokio::time::timeout(timeout, self.ctx.call(request)).await {
-            Err(_) => return Err(ReadError::Timeout(timeout)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                return Err(ReadError::Transport(e.to_string()))
-            }
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                return Err(ReadError::Protocol(e.to_string()))
-            }
-            Ok(Ok(Err(code))) => return Err(ReadError::Exception(u8::from(code))),
-            Ok(Ok(Ok(response))) => response,
-        };
+        let response = self.call(request, timeout).await?;
         let mut data = match (table, response) {
             (Table::Holding, Response::ReadHoldingRegisters(words))
             | (Table::Input, Response::ReadInputRegisters(words)) => ReadData::Registers(words),
@@ -203,6 +209,46 @@ impl Connection {
             b.truncate(usize::from(count));
         }
         Ok(data)
+    }
+}
+
+impl Connection {
+    /// Writes `data` at `start` of unit `unit` within `timeout`: FC 05 or 15 for coils, FC 06
+    /// or 16 for holding registers. The same error split as reads: an exception is the
+    /// device's "no", anything else poisons the connection.
+    pub async fn write(
+        &mut self,
+        unit: u8,
+        start: u16,
+        data: &WriteData,
+        timeout: Duration,
+    ) -> Result<(), ReadError> {
+        self.ctx.set_slave(Slave(unit));
+        let request = match (data, data.function_code()) {
+            (WriteData::Coils(b), 5) => Request::WriteSingleCoil(start, b[0]),
+            (WriteData::Coils(b), _) => Request::WriteMultipleCoils(start, b.clone().into()),
+            (WriteData::Registers(w), 6) => Request::WriteSingleRegister(start, w[0]),
+            (WriteData::Registers(w), _) => {
+                Request::WriteMultipleRegisters(start, w.clone().into())
+            }
+        };
+        let response = self.call(request, timeout).await?;
+        // The echo must name what was asked: a reply for another request means the stream
+        // is out of step.
+        let echoed = match response {
+            Response::WriteSingleCoil(a, _) | Response::WriteSingleRegister(a, _) => a == start,
+            Response::WriteMultipleCoils(a, n) | Response::WriteMultipleRegisters(a, n) => {
+                a == start && n == data.len()
+            }
+            _ => false,
+        };
+        if !echoed {
+            return Err(ReadError::Protocol(format!(
+                "the reply to a write of {} at {start} does not echo it",
+                data.len()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -21,7 +21,8 @@ use super::modbus::{Connection, ReadData, ReadError};
 use super::schedule::{Change, PollSchedule, Step, UnitTiming};
 use crate::clock::{self, Clock};
 use crate::config::{Device, Endpoint, Tag};
-use crate::core::decode::{decode_at, Image};
+use crate::core::action::{WriteData, WriteOrder, WriteResult};
+use crate::core::decode::{decode_at, Image, Table};
 use crate::core::engine::SampleBatch;
 use crate::core::model::{BadReason, Quality};
 use crate::core::plan::{Planner, Probe, ReadBlock};
@@ -113,6 +114,64 @@ fn take_injected_panic(device: &str) -> bool {
     }
 }
 
+/// A write for one device (disposal, docs/DISPOSAL.md), with where its outcome goes.
+#[derive(Debug)]
+pub struct WriteJob {
+    pub order: WriteOrder,
+    pub reply: tokio::sync::oneshot::Sender<WriteResult>,
+    /// Reads back done so far (0: not written yet).
+    reads: u32,
+}
+
+impl WriteJob {
+    pub fn new(order: WriteOrder, reply: tokio::sync::oneshot::Sender<WriteResult>) -> WriteJob {
+        WriteJob {
+            order,
+            reply,
+            reads: 0,
+        }
+    }
+}
+
+/// Where writes go: every running link poller registers the inbox of its devices here, so a
+/// write joins that link's serialized transaction queue (between two reads, never inside
+/// one). Restarted pollers register again; a dead one's inbox is closed and the write is
+/// answered "link not running".
+#[derive(Debug, Clone, Default)]
+pub struct WriteRouter {
+    inboxes: Arc<std::sync::Mutex<std::collections::HashMap<u32, mpsc::Sender<WriteJob>>>>,
+}
+
+impl WriteRouter {
+    fn register(&self, devices: &[LinkDevice], tx: &mpsc::Sender<WriteJob>) {
+        if let Ok(mut m) = self.inboxes.lock() {
+            for d in devices {
+                m.insert(d.index, tx.clone());
+            }
+        }
+    }
+
+    /// Hands `job` to the link of its device; gives it back when there is none or its inbox is
+    /// full.
+    pub fn send(&self, job: WriteJob) -> Result<(), (WriteJob, &'static str)> {
+        let tx = self
+            .inboxes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&job.order.device).cloned());
+        match tx {
+            None => Err((job, "the device's link is not running")),
+            Some(tx) => tx.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(j) => (j, "the link's write queue is full"),
+                mpsc::error::TrySendError::Closed(j) => (j, "the device's link is not running"),
+            }),
+        }
+    }
+}
+
+/// Writes waiting on one link, at most.
+const WRITE_QUEUE: usize = 16;
+
 /// A read still to do in this poll.
 #[derive(Debug)]
 enum Pending {
@@ -129,6 +188,8 @@ pub struct Link {
     pub metrics: Arc<Metrics>,
     /// Where this link reports which of its devices answer.
     pub health: HealthTx,
+    /// Where this link takes writes from.
+    pub writes: WriteRouter,
 }
 
 enum PollOutcome {
@@ -159,6 +220,8 @@ impl Link {
         let seed = backoff::seed(&key, self.clock.now() as u64);
         let mut schedule = PollSchedule::new(&timings, seed, self.clock.mono());
         let mut conn: Option<Connection> = None;
+        let (write_tx, mut write_rx) = mpsc::channel::<WriteJob>(WRITE_QUEUE);
+        self.writes.register(&self.devices, &write_tx);
         loop {
             let Some((at, step)) = schedule.next() else {
                 return;
@@ -166,6 +229,10 @@ impl Link {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = clock::sleep_until(&*self.clock, at) => {}
+                Some(job) = write_rx.recv() => {
+                    self.write(&mut conn, job, &write_tx).await;
+                    continue;
+                }
             }
             if self.clock.mono() < at {
                 continue;
@@ -277,6 +344,92 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// One step of a write job: the write and its first read-back, or a later read-back. A
+    /// read-back that differs is read again after the job's delay (queued again, so polls go
+    /// on meanwhile) until its attempts are spent.
+    async fn write(
+        &self,
+        conn: &mut Option<Connection>,
+        mut job: WriteJob,
+        again: &mpsc::Sender<WriteJob>,
+    ) {
+        let o = &job.order;
+        let result = |written, read_back, attempts| WriteResult {
+            id: o.id,
+            written,
+            read_back,
+            attempts,
+        };
+        let Some(d) = self.devices.iter().find(|d| d.index == o.device) else {
+            let r = result(Err("the device is not on this link".into()), None, 0);
+            let _ = job.reply.send(r);
+            return;
+        };
+        let Some(c) = conn.as_mut() else {
+            let r = if job.reads == 0 {
+                result(Err("the link is not connected".into()), None, 0)
+            } else {
+                result(
+                    Ok(()),
+                    Some(Err("the link is not connected".into())),
+                    job.reads,
+                )
+            };
+            let _ = job.reply.send(r);
+            return;
+        };
+        if job.reads == 0 {
+            if let Err(e) = c.write(d.unit, o.address, &o.data, d.timeout).await {
+                if !matches!(e, ReadError::Exception(_)) {
+                    *conn = None;
+                }
+                let _ = job.reply.send(result(Err(e.to_string()), None, 0));
+                return;
+            }
+        }
+        job.reads += 1;
+        let Some(c) = conn.as_mut() else { return };
+        let table = match o.data {
+            WriteData::Coils(_) => Table::Coil,
+            WriteData::Registers(_) => Table::Holding,
+        };
+        let read = match c
+            .read(d.unit, table, o.address, o.data.len(), d.timeout)
+            .await
+        {
+            Ok(ReadData::Registers(w)) => Ok(w),
+            Ok(ReadData::Bits(b)) => Ok(b.into_iter().map(u16::from).collect()),
+            Err(e) => {
+                if !matches!(e, ReadError::Exception(_)) {
+                    *conn = None;
+                }
+                Err(e.to_string())
+            }
+        };
+        let matched = read.as_ref().is_ok_and(|w| *w == o.data.raw());
+        if matched || job.reads >= o.read_back.attempts.max(1) {
+            let r = result(Ok(()), Some(read), job.reads);
+            let _ = job.reply.send(r);
+            return;
+        }
+        let delay = Duration::from_millis(o.read_back.delay_ms.max(0) as u64);
+        let again = again.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = again.send(job).await {
+                // The link stopped meanwhile: answer with what is known.
+                let j = e.0;
+                let r = WriteResult {
+                    id: j.order.id,
+                    written: Ok(()),
+                    read_back: Some(Err("the link stopped before the read-back".into())),
+                    attempts: j.reads,
+                };
+                let _ = j.reply.send(r);
+            }
+        });
     }
 
     /// Tells operators and the health owner that device `i` started or stopped answering.

@@ -6,6 +6,7 @@ pub mod cell;
 pub mod faults;
 pub(crate) mod kiln;
 pub mod plant;
+pub(crate) mod react;
 pub mod registers;
 pub(crate) mod rng;
 pub mod scenario;

@@ -12,6 +12,7 @@ use super::faults::{
     PrecursorKind, RegisterBlock, Target,
 };
 use super::kiln::{Kiln, ThermalEffects};
+use super::react::Requests;
 use super::registers::{encode, Image, Layout};
 use super::rng::Rng;
 use super::scenario::{DeviceKind, Scenario};
@@ -60,6 +61,8 @@ struct DeviceState {
     comm: CommState,
     /// (fault index, signal index for sensor faults)
     faults: Vec<(usize, Option<usize>)>,
+    /// What the agent wrote to a cell (disposal).
+    requests: Requests,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +145,7 @@ impl Plant {
                     image: Image::default(),
                     comm: CommState::default(),
                     faults: Vec::new(),
+                    requests: Requests::default(),
                 }
             })
             .collect();
@@ -191,6 +195,26 @@ impl Plant {
         self.devices
             .get(device)
             .and_then(|d| self.layouts.get(&d.kind))
+    }
+
+    /// A write of holding registers from a client: only a cell's request registers take it
+    /// (exception 02 elsewhere). It reads back at once, before the next tick.
+    pub fn write_holding(&mut self, device: usize, address: u16, words: &[u16]) -> Result<(), u8> {
+        let Some(dev) = self.devices.get_mut(device) else {
+            return Err(super::server::EX_ILLEGAL_ADDRESS);
+        };
+        let span = address..address.saturating_add(words.len() as u16);
+        if dev.kind != DeviceKind::Cell || words.is_empty() || !span.clone().all(Requests::writable)
+        {
+            return Err(super::server::EX_ILLEGAL_ADDRESS);
+        }
+        for (a, &w) in span.zip(words) {
+            dev.requests.write(a, w);
+            if let Some(r) = dev.image.holding.get_mut(usize::from(a)) {
+                *r = w;
+            }
+        }
+        Ok(())
     }
 
     pub fn comm(&self, device: usize) -> Option<&CommState> {
@@ -376,6 +400,9 @@ impl Plant {
                 .get(self.scenario.devices[di].group)
                 .and_then(|l| l.as_ref().map(|l| l.current))
                 .unwrap_or(0.0);
+            if dev.kind == DeviceKind::Cell {
+                dev.requests.react(&mut cell_fx.ae, dt);
+            }
             let signals: &[f64] = match &mut dev.model {
                 Model::Cell(c) => {
                     c.step(dt, t, tick, line_ka, &cell_fx);
@@ -416,6 +443,9 @@ impl Plant {
             };
             dev.signals.clear();
             dev.signals.extend_from_slice(signals);
+            if dev.kind == DeviceKind::Cell {
+                dev.signals.extend(dev.requests.signals());
+            }
             // Sensor faults replace the measured value; every encoding of it follows.
             for &(fi, sig) in &dev.faults {
                 let f = &faults[fi];

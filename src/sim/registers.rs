@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::scenario::DeviceKind;
-use super::{calciner, cell, kiln};
+use super::{calciner, cell, kiln, react};
 
 /// The Modbus tables: the agent's own type, so the simulator serves what the agent reads.
 pub use crate::core::decode::Table;
@@ -177,6 +177,8 @@ pub const CELL_MAP: &[TagDef] = {
         tag("feed_count", Holding, 10, U32, Abcd, 1.0, "", s::FEED_COUNT, "feed shots since commissioning", "+1 per shot (~15–36 s)", "[U]"),
         tag("ae_count", Holding, 12, U16, Abcd, 1.0, "", s::AE_COUNT, "anode effects since commissioning", "+1 per AE", "[U]"),
         tag("uptime", Holding, 13, U32, Cdab, 1.0, "s", s::UPTIME, "seconds since the simulator started", "increasing", "[U]"),
+        tag("feed_request", Holding, react::FEED_REQUEST_ADDR, U16, Abcd, 1.0, "", react::FEED_REQUEST, "writable: 1 = extra feeding, ends an alumina depletion (disposal)", "0", "[U]"),
+        tag("quench_request", Holding, react::QUENCH_REQUEST_ADDR, U16, Abcd, 1.0, "", react::QUENCH_REQUEST, "writable: 1 = quench routine, ends an anode effect (disposal)", "0", "[U]"),
     ]
 };
 

@@ -33,6 +33,8 @@ pub enum Answer {
     Words(u8, Vec<u16>),
     Bits(u8, Vec<bool>),
     Exception(u8, u8),
+    /// The echo of a write: FC 06 (address, value) or FC 16 (address, quantity).
+    Echo(u8, u16, u16),
 }
 
 impl Answer {
@@ -61,6 +63,10 @@ impl Answer {
                 out
             }
             Answer::Exception(fc, code) => vec![fc | 0x80, *code],
+            Answer::Echo(fc, a, b) => {
+                let (a, b) = (a.to_be_bytes(), b.to_be_bytes());
+                vec![*fc, a[0], a[1], b[0], b[1]]
+            }
         }
     }
 }
@@ -217,6 +223,11 @@ async fn serve_connection(
                 qty: 0,
             }
         };
+        if fc == 6 || fc == 16 {
+            let a = write(&plant, units.resolve(unit), pdu);
+            stream.write_all(&mbap(tid, unit, &a.pdu(), 0)).await?;
+            continue;
+        }
         let outcome = {
             let device = units.resolve(unit);
             match plant.read() {
@@ -265,6 +276,44 @@ async fn serve_connection(
                 stream.write_all(&frame).await?;
             }
         }
+    }
+}
+
+/// A write (FC 06 or 16) of holding registers: the cells' request registers take it
+/// (docs/DISPOSAL.md); everything else answers an exception.
+fn write(plant: &SharedPlant, device: Option<usize>, pdu: &[u8]) -> Answer {
+    let fc = pdu[0];
+    let Some(device) = device else {
+        return Answer::Exception(fc, EX_GATEWAY_TARGET);
+    };
+    let word = |i: usize| pdu.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (Some(addr), Some(second)) = (word(1), word(3)) else {
+        return Answer::Exception(fc, EX_ILLEGAL_VALUE);
+    };
+    let words: Vec<u16> = if fc == 6 {
+        vec![second]
+    } else {
+        let n = usize::from(second);
+        if n == 0 || n > 123 || pdu.get(5).map(|&b| usize::from(b)) != Some(2 * n) {
+            return Answer::Exception(fc, EX_ILLEGAL_VALUE);
+        }
+        match (0..n)
+            .map(|i| word(6 + 2 * i))
+            .collect::<Option<Vec<u16>>>()
+        {
+            Some(w) => w,
+            None => return Answer::Exception(fc, EX_ILLEGAL_VALUE),
+        }
+    };
+    let Ok(mut p) = plant.write() else {
+        return Answer::Exception(fc, 0x04);
+    };
+    if p.comm(device).is_some_and(|c| c.silent) {
+        return Answer::Exception(fc, EX_GATEWAY_TARGET);
+    }
+    match p.write_holding(device, addr, &words) {
+        Ok(()) => Answer::Echo(fc, addr, second),
+        Err(code) => Answer::Exception(fc, code),
     }
 }
 
@@ -356,6 +405,8 @@ impl tokio_modbus::server::Service for RtuService {
                 Answer::Words(_, w) => Ok(Some(Response::ReadInputRegisters(w))),
                 Answer::Bits(1, b) => Ok(Some(Response::ReadCoils(b))),
                 Answer::Bits(_, b) => Ok(Some(Response::ReadDiscreteInputs(b))),
+                // Writes are not served on the serial line (reads only there).
+                Answer::Echo(..) => Err(ExceptionCode::IllegalFunction),
             }
         })
     }

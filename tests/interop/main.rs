@@ -21,6 +21,9 @@ mod bridge;
 /// Delivery through Mosquitto: a one-minute outage, the broker SIGKILLed, QoS as published,
 /// mutual TLS (openssl), MQTT 5 properties.
 mod delivery;
+/// Disposal (issue 17) against a pymodbus server: confirm, dry_run, kill switch, read-back
+/// mismatch, and the words of f32 CDAB, scaled i16 and u32 writes as pymodbus stores them.
+mod disposal;
 /// Modbus peers: the binary with the example config against pymodbus and Mosquitto, mbpoll
 /// decoding, mbpoll and pymodbus reading the simulator.
 mod modbus;

@@ -16,14 +16,15 @@ use crate::support::mqtt::Subscriber;
 use crate::support::net::{free_port, Proc};
 use crate::support::tools::{require, require_python_module};
 
-struct PyServer {
+/// The pymodbus server of pymodbus_server.py, driven over its stdin.
+pub(crate) struct PyServer {
     _proc: Proc,
     stdin: ChildStdin,
     out: BufReader<std::process::ChildStdout>,
 }
 
 impl PyServer {
-    fn start(port: u16, units: u8) -> PyServer {
+    pub(crate) fn start(port: u16, units: u8) -> PyServer {
         require_python_module("pymodbus");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pymodbus_server.py");
         let mut child = Command::new(require("python3"))
@@ -46,12 +47,31 @@ impl PyServer {
         }
     }
 
-    fn set(&mut self, unit: u8, table: &str, addr: u16, words: &[u16]) {
+    pub(crate) fn set(&mut self, unit: u8, table: &str, addr: u16, words: &[u16]) {
         let ws: Vec<String> = words.iter().map(|w| w.to_string()).collect();
         writeln!(self.stdin, "set {unit} {table} {addr} {}", ws.join(" ")).unwrap();
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "OK");
+    }
+
+    /// Clients' writes to holding `addr` are acknowledged, not kept.
+    pub(crate) fn stick(&mut self, unit: u8, addr: u16) {
+        writeln!(self.stdin, "stick {unit} {addr}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "OK");
+    }
+
+    /// What the server holds now (bits as 0/1).
+    pub(crate) fn get(&mut self, unit: u8, table: &str, addr: u16, count: u16) -> Vec<u16> {
+        writeln!(self.stdin, "get {unit} {table} {addr} {count}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let rest = line.trim().strip_prefix("VALUES").expect("VALUES ...");
+        rest.split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect()
     }
 }
 

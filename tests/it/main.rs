@@ -36,6 +36,9 @@ mod delivery;
 mod demo;
 /// The deploy/ files: compose layout, the systemd unit's hardening.
 mod deploy;
+/// Actions on rules (issue 17): confirm, dry_run, interlocks, kill switches, read-back and
+/// the words written, against an in-process device that accepts writes.
+mod disposal;
 /// The shipped presets against the simulator's scenarios on simulated time (EARLY-WARNING.md).
 mod early_warning;
 /// The engine task end to end: what leaves it per sink, and a live run's recording replayed.

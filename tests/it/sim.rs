@@ -264,12 +264,24 @@ async fn unmapped_and_invalid_requests_get_the_right_exceptions() {
         read(&mut c, Table::Input, 0, 126).await,
         Err(ExceptionCode::IllegalDataValue)
     );
-    // Read-only simulator.
+    // Only the request registers take writes (docs/DISPOSAL.md); the rest is read-only, and
+    // there are no coils to write.
     let w = timeout(WAIT, c.write_single_register(0, 1))
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(w, Err(ExceptionCode::IllegalDataAddress));
+    let w = timeout(WAIT, c.write_single_coil(0, true))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(w, Err(ExceptionCode::IllegalFunction));
+    let w = timeout(WAIT, c.write_single_register(15, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(w, Ok(()));
+    assert_eq!(read(&mut c, Table::Holding, 15, 2).await, Ok(vec![1, 0]));
     // Discrete inputs mirror the status bits; coils do not exist.
     let d = timeout(WAIT, c.read_discrete_inputs(0, 5))
         .await

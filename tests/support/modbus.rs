@@ -27,6 +27,11 @@ pub struct Regs {
     pub silent: HashSet<u8>,
     /// Every (unit, fc, start, count) read, in order.
     pub log: Vec<(u8, u8, u16, u16)>,
+    /// Every (unit, fc, start, words or 0/1 bits) write, in order.
+    pub writes: Vec<(u8, u8, u16, Vec<u16>)>,
+    /// (unit, address) of holding registers that accept writes but keep their value (a
+    /// controller overriding the request), for read-back mismatches.
+    pub stuck: HashSet<(u8, u16)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,6 +66,18 @@ impl Device {
             r.silent.remove(&unit);
         }
     }
+    pub fn writes(&self) -> Vec<(u8, u8, u16, Vec<u16>)> {
+        self.regs.lock().unwrap().writes.clone()
+    }
+    pub fn holding(&self, unit: u8, addr: u16, n: u16) -> Vec<u16> {
+        let r = self.regs.lock().unwrap();
+        (addr..addr + n)
+            .map(|a| r.holding.get(&(unit, a)).copied().unwrap_or(0))
+            .collect()
+    }
+    pub fn stick(&self, unit: u8, addr: u16) {
+        self.regs.lock().unwrap().stuck.insert((unit, addr));
+    }
     pub fn reads(&self) -> Vec<(u8, u8, u16, u16)> {
         self.regs.lock().unwrap().log.clone()
     }
@@ -88,6 +105,40 @@ impl Service for Device {
         let mut r = self.regs.lock().unwrap();
         if r.silent.contains(&unit) {
             return Box::pin(std::future::pending());
+        }
+        let write: Option<(u8, u16, Vec<u16>)> = match &req.request {
+            Request::WriteSingleCoil(a, v) => Some((5, *a, vec![u16::from(*v)])),
+            Request::WriteMultipleCoils(a, v) => {
+                Some((15, *a, v.iter().map(|&b| u16::from(b)).collect()))
+            }
+            Request::WriteSingleRegister(a, v) => Some((6, *a, vec![*v])),
+            Request::WriteMultipleRegisters(a, v) => Some((16, *a, v.to_vec())),
+            _ => None,
+        };
+        if let Some((fc, start, words)) = write {
+            r.writes.push((unit, fc, start, words.clone()));
+            let n = words.len() as u16;
+            if r.unmapped
+                .iter()
+                .any(|(u, a)| *u == unit && (start..start + n).contains(a))
+            {
+                return Box::pin(std::future::ready(Err(ExceptionCode::IllegalDataAddress)));
+            }
+            for (i, w) in words.iter().enumerate() {
+                let a = start + i as u16;
+                if fc == 5 || fc == 15 {
+                    r.coils.insert((unit, a), *w != 0);
+                } else if !r.stuck.contains(&(unit, a)) {
+                    r.holding.insert((unit, a), *w);
+                }
+            }
+            let resp = match fc {
+                5 => Response::WriteSingleCoil(start, words[0] != 0),
+                15 => Response::WriteMultipleCoils(start, n),
+                6 => Response::WriteSingleRegister(start, words[0]),
+                _ => Response::WriteMultipleRegisters(start, n),
+            };
+            return Box::pin(std::future::ready(Ok(resp)));
         }
         let (fc, start, count) = match req.request {
             Request::ReadCoils(a, n) => (1, a, n),

@@ -116,6 +116,8 @@ pub struct Web {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     history: Option<Arc<History>>,
+    /// The disposal audit file, for the actions list.
+    audit: Option<crate::io::audit::AuditFile>,
 }
 
 /// The channels between the station and the engine task.
@@ -134,6 +136,10 @@ impl Web {
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
     ) -> Web {
+        let audit = opts
+            .history
+            .as_deref()
+            .map(crate::io::audit::AuditFile::new);
         let history = opts.history.map(|dir| Arc::new(History::open(&dir)));
         let mut restored = opts.restored;
         if let Some(h) = &history {
@@ -159,6 +165,7 @@ impl Web {
             metrics,
             clock,
             history,
+            audit,
         }
     }
 
@@ -232,6 +239,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/command", post(command))
         .route("/api/agent", get(agent))
         .route("/api/history", get(history_list))
+        .route("/api/actions", get(actions_list))
         .route("/api/device/:name", get(device))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(web)
@@ -460,20 +468,28 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
 struct Action {
     op: String,
     device: String,
+    /// Absent for `confirm`.
+    #[serde(default)]
     rule: String,
+    /// `confirm`: the action and its proposal.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    proposal: Option<u64>,
     #[serde(default)]
     note: Option<String>,
     #[serde(default)]
     duration: Option<String>,
 }
 
-const ACTIONS: [&str; 6] = [
+const ACTIONS: [&str; 7] = [
     "ack",
     "shelve",
     "unshelve",
     "reset",
     "out_of_service",
     "return_to_service",
+    "confirm",
 ];
 
 /// One action: the CSRF token, then the role, then the engine's own checks and reply.
@@ -522,7 +538,11 @@ async fn command(
             ),
         );
     }
-    let mut payload = json!({ "op": a.op, "device": a.device, "rule": a.rule, "by": s.user });
+    let mut payload = if a.op == "confirm" {
+        json!({ "op": a.op, "device": a.device, "action": a.action, "proposal": a.proposal, "by": s.user })
+    } else {
+        json!({ "op": a.op, "device": a.device, "rule": a.rule, "by": s.user })
+    };
     if let Some(n) = a.note.filter(|n| !n.trim().is_empty()) {
         payload["note"] = n.into();
     }
@@ -734,3 +754,26 @@ async fn history_list(
     }
     no_store(json!({ "events": events }))
 }
+
+/// Disposal on the station: proposals still waiting and the last audit events, newest first,
+/// read from the audit file (the engine task writes it before it publishes).
+async fn actions_list(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if web.who(&headers).is_none() {
+        return unauthorized();
+    }
+    let Some(file) = &web.audit else {
+        return no_store(json!({ "proposals": [], "audit": [] }));
+    };
+    let lines: Vec<Value> = file
+        .tail(AUDIT_LINES)
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let now = crate::core::time::rfc3339_ms(web.clock.now());
+    let proposals = crate::io::audit::waiting(&lines, &now);
+    let audit: Vec<&Value> = lines.iter().rev().take(30).collect();
+    no_store(json!({ "proposals": proposals, "audit": audit }))
+}
+
+/// Audit lines the station reads back.
+const AUDIT_LINES: usize = 500;

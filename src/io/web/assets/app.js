@@ -19,6 +19,7 @@ const T = {
     active_unacked: "active, unacknowledged", active_acked: "active, acknowledged", returned_unacked: "returned, unacknowledged",
     latched: "latched", normal: "normal", out_of_service_state: "out of service",
     transition: "transition", command: "command",
+    actions: "Actions", confirm: "Confirm", expires: "expires",
   },
   zh: {
     alarms: "报警", history: "历史", agent: "网关", logout: "退出", login_title: "操作员登录",
@@ -36,6 +37,7 @@ const T = {
     active_unacked: "活动，未确认", active_acked: "活动，已确认", returned_unacked: "已恢复，未确认",
     latched: "锁存", normal: "正常", out_of_service_state: "停用",
     transition: "状态变化", command: "命令",
+    actions: "处置动作", confirm: "确认执行", expires: "截止",
   },
 };
 
@@ -268,6 +270,24 @@ function render() {
   $("flood").hidden = !s.flood;
   announceCritical(s.alarms);
   if (S.view === "device") loadDevice();
+  loadActions();
+}
+
+// Disposal (docs/DISPOSAL.md): proposals waiting for an operator, and the last audit events.
+async function loadActions() {
+  const r = await api("/api/actions");
+  if (!r.ok || !r.json) return;
+  $("proposal-list").replaceChildren(...r.json.proposals.map((p) => el("tr", { "data-testid": "proposal-row", "data-proposal": p.id },
+    el("td", { text: p.action }), el("td", { text: p.device }), el("td", { text: `${p.target} = ${p.value}` }),
+    el("td", { text: `${t("expires")} ${p.expires}` }),
+    el("td", { class: "actions" }, el("button", {
+      type: "button", "data-testid": "confirm", text: t("confirm"),
+      onclick: () => act("confirm", { device: p.device, rule: p.action }, { action: p.action, proposal: p.id }),
+    })))));
+  $("audit-list").replaceChildren(...r.json.audit.map((a) => el("tr", { "data-testid": "audit-row" },
+    el("td", { text: a.ts || "" }), el("td", { text: a.event || "" }), el("td", { text: a.action || "" }),
+    el("td", { text: a.device || "" }), el("td", { text: a.by || "" }),
+    el("td", { class: "wide", text: a.reason ? `${a.reason}: ${a.detail || ""}` : (a.detail || "") }))));
 }
 
 // A new unacknowledged critical alarm: a banner and, when switched on, a tone.
