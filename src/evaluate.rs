@@ -213,6 +213,9 @@ pub struct Act {
     pub priority: Priority,
     pub at: Ts,
     pub verdict: Verdict,
+    /// What happened on the device in the hour before (operations, faults), for alarms that
+    /// detect nothing: why it fired is read from this, not guessed.
+    pub context: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -306,6 +309,17 @@ pub fn run(
     // Simulated seconds on stderr when it is a terminal (replay's progress bar).
     let mut progress =
         crate::replay::progress::Progress::sim_time(&name, (duration_ms / 1000) as u64);
+    let dump = std::env::var("EW_DUMP").ok();
+    let mut dumpf = dump
+        .as_ref()
+        .and_then(|n| std::fs::File::create(format!("/tmp/ew/dump-{n}-{seed}.csv")).ok());
+    if let (Some(f), Some(n)) = (dumpf.as_mut(), dump.as_ref()) {
+        use std::io::Write as _;
+        if let Some(d) = cfg.devices.iter().find(|d| &d.name == n) {
+            let names: Vec<String> = d.tags.iter().map(|t| t.name.to_string()).collect();
+            let _ = writeln!(f, "ms,{}", names.join(","));
+        }
+    }
     for _ in 0..ticks {
         progress.set(((plant.tick() as i64 * tick_ms) / 1000) as u64);
         let transitions = plant.step();
@@ -322,7 +336,7 @@ pub fn run(
             let Some(image) = plant.image(pi) else {
                 continue;
             };
-            let values = d
+            let values: Vec<(u16, f64, Quality)> = d
                 .tags
                 .iter()
                 .enumerate()
@@ -353,6 +367,16 @@ pub fn run(
                     (ti as u16, v, q)
                 })
                 .collect();
+            if dump.as_deref() == Some(d.name.as_str()) {
+                use std::io::Write as _;
+                if let Some(f) = dumpf.as_mut() {
+                    let line: Vec<String> = values
+                        .iter()
+                        .map(|v: &(u16, f64, Quality)| format!("{}", v.1))
+                        .collect();
+                    let _ = writeln!(f, "{},{}", rel, line.join(","));
+                }
+            }
             let batch = SampleBatch {
                 device: di as u32,
                 ts: now,
@@ -455,6 +479,7 @@ pub fn score(
         .iter()
         .map(|(device, rule, priority, at)| Act {
             verdict: verdict(device, rule, *at),
+            context: context(truth, device, *at, span.0),
             device: device.clone(),
             rule: rule.clone(),
             priority: *priority,
@@ -579,6 +604,25 @@ pub fn score(
         critical_on_sensor_fault,
         line_faults,
     }
+}
+
+/// The truth events of `device` that overlap the hour before `at`, as "kind START..END" in
+/// minutes relative to `at` (negative: before), with the run time of the alarm first.
+fn context(truth: &[Fault], device: &str, at: Ts, start: Ts) -> String {
+    let rel = |t: Ts| (t - at) as f64 / 60_000.0;
+    let mut parts = vec![format!("at {:.1} min", (at - start) as f64 / 60_000.0)];
+    for f in truth
+        .iter()
+        .filter(|f| f.device == device && f.end_ms >= at - 3_600_000 && f.start_ms <= at)
+    {
+        parts.push(format!(
+            "{} {:+.1}..{:+.1}",
+            f.kind,
+            rel(f.start_ms),
+            rel(f.end_ms)
+        ));
+    }
+    parts.join("; ")
 }
 
 /// Length of the union of intervals.
@@ -778,6 +822,21 @@ pub fn section(title: &str, reports: &[Report]) -> String {
         out.push_str(&format!(
             "\nFalse alarms during operations, by rule: {m:?}\n"
         ));
+    }
+    let false_acts: Vec<(&Report, &Act)> = reports
+        .iter()
+        .flat_map(|r| r.acts.iter().map(move |a| (r, a)))
+        .filter(|(_, a)| a.verdict == Verdict::False)
+        .collect();
+    if !false_acts.is_empty() {
+        out.push_str("\n### False alarms one by one (what the device did in the hour before, min relative to the alarm)\n\n");
+        out.push_str("| run | seed | device | rule | context |\n|---|---|---|---|---|\n");
+        for (r, a) in false_acts {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.scenario, r.seed, a.device, a.rule, a.context
+            ));
+        }
     }
     out.push_str("\n### Detection by fault\n\n");
     out.push_str(&fault_table(&faults));

@@ -201,8 +201,13 @@ struct Evaluator {
 /// One hold-off of one evaluator: its expression on the device's slots, and until when it holds.
 #[derive(Debug)]
 struct Hold {
+    /// As written (`when`), with `for_ms`: what a reload compares to keep `until`.
+    source: Arc<str>,
     program: Compiled,
     inputs: Vec<u32>,
+    /// `alarm:RULE`: the device's alarm of RULE, resolved once every rule has its alarms.
+    alarm_rule: Option<(Arc<str>, Arc<str>)>,
+    alarm: Option<u32>,
     for_ms: i64,
     until: Option<Ts>,
 }
@@ -210,7 +215,17 @@ struct Hold {
 impl Hold {
     /// Whether the rule is held at `ts`; an expression that cannot be evaluated (a tag without
     /// a good value) neither starts nor extends the hold.
-    fn update(&mut self, ts: Ts, latest: &[f64]) -> bool {
+    fn update(&mut self, ts: Ts, latest: &[f64], alarms: &[AlarmSlot]) -> bool {
+        if self.alarm_rule.is_some() {
+            if self
+                .alarm
+                .and_then(|id| alarms.get(id as usize))
+                .is_some_and(|a| a.alarm.is_active())
+            {
+                self.until = Some(ts + self.for_ms);
+            }
+            return self.until.is_some_and(|u| ts <= u);
+        }
         let mut inputs = [f64::NAN; 16];
         let ok =
             self.inputs.len() <= inputs.len()
@@ -493,6 +508,14 @@ impl Engine {
         for rule in spec.rules() {
             engine.add_rule(spec, rule);
         }
+        // Hold-offs on another rule's alarm: every alarm exists now, whatever the rule order.
+        for e in &mut engine.evaluators {
+            for h in &mut e.holds {
+                if let Some(key) = &h.alarm_rule {
+                    h.alarm = engine.by_name.get(key).copied();
+                }
+            }
+        }
         engine.evaluators.shrink_to_fit();
         engine.evaluator_slot.shrink_to_fit();
         engine.alarms.shrink_to_fit();
@@ -609,8 +632,14 @@ impl Engine {
                 .iter()
                 .zip(&b.hold_inputs)
                 .map(|(h, inputs)| Hold {
+                    source: h.source.clone(),
                     program: h.program.clone(),
                     inputs: inputs.iter().map(|&t| first_slot + u32::from(t)).collect(),
+                    alarm_rule: h
+                        .alarm
+                        .as_ref()
+                        .map(|r| (self.devices[di].name.clone(), r.clone())),
+                    alarm: None,
                     for_ms: h.for_ms,
                     until: None,
                 })
@@ -809,7 +838,7 @@ impl Engine {
                 if good {
                     let mut held = false;
                     for h in &mut e.holds {
-                        held |= h.update(p.ts, &self.latest);
+                        held |= h.update(p.ts, &self.latest, &self.alarms);
                     }
                     if held != e.held {
                         e.held = held;
@@ -1190,12 +1219,26 @@ impl Engine {
             let Some(&oi) = old_evals.get(&key) else {
                 continue;
             };
+            // Hold-off timers of entries still written the same way: a reload in the 20 minutes
+            // after a tapping must not lift the hold (nor is it a new tapping).
+            for h in &mut self.evaluators[i].holds {
+                if let Some(o) = old.evaluators[oi]
+                    .holds
+                    .iter()
+                    .find(|o| o.source == h.source && o.for_ms == h.for_ms)
+                {
+                    h.until = o.until;
+                }
+            }
             let slot = self.evaluator_slot[i] as usize;
             let same_window = moved_slots.get(&slot) == Some(&(old.evaluator_slot[oi] as usize));
             if old.evaluators[oi].kind == self.evaluators[i].kind
                 && (same_window || !self.evaluators[i].eval.is_windowed())
             {
                 self.evaluators[i].eval = old.evaluators[oi].eval.clone();
+                // The carried statistics know whether they were held: so must the evaluator, or
+                // a hold that ends after the reload would never be lifted from them.
+                self.evaluators[i].held = old.evaluators[oi].held;
             } else {
                 let active = self.alarms[id as usize].alarm.is_active();
                 self.evaluators[i].eval.set_active(active);
