@@ -309,17 +309,6 @@ pub fn run(
     // Simulated seconds on stderr when it is a terminal (replay's progress bar).
     let mut progress =
         crate::replay::progress::Progress::sim_time(&name, (duration_ms / 1000) as u64);
-    let dump = std::env::var("EW_DUMP").ok();
-    let mut dumpf = dump
-        .as_ref()
-        .and_then(|n| std::fs::File::create(format!("/tmp/ew/dump-{n}-{seed}.csv")).ok());
-    if let (Some(f), Some(n)) = (dumpf.as_mut(), dump.as_ref()) {
-        use std::io::Write as _;
-        if let Some(d) = cfg.devices.iter().find(|d| &d.name == n) {
-            let names: Vec<String> = d.tags.iter().map(|t| t.name.to_string()).collect();
-            let _ = writeln!(f, "ms,{}", names.join(","));
-        }
-    }
     for _ in 0..ticks {
         progress.set(((plant.tick() as i64 * tick_ms) / 1000) as u64);
         let transitions = plant.step();
@@ -336,7 +325,7 @@ pub fn run(
             let Some(image) = plant.image(pi) else {
                 continue;
             };
-            let values: Vec<(u16, f64, Quality)> = d
+            let values = d
                 .tags
                 .iter()
                 .enumerate()
@@ -367,16 +356,6 @@ pub fn run(
                     (ti as u16, v, q)
                 })
                 .collect();
-            if dump.as_deref() == Some(d.name.as_str()) {
-                use std::io::Write as _;
-                if let Some(f) = dumpf.as_mut() {
-                    let line: Vec<String> = values
-                        .iter()
-                        .map(|v: &(u16, f64, Quality)| format!("{}", v.1))
-                        .collect();
-                    let _ = writeln!(f, "{},{}", rel, line.join(","));
-                }
-            }
             let batch = SampleBatch {
                 device: di as u32,
                 ts: now,

@@ -1626,6 +1626,80 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_off_on_another_rules_alarm_lasts_while_it_is_active_and_for_its_time_after() {
+        // The rule named in `alarm:` comes after the held one: resolved once all exist.
+        let mut e = engine(vec![
+            RuleDraft::new("v_high", "voltage", high(5.0, 0.0))
+                .on_delay_ms(2_000)
+                .hold_off("alarm:i_low", 10_000),
+            RuleDraft::new("i_low", "current", low(400.0)),
+        ]);
+        let mut all = Vec::new();
+        for t in 0..30 {
+            let i = if t <= 5 { 300.0 } else { 500.0 };
+            all.extend(feed2(&mut e, 0, t * 1_000, 6.0, i));
+            e.tick(t * 1_000 + 500, &mut all);
+        }
+        let on: Vec<_> = all
+            .iter()
+            .filter(|e| &*e.rule == "v_high" && e.transition.to == "active_unacked")
+            .collect();
+        assert_eq!(on.len(), 1, "{all:?}");
+        // i_low is active from 0 s to 6 s (current back at 500 A): held until 16 s, then 2 s
+        // of on-delay.
+        assert!(on[0].transition.at >= 17_000, "{:?}", on[0]);
+    }
+
+    #[test]
+    fn a_hold_off_naming_no_rule_or_itself_is_refused() {
+        let mut d = Draft::new("potline-1");
+        let cell = d.table(&[("voltage", "V"), ("current", "kA")], &[]);
+        d.device("pot-001", cell, 1_000);
+        d.rule_on_all(
+            RuleDraft::new("v_high", "voltage", high(5.0, 0.0)).hold_off("alarm:nope", 0),
+        );
+        d.rule_on_all(RuleDraft::new("v_low", "voltage", low(1.0)).hold_off("alarm:v_low", 0));
+        let Err(errors) = d.compile() else {
+            panic!("refused")
+        };
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("no rule is named \"nope\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("cannot hold itself off")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_hold_off_timers_of_entries_written_the_same_way() {
+        let rules = |limit: f64| {
+            vec![RuleDraft::new("v_high", "voltage", high(limit, 0.0))
+                .hold_off("current < 400", 600_000)]
+        };
+        let mut e = engine(rules(5.0));
+        // The condition ends at 1 s: held until 601 s.
+        feed2(&mut e, 0, 0, 4.0, 300.0);
+        feed2(&mut e, 0, 1_000, 4.0, 300.0);
+        feed2(&mut e, 0, 2_000, 4.0, 500.0);
+        // Reloaded twice: the rule unchanged, then with another limit; the hold stays.
+        for limit in [5.0, 5.5] {
+            let mut next = engine(rules(limit));
+            next.adopt(e);
+            e = next;
+        }
+        let ev = feed2(&mut e, 0, 60_000, 9.0, 500.0);
+        assert!(rule_events(&ev, "v_high").is_empty(), "still held: {ev:?}");
+        let ev = feed2(&mut e, 0, 602_000, 9.0, 500.0);
+        assert_eq!(
+            rule_events(&ev, "v_high")[0].transition.to,
+            "active_unacked"
+        );
+    }
+
+    #[test]
     fn saved_alarms_are_restored_into_a_new_engine_and_removed_ones_dropped() {
         let rules = || {
             let mut r = ae(8.0);

@@ -1391,6 +1391,67 @@ mod tests {
     }
 
     #[test]
+    fn slow_swings_are_not_a_trend_when_the_error_comes_from_block_means() {
+        // Flat R with a slow swing (0.1 µΩ, 6-min period) and +-5 nΩ sample noise:
+        // against the per-sample spread the swing's slopes are "significant"; against the
+        // spread of 30-s block means (batch means) they are not.
+        let series: Vec<(Ts, f64, f64)> = (0..3600)
+            .map(|i| {
+                let t = i as f64;
+                let swing = 0.1 * (t * std::f64::consts::TAU / 360.0).sin();
+                let white = if i % 2 == 0 { 0.005 } else { -0.005 };
+                (i * 1_000, 5.0 + swing + white, 100.0)
+            })
+            .collect();
+        let with = |block: Option<i64>| {
+            let RuleKind::Trend(mut t) = trend(Fit::Linear, false, None) else {
+                unreachable!()
+            };
+            t.noise_k = Some(3.0);
+            t.noise_block_ms = block;
+            RuleKind::Trend(t)
+        };
+        assert!(run_trend(&with(None), &series)
+            .iter()
+            .any(|x| x.0 == Condition::Active));
+        assert!(run_trend(&with(Some(30_000)), &series)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        // A real 20 nΩ/min rise on white noise: block means change nothing.
+        let rising: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let white = if i % 2 == 0 { 0.01 } else { -0.01 };
+                (i * 1_000, 5.0 + white + 0.02 * i as f64 / 60.0, 100.0)
+            })
+            .collect();
+        assert!(run_trend(&with(Some(30_000)), &rising)[310..]
+            .iter()
+            .all(|x| x.0 == Condition::Active));
+    }
+
+    #[test]
+    fn no_warning_while_the_baseline_warms_up_unless_a_warmup_limit_is_set() {
+        // A 30 nΩ/min rise from the start: with a baseline of 4 h and `warmup` 30 min.
+        let series: Vec<(Ts, f64, f64)> = (0..1500)
+            .map(|i| (i * 1_000, 5.0 + 0.03 * i as f64 / 60.0, 100.0))
+            .collect();
+        let with = |warmup_limit: Option<f64>| {
+            let RuleKind::Trend(mut t) = trend(Fit::Linear, false, Some(4 * 3_600_000)) else {
+                unreachable!()
+            };
+            t.warmup_ms = Some(1_800_000);
+            t.warmup_limit = warmup_limit;
+            RuleKind::Trend(t)
+        };
+        assert!(run_trend(&with(None), &series)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        assert!(run_trend(&with(Some(0.012)), &series)
+            .iter()
+            .any(|x| x.0 == Condition::Active));
+    }
+
+    #[test]
     fn the_limit_follows_the_devices_own_baseline() {
         // Two cells with normal slopes wandering +-1 and +-3 nΩ/min (a 20-min sine), then the
         // same 5 nΩ/min rise on both: it stands out of the quiet cell's baseline only.
