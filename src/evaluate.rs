@@ -236,6 +236,8 @@ pub struct FaultScore {
 pub struct Report {
     pub scenario: String,
     pub seed: u64,
+    /// When the scored span begins (ms since the epoch, as the faults' times).
+    pub start_ms: Ts,
     pub duration_ms: Ts,
     pub cells: usize,
     pub faults: Vec<FaultScore>,
@@ -573,6 +575,7 @@ pub fn score(
     Report {
         scenario: scenario.to_string(),
         seed,
+        start_ms: span.0,
         duration_ms: span.1 - span.0,
         cells,
         faults,
