@@ -36,16 +36,18 @@ HEAD
   echo "# Part 1: realistic potline (16 cells, config/sim_plant_day.toml)"
   echo
   echo "Three sets, apart: calibration (seeds 1, 2, 5, 6: the presets were tuned on them); the"
-  echo "earlier held-out seeds 3-4 of both generators (reported as held out by a previous version of"
-  echo "this file, whose false alarms were then examined: no longer blind, kept for comparison);"
-  echo "and fresh seeds 11-12 of both generators, never run while tuning (the blind test)."
+  echo "earlier held-out seeds 3-4 of both generators (the \"held out\" and \"independent generator\""
+  echo "sections of the first command: reported as held out by a previous version of this file,"
+  echo "whose false alarms were then examined, so no longer blind; kept for comparison); and fresh"
+  echo "seeds 11-12 of both generators, never run while the presets were tuned (the blind test)."
+  echo "The independent generator's runs are named by their folder (seedN)."
   echo
   "$BIN" evaluate --config config/sim_plant_day.toml \
     --scenario $S/plant_day.toml --seed 1 --seed 2 --seed 5 --seed 6 \
     --heldout-seed 3 --heldout-seed 4 \
     --independent "$GEN/seed3/samples.csv" --independent-truth "$GEN/seed3/truth.jsonl" \
     --independent "$GEN/seed4/samples.csv" --independent-truth "$GEN/seed4/truth.jsonl" \
-    --label "Realistic potline, earlier held-out seeds 3-4" --markdown
+    --label "Realistic potline" --markdown
   echo "## Fresh held-out seeds (11, 12): the blind test"
   echo
   echo "Neither the simulator's seeds 11-12 nor the independent generator's seeds 11-12 were run"

@@ -915,10 +915,14 @@ pub fn run_independent(
         .iter()
         .filter(|d| d.template.as_deref() == Some("cell"))
         .count();
-    let name = input.file_name().map_or_else(
-        || input.display().to_string(),
-        |n| n.to_string_lossy().to_string(),
-    );
+    // With its folder: each seed of a generator writes the same file name into its own folder.
+    let tail: Vec<String> = input
+        .components()
+        .rev()
+        .take(2)
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    let name = tail.into_iter().rev().collect::<Vec<_>>().join("/");
     Ok(score(&name, 0, span, cells, &truth, &acts))
 }
 pub fn main(args: EvaluateArgs) -> ExitCode {
