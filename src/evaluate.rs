@@ -213,6 +213,9 @@ pub struct Act {
     pub priority: Priority,
     pub at: Ts,
     pub verdict: Verdict,
+    /// What happened on the device in the hour before (operations, faults), for alarms that
+    /// detect nothing: why it fired is read from this, not guessed.
+    pub context: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -233,6 +236,8 @@ pub struct FaultScore {
 pub struct Report {
     pub scenario: String,
     pub seed: u64,
+    /// When the scored span begins (ms since the epoch, as the faults' times).
+    pub start_ms: Ts,
     pub duration_ms: Ts,
     pub cells: usize,
     pub faults: Vec<FaultScore>,
@@ -455,6 +460,7 @@ pub fn score(
         .iter()
         .map(|(device, rule, priority, at)| Act {
             verdict: verdict(device, rule, *at),
+            context: context(truth, device, *at, span.0),
             device: device.clone(),
             rule: rule.clone(),
             priority: *priority,
@@ -569,6 +575,7 @@ pub fn score(
     Report {
         scenario: scenario.to_string(),
         seed,
+        start_ms: span.0,
         duration_ms: span.1 - span.0,
         cells,
         faults,
@@ -579,6 +586,25 @@ pub fn score(
         critical_on_sensor_fault,
         line_faults,
     }
+}
+
+/// The truth events of `device` that overlap the hour before `at`, as "kind START..END" in
+/// minutes relative to `at` (negative: before), with the run time of the alarm first.
+fn context(truth: &[Fault], device: &str, at: Ts, start: Ts) -> String {
+    let rel = |t: Ts| (t - at) as f64 / 60_000.0;
+    let mut parts = vec![format!("at {:.1} min", (at - start) as f64 / 60_000.0)];
+    for f in truth
+        .iter()
+        .filter(|f| f.device == device && f.end_ms >= at - 3_600_000 && f.start_ms <= at)
+    {
+        parts.push(format!(
+            "{} {:+.1}..{:+.1}",
+            f.kind,
+            rel(f.start_ms),
+            rel(f.end_ms)
+        ));
+    }
+    parts.join("; ")
 }
 
 /// Length of the union of intervals.
@@ -779,6 +805,21 @@ pub fn section(title: &str, reports: &[Report]) -> String {
             "\nFalse alarms during operations, by rule: {m:?}\n"
         ));
     }
+    let false_acts: Vec<(&Report, &Act)> = reports
+        .iter()
+        .flat_map(|r| r.acts.iter().map(move |a| (r, a)))
+        .filter(|(_, a)| a.verdict == Verdict::False)
+        .collect();
+    if !false_acts.is_empty() {
+        out.push_str("\n### False alarms one by one (what the device did in the hour before, min relative to the alarm)\n\n");
+        out.push_str("| run | seed | device | rule | context |\n|---|---|---|---|---|\n");
+        for (r, a) in false_acts {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.scenario, r.seed, a.device, a.rule, a.context
+            ));
+        }
+    }
     out.push_str("\n### Detection by fault\n\n");
     out.push_str(&fault_table(&faults));
     out.push('\n');
@@ -874,10 +915,14 @@ pub fn run_independent(
         .iter()
         .filter(|d| d.template.as_deref() == Some("cell"))
         .count();
-    let name = input.file_name().map_or_else(
-        || input.display().to_string(),
-        |n| n.to_string_lossy().to_string(),
-    );
+    // With its folder: each seed of a generator writes the same file name into its own folder.
+    let tail: Vec<String> = input
+        .components()
+        .rev()
+        .take(2)
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    let name = tail.into_iter().rev().collect::<Vec<_>>().join("/");
     Ok(score(&name, 0, span, cells, &truth, &acts))
 }
 pub fn main(args: EvaluateArgs) -> ExitCode {

@@ -247,7 +247,19 @@ fn place(i: &Input<'_>, errors: &[SpecError], p: &mut Problems) {
                         src,
                         r.hold_off.get(*index).map_or(r.origin.1, |h| h.1),
                         &format!("{}.hold_off[{index}].when", r.path),
-                        format!("{error}; write an expression over the device's tags, e.g. \"tapping or anode_change\""),
+                        format!("{error}; write an expression over the device's tags, e.g. \"tapping or anode_change\", or \"alarm:RULE\""),
+                    ),
+                    RuleProblem::HoldNoSuchRule { index, rule } => p.add(
+                        src,
+                        r.hold_off.get(*index).map_or(r.origin.1, |h| h.1),
+                        &format!("{}.hold_off[{index}].when", r.path),
+                        format!("no rule is named \"{rule}\"; \"alarm:RULE\" holds this rule off while the device's alarm of RULE is active"),
+                    ),
+                    RuleProblem::HoldsItself { index } => p.add(
+                        src,
+                        r.hold_off.get(*index).map_or(r.origin.1, |h| h.1),
+                        &format!("{}.hold_off[{index}].when", r.path),
+                        "a rule cannot hold itself off".to_string(),
                     ),
                     // Its devices were not checked against a selector that was refused.
                     _ if i.selector_refused.contains(rule) => {}

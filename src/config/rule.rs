@@ -45,8 +45,10 @@ pub struct Rule {
 }
 
 /// Keys specific to one rule type or another.
-const KIND_KEYS: [&str; 24] = [
+const KIND_KEYS: [&str; 26] = [
     "noise_k",
+    "noise_block",
+    "warmup_limit",
     "fit",
     "step_tag",
     "step_min",
@@ -376,7 +378,47 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 );
                 valid = false;
             }
+            let noise_block_ms = r.opt_duration_ms(p, "noise_block");
+            if noise_block_ms.is_some() && noise_k.is_none() {
+                r.problem(
+                    p,
+                    "noise_block",
+                    "only means something with `noise_k` (the error it widens is noise_k's)",
+                );
+                valid = false;
+            }
+            let warmup_ms = r.opt_duration_ms(p, "warmup");
+            let warmup_limit = r.opt_f64(p, "warmup_limit");
+            if (warmup_ms.is_some() || warmup_limit.is_some()) && baseline_ms.is_none() {
+                let key = if warmup_ms.is_some() {
+                    "warmup"
+                } else {
+                    "warmup_limit"
+                };
+                r.problem(
+                    p,
+                    key,
+                    "only means something with `baseline` (it is the baseline's warm-up)",
+                );
+                valid = false;
+            }
+            if warmup_limit.is_some_and(|w| !w.is_finite()) {
+                r.problem(
+                    p,
+                    "warmup_limit",
+                    "must be a number: the floor while the baseline warms up",
+                );
+                valid = false;
+            }
             let (window_ms, limit) = (window_ms?, limit?);
+            if noise_block_ms.is_some_and(|b| b <= 0 || b > window_ms / 4) {
+                r.problem(
+                    p,
+                    "noise_block",
+                    "must be positive and at most a quarter of `window`, e.g. \"30s\"",
+                );
+                valid = false;
+            }
             if settle_ms < 0 || settle_ms >= window_ms {
                 r.problem(p, "settle", "must be 0 or shorter than `window`");
                 valid = false;
@@ -397,6 +439,9 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 baseline_ms,
                 k,
                 noise_k,
+                noise_block_ms,
+                warmup_ms,
+                warmup_limit,
             })
         }
         "curve" => {

@@ -205,8 +205,13 @@ struct Evaluator {
 /// One hold-off of one evaluator: its expression on the device's slots, and until when it holds.
 #[derive(Debug)]
 struct Hold {
+    /// As written (`when`), with `for_ms`: what a reload compares to keep `until`.
+    source: Arc<str>,
     program: Compiled,
     inputs: Vec<u32>,
+    /// `alarm:RULE`: the device's alarm of RULE, resolved once every rule has its alarms.
+    alarm_rule: Option<(Arc<str>, Arc<str>)>,
+    alarm: Option<u32>,
     for_ms: i64,
     until: Option<Ts>,
 }
@@ -214,7 +219,17 @@ struct Hold {
 impl Hold {
     /// Whether the rule is held at `ts`; an expression that cannot be evaluated (a tag without
     /// a good value) neither starts nor extends the hold.
-    fn update(&mut self, ts: Ts, latest: &[f64]) -> bool {
+    fn update(&mut self, ts: Ts, latest: &[f64], alarms: &[AlarmSlot]) -> bool {
+        if self.alarm_rule.is_some() {
+            if self
+                .alarm
+                .and_then(|id| alarms.get(id as usize))
+                .is_some_and(|a| a.alarm.is_active())
+            {
+                self.until = Some(ts + self.for_ms);
+            }
+            return self.until.is_some_and(|u| ts <= u);
+        }
         let mut inputs = [f64::NAN; 16];
         let ok =
             self.inputs.len() <= inputs.len()
@@ -507,6 +522,14 @@ impl Engine {
         for rule in spec.rules() {
             engine.add_rule(spec, rule);
         }
+        // Hold-offs on another rule's alarm: every alarm exists now, whatever the rule order.
+        for e in &mut engine.evaluators {
+            for h in &mut e.holds {
+                if let Some(key) = &h.alarm_rule {
+                    h.alarm = engine.by_name.get(key).copied();
+                }
+            }
+        }
         engine.evaluators.shrink_to_fit();
         engine.evaluator_slot.shrink_to_fit();
         engine.alarms.shrink_to_fit();
@@ -623,8 +646,14 @@ impl Engine {
                 .iter()
                 .zip(&b.hold_inputs)
                 .map(|(h, inputs)| Hold {
+                    source: h.source.clone(),
                     program: h.program.clone(),
                     inputs: inputs.iter().map(|&t| first_slot + u32::from(t)).collect(),
+                    alarm_rule: h
+                        .alarm
+                        .as_ref()
+                        .map(|r| (self.devices[di].name.clone(), r.clone())),
+                    alarm: None,
                     for_ms: h.for_ms,
                     until: None,
                 })
@@ -823,7 +852,7 @@ impl Engine {
                 if good {
                     let mut held = false;
                     for h in &mut e.holds {
-                        held |= h.update(p.ts, &self.latest);
+                        held |= h.update(p.ts, &self.latest, &self.alarms);
                     }
                     if held != e.held {
                         e.held = held;
@@ -1214,12 +1243,26 @@ impl Engine {
             let Some(&oi) = old_evals.get(&key) else {
                 continue;
             };
+            // Hold-off timers of entries still written the same way: a reload in the 20 minutes
+            // after a tapping must not lift the hold (nor is it a new tapping).
+            for h in &mut self.evaluators[i].holds {
+                if let Some(o) = old.evaluators[oi]
+                    .holds
+                    .iter()
+                    .find(|o| o.source == h.source && o.for_ms == h.for_ms)
+                {
+                    h.until = o.until;
+                }
+            }
             let slot = self.evaluator_slot[i] as usize;
             let same_window = moved_slots.get(&slot) == Some(&(old.evaluator_slot[oi] as usize));
             if old.evaluators[oi].kind == self.evaluators[i].kind
                 && (same_window || !self.evaluators[i].eval.is_windowed())
             {
                 self.evaluators[i].eval = old.evaluators[oi].eval.clone();
+                // The carried statistics know whether they were held: so must the evaluator, or
+                // a hold that ends after the reload would never be lifted from them.
+                self.evaluators[i].held = old.evaluators[oi].held;
             } else {
                 let active = self.alarms[id as usize].alarm.is_active();
                 self.evaluators[i].eval.set_active(active);
@@ -1678,6 +1721,80 @@ mod tests {
             on[0].transition.at > 15_000,
             "held until 10 s after the condition ended at 5 s: {:?}",
             on[0]
+        );
+    }
+
+    #[test]
+    fn a_hold_off_on_another_rules_alarm_lasts_while_it_is_active_and_for_its_time_after() {
+        // The rule named in `alarm:` comes after the held one: resolved once all exist.
+        let mut e = engine(vec![
+            RuleDraft::new("v_high", "voltage", high(5.0, 0.0))
+                .on_delay_ms(2_000)
+                .hold_off("alarm:i_low", 10_000),
+            RuleDraft::new("i_low", "current", low(400.0)),
+        ]);
+        let mut all = Vec::new();
+        for t in 0..30 {
+            let i = if t <= 5 { 300.0 } else { 500.0 };
+            all.extend(feed2(&mut e, 0, t * 1_000, 6.0, i));
+            e.tick(t * 1_000 + 500, &mut all);
+        }
+        let on: Vec<_> = all
+            .iter()
+            .filter(|e| &*e.rule == "v_high" && e.transition.to == "active_unacked")
+            .collect();
+        assert_eq!(on.len(), 1, "{all:?}");
+        // i_low is active from 0 s to 6 s (current back at 500 A): held until 16 s, then 2 s
+        // of on-delay.
+        assert!(on[0].transition.at >= 17_000, "{:?}", on[0]);
+    }
+
+    #[test]
+    fn a_hold_off_naming_no_rule_or_itself_is_refused() {
+        let mut d = Draft::new("potline-1");
+        let cell = d.table(&[("voltage", "V"), ("current", "kA")], &[]);
+        d.device("pot-001", cell, 1_000);
+        d.rule_on_all(
+            RuleDraft::new("v_high", "voltage", high(5.0, 0.0)).hold_off("alarm:nope", 0),
+        );
+        d.rule_on_all(RuleDraft::new("v_low", "voltage", low(1.0)).hold_off("alarm:v_low", 0));
+        let Err(errors) = d.compile() else {
+            panic!("refused")
+        };
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("no rule is named \"nope\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("cannot hold itself off")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_hold_off_timers_of_entries_written_the_same_way() {
+        let rules = |limit: f64| {
+            vec![RuleDraft::new("v_high", "voltage", high(limit, 0.0))
+                .hold_off("current < 400", 600_000)]
+        };
+        let mut e = engine(rules(5.0));
+        // The condition ends at 1 s: held until 601 s.
+        feed2(&mut e, 0, 0, 4.0, 300.0);
+        feed2(&mut e, 0, 1_000, 4.0, 300.0);
+        feed2(&mut e, 0, 2_000, 4.0, 500.0);
+        // Reloaded twice: the rule unchanged, then with another limit; the hold stays.
+        for limit in [5.0, 5.5] {
+            let mut next = engine(rules(limit));
+            next.adopt(e);
+            e = next;
+        }
+        let ev = feed2(&mut e, 0, 60_000, 9.0, 500.0);
+        assert!(rule_events(&ev, "v_high").is_empty(), "still held: {ev:?}");
+        let ev = feed2(&mut e, 0, 602_000, 9.0, 500.0);
+        assert_eq!(
+            rule_events(&ev, "v_high")[0].transition.to,
+            "active_unacked"
         );
     }
 

@@ -149,7 +149,8 @@ pub struct TrendEval {
     baseline: Option<(f64, f64)>,
     /// Decayed sum of the baseline's weights (ms): early on, every fit weighs the same.
     baseline_weight: f64,
-    baseline_since: Ts,
+    /// Time the baseline has learned (ms), for the warm-up: holds and alarms do not count.
+    baseline_seen: Ts,
     baseline_at: Ts,
     held: bool,
     last: Condition,
@@ -158,9 +159,6 @@ pub struct TrendEval {
 
 /// How long before a step of `step_tag` the signal may already have moved.
 const STEP_SKEW_MS: Ts = 5_000;
-
-/// While a baseline warms up, the floor `limit` counts this many times.
-const WARMUP_FACTOR: f64 = 3.0;
 
 /// Robust spread from a mean absolute deviation: sigma = 1.2533 MAD for a normal variable.
 const MAD_TO_SIGMA: f64 = 1.2533;
@@ -180,7 +178,7 @@ impl TrendEval {
             slope_se: None,
             baseline: None,
             baseline_weight: 0.0,
-            baseline_since: 0,
+            baseline_seen: 0,
             baseline_at: 0,
             held: false,
             last: Condition::Unknown,
@@ -236,7 +234,7 @@ impl TrendEval {
         self.next_fit = p.ts + self.cfg.every_ms;
         // Half a window of history before the first judgement, as the other window rules.
         let fit = if p.ts - first >= self.cfg.window_ms / 2 {
-            pooled_slope(&self.points, p.ts, self.cfg.fit)
+            pooled_slope(&self.points, p.ts, self.cfg.fit, self.cfg.noise_block_ms)
         } else {
             None
         };
@@ -261,23 +259,30 @@ impl TrendEval {
                 .th
                 .step(if significant { s } else { f64::NEG_INFINITY });
         };
-        let warm = now - self.baseline_since >= self.cfg.warmup_ms();
-        self.th.limit = match self.baseline {
-            Some((mean, mad)) if warm => self.cfg.limit.max(mean + self.cfg.k * MAD_TO_SIGMA * mad),
-            // Warming up: no baseline to trust yet, so a multiple of the floor; a precursor already
-            // under way is warned, and what rises above it is not learned as normal.
-            _ => self.cfg.limit * WARMUP_FACTOR,
+        let warm = self.baseline_seen >= self.cfg.warmup_len();
+        self.th.limit = match (self.baseline, self.cfg.warmup_limit) {
+            (Some((mean, mad)), _) if warm => {
+                self.cfg.limit.max(mean + self.cfg.k * MAD_TO_SIGMA * mad)
+            }
+            // Warming up: no baseline to trust yet. With `warmup_limit`, a precursor already
+            // under way is still warned; what rises above it is not learned as normal.
+            (_, Some(w)) => w.max(self.cfg.limit),
+            (_, None) => f64::INFINITY,
         };
-        let c = self
-            .th
-            .step(if significant { s } else { f64::NEG_INFINITY });
+        let c = if self.th.limit.is_finite() {
+            self.th
+                .step(if significant { s } else { f64::NEG_INFINITY })
+        } else {
+            self.th.active = false;
+            Condition::Clear
+        };
         // Learn from normal operation only: not from a rise being alarmed, not while held.
         if !self.held && c != Condition::Active {
             // A bias-corrected EWMA: weight dt per fit, decayed with time constant tau, so the
             // first hours are a plain mean, not the first fit's value.
             self.baseline = Some(match self.baseline {
                 None => {
-                    self.baseline_since = now;
+                    self.baseline_seen = 0;
                     self.baseline_weight = self.cfg.every_ms as f64;
                     (s, 0.0)
                 }
@@ -290,6 +295,9 @@ impl TrendEval {
                     } else {
                         s
                     };
+                    // Only the time between fits counts as seen: a hold or an alarm in between
+                    // taught the baseline nothing.
+                    self.baseline_seen += (now - self.baseline_at).clamp(0, self.cfg.every_ms);
                     let dt = (now - self.baseline_at).max(1) as f64;
                     self.baseline_weight =
                         self.baseline_weight * (-dt / tau.max(1) as f64).exp() + dt;
@@ -313,7 +321,12 @@ pub struct SlopeFit {
 /// Least-squares slope at `now` (per ms) with one level per segment: each segment is centred on
 /// its own means, and the centred sums are pooled. A step between segments moves only the
 /// levels, never the slope. `Quadratic` fits a common parabola and returns its slope at `now`.
-pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Option<SlopeFit> {
+pub fn pooled_slope(
+    points: &VecDeque<(Ts, f64, u32)>,
+    now: Ts,
+    fit: Fit,
+    block_ms: Option<i64>,
+) -> Option<SlopeFit> {
     let (mut cuu, mut cuq, mut cqq, mut cuy, mut cqy, mut cyy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut used, mut segments) = (0usize, 0usize);
     // (first, end, mean u, mean u^2, mean y) of each segment that counts.
@@ -388,12 +401,54 @@ pub fn pooled_slope(points: &VecDeque<(Ts, f64, u32)>, now: Ts, fit: Fit) -> Opt
     let var = (0..4)
         .filter(|&q| n_q[q] >= 10)
         .map(|q| rss_q[q] / n_q[q] as f64)
-        .fold(rss.max(0.0) / dof, f64::max);
+        .fold(rss.max(0.0) / dof, f64::max)
+        .max(block_ms.map_or(0.0, |bl| batch_variance(points, &segs, now, bl, b, c)));
     let se = (var * var_factor).sqrt();
     Some(SlopeFit {
         slope: b / 1_000.0,
         se: se / 1_000.0,
     })
+}
+
+/// The per-sample variance that the residuals' block means imply (batch means): n × (block
+/// mean)² averaged over the blocks of `block_ms` within each segment. Equal to the residual
+/// variance for white noise; larger when the noise is correlated over the block (slow swings),
+/// which a per-sample variance underrates.
+fn batch_variance(
+    points: &VecDeque<(Ts, f64, u32)>,
+    segs: &[(usize, usize, f64, f64, f64)],
+    now: Ts,
+    block_ms: i64,
+    b: f64,
+    c: f64,
+) -> f64 {
+    let block_ms = block_ms.max(1);
+    let (mut sum, mut blocks) = (0.0, 0usize);
+    for &(a, e, mu, mq, my) in segs {
+        let start = points[a].0;
+        let (mut block, mut n, mut rs) = (0i64, 0usize, 0.0);
+        for &(ts, v, _) in points.range(a..e) {
+            let k = (ts - start) / block_ms;
+            if k != block && n > 0 {
+                sum += rs * rs / n as f64;
+                blocks += 1;
+                (n, rs) = (0, 0.0);
+            }
+            block = k;
+            let u = (ts - now) as f64 / 1_000.0;
+            rs += (v - my) - b * (u - mu) - c * (u * u - mq);
+            n += 1;
+        }
+        if n > 0 {
+            sum += rs * rs / n as f64;
+            blocks += 1;
+        }
+    }
+    if blocks == 0 {
+        0.0
+    } else {
+        sum / blocks as f64
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1195,6 +1250,9 @@ mod tests {
             baseline_ms,
             k: 4.0,
             noise_k: None,
+            noise_block_ms: None,
+            warmup_ms: None,
+            warmup_limit: Some(0.012),
         })
     }
 
@@ -1330,6 +1388,67 @@ mod tests {
         assert!(run_trend(&guarded, &rising)[310..]
             .iter()
             .all(|x| x.0 == Condition::Active));
+    }
+
+    #[test]
+    fn slow_swings_are_not_a_trend_when_the_error_comes_from_block_means() {
+        // Flat R with a slow swing (0.1 µΩ, 6-min period) and +-5 nΩ sample noise:
+        // against the per-sample spread the swing's slopes are "significant"; against the
+        // spread of 30-s block means (batch means) they are not.
+        let series: Vec<(Ts, f64, f64)> = (0..3600)
+            .map(|i| {
+                let t = i as f64;
+                let swing = 0.1 * (t * std::f64::consts::TAU / 360.0).sin();
+                let white = if i % 2 == 0 { 0.005 } else { -0.005 };
+                (i * 1_000, 5.0 + swing + white, 100.0)
+            })
+            .collect();
+        let with = |block: Option<i64>| {
+            let RuleKind::Trend(mut t) = trend(Fit::Linear, false, None) else {
+                unreachable!()
+            };
+            t.noise_k = Some(3.0);
+            t.noise_block_ms = block;
+            RuleKind::Trend(t)
+        };
+        assert!(run_trend(&with(None), &series)
+            .iter()
+            .any(|x| x.0 == Condition::Active));
+        assert!(run_trend(&with(Some(30_000)), &series)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        // A real 20 nΩ/min rise on white noise: block means change nothing.
+        let rising: Vec<(Ts, f64, f64)> = (0..900)
+            .map(|i| {
+                let white = if i % 2 == 0 { 0.01 } else { -0.01 };
+                (i * 1_000, 5.0 + white + 0.02 * i as f64 / 60.0, 100.0)
+            })
+            .collect();
+        assert!(run_trend(&with(Some(30_000)), &rising)[310..]
+            .iter()
+            .all(|x| x.0 == Condition::Active));
+    }
+
+    #[test]
+    fn no_warning_while_the_baseline_warms_up_unless_a_warmup_limit_is_set() {
+        // A 30 nΩ/min rise from the start: with a baseline of 4 h and `warmup` 30 min.
+        let series: Vec<(Ts, f64, f64)> = (0..1500)
+            .map(|i| (i * 1_000, 5.0 + 0.03 * i as f64 / 60.0, 100.0))
+            .collect();
+        let with = |warmup_limit: Option<f64>| {
+            let RuleKind::Trend(mut t) = trend(Fit::Linear, false, Some(4 * 3_600_000)) else {
+                unreachable!()
+            };
+            t.warmup_ms = Some(1_800_000);
+            t.warmup_limit = warmup_limit;
+            RuleKind::Trend(t)
+        };
+        assert!(run_trend(&with(None), &series)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        assert!(run_trend(&with(Some(0.012)), &series)
+            .iter()
+            .any(|x| x.0 == Condition::Active));
     }
 
     #[test]

@@ -138,12 +138,27 @@ pub struct Trend {
     /// When set, the slope must also exceed this many standard errors of the fit: a burst of
     /// noise widens the error and does not pass for a trend.
     pub noise_k: Option<f64>,
+    /// With `noise_k`: the residuals are also averaged in blocks of this length and the
+    /// slope's error is taken from the spread of the block means when that is larger (batch
+    /// means). Slow noise (a metal-pad swing, minutes long) is correlated from sample to
+    /// sample: the per-sample spread underrates it, and a short stretch of it passes for a
+    /// trend, most of all when a beam move has cut the window into short segments.
+    pub noise_block_ms: Option<i64>,
+    /// How long the baseline must have learned (time of fits it learned from, not time since
+    /// start) before the relative limit is trusted; `None`: an eighth of `baseline`.
+    pub warmup_ms: Option<i64>,
+    /// The floor while the baseline warms up; `None`: no warning at all until it is warm.
+    pub warmup_limit: Option<f64>,
 }
 
 impl Trend {
     /// How long the baseline learns before the relative limit is trusted.
-    pub fn warmup_ms(&self) -> i64 {
-        self.baseline_ms.map_or(0, |b| b / 8)
+    pub fn warmup_len(&self) -> i64 {
+        match (self.baseline_ms, self.warmup_ms) {
+            (None, _) => 0,
+            (Some(_), Some(w)) => w,
+            (Some(b), None) => b / 8,
+        }
     }
 }
 

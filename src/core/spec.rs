@@ -425,7 +425,26 @@ fn compile_rule<'d>(
     let mut hold_exprs = Vec::with_capacity(r.hold_off.len());
     let mut holds = Vec::with_capacity(r.hold_off.len());
     for (index, h) in r.hold_off.iter().enumerate() {
-        let compiled = Expr::parse(&h.when)
+        // `alarm:RULE`: held while this device's alarm of RULE is active (and `for` after).
+        let alarm = h.when.trim().strip_prefix("alarm:").map(str::trim);
+        let source = match alarm {
+            Some(rule) if !rule_names.contains(rule) => {
+                problems.push(RuleProblem::HoldNoSuchRule {
+                    index,
+                    rule: rule.to_string(),
+                });
+                continue;
+            }
+            Some(rule) if rule == r.name => {
+                problems.push(RuleProblem::HoldsItself { index });
+                continue;
+            }
+            // An expression without variables stands in (never evaluated): the hold's inputs
+            // stay aligned with the other entries.
+            Some(_) => "0",
+            None => h.when.as_str(),
+        };
+        let compiled = Expr::parse(source)
             .map_err(|e| RuleProblem::HoldSyntax { index, error: e })
             .and_then(|expr| {
                 expr.compile(|v| expr.variables().iter().position(|x| x == v))
@@ -438,6 +457,7 @@ fn compile_rule<'d>(
                 holds.push(HoldSpec {
                     source: Arc::from(h.when.as_str()),
                     program,
+                    alarm: alarm.map(Arc::from),
                     for_ms: h.for_ms,
                 });
             }
@@ -769,6 +789,8 @@ pub struct Binding {
 pub struct HoldSpec {
     pub source: Arc<str>,
     pub program: Compiled,
+    /// `alarm:RULE`: the hold follows the device's alarm of that rule, not `program`.
+    pub alarm: Option<Arc<str>>,
     pub for_ms: i64,
 }
 
@@ -866,6 +888,15 @@ pub enum RuleProblem {
         index: usize,
         error: ExprError,
     },
+    /// `hold_off[index].when = "alarm:RULE"` names no rule.
+    HoldNoSuchRule {
+        index: usize,
+        rule: String,
+    },
+    /// `hold_off[index].when` names the rule itself.
+    HoldsItself {
+        index: usize,
+    },
     /// The first device lacking a tag of `hold_off[index].when`.
     HoldNoTag {
         index: usize,
@@ -918,6 +949,12 @@ impl fmt::Display for RuleProblem {
             RuleProblem::HoldSyntax { index, error }
             | RuleProblem::HoldCompile { index, error } => {
                 write!(f, "hold_off[{index}].when: {error}")
+            }
+            RuleProblem::HoldNoSuchRule { index, rule } => {
+                write!(f, "hold_off[{index}].when: no rule is named \"{rule}\"")
+            }
+            RuleProblem::HoldsItself { index } => {
+                write!(f, "hold_off[{index}].when: a rule cannot hold itself off")
             }
             RuleProblem::HoldNoTag {
                 index,
