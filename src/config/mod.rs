@@ -384,6 +384,7 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         }
     }
     check_sinks(&sinks, &sources[0], &mut p);
+    check_sparkplug(&sinks, agent.as_ref(), &devices, &sources[0], &mut p);
     let selector_refused = check_rules(&rules, &devices, &templates, &refused, &sources, &mut p);
     let spec = compile::compile(
         &compile::Input {
@@ -411,11 +412,13 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             problems: p.sorted(),
         });
     };
+    let mut sinks: Vec<MqttSink> = sinks.into_iter().map(|(s, _)| s).collect();
+    let data = imply_data_for_sparkplug(data, &mut sinks);
     Ok(Config {
         files: sources.iter().map(|s| s.path.clone()).collect(),
         hash,
         agent,
-        sinks: sinks.into_iter().map(|(s, _)| s).collect(),
+        sinks,
         templates: templates
             .into_iter()
             .map(|(k, t)| (k, t.template))
@@ -1032,6 +1035,54 @@ fn check_sinks(sinks: &[(MqttSink, usize)], src: &Source, p: &mut Problems) {
             );
         }
     }
+}
+
+/// A Sparkplug sink spells `[agent] site`, `[agent] id` and every device name into topic
+/// levels, where the specification forbids '+', '/' and '#'.
+fn check_sparkplug(
+    sinks: &[(MqttSink, usize)],
+    agent: Option<&Agent>,
+    devices: &[Device],
+    src: &Source,
+    p: &mut Problems,
+) {
+    let Some((i, (_, off))) = sinks
+        .iter()
+        .enumerate()
+        .find(|(_, (s, _))| s.format == mqtt::Format::Sparkplug)
+    else {
+        return;
+    };
+    let path = join(&index("mqtt", i), "format");
+    let mut ids: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = agent {
+        ids.push(("[agent] site (the Sparkplug group id)", &a.site));
+        ids.push(("[agent] id (the Sparkplug edge node id)", &a.id));
+    }
+    ids.extend(
+        devices
+            .iter()
+            .map(|d| ("a device name (a Sparkplug device id)", d.name.as_str())),
+    );
+    for (what, id) in ids {
+        if let Some(why) = mqtt::sparkplug_id_problem(id) {
+            p.add(src, *off, &path, format!("{what}: {why}"));
+        }
+    }
+}
+
+/// Sparkplug publishes device values (DBIRTH, DDATA), so a configuration with a Sparkplug
+/// sink and no `[data]` gets data by exception (`mode = "change"`); the JSON sinks, which had
+/// no data before, keep carrying none.
+fn imply_data_for_sparkplug(mut data: DataOptions, sinks: &mut [MqttSink]) -> DataOptions {
+    if data.mode != DataMode::Off || !sinks.iter().any(|s| s.format == mqtt::Format::Sparkplug) {
+        return data;
+    }
+    data.mode = DataMode::Change;
+    for s in sinks.iter_mut().filter(|s| s.format == mqtt::Format::Json) {
+        s.carry.retain(|c| *c != crate::core::outbound::Class::Data);
+    }
+    data
 }
 
 /// Checks what the rules select: templates that exist and have the watched tag, patterns that
