@@ -17,5 +17,5 @@ pub(crate) mod samples;
 pub(crate) mod schedule;
 pub mod seq;
 pub(crate) mod session;
-pub(crate) mod sparkplug;
+pub mod sparkplug;
 pub mod web;

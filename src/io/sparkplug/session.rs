@@ -579,9 +579,12 @@ impl Session {
             .copied()
     }
 
-    /// A device stopped answering: DDEATH if it was born. `up` is the health owner's view.
-    pub fn health(&mut self, device: &str, up: bool, now: i64) -> Option<Out> {
-        let i = *self.dev_index.get(device)?;
+    /// Device `i` (in model order) started or stopped answering: DDEATH if it was born.
+    /// `up` is the health owner's view.
+    pub fn health(&mut self, i: usize, up: bool, now: i64) -> Option<Out> {
+        if i >= self.devs.len() {
+            return None;
+        }
         let was = self.devs[i].up;
         self.devs[i].up = up;
         if up || !was {
@@ -1117,8 +1120,8 @@ mod tests {
     #[test]
     fn comm_loss_is_ddeath_and_recovery_a_new_dbirth() {
         let (mut s, _) = born();
-        assert_eq!(s.health("pot-1", true, T0_MS + 10), None);
-        let d = s.health("pot-1", false, T0_MS + 20).unwrap();
+        assert_eq!(s.health(0, true, T0_MS + 10), None);
+        let d = s.health(0, false, T0_MS + 20).unwrap();
         assert_eq!(d.topic, "spBv1.0/plant/DDEATH/gw/pot-1");
         assert_eq!(decode(&d).seq, Some(2));
         // A record from before the death does not bring it back.
