@@ -8,45 +8,13 @@ use alsentry::clock::SystemClock;
 use alsentry::io::sparkplug::proto::{datatype, Metric, MetricValue, Payload};
 use prost::Message as _;
 
-use crate::support::agent::{Agent, Dev};
 use crate::support::broker::embedded;
 use crate::support::harness::{polls_ok, wait_until};
-use crate::support::modbus::{f32_words, Device, Served};
+use crate::support::modbus::Served;
 use crate::support::mqtt::{Msg, Subscriber};
+use crate::support::sparkplug::{serve, set, sparkplug_agent};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// pot-1: voltage (u16 x0.1 V: Double), count (u16: UInt16), temp (f32: Float); a high
-/// voltage alarm at 8 V.
-pub(crate) fn sparkplug_agent(state: &std::path::Path, dev: &Served, sink: &str) -> Agent {
-    Agent::new("gw")
-        .state_dir(state)
-        .sinks(sink)
-        .section("[alarms]\nflood_threshold = 100000")
-        .device(
-            Dev::tcp("pot-1", dev.addr)
-                .unit(1)
-                .poll("100ms")
-                .timeout("500ms")
-                .tags(r#"[
-                    { name = "voltage", table = "holding", address = 0, type = "u16", scale = 0.1, unit = "V" },
-                    { name = "count", table = "holding", address = 1, type = "u16", unit = "" },
-                    { name = "temp", table = "holding", address = 2, type = "f32", unit = "C" },
-                ]"#),
-        )
-        .rule("[[rules]]\nname = \"hi\"\ndevices = [\"pot-1\"]\ntag = \"voltage\"\ntype = \"high\"\nlimit = 8.0\npriority = \"high\"")
-}
-
-pub(crate) fn serve(v: f64, count: u16, temp: f32) -> Device {
-    let d = Device::default();
-    set(&d, v, count, temp);
-    d
-}
-
-pub(crate) fn set(d: &Device, v: f64, count: u16, temp: f32) {
-    let t = f32_words(temp, "ABCD");
-    d.set_holding(1, 0, &[(v * 10.0).round() as u16, count, t[0], t[1]]);
-}
 
 fn decode(m: &Msg) -> Payload {
     Payload::decode(m.payload.as_slice()).unwrap_or_else(|e| panic!("{}: {e}", m.topic))
