@@ -384,7 +384,6 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
         }
     }
     check_sinks(&sinks, &sources[0], &mut p);
-    check_sparkplug(&sinks, agent.as_ref(), &devices, &sources[0], &mut p);
     let selector_refused = check_rules(&rules, &devices, &templates, &refused, &sources, &mut p);
     let spec = compile::compile(
         &compile::Input {
@@ -1033,40 +1032,6 @@ fn check_sinks(sinks: &[(MqttSink, usize)], src: &Source, p: &mut Problems) {
                 &join(&index("mqtt", i), "name"),
                 format!("duplicate sink name \"{}\"", s.name),
             );
-        }
-    }
-}
-
-/// A Sparkplug sink spells `[agent] site`, `[agent] id` and every device name into topic
-/// levels, where the specification forbids '+', '/' and '#'.
-fn check_sparkplug(
-    sinks: &[(MqttSink, usize)],
-    agent: Option<&Agent>,
-    devices: &[Device],
-    src: &Source,
-    p: &mut Problems,
-) {
-    let Some((i, (_, off))) = sinks
-        .iter()
-        .enumerate()
-        .find(|(_, (s, _))| s.format == mqtt::Format::Sparkplug)
-    else {
-        return;
-    };
-    let path = join(&index("mqtt", i), "format");
-    let mut ids: Vec<(&str, &str)> = Vec::new();
-    if let Some(a) = agent {
-        ids.push(("[agent] site (the Sparkplug group id)", &a.site));
-        ids.push(("[agent] id (the Sparkplug edge node id)", &a.id));
-    }
-    ids.extend(
-        devices
-            .iter()
-            .map(|d| ("a device name (a Sparkplug device id)", d.name.as_str())),
-    );
-    for (what, id) in ids {
-        if let Some(why) = mqtt::sparkplug_id_problem(id) {
-            p.add(src, *off, &path, format!("{what}: {why}"));
         }
     }
 }

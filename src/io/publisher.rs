@@ -518,6 +518,10 @@ impl Runner<'_> {
         if !self.t.cfg.carries(m.class, m.priority) && !self.is_reply(m) {
             return true;
         }
+        if self.sp.is_some() && m.class == Class::Summary {
+            // Sparkplug has no place for summaries (docs/SPARKPLUG.md).
+            return true;
+        }
         let rerouted;
         let m = match self.sp_store(m) {
             Some(r) => {
