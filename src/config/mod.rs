@@ -1127,3 +1127,42 @@ fn check_rules(
     }
     out
 }
+
+#[cfg(test)]
+mod sparkplug_tests {
+    use super::*;
+
+    fn load(sinks: &str, data: &str) -> Config {
+        let text = format!(
+            "[agent]\nid = \"gw\"\nsite = \"s\"\narea = \"a\"\n{sinks}{data}\n[[devices]]\nname = \"pot-1\"\nendpoint = \"tcp://127.0.0.1:1502\"\ntags = [ {{ name = \"voltage\", table = \"holding\", address = 0, type = \"u16\" }} ]\n"
+        );
+        Config::from_str(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const TWO: &str = "[[mqtt]]\nname = \"json\"\nurl = \"mqtt://h:1883\"\n[[mqtt]]\nname = \"sp\"\nurl = \"mqtt://h:1883\"\nformat = \"sparkplug\"\nprimary_host = \"scada\"\n";
+
+    #[test]
+    fn a_sparkplug_sink_implies_data_by_exception_and_json_sinks_keep_carrying_none() {
+        let cfg = load(TWO, "");
+        assert_eq!(cfg.data.mode, DataMode::Change);
+        assert!(!cfg.sinks[0]
+            .carry
+            .contains(&crate::core::outbound::Class::Data));
+        assert!(cfg.sinks[1]
+            .carry
+            .contains(&crate::core::outbound::Class::Data));
+        assert_eq!(cfg.sinks[1].format, mqtt::Format::Sparkplug);
+        assert_eq!(cfg.sinks[1].primary_host.as_deref(), Some("scada"));
+    }
+
+    #[test]
+    fn configured_data_is_left_as_it_is() {
+        let cfg = load(TWO, "[data]\nmode = \"poll\"\n");
+        assert_eq!(cfg.data.mode, DataMode::Poll);
+        assert!(cfg.sinks[0]
+            .carry
+            .contains(&crate::core::outbound::Class::Data));
+        let json_only = load("[mqtt]\nurl = \"mqtt://h:1883\"\n", "");
+        assert_eq!(json_only.data.mode, DataMode::Off);
+    }
+}

@@ -163,6 +163,36 @@ async fn births_come_first_then_ddata_follows_the_modbus_values_and_a_rebirth_nc
     )
     .await;
 
+    // A JSON operator command on NCMD: the engine's reply comes back as NDATA.
+    let shelve = r#"{"op":"shelve","device":"pot-1","rule":"hi","by":"ops","duration":"1h","request_id":"r1"}"#;
+    let cmd = Payload {
+        metrics: vec![Metric {
+            name: Some("Node Control/Command".into()),
+            datatype: Some(datatype::STRING),
+            value: Some(MetricValue::StringValue(shelve.into())),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    sub.publish("spBv1.0/s/NCMD/gw", &cmd.encode_to_vec()).await;
+    let reply_alias = named(&again, "Node Control/Command Reply").alias;
+    let ndata = next_on(&mut sub, "spBv1.0/s/NDATA/gw").await;
+    let Some(MetricValue::StringValue(reply)) = &ndata.metrics[0].value else {
+        panic!("{ndata:?}")
+    };
+    assert_eq!(ndata.metrics[0].alias, reply_alias);
+    let reply: serde_json::Value = serde_json::from_str(reply).unwrap();
+    assert_eq!(
+        (reply["ok"].as_bool(), reply["request_id"].as_str()),
+        (Some(true), Some("r1"))
+    );
+    ddata_with(
+        &mut sub,
+        alarm.alias,
+        &MetricValue::StringValue("shelved".into()),
+    )
+    .await;
+
     // Comm loss: DDEATH; recovery: DBIRTH.
     dev.device.silence(1, true);
     next_on(&mut sub, "spBv1.0/s/DDEATH/gw/pot-1").await;

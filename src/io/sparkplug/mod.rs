@@ -42,3 +42,19 @@ impl BdSeqFile {
         Ok(current)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bdseq_goes_up_per_connection_across_restarts_and_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(BdSeqFile::new(dir.path()).take().unwrap(), 0);
+        assert_eq!(BdSeqFile::new(dir.path()).take().unwrap(), 1);
+        std::fs::write(dir.path().join("sparkplug-bdseq"), "255\n").unwrap();
+        let f = BdSeqFile::new(dir.path());
+        assert_eq!(f.take().unwrap(), 255);
+        assert_eq!(f.take().unwrap(), 0);
+    }
+}
