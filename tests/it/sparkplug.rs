@@ -193,6 +193,23 @@ async fn births_come_first_then_ddata_follows_the_modbus_values_and_a_rebirth_nc
     )
     .await;
 
+    // Commands stay accepted on the agent's JSON command topic, answered there in JSON.
+    let mut json = Subscriber::connect(
+        "127.0.0.1",
+        broker.addr.port(),
+        "console",
+        "alsentry/s/a/_agent/gw/cmd/reply",
+    )
+    .await;
+    json.publish(
+        "alsentry/s/a/_agent/gw/cmd",
+        br#"{"op":"unshelve","device":"pot-1","rule":"hi","by":"ops","request_id":"j1"}"#,
+    )
+    .await;
+    let r = json.wait_for(WAIT, |_| true).await.expect("a JSON reply");
+    assert_eq!(r.json()["request_id"], "j1");
+    assert_eq!(r.json()["ok"], true);
+
     // Comm loss: DDEATH; recovery: DBIRTH.
     dev.device.silence(1, true);
     next_on(&mut sub, "spBv1.0/s/DDEATH/gw/pot-1").await;
