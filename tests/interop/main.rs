@@ -28,7 +28,7 @@ mod modbus;
 /// Retain-As-Published, the real binary SIGKILLed and restarted with its alarm states.
 mod restart;
 /// `format = "sparkplug"` decoded by pysparkplug: births, DDATA, Rebirth, a primary host
-/// outage, the NDEATH Will after SIGKILL.
+/// outage, the NDEATH Will after SIGKILL; the hand-written codec against the upstream .proto.
 mod sparkplug;
 /// The operator station in headless Chromium (WebDriver) against Mosquitto; the screenshots
 /// in docs/screenshots/.
