@@ -770,9 +770,15 @@ impl Session {
             r.ignored = Some("STATE: not JSON".into());
             return;
         };
-        let (Some(online), Some(ts)) = (v["online"].as_bool(), v["timestamp"].as_i64()) else {
-            r.ignored = Some("STATE: no \"online\" or \"timestamp\"".into());
+        let Some(online) = v["online"].as_bool() else {
+            r.ignored = Some("STATE: no \"online\"".into());
             return;
+        };
+        // Lenient about the timestamp's spelling (a float, or none: then it is not older).
+        let ts = match (&v["timestamp"], v["timestamp"].as_f64()) {
+            (Value::Number(n), _) if n.is_i64() => n.as_i64().unwrap_or(self.host_ts),
+            (_, Some(f)) => f as i64,
+            _ => self.host_ts,
         };
         if ts < self.host_ts {
             r.ignored = Some("STATE older than the last one taken".into());
@@ -1115,6 +1121,12 @@ mod tests {
             "births again when it returns"
         );
         assert_eq!(s.births_at(), T0_MS + 20);
+        // A float timestamp, or none, is taken too.
+        let off = br#"{"online":false,"timestamp":103.0}"#;
+        s.inbound("spBv1.0/STATE/scada", off, T0_MS + 21);
+        assert!(!s.may_publish());
+        let r = s.inbound("spBv1.0/STATE/scada", br#"{"online":true}"#, T0_MS + 22);
+        assert_eq!(r.out.len(), 2);
     }
 
     #[test]
