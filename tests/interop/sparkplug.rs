@@ -266,6 +266,13 @@ async fn pysparkplug_decodes_births_data_rebirth_history_and_the_will_after_sigk
     let tail: Vec<u64> = history.iter().copied().filter(|c| *c > 10).collect();
     assert_eq!(tail, outage[1..].to_vec(), "history: {history:?}");
 
+    // Comm loss and recovery, as pysparkplug reads them.
+    dev.device.silence(1, true);
+    let (_, ddeath) = host.next("DDEATH", Some("pot-1")).await;
+    assert!(ddeath["seq"].as_u64().is_some());
+    dev.device.silence(1, false);
+    host.next("DBIRTH", Some("pot-1")).await;
+
     // SIGKILL: the broker publishes the Will, NDEATH with the bdSeq of the last NBIRTH.
     drop(agent);
     let (m, death) = host.next("NDEATH", None).await;
@@ -282,6 +289,29 @@ async fn pysparkplug_decodes_births_data_rebirth_history_and_the_will_after_sigk
     for (m, v) in host.log.iter().take(4) {
         eprintln!("{} qos={} {v}", m.topic, m.qos);
     }
+}
+
+/// The same edge node over MQTT 5 (Clean Start, session expiry 0): births decoded by
+/// pysparkplug, and the Will NDEATH after SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and pysparkplug; .ci/run runs it"]
+async fn over_mqtt_5_births_and_the_will_ndeath_decode_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosq = Mosquitto::private(dir.path());
+    let dev = Served::start(serve(7.0, 3, 961.5)).await;
+    let mut host = Host::start(mosq.port).await;
+    let url = format!("mqtt://127.0.0.1:{}", mosq.port);
+    let sink = format!("[mqtt]\nurl = \"{url}\"\nformat = \"sparkplug\"\nprotocol = \"5\"\n");
+    let cfg = sparkplug_agent(&dir.path().join("state"), &dev, &sink).write(dir.path());
+    let agent = spawn_agent(&cfg);
+    let (_, nbirth) = host.next("NBIRTH", None).await;
+    assert_eq!(metric(&nbirth, "bdSeq")["value"], 0);
+    let (_, dbirth) = host.next("DBIRTH", Some("pot-1")).await;
+    assert_eq!(metric(&dbirth, "temp")["value"], 961.5);
+    drop(agent);
+    let (m, death) = host.next("NDEATH", None).await;
+    assert_eq!(m.qos, 1);
+    assert_eq!(metric(&death, "bdSeq")["value"], 0);
 }
 
 /// The hand-written prost structs (src/io/sparkplug/proto.rs) against the upstream
