@@ -893,29 +893,38 @@ impl Runner<'_> {
         }
     }
 
+    /// The next records to send, as many as the session gives room for; None when there is
+    /// no room, nothing left (the replay is over) or the outbox cannot be read.
+    fn next_records(&mut self) -> Option<Vec<crate::outbox::StoredRecord>> {
+        let room = self.session.room(self.t.clock.mono());
+        if room == 0 {
+            return None;
+        }
+        let records = match self.t.outbox.next_unsent(room) {
+            Ok(r) => r,
+            Err(e) => {
+                emit(OutboxError {
+                    sink: &self.t.cfg.name,
+                    what: OutboxOp::Read,
+                    error: &e,
+                });
+                return None;
+            }
+        };
+        if records.is_empty() {
+            self.session.drained();
+            return None;
+        }
+        Some(records)
+    }
+
     /// Hands outbox records to rumqttc while the session gives room (the window, and the
     /// replay rate for a backlog from before this connection).
     fn pump(&mut self, client: &Client) {
         loop {
-            let room = self.session.room(self.t.clock.mono());
-            if room == 0 {
+            let Some(records) = self.next_records() else {
                 return;
-            }
-            let records = match self.t.outbox.next_unsent(room) {
-                Ok(r) => r,
-                Err(e) => {
-                    emit(OutboxError {
-                        sink: &self.t.cfg.name,
-                        what: OutboxOp::Read,
-                        error: &e,
-                    });
-                    return;
-                }
             };
-            if records.is_empty() {
-                self.session.drained();
-                return;
-            }
             let now = self.t.clock.now();
             for r in records {
                 let replayed = self.session.is_replay(r.created, r.replayed);

@@ -215,25 +215,9 @@ impl Runner<'_> {
             if !sp.pending.is_empty() || !sp.session.may_publish() {
                 return;
             }
-            let room = self.session.room(self.t.clock.mono());
-            if room == 0 {
+            let Some(records) = self.next_records() else {
                 return;
-            }
-            let records = match self.t.outbox.next_unsent(room) {
-                Ok(r) => r,
-                Err(e) => {
-                    emit(OutboxError {
-                        sink: &self.t.cfg.name,
-                        what: OutboxOp::Read,
-                        error: &e,
-                    });
-                    return;
-                }
             };
-            if records.is_empty() {
-                self.session.drained();
-                return;
-            }
             let now = self.t.clock.now();
             for r in records {
                 // Keeps the replay rate's accounting; Sparkplug says `is_historical` instead.
