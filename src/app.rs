@@ -188,6 +188,8 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
             config_hash: hash_rx.clone(),
             password,
             restore: Some(restored.report(i)),
+            sparkplug: (s.format == crate::config::mqtt::Format::Sparkplug)
+                .then(|| crate::io::sparkplug::Model::from_config(&cfg)),
         };
         tasks.spawn(task.run(cancel.child_token()));
     }

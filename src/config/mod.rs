@@ -466,11 +466,13 @@ fn load_from_sources(main: Source) -> Result<Config, ConfigError> {
             problems: p.sorted(),
         });
     };
+    let mut sinks: Vec<MqttSink> = sinks.into_iter().map(|(s, _)| s).collect();
+    let data = imply_data_for_sparkplug(data, &mut sinks);
     Ok(Config {
         files: sources.iter().map(|s| s.path.clone()).collect(),
         hash,
         agent,
-        sinks: sinks.into_iter().map(|(s, _)| s).collect(),
+        sinks,
         templates: templates
             .into_iter()
             .map(|(k, t)| (k, t.template))
@@ -1092,6 +1094,20 @@ fn check_sinks(sinks: &[(MqttSink, usize)], src: &Source, p: &mut Problems) {
     }
 }
 
+/// Sparkplug publishes device values (DBIRTH, DDATA), so a configuration with a Sparkplug
+/// sink and no `[data]` gets data by exception (`mode = "change"`); the JSON sinks, which had
+/// no data before, keep carrying none.
+fn imply_data_for_sparkplug(mut data: DataOptions, sinks: &mut [MqttSink]) -> DataOptions {
+    if data.mode != DataMode::Off || !sinks.iter().any(|s| s.format == mqtt::Format::Sparkplug) {
+        return data;
+    }
+    data.mode = DataMode::Change;
+    for s in sinks.iter_mut().filter(|s| s.format == mqtt::Format::Json) {
+        s.carry.retain(|c| *c != crate::core::outbound::Class::Data);
+    }
+    data
+}
+
 /// Checks what the rules select: templates that exist and have the watched tag, patterns that
 /// match devices. Returns the rules refused here (by index): what their devices lack is then
 /// not reported again. What each device lacks is found when the spec compiles.
@@ -1168,4 +1184,43 @@ fn check_rules(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod sparkplug_tests {
+    use super::*;
+
+    fn load(sinks: &str, data: &str) -> Config {
+        let text = format!(
+            "[agent]\nid = \"gw\"\nsite = \"s\"\narea = \"a\"\n{sinks}{data}\n[[devices]]\nname = \"pot-1\"\nendpoint = \"tcp://127.0.0.1:1502\"\ntags = [ {{ name = \"voltage\", table = \"holding\", address = 0, type = \"u16\" }} ]\n"
+        );
+        Config::from_str(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const TWO: &str = "[[mqtt]]\nname = \"json\"\nurl = \"mqtt://h:1883\"\n[[mqtt]]\nname = \"sp\"\nurl = \"mqtt://h:1883\"\nformat = \"sparkplug\"\nprimary_host = \"scada\"\n";
+
+    #[test]
+    fn a_sparkplug_sink_implies_data_by_exception_and_json_sinks_keep_carrying_none() {
+        let cfg = load(TWO, "");
+        assert_eq!(cfg.data.mode, DataMode::Change);
+        assert!(!cfg.sinks[0]
+            .carry
+            .contains(&crate::core::outbound::Class::Data));
+        assert!(cfg.sinks[1]
+            .carry
+            .contains(&crate::core::outbound::Class::Data));
+        assert_eq!(cfg.sinks[1].format, mqtt::Format::Sparkplug);
+        assert_eq!(cfg.sinks[1].primary_host.as_deref(), Some("scada"));
+    }
+
+    #[test]
+    fn configured_data_is_left_as_it_is() {
+        let cfg = load(TWO, "[data]\nmode = \"poll\"\n");
+        assert_eq!(cfg.data.mode, DataMode::Poll);
+        assert!(cfg.sinks[0]
+            .carry
+            .contains(&crate::core::outbound::Class::Data));
+        let json_only = load("[mqtt]\nurl = \"mqtt://h:1883\"\n", "");
+        assert_eq!(json_only.data.mode, DataMode::Off);
+    }
 }

@@ -116,6 +116,34 @@ pub struct MqttSink {
     /// keeps every data message in the outbox until its PUBACK.
     pub data_qos: u8,
     pub tls: Option<TlsFiles>,
+    /// What goes on the wire (`format`): our JSON topics, or a Sparkplug B 3.0 edge node.
+    pub format: Format,
+    /// Sparkplug only (`primary_host`): the host application whose STATE gates publishing.
+    pub primary_host: Option<String>,
+}
+
+/// `format = "json" | "sparkplug"` of an `[[mqtt]]` sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// The agent's own JSON topics (docs/MQTT.md).
+    #[default]
+    Json,
+    /// Sparkplug B 3.0 (docs/SPARKPLUG.md).
+    Sparkplug,
+}
+
+/// Why `id` cannot be a Sparkplug group, edge node, device or host id, if it cannot: the
+/// specification forbids '+', '/' and '#' in them (and an empty id makes no topic level).
+pub fn sparkplug_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("a Sparkplug id may not be empty".into());
+    }
+    if id.contains(['+', '/', '#']) || id.chars().any(char::is_control) {
+        return Some(format!(
+            "\"{id}\" cannot be a Sparkplug id: no '+', '/', '#' or control characters"
+        ));
+    }
+    None
 }
 
 impl MqttSink {
@@ -433,8 +461,34 @@ pub fn parse_sink(
         }
         _ => None,
     };
+    let format = match r.opt_str(p, "format").as_deref() {
+        None | Some("json") => Format::Json,
+        Some("sparkplug") => Format::Sparkplug,
+        Some(other) => {
+            r.problem(
+                p,
+                "format",
+                format!("unknown format \"{other}\"; accepted: \"json\" (default), \"sparkplug\""),
+            );
+            Format::Json
+        }
+    };
+    let primary_host = r.opt_str(p, "primary_host");
+    if let Some(h) = &primary_host {
+        if format != Format::Sparkplug {
+            r.problem(
+                p,
+                "primary_host",
+                "primary_host is for Sparkplug sinks; add format = \"sparkplug\"",
+            );
+        } else if let Some(why) = sparkplug_id_problem(h) {
+            r.problem(p, "primary_host", why);
+        }
+    }
     r.finish(p);
     Some(MqttSink {
+        format,
+        primary_host,
         name,
         url: url?,
         topic_root,

@@ -19,4 +19,5 @@ pub(crate) mod samples;
 pub(crate) mod schedule;
 pub mod seq;
 pub(crate) mod session;
+pub mod sparkplug;
 pub mod web;

@@ -33,6 +33,9 @@ use super::backoff;
 use super::health::DeviceHealth;
 use super::inbound::{admit, Admitted, BurstGate};
 use super::session::{Session, SessionConfig, Settled, StatusKey};
+use super::sparkplug;
+
+mod sparkplug_sink;
 use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
 use crate::config::MqttSink;
@@ -106,6 +109,8 @@ pub struct SinkTask {
     pub password: Option<String>,
     /// What this start restored of the alarm state, for the status.
     pub restore: Option<RestoreReport>,
+    /// `format = "sparkplug"`: what the edge node declares (None: the JSON format).
+    pub sparkplug: Option<crate::io::sparkplug::Model>,
 }
 
 /// Never prints the password, only whether there is one.
@@ -147,6 +152,8 @@ enum Ev {
 struct Props {
     expiry_s: Option<u32>,
     schema: Option<String>,
+    /// A Sparkplug (protobuf) payload: no JSON content type.
+    binary: bool,
 }
 
 enum Client {
@@ -196,7 +203,7 @@ impl Client {
                         .schema
                         .map(|s| vec![("schema".to_string(), s)])
                         .unwrap_or_default(),
-                    content_type: Some("application/json".into()),
+                    content_type: (!props.binary).then(|| "application/json".into()),
                     ..Default::default()
                 };
                 c.try_publish_with_properties(topic, q, retain, payload, properties)
@@ -369,7 +376,7 @@ impl SinkTask {
     /// streams, Nagle can hold a small alarm publish back until the broker's delayed ACK of the
     /// previous segment (up to 40 ms on Linux); brokers need the same towards subscribers
     /// (docs/MQTT.md, "Latency").
-    fn connect(&self) -> Result<Conn, String> {
+    fn connect(&self, sparkplug_will: Option<&sparkplug::Out>) -> Result<Conn, String> {
         let transport = match &self.cfg.tls {
             Some(files) => Some(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(tls_config(files)?),
@@ -388,12 +395,13 @@ impl SinkTask {
                 o.set_inflight(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
                 o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_PACKET);
-                o.set_last_will(LastWill::new(
-                    status_topic,
-                    self.offline_payload(),
-                    QoS::AtLeastOnce,
-                    true,
-                ));
+                o.set_last_will(match sparkplug_will {
+                    // NDEATH: QoS 1, not retained (Sparkplug 3.0).
+                    Some(w) => LastWill::new(&w.topic, w.payload.clone(), QoS::AtLeastOnce, false),
+                    None => {
+                        LastWill::new(status_topic, self.offline_payload(), QoS::AtLeastOnce, true)
+                    }
+                });
                 if let Some(u) = &self.cfg.username {
                     o.set_credentials(u, self.password.as_deref().unwrap_or(""));
                 }
@@ -418,13 +426,18 @@ impl SinkTask {
                 o.set_outgoing_inflight_upper_limit(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
                 o.set_max_packet_size(Some(MAX_INCOMING_PACKET as u32));
-                o.set_last_will(LastWill5::new(
-                    status_topic,
-                    self.offline_payload(),
-                    QoS5::AtLeastOnce,
-                    true,
-                    None,
-                ));
+                o.set_last_will(match sparkplug_will {
+                    Some(w) => {
+                        LastWill5::new(&w.topic, w.payload.clone(), QoS5::AtLeastOnce, false, None)
+                    }
+                    None => LastWill5::new(
+                        status_topic,
+                        self.offline_payload(),
+                        QoS5::AtLeastOnce,
+                        true,
+                        None,
+                    ),
+                });
                 if let Some(u) = &self.cfg.username {
                     o.set_credentials(u, self.password.as_deref().unwrap_or(""));
                 }
@@ -445,7 +458,11 @@ impl SinkTask {
         })
     }
 
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let sp = self
+            .sparkplug
+            .take()
+            .map(|model| sparkplug_sink::Sp::new(&self, &model));
         let reconnect_max = Duration::from_millis(self.cfg.reconnect_max_ms.max(1000) as u64);
         let seed = backoff::seed(&self.client_id, self.clock.now() as u64);
         let session = Session::new(
@@ -469,6 +486,7 @@ impl SinkTask {
             own_drops: OwnDrops::default(),
             started,
             burst: BurstGate::default(),
+            sp,
         }
         .run(cancel)
         .await
@@ -484,6 +502,8 @@ struct Runner<'m> {
     started: Mono,
     /// Commands streaming in are read before the engine's messages are stored.
     burst: BurstGate,
+    /// `format = "sparkplug"`: the edge-node session and what it waits to send.
+    sp: Option<sparkplug_sink::Sp>,
 }
 
 impl Runner<'_> {
@@ -498,6 +518,18 @@ impl Runner<'_> {
         if !self.t.cfg.carries(m.class, m.priority) && !self.is_reply(m) {
             return true;
         }
+        if self.sp.is_some() && m.class == Class::Summary {
+            // Sparkplug has no place for summaries (docs/SPARKPLUG.md).
+            return true;
+        }
+        let rerouted;
+        let m = match self.sp_store(m) {
+            Some(r) => {
+                rerouted = r;
+                &rerouted
+            }
+            None => m,
+        };
         let now = self.t.clock.now();
         let may_sync = match self.t.cfg.outbox.fsync {
             FsyncPolicy::Always => true,
@@ -578,6 +610,7 @@ impl Runner<'_> {
     /// is away (or the data lane is full) it is kept in the outbox and replayed like the rest.
     fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>) -> bool {
         if m.class != Class::Data
+            || self.sp.is_some()
             || self.t.cfg.data_qos != 0
             || !self.session.data_has_room()
             || !self.t.cfg.carries(m.class, m.priority)
@@ -615,10 +648,15 @@ impl Runner<'_> {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(c) = conn.as_ref().filter(|c| c.connected) {
-                self.pump(&c.client);
+                if self.sp.is_some() {
+                    self.sp_pump(&c.client);
+                } else {
+                    self.pump(&c.client);
+                }
             }
             if conn.is_none() && self.session.should_connect(clock.mono()) {
-                match self.t.connect() {
+                let will = self.sp.as_mut().map(|sp| sp.will(&self.t));
+                match self.t.connect(will.as_ref()) {
                     Ok(c) => {
                         self.session.connecting();
                         conn = Some(c);
@@ -657,7 +695,8 @@ impl Runner<'_> {
                     if let Some(c) = conn.as_ref().filter(|c| c.connected) {
                         // Not before the first poll cycle either: a reload at start must not
                         // publish every device down.
-                        if self.t.cfg.carry.contains(&Class::Status)
+                        if self.sp.is_none()
+                            && self.t.cfg.carry.contains(&Class::Status)
                             && self.session.has_room()
                             && self.first_cycle_done()
                         {
@@ -681,6 +720,11 @@ impl Runner<'_> {
                         if let Err(e) = c.client.subscribe(&cmd_topic) {
                             emit(ClientRefused { sink: &self.t.cfg.name, op: ClientOp::Subscribe, error: &e });
                         }
+                        if self.sp.is_some() {
+                            // No JSON status on a Sparkplug sink: NBIRTH/NDEATH say it.
+                            self.sp_connack(&c.client);
+                            continue;
+                        }
                         // Current status goes straight out, ahead of any backlog: it is
                         // regenerated on every connect, so there is nothing to keep. Not before
                         // the first poll cycle: the retained status (offline, from the Last
@@ -700,12 +744,17 @@ impl Runner<'_> {
                     Ok(Ev::Publish { topic, payload, retain }) => {
                         if topic == cmd_topic {
                             self.command(payload, retain);
+                        } else if self.sp.is_some() {
+                            self.sp_inbound(&topic, &payload, retain);
                         }
                     }
                     Ok(Ev::Other) => {}
                     Err(e) => {
                         // Dropped with its client: nothing of it can reach the next connection.
                         conn = None;
+                        if let Some(sp) = self.sp.as_mut() {
+                            sp.lost();
+                        }
                         let lost = self.session.lost(clock.mono());
                         if lost.was_connected {
                             self.suspect_poison();
@@ -840,32 +889,42 @@ impl Runner<'_> {
         Props {
             expiry_s,
             schema: payload.and_then(schema_of),
+            binary: false,
         }
+    }
+
+    /// The next records to send, as many as the session gives room for; None when there is
+    /// no room, nothing left (the replay is over) or the outbox cannot be read.
+    fn next_records(&mut self) -> Option<Vec<crate::outbox::StoredRecord>> {
+        let room = self.session.room(self.t.clock.mono());
+        if room == 0 {
+            return None;
+        }
+        let records = match self.t.outbox.next_unsent(room) {
+            Ok(r) => r,
+            Err(e) => {
+                emit(OutboxError {
+                    sink: &self.t.cfg.name,
+                    what: OutboxOp::Read,
+                    error: &e,
+                });
+                return None;
+            }
+        };
+        if records.is_empty() {
+            self.session.drained();
+            return None;
+        }
+        Some(records)
     }
 
     /// Hands outbox records to rumqttc while the session gives room (the window, and the
     /// replay rate for a backlog from before this connection).
     fn pump(&mut self, client: &Client) {
         loop {
-            let room = self.session.room(self.t.clock.mono());
-            if room == 0 {
+            let Some(records) = self.next_records() else {
                 return;
-            }
-            let records = match self.t.outbox.next_unsent(room) {
-                Ok(r) => r,
-                Err(e) => {
-                    emit(OutboxError {
-                        sink: &self.t.cfg.name,
-                        what: OutboxOp::Read,
-                        error: &e,
-                    });
-                    return;
-                }
             };
-            if records.is_empty() {
-                self.session.drained();
-                return;
-            }
             let now = self.t.clock.now();
             for r in records {
                 let replayed = self.session.is_replay(r.created, r.replayed);
@@ -1013,6 +1072,9 @@ impl Runner<'_> {
     /// A status when the session says one is due and the window has room.
     fn status_if_due(&mut self, client: Option<&Client>) {
         let Some(client) = client else { return };
+        if self.sp.is_some() {
+            return;
+        }
         if !self.t.cfg.carry.contains(&Class::Status) || !self.first_cycle_done() {
             return;
         }
@@ -1048,6 +1110,7 @@ impl Runner<'_> {
             bytes: st.bytes,
             dropped: self.drops_by_class().total(),
         });
+        self.sp_health();
         // Periodic status, and on the next tick when devices come or go or something was
         // dropped (ticking, not waking on each device change, keeps a gateway that takes 100
         // units down at once to one status).
@@ -1061,16 +1124,19 @@ impl Runner<'_> {
             self.store(&m);
         }
         if let Some(mut c) = conn.filter(|c| c.connected) {
-            let payload = self.t.offline_payload();
+            // Sparkplug: NDEATH, then DISCONNECT (the 3.1.1 way; a clean DISCONNECT sends no
+            // Will).
+            let (topic, payload, retain) = match self.sp_death() {
+                Some(d) => (d.topic, d.payload, false),
+                None => (
+                    self.t.who.agent_topic("status"),
+                    self.t.offline_payload(),
+                    true,
+                ),
+            };
             let bytes = payload.len();
             if c.client
-                .publish(
-                    self.t.who.agent_topic("status"),
-                    1,
-                    true,
-                    payload,
-                    Props::default(),
-                )
+                .publish(topic, 1, retain, payload, Props::default())
                 .is_ok()
             {
                 self.session.handed(None);

@@ -30,6 +30,9 @@ mod modbus;
 /// Alarm state and commands through Mosquitto: a 5 MiB retained command, MQTT 5
 /// Retain-As-Published, the real binary SIGKILLed and restarted with its alarm states.
 mod restart;
+/// `format = "sparkplug"` decoded by pysparkplug: births, DDATA, Rebirth, a primary host
+/// outage, the NDEATH Will after SIGKILL; the hand-written codec against the upstream .proto.
+mod sparkplug;
 /// The operator station in headless Chromium (WebDriver) against Mosquitto; the screenshots
 /// in docs/screenshots/.
 mod station;

@@ -74,6 +74,9 @@ mod selfwatch;
 mod sim;
 /// 420 devices for a minute: everything answers, the engine keeps up, memory stays flat.
 mod soak;
+/// `format = "sparkplug"`: births, DDATA against the Modbus values, rebirth, commands on
+/// DCMD, comm loss, the primary host's STATE and the historical backlog.
+mod sparkplug;
 /// The operator station at `/`: login, CSRF, roles, rate limiting, the live event stream, actions
 /// through the engine to MQTT, the history, `alsentry user`.
 mod station;

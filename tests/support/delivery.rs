@@ -148,6 +148,7 @@ pub fn sink_task(
         config_hash: tokio::sync::watch::channel("test".to_string()).1,
         password: None,
         restore: None,
+        sparkplug: None,
     };
     (task, tx, crx)
 }

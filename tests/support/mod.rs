@@ -16,6 +16,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
 pub mod simrec;
+pub mod sparkplug;
 pub mod tools;
 pub mod web;
 pub mod webdriver;
