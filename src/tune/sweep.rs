@@ -369,10 +369,20 @@ pub fn replay(
     Ok(spans)
 }
 
-/// The rules a copy of `rule` needs beside it: those its suppression names, transitively.
+/// The rules a copy of `rule` needs beside it: those its suppression or its `alarm:RULE`
+/// hold-offs name, transitively.
 fn needed(draft: &Draft, rule: usize, into: &mut BTreeSet<usize>) {
-    if let Some(Suppression::Alarm { rule: name, .. }) = &draft.rules[rule].suppress_when {
-        if let Some(i) = draft.rules.iter().position(|r| &r.name == name) {
+    let r = &draft.rules[rule];
+    let suppressed_by = match &r.suppress_when {
+        Some(Suppression::Alarm { rule: name, .. }) => Some(name.as_str()),
+        _ => None,
+    };
+    let held_by = r
+        .hold_off
+        .iter()
+        .filter_map(|h| h.when.trim().strip_prefix("alarm:").map(str::trim));
+    for name in suppressed_by.into_iter().chain(held_by) {
+        if let Some(i) = draft.rules.iter().position(|r| r.name == name) {
             if into.insert(i) {
                 needed(draft, i, into);
             }
