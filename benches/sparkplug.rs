@@ -16,6 +16,7 @@ fn observe_and_encode(c: &mut Criterion) {
             name: "pot-117".into(),
             tags: tags.clone(),
             alarms: vec!["high".into(), "low".into()],
+            figures: Vec::new(),
         }],
     };
     let mut session = Session::new("plant", "gw", None, &model);

@@ -27,6 +27,8 @@ use super::time::rfc3339_ms;
 
 /// Version of the payload contract.
 pub const REPORT_SCHEMA: &str = "alsentry/report/1";
+/// How a report's topic ends (`{topic_root}/{site}/{area}/{device}/report/daily`).
+pub const REPORT_LEAF: &str = "/report/daily";
 /// The device name of the area's report (as in `{area}/_area/report/daily`).
 pub const AREA: &str = "_area";
 /// The controller's anode-effect flag, when a cell has one (the cell template's name).
@@ -293,6 +295,11 @@ impl Reports {
     /// Whether any device takes part (has a `voltage` tag).
     pub fn has_cells(&self) -> bool {
         !self.cells.is_empty()
+    }
+
+    /// Whether device `name` is a cell of this report.
+    pub fn is_cell(&self, name: &str) -> bool {
+        self.cells.iter().any(|c| &*c.name == name)
     }
 
     /// The day being accumulated.
@@ -832,6 +839,70 @@ pub enum Figure {
     Text(String),
 }
 
+/// What type a figure has (a metrics sink declares its metrics before any report exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FigureKind {
+    U64,
+    F64,
+    Bool,
+    Text,
+}
+
+/// Every figure [`DayReport::figures`] can give, in its order, with its type. Names are
+/// `report/daily/` + the JSON path (`/` for nesting), so [`figures_of_payload`] reads them
+/// back from the JSON report.
+pub const FIGURES: &[(&str, FigureKind)] = &[
+    ("report/daily/day", FigureKind::Text),
+    ("report/daily/partial", FigureKind::Bool),
+    ("report/daily/pot_days", FigureKind::F64),
+    ("report/daily/anode_effects/count", FigureKind::U64),
+    ("report/daily/anode_effects/per_pot_day", FigureKind::F64),
+    ("report/daily/anode_effects/minutes", FigureKind::F64),
+    (
+        "report/daily/anode_effects/minutes_per_pot_day",
+        FigureKind::F64,
+    ),
+    (
+        "report/daily/anode_effects/mean_duration_s",
+        FigureKind::F64,
+    ),
+    ("report/daily/anode_effects/open", FigureKind::U64),
+    ("report/daily/pfc/production_t", FigureKind::F64),
+    ("report/daily/pfc/cf4_kg", FigureKind::F64),
+    ("report/daily/pfc/c2f6_kg", FigureKind::F64),
+    ("report/daily/pfc/co2e_t", FigureKind::F64),
+    ("report/daily/energy/voltage_mean_v", FigureKind::F64),
+    ("report/daily/energy/energy_ac_kwh_t", FigureKind::F64),
+    ("report/daily/energy/vs_benchmark_pct", FigureKind::F64),
+    ("report/daily/energy/vs_baseline_pct", FigureKind::F64),
+    ("report/daily/coverage/share", FigureKind::F64),
+    ("report/daily/coverage/good_ratio", FigureKind::F64),
+];
+
+/// The figures of a JSON report (`alsentry/report/1`, as [`DayReport::payload`] writes it),
+/// for a sink that only has the outbox record: the same pairs as [`DayReport::figures`]
+/// (a figure that is null or missing is left out). None if it is not a report.
+pub fn figures_of_payload(v: &serde_json::Value) -> Option<Vec<(String, Figure)>> {
+    if v["schema"].as_str() != Some(REPORT_SCHEMA) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (name, kind) in FIGURES {
+        let path = name.trim_start_matches("report/daily");
+        let Some(x) = v.pointer(path) else { continue };
+        let f = match kind {
+            FigureKind::U64 => x.as_u64().map(Figure::U64),
+            FigureKind::F64 => x.as_f64().map(Figure::F64),
+            FigureKind::Bool => x.as_bool().map(Figure::Bool),
+            FigureKind::Text => x.as_str().map(|s| Figure::Text(s.to_string())),
+        };
+        if let Some(f) = f {
+            out.push((name.to_string(), f));
+        }
+    }
+    Some(out)
+}
+
 /// Who publishes: the topic's parts and the payload's identity fields.
 #[derive(Debug, Serialize)]
 struct ReportPayload<'a> {
@@ -859,7 +930,7 @@ impl DayReport {
     /// `{topic_root}/{site}/{area}/{device}/report/daily` (`_area` for the area).
     pub fn topic(&self, who: &super::payload::Identity) -> String {
         format!(
-            "{}/{}/{}/{}/report/daily",
+            "{}/{}/{}/{}{REPORT_LEAF}",
             who.topic_root, who.site, who.area, self.device
         )
     }
@@ -1283,5 +1354,40 @@ mod tests {
             }
             assert!(!v.is_null(), "{name} not in the payload");
         }
+    }
+
+    /// A Sparkplug sink only has the outbox record: reading the figures back from the JSON
+    /// gives exactly `figures()`, each declared in `FIGURES` with its type.
+    #[test]
+    fn the_figures_read_back_from_the_json_equal_the_report_s_own() {
+        let mut r = Reports::new(&cells(2, false), ReportOptions::default(), "Asia/Shanghai");
+        steady(&mut r, 0, T0, T0 + H);
+        r.event(&ev("pot-1", "anode_effect", T0 + 60_000, Some(T0 + 60_000)));
+        r.event(&ev("pot-1", "anode_effect", T0 + 150_000, None));
+        let out = r.finish(T0 + H);
+        assert_eq!(out.len(), 3);
+        let who = crate::core::payload::Identity {
+            topic_root: "alsentry".into(),
+            agent: "gw".into(),
+            site: "s".into(),
+            area: "a".into(),
+        };
+        for rep in &out {
+            let j: serde_json::Value = serde_json::from_slice(&rep.payload(&who)).unwrap();
+            let back = figures_of_payload(&j).unwrap();
+            assert_eq!(back, rep.figures(), "{}", rep.device);
+            for (name, f) in &back {
+                let kind = match f {
+                    Figure::U64(_) => FigureKind::U64,
+                    Figure::F64(_) => FigureKind::F64,
+                    Figure::Bool(_) => FigureKind::Bool,
+                    Figure::Text(_) => FigureKind::Text,
+                };
+                assert!(FIGURES.contains(&(name.as_str(), kind)), "{name}");
+            }
+        }
+        let area = out.iter().find(|r| r.device == AREA).unwrap().figures();
+        assert!(area.contains(&("report/daily/anode_effects/count".into(), Figure::U64(1))));
+        assert!(figures_of_payload(&serde_json::json!({"schema": "alsentry/summary/1"})).is_none());
     }
 }

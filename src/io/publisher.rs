@@ -45,6 +45,7 @@ use crate::core::payload::{
     ClassCounts, DropReasons, Identity, OnlineStatus, RestoreReport, StatusPayload,
     STATUS_DOWN_NAMES,
 };
+use crate::core::report::REPORT_LEAF;
 use crate::metrics::{Metrics, SinkMetrics};
 use crate::outbox::{Class, DropReason, FsyncPolicy, NewRecord, Outbox};
 use crate::telemetry::{
@@ -518,8 +519,9 @@ impl Runner<'_> {
         if !self.t.cfg.carries(m.class, m.priority) && !self.is_reply(m) {
             return true;
         }
-        if self.sp.is_some() && m.class == Class::Summary {
-            // Sparkplug has no place for summaries (docs/SPARKPLUG.md).
+        if self.sp.is_some() && m.class == Class::Summary && !m.topic.ends_with(REPORT_LEAF) {
+            // Sparkplug has no place for summaries; the daily report becomes metrics
+            // (docs/SPARKPLUG.md).
             return true;
         }
         let rerouted;

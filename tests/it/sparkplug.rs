@@ -331,3 +331,147 @@ async fn while_the_primary_host_is_offline_data_waits_and_arrives_historical_aft
     );
     running.stop().await;
 }
+
+/// A metric value as a report figure (the datatypes the report declares).
+fn as_figure(m: &Metric) -> Option<alsentry::core::report::Figure> {
+    use alsentry::core::report::Figure;
+    if m.is_null == Some(true) {
+        return None;
+    }
+    match (m.datatype?, m.value.as_ref()?) {
+        (datatype::STRING, MetricValue::StringValue(s)) => Some(Figure::Text(s.clone())),
+        (datatype::UINT64, MetricValue::LongValue(x)) => Some(Figure::U64(*x)),
+        (datatype::DOUBLE, MetricValue::DoubleValue(x)) => Some(Figure::F64(*x)),
+        (datatype::BOOLEAN, MetricValue::BooleanValue(b)) => Some(Figure::Bool(*b)),
+        other => panic!("{} has {other:?}", m.name.as_deref().unwrap_or("?")),
+    }
+}
+
+/// What a host knows of one edge node or device: the last value of every metric by name.
+#[derive(Default)]
+struct Host {
+    names: std::collections::HashMap<u64, String>,
+    values: std::collections::HashMap<String, Option<alsentry::core::report::Figure>>,
+}
+
+impl Host {
+    fn take(&mut self, p: &Payload) {
+        for m in &p.metrics {
+            if let (Some(n), Some(a)) = (&m.name, m.alias) {
+                self.names.insert(a, n.clone());
+            }
+            let name = m
+                .name
+                .clone()
+                .or_else(|| m.alias.and_then(|a| self.names.get(&a).cloned()));
+            if let Some(n) = name.filter(|n| n.starts_with("report/daily/")) {
+                self.values.insert(n, as_figure(m));
+            }
+        }
+    }
+
+    /// Every figure of the JSON report, with the same value (and nothing else set).
+    fn matches(&self, json: &serde_json::Value) -> bool {
+        let want = alsentry::core::report::figures_of_payload(json).expect("a report");
+        want.iter()
+            .all(|(n, f)| self.values.get(n) == Some(&Some(f.clone())))
+            && self.values.values().flatten().count() == want.len()
+    }
+}
+
+/// Issue 20: with a Sparkplug sink, a day's report goes out as metrics with the JSON report's
+/// values: the cell's figures as pot-1's device metrics, the area's as node metrics, typed.
+/// The day closed while the agent was down (as in it::report), so it is published at start,
+/// through both sinks' outboxes, a JSON and a Sparkplug sink on one broker.
+#[test]
+fn a_day_s_report_arrives_as_metrics_with_the_json_report_s_values() {
+    crate::support::harness::run_watched(async {
+        let device = serve(4.2, 3, 961.5);
+        let dev = Served::start(device.clone()).await;
+        let broker = embedded().await;
+        let state = tempfile::tempdir().unwrap();
+        let sinks = format!(
+            "[[mqtt]]\nname = \"json\"\nurl = \"{0}\"\n[[mqtt]]\nname = \"sp\"\nurl = \"{0}\"\nformat = \"sparkplug\"\n",
+            broker.url()
+        );
+        let cfg = || sparkplug_agent(state.path(), &dev, &sinks).build();
+
+        // Run 1: some samples of the day, saved at a clean stop.
+        let mut sub =
+            Subscriber::connect("127.0.0.1", broker.addr.port(), "sprep1", "spBv1.0/#").await;
+        let running = alsentry::app::start(cfg(), SystemClock::new())
+            .await
+            .unwrap();
+        next_on(&mut sub, "spBv1.0/s/DBIRTH/gw/pot-1").await;
+        // A change (data go out by exception): batches after the birth's have been polled.
+        set(&device, 4.3, 3, 961.5);
+        next_on(&mut sub, "spBv1.0/s/DDATA/gw/pot-1").await;
+        crate::support::harness::stop_checked(running).await;
+        let file = state.path().join("report-state.json");
+        let mut saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert!(
+            saved["state"]["devices"]["pot-1"]["v_samples"].as_u64() > Some(0),
+            "{saved}"
+        );
+        // Down across midnight: that day is over when the agent starts again.
+        saved["state"]["day"] = serde_json::json!({
+            "date": "2026-01-01", "start": 1_767_225_600_000i64, "end": 1_767_312_000_000i64
+        });
+        std::fs::write(&file, saved.to_string()).unwrap();
+
+        // Run 2: the JSON reports (retained) and the Sparkplug metrics.
+        let mut sp =
+            Subscriber::connect("127.0.0.1", broker.addr.port(), "sprep2", "spBv1.0/#").await;
+        let running = alsentry::app::start(cfg(), SystemClock::new())
+            .await
+            .unwrap();
+        let mut json = Subscriber::connect(
+            "127.0.0.1",
+            broker.addr.port(),
+            "sprep3",
+            "+/+/+/+/report/daily",
+        )
+        .await;
+        let mut reports = std::collections::BTreeMap::new();
+        while reports.len() < 2 {
+            let m = json
+                .wait_for(WAIT, |m| m.topic.ends_with("/report/daily"))
+                .await
+                .expect("the JSON reports");
+            let device = m.json()["device"].as_str().unwrap_or_default().to_string();
+            reports.insert(device, m.json());
+        }
+        let (cell, area) = (&reports["pot-1"], &reports["_area"]);
+        assert_eq!(cell["day"], "2026-01-01");
+        let (mut node, mut pot) = (Host::default(), Host::default());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !(node.matches(area) && pot.matches(cell)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no metrics equal to the JSON"
+            );
+            let Some(m) = sub_next(&mut sp, deadline).await else {
+                continue;
+            };
+            match m.topic.as_str() {
+                "spBv1.0/s/NBIRTH/gw" | "spBv1.0/s/NDATA/gw" => node.take(&decode(&m)),
+                "spBv1.0/s/DBIRTH/gw/pot-1" | "spBv1.0/s/DDATA/gw/pot-1" => pot.take(&decode(&m)),
+                _ => {}
+            }
+        }
+        // Typed as declared: a count is UInt64, the day a String.
+        assert_eq!(
+            pot.values["report/daily/anode_effects/count"],
+            Some(alsentry::core::report::Figure::U64(
+                cell["anode_effects"]["count"].as_u64().unwrap()
+            ))
+        );
+        crate::support::harness::stop_checked(running).await;
+    });
+}
+
+async fn sub_next(sub: &mut Subscriber, deadline: tokio::time::Instant) -> Option<Msg> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    sub.wait_for(left, |_| true).await
+}

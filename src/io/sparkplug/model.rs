@@ -5,6 +5,7 @@
 use super::proto::datatype;
 use crate::config::Config;
 use crate::core::decode::{DataType, Encoding};
+use crate::core::report::{FigureKind, Reports, FIGURES};
 
 /// A metric the node declares in NBIRTH beside the built-in ones (`bdSeq`, `Node Control/*`).
 /// The daily report, or anything else with figures of the node, adds one here and sets it
@@ -25,6 +26,8 @@ pub struct DeviceModel {
     pub tags: Vec<(String, u32)>,
     /// The rules with an alarm on this device, in rule order.
     pub alarms: Vec<String>,
+    /// The daily report's figures (a cell, with `[report]` on): (name, Sparkplug datatype).
+    pub figures: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -55,10 +58,31 @@ pub fn tag_datatype(e: &Encoding) -> u32 {
     }
 }
 
+/// The Sparkplug datatype of a report figure.
+pub fn figure_datatype(k: FigureKind) -> u32 {
+    match k {
+        FigureKind::U64 => datatype::UINT64,
+        FigureKind::F64 => datatype::DOUBLE,
+        FigureKind::Bool => datatype::BOOLEAN,
+        FigureKind::Text => datatype::STRING,
+    }
+}
+
+fn report_figures() -> Vec<(String, u32)> {
+    FIGURES
+        .iter()
+        .map(|(n, k)| (n.to_string(), figure_datatype(*k)))
+        .collect()
+}
+
 impl Model {
     /// The devices of `cfg` (in device order: the health watch's indices) with their tags
     /// and the alarms the compiled rules hold on them.
     pub fn from_config(cfg: &Config) -> Model {
+        // The cells exactly as the report task finds them (None: no report published).
+        let report = cfg.report.options.enabled.then(|| {
+            Reports::from_spec(&cfg.spec, cfg.report.options.clone(), &cfg.agent.timezone)
+        });
         let mut devices: Vec<DeviceModel> = cfg
             .devices
             .iter()
@@ -70,6 +94,11 @@ impl Model {
                     .map(|t| (t.name.clone(), tag_datatype(&t.encoding)))
                     .collect(),
                 alarms: Vec::new(),
+                figures: if report.as_ref().is_some_and(|r| r.is_cell(&d.name)) {
+                    report_figures()
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         for rule in cfg.spec.rules() {
@@ -85,9 +114,15 @@ impl Model {
                 }
             }
         }
-        Model {
-            node: Vec::new(),
-            devices,
-        }
+        // The area's report (`_area`) is the node's: its figures are node metrics.
+        let node = if report.as_ref().is_some_and(Reports::has_cells) {
+            report_figures()
+                .into_iter()
+                .map(|(name, datatype)| NodeMetric { name, datatype })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Model { node, devices }
     }
 }

@@ -17,6 +17,7 @@ use super::proto::{
     datatype, Metric, MetricValue, Payload, PropertySet, PropertyValue, PropertyValueValue,
 };
 use crate::core::outbound::Class;
+use crate::core::report::{figures_of_payload, Figure, AREA};
 use crate::core::time::parse_ts;
 
 /// The Sparkplug B topic namespace.
@@ -65,6 +66,8 @@ enum Kind {
     Op(String, &'static str),
     /// Node metrics.
     Node,
+    /// A figure set from records (the daily report): null until the first one.
+    Figure,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +184,7 @@ impl Slot {
     fn new(name: String, alias: u64, datatype: u32, kind: Kind) -> Slot {
         let (value, good) = match (&kind, datatype) {
             (Kind::Tag, _) => (Val::Null, Some(false)),
+            (Kind::Figure, _) => (Val::Null, None),
             (_, datatype::BOOLEAN) => (Val::Bool(false), None),
             (_, datatype::STRING) => (Val::Text(String::new()), None),
             _ => (Val::Null, None),
@@ -289,13 +293,18 @@ impl Session {
             births_at: i64::MIN,
         };
         let mut node = vec![
-            (NODE_COMMAND.to_string(), datatype::STRING),
-            (NODE_REPLY.to_string(), datatype::STRING),
+            (NODE_COMMAND.to_string(), datatype::STRING, Kind::Node),
+            (NODE_REPLY.to_string(), datatype::STRING, Kind::Node),
         ];
-        node.extend(model.node.iter().map(|m| (m.name.clone(), m.datatype)));
-        for (name, dt) in node {
+        node.extend(
+            model
+                .node
+                .iter()
+                .map(|m| (m.name.clone(), m.datatype, Kind::Figure)),
+        );
+        for (name, dt, kind) in node {
             let alias = s.alias();
-            s.node_slots.push(Slot::new(name, alias, dt, Kind::Node));
+            s.node_slots.push(Slot::new(name, alias, dt, kind));
         }
         for d in &model.devices {
             let mut dev = Dev {
@@ -312,6 +321,10 @@ impl Session {
             }
             for rule in &d.alarms {
                 s.add_alarm(&mut dev, rule);
+            }
+            for (name, dt) in &d.figures {
+                let alias = s.alias();
+                dev.push(Slot::new(name.clone(), alias, *dt, Kind::Figure));
             }
             s.dev_index.insert(dev.name.clone(), s.devs.len());
             s.devs.push(dev);
@@ -568,8 +581,46 @@ impl Session {
                     s.ts = v["ts"].as_str().and_then(parse_ts).unwrap_or(0);
                 }
             }
-            Class::Status | Class::Summary => {}
+            Class::Summary => {
+                self.apply_report(&v);
+            }
+            Class::Status => {}
         }
+    }
+
+    /// Sets the figures of a daily report (`alsentry/report/1`) on its cell's device metrics
+    /// or, for the area (`_area`), on the node metrics. Returns (None = node / Some(device),
+    /// the slots set); None when it is not a report or not of a cell this model declared.
+    fn apply_report(&mut self, v: &Value) -> Option<(Option<usize>, Vec<usize>)> {
+        let figures = figures_of_payload(v)?;
+        let ts = v["ts"].as_str().and_then(parse_ts).unwrap_or(0);
+        let device = v["device"].as_str()?;
+        let (target, slots) = if device == AREA {
+            (None, &mut self.node_slots)
+        } else {
+            let i = self.device_of(v)?;
+            (Some(i), &mut self.devs[i].slots)
+        };
+        let mut set = Vec::new();
+        for (name, f) in figures {
+            let Some(k) = slots
+                .iter()
+                .position(|s| s.kind == Kind::Figure && s.name == name)
+            else {
+                continue;
+            };
+            let s = &mut slots[k];
+            s.value = match f {
+                // A count is far below 2^53: exact as f64, written as UInt64.
+                Figure::U64(x) => Val::Num(x as f64),
+                Figure::F64(x) => Val::Num(x),
+                Figure::Bool(b) => Val::Bool(b),
+                Figure::Text(t) => Val::Text(t),
+            };
+            s.ts = ts;
+            set.push(k);
+        }
+        (!set.is_empty()).then_some((target, set))
     }
 
     fn device_of(&self, v: &Value) -> Option<usize> {
@@ -639,6 +690,9 @@ impl Session {
         let Ok(v) = serde_json::from_slice::<Value>(payload) else {
             return enc;
         };
+        if class == Class::Summary {
+            return self.encode_report(&v, historical, qos, now);
+        }
         let Some(i) = self.device_of(&v) else {
             return enc;
         };
@@ -694,6 +748,33 @@ impl Session {
             return enc;
         }
         let topic = self.topic("DDATA", Some(&self.devs[i].name.clone()));
+        enc.own = Some(Out {
+            topic,
+            payload: self.payload(metrics, now),
+            qos,
+        });
+        enc
+    }
+
+    /// A daily report as NDATA (the area) or DDATA (a cell) of its figures; a cell not born
+    /// gets them with its next DBIRTH.
+    fn encode_report(&mut self, v: &Value, historical: bool, qos: u8, now: i64) -> Encoded {
+        let mut enc = Encoded::default();
+        let Some((target, set)) = self.apply_report(v) else {
+            return enc;
+        };
+        let (topic, slots) = match target {
+            None => (self.topic("NDATA", None), &self.node_slots),
+            Some(i) if self.devs[i].born => {
+                let name = self.devs[i].name.clone();
+                (self.topic("DDATA", Some(&name)), &self.devs[i].slots)
+            }
+            Some(_) => return enc,
+        };
+        let metrics = set
+            .iter()
+            .map(|&k| slots[k].metric(false, historical))
+            .collect();
         enc.own = Some(Out {
             topic,
             payload: self.payload(metrics, now),
@@ -904,11 +985,13 @@ mod tests {
                         ("temp".into(), datatype::DOUBLE),
                     ],
                     alarms: vec!["high_voltage".into()],
+                    figures: Vec::new(),
                 },
                 DeviceModel {
                     name: "pot-2".into(),
                     tags: vec![("voltage".into(), datatype::FLOAT)],
                     alarms: Vec::new(),
+                    figures: Vec::new(),
                 },
             ],
         }
@@ -1248,6 +1331,117 @@ mod tests {
         assert_eq!(
             decode(&o).metrics[0].value,
             Some(MetricValue::DoubleValue(13_250.0))
+        );
+    }
+
+    /// The daily report record of a cell becomes that device's DDATA, the area's NDATA; each
+    /// figure typed as declared in the births (null there until the first report).
+    #[test]
+    fn a_daily_report_record_becomes_typed_device_and_node_metrics() {
+        use super::super::model::{figure_datatype, NodeMetric};
+        use crate::core::report::FIGURES;
+        let figs: Vec<(String, u32)> = FIGURES
+            .iter()
+            .map(|(n, k)| (n.to_string(), figure_datatype(*k)))
+            .collect();
+        let mut m = model();
+        m.devices[0].figures = figs.clone();
+        m.node = figs
+            .iter()
+            .map(|(name, datatype)| NodeMetric {
+                name: name.clone(),
+                datatype: *datatype,
+            })
+            .collect();
+        let mut s = Session::new("plant", "gw", None, &m);
+        let out = s.connected(0, T0_MS);
+        let nb = decode(&out[0]);
+        let day = by_name(&nb, "report/daily/day");
+        assert_eq!(day.datatype, Some(datatype::STRING));
+        assert_eq!(day.is_null, Some(true), "no report yet");
+        let rec = data("pot-1", T0, &[("voltage", 4.25)]);
+        s.observe(Class::Data, &rec);
+        let db = s
+            .encode(Class::Data, "x", &rec, T0_MS + 1, 0, T0_MS + 2)
+            .before;
+        let dbirth = decode(&db[0]);
+        let count = by_name(&dbirth, "report/daily/anode_effects/count");
+        assert_eq!(count.datatype, Some(datatype::UINT64));
+        let report = |device: &str, count: u64| {
+            serde_json::json!({"schema": "alsentry/report/1", "agent": "gw", "device": device,
+                "day": "2026-12-05", "partial": false, "ts": T0, "pot_days": 1.0,
+                "anode_effects": {"count": count, "per_pot_day": 2.0, "minutes": 1.5,
+                    "minutes_per_pot_day": 1.5, "mean_duration_s": null, "open": 0},
+                "pfc": {"co2e_t": 7.121971208053691},
+                "energy": {"energy_ac_kwh_t": 13405.75},
+                "coverage": {"share": 1.0, "good_ratio": 0.5}})
+            .to_string()
+            .into_bytes()
+        };
+        let topic = "alsentry/plant/a/pot-1/report/daily";
+        let cell = report("pot-1", 2);
+        s.observe(Class::Summary, &cell);
+        let o = s
+            .encode(Class::Summary, topic, &cell, T0_MS + 3, 1, T0_MS + 4)
+            .own
+            .unwrap();
+        assert_eq!(o.topic, "spBv1.0/plant/DDATA/gw/pot-1");
+        assert_eq!(o.qos, 1, "deleted from the outbox only on PUBACK");
+        let p = decode(&o);
+        let alias = |n: &str| {
+            let k = s.devs[0].by_name[n];
+            s.devs[0].slots[k].alias
+        };
+        let get = |n: &str| {
+            p.metrics
+                .iter()
+                .find(|x| x.alias == Some(alias(n)))
+                .unwrap_or_else(|| panic!("{n}"))
+        };
+        assert_eq!(
+            get("report/daily/day").value,
+            Some(MetricValue::StringValue("2026-12-05".into()))
+        );
+        assert_eq!(
+            get("report/daily/anode_effects/count").value,
+            Some(MetricValue::LongValue(2))
+        );
+        assert_eq!(
+            get("report/daily/partial").value,
+            Some(MetricValue::BooleanValue(false))
+        );
+        assert_eq!(
+            get("report/daily/pfc/co2e_t").value,
+            Some(MetricValue::DoubleValue(7.121971208053691))
+        );
+        assert_eq!(get("report/daily/pfc/co2e_t").timestamp, Some(T0_MS as u64));
+        // Null in the JSON: not sent (the host keeps the birth's null).
+        assert_eq!(p.metrics.len(), 12);
+        let area = report("_area", 3);
+        let o = s
+            .encode(
+                Class::Summary,
+                "x/_area/report/daily",
+                &area,
+                T0_MS + 5,
+                1,
+                T0_MS + 6,
+            )
+            .own
+            .unwrap();
+        assert_eq!(o.topic, "spBv1.0/plant/NDATA/gw");
+        // The next births carry the last reports.
+        s.disconnected();
+        let nb = decode(&s.connected(1, T0_MS + 10)[0]);
+        assert_eq!(
+            by_name(&nb, "report/daily/anode_effects/count").value,
+            Some(MetricValue::LongValue(3))
+        );
+        // A summary that is not a report, or a report of a device not declared, sends nothing.
+        let other = report("pot-2", 1);
+        assert_eq!(
+            s.encode(Class::Summary, topic, &other, T0_MS, 1, T0_MS + 11),
+            Encoded::default()
         );
     }
 }
