@@ -87,10 +87,16 @@ impl Disposal {
         }
     }
 
-    /// A reloaded configuration: its actions, the kill switches as they are now. Open
+    /// A reloaded configuration: its actions, the kill switches as they are now plus those the
+    /// new `[disposal]` sets (a switch added to the file takes effect at the reload, not at the
+    /// next start; removing one from the file releases nothing: `release_kill` does). Open
     /// proposals are dropped (an operator confirms against the actions in force).
     pub fn reload(&mut self, cfg: &Config) {
-        let kill = self.book.kill().clone();
+        let now = self.book.kill();
+        let kill = Kill {
+            all: now.all || cfg.disposal.all,
+            areas: now.areas.union(&cfg.disposal.areas).cloned().collect(),
+        };
         let first = self.book.next_id();
         self.book = Book::new(cfg.actions.clone(), kill, first);
     }
@@ -238,5 +244,54 @@ impl Disposal {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(state: &std::path::Path, disposal: &str) -> Config {
+        Config::from_str(
+            std::path::Path::new("t.toml"),
+            &format!(
+                r#"
+[agent]
+id = "gw"
+site = "s"
+area = "a"
+state_dir = "{}"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[data]
+mode = "poll"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit = "V" }} ]
+{disposal}
+"#,
+                state.display()
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_kill_switch_added_to_the_file_holds_from_the_reload() {
+        let state = tempfile::tempdir().unwrap();
+        let mut d = Disposal::new(&cfg(state.path(), ""), 1);
+        assert!(!d.book.kill().all);
+        d.reload(&cfg(
+            state.path(),
+            "[disposal]\nkill = true\nkilled_areas = [\"potline-2\"]",
+        ));
+        assert!(d.book.kill().all, "config kill ignored by the reload");
+        assert!(d.book.kill().stops("potline-2"));
+        // A switch set by command is not released by a reload either.
+        let mut d = Disposal::new(&cfg(state.path(), ""), 1);
+        let _ = d.book.set_kill(Some("potline-1"), true, "lead", 2);
+        d.reload(&cfg(state.path(), ""));
+        assert!(d.book.kill().stops("potline-1"));
     }
 }
