@@ -21,17 +21,12 @@ use crate::io::poller::{WriteJob, WriteRouter};
 /// Write results waiting for the engine task, at most.
 const RESULTS: usize = 64;
 
-/// The engine's view of the plant, for interlocks.
-struct EngineFacts<'a>(&'a Engine);
+/// The engine's view of the plant at `now`, for interlocks: a bad or stale tag is unknown.
+struct EngineFacts<'a>(&'a Engine, Ts);
 
 impl Facts for EngineFacts<'_> {
     fn tag(&self, device: &str, tag: &str) -> Option<f64> {
-        let (v, q) = self.0.tag_value(device, tag)?;
-        if q.is_good() {
-            v
-        } else {
-            None
-        }
+        self.0.fresh_value(device, tag, self.1)
     }
 
     fn alarm_active(&self, device: &str, rule: &str) -> Option<bool> {
@@ -128,10 +123,13 @@ impl Disposal {
             let Some(t) = Trigger::of(e.transition.from, e.transition.to) else {
                 continue;
             };
-            effects.extend(
-                self.book
-                    .on_alarm(&e.device, &e.rule, t, &EngineFacts(engine), now),
-            );
+            effects.extend(self.book.on_alarm(
+                &e.device,
+                &e.rule,
+                t,
+                &EngineFacts(engine, now),
+                now,
+            ));
         }
         self.carry_out(effects, engine, now)
     }
@@ -161,7 +159,7 @@ impl Disposal {
     ) -> (Done, Result<(), String>) {
         let (effects, r) =
             self.book
-                .confirm(action, device, proposal, by, &EngineFacts(engine), now);
+                .confirm(action, device, proposal, by, &EngineFacts(engine, now), now);
         (self.carry_out(effects, engine, now), r)
     }
 
@@ -275,6 +273,30 @@ tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit =
             ),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_interlock_tag_whose_samples_stopped_is_unknown() {
+        let state = tempfile::tempdir().unwrap();
+        let c = cfg(state.path(), "");
+        let mut engine = Engine::new(&c.spec);
+        let mut out = Vec::new();
+        let batch = crate::core::engine::SampleBatch {
+            device: 0,
+            ts: 1_000,
+            values: vec![(0, 4.2, crate::core::model::Quality::Good)],
+        };
+        engine.on_batch(&batch, 1_000, &mut out);
+        assert_eq!(
+            EngineFacts(&engine, 1_000).tag("pot-001", "voltage"),
+            Some(4.2)
+        );
+        // The poller stalled: no sample, good or bad, for an hour. Its last good value must not
+        // keep an interlock true.
+        assert_eq!(
+            EngineFacts(&engine, 3_601_000).tag("pot-001", "voltage"),
+            None
+        );
     }
 
     #[test]
