@@ -21,17 +21,12 @@ use crate::io::poller::{WriteJob, WriteRouter};
 /// Write results waiting for the engine task, at most.
 const RESULTS: usize = 64;
 
-/// The engine's view of the plant, for interlocks.
-struct EngineFacts<'a>(&'a Engine);
+/// The engine's view of the plant at `now`, for interlocks: a bad or stale tag is unknown.
+struct EngineFacts<'a>(&'a Engine, Ts);
 
 impl Facts for EngineFacts<'_> {
     fn tag(&self, device: &str, tag: &str) -> Option<f64> {
-        let (v, q) = self.0.tag_value(device, tag)?;
-        if q.is_good() {
-            v
-        } else {
-            None
-        }
+        self.0.fresh_value(device, tag, self.1)
     }
 
     fn alarm_active(&self, device: &str, rule: &str) -> Option<bool> {
@@ -87,10 +82,16 @@ impl Disposal {
         }
     }
 
-    /// A reloaded configuration: its actions, the kill switches as they are now. Open
+    /// A reloaded configuration: its actions, the kill switches as they are now plus those the
+    /// new `[disposal]` sets (a switch added to the file takes effect at the reload, not at the
+    /// next start; removing one from the file releases nothing: `release_kill` does). Open
     /// proposals are dropped (an operator confirms against the actions in force).
     pub fn reload(&mut self, cfg: &Config) {
-        let kill = self.book.kill().clone();
+        let now = self.book.kill();
+        let kill = Kill {
+            all: now.all || cfg.disposal.all,
+            areas: now.areas.union(&cfg.disposal.areas).cloned().collect(),
+        };
         let first = self.book.next_id();
         self.book = Book::new(cfg.actions.clone(), kill, first);
     }
@@ -122,10 +123,13 @@ impl Disposal {
             let Some(t) = Trigger::of(e.transition.from, e.transition.to) else {
                 continue;
             };
-            effects.extend(
-                self.book
-                    .on_alarm(&e.device, &e.rule, t, &EngineFacts(engine), now),
-            );
+            effects.extend(self.book.on_alarm(
+                &e.device,
+                &e.rule,
+                t,
+                &EngineFacts(engine, now),
+                now,
+            ));
         }
         self.carry_out(effects, engine, now)
     }
@@ -155,7 +159,7 @@ impl Disposal {
     ) -> (Done, Result<(), String>) {
         let (effects, r) =
             self.book
-                .confirm(action, device, proposal, by, &EngineFacts(engine), now);
+                .confirm(action, device, proposal, by, &EngineFacts(engine, now), now);
         (self.carry_out(effects, engine, now), r)
     }
 
@@ -238,5 +242,78 @@ impl Disposal {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(state: &std::path::Path, disposal: &str) -> Config {
+        Config::from_str(
+            std::path::Path::new("t.toml"),
+            &format!(
+                r#"
+[agent]
+id = "gw"
+site = "s"
+area = "a"
+state_dir = "{}"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[data]
+mode = "poll"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit = "V" }} ]
+{disposal}
+"#,
+                state.display()
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_interlock_tag_whose_samples_stopped_is_unknown() {
+        let state = tempfile::tempdir().unwrap();
+        let c = cfg(state.path(), "");
+        let mut engine = Engine::new(&c.spec);
+        let mut out = Vec::new();
+        let batch = crate::core::engine::SampleBatch {
+            device: 0,
+            ts: 1_000,
+            values: vec![(0, 4.2, crate::core::model::Quality::Good)],
+        };
+        engine.on_batch(&batch, 1_000, &mut out);
+        assert_eq!(
+            EngineFacts(&engine, 1_000).tag("pot-001", "voltage"),
+            Some(4.2)
+        );
+        // The poller stalled: no sample, good or bad, for an hour. Its last good value must not
+        // keep an interlock true.
+        assert_eq!(
+            EngineFacts(&engine, 3_601_000).tag("pot-001", "voltage"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_kill_switch_added_to_the_file_holds_from_the_reload() {
+        let state = tempfile::tempdir().unwrap();
+        let mut d = Disposal::new(&cfg(state.path(), ""), 1);
+        assert!(!d.book.kill().all);
+        d.reload(&cfg(
+            state.path(),
+            "[disposal]\nkill = true\nkilled_areas = [\"potline-2\"]",
+        ));
+        assert!(d.book.kill().all, "config kill ignored by the reload");
+        assert!(d.book.kill().stops("potline-2"));
+        // A switch set by command is not released by a reload either.
+        let mut d = Disposal::new(&cfg(state.path(), ""), 1);
+        let _ = d.book.set_kill(Some("potline-1"), true, "lead", 2);
+        d.reload(&cfg(state.path(), ""));
+        assert!(d.book.kill().stops("potline-1"));
     }
 }

@@ -315,12 +315,19 @@ struct ExprSuppression {
     state: Option<bool>,
 }
 
+/// [`Engine::fresh_value`]: a sample older than this many polls of its device is stale...
+pub const FRESH_POLLS: i64 = 3;
+/// ...and never younger than this (a fast poll's jitter is not staleness).
+pub const FRESH_MIN_MS: i64 = 5_000;
+
 #[derive(Debug)]
 struct DeviceState {
     name: Arc<str>,
     first_slot: u32,
     raw_count: u16,
     slot_count: u16,
+    /// For [`Engine::fresh_value`]: how old a sample may be.
+    poll_ms: i64,
     derived: Vec<Derived>,
     comm_alarm: Option<u32>,
     suppressions: Vec<ExprSuppression>,
@@ -465,6 +472,7 @@ impl Engine {
                 first_slot,
                 raw_count: d.tags.raw,
                 slot_count: d.tags.tags.len() as u16,
+                poll_ms: d.poll_ms,
                 derived,
                 comm_alarm,
                 suppressions: Vec::new(),
@@ -1543,6 +1551,18 @@ impl Engine {
         }
     }
 
+    /// The value of a tag for a guard that must not act on old news (disposal's interlocks):
+    /// `None` unless its last sample was good and is at most [`FRESH_POLLS`] polls old (at
+    /// least [`FRESH_MIN_MS`]). A link whose poller stalls sends no bad samples either; its
+    /// last good value must not keep an interlock true.
+    pub fn fresh_value(&self, device: &str, tag: &str, now: Ts) -> Option<f64> {
+        let di = self.devices.iter().position(|d| &*d.name == device)?;
+        let t = &self.tags[self.slot_of(di, tag)? as usize];
+        let p = t.last.filter(|_| t.quality.is_good())?;
+        let max_age = (FRESH_POLLS * self.devices[di].poll_ms).max(FRESH_MIN_MS);
+        (now - p.ts <= max_age && p.v.is_finite()).then_some(p.v)
+    }
+
     /// Latest good value and current quality of a tag, for tests and summaries.
     pub fn tag_value(&self, device: &str, tag: &str) -> Option<(Option<f64>, Quality)> {
         let di = self.devices.iter().position(|d| &*d.name == device)?;
@@ -1677,6 +1697,32 @@ mod tests {
 
     fn rule_events<'a>(ev: &'a [AlarmEvent], rule: &str) -> Vec<&'a AlarmEvent> {
         ev.iter().filter(|e| &*e.rule == rule).collect()
+    }
+
+    #[test]
+    fn a_fresh_value_is_good_and_at_most_a_few_polls_old() {
+        let mut e = engine(vec![]);
+        feed(&mut e, 0, 10_000, 4.2);
+        // 1 s poll: 3 polls, but never under FRESH_MIN_MS.
+        assert_eq!(e.fresh_value("pot-001", "voltage", 15_000), Some(4.2));
+        assert_eq!(e.fresh_value("pot-001", "voltage", 15_001), None);
+        assert_eq!(e.fresh_value("pot-001", "pseudo_r", 15_001), None);
+        assert!(e.fresh_value("pot-001", "pseudo_r", 15_000).is_some());
+        // Never polled, unknown tag, unknown device.
+        assert_eq!(e.fresh_value("pot-002", "voltage", 10_000), None);
+        assert_eq!(e.fresh_value("pot-001", "nope", 10_000), None);
+        assert_eq!(e.fresh_value("pot-999", "voltage", 10_000), None);
+        let mut out = Vec::new();
+        e.on_batch(
+            &SampleBatch {
+                device: 0,
+                ts: 11_000,
+                values: vec![(0, f64::NAN, Quality::Bad(BadReason::Timeout))],
+            },
+            11_000,
+            &mut out,
+        );
+        assert_eq!(e.fresh_value("pot-001", "voltage", 11_000), None);
     }
 
     #[test]

@@ -231,6 +231,11 @@ impl Link {
                 _ = clock::sleep_until(&*self.clock, at) => {}
                 Some(job) = write_rx.recv() => {
                     self.write(&mut conn, job, &write_tx).await;
+                    if conn.is_none() {
+                        // Without this the schedule still says "poll" and every poll step
+                        // found no connection: the link spun and never polled again.
+                        schedule.disconnected();
+                    }
                     continue;
                 }
             }
@@ -283,7 +288,10 @@ impl Link {
                     }
                 }
                 Step::Poll(di) => {
-                    let Some(c) = conn.as_mut() else { continue };
+                    let Some(c) = conn.as_mut() else {
+                        schedule.disconnected();
+                        continue;
+                    };
                     if schedule.forget_due(di, self.clock.mono()) {
                         self.devices[di].planner.forget();
                     }

@@ -188,6 +188,12 @@ impl PollSchedule {
         ConnectFailed { retry_in, due }
     }
 
+    /// The connection was dropped outside a poll (a write or its read-back broke it): the
+    /// next step connects again.
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+    }
+
     /// Unit `i` answered its poll, which ended at `now`.
     pub fn answered(&mut self, i: usize, now: Mono) -> Answered {
         let Some(s) = self.slots.get_mut(i) else {

@@ -382,6 +382,41 @@ read_back = { attempts = 3, delay = "100ms" }"#,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_times_out_leaves_the_device_polled() {
+    let (dev, _broker, mut sub, _state, running) = start(
+        r#"[[actions]]
+name = "extra_feed"
+rule = "ae_warning"
+enabled = true
+mode = "auto"
+target = "feed_request"
+value = 1
+min = 0
+max = 1"#,
+    )
+    .await;
+    dev.device.deaf_to_writes(1);
+    volts(&dev.device, 5.0);
+    let f = audit(&mut sub, "failed").await;
+    assert!(
+        f["detail"].as_str().unwrap_or("").contains("write failed"),
+        "{f}"
+    );
+    // The write's timeout dropped the connection: the link must connect again and poll on
+    // (it spun without polling when the schedule was not told).
+    let before = dev.device.reads_of(1);
+    let deadline = tokio::time::Instant::now() + W;
+    while dev.device.reads_of(1) < before + 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no poll within {W:?} after the failed write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_checked(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f32_cdab_scaled_i16_and_u32_are_written_to_the_right_words() {
     let action = |name: &str, target: &str, value: &str, min: &str, max: &str| {
         format!(

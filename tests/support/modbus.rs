@@ -32,6 +32,8 @@ pub struct Regs {
     /// (unit, address) of holding registers that accept writes but keep their value (a
     /// controller overriding the request), for read-back mismatches.
     pub stuck: HashSet<(u8, u16)>,
+    /// Units that take reads but never answer a write (it times out on the agent's side).
+    pub deaf_to_writes: HashSet<u8>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -78,6 +80,9 @@ impl Device {
     pub fn stick(&self, unit: u8, addr: u16) {
         self.regs.lock().unwrap().stuck.insert((unit, addr));
     }
+    pub fn deaf_to_writes(&self, unit: u8) {
+        self.regs.lock().unwrap().deaf_to_writes.insert(unit);
+    }
     pub fn reads(&self) -> Vec<(u8, u8, u16, u16)> {
         self.regs.lock().unwrap().log.clone()
     }
@@ -117,6 +122,9 @@ impl Service for Device {
         };
         if let Some((fc, start, words)) = write {
             r.writes.push((unit, fc, start, words.clone()));
+            if r.deaf_to_writes.contains(&unit) {
+                return Box::pin(std::future::pending());
+            }
             let n = words.len() as u16;
             if r.unmapped
                 .iter()
