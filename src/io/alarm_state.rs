@@ -10,8 +10,8 @@
 //! release reads an older file, and fields it does not know are ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -93,20 +93,15 @@ pub fn set_aside(dir: &Path) -> Result<PathBuf, StateError> {
 /// Writes `state` to the file in `dir` atomically and durably.
 pub fn save(dir: &Path, state: &StateFile) -> Result<(), StateError> {
     let path = dir.join(FILE);
-    let tmp = dir.join(format!("{FILE}.tmp"));
     let bytes = serde_json::to_vec(state).map_err(|source| StateError::Format {
         path: path.clone(),
         source,
     })?;
-    {
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        f.sync_data().map_err(io_err("fsync", &tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io_err("rename into", &path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+    super::durable::replace(&path, &bytes).map_err(|e| StateError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

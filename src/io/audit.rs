@@ -83,25 +83,64 @@ struct SavedKill {
     areas: Vec<String>,
 }
 
-/// The kill switches a command set in an earlier run (none when the file is absent or bad).
+/// The kill switches a command set in an earlier run: none when there is no file; every action
+/// killed when the file cannot be read or is damaged (the switches it held are unknown, and a
+/// kill switch fails closed; `release_kill` releases it).
 pub fn load_kill(state_dir: &Path) -> Kill {
-    let Ok(text) = std::fs::read_to_string(state_dir.join(KILL_FILE)) else {
-        return Kill::default();
+    let path = state_dir.join(KILL_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Kill::default(),
+        Err(e) => return killed_because(&path, &e.to_string()),
     };
-    let s: SavedKill = serde_json::from_str(&text).unwrap_or_default();
-    Kill {
-        all: s.all,
-        areas: s.areas.into_iter().collect(),
+    match serde_json::from_str::<SavedKill>(&text) {
+        Ok(s) => Kill {
+            all: s.all,
+            areas: s.areas.into_iter().collect(),
+        },
+        Err(e) => killed_because(&path, &e.to_string()),
     }
 }
 
-/// Saves the kill switches set by command (written to a temporary file, then renamed).
+fn killed_because(path: &Path, why: &str) -> Kill {
+    tracing::warn!(
+        "kill switch file {} unreadable ({why}): every action stays killed until release_kill",
+        path.display()
+    );
+    Kill {
+        all: true,
+        ..Kill::default()
+    }
+}
+
+/// Saves the kill switches set by command, atomically and durably: a kill switch that a power
+/// loss could undo would let actions write again after the restart.
 pub fn save_kill(state_dir: &Path, k: &Kill) -> std::io::Result<()> {
     let s = SavedKill {
         all: k.all,
         areas: k.areas.iter().cloned().collect(),
     };
-    let tmp = state_dir.join(format!("{KILL_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&s).unwrap_or_default())?;
-    std::fs::rename(&tmp, state_dir.join(KILL_FILE))
+    let bytes = serde_json::to_vec(&s).map_err(std::io::Error::other)?;
+    Ok(crate::io::durable::replace(
+        &state_dir.join(KILL_FILE),
+        &bytes,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_switches_survive_a_save_and_a_damaged_file_keeps_every_action_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!load_kill(dir.path()).all, "no file: nothing killed");
+        let mut k = Kill::default();
+        k.areas.insert("potline-2".into());
+        save_kill(dir.path(), &k).unwrap();
+        let back = load_kill(dir.path());
+        assert!(!back.all && back.areas.contains("potline-2"));
+        std::fs::write(dir.path().join(KILL_FILE), b"{\"all\": fal").unwrap();
+        assert!(load_kill(dir.path()).all, "a damaged file fails closed");
+    }
 }

@@ -5,6 +5,7 @@
 pub(crate) mod alarm_state;
 pub(crate) mod audit;
 pub(crate) mod backoff;
+pub mod durable;
 pub mod health;
 pub mod http;
 pub(crate) mod inbound;

@@ -8,8 +8,8 @@
 //! defaults. It is saved every `[report] save_interval`, at once after a day's reports are
 //! handed to the sinks, and when the task stops.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,17 +73,8 @@ pub fn load(dir: &Path) -> Result<Option<ReportFile>, String> {
 /// Writes `file` in `dir` atomically and durably.
 pub fn save(dir: &Path, file: &ReportFile) -> Result<(), String> {
     let path = dir.join(FILE);
-    let tmp = dir.join(format!("{FILE}.tmp"));
     let bytes = serde_json::to_vec(file).map_err(|e| format!("{}: {e}", path.display()))?;
-    {
-        let mut f = File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-        f.write_all(&bytes).map_err(|e| io_err("write", &tmp, e))?;
-        f.sync_data().map_err(|e| io_err("fsync", &tmp, e))?;
-    }
-    fs::rename(&tmp, &path).map_err(|e| io_err("rename into", &path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("fsync directory", dir, e))
+    super::durable::replace(&path, &bytes).map_err(|e| e.to_string())
 }
 
 /// The report task of one agent.

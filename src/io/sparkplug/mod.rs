@@ -35,10 +35,9 @@ impl BdSeqFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", (current + 1) % 256))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
+        // Durable, directory included: a bdSeq reused after a power loss would let a host
+        // take the next session's NDEATH for this one's.
+        crate::io::durable::replace(&self.path, format!("{}\n", (current + 1) % 256).as_bytes())?;
         Ok(current)
     }
 }
