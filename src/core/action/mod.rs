@@ -141,7 +141,8 @@ impl Formula {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Const(f64),
-    /// Computed at the moment of writing, e.g. `draft_setpoint - 5`.
+    /// Computed when the action is proposed, e.g. `draft_setpoint - 5`: the value an operator
+    /// confirms is the value written (its bounds are checked again at the moment of writing).
     Formula(Formula),
 }
 
