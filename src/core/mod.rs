@@ -3,6 +3,7 @@
 pub mod action;
 pub mod alarm;
 pub mod command;
+pub mod compact;
 pub mod decode;
 pub mod driver;
 pub(crate) mod duration;

@@ -85,6 +85,12 @@ pub enum Outbound {
     /// the sinks are known (see [`super::payload::DataFilter`]): at 10 Hz x 400 devices this
     /// runs 4,000 times a second.
     Data { device: String, payload: Vec<u8> },
+    /// Raw values of one poll in the compact form ([`super::compact`]), for the sinks with
+    /// `data_payload = "compact"` only.
+    DataCompact { device: String, payload: Vec<u8> },
+    /// What a device's compact messages hold (retained on `{device}/data/meta`), for the same
+    /// sinks; an empty payload clears it (a device removed by a reload).
+    DataMeta { device: String, payload: Vec<u8> },
     /// The answer to an operator command, for the sink the command came from.
     Reply(Reply),
     /// One disposal audit event (docs/DISPOSAL.md): carried like an alarm (QoS 1, evicted
@@ -97,7 +103,9 @@ impl Outbound {
         match self {
             Outbound::Alarm { .. } => Class::Alarm,
             Outbound::Summary { .. } => Class::Summary,
-            Outbound::Data { .. } => Class::Data,
+            Outbound::Data { .. } | Outbound::DataCompact { .. } | Outbound::DataMeta { .. } => {
+                Class::Data
+            }
             Outbound::Reply(_) => Class::Status,
             Outbound::Audit(_) => Class::Alarm,
         }
@@ -119,7 +127,24 @@ impl Outbound {
                 retain: false,
                 priority: None,
             },
+            Outbound::DataCompact { device, payload } => Message {
+                class: Class::Data,
+                topic: who.compact_data_topic(&device),
+                payload,
+                retain: false,
+                priority: None,
+            },
             other => other.render(who),
+        }
+    }
+
+    /// Which data payload a sink must have chosen to get this message: Some(true) for the
+    /// compact form and its meta, Some(false) for the full form, None for everything else.
+    pub fn compact_form(&self) -> Option<bool> {
+        match self {
+            Outbound::Data { .. } => Some(false),
+            Outbound::DataCompact { .. } | Outbound::DataMeta { .. } => Some(true),
+            _ => None,
         }
     }
 
@@ -138,6 +163,12 @@ impl Outbound {
                 summary_payload(who, summary, *current_efficiency, *rectifier_efficiency),
             ),
             Outbound::Data { device, payload } => (who.data_topic(device), payload.clone()),
+            Outbound::DataCompact { device, payload } => {
+                (who.compact_data_topic(device), payload.clone())
+            }
+            Outbound::DataMeta { device, payload } => {
+                (who.data_meta_topic(device), payload.clone())
+            }
             Outbound::Reply(reply) => (
                 who.agent_topic(REPLY_LEAF),
                 serde_json::to_vec(reply).unwrap_or_default(),
@@ -154,8 +185,9 @@ impl Outbound {
             class: self.class(),
             topic,
             payload,
-            // Alarm topics hold each alarm's current state for late subscribers.
-            retain: matches!(self, Outbound::Alarm { .. }),
+            // Alarm topics hold each alarm's current state for late subscribers, meta topics
+            // what a device's compact data means.
+            retain: matches!(self, Outbound::Alarm { .. } | Outbound::DataMeta { .. }),
             priority: match self {
                 Outbound::Alarm { event, .. } => Some(event.priority),
                 _ => None,
@@ -299,6 +331,41 @@ mod tests {
         assert_eq!(r.class, Class::Status);
         assert_eq!(r.topic, "alsentry/s/a/_agent/gw/cmd/reply");
         assert!(!r.retain);
+    }
+
+    #[test]
+    fn compact_data_and_its_meta_are_data_under_the_data_topic_and_only_the_meta_is_retained() {
+        let w = who("alsentry");
+        let c = Outbound::DataCompact {
+            device: "pot-001".into(),
+            payload: b"{}".to_vec(),
+        };
+        let m = c.clone().into_message(&w);
+        assert_eq!(m, c.render(&w));
+        assert_eq!(
+            (m.class, m.topic.as_str(), m.retain),
+            (Class::Data, "alsentry/s/a/pot-001/data/compact", false)
+        );
+        let meta = Outbound::DataMeta {
+            device: "pot-001".into(),
+            payload: b"{}".to_vec(),
+        };
+        assert_eq!(meta.compact_form(), Some(true));
+        let m = meta.into_message(&w);
+        assert_eq!(
+            (m.class, m.topic.as_str(), m.retain),
+            (Class::Data, "alsentry/s/a/pot-001/data/meta", true)
+        );
+        assert_eq!(c.compact_form(), Some(true));
+        assert_eq!(
+            Outbound::Data {
+                device: "d".into(),
+                payload: vec![]
+            }
+            .compact_form(),
+            Some(false)
+        );
+        assert_eq!(alarm().compact_form(), None);
     }
 
     #[test]
