@@ -3,6 +3,7 @@
 //! [`start`]. The tasks live in their own modules: [`engine`] (the only producer of what is
 //! published) and `supervisor` (link pollers and reloads).
 
+pub(crate) mod compact;
 mod disposal;
 pub mod engine;
 mod restore;

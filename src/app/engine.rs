@@ -87,6 +87,8 @@ pub enum Control {
 pub struct Outlets {
     identities: Identities,
     sinks: Vec<mpsc::Sender<Arc<Message>>>,
+    /// Per sink: raw data in the compact form (`data_payload = "compact"`), else the full one.
+    compact: Vec<bool>,
 }
 
 impl Outlets {
@@ -96,15 +98,30 @@ impl Outlets {
         Outlets {
             identities: Identities::new(&who),
             sinks,
+            compact: cfg
+                .sinks
+                .iter()
+                .map(super::compact::takes_compact)
+                .collect(),
         }
+    }
+
+    /// Whether some sink takes raw data in the full form (else it is not written at all).
+    fn wants_full_data(&self) -> bool {
+        self.compact.iter().any(|c| !c)
     }
 
     /// Hands `msg` to every sink, waiting while a sink's inbox is full: the sink stores at
     /// disk speed, and waiting is the backpressure. Returns how many sinks have stopped.
     async fn publish(&self, msg: Outbound) -> usize {
         let mut stopped = 0;
+        // Raw data goes in one form per sink: the full one or the compact one with its meta.
+        let form = msg.compact_form();
         for (sinks, m) in self.identities.spell_all(msg) {
             for &i in sinks {
+                if form.is_some_and(|c| self.compact.get(i) != Some(&c)) {
+                    continue;
+                }
                 if let Some(tx) = self.sinks.get(i) {
                     if tx.send(m.clone()).await.is_err() {
                         stopped += 1;
@@ -181,6 +198,8 @@ pub struct EngineTask {
     summary: SummaryOptions,
     data: DataOptions,
     data_filter: DataFilter,
+    /// The compact data form, when a sink takes it (`super::compact`).
+    compact: Option<crate::core::compact::CompactData>,
     agent: String,
     /// Per device: name and (tag, unit) names, for raw data payloads.
     names: Vec<DataTags>,
@@ -217,6 +236,7 @@ impl EngineTask {
             summary: cfg.summary.clone(),
             data: cfg.data.clone(),
             data_filter: DataFilter::default(),
+            compact: super::compact::build(cfg),
             agent: cfg.agent.id.clone(),
             names: data_names(cfg),
             systemd,
@@ -281,6 +301,7 @@ impl EngineTask {
             self.publish_alarm(event).await;
         }
         self.save(true);
+        self.publish_data_metas(&[]).await;
     }
 
     fn send_snapshot(&self, now: i64) {
@@ -409,7 +430,10 @@ impl EngineTask {
         // Live evaluates a batch when it arrives.
         self.driver.apply(b, self.shared.clock.now());
         if self.data.mode != DataMode::Off {
-            self.publish_data(b).await;
+            self.publish_compact_data(b).await;
+            if self.outlets.wants_full_data() {
+                self.publish_data(b).await;
+            }
         }
     }
 
@@ -497,6 +521,48 @@ impl EngineTask {
         self.outlets
             .publish(Outbound::Data { device, payload })
             .await;
+    }
+
+    async fn publish_compact_data(&mut self, b: &SampleBatch) {
+        let deadband = (self.data.mode == DataMode::Change).then_some(self.data.deadband);
+        let Some((device, payload)) = self.compact.as_mut().and_then(|c| c.payload(b, deadband))
+        else {
+            return;
+        };
+        let device = device.to_string();
+        self.outlets
+            .publish(Outbound::DataCompact { device, payload })
+            .await;
+    }
+
+    /// The retained meta of every device to the compact sinks, at start and after a reload
+    /// (the sinks send only what changed, and everything again on each connection), and an
+    /// empty one clearing the meta of each device in `previous` that is gone.
+    async fn publish_data_metas(&mut self, previous: &[String]) {
+        let Some(c) = self
+            .compact
+            .as_ref()
+            .filter(|_| self.data.mode != DataMode::Off)
+        else {
+            return;
+        };
+        let mut metas: Vec<Outbound> = c
+            .devices()
+            .map(|(device, layout)| Outbound::DataMeta {
+                device: device.to_string(),
+                payload: crate::core::compact::meta_payload(&self.agent, device, layout),
+            })
+            .collect();
+        let now: std::collections::HashSet<&str> = c.devices().map(|(d, _)| d).collect();
+        for gone in previous.iter().filter(|d| !now.contains(d.as_str())) {
+            metas.push(Outbound::DataMeta {
+                device: gone.clone(),
+                payload: Vec::new(),
+            });
+        }
+        for m in metas {
+            self.outlets.publish(m).await;
+        }
     }
 
     /// Runs `first` and whatever else is queued (up to [`COMMAND_BATCH`]), saves the alarm
@@ -674,7 +740,13 @@ impl EngineTask {
     async fn control(&mut self, c: Control) {
         match c {
             Control::Swap(cfg, done) => {
+                let previous: Vec<String> = self
+                    .compact
+                    .iter()
+                    .flat_map(|c| c.devices().map(|(d, _)| d.to_string()))
+                    .collect();
                 let _ = done.send(self.swap(&cfg));
+                self.publish_data_metas(&previous).await;
             }
             Control::Reloaded { to, result } => {
                 let now = self.shared.clock.now();
@@ -695,6 +767,7 @@ impl EngineTask {
         self.summary = cfg.summary.clone();
         self.data = cfg.data.clone();
         self.names = data_names(cfg);
+        self.compact = super::compact::build(cfg);
         self.disposal.reload(cfg);
         Ok(())
     }

@@ -120,6 +120,22 @@ pub struct MqttSink {
     pub format: Format,
     /// Sparkplug only (`primary_host`): the host application whose STATE gates publishing.
     pub primary_host: Option<String>,
+    /// How raw data is written for this broker (`data_payload`): the full JSON payload, or
+    /// the compact one described by a retained meta message per device.
+    pub data_payload: DataPayload,
+}
+
+/// `data_payload = "full" | "compact"` of a JSON `[[mqtt]]` sink (docs/MQTT.md, "Compact
+/// data"). Per sink, like `carry` and `data_qos`: the plant broker keeps the full payload its
+/// consumers read, the uplink paid by the byte gets the compact one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPayload {
+    /// `alsentry/data/1` on `{device}/data`: every tag by name, with its unit.
+    #[default]
+    Full,
+    /// `alsentry/data-compact/1` on `{device}/data/compact`: values in tag order, described by
+    /// `alsentry/data-meta/1` retained on `{device}/data/meta`.
+    Compact,
 }
 
 /// `format = "json" | "sparkplug"` of an `[[mqtt]]` sink.
@@ -473,6 +489,26 @@ pub fn parse_sink(
             Format::Json
         }
     };
+    let data_payload = match r.opt_str(p, "data_payload").as_deref() {
+        None | Some("full") => DataPayload::Full,
+        Some("compact") if format == Format::Sparkplug => {
+            r.problem(
+                p,
+                "data_payload",
+                "data_payload = \"compact\" is for JSON sinks; a Sparkplug sink sends data as Sparkplug metrics (docs/SPARKPLUG.md)",
+            );
+            DataPayload::Full
+        }
+        Some("compact") => DataPayload::Compact,
+        Some(other) => {
+            r.problem(
+                p,
+                "data_payload",
+                format!("unknown data payload \"{other}\"; accepted: \"full\" (default), \"compact\" (values in tag order, described by a retained meta message)"),
+            );
+            DataPayload::Full
+        }
+    };
     let primary_host = r.opt_str(p, "primary_host");
     if let Some(h) = &primary_host {
         if format != Format::Sparkplug {
@@ -489,6 +525,7 @@ pub fn parse_sink(
     Some(MqttSink {
         format,
         primary_host,
+        data_payload,
         name,
         url: url?,
         topic_root,
@@ -622,6 +659,54 @@ outbox = { max_size = "lots", fsync = "sometimes", colour = "red" }
         ] {
             assert!(all.contains(expected), "missing {expected:?} in\n{all}");
         }
+    }
+
+    #[test]
+    fn data_payload_is_full_by_default_and_compact_per_json_sink() {
+        let c = load(
+            r#"
+[[mqtt]]
+name = "plant"
+url = "mqtt://plant:1883"
+[[mqtt]]
+name = "province"
+url = "mqtt://prov:1883"
+data_payload = "compact"
+[[mqtt]]
+name = "explicit"
+url = "mqtt://other:1883"
+data_payload = "full"
+"#,
+        )
+        .unwrap();
+        let forms: Vec<DataPayload> = c.sinks.iter().map(|s| s.data_payload).collect();
+        assert_eq!(
+            forms,
+            [DataPayload::Full, DataPayload::Compact, DataPayload::Full]
+        );
+    }
+
+    #[test]
+    fn data_payload_refuses_unknown_forms_and_compact_on_sparkplug() {
+        let e = load("[mqtt]\nurl = \"mqtt://b\"\ndata_payload = \"tiny\"\n").unwrap_err();
+        assert!(
+            e.join("\n").contains("t.toml:7:16: mqtt.data_payload: unknown data payload \"tiny\"; accepted: \"full\" (default), \"compact\""),
+            "{e:?}"
+        );
+        let e = load(
+            "[mqtt]\nurl = \"mqtt://b\"\nformat = \"sparkplug\"\ndata_payload = \"compact\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.join("\n")
+                .contains("mqtt.data_payload: data_payload = \"compact\" is for JSON sinks"),
+            "{e:?}"
+        );
+        // The full form is what a Sparkplug sink reads its values from: accepted.
+        let c =
+            load("[mqtt]\nurl = \"mqtt://b\"\nformat = \"sparkplug\"\ndata_payload = \"full\"\n")
+                .unwrap();
+        assert_eq!(c.sinks[0].data_payload, DataPayload::Full);
     }
 
     #[test]

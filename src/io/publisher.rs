@@ -35,6 +35,7 @@ use super::inbound::{admit, Admitted, BurstGate};
 use super::session::{Session, SessionConfig, Settled, StatusKey};
 use super::sparkplug;
 
+mod data_meta;
 mod sparkplug_sink;
 use crate::clock::{self, Clock, Mono};
 use crate::config::mqtt::{Protocol, TlsFiles};
@@ -488,6 +489,7 @@ impl SinkTask {
             started,
             burst: BurstGate::default(),
             sp,
+            metas: data_meta::DataMetas::default(),
         }
         .run(cancel)
         .await
@@ -505,6 +507,8 @@ struct Runner<'m> {
     burst: BurstGate,
     /// `format = "sparkplug"`: the edge-node session and what it waits to send.
     sp: Option<sparkplug_sink::Sp>,
+    /// The retained meta messages of compact data, sent again on every connection.
+    metas: data_meta::DataMetas,
 }
 
 impl Runner<'_> {
@@ -578,6 +582,13 @@ impl Runner<'_> {
     /// An alarm the outbox could not take still goes out while the broker is connected (QoS 1,
     /// without durability); otherwise it is lost and counted.
     fn store_or_send(&mut self, m: &Message, conn: Option<&Conn>) {
+        if data_meta::is_data_meta(m) {
+            // Kept and sent like the status, not stored: it goes again on every connection.
+            if self.sp.is_none() && self.t.cfg.carries(m.class, m.priority) {
+                self.metas.offer(m);
+            }
+            return;
+        }
         if self.send_live_data(m, conn) {
             return;
         }
@@ -727,6 +738,7 @@ impl Runner<'_> {
                             self.sp_connack(&c.client);
                             continue;
                         }
+                        self.metas.connected();
                         // Current status goes straight out, ahead of any backlog: it is
                         // regenerated on every connect, so there is nothing to keep. Not before
                         // the first poll cycle: the retained status (offline, from the Last
@@ -923,6 +935,7 @@ impl Runner<'_> {
     /// Hands outbox records to rumqttc while the session gives room (the window, and the
     /// replay rate for a backlog from before this connection).
     fn pump(&mut self, client: &Client) {
+        self.send_metas(client);
         loop {
             let Some(records) = self.next_records() else {
                 return;
@@ -973,6 +986,31 @@ impl Runner<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The compact data's meta messages that are due, around the outbox and ahead of it (a
+    /// backlog of compact data is readable once they are in), while the window has room.
+    fn send_metas(&mut self, client: &Client) {
+        while self.session.has_room() {
+            let Some((topic, payload)) = self.metas.next() else {
+                return;
+            };
+            // The status's properties: a schema, and no expiry (a retained meta must stay).
+            let props = self.props(Class::Status, Some(&payload), 0);
+            let bytes = payload.len();
+            if client
+                .publish(topic.clone(), 1, true, payload, props)
+                .is_err()
+            {
+                self.metas.retry(topic);
+                return;
+            }
+            self.session.handed(None);
+            emit(Published {
+                sink: self.sm,
+                bytes,
+            });
         }
     }
 

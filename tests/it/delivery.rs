@@ -676,6 +676,8 @@ fn schemas_are_valid_and_accept_documented_examples() {
         "command",
         "cmd-reply",
         "report",
+        "data-meta",
+        "data-compact",
     ] {
         let text = std::fs::read_to_string(schema_path(name)).unwrap();
         let s: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));

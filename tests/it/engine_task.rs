@@ -259,3 +259,245 @@ limit = 6.0
         .collect();
     assert_eq!(replayed, live);
 }
+
+/// A 16-tag cell of float32 registers read in one request (issue 22's harness): tag name,
+/// unit, value.
+const CELL16: [(&str, &str, f32); 16] = [
+    ("voltage", "V", 4.123),
+    ("current", "kA", 502.7445),
+    ("bath_temp", "degC", 957.3),
+    ("alumina", "wt%", 2.45),
+    ("resistance", "uOhm", 4.9187),
+    ("noise", "mV", 12.6),
+    ("beam", "mm", 183.25),
+    ("superheat", "degC", 8.7),
+    ("liquidus", "degC", 948.6),
+    ("metal_height", "cm", 21.4),
+    ("bath_height", "cm", 18.9),
+    ("anode_drop", "mV", 312.5),
+    ("cathode_drop", "mV", 287.1),
+    ("shell_temp", "degC", 312.8),
+    ("feed_rate", "kg/h", 31.75),
+    ("ae_frequency", "1/d", 0.05),
+];
+
+/// Bytes of an MQTT 3.1.1 QoS 0 PUBLISH: fixed header, topic, payload.
+fn publish_bytes(topic: &str, payload: usize) -> usize {
+    let rest = 2 + topic.len() + payload;
+    let varint = match rest {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        _ => 3,
+    };
+    1 + varint + rest
+}
+
+fn ts_ms(rfc3339: &str) -> i64 {
+    let t = humantime::parse_rfc3339(rfc3339).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Issue 22: `data_payload = "compact"` on the provincial sink. Through the embedded broker a
+/// subscriber gets the retained meta and the compact messages and rebuilds from them exactly
+/// the values the plant sink's full payload carries for the same polls (the simulator's cell
+/// on the shipped template, and a 16-float32 cell); the meta is sent again when the sink
+/// reconnects, stays retained for a late subscriber, and neither sink gets the other's form.
+/// Prints what each form costs per message (docs/MQTT.md quotes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_data_and_its_retained_meta_rebuild_the_full_values_through_the_broker() {
+    use crate::support::agent::{Agent, Dev};
+    use crate::support::delivery::schema_check;
+    use crate::support::net::Proxy;
+    use alsentry::core::compact::expand;
+    use std::collections::HashMap;
+
+    let sim = crate::support::harness::start_sim(
+        r#"
+[plant]
+seed = 42
+tick = "100ms"
+line_current_ka = 500.0
+[[groups]]
+id = "potline"
+kind = "cell"
+name = "pot-{unit:03}"
+listen = "127.0.0.1:5020"
+units = "1"
+"#,
+    )
+    .await;
+    let cell16 = Served::start(Device::default()).await;
+    for (i, (_, _, v)) in CELL16.iter().enumerate() {
+        cell16
+            .device
+            .set_input(1, 2 * i as u16, &f32_words(*v, "ABCD"));
+    }
+    let tags: Vec<String> = CELL16
+        .iter()
+        .enumerate()
+        .map(|(i, (name, unit, _))| {
+            format!(
+                "{{ name = \"{name}\", table = \"input\", address = {}, type = \"f32\", unit = \"{unit}\" }}",
+                2 * i
+            )
+        })
+        .collect();
+    let (plant, province) = (broker().await, broker().await);
+    let province_link = Proxy::start(province.addr).await;
+    let mut plant_sub = Subscriber::connect("127.0.0.1", plant.addr.port(), "plant-sub", "#").await;
+    let mut province_sub =
+        Subscriber::connect("127.0.0.1", province.addr.port(), "prov-sub", "#").await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Agent::new("gw-qz-01")
+        .at("qingzhen", "potline-1")
+        .state_dir(state.path())
+        .shipped_templates()
+        .sinks(&format!(
+            "[[mqtt]]\nname = \"plant\"\nurl = \"{}\"\n\n[[mqtt]]\nname = \"province\"\nurl = \"mqtt://{}\"\ndata_payload = \"compact\"\n",
+            plant.url(),
+            province_link.addr
+        ))
+        .section("[data]\nmode = \"poll\"")
+        .device(Dev::sim(&sim, "pot-001").poll("250ms"))
+        .device(
+            Dev::tcp("pot-016", cell16.addr)
+                .unit(1)
+                .poll("250ms")
+                .tags(&format!("[ {} ]", tags.join(", "))),
+        )
+        .build();
+    let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
+    let w = Duration::from_secs(10);
+    let devices = ["pot-001", "pot-016"];
+    let meta_topic = |d: &str| format!("alsentry/qingzhen/potline-1/{d}/data/meta");
+    let metas = province_sub
+        .wait_all(w, &devices.map(meta_topic).each_ref().map(String::as_str))
+        .await;
+    let got =
+        crate::support::harness::collect_timed(&mut province_sub, Duration::from_secs(3)).await;
+    let full =
+        crate::support::harness::collect_timed(&mut plant_sub, Duration::from_millis(500)).await;
+
+    // Every compact message rebuilds to the full payload of the same poll.
+    let mut fulls: HashMap<(String, i64), serde_json::Value> = HashMap::new();
+    let mut full_bytes: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    for (_, m) in &full {
+        assert!(
+            !m.topic.contains("/data/"),
+            "the plant sink takes the full form only: {}",
+            m.topic
+        );
+        if let Some(d) = m
+            .topic
+            .strip_suffix("/data")
+            .and_then(|t| t.rsplit('/').next())
+        {
+            let j = m.json();
+            schema_check("data", &j);
+            fulls.insert((d.to_string(), ts_ms(j["ts"].as_str().unwrap())), j);
+            full_bytes
+                .entry(d.to_string())
+                .or_default()
+                .push((m.payload.len(), publish_bytes(&m.topic, m.payload.len())));
+        }
+    }
+    let mut matched: HashMap<String, usize> = HashMap::new();
+    let mut compact_bytes: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    for (_, m) in &got {
+        assert!(
+            !m.topic.ends_with("/data"),
+            "the province sink takes the compact form only"
+        );
+        let Some(d) = m
+            .topic
+            .strip_suffix("/data/compact")
+            .and_then(|t| t.rsplit('/').next())
+        else {
+            continue;
+        };
+        let j = m.json();
+        schema_check("data-compact", &j);
+        compact_bytes
+            .entry(d.to_string())
+            .or_default()
+            .push((m.payload.len(), publish_bytes(&m.topic, m.payload.len())));
+        let meta = &metas[&meta_topic(d)];
+        let values = expand(&meta.payload, &m.payload).unwrap_or_else(|e| panic!("{d}: {e}"));
+        if let Some(f) = fulls.get(&(d.to_string(), j["ts"].as_i64().unwrap())) {
+            assert_eq!(serde_json::Value::Object(values), f["values"], "{d}");
+            *matched.entry(d.to_string()).or_default() += 1;
+        }
+    }
+    for d in devices {
+        let meta = metas[&meta_topic(d)].json();
+        schema_check("data-meta", &meta);
+        assert_eq!(meta["device"], d);
+        assert!(
+            matched.get(d).copied().unwrap_or(0) >= 3,
+            "{d}: only {matched:?} compact messages matched a full one"
+        );
+    }
+    let cell16_meta = metas[&meta_topic("pot-016")].json();
+    let names: Vec<&str> = cell16_meta["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, CELL16.map(|t| t.0));
+
+    // The link drops and comes back: the sink sends every meta again, ahead of the data.
+    province_link.set_up(false);
+    province_link.set_up(true);
+    let again = province_sub
+        .wait_for(w, |m| m.topic == meta_topic("pot-016"))
+        .await
+        .expect("the meta again after the reconnect");
+    assert_eq!(again.payload, metas[&meta_topic("pot-016")].payload);
+    running.stop().await;
+
+    // Retained: a consumer that connects later gets every meta at once.
+    let mut late = Subscriber::connect(
+        "127.0.0.1",
+        province.addr.port(),
+        "late-sub",
+        "alsentry/+/+/+/data/meta",
+    )
+    .await;
+    for d in devices {
+        let m = late
+            .wait_for(w, |m| m.topic == meta_topic(d))
+            .await
+            .unwrap_or_else(|| panic!("{d}: no retained meta"));
+        assert!(m.retain, "{d}");
+    }
+
+    println!("bytes per data message (payload / MQTT 3.1.1 QoS 0 PUBLISH with topic), mean:");
+    let mean = |xs: &[(usize, usize)], f: fn(&(usize, usize)) -> usize| {
+        xs.iter().map(f).sum::<usize>() as f64 / xs.len().max(1) as f64
+    };
+    for (d, what) in [
+        ("pot-001", "cell template (27 tags, simulator values)"),
+        ("pot-016", "16 float32 tags"),
+    ] {
+        let (f, c) = (&full_bytes[d], &compact_bytes[d]);
+        let (fp, fw, cp, cw) = (
+            mean(f, |x| x.0),
+            mean(f, |x| x.1),
+            mean(c, |x| x.0),
+            mean(c, |x| x.1),
+        );
+        println!(
+            "  {what}: full {fp:.0} / {fw:.0}, compact {cp:.0} / {cw:.0}: {:.0} % / {:.0} % of full ({} and {} messages); meta {} bytes once",
+            100.0 * cp / fp,
+            100.0 * cw / fw,
+            f.len(),
+            c.len(),
+            metas[&meta_topic(d)].payload.len()
+        );
+        assert!(
+            cw < fw / 2.0,
+            "{what}: compact {cw} is not under half of {fw}"
+        );
+    }
+}
