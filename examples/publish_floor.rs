@@ -13,8 +13,8 @@
 //! ```
 //! Prints one JSON line at the end (after `--seconds`, or on SIGTERM/SIGINT):
 //! `{"mode":..,"cells":..,"polls":..,"failed":..,"missed":..,"published":..,...}`; with
-//! `--progress` also the same counters (cumulative) once a second, for a harness that
-//! measures its own window.
+//! `--progress`, also the same counters (cumulative, `"final":false`) at once on each SIGUSR1,
+//! so a harness can read them at the edges of its own measuring window.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,7 +67,7 @@ struct Args {
     /// Stop after this many seconds; 0 runs until SIGTERM/SIGINT.
     #[arg(long, default_value_t = 0.0)]
     seconds: f64,
-    /// Print the cumulative counters once a second.
+    /// Print the cumulative counters on each SIGUSR1.
     #[arg(long)]
     progress: bool,
     /// Runtime worker threads (alsentry's default `worker_threads` is 1).
@@ -299,6 +299,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mqtt,
         counters: Counters::default(),
     });
+    // Installed before any poll starts: SIGUSR1's default action ends the process.
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let watch = Stopwatch::start();
     for i in 0..job.args.cells {
         tokio::spawn(cell(job.clone(), i));
@@ -306,14 +308,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let report = {
         let job = job.clone();
         async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            every.tick().await;
-            loop {
-                every.tick().await;
+            while usr1.recv().await.is_some() {
                 if job.args.progress {
                     println!("{}", summary(&job, watch.elapsed(), false));
                 }
             }
+            anyhow::Ok(())
         }
     };
     let stop = async {
@@ -331,7 +331,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = stop => r?,
-        () = report => {}
+        r = report => r?,
     }
     println!("{}", summary(&job, watch.elapsed(), true));
     Ok(())
