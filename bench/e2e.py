@@ -905,7 +905,7 @@ def floor_section(w, runs, floors):
       "(alsentry, floor, bare client, then the next repeat):")
     w("")
     w("- **publishing floor**: `examples/publish_floor.rs`: a paced bare tokio-modbus client (one connection "
-      "and one tokio interval per cell, `MissedTickBehavior::Delay`, first polls spread over 40 % of the period as "
+      "and one tokio interval per cell, `MissedTickBehavior::Skip`: on a fixed grid, a late poll at once, passed slots counted as missed; first polls spread over 40 % of the period as "
       "alsentry does) that decodes the cell's tags and publishes the same `alsentry/data/1` JSON message per poll "
       "(same topic shape, same fields, alsentry's number form) through a minimal rumqttc client at QoS 0. No rules, "
       "no windows, no summaries, no outbox: the cost of the job itself.")
