@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: `alsentry sim` -> `alsentry run` (release) -> Mosquitto -> a counting
-subscriber, plus the transport ceiling (examples/modbus_ceiling.rs), a plain pymodbus + paho
-peer and Node-RED (node-red-contrib-modbus), all on loopback. Writes BENCHMARKS.md.
+"""End-to-end benchmark: a Modbus simulator -> `alsentry run` -> Mosquitto -> a counting
+subscriber, beside the two floors of issue 22 measured in the same run on the same simulator
+and broker: the publishing floor (examples/publish_floor.rs: a paced bare tokio-modbus client
+plus a minimal rumqttc publisher of the same JSON data message) and the paced bare client
+(the same example with --no-publish). Every alsentry figure is the median of --repeat runs and
+is reported as a ratio to both floors. Plus the transport ceiling (examples/modbus_ceiling.rs)
+and, with --peers, a plain pymodbus + paho peer and Node-RED (node-red-contrib-modbus). All on
+loopback. Writes BENCHMARKS.md.
 
-    cargo build --release --no-default-features --bin alsentry --example modbus_ceiling
+    cargo build --release --no-default-features --bin alsentry \
+        --example modbus_ceiling --example publish_floor --example flat_cells
     cargo bench --bench engine --bench core --bench outbox --bench core_stats   # optional
-    python3 bench/e2e.py                      # about 12-14 min; --quick for a smoke run
+    python3 bench/e2e.py                      # about 25 min (3 repeats); --quick: ~2 min smoke run
+
+--cell flat16 (the default) is issue 22's harness cell: 16 float32 tags read in one request
+from examples/flat_cells.rs, one threshold rule; --cell cell is the simulated potline cell of
+`alsentry sim` (config/templates/cell.toml, 4 reads, 6 rules + a latency probe).
+--profile soak (or --bin PATH) measures another build than the release one.
 
 Everything runs in a temporary directory; the simulator, Mosquitto and the HTTP endpoint use
 free ports found at start. Node-RED is installed from npm into --nodered-dir (not committed).
@@ -28,11 +39,17 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Set by set_build() from --profile / --bin.
 BIN = os.path.join(ROOT, "target", "release", "alsentry")
 CEILING = os.path.join(ROOT, "target", "release", "examples", "modbus_ceiling")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "publish_floor")
+FLAT_SIM = os.path.join(ROOT, "target", "release", "examples", "flat_cells")
+PROFILE = "release"
 TICK = os.sysconf("SC_CLK_TCK")
-TAGS_PER_CELL = 22
 CELL_TEMPLATE = os.path.join(ROOT, "config", "templates", "cell.toml")
+# Set by set_cell() from --cell: tags per poll of one cell.
+TAGS_PER_CELL = 16
+CELL = "flat16"
 
 # ---------------------------------------------------------------- process and /proc helpers
 
@@ -67,6 +84,46 @@ def build_kind():
     with open(BIN, "rb") as f:
         return "default features (with the embedded broker)" if b"rumqttd-0." in f.read() else \
             "gateway build (`--no-default-features`: no embedded broker)"
+
+
+def set_build(a):
+    """Points BIN and the examples at --bin or target/<--profile>/."""
+    global BIN, CEILING, FLOOR, FLAT_SIM, PROFILE
+    PROFILE = a.profile
+    out = os.path.join(ROOT, "target", a.profile)
+    BIN = os.path.abspath(a.bin) if a.bin else os.path.join(out, "alsentry")
+    ex = os.path.join(out, "examples")
+    CEILING, FLOOR, FLAT_SIM = (os.path.join(ex, n) for n in ("modbus_ceiling", "publish_floor", "flat_cells"))
+
+
+def profile_flags(name):
+    """The [profile.NAME] section of Cargo.toml, as `key = value` items (with what it inherits)."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as fc:
+        prof = tomllib.load(fc).get("profile", {})
+    chain, seen = [], set()
+    while name and name not in seen:
+        seen.add(name)
+        chain.append(name)
+        name = prof.get(name, {}).get("inherits")
+    flags = {}
+    for n in reversed(chain):
+        flags.update({k: v for k, v in prof.get(n, {}).items() if k not in ("inherits", "package")})
+    text = ", ".join(f"{k} = {json.dumps(v)}" for k, v in flags.items()) or "cargo defaults"
+    return text + (f"; inherits {' <- '.join(reversed(chain[1:]))}" if len(chain) > 1 else "")
+
+
+def set_cell(kind):
+    global CELL, TAGS_PER_CELL
+    CELL = kind
+    if kind == "flat16":
+        TAGS_PER_CELL = 16
+    else:
+        import tomllib
+
+        with open(CELL_TEMPLATE, "rb") as fc:
+            TAGS_PER_CELL = len(tomllib.load(fc)["templates"]["cell"]["tags"])
 
 
 def free_port():
@@ -144,12 +201,13 @@ class Subscriber:
 
         self.lock = threading.Lock()
         self.counts = {}
+        self.bytes = {}
         self.latencies = []
         self.alarms = 0
         self.recording = False
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
         self.c.on_message = self.on_message
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alsentry/#", 0), ("peer/#", 0)])
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alsentry/#", 0), ("peer/#", 0), ("floor/#", 0)])
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
 
@@ -160,6 +218,7 @@ class Subscriber:
             if t.endswith("/data"):
                 root = t.split("/", 2)[0] + ("/" + t.split("/")[1] if t.startswith("peer/") else "")
                 self.counts[root] = self.counts.get(root, 0) + 1
+                self.bytes[root] = self.bytes.get(root, 0) + len(msg.payload)
             elif "/alarm/lat" in t and self.recording and not msg.retain:
                 try:
                     ts = parse_ts_ms(json.loads(msg.payload)["ts"])
@@ -171,6 +230,10 @@ class Subscriber:
     def snapshot(self):
         with self.lock:
             return dict(self.counts)
+
+    def snapshot_bytes(self):
+        with self.lock:
+            return dict(self.bytes)
 
     def start_latency(self):
         with self.lock:
@@ -214,6 +277,46 @@ host = "127.0.0.1"
 ports = "{base}-{base + cells - 1}"
 unit = 1
 """)
+
+
+def flat_scenario_argv(base, cells):
+    """The simulator of issue 22's harness: 16 float32 values per cell, one read."""
+    return [FLAT_SIM, "--first-port", str(base), "--cells", str(cells)]
+
+
+FLAT16_UNITS = ("V", "kA", "degC", "wt%")
+# Issue 22's cell: 16 float32 tags in input registers 0-31 (examples/flat_cells.rs serves them).
+FLAT16_TEMPLATE = "[templates.flat16]\ntags = [\n" + "".join(
+    f'  {{ name = "t{k:02}", table = "input", address = {2 * k}, type = "f32", unit = "{FLAT16_UNITS[k % 4]}" }},\n'
+    for k in range(16)) + "]\n"
+
+# Issue 22's rule set: one threshold rule per cell. t00 stays within 100-111 on the simulator,
+# so the rule is evaluated on every poll and never fires (steady state).
+FLAT16_RULES = """
+[[rules]]
+name = "t00_high"
+template = "flat16"
+tag = "t00"
+type = "high"
+limit = 150.0
+deadband = 1.0
+priority = "high"
+message = "t00 high on {device}: {value}"
+"""
+
+FLAT16_RULE_DESC = ("1 threshold rule per cell (`high` on `t00`, limit 150 with deadband 1: evaluated every poll, never "
+                    "active; so no alarm latency here: `--cell cell` has a latency probe)")
+
+
+def template_file(a):
+    """(path, name) of the cell template, for the floor example."""
+    if CELL == "cell":
+        return CELL_TEMPLATE, "cell"
+    path = os.path.join(a.tmp, "flat16-template.toml")
+    if not os.path.exists(path):
+        with open(path, "w") as ft:
+            ft.write(FLAT16_TEMPLATE)
+    return path, "flat16"
 
 
 # The rule set of every agent run: a realistic potline set plus the latency probe.
@@ -288,8 +391,13 @@ RULE_DESC = ("6 rules per cell (voltage high/anode effect with 2 s on-delay, vol
 
 
 def agent_config(path, tmp, run, mqtt_port, http_port, base, cells, poll, data_mode, rules=True, threads=1):
-    with open(CELL_TEMPLATE) as f:
-        template = f.read()
+    if CELL == "flat16":
+        template, tname, derived, rule_text = FLAT16_TEMPLATE, "flat16", "", FLAT16_RULES
+    else:
+        with open(CELL_TEMPLATE) as f:
+            template = f.read()
+        tname, rule_text = "cell", RULES
+        derived = 'derived = [{ name = "vq", expr = "voltage - voltage_mv", unit = "V" }]\n'
     with open(path, "w") as f:
         f.write(f"""# generated by bench/e2e.py ({run})
 [agent]
@@ -316,14 +424,13 @@ interval = "60s"
 
 [[devices]]
 name = "pot-{{index:03}}"
-template = "cell"
+template = "{tname}"
 endpoint = "tcp://127.0.0.1:{{port}}"
 ports = "{base}-{base + cells - 1}"
 unit = 1
 poll = "{poll}"
 timeout = "500ms"
-derived = [{{ name = "vq", expr = "voltage - voltage_mv", unit = "V" }}]
-{RULES if rules else ""}""")
+{derived}{rule_text if rules else ""}""")
 
 
 def polls(http_port):
@@ -346,13 +453,19 @@ def polls(http_port):
 # ---------------------------------------------------------------- measurement
 
 
-def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter_root=None, latency=False):
-    """Samples CPU, memory, polls and subscriber counts over [warmup, warmup + window]."""
+def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter_root=None, latency=False,
+            polls_fn=None):
+    """Samples CPU, memory, polls and subscriber counts over [warmup, warmup + window]. Polls
+    come from the agent's /metrics (http_port) or from polls_fn (the floor's progress lines)."""
+    if polls_fn is None and http_port:
+        def polls_fn():
+            return polls(http_port)
     time.sleep(warmup)
     c0, t0 = cpu_seconds(pid), time.monotonic()
     s0 = cpu_seconds(sim_pid) if sim_pid else None
-    p0 = polls(http_port) if http_port else None
+    p0 = polls_fn() if polls_fn else None
     n0 = sub.snapshot() if sub else {}
+    b0 = sub.snapshot_bytes() if sub else {}
     if latency and sub:
         sub.start_latency()
     rss = []
@@ -364,8 +477,9 @@ def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter
         time.sleep(min(1.0, max(0.0, end - time.monotonic())))
     c1, t1 = cpu_seconds(pid), time.monotonic()
     s1 = cpu_seconds(sim_pid) if sim_pid else None
-    p1 = polls(http_port) if http_port else None
+    p1 = polls_fn() if polls_fn else None
     n1 = sub.snapshot() if sub else {}
+    b1 = sub.snapshot_bytes() if sub else {}
     lat = sub.stop_latency() if (latency and sub) else []
     rss_now, hwm = mem_kib(pid)
     rss.append(rss_now)
@@ -382,6 +496,7 @@ def measure(pid, warmup, window, sub=None, sim_pid=None, http_port=None, counter
         r["polls"] = {k: p1.get(k, 0) - p0.get(k, 0) for k in p1}
     if counter_root:
         r["msgs"] = n1.get(counter_root, 0) - n0.get(counter_root, 0)
+        r["msg_bytes"] = (b1.get(counter_root, 0) - b0.get(counter_root, 0)) / r["msgs"] if r["msgs"] else None
     return r
 
 
@@ -413,12 +528,78 @@ def agent_run(a, env, name, cells, period_s, data_mode="poll", latency=True, rul
     return m
 
 
+def floor_lines(log_path):
+    with open(log_path) as fl:
+        return [line for line in fl if line.startswith("{") and line.endswith("}\n")]
+
+
+def floor_polls(proc, log_path, timeout=3.0):
+    """The floor's cumulative counters now, in the agent's terms: SIGUSR1 makes it print them."""
+    before = len(floor_lines(log_path))
+    proc.p.send_signal(signal.SIGUSR1)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        lines = floor_lines(log_path)
+        if len(lines) > before:
+            j = json.loads(lines[-1])
+            return {"ok": j["polls"], "failed": j["failed"], "missed": j["missed"], "dropped": j["publish_errors"]}
+        time.sleep(0.005)
+    return None
+
+
+def floor_run(a, cells, period_s, publish=True):
+    """The publishing floor (publish=True) or the paced bare client, at one load."""
+    kind = "floor" if publish else "bare"
+    name = f"{kind}-{cells}c-{period_s}s-{len(os.listdir(a.tmp))}"
+    tpath, tname = template_file(a)
+    argv = [FLOOR, "--template", tpath, "--template-name", tname, "--first-port", str(a.base),
+            "--cells", str(cells), "--interval", f"{int(round(period_s * 1000))}ms",
+            "--mqtt", f"127.0.0.1:{a.mqtt_port}", "--progress"] + ([] if publish else ["--no-publish"])
+    p = Proc(name, argv, a.tmp)
+    log = os.path.join(a.tmp, f"{name}.log")
+    try:
+        m = measure(p.pid, a.warmup, a.window, a.sub, a.sim.pid, counter_root="floor",
+                    polls_fn=lambda: floor_polls(p, log))
+    finally:
+        p.stop()
+    if "polls" not in m:
+        raise SystemExit(f"{name}: no progress lines; see {log}")
+    sched = cells * m["seconds"] / period_s
+    ok = m["polls"]["ok"]
+    m.update(
+        name=name, system={"floor": "publishing floor", "bare": "bare client"}[kind], cells=cells,
+        period_s=period_s, poll=f"{int(round(period_s * 1000))}ms", data_mode="poll" if publish else "off",
+        scheduled=sched, completed=ok, samples=ok * TAGS_PER_CELL, cores=m["cpu_s"] / m["seconds"],
+        cpu_us_per_sample=(m["cpu_s"] / (ok * TAGS_PER_CELL) * 1e6) if ok else None,
+    )
+    return m
+
+
+def median_of(rs, key):
+    xs = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.median(xs) if xs else None
+
+
+def representative(rs):
+    """The repeat whose CPU per tag sample is the median one (an actual run, for the detail
+    tables), with every repeat's figures and the pooled alarm latencies attached."""
+    ok = [r for r in rs if r.get("cpu_us_per_sample") is not None] or rs
+    ok = sorted(ok, key=lambda r: r.get("cpu_us_per_sample") or 0)
+    rep_run = dict(ok[(len(ok) - 1) // 2])
+    rep_run["repeats"] = len(rs)
+    rep_run["all_us"] = [r.get("cpu_us_per_sample") for r in rs]
+    rep_run["lat"] = [x for r in rs for x in (r.get("lat") or [])]
+    for k in ("cpu_us_per_sample", "cores", "rss_kib", "hwm_kib", "anon_kib", "msg_bytes"):
+        rep_run["median_" + k] = median_of(rs, k)
+    return rep_run
+
+
 def peer_run(a, kind, cells, period_s):
     name = f"{kind}-{cells}c-{period_s}s"
     root = f"peer/{kind}"
     if kind == "py":
         argv = [sys.executable, os.path.join(ROOT, "bench", "peer_pymodbus.py"), "--first-port", str(a.base),
-                "--cells", str(cells), "--period", str(period_s), "--mqtt-port", str(a.mqtt_port)]
+                "--cells", str(cells), "--period", str(period_s), "--mqtt-port", str(a.mqtt_port), "--cell", CELL]
         p = Proc(name, argv, a.tmp)
     else:
         p = nodered_start(a, name, cells, period_s)
@@ -534,6 +715,22 @@ return msg;
 """
 
 
+NR_DECODE_FLAT16 = r"""
+// Issue 22's cell: one read of input 0-31 per poll, 16 float32 values (ABCD).
+const regs = msg.payload;
+const b = Buffer.alloc(4);
+const v = {};
+for (let k = 0; k < 16; k++) {
+  b.writeUInt16BE(regs[2 * k], 0); b.writeUInt16BE(regs[2 * k + 1], 2);
+  v['t' + String(k).padStart(2, '0')] = b.readFloatBE(0);
+}
+const dev = msg.topic.split('|')[0];
+msg.topic = 'peer/nr/' + dev + '/data';
+msg.payload = JSON.stringify({ device: dev, ts: Date.now(), values: v });
+return msg;
+"""
+
+
 def nodered_install(a):
     d = a.nodered_dir
     red = os.path.join(d, "node_modules", "node-red", "red.js")
@@ -564,7 +761,8 @@ def nodered_flows(a, cells, period_s):
              {"id": "broker", "type": "mqtt-broker", "name": "bench", "broker": "127.0.0.1",
               "port": str(a.mqtt_port), "clientid": "peer-nr", "autoConnect": True, "usetls": False,
               "protocolVersion": "4", "keepalive": "60", "cleansession": True},
-             {"id": "decode", "type": "function", "z": "tab1", "name": "decode", "func": NR_DECODE,
+             {"id": "decode", "type": "function", "z": "tab1", "name": "decode",
+              "func": NR_DECODE_FLAT16 if CELL == "flat16" else NR_DECODE,
               "outputs": 1, "x": 300, "y": 40, "wires": [["out"]]},
              {"id": "out", "type": "mqtt out", "z": "tab1", "name": "", "topic": "", "qos": "0",
               "retain": "false", "broker": "broker", "x": 500, "y": 40, "wires": []}]
@@ -581,8 +779,11 @@ def nodered_flows(a, cells, period_s):
                       "clientTimeout": "1000", "reconnectOnTimeout": True, "reconnectTimeout": "2000",
                       "parallelUnitIdsAllowed": True, "showErrors": False, "showWarnings": False,
                       "showLogs": False})
-        for part, fc, adr, qty in (("in0", "InputRegister", 0, 16), ("in20", "InputRegister", 20, 1),
-                                   ("h0", "HoldingRegister", 0, 2), ("h10", "HoldingRegister", 10, 5)):
+        reads = (("in0", "InputRegister", 0, 16), ("in20", "InputRegister", 20, 1),
+                 ("h0", "HoldingRegister", 0, 2), ("h10", "HoldingRegister", 10, 5))
+        if CELL == "flat16":
+            reads = (("in0", "InputRegister", 0, 32),)
+        for part, fc, adr, qty in reads:
             nodes.append({"id": f"read{i}{part}", "type": "modbus-read", "z": "tab1",
                           "name": f"{dev}-{part}", "topic": f"{dev}|{part}", "showStatusActivities": False,
                           "logIOActivities": False, "showErrors": False, "showWarnings": False,
@@ -682,22 +883,107 @@ def verdict(ok, how):
     return ("**met**" if ok else "**missed**") + f" ({how})"
 
 
-def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, out):
+def cell_text():
+    if CELL == "flat16":
+        return ("Cell: issue 22's harness cell, **16 float32 tags** (`t00`-`t15`, ABCD) in input registers 0-31, read in "
+                "**one request** per poll, served by `examples/flat_cells.rs` (a tokio-modbus server per cell on "
+                "consecutive ports; the values drift every 100 ms).")
+    return (f"Cell: all **{TAGS_PER_CELL} tags** of `config/templates/cell.toml`, served by `alsentry sim`, read in 4 "
+            "requests per poll once the planner has probed the simulator's unmapped registers (its first plan meets "
+            "exception 02 and is cut at the longest readable prefixes: input 0-17, 20, holding 0-1, 10-16).")
+
+
+def ceiling_capped(ceiling):
+    """alsentry polls each device at most every 1 ms: too few cells cannot reach a fast ceiling."""
+    return ceiling["polls_per_s"] * 0.9 > ceiling["cells"] * 1000
+
+
+def floor_section(w, runs, floors):
+    """Issue 22: every alsentry figure as a ratio to the publishing floor and the bare client."""
+    w("## alsentry against the floors")
+    w("")
+    if not (floors and floors.get("floor") and runs):
+        w("not run")
+        w("")
+        return
+    w("Measured in the same run, on the same simulator and broker, at the same loads, interleaved "
+      "(alsentry, floor, bare client, then the next repeat):")
+    w("")
+    w("- **publishing floor**: `examples/publish_floor.rs`: a paced bare tokio-modbus client (one connection "
+      "and one tokio interval per cell, `MissedTickBehavior::Skip`: on a fixed grid, a late poll at once, passed slots counted as missed; first polls spread over 40 % of the period as "
+      "alsentry does) that decodes the cell's tags and publishes the same `alsentry/data/1` JSON message per poll "
+      "(same topic shape, same fields, alsentry's number form) through a minimal rumqttc client at QoS 0. No rules, "
+      "no windows, no summaries, no outbox: the cost of the job itself.")
+    w("- **bare client**: the same example with `--no-publish`: polls on the same schedule, decodes and publishes "
+      "nothing.")
+    w("- **alsentry**: `alsentry run`, rules, summaries (60 s) and per-poll data on, alarms through the outbox.")
+    w("")
+    w("Each figure is the median of the repeats (per metric); ratio = alsentry ÷ floor.")
+    w("")
+    fl = by_load_of(floors["floor"])
+    ba = by_load_of(floors["bare"])
+
+    def ratio(x, y):
+        return f(x / y if (x is not None and y) else None, ".2f") + "×"
+
+    w("| Load | metric | alsentry | publishing floor | bare client | alsentry ÷ floor | alsentry ÷ bare |")
+    w("|---|---|---|---|---|---|---|")
+    for r in runs:
+        key = (r["cells"], r["period_s"])
+        fr, br = fl.get(key), ba.get(key)
+        if not (fr and br):
+            continue
+        load = f"{r['cells']} cells @ {1 / r['period_s']:g} Hz"
+        for label, k, scale, spec in (("CPU µs / tag sample", "median_cpu_us_per_sample", 1, ".2f"),
+                                      ("CPU (cores)", "median_cores", 1, ".3f"),
+                                      ("RSS steady (MiB)", "median_rss_kib", 1 / 1024, ".1f"),
+                                      ("RSS peak (MiB)", "median_hwm_kib", 1 / 1024, ".1f")):
+            x, y, z = (q.get(k) for q in (r, fr, br))
+            w(f"| {load} | {label} | {f(x * scale if x is not None else None, spec)} | "
+              f"{f(y * scale if y is not None else None, spec)} | {f(z * scale if z is not None else None, spec)} | "
+              f"{ratio(x, y)} | {ratio(x, z)} |")
+        done = [q["polls"]["ok"] / q["scheduled"] * 100 if q.get("scheduled") else None for q in (r, fr, br)]
+        w(f"| {load} | polls done (% of scheduled; failed, missed) | {f(done[0], '.1f')} % ({r['polls']['failed']}, "
+          f"{r['polls']['missed']}) | {f(done[1], '.1f')} % ({fr['polls']['failed']}, {fr['polls']['missed']}) | "
+          f"{f(done[2], '.1f')} % ({br['polls']['failed']}, {br['polls']['missed']}) | | |")
+        w(f"| {load} | data message (bytes, mean) | {f(r.get('median_msg_bytes'), '.0f')} | "
+          f"{f(fr.get('median_msg_bytes'), '.0f')} | - | {ratio(r.get('median_msg_bytes'), fr.get('median_msg_bytes'))} | |")
+    w("")
+    w("Per repeat (CPU µs / tag sample), to judge the noise:")
+    w("")
+    w("| Load | alsentry | publishing floor | bare client |")
+    w("|---|---|---|---|")
+    for r in runs:
+        key = (r["cells"], r["period_s"])
+        cells = [", ".join(f(x, ".2f") for x in q["all_us"]) if q else "" for q in (r, fl.get(key), ba.get(key))]
+        w(f"| {r['cells']} cells @ {1 / r['period_s']:g} Hz | {cells[0]} | {cells[1]} | {cells[2]} |")
+    w("")
+
+
+def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, out,
+                 floors=None):
     L = []
     w = L.append
     w("# alsentry benchmarks")
     w("")
     w("_Generated by `bench/e2e.py`; do not edit by hand. Rerun to regenerate._")
     w("")
+    if a.quick or PROFILE != "release":
+        w(f"> **Smoke run, not the benchmark:** {'`--quick` (1 repeat, short windows, 20 cells)' if a.quick else ''}"
+          f"{', ' if a.quick and PROFILE != 'release' else ''}{f'profile `{PROFILE}`' if PROFILE != 'release' else ''}. "
+          "It shows the harness runs; its figures are not the ones to quote. Regenerate with the command below.")
+        w("")
     w("## How to run")
     w("")
     w("```sh")
-    w("cargo build --release --no-default-features --bin alsentry --example modbus_ceiling   # the gateway build")
+    w("cargo build --release --no-default-features --bin alsentry \\")
+    w("    --example modbus_ceiling --example publish_floor --example flat_cells   # the gateway build")
     w("cargo bench --bench engine --bench core --bench outbox --bench core_stats   # criterion, ~6 min")
-    w("python3 bench/e2e.py            # end to end + peers, writes this file (~13 min)")
+    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~25 min; --peers adds ~10)")
     w("```")
     w("")
-    w(f"Invocation this time: `{' '.join(sys.argv)}`")
+    dur = getattr(a, "duration_min", None)
+    w(f"Invocation this time: `{' '.join(sys.argv)}`" + (f" ({dur:.0f} min)" if dur else ""))
     w("")
     w("## Machine and conditions")
     w("")
@@ -707,21 +993,26 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w(f"| CPU | {mach['model']}, {mach['cores']} cores (shared with other builds) |")
     w(f"| Memory | {mach['mem_gib']} GiB; kernel {mach['kernel']} |")
     w(f"| Load average | {load_start} at start, {load_end} at end |")
-    w(f"| Toolchain | {mach['rustc']}; release profile (fat LTO, 1 codegen unit), {build_kind()}; Python {mach['python']}; Node {mach['node']}; {mach['mosquitto']} |")
-    w(f"| Layout | all on 127.0.0.1: `alsentry sim` (cells on ports {a.base}-{a.base + a.max_cells - 1}, 100 ms model tick), Mosquitto on :{a.mqtt_port}, one paho subscriber (in the harness) counting every data message and timing alarms |")
-    w(f"| Per run | {a.warmup:.0f} s warm-up, then a {a.window:.0f} s steady window; CPU = utime+stime of the measured process from /proc/<pid>/stat over the window |")
+    w(f"| Toolchain | {mach['rustc']}; Python {mach['python']}; Node {mach['node']}; {mach['mosquitto']} |")
+    w(f"| Binary | `{os.path.relpath(BIN, ROOT)}`: profile `{PROFILE}` ({profile_flags(PROFILE)}), {build_kind()}; "
+      f"RUSTFLAGS at measuring time: `{os.environ.get('RUSTFLAGS', '')}` |")
+    sim = "`examples/flat_cells.rs`" if CELL == "flat16" else "`alsentry sim` (100 ms model tick)"
+    w(f"| Layout | all on 127.0.0.1: {sim} (cells on ports {a.base}-{a.base + a.max_cells - 1}), Mosquitto on :{a.mqtt_port}, one paho subscriber (in the harness) counting every data message and timing alarms |")
+    w(f"| Per run | {a.warmup:.0f} s warm-up, then a {a.window:.0f} s steady window, {a.repeat} repeat(s) per load and system; CPU = utime+stime of the measured process from /proc/<pid>/stat over the window |")
     w("")
     w("**Noise warning:** the machine has 2 cores shared with other helpers' builds, and the simulator, "
       "Mosquitto and the subscriber run on the same 2 cores as the process measured. Treat every figure as "
       "a single noisy sample; ratios between runs made minutes apart are more trustworthy than absolutes. "
       "Criterion figures are medians.")
     w("")
+    w(cell_text())
+    w("")
+    floor_section(w, runs, floors)
     w("## End to end: alsentry")
     w("")
-    w(f"Cell template: all **{TAGS_PER_CELL} tags** of `config/templates/cell.toml` (the brief's \"16 tags per cell\" "
-      "adapted to the template), read in 4 requests per poll once the planner has probed the simulator's unmapped registers (its first plan, input 0-20 and holding 0-14, meets exception 02 and is cut at the longest readable prefixes; see the ceiling section). "
-      f"Rules: {RULE_DESC}. `[data] mode = \"poll\"` (one JSON message per poll on `.../data`), summaries every 60 s, "
-      "alarms through the durable outbox; data at QoS 0 around it (`data_qos = 0`, the default; the outbox takes data only while the broker is away).")
+    w(f"Rules: {FLAT16_RULE_DESC if CELL == 'flat16' else RULE_DESC}. `[data] mode = \"poll\"` (one JSON message per poll on `.../data`), summaries every 60 s, "
+      "alarms through the durable outbox; data at QoS 0 around it (`data_qos = 0`, the default; the outbox takes data only while the broker is away). "
+      "Each row is the repeat with the median CPU per tag sample; alarm latencies are pooled over the repeats.")
     w("")
     w("| Load | Polls scheduled | completed (ok) | failed | missed | Tag samples/s | CPU (cores) | CPU µs / tag sample | RSS steady (MiB; anonymous part) | RSS peak VmHWM (MiB) | Data msgs received | Alarm latency p50 / p90 / p99 / max (ms, n) | Sim CPU (cores) |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -739,11 +1030,12 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
       "channel) is not in it because the payload carries no separate sample time.")
     w("")
     if diags:
-        w("### Variants at 400 cells @ 1 Hz (what the rules and the data stream cost)")
+        dc = diags[0]["cells"]
+        w(f"### Variants at {dc} cells @ 1 Hz (what the rules and the data stream cost; one run each)")
         w("")
         w("| Variant | CPU (cores) | CPU µs / tag sample | RSS steady (MiB) | RSS peak (MiB) | Alarm latency p50 / p90 / p99 / max (ms, n) |")
         w("|---|---|---|---|---|---|")
-        full = by_load_of(runs).get((400, 1.0))
+        full = by_load_of(runs).get((dc, 1.0))
         for r in ([full] if full else []) + diags:
             lat = r["lat"]
             what = {"poll": "as in the table (rules + data per poll)"}.get(r["data_mode"], "")
@@ -758,10 +1050,10 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     if ceiling and fast and ceiling["polls_per_s"] > 0:
         cps = ceiling["polls_per_s"]
         aps = fast["polls"]["ok"] / fast["seconds"]
-        w(f"`target/release/examples/modbus_ceiling --cells {ceiling['cells']}`: a bare tokio-modbus client, one "
-          "connection per cell, polls back to back with no decoding or publishing, with the same 4 "
-          "reads per poll alsentry's planner settles on for this device (input 0-15, 20, holding 0-1, 10-14: "
-          "also what a hand-written client would use).")
+        w(f"`{os.path.relpath(CEILING, ROOT)} --cells {ceiling['cells']} --plan {ceiling['plan']}`: a bare tokio-modbus "
+          f"client, one connection per cell, polls back to back with no decoding or publishing, with the same "
+          f"{ceiling['reads_per_poll']} read(s) per poll alsentry's planner settles on for this device (also what a "
+          "hand-written client would use).")
         w("")
         w("| | reads/poll | polls/s | tag samples/s | CPU (cores) | failed | missed |")
         w("|---|---|---|---|---|---|---|")
@@ -769,15 +1061,22 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
             w(f"| bare tokio-modbus loop, plan {c['plan']}, {c['cells']} cells | {c['reads_per_poll']} | {c['polls_per_s']:.0f} | {c['polls_per_s'] * TAGS_PER_CELL:.0f} | {c.get('cores', 0):.2f} | {c['errors']} | - |")
         for v in ([fast["one_thread"]] if fast.get("one_thread") else []) + [fast]:
             vps = v["polls"]["ok"] / v["seconds"]
-            w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | 4 | {vps:.0f} ({vps / cps * 100:.0f} % of the ceiling) | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} |")
+            w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | {ceiling['reads_per_poll']} | {vps:.0f} ({vps / cps * 100:.0f} % of the ceiling) | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} |")
         w("")
         w(f"alsentry at fastest polling (worker_threads = {fast.get('threads', 1)}) = **{aps / cps * 100:.0f} %** of the "
-          "ceiling for the same reads. The bare loop does nothing but the requests; the agent also decodes 22 tags, "
+          f"ceiling for the same reads. The bare loop does nothing but the requests; the agent also decodes {TAGS_PER_CELL} tags, "
           "evaluates the rules and keeps its metrics for every poll, on the same 2 cores as the simulator.")
+        if ceiling_capped(ceiling):
+            w("")
+            w(f"**Not comparable here:** alsentry's shortest poll interval is 1 ms, so {ceiling['cells']} cells poll at "
+              f"most {ceiling['cells'] * 1000} times a second, less than 90 % of this ceiling; measure with more cells.")
     else:
         w("not run")
     w("")
-    w("## Peers (same job: poll the same simulator, decode 22 tags, publish one JSON message per poll)")
+    w(f"## Peers (same job: poll the same simulator, decode {TAGS_PER_CELL} tags, publish one JSON message per poll)")
+    w("")
+    if not peers:
+        w("not run (`--peers` measures them)")
     w("")
     w("| System | Load | Polls scheduled | completed (messages received) | CPU (cores) | CPU µs / tag sample | RSS steady (MiB) | peak (MiB) | alsentry µs / tag sample (same load) | peer / alsentry |")
     w("|---|---|---|---|---|---|---|---|---|---|")
@@ -789,10 +1088,18 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
           f"{f(r['cpu_us_per_sample'], '.2f')} | {r['rss_kib'] / 1024:.1f} | {r['hwm_kib'] / 1024:.1f} | "
           f"{f(base['cpu_us_per_sample'] if base else None, '.2f')} | {f(ratio, '.1f')}× |")
     w("")
-    w("The pymodbus peer: `bench/peer_pymodbus.py` (asyncio, one connection per cell, paho loop thread). "
-      "Node-RED: flows generated by the harness (one modbus-client per cell, four modbus-read nodes per cell (the 4 reads "
-      "of the minimal plan), one shared function node joining them per cell and decoding the 22 tags, one mqtt out node), "
-      "installed from npm into a temp dir. Peers run no rules, no windows and no outbox.")
+    if CELL == "flat16":
+        w("The pymodbus peer: `bench/peer_pymodbus.py --cell flat16` (asyncio, one connection per cell, one read of "
+          "input 0-31, paho loop thread). Node-RED: flows generated by the harness (one modbus-client and one "
+          "modbus-read node per cell, one shared function node decoding the 16 float32 values, one mqtt out node), "
+          "installed from npm into a temp dir. Peers run no rules, no windows and no outbox.")
+    else:
+        w("The pymodbus peer: `bench/peer_pymodbus.py` (asyncio, one connection per cell, paho loop thread; it reads "
+          "and decodes the 22 tags the template had before beam_position, tapping, anode_change, feed_request and "
+          "quench_request were added). "
+          "Node-RED: flows generated by the harness (one modbus-client per cell, four modbus-read nodes per cell, one "
+          "shared function node joining them per cell and decoding the same 22 tags, one mqtt out node), "
+          "installed from npm into a temp dir. Peers run no rules, no windows and no outbox.")
     w("")
     for n in notes:
         w(f"- {n}")
@@ -862,7 +1169,24 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w("")
     w("| Target | Result | Verdict |")
     w("|---|---|---|")
+    fl_by = by_load_of((floors or {}).get("floor") or [])
+    for key in ((400, 1.0), (400, 0.1)):
+        r, fr = by_load.get(key), fl_by.get(key)
+        if r and fr and fr.get("median_cpu_us_per_sample") and r.get("median_cpu_us_per_sample"):
+            q = r["median_cpu_us_per_sample"] / fr["median_cpu_us_per_sample"]
+            w(f"| {key[0]} cells @ {1 / key[1]:g} Hz: ≤ 1.5× the publishing floor's CPU per tag sample (issue 22) | "
+              f"{q:.2f}× ({r['median_cpu_us_per_sample']:.2f} against {fr['median_cpu_us_per_sample']:.2f} µs) | "
+              f"{verdict(q <= 1.5, f'{q / 1.5:.2f}× the bound')} |")
+        else:
+            w(f"| {key[0]} cells @ {1 / key[1]:g} Hz: ≤ 1.5× the publishing floor's CPU per tag sample (issue 22) | "
+              "not measured at this load | **not measured** |")
     r400 = by_load.get((400, 1.0))
+    for system, bound in (("pymodbus+paho", 4), ("Node-RED", 10)):
+        pr = next((p for p in peers if p["system"] == system and p["cells"] == 400 and p["period_s"] == 1.0), None)
+        if r400 and pr and pr["cpu_us_per_sample"] and r400.get("median_cpu_us_per_sample"):
+            q = pr["cpu_us_per_sample"] / r400["median_cpu_us_per_sample"]
+            w(f"| 400 cells @ 1 Hz: ≥ {bound}× less CPU per tag sample than {system} (issue 22) | {q:.1f}× | "
+              f"{verdict(q >= bound, f'{q / bound:.2f}× the target')} |")
     nr400 = next((p for p in peers if p["system"] == "Node-RED" and p["cells"] == 400 and p["period_s"] == 1.0), None)
     if r400 and nr400 and nr400["cpu_us_per_sample"] and r400["cpu_us_per_sample"]:
         ratio = nr400["cpu_us_per_sample"] / r400["cpu_us_per_sample"]
@@ -877,12 +1201,19 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
         p = r410["polls"]
         every = p["failed"] == 0 and p["missed"] == 0 and p["ok"] >= 0.98 * r410["scheduled"]
         share = p["ok"] / r410["scheduled"] * 100
-        budget = r410["cores"] / 0.2 * 100
-        w(f"| 400 cells @ 10 Hz: every scheduled poll completed on < 0.2 core | {p['ok']} / {r410['scheduled']:.0f} ok, {p['failed']} failed, {p['missed']} missed; {r410['cores']:.3f} cores | "
-          f"{verdict(every and r410['cores'] < 0.2, f'polls {share:.1f} % of scheduled, CPU {budget:.0f} % of the 0.2-core budget')} |")
+        cores = r410.get("median_cores") or r410["cores"]
+        budget = cores / 0.15 * 100
+        w(f"| 400 cells @ 10 Hz: every scheduled poll completed on < 0.15 core ({TAGS_PER_CELL}-tag cell; issue 22) | {p['ok']} / {r410['scheduled']:.0f} ok, {p['failed']} failed, {p['missed']} missed; {cores:.3f} cores (median) | "
+          f"{verdict(every and cores < 0.15, f'polls {share:.1f} % of scheduled, CPU {budget:.0f} % of the 0.15-core budget')} |")
+        peak = (r410.get("median_hwm_kib") or r410["hwm_kib"]) / 1024
+        w(f"| 400 cells @ 10 Hz, data on: RSS ≤ 16 MiB (issue 22) | peak {peak:.1f} MiB (median) | "
+          f"{verdict(peak <= 16, f'{16 - peak:+.1f} MiB headroom')} |")
     if ceiling and fast and ceiling["polls_per_s"] > 0:
         frac = fast["polls"]["ok"] / fast["seconds"] / ceiling["polls_per_s"]
-        w(f"| ≥ 90 % of the transport ceiling (alsentry polling back to back) | {frac * 100:.0f} % | {verdict(frac >= 0.9, f'{(frac - 0.9) * 100:+.0f} points')} |")
+        how = verdict(frac >= 0.9, f"{(frac - 0.9) * 100:+.0f} points")
+        if ceiling_capped(ceiling):
+            how = "**not comparable** (too few cells for a 1 ms poll interval to reach the ceiling)"
+        w(f"| ≥ 90 % of the transport ceiling (alsentry polling back to back) | {frac * 100:.0f} % | {how} |")
     # The 0-rule case is the baseline (windows and summaries only), not a rule-engine figure.
     eng = [(n, ns, e) for n, ns, e, _ in crit if n.startswith("engine_on_batch/") and "_0x4rules" not in n] if crit else []
     for n, ns, e in eng:
@@ -903,64 +1234,129 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
 # ---------------------------------------------------------------- main
 
 
+def parse_loads(text):
+    return [(int(c), float(p)) for c, p in (x.split("x") for x in text.split(",") if x)]
+
+
+def start_sim(a):
+    if CELL == "flat16":
+        return Proc("sim", flat_scenario_argv(a.base, a.max_cells), a.tmp)
+    scen = os.path.join(a.tmp, "scenario.toml")
+    scenario(scen, a.base, a.max_cells)
+    return Proc("sim", [BIN, "sim", "--scenario", scen], a.tmp)
+
+
+def run_three_ways(a, env, loads):
+    """alsentry, the publishing floor and the bare client at each load, --repeat times, the
+    three interleaved so a change in the machine's load hits them alike. Returns
+    {system: [median-representative run per load]} plus every raw run."""
+    raw = {"alsentry": [], "floor": [], "bare": []}
+    for cells, period in loads:
+        per = {"alsentry": [], "floor": [], "bare": []}
+        for rep_i in range(a.repeat):
+            tag = f"{cells} cells @ {1 / period:g} Hz, repeat {rep_i + 1}/{a.repeat}"
+            print(f"run alsentry, {tag}", flush=True)
+            r = agent_run(a, env, f"alsentry-{cells}c-{period}s-r{rep_i}", cells, period)
+            print(f"  {r['polls']} cpu {r['cores']:.3f} cores, {f(r['cpu_us_per_sample'], '.2f')} µs/sample, "
+                  f"rss {r['rss_kib'] / 1024:.1f} MiB, lat n={len(r['lat'])} p99={f(pct(r['lat'], 99), '.1f')}", flush=True)
+            per["alsentry"].append(r)
+            for kind, publish in (("floor", True), ("bare", False)):
+                print(f"run {kind}, {tag}", flush=True)
+                r = floor_run(a, cells, period, publish)
+                print(f"  {r['polls']} cpu {r['cores']:.3f} cores, {f(r['cpu_us_per_sample'], '.2f')} µs/sample, "
+                      f"rss {r['rss_kib'] / 1024:.1f} MiB", flush=True)
+                per[kind].append(r)
+        for k, rs in per.items():
+            raw[k].append(representative(rs))
+    return raw
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--warmup", type=float, default=12.0)
-    ap.add_argument("--window", type=float, default=35.0)
-    ap.add_argument("--quick", action="store_true", help="short windows, fewer loads (smoke test)")
+    ap.add_argument("--warmup", type=float, default=8.0)
+    ap.add_argument("--window", type=float, default=20.0)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per load and system; the median is reported")
+    ap.add_argument("--cell", choices=("flat16", "cell"), default="flat16",
+                    help="flat16: issue 22's 16-float32 cell (examples/flat_cells.rs); cell: `alsentry sim`'s potline cell")
+    ap.add_argument("--profile", default="release", help="cargo profile whose target/<profile>/ binaries are measured")
+    ap.add_argument("--bin", default="", help="the alsentry binary (default target/<profile>/alsentry)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (~2 min): 1 repeat, 3+6 s windows, 20 cells, no variants, no profile, no peers")
+    ap.add_argument("--peers", action="store_true", help="also measure the pymodbus+paho peer and Node-RED")
     ap.add_argument("--no-nodered", action="store_true")
     ap.add_argument("--no-python", action="store_true")
     ap.add_argument("--only", default="", help="comma list of stages: alsentry,diag,ceiling,profile,python,nodered")
     ap.add_argument("--nodered-dir", default=os.path.join(tempfile.gettempdir(), "alsentry-bench-nodered"))
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
-    ap.add_argument("--loads", default="", help="comma list of CELLSxPERIOD for the alsentry stage, e.g. 400x1.0,400x0.1")
+    ap.add_argument("--loads", default="", help="comma list of CELLSxPERIOD, e.g. 400x1.0,400x0.1")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()
+    set_build(a)
+    set_cell(a.cell)
+    a.ceiling_cells = 100
     if a.quick:
-        a.warmup, a.window = 6.0, 10.0
+        a.warmup, a.window, a.repeat, a.ceiling_cells = 3.0, 6.0, 1, 20
     if a.render:
         with open(a.render) as fr:
             res = json.load(fr)
         meta = res["meta"]
         a.base, a.mqtt_port, a.max_cells = meta["base"], meta["mqtt_port"], meta["max_cells"]
-        a.warmup, a.window = meta["warmup"], meta["window"]
+        a.warmup, a.window, a.repeat = meta["warmup"], meta["window"], meta.get("repeat", 1)
+        # The build and cell of the run rendered, not of this invocation.
+        a.quick, a.profile, a.bin = meta.get("quick", a.quick), meta.get("profile", a.profile), meta.get("bin", a.bin)
+        set_build(a)
+        set_cell(meta.get("cell", a.cell))
         sys.argv = meta["argv"]
         write_report(a, meta["machine"], meta["load_start"], meta["load_end"], meta["started"], res["runs"],
-                     res["diags"], res["ceiling"], res["minimal"], res["fast"], res["profile"], res["peers"], meta["notes"], a.out)
+                     res["diags"], res["ceiling"], res["minimal"], res["fast"], res["profile"], res["peers"],
+                     meta["notes"], a.out, res.get("floors"))
         print(f"wrote {a.out} from {a.render}")
         return
     stages = set(a.only.split(",")) if a.only else {"alsentry", "diag", "ceiling", "profile", "python", "nodered"}
+    if not a.peers:
+        stages -= {"python", "nodered"}
+    if a.quick:
+        stages -= {"diag", "profile", "python", "nodered"}
     if a.no_nodered:
         stages.discard("nodered")
     if a.no_python:
         stages.discard("python")
-    for path in (BIN, CEILING):
+    need = [BIN, CEILING, FLOOR] + ([FLAT_SIM] if CELL == "flat16" else [])
+    for path in need:
         if not os.path.exists(path):
-            raise SystemExit(f"{path} missing: cargo build --release --bin alsentry --example modbus_ceiling")
+            raise SystemExit(f"{path} missing: cargo build --profile {a.profile} --no-default-features --bin alsentry "
+                             "--example modbus_ceiling --example publish_floor --example flat_cells")
+
+    loads = [(100, 1.0), (400, 1.0), (100, 0.1), (400, 0.1)]
+    if a.quick:
+        loads = [(20, 1.0), (20, 0.1)]
+    if a.loads:
+        loads = parse_loads(a.loads)
+    diag_cells = max(c for c, _ in loads)
 
     started = dt.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     mach = machine()
     a.tmp = tempfile.mkdtemp(prefix="alsentry-e2e-")
     print(f"work dir {a.tmp}", flush=True)
-    a.max_cells = 400
+    a.max_cells = max([c for c, _ in loads] + [a.ceiling_cells] + ([400] if stages & {"python", "nodered"} else []))
     a.base = find_port_range(a.max_cells)
     a.mqtt_port = free_port()
     procs = []
     notes = []
     runs, peers, diags = [], [], []
+    floors = {"floor": [], "bare": []}
     ceiling = minimal = fast = prof = None
+    t_start = time.monotonic()
     try:
         with open(os.path.join(a.tmp, "mosquitto.conf"), "w") as fm:
             fm.write(f"listener {a.mqtt_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
                      "persistence false\nlog_type error\nset_tcp_nodelay true\n")
         mosq = Proc("mosquitto", ["/usr/sbin/mosquitto", "-c", os.path.join(a.tmp, "mosquitto.conf")], a.tmp)
         procs.append(mosq)
-        scen = os.path.join(a.tmp, "scenario.toml")
-        scenario(scen, a.base, a.max_cells)
-        a.sim = Proc("sim", [BIN, "sim", "--scenario", scen], a.tmp)
+        a.sim = start_sim(a)
         procs.append(a.sim)
         if not (wait_port(a.mqtt_port) and wait_port(a.base) and wait_port(a.base + a.max_cells - 1)):
             raise SystemExit(f"mosquitto or the simulator did not start; logs in {a.tmp}")
@@ -968,48 +1364,39 @@ def main():
         time.sleep(1)
         env = dict(os.environ)
 
-        loads = [(100, 1.0), (400, 1.0), (100, 0.1), (400, 0.1)]
-        if a.quick:
-            loads = [(100, 1.0), (400, 0.1)]
-        if a.loads:
-            loads = [(int(c), float(p)) for c, p in (x.split("x") for x in a.loads.split(","))]
         if "alsentry" in stages:
-            for cells, period in loads:
-                name = f"alsentry-{cells}c-{period}s"
-                print(f"run {name}", flush=True)
-                r = agent_run(a, env, name, cells, period)
-                print(f"  {r['polls']} cpu {r['cores']:.3f} cores, {f(r['cpu_us_per_sample'], '.2f')} µs/sample, "
-                      f"rss {r['rss_kib'] / 1024:.1f} MiB, lat n={len(r['lat'])} p99={f(pct(r['lat'], 99), '.1f')}", flush=True)
-                runs.append(r)
+            three = run_three_ways(a, env, loads)
+            runs, floors = three["alsentry"], {"floor": three["floor"], "bare": three["bare"]}
         if "ceiling" in stages:
-            cells = 100
+            cells = a.ceiling_cells
+            plan = "flat16" if CELL == "flat16" else "alsentry"
             print("run ceiling", flush=True)
-            secs = 10 if a.quick else 20
-            ceiling = run_ceiling(a, cells, secs, "alsentry")
+            ceiling = run_ceiling(a, cells, 5 if a.quick else 20, plan)
             print(f"  {ceiling}", flush=True)
             # The default single worker thread caps the agent at one core; flat out on a 2-core
-            # machine an integrator sets worker_threads = 2. Both are reported.
-            print("run alsentry at poll = 1ms (back to back), worker_threads = 1", flush=True)
-            fast1 = agent_run(a, env, "alsentry-fastest-1t", cells, 0.001, data_mode="off", latency=False, threads=1)
-            print(f"  {fast1['polls']} cpu {fast1['cores']:.3f}", flush=True)
+            # machine an integrator sets worker_threads = 2. Both are reported (--quick: 2 only).
+            fast1 = None
+            if not a.quick:
+                print("run alsentry at poll = 1ms (back to back), worker_threads = 1", flush=True)
+                fast1 = agent_run(a, env, "alsentry-fastest-1t", cells, 0.001, data_mode="off", latency=False,
+                                  threads=1)
+                print(f"  {fast1['polls']} cpu {fast1['cores']:.3f}", flush=True)
             print("run alsentry at poll = 1ms (back to back), worker_threads = 2", flush=True)
             fast = agent_run(a, env, "alsentry-fastest", cells, 0.001, data_mode="off", latency=False, threads=2)
             fast["one_thread"] = fast1
             print(f"  {fast['polls']} cpu {fast['cores']:.3f}", flush=True)
         if "diag" in stages:
-            for name, data, rules in (("alsentry-400c-1.0s-nodata", "off", True),
-                                      ("alsentry-400c-1.0s-bare", "off", False)):
+            for name, data, rules in ((f"alsentry-{diag_cells}c-1.0s-nodata", "off", True),
+                                      (f"alsentry-{diag_cells}c-1.0s-bare", "off", False)):
                 print(f"run {name}", flush=True)
-                r = agent_run(a, env, name, 400, 1.0, data_mode=data, latency=rules, rules=rules)
+                r = agent_run(a, env, name, diag_cells, 1.0, data_mode=data, latency=rules, rules=rules)
                 print(f"  cpu {r['cores']:.3f} rss {r['rss_kib'] / 1024:.1f} MiB lat n={len(r['lat'])} "
                       f"p99={f(pct(r['lat'], 99), '.1f')}", flush=True)
                 diags.append(r)
         if "profile" in stages:
             print("profile alsentry (perf)", flush=True)
-            prof = profile_run(a, env, 400, 1.0)
+            prof = profile_run(a, env, diag_cells, 1.0)
         peer_loads = [(100, 1.0), (400, 1.0), (100, 0.1)]
-        if a.quick:
-            peer_loads = [(100, 1.0)]
         if "python" in stages:
             for cells, period in peer_loads:
                 print(f"run pymodbus peer {cells} cells {period}s", flush=True)
@@ -1035,14 +1422,17 @@ def main():
         for p in reversed(procs):
             p.stop()
     load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, a.out)
+    a.duration_min = (time.monotonic() - t_start) / 60
+    write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, a.out,
+                 floors)
     with open(os.path.join(a.tmp, "results.json"), "w") as fj:
         meta = {"base": a.base, "mqtt_port": a.mqtt_port, "max_cells": a.max_cells, "warmup": a.warmup,
-                "window": a.window, "argv": sys.argv, "machine": mach, "load_start": load_start,
+                "window": a.window, "repeat": a.repeat, "quick": a.quick, "profile": a.profile, "bin": a.bin,
+                "cell": CELL, "argv": sys.argv, "machine": mach, "load_start": load_start,
                 "load_end": load_end, "started": started, "notes": notes}
         json.dump({"meta": meta, "runs": runs, "diags": diags, "ceiling": ceiling, "minimal": minimal, "fast": fast, "profile": prof,
-                   "peers": peers}, fj, indent=1, default=str)
-    print(f"wrote {a.out}; raw results in {a.tmp}/results.json", flush=True)
+                   "peers": peers, "floors": floors}, fj, indent=1, default=str)
+    print(f"wrote {a.out} in {a.duration_min:.1f} min; raw results in {a.tmp}/results.json", flush=True)
     if not a.keep:
         shutil.rmtree(a.tmp, ignore_errors=True)
 

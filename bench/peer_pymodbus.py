@@ -5,6 +5,8 @@ cell is read (input 0-15, input 20, holding 0-1, holding 10-14: the 4 reads alse
 for the cell template, whose unmapped registers 16-19 and holding 2-9 answer exception 02), its
 22 tags decoded with the template's types, word orders and scales, and one JSON message
 published per poll. No rules, no windows, no outbox: it does less than alsentry.
+`--cell flat16` is issue 22's cell (examples/flat_cells.rs): 16 float32 values (ABCD) in input
+registers 0-31, one read per poll.
 
     python3 bench/peer_pymodbus.py --first-port 25100 --cells 100 --period 1.0 --mqtt-port 18830
 Runs until SIGTERM/SIGINT.
@@ -75,6 +77,26 @@ def decode(inp, hold):
     return out
 
 
+async def poll_cell(client):
+    r = [await client.read_input_registers(0, 16, slave=1),
+         await client.read_input_registers(20, 1, slave=1),
+         await client.read_holding_registers(0, 2, slave=1),
+         await client.read_holding_registers(10, 5, slave=1)]
+    if any(x.isError() for x in r):
+        raise RuntimeError("exception reply")
+    inp = r[0].registers + [0, 0, 0, 0] + r[1].registers
+    hold = r[2].registers + [0] * 8 + r[3].registers
+    return decode(inp, hold)
+
+
+async def poll_flat16(client):
+    r = await client.read_input_registers(0, 32, slave=1)
+    if r.isError():
+        raise RuntimeError("exception reply")
+    regs = r.registers
+    return {f"t{k:02}": struct.unpack(">f", struct.pack(">HH", regs[2 * k], regs[2 * k + 1]))[0] for k in range(16)}
+
+
 async def cell(i, args, mq, stats, stop):
     name = f"pot-{i + 1:03}"
     client = AsyncModbusTcpClient(args.host, port=args.first_port + i, timeout=1, retries=0)
@@ -85,15 +107,7 @@ async def cell(i, args, mq, stats, stop):
     while not stop.is_set():
         await asyncio.sleep(max(0.0, next_t - time.monotonic()))
         try:
-            r = [await client.read_input_registers(0, 16, slave=1),
-                 await client.read_input_registers(20, 1, slave=1),
-                 await client.read_holding_registers(0, 2, slave=1),
-                 await client.read_holding_registers(10, 5, slave=1)]
-            if any(x.isError() for x in r):
-                raise RuntimeError("exception reply")
-            inp = r[0].registers + [0, 0, 0, 0] + r[1].registers
-            hold = r[2].registers + [0] * 8 + r[3].registers
-            values = decode(inp, hold)
+            values = await (poll_flat16(client) if args.cell == "flat16" else poll_cell(client))
             payload = json.dumps({"device": name, "ts": int(time.time() * 1000), "values": values})
             mq.publish(topic, payload, qos=0)
             stats["ok"] += 1
@@ -116,6 +130,7 @@ async def main():
     ap.add_argument("--cells", type=int, required=True)
     ap.add_argument("--period", type=float, default=1.0)
     ap.add_argument("--mqtt-port", type=int, required=True)
+    ap.add_argument("--cell", choices=("cell", "flat16"), default="cell")
     args = ap.parse_args()
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     mq = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="peer-py")

@@ -2,8 +2,9 @@
 //! cells back to back, as fast as they answer. `--plan alsentry` (default) issues the 4 reads per
 //! poll alsentry's planner settles on for the cell template once it has probed the simulator's
 //! unmapped registers (input 18-19, holding 2-9: exception 02) out of its first plan (input 0-20,
-//! holding 0-14): input 0-17, 20 and holding 0-1, 10-14, the same 4 reads a hand-written client
-//! needs (`--plan minimal`, kept as an alias). No decoding, no rules, no MQTT:
+//! holding 0-16): input 0-17, 20 and holding 0-1, 10-16, the same 4 reads a hand-written client
+//! needs (`--plan minimal`, kept as an alias). `--plan flat16` is the one read (input 0-31) of
+//! issue 22's 16-float32 cell (`examples/flat_cells.rs`). No decoding, no rules, no MQTT:
 //! what is left is the cost of Modbus TCP on this machine, simulator included.
 //!
 //! `cargo run --release --example modbus_ceiling -- --cells 100 --seconds 20`
@@ -31,7 +32,8 @@ struct Args {
     /// Seconds polled before counting starts (connections open, caches warm).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Reads per poll: "alsentry" (the agent's learned plan, 4 reads) or "minimal" (the same).
+    /// Reads per poll: "alsentry" (the agent's learned plan for the simulated cell, 4 reads),
+    /// "minimal" (the same) or "flat16" (issue 22's cell: input 0-31 in one read).
     #[arg(long, default_value = "alsentry")]
     plan: String,
 }
@@ -39,8 +41,9 @@ struct Args {
 /// (input register?, start, count) of each read of one poll.
 fn reads(plan: &str) -> anyhow::Result<Vec<(bool, u16, u16)>> {
     Ok(match plan {
-        "alsentry" | "minimal" => vec![(true, 0, 18), (true, 20, 1), (false, 0, 2), (false, 10, 5)],
-        other => anyhow::bail!("unknown plan {other:?}: alsentry or minimal"),
+        "alsentry" | "minimal" => vec![(true, 0, 18), (true, 20, 1), (false, 0, 2), (false, 10, 7)],
+        "flat16" => vec![(true, 0, 32)],
+        other => anyhow::bail!("unknown plan {other:?}: alsentry, minimal or flat16"),
     })
 }
 
