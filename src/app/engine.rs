@@ -43,6 +43,9 @@ async fn to_report(
     }
 }
 
+/// Poll batches applied per turn of the loop at most, when they are already queued.
+const BATCH_BURST: usize = 64;
+
 /// Commands applied before one save of the alarm state (group commit).
 const COMMAND_BATCH: usize = 256;
 
@@ -349,7 +352,16 @@ impl EngineTask {
         loop {
             tokio::select! {
                 b = batches.recv() => match b {
-                    Some(b) => self.on_batch(&b).await,
+                    Some(b) => {
+                        self.on_batch(&b).await;
+                        // Batches already waiting are applied in this turn, each followed by
+                        // its alarms as before: one wake for a burst of polls, not one each.
+                        for _ in 1..BATCH_BURST {
+                            let Ok(b) = batches.try_recv() else { break };
+                            self.publish_events().await;
+                            self.on_batch(&b).await;
+                        }
+                    }
                     None => {
                         // Every poller stopped: deliver what is left, then let the sinks drain.
                         self.driver.advance(self.shared.clock.now());

@@ -172,7 +172,7 @@ impl WriteRouter {
 /// Writes waiting on one link, at most.
 const WRITE_QUEUE: usize = 16;
 
-/// A read still to do in this poll.
+/// A read still to do in this poll, beyond the planned blocks not reached yet.
 #[derive(Debug)]
 enum Pending {
     Read(ReadBlock),
@@ -496,31 +496,40 @@ impl Link {
         let clock = self.clock.clone();
         let d = &mut self.devices[di];
         let mut values: Vec<Option<(f64, Quality)>> = vec![None; d.tags.len()];
-        let mut queue: VecDeque<Pending> = d
-            .planner
-            .blocks()
-            .iter()
-            .cloned()
-            .map(Pending::Read)
-            .collect();
+        // The planned blocks are read in place (no copy per poll); `queue` holds what comes
+        // first: probes and the blocks they yield. The plan changes only through a probe, so
+        // the first exception 02 moves the planned blocks not read yet into `queue`.
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let planned = d.planner.blocks().len();
+        let mut next_planned = 0;
         let started = clock.mono();
         let mut outcome = PollOutcome::Ok;
         let mut reads: u32 = 0;
         let mut last_rtt = None;
         let mut decode_errors = 0;
-        while let Some(item) = queue.pop_front() {
-            let (block, probe) = match item {
-                Pending::Read(b) => (b, None),
-                Pending::Probe(pr) => match d.planner.probe_read(&pr) {
-                    Some(b) => (b, Some(pr)),
+        loop {
+            let (owned, probe) = match queue.pop_front() {
+                Some(Pending::Read(b)) => (Some(b), None),
+                Some(Pending::Probe(pr)) => match d.planner.probe_read(&pr) {
+                    Some(b) => (Some(b), Some(pr)),
                     None => continue,
                 },
+                None if next_planned < planned => {
+                    next_planned += 1;
+                    (None, None)
+                }
+                None => break,
+            };
+            let (table, start, count) = {
+                let b = match &owned {
+                    Some(b) => b,
+                    None => &d.planner.blocks()[next_planned - 1],
+                };
+                (b.table, b.start, b.count)
             };
             reads += 1;
             let t0 = clock.mono();
-            let result = conn
-                .read(d.unit, block.table, block.start, block.count, d.timeout)
-                .await;
+            let result = conn.read(d.unit, table, start, count, d.timeout).await;
             // A probe learns from success and from exception 02 alike.
             if let (Some(mut pr), Ok(_) | Err(ReadError::Exception(2))) = (probe, &result) {
                 let ok = result.is_ok();
@@ -536,18 +545,16 @@ impl Link {
                     continue;
                 }
             }
+            let block = match &owned {
+                Some(b) => b,
+                None => &d.planner.blocks()[next_planned - 1],
+            };
             match result {
                 Ok(data) => {
                     last_rtt = Some(clock.mono().since(t0));
                     let image = match &data {
-                        ReadData::Registers(words) => Image::Registers {
-                            start: block.start,
-                            words,
-                        },
-                        ReadData::Bits(bits) => Image::Bits {
-                            start: block.start,
-                            bits,
-                        },
+                        ReadData::Registers(words) => Image::Registers { start, words },
+                        ReadData::Bits(bits) => Image::Bits { start, bits },
                     };
                     for &ti in &block.tags {
                         let tag = &d.tags[ti];
@@ -569,7 +576,11 @@ impl Link {
                         count: block.count,
                     });
                     schedule.learned(di, t0);
-                    queue.push_front(Pending::Probe(d.planner.probe(&block)));
+                    let probe = Pending::Probe(d.planner.probe(block));
+                    let rest = d.planner.blocks().get(next_planned..).unwrap_or_default();
+                    queue.extend(rest.iter().cloned().map(Pending::Read));
+                    next_planned = planned;
+                    queue.push_front(probe);
                 }
                 Err(ReadError::Exception(code)) => {
                     for &ti in &block.tags {

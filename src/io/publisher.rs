@@ -70,6 +70,13 @@ const DATA_WINDOW: usize = 64;
 /// The one bounded request channel to rumqttc. At most WINDOW + DATA_WINDOW publishes plus a
 /// subscribe and a status are ever queued in it, so `try_publish` never finds it full.
 const CHANNEL_CAPACITY: usize = 2 * (WINDOW + DATA_WINDOW);
+/// Requests rumqttc writes per flush: after one, those already queued (never waited for) go
+/// out in the same write syscall. Covers every publish that can be queued (the window, the
+/// data lane and a status).
+const REQUEST_BATCH: usize = WINDOW + DATA_WINDOW + 1;
+/// Engine messages taken from the inbox per turn of the sink's loop when they are raw data
+/// (one is taken otherwise), so that a burst of polls reaches rumqttc as one batch.
+const DATA_BURST: usize = DATA_WINDOW;
 /// Largest MQTT packet the client writes (and reads); a bigger publish would end the connection.
 const MAX_PACKET: usize = 1 << 20;
 /// Connections in a row that may end with the same record the oldest in flight before it is
@@ -396,6 +403,7 @@ impl SinkTask {
                 o.set_clean_session(true);
                 o.set_inflight(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
+                o.set_max_request_batch(REQUEST_BATCH);
                 o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_PACKET);
                 o.set_last_will(match sparkplug_will {
                     // NDEATH: QoS 1, not retained (Sparkplug 3.0).
@@ -427,6 +435,7 @@ impl SinkTask {
                 o.set_session_expiry_interval(Some(0));
                 o.set_outgoing_inflight_upper_limit(WINDOW as u16);
                 o.set_request_channel_capacity(CHANNEL_CAPACITY);
+                o.set_max_request_batch(REQUEST_BATCH);
                 o.set_max_packet_size(Some(MAX_INCOMING_PACKET as u32));
                 o.set_last_will(match sparkplug_will {
                     Some(w) => {
@@ -785,7 +794,7 @@ impl Runner<'_> {
                     }
                 },
                 msg = self.t.rx.recv(), if engine_messages => match msg {
-                    Some(m) => self.store_or_send(&m, conn.as_ref()),
+                    Some(m) => self.take_messages(m, conn.as_ref()),
                     None => {
                         self.shutdown(conn.take()).await;
                         return;
@@ -793,6 +802,24 @@ impl Runner<'_> {
                 },
             }
         }
+    }
+
+    /// Stores or sends `first`, then, while the messages are raw data going out live, those
+    /// already waiting behind it (never waiting for more): rumqttc then writes them in one
+    /// flush. Anything else ends the turn as before, so the network is read between two
+    /// stored messages.
+    fn take_messages(&mut self, first: Arc<Message>, conn: Option<&Conn>) {
+        let mut m = first;
+        for _ in 1..DATA_BURST {
+            if !self.send_live_data(&m, conn) {
+                break;
+            }
+            match self.t.rx.try_recv() {
+                Ok(next) => m = next,
+                Err(_) => return,
+            }
+        }
+        self.store_or_send(&m, conn);
     }
 
     /// A publish on the command topic: to the engine task, which answers it; answered `busy`
@@ -1248,6 +1275,69 @@ pub fn mark_replayed(payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Publishes already queued when the event loop takes one leave in the same flush: the
+    /// broker side gets all of them though the loop was polled for the first one only
+    /// (vendor/rumqttc.patch; upstream flushes, one write system call, per publish).
+    #[tokio::test]
+    async fn publishes_already_queued_leave_in_one_flush() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let broker = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut connect = [0u8; 2];
+            s.read_exact(&mut connect).await.unwrap();
+            assert_eq!(connect[0], 0x10, "CONNECT first");
+            let mut rest = vec![0u8; connect[1] as usize];
+            s.read_exact(&mut rest).await.unwrap();
+            s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap(); // CONNACK, accepted
+            s
+        });
+        let mut o = MqttOptions::new("batch", "127.0.0.1", port);
+        o.set_max_request_batch(REQUEST_BATCH);
+        let (client, mut events) = rumqttc::AsyncClient::new(o, CHANNEL_CAPACITY);
+        let connack = events.poll().await;
+        assert!(
+            matches!(connack, Ok(Event::Incoming(Packet::ConnAck(_)))),
+            "{connack:?}"
+        );
+        let mut s = broker.await.unwrap();
+        const N: usize = 10;
+        for i in 0..N {
+            client
+                .try_publish("t/d", QoS::AtMostOnce, false, vec![i as u8; 100])
+                .unwrap();
+        }
+        let first = events.poll().await;
+        assert!(
+            matches!(first, Ok(Event::Outgoing(Outgoing::Publish(0)))),
+            "{first:?}"
+        );
+        // PUBLISH: fixed header (2 bytes), topic length (2) and topic (3), payload (100).
+        let want = N * (2 + 2 + 3 + 100);
+        let mut got = Vec::new();
+        let read_all = async {
+            let mut buf = [0u8; 4096];
+            while got.len() < want {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read_all)
+            .await
+            .expect("every queued publish written by the one poll");
+        assert_eq!(got.len(), want);
+        // The events still come one per publish, in order.
+        for _ in 1..N {
+            let ev = events.poll().await;
+            assert!(
+                matches!(ev, Ok(Event::Outgoing(Outgoing::Publish(0)))),
+                "{ev:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_schema_property_comes_from_the_payload() {

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Per-poll costs of the agent's hot path, in counts that do not depend on how busy the machine
+is: syscalls (by kind) and context switches per completed poll, from `perf stat` tracepoints on
+the agent for a fixed window; plus CPU from /proc as a noisy extra.
+
+Same setup as bench/e2e.py's alsentry stage (its scenario, cell template, rules, `[data] mode =
+"poll"`, summaries every 60 s, a private Mosquitto); no subscriber.
+
+    cargo build --profile soak --bin alsentry
+    python3 bench/hot_counts.py --bin target/soak/alsentry --loads 400x1.0,400x0.1
+
+Needs perf with tracepoints readable (`perf stat -e syscalls:sys_enter_writev true` works) and
+mosquitto at /usr/sbin/mosquitto.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e  # noqa: E402
+
+EVENTS = [
+    "task-clock", "context-switches", "raw_syscalls:sys_enter",
+    "syscalls:sys_enter_writev", "syscalls:sys_enter_write", "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_read", "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_futex",
+]
+
+
+def perf_window(pid, seconds):
+    out = subprocess.run(["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid), "--",
+                          "sleep", str(seconds)], capture_output=True, text=True).stderr
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split(",")
+        if len(parts) > 3 and parts[2] in EVENTS:
+            try:
+                counts[parts[2]] = float(parts[0])
+            except ValueError:
+                counts[parts[2]] = None
+    return counts
+
+
+def run(a, cells, period_s):
+    name = f"hot-{cells}c-{period_s}s"
+    http_port = e2e.free_port()
+    cfg = os.path.join(a.tmp, f"{name}.toml")
+    e2e.agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells,
+                     f"{int(round(period_s * 1000))}ms", "poll", True, 1)
+    p = e2e.Proc(name, [a.bin, "run", "--config", cfg], a.tmp, env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        if not e2e.wait_port(http_port, 20):
+            raise SystemExit(f"{name}: no HTTP endpoint; see {a.tmp}/{name}.log")
+        time.sleep(a.warmup)
+        p0, c0, t0 = e2e.polls(http_port), e2e.cpu_seconds(p.pid), time.monotonic()
+        counts = perf_window(p.pid, a.window)
+        p1, c1, t1 = e2e.polls(http_port), e2e.cpu_seconds(p.pid), time.monotonic()
+        rss = e2e.mem_kib(p.pid)
+    finally:
+        p.stop()
+    ok = p1["ok"] - p0["ok"]
+    print(f"{name}: {ok} polls ok, failed {p1['failed'] - p0['failed']}, dropped "
+          f"{p1['dropped'] - p0['dropped']}; cpu {(c1 - c0) / (t1 - t0):.3f} cores "
+          f"({(c1 - c0) / ok * 1e6 / e2e.TAGS_PER_CELL:.2f} us/tag sample, noisy); "
+          f"rss {rss[0] / 1024:.1f} MiB, peak {rss[1] / 1024:.1f} MiB")
+    for ev in EVENTS:
+        v = counts.get(ev)
+        if v is None:
+            print(f"  {ev:32} n/a")
+        elif ev == "task-clock":
+            print(f"  {ev:32} {v / ok * 1e3:10.1f} us per poll (noisy)")
+        else:
+            print(f"  {ev:32} {v / ok:10.2f} per poll")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.path.join(e2e.ROOT, "target", "soak", "alsentry"))
+    ap.add_argument("--loads", default="400x1.0,400x0.1")
+    ap.add_argument("--warmup", type=float, default=10.0)
+    ap.add_argument("--window", type=float, default=20.0)
+    a = ap.parse_args()
+    a.tmp = tempfile.mkdtemp(prefix="alsentry-hot-")
+    a.base = e2e.find_port_range(400, 31100)
+    a.mqtt_port = e2e.free_port()
+    procs = []
+    try:
+        with open(os.path.join(a.tmp, "mosquitto.conf"), "w") as fm:
+            fm.write(f"listener {a.mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                     "log_type error\nset_tcp_nodelay true\n")
+        procs.append(e2e.Proc("mosquitto", ["/usr/sbin/mosquitto", "-c", os.path.join(a.tmp, "mosquitto.conf")], a.tmp))
+        scen = os.path.join(a.tmp, "scenario.toml")
+        e2e.scenario(scen, a.base, 400)
+        procs.append(e2e.Proc("sim", [a.bin, "sim", "--scenario", scen], a.tmp))
+        if not (e2e.wait_port(a.mqtt_port) and e2e.wait_port(a.base) and e2e.wait_port(a.base + 399)):
+            raise SystemExit(f"mosquitto or the simulator did not start; logs in {a.tmp}")
+        for load in a.loads.split(","):
+            cells, period = load.split("x")
+            run(a, int(cells), float(period))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()
