@@ -45,9 +45,10 @@ pub struct Rule {
 }
 
 /// Keys specific to one rule type or another.
-const KIND_KEYS: [&str; 26] = [
+const KIND_KEYS: [&str; 27] = [
     "noise_k",
     "noise_block",
+    "learn_noise",
     "warmup_limit",
     "fit",
     "step_tag",
@@ -387,6 +388,15 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 );
                 valid = false;
             }
+            let learn_noise = r.opt_bool(p, "learn_noise").unwrap_or(false);
+            if learn_noise && (noise_k.is_none() || !r.has("baseline")) {
+                r.problem(
+                    p,
+                    "learn_noise",
+                    "only means something with `noise_k` (the error it raises) and `baseline` (it learns as the baseline does)",
+                );
+                valid = false;
+            }
             let warmup_ms = r.opt_duration_ms(p, "warmup");
             let warmup_limit = r.opt_f64(p, "warmup_limit");
             if (warmup_ms.is_some() || warmup_limit.is_some()) && baseline_ms.is_none() {
@@ -440,6 +450,7 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 k,
                 noise_k,
                 noise_block_ms,
+                learn_noise,
                 warmup_ms,
                 warmup_limit,
             })
