@@ -791,4 +791,43 @@ mod tests {
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("pot-1*", "pot-017"));
     }
+
+    #[test]
+    fn learn_noise_needs_noise_k_and_a_baseline() {
+        let file = |keys: &str| {
+            format!(
+                r#"
+[agent]
+id = "gw"
+site = "s"
+area = "potline-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ {{ name = "resistance", table = "input", address = 0, type = "f32", unit = "uOhm" }} ]
+[[rules]]
+name = "ae_warning"
+devices = ["pot-001"]
+tag = "resistance"
+type = "trend"
+window = "6m"
+limit = 0.005
+learn_noise = true
+{keys}
+"#
+            )
+        };
+        let load = |keys: &str| {
+            crate::config::Config::from_str(std::path::Path::new("t.toml"), &file(keys))
+        };
+        let ok = load("noise_k = 3.5\nbaseline = \"4h\"");
+        assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.problems));
+        for keys in ["noise_k = 3.5", "baseline = \"4h\""] {
+            let problems = load(keys).unwrap_err().problems;
+            assert_eq!(problems.len(), 1, "{keys}: {problems:?}");
+            assert_eq!(problems[0].path, "rules[0].learn_noise");
+        }
+    }
 }
