@@ -45,9 +45,10 @@ pub struct Rule {
 }
 
 /// Keys specific to one rule type or another.
-const KIND_KEYS: [&str; 26] = [
+const KIND_KEYS: [&str; 27] = [
     "noise_k",
     "noise_block",
+    "learn_noise",
     "warmup_limit",
     "fit",
     "step_tag",
@@ -387,6 +388,15 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 );
                 valid = false;
             }
+            let learn_noise = r.opt_bool(p, "learn_noise").unwrap_or(false);
+            if learn_noise && (noise_k.is_none() || !r.has("baseline")) {
+                r.problem(
+                    p,
+                    "learn_noise",
+                    "only means something with `noise_k` (the error it raises) and `baseline` (it learns as the baseline does)",
+                );
+                valid = false;
+            }
             let warmup_ms = r.opt_duration_ms(p, "warmup");
             let warmup_limit = r.opt_f64(p, "warmup_limit");
             if (warmup_ms.is_some() || warmup_limit.is_some()) && baseline_ms.is_none() {
@@ -440,6 +450,7 @@ fn parse_kind(name: &str, r: &mut TableReader<'_, '_>, p: &mut Problems) -> Opti
                 k,
                 noise_k,
                 noise_block_ms,
+                learn_noise,
                 warmup_ms,
                 warmup_limit,
             })
@@ -779,5 +790,44 @@ mod tests {
         assert!(glob_match("pot-?1?", "pot-013"));
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("pot-1*", "pot-017"));
+    }
+
+    #[test]
+    fn learn_noise_needs_noise_k_and_a_baseline() {
+        let file = |keys: &str| {
+            format!(
+                r#"
+[agent]
+id = "gw"
+site = "s"
+area = "potline-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[devices]]
+name = "pot-001"
+endpoint = "tcp://127.0.0.1:5020"
+tags = [ {{ name = "resistance", table = "input", address = 0, type = "f32", unit = "uOhm" }} ]
+[[rules]]
+name = "ae_warning"
+devices = ["pot-001"]
+tag = "resistance"
+type = "trend"
+window = "6m"
+limit = 0.005
+learn_noise = true
+{keys}
+"#
+            )
+        };
+        let load = |keys: &str| {
+            crate::config::Config::from_str(std::path::Path::new("t.toml"), &file(keys))
+        };
+        let ok = load("noise_k = 3.5\nbaseline = \"4h\"");
+        assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.problems));
+        for keys in ["noise_k = 3.5", "baseline = \"4h\""] {
+            let problems = load(keys).unwrap_err().problems;
+            assert_eq!(problems.len(), 1, "{keys}: {problems:?}");
+            assert_eq!(problems[0].path, "rules[0].learn_noise");
+        }
     }
 }

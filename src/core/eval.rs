@@ -152,6 +152,10 @@ pub struct TrendEval {
     /// Time the baseline has learned (ms), for the warm-up: holds and alarms do not count.
     baseline_seen: Ts,
     baseline_at: Ts,
+    /// With `learn_noise`: EWMA of the per-sample residual variance of fits over one whole
+    /// segment, and how many fits it has learned from (early on, every fit weighs the same).
+    noise_level: Option<f64>,
+    noise_fits: u32,
     held: bool,
     last: Condition,
     th: Threshold,
@@ -180,6 +184,8 @@ impl TrendEval {
             baseline_weight: 0.0,
             baseline_seen: 0,
             baseline_at: 0,
+            noise_level: None,
+            noise_fits: 0,
             held: false,
             last: Condition::Unknown,
             th: Threshold::new(Direction::Above, cfg.limit, cfg.deadband),
@@ -239,10 +245,37 @@ impl TrendEval {
             None
         };
         let per = self.cfg.per_ms as f64;
+        // A short segment cannot measure its own noise (its slope absorbs part of a slow
+        // swing and its residuals look quiet); the cell's noise did not change because the
+        // beam moved: the error uses at least the level learned over whole windows.
+        let learned = self
+            .noise_level
+            .filter(|_| self.cfg.learn_noise && self.baseline_seen >= self.cfg.warmup_len());
         self.slope = fit.map(|f| f.slope * per);
-        self.slope_se = fit.map(|f| f.se * per);
+        self.slope_se = fit.map(|f| f.se_with(learned) * per);
         self.last = self.judge(p.ts);
+        if let Some(f) = fit {
+            self.learn_noise(&f);
+        }
         self.last
+    }
+
+    /// Learns the cell's noise level from a fit over one segment that spans (nearly) the
+    /// whole window, outside alarms and holds, as the slope baseline learns.
+    fn learn_noise(&mut self, f: &SlopeFit) {
+        let whole = f.segments == 1 && f.span_ms * 10 >= self.cfg.window_ms * 9;
+        if !self.cfg.learn_noise || self.held || self.last == Condition::Active || !whole {
+            return;
+        }
+        let Some(tau) = self.cfg.baseline_ms else {
+            return;
+        };
+        let a = (self.cfg.every_ms as f64 / tau.max(1) as f64)
+            .max(1.0 / (1.0 + f64::from(self.noise_fits)))
+            .min(1.0);
+        let level = self.noise_level.unwrap_or(f.var);
+        self.noise_level = Some(level + a * (f.var - level));
+        self.noise_fits = self.noise_fits.saturating_add(1);
     }
 
     fn judge(&mut self, now: Ts) -> Condition {
@@ -316,6 +349,23 @@ impl TrendEval {
 pub struct SlopeFit {
     pub slope: f64,
     pub se: f64,
+    /// The per-sample residual variance the error was computed from, and the factor that
+    /// turns it into the slope's variance (per s²): se = √(var × var_factor) / 1000.
+    pub var: f64,
+    pub var_factor: f64,
+    /// Segments that counted, and the time the counted samples span.
+    pub segments: usize,
+    pub span_ms: i64,
+}
+
+impl SlopeFit {
+    /// The standard error (per ms) with the residual variance raised to at least `noise`.
+    pub fn se_with(&self, noise: Option<f64>) -> f64 {
+        match noise {
+            Some(n) if n > self.var => (n * self.var_factor).sqrt() / 1_000.0,
+            _ => self.se,
+        }
+    }
 }
 
 /// Least-squares slope at `now` (per ms) with one level per segment: each segment is centred on
@@ -404,9 +454,17 @@ pub fn pooled_slope(
         .fold(rss.max(0.0) / dof, f64::max)
         .max(block_ms.map_or(0.0, |bl| batch_variance(points, &segs, now, bl, b, c)));
     let se = (var * var_factor).sqrt();
+    let span_ms = match (segs.first(), segs.last()) {
+        (Some(f), Some(l)) => points[l.1 - 1].0 - points[f.0].0,
+        _ => 0,
+    };
     Some(SlopeFit {
         slope: b / 1_000.0,
         se: se / 1_000.0,
+        var,
+        var_factor,
+        segments,
+        span_ms,
     })
 }
 
@@ -1251,6 +1309,7 @@ mod tests {
             k: 4.0,
             noise_k: None,
             noise_block_ms: None,
+            learn_noise: false,
             warmup_ms: None,
             warmup_limit: Some(0.012),
         })
@@ -1487,5 +1546,52 @@ mod tests {
             .all(|x| x.0 != Condition::Active));
         assert!(quiet[4 * 3600..].iter().any(|x| x.0 == Condition::Active));
         assert!(lively[4 * 3600..].iter().all(|x| x.0 != Condition::Active));
+    }
+
+    #[test]
+    fn a_short_segment_between_moves_is_judged_with_the_cells_learned_noise() {
+        // R flat with a metal-pad swing (12 nΩ, 140 s period) and +-5 nΩ sample noise; the beam
+        // moves at 60 and 64 min. After the 2-min settle, the segment between the moves is
+        // 2 min long: its slope absorbs half a swing and its residuals look quiet, so against
+        // its own error it passes for a rise. Against the noise the cell showed over whole
+        // windows in the hour before, it does not; a real 20 nΩ/min rise is still seen.
+        let series = |rise_from: Option<i64>| -> Vec<(Ts, f64, f64)> {
+            (0..5400)
+                .map(|i: i64| {
+                    let t = i as f64;
+                    let (beam, step) = match i {
+                        ..3600 => (100.0, 0.0),
+                        3600..3840 => (97.0, -0.15),
+                        _ => (94.0, -0.30),
+                    };
+                    let swing = 0.012 * (t * std::f64::consts::TAU / 140.0).sin();
+                    let white = if i % 2 == 0 { 0.005 } else { -0.005 };
+                    let rise = rise_from.map_or(0.0, |r| 0.02 * (i - r).max(0) as f64 / 60.0);
+                    (i * 1_000, 5.0 + swing + white + step + rise, beam)
+                })
+                .collect()
+        };
+        let with = |learn: bool| {
+            let RuleKind::Trend(mut t) = trend(Fit::Linear, true, Some(4 * 3_600_000)) else {
+                unreachable!()
+            };
+            t.window_ms = 360_000;
+            t.settle_ms = 120_000;
+            t.k = 3.5;
+            t.noise_k = Some(3.0);
+            t.noise_block_ms = Some(30_000);
+            t.warmup_ms = Some(1_800_000);
+            t.learn_noise = learn;
+            RuleKind::Trend(t)
+        };
+        let flat = series(None);
+        assert!(run_trend(&with(false), &flat)[3600..]
+            .iter()
+            .any(|x| x.0 == Condition::Active));
+        assert!(run_trend(&with(true), &flat)
+            .iter()
+            .all(|x| x.0 != Condition::Active));
+        let rising = run_trend(&with(true), &series(Some(3900)));
+        assert!(rising[3900..4200].iter().any(|x| x.0 == Condition::Active));
     }
 }

@@ -144,6 +144,10 @@ pub struct Trend {
     /// sample: the per-sample spread underrates it, and a short stretch of it passes for a
     /// trend, most of all when a beam move has cut the window into short segments.
     pub noise_block_ms: Option<i64>,
+    /// With `noise_k` and `baseline`: the error is computed with at least this device's
+    /// learned noise level (fits over one whole segment, learned as the baseline). A short
+    /// segment between beam moves cannot measure its own noise.
+    pub learn_noise: bool,
     /// How long the baseline must have learned (time of fits it learned from, not time since
     /// start) before the relative limit is trusted; `None`: an eighth of `baseline`.
     pub warmup_ms: Option<i64>,
