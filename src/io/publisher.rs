@@ -632,6 +632,7 @@ impl Runner<'_> {
     /// is away (or the data lane is full) it is kept in the outbox and replayed like the rest.
     fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>) -> bool {
         if m.class != Class::Data
+            || data_meta::is_data_meta(m)
             || self.sp.is_some()
             || self.t.cfg.data_qos != 0
             || !self.session.data_has_room()
