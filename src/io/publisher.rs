@@ -1340,6 +1340,96 @@ mod tests {
         }
     }
 
+    /// A poll cancelled while the socket is full loses nothing: the publisher's select drops
+    /// `poll()` whenever another branch wins, so the batch must never wait on the socket
+    /// after it took a request (vendor/rumqttc.patch). Every publish reported as sent must
+    /// reach the broker once it reads again.
+    #[tokio::test]
+    async fn a_cancelled_poll_under_backpressure_loses_no_publish() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let listener = sock.listen(1).unwrap();
+        let broker = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut connect = [0u8; 2];
+            s.read_exact(&mut connect).await.unwrap();
+            let mut rest = vec![0u8; connect[1] as usize];
+            s.read_exact(&mut rest).await.unwrap();
+            s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+            s
+        });
+        let mut o = MqttOptions::new("cancel", "127.0.0.1", port);
+        o.set_max_request_batch(REQUEST_BATCH);
+        o.set_keep_alive(Duration::ZERO);
+        let (client, mut events) = rumqttc::AsyncClient::new(o, 4096);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_send_buffer_size(4096);
+        events.set_network_options(net);
+        let connack = events.poll().await;
+        assert!(
+            matches!(connack, Ok(Event::Incoming(Packet::ConnAck(_)))),
+            "{connack:?}"
+        );
+        let mut s = broker.await.unwrap();
+        // The broker does not read: the socket fills, writes then wait.
+        const N: usize = 2000;
+        const PAYLOAD: usize = 1000;
+        for i in 0..N {
+            client
+                .try_publish("t/d", QoS::AtMostOnce, false, vec![i as u8; PAYLOAD])
+                .unwrap();
+        }
+        let mut sent = 0;
+        for _ in 0..20 * N {
+            match tokio::time::timeout(Duration::from_millis(1), events.poll()).await {
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) => sent += 1,
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {} // cancelled, like the publisher's select does
+            }
+            if sent == N {
+                break;
+            }
+        }
+        assert!(sent > 0, "nothing was sent");
+        // Now the broker reads: every publish reported sent must arrive.
+        let drain = tokio::spawn(async move {
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => got += n,
+                    _ => return got,
+                }
+            }
+        });
+        // One more publish makes the loop write and flush whatever it still buffers; its
+        // event comes once the flush is done.
+        client
+            .try_publish("t/d", QoS::AtMostOnce, false, vec![0; PAYLOAD])
+            .unwrap();
+        let rest = async {
+            while sent < N + 1 {
+                if let Ok(Event::Outgoing(Outgoing::Publish(_))) = events.poll().await {
+                    sent += 1;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), rest)
+            .await
+            .expect("every publish reported");
+        let got = drain.await.unwrap();
+        // PUBLISH: fixed header (3 bytes: remaining length > 127), topic length and topic, payload.
+        let per = 3 + 2 + 3 + PAYLOAD;
+        assert_eq!(
+            got,
+            sent * per,
+            "bytes on the wire for {sent} publishes reported sent"
+        );
+    }
+
     #[test]
     fn the_schema_property_comes_from_the_payload() {
         assert_eq!(

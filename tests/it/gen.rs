@@ -85,8 +85,8 @@ fn generated_traces_replay_cleanly_and_every_ae_is_alarmed_within_5s() {
             assert!(kinds.contains(k), "seed {seed}: truth has {k}: {kinds:?}");
         }
 
-        let scored = run_independent(&cfg, &dir.join("samples.csv"), &dir.join("truth.jsonl"))
-            .unwrap();
+        let scored =
+            run_independent(&cfg, &dir.join("samples.csv"), &dir.join("truth.jsonl")).unwrap();
         let false_acts: Vec<_> = scored
             .acts
             .iter()

@@ -23,7 +23,12 @@ impl Network {
             max_incoming_size,
             max_outgoing_size: None,
         };
-        let framed = Framed::new(socket, codec);
+        let mut framed = Framed::new(socket, codec);
+        // `write` only encodes into the buffer, never flushes: the caller may drop `poll()`
+        // at any await, and a request taken from the channel (state updated, event queued)
+        // must not be dropped with it while a write waits on a full socket. `flush` (with
+        // its timeout) sends the buffer; until keepalive notices a stalled peer it grows.
+        framed.set_backpressure_boundary(usize::MAX);
 
         Network {
             framed,
