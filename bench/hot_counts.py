@@ -7,7 +7,8 @@ Same setup as bench/e2e.py's alsentry stage (its cell, simulator, rules, `[data]
 "poll"`, summaries every 60 s, a private Mosquitto); no subscriber. `--cell flat16` (the default,
 issue 22's 16-float32 cell, examples/flat_cells.rs) or `--cell cell` (`alsentry sim`).
 `--floor` also counts the publishing floor (examples/publish_floor.rs) at each load, so the two
-can be compared poll for poll; `--record SECONDS` adds a `perf record -e cpu-clock -g` of each.
+can be compared poll for poll (`--floor-nodelay`: with TCP_NODELAY, as alsentry's broker
+connection); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each.
 
     cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells
     python3 bench/hot_counts.py --profile soak --loads 400x1.0,400x0.1 --floor
@@ -47,6 +48,18 @@ def perf_window(pid, seconds):
     return counts
 
 
+def user_sys(pid):
+    """(user, system) CPU seconds of `pid`: user time moves less with the peers' wake-ups."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / e2e.TICK, int(fields[12]) / e2e.TICK
+
+
+def cpu_text(c0, c1, ok):
+    return (f"cpu user {(c1[0] - c0[0]) / ok * 1e6:.1f} + sys {(c1[1] - c0[1]) / ok * 1e6:.1f} us per poll "
+            f"(10 ms ticks, noisy)")
+
+
 def perf_record(a, name, pid):
     data = os.path.join(a.tmp, f"{name}.perf.data")
     subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", data, "--",
@@ -71,19 +84,21 @@ def run_floor(a, cells, period_s):
     tpath, tname = e2e.template_file(a)
     p = e2e.Proc(name, [e2e.FLOOR, "--template", tpath, "--template-name", tname, "--first-port", str(a.base),
                         "--cells", str(cells), "--interval", f"{int(round(period_s * 1000))}ms",
-                        "--mqtt", f"127.0.0.1:{a.mqtt_port}", "--progress"], a.tmp)
+                        "--mqtt", f"127.0.0.1:{a.mqtt_port}", "--progress"]
+                 + (["--tcp-nodelay"] if a.floor_nodelay else []), a.tmp)
     log = os.path.join(a.tmp, f"{name}.log")
     try:
         time.sleep(a.warmup)
-        p0, c0, t0 = e2e.floor_polls(p, log), e2e.cpu_seconds(p.pid), time.monotonic()
+        p0, c0, t0 = e2e.floor_polls(p, log), user_sys(p.pid), time.monotonic()
         counts = perf_window(p.pid, a.window)
-        p1, c1, t1 = e2e.floor_polls(p, log), e2e.cpu_seconds(p.pid), time.monotonic()
+        p1, c1, t1 = e2e.floor_polls(p, log), user_sys(p.pid), time.monotonic()
         if a.record:
             perf_record(a, name, p.pid)
     finally:
         p.stop()
     ok = p1["ok"] - p0["ok"]
-    show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}; cpu {(c1 - c0) / (t1 - t0):.3f} cores (noisy)")
+    show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}; cpu {(sum(c1) - sum(c0)) / (t1 - t0):.3f} cores; "
+         + cpu_text(c0, c1, ok))
 
 
 def run(a, cells, period_s):
@@ -97,9 +112,9 @@ def run(a, cells, period_s):
         if not e2e.wait_port(http_port, 20):
             raise SystemExit(f"{name}: no HTTP endpoint; see {a.tmp}/{name}.log")
         time.sleep(a.warmup)
-        p0, c0, t0 = e2e.polls(http_port), e2e.cpu_seconds(p.pid), time.monotonic()
+        p0, c0, t0 = e2e.polls(http_port), user_sys(p.pid), time.monotonic()
         counts = perf_window(p.pid, a.window)
-        p1, c1, t1 = e2e.polls(http_port), e2e.cpu_seconds(p.pid), time.monotonic()
+        p1, c1, t1 = e2e.polls(http_port), user_sys(p.pid), time.monotonic()
         rss = e2e.mem_kib(p.pid)
         if a.record:
             perf_record(a, name, p.pid)
@@ -107,7 +122,7 @@ def run(a, cells, period_s):
         p.stop()
     ok = p1["ok"] - p0["ok"]
     show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}, dropped {p1['dropped'] - p0['dropped']}; "
-         f"cpu {(c1 - c0) / (t1 - t0):.3f} cores (noisy); rss {rss[0] / 1024:.1f} MiB, peak {rss[1] / 1024:.1f} MiB")
+         f"cpu {(sum(c1) - sum(c0)) / (t1 - t0):.3f} cores; {cpu_text(c0, c1, ok)}; rss {rss[0] / 1024:.1f} MiB, peak {rss[1] / 1024:.1f} MiB")
 
 
 def main():
@@ -116,6 +131,8 @@ def main():
     ap.add_argument("--bin", help="the alsentry binary (default: target/<profile>/alsentry)")
     ap.add_argument("--cell", choices=("flat16", "cell"), default="flat16")
     ap.add_argument("--floor", action="store_true", help="also count the publishing floor at each load")
+    ap.add_argument("--floor-nodelay", action="store_true",
+                    help="the floor with TCP_NODELAY on its broker connection, as alsentry")
     ap.add_argument("--record", type=float, default=0, help="seconds of perf record after each window")
     ap.add_argument("--loads", default="400x1.0,400x0.1")
     ap.add_argument("--warmup", type=float, default=10.0)
