@@ -3,11 +3,15 @@
 is: syscalls (by kind) and context switches per completed poll, from `perf stat` tracepoints on
 the agent for a fixed window; plus CPU from /proc as a noisy extra.
 
-Same setup as bench/e2e.py's alsentry stage (its scenario, cell template, rules, `[data] mode =
-"poll"`, summaries every 60 s, a private Mosquitto); no subscriber.
+Same setup as bench/e2e.py's alsentry stage (its cell, simulator, rules, `[data] mode =
+"poll"`, summaries every 60 s, a private Mosquitto); no subscriber. `--cell flat16` (the default,
+issue 22's 16-float32 cell, examples/flat_cells.rs) or `--cell cell` (`alsentry sim`).
+`--floor` also counts the publishing floor (examples/publish_floor.rs) at each load, so the two
+can be compared poll for poll (`--floor-nodelay`: with TCP_NODELAY, as alsentry's broker
+connection); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each.
 
-    cargo build --profile soak --bin alsentry
-    python3 bench/hot_counts.py --bin target/soak/alsentry --loads 400x1.0,400x0.1
+    cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells
+    python3 bench/hot_counts.py --profile soak --loads 400x1.0,400x0.1 --floor
 
 Needs perf with tracepoints readable (`perf stat -e syscalls:sys_enter_writev true` works) and
 mosquitto at /usr/sbin/mosquitto.
@@ -44,6 +48,59 @@ def perf_window(pid, seconds):
     return counts
 
 
+def user_sys(pid):
+    """(user, system) CPU seconds of `pid`: user time moves less with the peers' wake-ups."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / e2e.TICK, int(fields[12]) / e2e.TICK
+
+
+def cpu_text(c0, c1, ok):
+    return (f"cpu user {(c1[0] - c0[0]) / ok * 1e6:.1f} + sys {(c1[1] - c0[1]) / ok * 1e6:.1f} us per poll "
+            f"(10 ms ticks, noisy)")
+
+
+def perf_record(a, name, pid):
+    data = os.path.join(a.tmp, f"{name}.perf.data")
+    subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", data, "--",
+                    "sleep", str(a.record)], capture_output=True)
+    print(f"  perf data: {data}")
+
+
+def show(name, ok, counts, extra):
+    print(f"{name}: {ok} polls ok{extra}")
+    for ev in EVENTS:
+        v = counts.get(ev)
+        if v is None or not ok:
+            print(f"  {ev:32} n/a")
+        elif ev == "task-clock":
+            print(f"  {ev:32} {v / ok * 1e3:10.1f} us per poll (noisy)")
+        else:
+            print(f"  {ev:32} {v / ok:10.2f} per poll")
+
+
+def run_floor(a, cells, period_s):
+    name = f"floor-{cells}c-{period_s}s"
+    tpath, tname = e2e.template_file(a)
+    p = e2e.Proc(name, [e2e.FLOOR, "--template", tpath, "--template-name", tname, "--first-port", str(a.base),
+                        "--cells", str(cells), "--interval", f"{int(round(period_s * 1000))}ms",
+                        "--mqtt", f"127.0.0.1:{a.mqtt_port}", "--progress"]
+                 + (["--tcp-nodelay"] if a.floor_nodelay else []), a.tmp)
+    log = os.path.join(a.tmp, f"{name}.log")
+    try:
+        time.sleep(a.warmup)
+        p0, c0, t0 = e2e.floor_polls(p, log), user_sys(p.pid), time.monotonic()
+        counts = perf_window(p.pid, a.window)
+        p1, c1, t1 = e2e.floor_polls(p, log), user_sys(p.pid), time.monotonic()
+        if a.record:
+            perf_record(a, name, p.pid)
+    finally:
+        p.stop()
+    ok = p1["ok"] - p0["ok"]
+    show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}; cpu {(sum(c1) - sum(c0)) / (t1 - t0):.3f} cores; "
+         + cpu_text(c0, c1, ok))
+
+
 def run(a, cells, period_s):
     name = f"hot-{cells}c-{period_s}s"
     http_port = e2e.free_port()
@@ -55,34 +112,35 @@ def run(a, cells, period_s):
         if not e2e.wait_port(http_port, 20):
             raise SystemExit(f"{name}: no HTTP endpoint; see {a.tmp}/{name}.log")
         time.sleep(a.warmup)
-        p0, c0, t0 = e2e.polls(http_port), e2e.cpu_seconds(p.pid), time.monotonic()
+        p0, c0, t0 = e2e.polls(http_port), user_sys(p.pid), time.monotonic()
         counts = perf_window(p.pid, a.window)
-        p1, c1, t1 = e2e.polls(http_port), e2e.cpu_seconds(p.pid), time.monotonic()
+        p1, c1, t1 = e2e.polls(http_port), user_sys(p.pid), time.monotonic()
         rss = e2e.mem_kib(p.pid)
+        if a.record:
+            perf_record(a, name, p.pid)
     finally:
         p.stop()
     ok = p1["ok"] - p0["ok"]
-    print(f"{name}: {ok} polls ok, failed {p1['failed'] - p0['failed']}, dropped "
-          f"{p1['dropped'] - p0['dropped']}; cpu {(c1 - c0) / (t1 - t0):.3f} cores "
-          f"({(c1 - c0) / ok * 1e6 / e2e.TAGS_PER_CELL:.2f} us/tag sample, noisy); "
-          f"rss {rss[0] / 1024:.1f} MiB, peak {rss[1] / 1024:.1f} MiB")
-    for ev in EVENTS:
-        v = counts.get(ev)
-        if v is None:
-            print(f"  {ev:32} n/a")
-        elif ev == "task-clock":
-            print(f"  {ev:32} {v / ok * 1e3:10.1f} us per poll (noisy)")
-        else:
-            print(f"  {ev:32} {v / ok:10.2f} per poll")
+    show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}, dropped {p1['dropped'] - p0['dropped']}; "
+         f"cpu {(sum(c1) - sum(c0)) / (t1 - t0):.3f} cores; {cpu_text(c0, c1, ok)}; rss {rss[0] / 1024:.1f} MiB, peak {rss[1] / 1024:.1f} MiB")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(e2e.ROOT, "target", "soak", "alsentry"))
+    ap.add_argument("--profile", default="soak", help="target/<profile>/ holds alsentry and the examples")
+    ap.add_argument("--bin", help="the alsentry binary (default: target/<profile>/alsentry)")
+    ap.add_argument("--cell", choices=("flat16", "cell"), default="flat16")
+    ap.add_argument("--floor", action="store_true", help="also count the publishing floor at each load")
+    ap.add_argument("--floor-nodelay", action="store_true",
+                    help="the floor with TCP_NODELAY on its broker connection, as alsentry")
+    ap.add_argument("--record", type=float, default=0, help="seconds of perf record after each window")
     ap.add_argument("--loads", default="400x1.0,400x0.1")
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=20.0)
     a = ap.parse_args()
+    e2e.set_build(a)
+    e2e.set_cell(a.cell)
+    a.bin = e2e.BIN
     a.tmp = tempfile.mkdtemp(prefix="alsentry-hot-")
     a.base = e2e.find_port_range(400, 31100)
     a.mqtt_port = e2e.free_port()
@@ -92,14 +150,15 @@ def main():
             fm.write(f"listener {a.mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                      "log_type error\nset_tcp_nodelay true\n")
         procs.append(e2e.Proc("mosquitto", ["/usr/sbin/mosquitto", "-c", os.path.join(a.tmp, "mosquitto.conf")], a.tmp))
-        scen = os.path.join(a.tmp, "scenario.toml")
-        e2e.scenario(scen, a.base, 400)
-        procs.append(e2e.Proc("sim", [a.bin, "sim", "--scenario", scen], a.tmp))
+        a.max_cells = 400
+        procs.append(e2e.start_sim(a))
         if not (e2e.wait_port(a.mqtt_port) and e2e.wait_port(a.base) and e2e.wait_port(a.base + 399)):
             raise SystemExit(f"mosquitto or the simulator did not start; logs in {a.tmp}")
         for load in a.loads.split(","):
             cells, period = load.split("x")
             run(a, int(cells), float(period))
+            if a.floor:
+                run_floor(a, int(cells), float(period))
     finally:
         for p in reversed(procs):
             p.stop()
