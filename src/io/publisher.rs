@@ -633,6 +633,7 @@ impl Runner<'_> {
     fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>) -> bool {
         if m.class != Class::Data
             || data_meta::is_data_meta(m)
+            || self.metas.holds_back(m)
             || self.sp.is_some()
             || self.t.cfg.data_qos != 0
             || !self.session.data_has_room()

@@ -49,6 +49,19 @@ impl DataMetas {
     pub fn retry(&mut self, topic: String) {
         self.due.push_front(topic);
     }
+
+    /// Whether `m` must not go out live yet: compact data while any meta is still due. Metas
+    /// wait for room in the QoS 1 window, live data does not, so data handed now would reach
+    /// the broker before the meta that decodes it (after a connect, or a reload that changes a
+    /// layout). Held back, it goes through the outbox, which replays after the metas.
+    pub fn holds_back(&self, m: &Message) -> bool {
+        !self.due.is_empty() && is_compact_data(m)
+    }
+}
+
+/// A compact data message (`{device}/data/compact`, never retained).
+pub fn is_compact_data(m: &Message) -> bool {
+    m.class == Class::Data && !m.retain && m.topic.ends_with("/data/compact")
 }
 
 #[cfg(test)]
@@ -96,5 +109,34 @@ mod tests {
         assert_eq!(all, vec![("a".into(), b"2".to_vec()), ("b".into(), vec![])]);
         m.retry("a".into());
         assert_eq!(m.next().map(|x| x.0), Some("a".into()));
+    }
+
+    #[test]
+    fn compact_data_waits_while_a_meta_is_due_and_full_data_never_does() {
+        let compact = Message {
+            retain: false,
+            ..meta("r/s/a/pot-001/data/compact", "{}")
+        };
+        let full = Message {
+            retain: false,
+            ..meta("r/s/a/pot-001/data", "{}")
+        };
+        let mut m = DataMetas::default();
+        assert!(
+            !m.holds_back(&compact),
+            "no meta known: nothing to wait for"
+        );
+        m.offer(&meta("r/s/a/pot-001/data/meta", "1"));
+        assert!(m.holds_back(&compact), "its meta is not handed yet");
+        assert!(!m.holds_back(&full));
+        assert!(m.next().is_some());
+        assert!(!m.holds_back(&compact), "meta handed: data follows it");
+        m.connected();
+        assert!(
+            m.holds_back(&compact),
+            "a new connection sends every meta first"
+        );
+        while m.next().is_some() {}
+        assert!(!m.holds_back(&compact));
     }
 }
