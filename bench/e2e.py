@@ -990,7 +990,7 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w("| | |")
     w("|---|---|")
     w(f"| Date | {started} UTC |")
-    w(f"| CPU | {mach['model']}, {mach['cores']} cores (shared with other builds) |")
+    w(f"| CPU | {mach['model']}, {mach['cores']} cores |")
     w(f"| Memory | {mach['mem_gib']} GiB; kernel {mach['kernel']} |")
     w(f"| Load average | {load_start} at start, {load_end} at end |")
     w(f"| Toolchain | {mach['rustc']}; Python {mach['python']}; Node {mach['node']}; {mach['mosquitto']} |")
@@ -1000,10 +1000,11 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w(f"| Layout | all on 127.0.0.1: {sim} (cells on ports {a.base}-{a.base + a.max_cells - 1}), Mosquitto on :{a.mqtt_port}, one paho subscriber (in the harness) counting every data message and timing alarms |")
     w(f"| Per run | {a.warmup:.0f} s warm-up, then a {a.window:.0f} s steady window, {a.repeat} repeat(s) per load and system; CPU = utime+stime of the measured process from /proc/<pid>/stat over the window |")
     w("")
-    w("**Noise warning:** the machine has 2 cores shared with other helpers' builds, and the simulator, "
-      "Mosquitto and the subscriber run on the same 2 cores as the process measured. Treat every figure as "
-      "a single noisy sample; ratios between runs made minutes apart are more trustworthy than absolutes. "
-      "Criterion figures are medians.")
+    w("**Noise:** the simulator, Mosquitto and the subscriber run on the same 2 cores as the process "
+      "measured, and anything else running on the machine shows in the load average above. CPU is "
+      "counted in 10 ms clock ticks; the per-repeat table shows the spread. Ratios between systems "
+      "measured interleaved in the same run are more trustworthy than absolutes. Criterion figures "
+      "are medians.")
     w("")
     w(cell_text())
     w("")
