@@ -43,6 +43,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 CELL_TEMPLATE = os.path.join(ROOT, "config", "templates", "cell.toml")
@@ -51,58 +54,7 @@ CLASSES = ("data", "summary", "alarm", "status", "other")
 SHARED_FILTER = "$share/historian/alsentry/+/+/+/data"
 
 # The potline rule set of bench/e2e.py, without its latency probe: 6 rules per cell.
-RULES = """
-[[rules]]
-name = "anode_effect"
-template = "cell"
-tag = "voltage"
-type = "high"
-limit = 8.0
-deadband = 0.5
-on_delay = "2s"
-priority = "critical"
-message = "Anode effect on {device}: {value} V"
-
-[[rules]]
-name = "voltage_noise"
-template = "cell"
-tag = "voltage"
-type = "noise"
-window = "60s"
-limit = 0.05
-
-[[rules]]
-name = "voltage_frozen"
-template = "cell"
-tag = "voltage"
-type = "frozen"
-window = "120s"
-
-[[rules]]
-name = "resistance_slope"
-template = "cell"
-tag = "resistance"
-type = "slope"
-window = "300s"
-per = "min"
-limit = 0.02
-
-[[rules]]
-name = "bath_hot"
-template = "cell"
-tag = "bath_temp"
-type = "high"
-limit = 975.0
-deadband = 2.0
-
-[[rules]]
-name = "line_current_low"
-template = "cell"
-tag = "line_current"
-type = "low"
-limit = 450.0
-deadband = 5.0
-"""
+RULES = e2e.RULES.split("\n# Latency probe")[0]
 
 # ------------------------------------------------------------------ processes
 
