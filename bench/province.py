@@ -148,20 +148,8 @@ def machine_busy():
     return sum(v) - idle, sum(v)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def range_free(base, n):
-    for p in range(base, base + n):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-    return True
+free_port = e2e.free_port
+range_free = e2e.port_range_free
 
 
 def port_ranges(count, n, start=21000):
