@@ -381,10 +381,7 @@ impl SinkTask {
         StatusPayload::offline(&self.who, self.clock.now()).to_vec()
     }
 
-    /// A fresh client and event loop for one connection attempt. TCP_NODELAY: while raw data
-    /// streams, Nagle can hold a small alarm publish back until the broker's delayed ACK of the
-    /// previous segment (up to 40 ms on Linux); brokers need the same towards subscribers
-    /// (docs/MQTT.md, "Latency").
+    /// A fresh client and event loop for one connection attempt.
     fn connect(&self, sparkplug_will: Option<&sparkplug::Out>) -> Result<Conn, String> {
         let transport = match &self.cfg.tls {
             Some(files) => Some(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -419,9 +416,7 @@ impl SinkTask {
                     o.set_transport(t);
                 }
                 let (c, mut e) = rumqttc::AsyncClient::new(o, CHANNEL_CAPACITY);
-                let mut net = e.network_options();
-                net.set_tcp_nodelay(true);
-                e.set_network_options(net);
+                e.set_network_options(v311_network_options());
                 (Client::V4(c), Loop::V4(Box::new(e)))
             }
             Protocol::V5 => {
@@ -1274,6 +1269,19 @@ pub fn mark_replayed(payload: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The broker socket of an MQTT 3.1.1 sink. Nagle stays on for QoS 0 data, so the messages of
+/// many polls share a TCP segment and the broker wakes once for them, not once per poll (at
+/// 400 cells @ 10 Hz, about a tenth of the wakes; issue 22). Every other packet (QoS 1 alarms,
+/// acks, pings) is pushed out at its flush (vendor/rumqttc.patch), so it never waits behind
+/// Nagle for the broker's delayed ACK of the segment before it, up to 40 ms on Linux
+/// (docs/MQTT.md, "Latency"). MQTT 5 sinks keep TCP_NODELAY on.
+fn v311_network_options() -> rumqttc::NetworkOptions {
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(false);
+    net.set_tcp_push_urgent(true);
+    net
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1339,6 +1347,105 @@ mod tests {
                 "{ev:?}"
             );
         }
+    }
+
+    /// An alarm right behind data is not held back by Nagle: with the sink's socket options,
+    /// a QoS 1 publish flushed just after a QoS 0 one (whose segment the broker has not ACKed
+    /// yet) reaches the broker at once, not after its delayed ACK (~40 ms on Linux). Fails
+    /// with Nagle on and no urgent push (alarms then arrive 40 ms late, most rounds).
+    #[tokio::test]
+    async fn an_alarm_flushed_right_after_data_is_not_held_by_nagle() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // One timeline for both sides: time since `since` started.
+        let since = crate::clock::Stopwatch::start();
+        let broker_since = since;
+        let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<Duration>();
+        // A broker that reads packets as they come, acks QoS 1 publishes and reports when
+        // each QoS 1 publish arrived.
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            loop {
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                let (mut len, mut shift) = (0usize, 0);
+                loop {
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    len |= usize::from(b[0] & 0x7f) << shift;
+                    shift += 7;
+                    if b[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if s.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                match first[0] >> 4 {
+                    1 => s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap(), // CONNACK
+                    3 if first[0] & 0x06 == 0x02 => {
+                        let at = broker_since.elapsed();
+                        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                        let pkid = &body[2 + topic_len..4 + topic_len];
+                        s.write_all(&[0x40, 0x02, pkid[0], pkid[1]]).await.unwrap(); // PUBACK
+                        let _ = arrived_tx.send(at);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let mut o = MqttOptions::new("nagle", "127.0.0.1", port);
+        o.set_max_request_batch(REQUEST_BATCH);
+        o.set_keep_alive(Duration::ZERO);
+        let (client, mut events) = rumqttc::AsyncClient::new(o, 64);
+        events.set_network_options(v311_network_options());
+        let connack = events.poll().await;
+        assert!(
+            matches!(connack, Ok(Event::Incoming(Packet::ConnAck(_)))),
+            "{connack:?}"
+        );
+        async fn flushed(events: &mut rumqttc::EventLoop) {
+            loop {
+                if let Ok(Event::Outgoing(Outgoing::Publish(_))) = events.poll().await {
+                    return;
+                }
+            }
+        }
+        let mut delays = Vec::new();
+        for round in 0..30u8 {
+            client
+                .try_publish("t/data", QoS::AtMostOnce, false, vec![round; 200])
+                .unwrap();
+            flushed(&mut events).await;
+            let sent = since.elapsed();
+            client
+                .try_publish("t/alarm", QoS::AtLeastOnce, false, vec![round; 200])
+                .unwrap();
+            flushed(&mut events).await;
+            // Its PUBACK comes back through the loop; wait for the broker's timestamp.
+            let at = loop {
+                tokio::select! {
+                    at = arrived.recv() => break at.unwrap(),
+                    _ = events.poll() => {}
+                }
+            };
+            delays.push(at.saturating_sub(sent));
+            // Let the link go quiet, as between polls.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        delays.sort();
+        let median = delays[delays.len() / 2];
+        assert!(
+            median < Duration::from_millis(15),
+            "an alarm right after data took {median:?} (median of {}); all: {delays:?}",
+            delays.len()
+        );
     }
 
     /// A poll cancelled while the socket is full loses nothing: the publisher's select drops

@@ -926,7 +926,15 @@ priority = "critical""#,
     };
     assert_eq!(
         replayed.iter().map(key).collect::<Vec<_>>(),
-        vec![key(&raised.json()), key(&cleared.json())]
+        vec![key(&raised.json()), key(&cleared.json())],
+        "replay: {} files, {} rows, {} late, {:?}..{:?}; live: raised {} cleared {}",
+        report.files,
+        report.rows,
+        report.late_rows,
+        report.first_ts,
+        report.last_ts,
+        raised.json(),
+        cleared.json()
     );
     // Issue 15: replayed ids were `{agent}-{seq}` from 1, the ids of live transitions.
     for (r, l) in replayed.iter().zip([raised.json(), cleared.json()]) {

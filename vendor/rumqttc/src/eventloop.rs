@@ -408,6 +408,8 @@ async fn network_connect(
         _ => options.broker_address(),
     };
 
+    let push_urgent = network_options.tcp_push_urgent && !network_options.tcp_nodelay;
+    let mut urgent_push = None;
     let tcp_stream: Box<dyn AsyncReadWrite> = {
         #[cfg(feature = "proxy")]
         match options.proxy() {
@@ -415,6 +417,7 @@ async fn network_connect(
             None => {
                 let addr = format!("{domain}:{port}");
                 let tcp = socket_connect(addr, network_options).await?;
+                urgent_push = urgent_push_handle(&tcp, push_urgent)?;
                 Box::new(tcp)
             }
         }
@@ -422,11 +425,12 @@ async fn network_connect(
         {
             let addr = format!("{domain}:{port}");
             let tcp = socket_connect(addr, network_options).await?;
+            urgent_push = urgent_push_handle(&tcp, push_urgent)?;
             Box::new(tcp)
         }
     };
 
-    let network = match options.transport() {
+    let mut network = match options.transport() {
         Transport::Tcp => Network::new(
             tcp_stream,
             options.max_incoming_packet_size,
@@ -494,8 +498,26 @@ async fn network_connect(
             )
         }
     };
+    network.set_urgent_push(urgent_push);
 
     Ok(network)
+}
+
+/// A second handle on `tcp` for `Network`'s urgent push (`NetworkOptions::set_tcp_push_urgent`).
+/// Where none can be had, Nagle is turned off instead, so urgent packets never wait.
+fn urgent_push_handle(tcp: &TcpStream, push: bool) -> io::Result<Option<std::net::TcpStream>> {
+    if !push {
+        return Ok(None);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+            return Ok(Some(std::net::TcpStream::from(fd)));
+        }
+    }
+    tcp.set_nodelay(true)?;
+    Ok(None)
 }
 
 async fn mqtt_connect(

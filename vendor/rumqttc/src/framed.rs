@@ -13,6 +13,12 @@ pub struct Network {
     framed: Framed<Box<dyn AsyncReadWrite>, Codec>,
     /// Maximum readv count
     max_readb_count: usize,
+    /// A second handle on the TCP socket under `framed` (any TLS above it), when the
+    /// connection keeps Nagle on for QoS 0 publishes: `flush` pushes urgent packets out with it.
+    urgent_push: Option<std::net::TcpStream>,
+    /// Written since the last flush: a packet that must not wait for Nagle (any packet but a
+    /// QoS 0 publish).
+    urgent_pending: bool,
 }
 
 impl Network {
@@ -36,7 +42,17 @@ impl Network {
         Network {
             framed,
             max_readb_count: 10,
+            urgent_push: None,
+            urgent_pending: false,
         }
+    }
+
+    /// With Nagle on, QoS 0 publishes written in quick succession share TCP segments; every
+    /// other packet (QoS 1/2 publish, ack, ping, subscribe, connect) is pushed out at its flush
+    /// by turning TCP_NODELAY on and off again on `socket` (Linux sends what is queued when it
+    /// is turned on), so it never waits for the peer's delayed ACK.
+    pub(crate) fn set_urgent_push(&mut self, socket: Option<std::net::TcpStream>) {
+        self.urgent_push = socket;
     }
 
     /// Reads and returns a single packet from network
@@ -83,6 +99,7 @@ impl Network {
 
     /// Serializes packet into write buffer
     pub async fn write(&mut self, packet: Packet) -> Result<(), StateError> {
+        self.urgent_pending |= !matches!(&packet, Packet::Publish(p) if p.qos == mqttbytes::QoS::AtMostOnce);
         self.framed
             .feed(packet)
             .await
@@ -93,7 +110,14 @@ impl Network {
         self.framed
             .flush()
             .await
-            .map_err(StateError::Deserialization)
+            .map_err(StateError::Deserialization)?;
+        if std::mem::take(&mut self.urgent_pending) {
+            if let Some(socket) = &self.urgent_push {
+                socket.set_nodelay(true)?;
+                socket.set_nodelay(false)?;
+            }
+        }
+        Ok(())
     }
 }
 

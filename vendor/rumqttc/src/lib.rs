@@ -397,6 +397,7 @@ pub struct NetworkOptions {
     tcp_send_buffer_size: Option<u32>,
     tcp_recv_buffer_size: Option<u32>,
     tcp_nodelay: bool,
+    tcp_push_urgent: bool,
     conn_timeout: u64,
     #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
     bind_device: Option<String>,
@@ -408,6 +409,7 @@ impl NetworkOptions {
             tcp_send_buffer_size: None,
             tcp_recv_buffer_size: None,
             tcp_nodelay: false,
+            tcp_push_urgent: false,
             conn_timeout: 5,
             #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
             bind_device: None,
@@ -416,6 +418,14 @@ impl NetworkOptions {
 
     pub fn set_tcp_nodelay(&mut self, nodelay: bool) {
         self.tcp_nodelay = nodelay;
+    }
+
+    /// With `tcp_nodelay` off (Nagle on): push every packet but a QoS 0 publish out at its
+    /// flush, so QoS 0 publishes share segments and everything else leaves at once. MQTT 3.1.1
+    /// over TCP or TLS on Unix; where the socket cannot be reached (a proxy, another
+    /// platform) TCP_NODELAY is turned on instead.
+    pub fn set_tcp_push_urgent(&mut self, push: bool) {
+        self.tcp_push_urgent = push;
     }
 
     pub fn set_tcp_send_buffer_size(&mut self, size: u32) {
