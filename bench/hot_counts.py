@@ -4,11 +4,11 @@ is: syscalls (by kind) and context switches per completed poll, from `perf stat`
 the agent for a fixed window; plus CPU from /proc as a noisy extra.
 
 Same setup as bench/e2e.py's alsentry stage (its cell, simulator, rules, `[data] mode =
-"poll"`, summaries every 60 s, a private Mosquitto); no subscriber. `--cell flat16` (the default,
+"poll"`, summaries every 10 s, a private Mosquitto); no subscriber. `--cell flat16` (the default,
 issue 22's 16-float32 cell, examples/flat_cells.rs) or `--cell cell` (`alsentry sim`).
 `--floor` also counts the publishing floor (examples/publish_floor.rs) at each load, so the two
-can be compared poll for poll (`--floor-nodelay`: with TCP_NODELAY, as alsentry's broker
-connection); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each.
+can be compared poll for poll (`--floor-nodelay`: with TCP_NODELAY, as alsentry's MQTT 5
+connections; its 3.1.1 ones keep Nagle for QoS 0 data, like the floor); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each.
 
     cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells
     python3 bench/hot_counts.py --profile soak --loads 400x1.0,400x0.1 --floor
@@ -132,7 +132,7 @@ def main():
     ap.add_argument("--cell", choices=("flat16", "cell"), default="flat16")
     ap.add_argument("--floor", action="store_true", help="also count the publishing floor at each load")
     ap.add_argument("--floor-nodelay", action="store_true",
-                    help="the floor with TCP_NODELAY on its broker connection, as alsentry")
+                    help="the floor with TCP_NODELAY on its broker connection")
     ap.add_argument("--record", type=float, default=0, help="seconds of perf record after each window")
     ap.add_argument("--loads", default="400x1.0,400x0.1")
     ap.add_argument("--warmup", type=float, default=10.0)

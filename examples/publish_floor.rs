@@ -70,8 +70,9 @@ struct Args {
     /// Print the cumulative counters on each SIGUSR1.
     #[arg(long)]
     progress: bool,
-    /// TCP_NODELAY on the broker connection, as alsentry sets it (for its alarm latency). Off
-    /// by default: Nagle then gathers the QoS 0 messages into fewer segments and broker wakes.
+    /// TCP_NODELAY on the broker connection (alsentry's MQTT 5 sinks; its 3.1.1 sinks keep
+    /// Nagle for QoS 0 data like this floor). Off by default: Nagle then gathers the QoS 0
+    /// messages into fewer segments and broker wakes.
     #[arg(long)]
     tcp_nodelay: bool,
     /// Runtime worker threads (alsentry's default `worker_threads` is 1).

@@ -37,8 +37,10 @@ use supervisor::Supervisor;
 
 /// Commands waiting for the engine task, at most (all sinks together).
 const COMMAND_QUEUE: usize = 1024;
-/// Messages waiting for each sink (see where the inbox is made).
-const SINK_INBOX: usize = 64;
+/// Messages waiting for each sink. Room for a burst of operator commands (each answered with
+/// a reply and often an alarm change) while the sink reads commands first (io::inbound); bulk
+/// rounds (summaries) are paced by the engine instead of filling it (app::engine).
+const SINK_INBOX: usize = 1024;
 
 /// Handles to a running agent, for tests and the demo.
 #[derive(Debug)]
@@ -175,10 +177,6 @@ pub async fn start(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running
                 format!("alsentry-{}", cfg.agent.id)
             }
         });
-        // Small on purpose: the inbox is the only place where the messages of a burst (a
-        // summary round: one ~2 KB message per device at once) live side by side; at 1024,
-        // 400 cells' summaries left 1.9 MiB of heap the allocator kept, at 64 0.5 MiB (issue
-        // 22). The engine waits while it is full, as it would at 1024 a little later.
         let (tx, rx) = mpsc::channel::<Arc<Message>>(SINK_INBOX);
         sink_txs.push(tx);
         let task = SinkTask {

@@ -1412,8 +1412,10 @@ mod tests {
         );
         async fn flushed(events: &mut rumqttc::EventLoop) {
             loop {
-                if let Ok(Event::Outgoing(Outgoing::Publish(_))) = events.poll().await {
-                    return;
+                match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+                    Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) => return,
+                    Ok(Ok(_)) => {}
+                    other => panic!("the publish was not sent: {other:?}"),
                 }
             }
         }
@@ -1429,12 +1431,16 @@ mod tests {
                 .unwrap();
             flushed(&mut events).await;
             // Its PUBACK comes back through the loop; wait for the broker's timestamp.
-            let at = loop {
-                tokio::select! {
-                    at = arrived.recv() => break at.unwrap(),
-                    _ = events.poll() => {}
+            let at = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    tokio::select! {
+                        at = arrived.recv() => break at.expect("the broker reports"),
+                        ev = events.poll() => { ev.expect("the connection stays up"); }
+                    }
                 }
-            };
+            })
+            .await
+            .expect("the alarm reached the broker");
             delays.push(at.saturating_sub(sent));
             // Let the link go quiet, as between polls.
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -409,24 +409,28 @@ async fn network_connect(
     };
 
     let push_urgent = network_options.tcp_push_urgent && !network_options.tcp_nodelay;
-    let mut urgent_push = None;
-    let tcp_stream: Box<dyn AsyncReadWrite> = {
+    let (tcp_stream, urgent_push): (Box<dyn AsyncReadWrite>, _) = {
         #[cfg(feature = "proxy")]
         match options.proxy() {
-            Some(proxy) => proxy.connect(&domain, port, network_options).await?,
+            Some(proxy) => {
+                // No socket to push urgent packets with: no Nagle at all instead.
+                let mut network_options = network_options;
+                network_options.tcp_nodelay |= push_urgent;
+                (proxy.connect(&domain, port, network_options).await?, None)
+            }
             None => {
                 let addr = format!("{domain}:{port}");
                 let tcp = socket_connect(addr, network_options).await?;
-                urgent_push = urgent_push_handle(&tcp, push_urgent)?;
-                Box::new(tcp)
+                let push = urgent_push_handle(&tcp, push_urgent)?;
+                (Box::new(tcp), push)
             }
         }
         #[cfg(not(feature = "proxy"))]
         {
             let addr = format!("{domain}:{port}");
             let tcp = socket_connect(addr, network_options).await?;
-            urgent_push = urgent_push_handle(&tcp, push_urgent)?;
-            Box::new(tcp)
+            let push = urgent_push_handle(&tcp, push_urgent)?;
+            (Box::new(tcp), push)
         }
     };
 
@@ -509,7 +513,8 @@ fn urgent_push_handle(tcp: &TcpStream, push: bool) -> io::Result<Option<std::net
     if !push {
         return Ok(None);
     }
-    #[cfg(unix)]
+    // Linux sends what is queued when TCP_NODELAY is turned on; other systems may not.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use std::os::fd::AsFd;
         if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {

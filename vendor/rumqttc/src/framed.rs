@@ -113,8 +113,12 @@ impl Network {
             .map_err(StateError::Deserialization)?;
         if std::mem::take(&mut self.urgent_pending) {
             if let Some(socket) = &self.urgent_push {
-                socket.set_nodelay(true)?;
-                socket.set_nodelay(false)?;
+                // Best effort, never a reason to drop the connection: if Nagle cannot be
+                // turned back on, NODELAY stays on and every packet leaves at once.
+                let _ = socket.set_nodelay(true);
+                if socket.set_nodelay(false).is_err() {
+                    self.urgent_push = None;
+                }
             }
         }
         Ok(())

@@ -422,7 +422,7 @@ impl NetworkOptions {
 
     /// With `tcp_nodelay` off (Nagle on): push every packet but a QoS 0 publish out at its
     /// flush, so QoS 0 publishes share segments and everything else leaves at once. MQTT 3.1.1
-    /// over TCP or TLS on Unix; where the socket cannot be reached (a proxy, another
+    /// over TCP or TLS on Linux; where the socket cannot be reached (a proxy, another
     /// platform) TCP_NODELAY is turned on instead.
     pub fn set_tcp_push_urgent(&mut self, push: bool) {
         self.tcp_push_urgent = push;
