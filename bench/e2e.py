@@ -1293,12 +1293,15 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--loads", default="", help="comma list of CELLSxPERIOD, e.g. 400x1.0,400x0.1")
+    ap.add_argument("--ceiling-cells", type=int, default=100,
+                    help="cells of the ceiling stage (the transport ceiling and alsentry polling back to back); "
+                         "alsentry's 1 ms shortest interval caps it at 1000 polls/s per cell, so a fast ceiling "
+                         "needs several hundred")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()
     set_build(a)
     set_cell(a.cell)
-    a.ceiling_cells = 100
     if a.quick:
         a.warmup, a.window, a.repeat, a.ceiling_cells = 3.0, 6.0, 1, 20
     if a.render:
