@@ -184,8 +184,10 @@ impl Drop for Browser {
             use std::io::Write as _;
             let _ = write!(
                 s,
-                "DELETE /session/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                self.session
+                // chromedriver refuses a Host other than the local address (DNS-rebinding
+                // guard), and Chromium then outlives the test.
+                "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.session, self.addr
             );
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = std::io::Read::read(&mut s, &mut [0u8; 512]);
