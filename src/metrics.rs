@@ -9,12 +9,12 @@
 //! piece of state (devices up, for the status and `/readyz`) gets it from the task that owns it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{text, DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -269,10 +269,6 @@ pub struct Metrics {
     pub modbus_rtt: Histogram,
     /// From the sample that changed an alarm's state to the alarm handed to the sinks.
     pub alarm_latency: Histogram,
-    /// Length of the last `/metrics` text: the next one is written into a buffer of about that
-    /// size at once, not one doubled 7 times (at 400 devices ~400 KB; the copies the doubling
-    /// left behind stayed in the process's memory).
-    last_render_len: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -286,7 +282,6 @@ impl Default for Metrics {
             started_ms: AtomicI64::new(0),
             modbus_rtt: rtt_buckets(),
             alarm_latency: latency_buckets(),
-            last_render_len: AtomicUsize::new(0),
         }
     }
 }
@@ -382,24 +377,29 @@ impl Metrics {
     }
 
     /// Every metric, then the `process_*` series, in the OpenMetrics text format
-    /// ([`CONTENT_TYPE`]), encoded by prometheus-client. `now` is passed in; the process
-    /// series are read from /proc at the call.
+    /// ([`CONTENT_TYPE`]), encoded by prometheus-client, as one string: [`Metrics::scrape`]
+    /// joined. `now` is passed in; the process series are read from /proc at the call.
     ///
     /// `alsentry_samples_per_second` is the average since start (all samples / uptime); for
     /// the current rate use `rate(alsentry_samples_total[1m])`.
-    pub fn render(&self, alarms: &AlarmCounts, now: Ts) -> String {
-        let last = self.last_render_len.load(Ordering::Relaxed);
-        let mut out = String::with_capacity((last + last / 16).max(8192));
-        // prometheus-client's collectors are owned: each scrape registers a snapshot (atomics
-        // copied, histograms shared) and the process series.
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self.scrape(alarms, now)));
-        registry.register_collector(Box::new(crate::metrics::process::ProcessCollector));
-        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
-            out.clear();
+    pub fn render(self: &Arc<Self>, alarms: &AlarmCounts, now: Ts) -> String {
+        self.scrape(alarms.clone(), now).collect()
+    }
+
+    /// The text of [`Metrics::render`] in chunks of about [`CHUNK_BYTES`], each encoded when
+    /// it is asked for, from the live values: a scrape of hundreds of devices (~1 KB of text
+    /// each) makes no string of the whole text, nor a copy of the values and their labels.
+    pub fn scrape(self: &Arc<Self>, alarms: AlarmCounts, now: Ts) -> Scrape {
+        Scrape {
+            metrics: self.clone(),
+            alarms,
+            now,
+            next: Some(Part::Items {
+                side: Side::Devices,
+                family: 0,
+                from: 0,
+            }),
         }
-        self.last_render_len.store(out.len(), Ordering::Relaxed);
-        out
     }
 }
 
@@ -441,7 +441,238 @@ enum Read<T: 'static> {
     Histogram(fn(&T) -> &Histogram),
 }
 
-/// One family as scraped: owned, so that prometheus-client can encode it.
+/// Chunks of a scrape's text are about this long: one may overrun it by a part (~5 KB).
+pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Devices (or sinks) encoded together: a part of the largest family, the per-device poll
+/// histogram (9 lines of ~70 bytes a device), is ~5 KB.
+const ITEMS_PER_PART: usize = 8;
+
+/// Whose per-item families a part belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Devices,
+    Sinks,
+}
+
+/// One piece of a scrape, in export order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Items `from..from + ITEMS_PER_PART` of one per-device or per-sink family.
+    Items {
+        side: Side,
+        family: usize,
+        from: usize,
+    },
+    /// The agent-wide families, between the device and the sink ones.
+    AgentWide,
+    /// Uptime, build info, the process series and `# EOF`.
+    Tail,
+}
+
+/// One scrape: an iterator of text chunks ([`Metrics::scrape`]).
+#[derive(Debug)]
+pub struct Scrape {
+    metrics: Arc<Metrics>,
+    alarms: AlarmCounts,
+    now: Ts,
+    next: Option<Part>,
+}
+
+impl Iterator for Scrape {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let mut out = String::new();
+        while out.len() < CHUNK_BYTES {
+            let Some(part) = self.next else { break };
+            if out.capacity() == 0 {
+                out.reserve(CHUNK_BYTES + CHUNK_BYTES / 2);
+            }
+            if self.encode(part, &mut out).is_err() {
+                // Writing to a String cannot fail; were it to, the text ends without `# EOF`,
+                // which tells a scraper that it is incomplete.
+                self.next = None;
+                break;
+            }
+            self.next = self.after(part);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+impl Scrape {
+    fn after(&self, part: Part) -> Option<Part> {
+        match part {
+            Part::Items { side, family, from } => {
+                let (items, families) = match side {
+                    Side::Devices => (self.metrics.devices.len(), DEVICE_FAMILIES.len()),
+                    Side::Sinks => (self.metrics.sinks.len(), SINK_FAMILIES.len()),
+                };
+                Some(if from + ITEMS_PER_PART < items {
+                    Part::Items {
+                        side,
+                        family,
+                        from: from + ITEMS_PER_PART,
+                    }
+                } else if family + 1 < families {
+                    Part::Items {
+                        side,
+                        family: family + 1,
+                        from: 0,
+                    }
+                } else if side == Side::Devices {
+                    Part::AgentWide
+                } else {
+                    Part::Tail
+                })
+            }
+            Part::AgentWide => Some(Part::Items {
+                side: Side::Sinks,
+                family: 0,
+                from: 0,
+            }),
+            Part::Tail => None,
+        }
+    }
+
+    /// Appends one part to `out`. prometheus-client encodes registries of owned collectors:
+    /// a per-item part holds the metrics and reads them as it encodes; the few agent-wide
+    /// families are copied.
+    fn encode(&self, part: Part, out: &mut String) -> Result<(), std::fmt::Error> {
+        let mut registry = Registry::default();
+        let start = out.len();
+        match part {
+            Part::Items { side, family, from } => {
+                registry.register_collector(Box::new(ItemsPart {
+                    metrics: self.metrics.clone(),
+                    side,
+                    family,
+                    from,
+                }));
+            }
+            Part::AgentWide => registry.register_collector(Box::new(Families(
+                self.metrics.agent_wide(&self.alarms, self.now),
+            ))),
+            Part::Tail => {
+                registry.register_collector(Box::new(Families(self.metrics.tail(self.now))));
+                registry.register_collector(Box::new(process::ProcessCollector));
+            }
+        }
+        text::encode_registry(out, &registry)?;
+        match part {
+            // A family's later parts continue the samples of its first, under its descriptor.
+            Part::Items { from, .. } if from > 0 => strip_descriptor(out, start),
+            Part::Tail => text::encode_eof(out)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Removes the descriptor lines (`# HELP`, `# TYPE`, `# UNIT`) the encoder wrote at `start`.
+fn strip_descriptor(out: &mut String, start: usize) {
+    let mut end = start;
+    while out.get(end..).is_some_and(|rest| rest.starts_with("# ")) {
+        match out.get(end..).and_then(|rest| rest.find('\n')) {
+            Some(i) => end += i + 1,
+            None => end = out.len(),
+        }
+    }
+    out.replace_range(start..end, "");
+}
+
+/// Part of one per-device or per-sink family, read from the live metrics as it is encoded.
+#[derive(Debug)]
+struct ItemsPart {
+    metrics: Arc<Metrics>,
+    side: Side,
+    family: usize,
+    from: usize,
+}
+
+impl Collector for ItemsPart {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = &self.metrics;
+        match self.side {
+            Side::Devices => match DEVICE_FAMILIES.get(self.family) {
+                Some(f) => encode_items(
+                    &mut encoder,
+                    f,
+                    "device",
+                    part(&m.devices, self.from),
+                    |d| &d.name,
+                ),
+                None => Ok(()),
+            },
+            Side::Sinks => match SINK_FAMILIES.get(self.family) {
+                Some(f) => encode_items(&mut encoder, f, "sink", part(&m.sinks, self.from), |s| {
+                    &s.name
+                }),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+fn part<T>(items: &[T], from: usize) -> &[T] {
+    let end = from.saturating_add(ITEMS_PER_PART).min(items.len());
+    items.get(from..end).unwrap_or_default()
+}
+
+fn metric_type(kind: Kind) -> MetricType {
+    match kind {
+        Kind::Counter => MetricType::Counter,
+        Kind::Gauge => MetricType::Gauge,
+        Kind::Histogram => MetricType::Histogram,
+        Kind::Info => MetricType::Info,
+    }
+}
+
+/// A whole number: a counter's, or a gauge's (as i64, saturated).
+fn encode_int(
+    m: prometheus_client::encoding::MetricEncoder<'_>,
+    kind: Kind,
+    n: u64,
+) -> Result<(), std::fmt::Error> {
+    if kind == Kind::Counter {
+        ConstCounter::new(n).encode(m)
+    } else {
+        ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m)
+    }
+}
+
+/// One family's descriptor and the samples of `items`, labelled `label="<name>"` (and the
+/// family's extra label, if any).
+fn encode_items<T>(
+    encoder: &mut DescriptorEncoder<'_>,
+    f: &Family<T>,
+    label: &'static str,
+    items: &[T],
+    name: fn(&T) -> &str,
+) -> Result<(), std::fmt::Error> {
+    let mut family =
+        encoder.encode_descriptor(declared(f.name, f.kind), f.help, None, metric_type(f.kind))?;
+    for item in items {
+        let labels = [(label, name(item))];
+        match &f.read {
+            Read::Int(get) => encode_int(family.encode_family(&labels)?, f.kind, get(item))?,
+            Read::Micros(get) => {
+                ConstGauge::new(get(item) as f64 / 1e6).encode(family.encode_family(&labels)?)?
+            }
+            Read::ByLabel(extra, values) => {
+                for (value, get) in *values {
+                    let labels = [(label, name(item)), (*extra, *value)];
+                    encode_int(family.encode_family(&labels)?, f.kind, get(item))?;
+                }
+            }
+            Read::Histogram(get) => get(item).encode(family.encode_family(&labels)?)?,
+        }
+    }
+    Ok(())
+}
+
+/// One agent-wide family, copied at the scrape (there are a dozen, of a few samples each).
 #[derive(Debug)]
 struct Scraped {
     name: &'static str,
@@ -462,23 +693,23 @@ enum Value {
     Info,
 }
 
-/// Every family of one scrape, in export order.
-#[derive(Debug)]
-struct Scrape {
-    families: Vec<Scraped>,
+fn single((name, help): (&'static str, &'static str), kind: Kind, v: Value) -> Scraped {
+    Scraped {
+        name,
+        help,
+        kind,
+        series: vec![(Vec::new(), v)],
+    }
 }
 
 impl Metrics {
-    fn scrape(&self, alarms: &AlarmCounts, now: Ts) -> Scrape {
-        let mut families = Vec::new();
-        let uptime_s = (now - self.started_ms.load(Ordering::Relaxed)).max(0) as f64 / 1000.0;
-        for f in DEVICE_FAMILIES {
-            families.push(per_item(
-                f,
-                "device",
-                self.devices.iter().map(|d| (&d.name, d)),
-            ));
-        }
+    fn uptime_s(&self, now: Ts) -> f64 {
+        (now - self.started_ms.load(Ordering::Relaxed)).max(0) as f64 / 1000.0
+    }
+
+    /// The families between the per-device and the per-sink ones.
+    fn agent_wide(&self, alarms: &AlarmCounts, now: Ts) -> Vec<Scraped> {
+        let uptime_s = self.uptime_s(now);
         let samples_all = self
             .devices
             .iter()
@@ -488,111 +719,74 @@ impl Metrics {
         } else {
             0.0
         };
-        let single = |(name, help): (&'static str, &'static str), kind, v| Scraped {
-            name,
-            help,
-            kind,
-            series: vec![(Vec::new(), v)],
-        };
-        families.push(single(SAMPLES_PER_SECOND, Kind::Gauge, Value::Float(sps)));
-        families.push(single(
-            MODBUS_RTT,
-            Kind::Histogram,
-            Value::Histogram(self.modbus_rtt.clone()),
-        ));
-        families.push(single(
-            BATCHES_DROPPED,
-            Kind::Counter,
-            Value::Int(load(&self.batches_dropped)),
-        ));
-        families.push(single(
-            LINK_RESTARTS,
-            Kind::Counter,
-            Value::Int(load(&self.link_restarts)),
-        ));
-        families.push(single(
-            ALARM_TRANSITIONS,
-            Kind::Counter,
-            Value::Int(load(&self.alarm_transitions)),
-        ));
-        families.push(single(
-            ALARM_LATENCY,
-            Kind::Histogram,
-            Value::Histogram(self.alarm_latency.clone()),
-        ));
-        families.push(Scraped {
-            name: ALARMS.0,
-            help: ALARMS.1,
-            kind: Kind::Gauge,
-            series: alarms
-                .by_state_priority
-                .iter()
-                .map(|((state, priority), n)| {
-                    (
-                        vec![
-                            ("state", state.to_string()),
-                            ("priority", priority.as_str().to_string()),
-                        ],
-                        Value::Int(*n),
-                    )
-                })
-                .collect(),
-        });
-        families.push(single(
-            ALARM_FLOODS,
-            Kind::Counter,
-            Value::Int(alarms.floods_total),
-        ));
-        families.push(single(
-            ALARM_CHATTERING,
-            Kind::Counter,
-            Value::Int(alarms.chattering_total),
-        ));
-        for f in SINK_FAMILIES {
-            families.push(per_item(f, "sink", self.sinks.iter().map(|s| (&s.name, s))));
-        }
-        families.push(single(UPTIME, Kind::Gauge, Value::Float(uptime_s)));
-        families.push(Scraped {
-            name: BUILD_INFO.0,
-            help: BUILD_INFO.1,
-            kind: Kind::Info,
-            series: vec![(
-                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
-                Value::Info,
-            )],
-        });
-        Scrape { families }
+        vec![
+            single(SAMPLES_PER_SECOND, Kind::Gauge, Value::Float(sps)),
+            single(
+                MODBUS_RTT,
+                Kind::Histogram,
+                Value::Histogram(self.modbus_rtt.clone()),
+            ),
+            single(
+                BATCHES_DROPPED,
+                Kind::Counter,
+                Value::Int(load(&self.batches_dropped)),
+            ),
+            single(
+                LINK_RESTARTS,
+                Kind::Counter,
+                Value::Int(load(&self.link_restarts)),
+            ),
+            single(
+                ALARM_TRANSITIONS,
+                Kind::Counter,
+                Value::Int(load(&self.alarm_transitions)),
+            ),
+            single(
+                ALARM_LATENCY,
+                Kind::Histogram,
+                Value::Histogram(self.alarm_latency.clone()),
+            ),
+            Scraped {
+                name: ALARMS.0,
+                help: ALARMS.1,
+                kind: Kind::Gauge,
+                series: alarms
+                    .by_state_priority
+                    .iter()
+                    .map(|((state, priority), n)| {
+                        (
+                            vec![
+                                ("state", state.to_string()),
+                                ("priority", priority.as_str().to_string()),
+                            ],
+                            Value::Int(*n),
+                        )
+                    })
+                    .collect(),
+            },
+            single(ALARM_FLOODS, Kind::Counter, Value::Int(alarms.floods_total)),
+            single(
+                ALARM_CHATTERING,
+                Kind::Counter,
+                Value::Int(alarms.chattering_total),
+            ),
+        ]
     }
-}
 
-fn per_item<'a, T: 'a>(
-    f: &Family<T>,
-    label: &'static str,
-    items: impl Iterator<Item = (&'a String, &'a T)>,
-) -> Scraped {
-    let mut series = Vec::new();
-    for (name, item) in items {
-        let labels = vec![(label, name.clone())];
-        match &f.read {
-            Read::Int(get) => series.push((labels, Value::Int(get(item)))),
-            Read::Micros(get) => {
-                series.push((labels, Value::Float(get(item) as f64 / 1e6)));
-            }
-            Read::ByLabel(extra, values) => {
-                for (value, get) in *values {
-                    let mut l = labels.clone();
-                    l.push((extra, value.to_string()));
-                    series.push((l, Value::Int(get(item))));
-                }
-            }
-            Read::Histogram(get) => series.push((labels, Value::Histogram(get(item).clone()))),
-        }
-    }
-    Scraped {
-        name: f.name,
-        help: f.help,
-        kind: f.kind,
-        series,
+    /// The families after the per-sink ones (the process series follow them).
+    fn tail(&self, now: Ts) -> Vec<Scraped> {
+        vec![
+            single(UPTIME, Kind::Gauge, Value::Float(self.uptime_s(now))),
+            Scraped {
+                name: BUILD_INFO.0,
+                help: BUILD_INFO.1,
+                kind: Kind::Info,
+                series: vec![(
+                    vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                    Value::Info,
+                )],
+            },
+        ]
     }
 }
 
@@ -607,17 +801,19 @@ fn declared(name: &str, kind: Kind) -> &str {
     }
 }
 
-impl Collector for Scrape {
+/// Copied families, encoded in order.
+#[derive(Debug)]
+struct Families(Vec<Scraped>);
+
+impl Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        for f in &self.families {
-            let ty = match f.kind {
-                Kind::Counter => MetricType::Counter,
-                Kind::Gauge => MetricType::Gauge,
-                Kind::Histogram => MetricType::Histogram,
-                Kind::Info => MetricType::Info,
-            };
-            let mut family =
-                encoder.encode_descriptor(declared(f.name, f.kind), f.help, None, ty)?;
+        for f in &self.0 {
+            let mut family = encoder.encode_descriptor(
+                declared(f.name, f.kind),
+                f.help,
+                None,
+                metric_type(f.kind),
+            )?;
             for (labels, value) in &f.series {
                 if let Value::Info = value {
                     Info::new(labels.clone()).encode(family.encode_family(&Vec::<(
@@ -628,14 +824,11 @@ impl Collector for Scrape {
                     continue;
                 }
                 let m = family.encode_family(labels)?;
-                match (value, f.kind) {
-                    (Value::Int(n), Kind::Counter) => ConstCounter::new(*n).encode(m)?,
-                    (Value::Int(n), _) => {
-                        ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX)).encode(m)?
-                    }
-                    (Value::Float(x), _) => ConstGauge::new(*x).encode(m)?,
-                    (Value::Histogram(h), _) => h.encode(m)?,
-                    (Value::Info, _) => {}
+                match value {
+                    Value::Int(n) => encode_int(m, f.kind, *n)?,
+                    Value::Float(x) => ConstGauge::new(*x).encode(m)?,
+                    Value::Histogram(h) => h.encode(m)?,
+                    Value::Info => {}
                 }
             }
         }
@@ -788,7 +981,7 @@ mod tests {
         m
     }
 
-    fn render(m: &Metrics, now: Ts) -> String {
+    fn render(m: &Arc<Metrics>, now: Ts) -> String {
         m.render(&AlarmCounts::default(), now)
     }
 
@@ -824,6 +1017,45 @@ mod tests {
             }
         }
         declared
+    }
+
+    /// Families are split into parts of a few devices; the parts after the first continue
+    /// the family's samples without declaring it again, whatever the number of devices.
+    #[test]
+    fn a_scrape_in_parts_declares_each_family_once_and_holds_every_device() {
+        for n in [0usize, 1, ITEMS_PER_PART, ITEMS_PER_PART + 1, 203] {
+            let m = Metrics::new((0..n).map(|i| format!("d{i}")), ["plant".to_string()]);
+            let chunks: Vec<String> = m.scrape(AlarmCounts::default(), 0).collect();
+            for c in &chunks {
+                assert!(
+                    c.len() < CHUNK_BYTES + 8 * 1024,
+                    "{n}: a chunk of {}",
+                    c.len()
+                );
+            }
+            let text = chunks.concat();
+            // The same text as one piece, up to the process series (read from /proc at each call).
+            let agent = |t: &str| {
+                t.split("# HELP process_")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert_eq!(agent(&text), agent(&m.render(&AlarmCounts::default(), 0)));
+            let declared = families(&text);
+            assert_eq!(
+                declared.len(),
+                DEVICE_FAMILIES.len() + 9 + SINK_FAMILIES.len() + 2 + 7,
+                "{n}: {declared:?}"
+            );
+            for i in 0..n {
+                let label = format!("{{device=\"d{i}\"}}");
+                let up = format!("alsentry_device_up{label} 0\n");
+                assert_eq!(text.matches(&up).count(), 1, "{n}: {up}");
+                let count = format!("alsentry_poll_duration_seconds_count{label} 0\n");
+                assert_eq!(text.matches(&count).count(), 1, "{n}: {count}");
+            }
+        }
     }
 
     #[test]

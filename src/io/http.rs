@@ -759,7 +759,11 @@ fn router(state: Arc<HttpState>) -> Router {
     let mut r = Router::new();
     for path in OPS_PATHS {
         let st = state.clone();
-        r = r.route(path, get(move || async move { route(path, &st) }));
+        r = if path == "/metrics" {
+            r.route(path, get(move || async move { metrics(&st) }))
+        } else {
+            r.route(path, get(move || async move { route(path, &st) }))
+        };
     }
     if let Some(web) = &state.web {
         r = r.merge(crate::io::web::router(web.clone()));
@@ -769,15 +773,6 @@ fn router(state: Arc<HttpState>) -> Router {
 
 fn route(path: &str, state: &HttpState) -> Response {
     match path {
-        "/metrics" => {
-            // Clone out of the watch so the engine is never blocked by a slow render.
-            let alarms = state.alarms.borrow().clone();
-            Response {
-                status: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                body: render_metrics(&state.metrics, &alarms, state.clock.now()).into_bytes(),
-            }
-        }
         "/healthz" => {
             let l = state.pulse.liveness(state.clock.mono());
             if l.alive {
@@ -805,6 +800,33 @@ fn route(path: &str, state: &HttpState) -> Response {
     }
 }
 
+/// `/metrics`: the text encoded in chunks of ~16 KB straight from the live counters
+/// ([`Metrics::scrape`]), handed to hyper as they are and each freed once written, so a scrape
+/// of hundreds of devices never makes one ~400 KB string nor a copy of every series' labels.
+/// They are all encoded before the head goes out, for its Content-Length (plain clients and
+/// HTTP/1.0 ones read the body by its length, not as chunked transfer encoding).
+fn metrics(state: &HttpState) -> axum::response::Response {
+    // Counted under the watch's read lock (a few dozen entries), not cloned out of it.
+    let counts = state.alarms.borrow().counts();
+    let chunks: Vec<axum::body::Bytes> = state
+        .metrics
+        .scrape(counts, state.clock.now())
+        .map(axum::body::Bytes::from)
+        .collect();
+    let length = chunks.iter().map(|c| c.len()).sum::<usize>();
+    let body =
+        futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let mut r = axum::body::Body::from_stream(body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// `/readyz`: config loaded, a sink connected, `share` of the devices answering
 /// ([`health::readiness`]).
 pub fn readiness(
@@ -823,7 +845,7 @@ pub fn readiness(
 
 /// Renders every metric as OpenMetrics text (names, help and values live in
 /// `metrics.rs`; the alarm counts come from the engine's snapshot). Pure: `now` is passed in.
-pub fn render_metrics(metrics: &Metrics, alarms: &AlarmSnapshot, now: Ts) -> String {
+pub fn render_metrics(metrics: &Arc<Metrics>, alarms: &AlarmSnapshot, now: Ts) -> String {
     metrics.render(&alarms.counts(), now)
 }
 

@@ -139,11 +139,11 @@ impl WriteJob {
 /// answered "link not running".
 #[derive(Debug, Clone, Default)]
 pub struct WriteRouter {
-    inboxes: Arc<std::sync::Mutex<std::collections::HashMap<u32, mpsc::Sender<WriteJob>>>>,
+    inboxes: Arc<std::sync::Mutex<std::collections::HashMap<u32, mpsc::Sender<Box<WriteJob>>>>>,
 }
 
 impl WriteRouter {
-    fn register(&self, devices: &[LinkDevice], tx: &mpsc::Sender<WriteJob>) {
+    fn register(&self, devices: &[LinkDevice], tx: &mpsc::Sender<Box<WriteJob>>) {
         if let Ok(mut m) = self.inboxes.lock() {
             for d in devices {
                 m.insert(d.index, tx.clone());
@@ -161,9 +161,9 @@ impl WriteRouter {
             .and_then(|m| m.get(&job.order.device).cloned());
         match tx {
             None => Err((job, "the device's link is not running")),
-            Some(tx) => tx.try_send(job).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(j) => (j, "the link's write queue is full"),
-                mpsc::error::TrySendError::Closed(j) => (j, "the device's link is not running"),
+            Some(tx) => tx.try_send(Box::new(job)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(j) => (*j, "the link's write queue is full"),
+                mpsc::error::TrySendError::Closed(j) => (*j, "the device's link is not running"),
             }),
         }
     }
@@ -220,7 +220,9 @@ impl Link {
         let seed = backoff::seed(&key, self.clock.now() as u64);
         let mut schedule = PollSchedule::new(&timings, seed, self.clock.mono());
         let mut conn: Option<Connection> = None;
-        let (write_tx, mut write_rx) = mpsc::channel::<WriteJob>(WRITE_QUEUE);
+        // Boxed: a channel allocates its slots up front (a block of 32), and writes are rare;
+        // unboxed, the inboxes of 400 links held ~1 MB.
+        let (write_tx, mut write_rx) = mpsc::channel::<Box<WriteJob>>(WRITE_QUEUE);
         self.writes.register(&self.devices, &write_tx);
         loop {
             let Some((at, step)) = schedule.next() else {
@@ -230,7 +232,7 @@ impl Link {
                 _ = cancel.cancelled() => return,
                 _ = clock::sleep_until(&*self.clock, at) => {}
                 Some(job) = write_rx.recv() => {
-                    self.write(&mut conn, job, &write_tx).await;
+                    self.write(&mut conn, *job, &write_tx).await;
                     if conn.is_none() {
                         // Without this the schedule still says "poll" and every poll step
                         // found no connection: the link spun and never polled again.
@@ -361,7 +363,7 @@ impl Link {
         &self,
         conn: &mut Option<Connection>,
         mut job: WriteJob,
-        again: &mpsc::Sender<WriteJob>,
+        again: &mpsc::Sender<Box<WriteJob>>,
     ) {
         let o = &job.order;
         let result = |written, read_back, attempts| WriteResult {
@@ -426,9 +428,9 @@ impl Link {
         let again = again.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if let Err(e) = again.send(job).await {
+            if let Err(e) = again.send(Box::new(job)).await {
                 // The link stopped meanwhile: answer with what is known.
-                let j = e.0;
+                let j = *e.0;
                 let r = WriteResult {
                     id: j.order.id,
                     written: Ok(()),

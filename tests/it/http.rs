@@ -13,7 +13,7 @@ use std::time::Duration;
 use alsentry::clock::{Clock, ManualClock};
 use alsentry::core::model::Priority;
 use alsentry::io::http::{serve_with_limits, AlarmSnapshot, AlarmView, HttpLimits, HttpState};
-use alsentry::metrics::Metrics;
+use alsentry::metrics::{Metrics, CHUNK_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,10 +35,11 @@ struct Server {
 
 impl Server {
     async fn start(limits: HttpLimits) -> Server {
-        let metrics = Metrics::new(
-            [ODD_DEVICE.to_string(), "kiln-1".to_string()],
-            ["plant".to_string(), "cloud".to_string()],
-        );
+        Server::with_devices([ODD_DEVICE.to_string(), "kiln-1".to_string()], limits).await
+    }
+
+    async fn with_devices(devices: impl IntoIterator<Item = String>, limits: HttpLimits) -> Server {
+        let metrics = Metrics::new(devices, ["plant".to_string(), "cloud".to_string()]);
         metrics.started_ms.store(START, Ordering::Relaxed);
         let clock = ManualClock::new(START + 20_000);
         let (alarms, rx) = watch::channel(AlarmSnapshot::default());
@@ -314,6 +315,43 @@ fn quick_limits() -> HttpLimits {
         read_timeout: Duration::from_millis(300),
         ..HttpLimits::default()
     }
+}
+
+/// `/metrics` at 400 devices (~400 KB of text, encoded in parts of a few devices and sent in
+/// chunks of about `CHUNK_BYTES`): one exposition with its length in the head, every family
+/// declared once and every device once in each.
+#[tokio::test]
+async fn metrics_of_hundreds_of_devices_come_whole_with_their_length() {
+    let names: Vec<String> = (1..=400).map(|i| format!("pot-{i:03}")).collect();
+    let srv = Server::with_devices(names.clone(), HttpLimits::default()).await;
+    srv.metrics.devices[399]
+        .polls_ok
+        .store(7, Ordering::Relaxed);
+    let r = get(srv.addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 20 * CHUNK_BYTES, "{} bytes", r.body.len());
+    assert!(
+        !r.headers.contains_key("transfer-encoding"),
+        "{:?}",
+        r.headers
+    );
+    let samples = parse_exposition(&r.body);
+    for name in &names {
+        let ok = value(
+            &samples,
+            "alsentry_polls_total",
+            &[("device", name), ("result", "ok")],
+        );
+        assert_eq!(ok, if name == "pot-400" { 7.0 } else { 0.0 }, "{name}");
+        for family in ["alsentry_device_up", "alsentry_poll_duration_seconds_count"] {
+            let n = samples
+                .iter()
+                .filter(|s| s.name == family && s.labels.get("device") == Some(name))
+                .count();
+            assert_eq!(n, 1, "{family} of {name}");
+        }
+    }
+    srv.stop().await;
 }
 
 #[tokio::test]
