@@ -27,6 +27,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn resync(&self, _max_drift_ms: i64) -> Option<i64> {
         None
     }
+
+    /// Both timelines from one reading: what hot paths that need both (a poll's end: its
+    /// duration and its samples' timestamp) take, so the clock is read once.
+    fn stamp(&self) -> (Mono, Ts) {
+        (self.mono(), self.now())
+    }
 }
 
 /// Wall time that never jumps: anchored to the system clock at start and advanced by the
@@ -96,6 +102,13 @@ impl Clock for SystemClock {
 
     fn resync(&self, max_drift_ms: i64) -> Option<i64> {
         self.resync_now(max_drift_ms)
+    }
+
+    fn stamp(&self) -> (Mono, Ts) {
+        let elapsed = self.anchor_mono.elapsed();
+        let mono = Mono::from_micros(elapsed.as_micros() as u64);
+        let wall = self.anchor_wall.load(Ordering::Relaxed) + elapsed.as_millis() as i64;
+        (mono, wall)
     }
 }
 
@@ -281,5 +294,19 @@ mod tests {
         // A backward step is not followed.
         c.anchor_wall.fetch_add(3_600_000, Ordering::Relaxed);
         assert_eq!(c.resync(1_000), None);
+    }
+
+    #[test]
+    fn a_stamp_reads_both_timelines_at_one_instant() {
+        let c = SystemClock::new();
+        c.anchor_wall.fetch_sub(3_600_000, Ordering::Relaxed);
+        let (m0, w0) = (c.mono(), c.now());
+        let (m, w) = c.stamp();
+        let (m1, w1) = (c.mono(), c.now());
+        assert!(m0 <= m && m <= m1);
+        assert!(w0 <= w && w <= w1);
+        // The same elapsed time behind both: wall minus mono is the anchor, to the millisecond.
+        let anchor = c.anchor_wall.load(Ordering::Relaxed);
+        assert_eq!(w - anchor, (m.as_micros() / 1_000) as i64);
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Mono};
 use crate::config::{Config, DataMode, DataOptions, SummaryOptions};
 use crate::core::command::{self, RecentReplies, Reply, Request};
 use crate::core::driver::{Cadence, Driver, TICK_MS};
@@ -337,7 +337,11 @@ impl EngineTask {
 
     /// Saves the alarm state when due (`at_once`: whenever it changed).
     fn save(&mut self, at_once: bool) {
-        let (mono, now) = (self.shared.clock.mono(), self.shared.clock.now());
+        let (mono, now) = self.shared.clock.stamp();
+        self.save_at(at_once, mono, now);
+    }
+
+    fn save_at(&mut self, at_once: bool, mono: Mono, now: Ts) {
         self.keeper
             .save_if_due(self.driver.engine(), self.seq.peek(), mono, now, at_once);
     }
@@ -368,6 +372,13 @@ impl EngineTask {
             tokio::select! {
                 b = batches.recv() => match b {
                     Some(b) => {
+                        // A lone batch waits for the pollers whose replies came in with it (the
+                        // runtime would otherwise switch here after each of them): their
+                        // batches join this turn and their data messages leave in one flush.
+                        // A backlog is worked off at once.
+                        if batches.is_empty() {
+                            tokio::task::yield_now().await;
+                        }
                         self.on_batch(&b).await;
                         // Batches already waiting are applied in this turn, each followed by
                         // its alarms as before: one wake for a burst of polls, not one each.
@@ -439,8 +450,10 @@ impl EngineTask {
                 }
             }
             self.publish_events().await;
-            self.shared.pulse.engine_turned(self.shared.clock.mono());
-            self.save(false);
+            // One clock reading per turn (at 1 Hz each poll is a turn of its own).
+            let (mono, now) = self.shared.clock.stamp();
+            self.shared.pulse.engine_turned(mono);
+            self.save_at(false, mono, now);
         }
     }
 

@@ -42,6 +42,8 @@ pub struct LinkDevice {
     pub backoff_max: Duration,
     pub tags: Arc<[Tag]>,
     pub planner: Planner,
+    /// Which tags the current poll has settled (kept between polls: no allocation per poll).
+    read: Vec<bool>,
 }
 
 impl LinkDevice {
@@ -55,6 +57,7 @@ impl LinkDevice {
             backoff_max: Duration::from_millis(d.backoff_max_ms as u64),
             tags: d.tags.clone(),
             planner: super::read_plan::planner_for(d),
+            read: Vec::with_capacity(d.tags.len()),
         }
     }
 
@@ -203,6 +206,8 @@ enum PollOutcome {
 /// What one poll measured, for its [`PollFinished`] event.
 struct PollReport {
     outcome: PollOutcome,
+    /// When the poll ended, on the monotonic timeline.
+    ended: clock::Mono,
     took: Duration,
     last_rtt: Option<Duration>,
     samples: usize,
@@ -228,21 +233,38 @@ impl Link {
             let Some((at, step)) = schedule.next() else {
                 return;
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = clock::sleep_until(&*self.clock, at) => {}
-                Some(job) = write_rx.recv() => {
-                    self.write(&mut conn, *job, &write_tx).await;
-                    if conn.is_none() {
-                        // Without this the schedule still says "poll" and every poll step
-                        // found no connection: the link spun and never polled again.
-                        schedule.disconnected();
-                    }
+            let mut now = self.clock.mono();
+            let job = if now < at {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = clock::sleep_until(&*self.clock, at) => None,
+                    Some(job) = write_rx.recv() => Some(job),
+                }
+            } else {
+                // Due already (polling flat out, or late): no timer and no wait, but
+                // cancellation and queued writes are still seen before the step.
+                if cancel.is_cancelled() {
+                    return;
+                }
+                // Counts against the task's cooperative budget, so a link that is always due
+                // still lets the other links and the engine run on a single worker.
+                tokio::task::consume_budget().await;
+                write_rx.try_recv().ok()
+            };
+            if let Some(job) = job {
+                self.write(&mut conn, *job, &write_tx).await;
+                if conn.is_none() {
+                    // Without this the schedule still says "poll" and every poll step
+                    // found no connection: the link spun and never polled again.
+                    schedule.disconnected();
+                }
+                continue;
+            }
+            if now < at {
+                now = self.clock.mono();
+                if now < at {
                     continue;
                 }
-            }
-            if self.clock.mono() < at {
-                continue;
             }
             match step {
                 Step::Connect => {
@@ -294,7 +316,7 @@ impl Link {
                         schedule.disconnected();
                         continue;
                     };
-                    if schedule.forget_due(di, self.clock.mono()) {
+                    if schedule.forget_due(di, now) {
                         self.devices[di].planner.forget();
                     }
                     if take_injected_panic(&self.devices[di].name) {
@@ -303,8 +325,8 @@ impl Link {
                             self.devices[di].name
                         );
                     }
-                    let report = self.poll_device(c, di, &mut schedule).await;
-                    let now = self.clock.mono();
+                    let report = self.poll_device(c, di, now, &mut schedule).await;
+                    let now = report.ended;
                     let d = &self.devices[di];
                     // Answering only with exceptions is answering, for the schedule (no comm
                     // loss), but not "up": no value came back.
@@ -493,18 +515,27 @@ impl Link {
         &mut self,
         conn: &mut Connection,
         di: usize,
+        started: clock::Mono,
         schedule: &mut PollSchedule,
     ) -> PollReport {
         let clock = self.clock.clone();
         let d = &mut self.devices[di];
-        let mut values: Vec<Option<(f64, Quality)>> = vec![None; d.tags.len()];
+        // Filled in place and sent as is: every tag starts as not read, and `read` says which
+        // ones a reply (or an exception) settled.
+        let mut values: Vec<(u16, f64, Quality)> = (0..d.tags.len() as u16)
+            .map(|ti| (ti, f64::NAN, Quality::Bad(BadReason::Protocol)))
+            .collect();
+        let read = &mut d.read;
+        read.clear();
+        read.resize(values.len(), false);
         // The planned blocks are read in place (no copy per poll); `queue` holds what comes
         // first: probes and the blocks they yield. The plan changes only through a probe, so
         // the first exception 02 moves the planned blocks not read yet into `queue`.
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let planned = d.planner.blocks().len();
         let mut next_planned = 0;
-        let started = clock.mono();
+        // The clock is read once per read: a read starts when the one before it ended.
+        let mut mark = started;
         let mut outcome = PollOutcome::Ok;
         let mut reads: u32 = 0;
         let mut last_rtt = None;
@@ -530,8 +561,9 @@ impl Link {
                 (b.table, b.start, b.count)
             };
             reads += 1;
-            let t0 = clock.mono();
+            let t0 = mark;
             let result = conn.read(d.unit, table, start, count, d.timeout).await;
+            mark = clock.mono();
             // A probe learns from success and from exception 02 alike.
             if let (Some(mut pr), Ok(_) | Err(ReadError::Exception(2))) = (probe, &result) {
                 let ok = result.is_ok();
@@ -553,7 +585,7 @@ impl Link {
             };
             match result {
                 Ok(data) => {
-                    last_rtt = Some(clock.mono().since(t0));
+                    last_rtt = Some(mark.since(t0));
                     let image = match &data {
                         ReadData::Registers(words) => Image::Registers { start, words },
                         ReadData::Bits(bits) => Image::Bits { start, bits },
@@ -561,13 +593,15 @@ impl Link {
                     for &ti in &block.tags {
                         let tag = &d.tags[ti];
                         let r = decode_at(&tag.encoding, tag.address, image);
-                        values[ti] = Some(match r {
+                        let slot = &mut values[ti];
+                        (slot.1, slot.2) = match r {
                             Ok(v) => (v, Quality::Good),
                             Err(_) => {
                                 decode_errors += 1;
                                 (f64::NAN, Quality::Bad(BadReason::Decode))
                             }
-                        });
+                        };
+                        read[ti] = true;
                     }
                 }
                 Err(ReadError::Exception(2)) => {
@@ -586,7 +620,8 @@ impl Link {
                 }
                 Err(ReadError::Exception(code)) => {
                     for &ti in &block.tags {
-                        values[ti] = Some((f64::NAN, Quality::Bad(BadReason::Exception(code))));
+                        values[ti].2 = Quality::Bad(BadReason::Exception(code));
+                        read[ti] = true;
                     }
                     // 0A/0B: the gateway cannot reach the unit; the rest of its reads would fail too.
                     if code == 0x0A || code == 0x0B {
@@ -618,32 +653,29 @@ impl Link {
             PollOutcome::Ok => None,
             PollOutcome::UnitFailed(r) | PollOutcome::LinkFailed(r) => Some(*r),
         };
-        let took = clock.mono().since(started);
-        let ts = clock.now();
-        let mut batch = Vec::with_capacity(values.len());
-        for (ti, v) in values.into_iter().enumerate() {
-            let (v, q) = match v {
-                Some(x) => x,
-                None if d.planner.is_unmapped(ti) => {
-                    (f64::NAN, Quality::Bad(BadReason::Exception(2)))
-                }
-                None => (
-                    f64::NAN,
-                    Quality::Bad(unit_reason.unwrap_or(BadReason::Protocol)),
-                ),
-            };
-            batch.push((ti as u16, v, q));
+        // One reading for the poll's end: its duration and its samples' timestamp.
+        let (ended, ts) = clock.stamp();
+        let took = ended.since(started);
+        let mut good = 0;
+        for (ti, slot) in values.iter_mut().enumerate() {
+            if read[ti] {
+                good += usize::from(slot.2.is_good());
+            } else if d.planner.is_unmapped(ti) {
+                slot.2 = Quality::Bad(BadReason::Exception(2));
+            } else if let Some(r) = unit_reason {
+                slot.2 = Quality::Bad(r);
+            }
         }
-        let samples = batch.len();
-        let good = batch.iter().filter(|(_, _, q)| q.is_good()).count();
+        let samples = values.len();
         let index = d.index;
         self.send(SampleBatch {
             device: index,
             ts,
-            values: batch,
+            values,
         });
         PollReport {
             outcome,
+            ended,
             took,
             last_rtt,
             samples,

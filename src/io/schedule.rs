@@ -101,6 +101,18 @@ impl Slot {
     }
 }
 
+/// The first poll of a unit is put on a grid of the monotonic timeline shared by every link:
+/// a hundredth of the interval, 1 to 10 ms. The polls stay spread over the interval, but those
+/// due in the same grid step share one wake-up of the runtime and their data messages leave in
+/// one MQTT flush (at 400 cells @ 1 Hz, ten polls a wake instead of about one).
+fn on_wake_grid(at: Mono, poll: Duration) -> Mono {
+    let grid = (poll / 100)
+        .clamp(Duration::from_millis(1), Duration::from_millis(10))
+        .as_micros()
+        .max(1) as u64;
+    Mono::from_micros(at.as_micros().div_ceil(grid).saturating_mul(grid))
+}
+
 #[derive(Debug)]
 pub struct PollSchedule {
     slots: Vec<Slot>,
@@ -125,7 +137,7 @@ impl PollSchedule {
             .enumerate()
             .map(|(i, u)| Slot {
                 poll: u.poll,
-                next_due: now + u.poll.mul_f64(0.4 * link_backoff.spread()),
+                next_due: on_wake_grid(now + u.poll.mul_f64(0.4 * link_backoff.spread()), u.poll),
                 failures: 0,
                 // Each unit its own jitter stream, decorrelated from its neighbours'.
                 backoff: Backoff::new(
@@ -284,9 +296,42 @@ mod tests {
         let units = vec![unit(1_000, 10_000); 50];
         let s = PollSchedule::new(&units, 11, T0);
         let offsets: Vec<Duration> = s.slots.iter().map(|x| x.next_due.since(T0)).collect();
-        assert!(offsets.iter().all(|d| *d < ms(400)), "{offsets:?}");
+        // 40 % of the interval, rounded up to the next step of the 10 ms wake grid.
+        assert!(offsets.iter().all(|d| *d <= ms(410)), "{offsets:?}");
         let distinct: std::collections::HashSet<_> = offsets.iter().collect();
         assert!(distinct.len() > 25, "spread, not lockstep");
+    }
+
+    #[test]
+    fn first_polls_of_all_links_share_the_steps_of_one_wake_grid() {
+        // Links start a few hundred microseconds apart; their first polls still fall on the
+        // same grid (a hundredth of the interval, 1 to 10 ms), so polls due together share a
+        // wake-up of the runtime.
+        for (poll, grid) in [(1_000, 10_000), (200, 2_000), (50, 1_000), (60_000, 10_000)] {
+            let mut steps = std::collections::HashSet::new();
+            let mut count = 0;
+            for link in 0..40u64 {
+                let now = T0 + Duration::from_micros(link * 137);
+                let s = PollSchedule::new(&vec![unit(poll, 10_000); 10], link, now);
+                for x in &s.slots {
+                    assert_eq!(
+                        x.next_due.as_micros() % grid,
+                        0,
+                        "{poll} ms: {:?}",
+                        x.next_due
+                    );
+                    assert!(
+                        x.next_due >= now && x.next_due.since(now) <= ms(poll * 2 / 5) + ms(10)
+                    );
+                    steps.insert(x.next_due);
+                    count += 1;
+                }
+            }
+            // 400 first polls over 40 % of a second: at most 41 steps of 10 ms, not ~400.
+            if poll == 1_000 {
+                assert!(steps.len() <= 42 && count == 400, "{} steps", steps.len());
+            }
+        }
     }
 
     #[test]
