@@ -917,8 +917,9 @@ def floor_section(w, runs, floors):
       "(alsentry, floor, bare client, then the next repeat):")
     w("")
     w("- **publishing floor**: `examples/publish_floor.rs`: a paced bare tokio-modbus client (one connection "
-      "and one tokio interval per cell, `MissedTickBehavior::Skip`: on a fixed grid, a late poll at once, passed slots counted as missed; first polls spread over 40 % of the period as "
-      "alsentry does) that decodes the cell's tags and publishes the same `alsentry/data/1` JSON message per poll "
+      "and one tokio interval per cell, `MissedTickBehavior::Skip`: on a fixed grid, a late poll at once, passed slots counted as missed; first polls spread evenly over 40 % of the period, "
+      "as alsentry spreads them, but not on alsentry's wake grid, which puts those falling in one step of a hundredth "
+      "of the period on one wake-up: a choice of alsentry's schedule that a minimal client does not make) that decodes the cell's tags and publishes the same `alsentry/data/1` JSON message per poll "
       "(same topic shape, same fields, alsentry's number form) through a minimal rumqttc client at QoS 0. No rules, "
       "no windows, no summaries, no outbox: the cost of the job itself.")
     w("- **bare client**: the same example with `--no-publish`: polls on the same schedule, decodes and publishes "
@@ -1298,10 +1299,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--loads", default="", help="comma list of CELLSxPERIOD, e.g. 400x1.0,400x0.1")
-    ap.add_argument("--ceiling-cells", type=int, default=100,
+    ap.add_argument("--ceiling-cells", type=int, default=400,
                     help="cells of the ceiling stage (the transport ceiling and alsentry polling back to back); "
                          "alsentry's 1 ms shortest interval caps it at 1000 polls/s per cell, so a fast ceiling "
-                         "needs several hundred")
+                         "needs several hundred (default 400)")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()

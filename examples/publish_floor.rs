@@ -393,7 +393,8 @@ async fn cell(job: Arc<Job>, i: u16) {
         c.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    // Spread the first polls over 40 % of the period, as alsentry's schedule does.
+    // Spread the first polls evenly over 40 % of the period, as alsentry's schedule does (but
+    // not on its wake grid: a minimal client wakes for each poll; docs/BENCHMARKING.md).
     let spread = period.mul_f64(0.4 * f64::from(i) / f64::from(args.cells.max(1)));
     tokio::time::sleep(spread).await;
     let mut ticks = tokio::time::interval(period);

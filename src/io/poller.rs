@@ -246,9 +246,6 @@ impl Link {
                 if cancel.is_cancelled() {
                     return;
                 }
-                // Counts against the task's cooperative budget, so a link that is always due
-                // still lets the other links and the engine run on a single worker.
-                tokio::task::consume_budget().await;
                 write_rx.try_recv().ok()
             };
             if let Some(job) = job {
@@ -373,6 +370,10 @@ impl Link {
                         self.health.set(self.devices[di].index, answered_values);
                     }
                     self.health.polled(self.devices[di].index);
+                    // Counts against the task's cooperative budget, so a link that is always
+                    // due still lets the other links and the engine run on a single worker
+                    // (here, after the poll, so that a yield never counts as round-trip time).
+                    tokio::task::consume_budget().await;
                 }
             }
         }
@@ -534,7 +535,9 @@ impl Link {
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let planned = d.planner.blocks().len();
         let mut next_planned = 0;
-        // The clock is read once per read: a read starts when the one before it ended.
+        // The clock is read once per read: a read starts when the one before it ended (so a
+        // round trip includes decoding the block before it: microseconds, below the smallest
+        // bucket of the histogram).
         let mut mark = started;
         let mut outcome = PollOutcome::Ok;
         let mut reads: u32 = 0;
@@ -620,7 +623,9 @@ impl Link {
                 }
                 Err(ReadError::Exception(code)) => {
                     for &ti in &block.tags {
-                        values[ti].2 = Quality::Bad(BadReason::Exception(code));
+                        // NaN too: a probe's earlier read may have settled this tag with a value.
+                        (values[ti].1, values[ti].2) =
+                            (f64::NAN, Quality::Bad(BadReason::Exception(code)));
                         read[ti] = true;
                     }
                     // 0A/0B: the gateway cannot reach the unit; the rest of its reads would fail too.

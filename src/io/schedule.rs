@@ -6,7 +6,8 @@
 //!
 //! * Units are polled one at a time (a link is a serialized transaction queue), the one due
 //!   first going first. The first polls are spread over the first 40 % of each interval so
-//!   that many links do not fire in lockstep.
+//!   that many links do not fire in lockstep, on a coarse grid shared by every link (a
+//!   hundredth of the interval, 1 to 10 ms) so that those falling in one step share a wake-up.
 //! * A unit that fails backs off on its own, from its poll interval doubling up to its
 //!   `backoff_max` (with jitter), so it costs the others at most one timeout per step.
 //! * A link that cannot connect backs off from 500 ms to the largest `backoff_max` of its
@@ -177,6 +178,10 @@ impl PollSchedule {
     /// The connection opened. True when it had failed before (worth telling operators).
     pub fn connected(&mut self) -> bool {
         self.connected = true;
+        // Back on the wake grid after the link was down.
+        for s in &mut self.slots {
+            s.next_due = on_wake_grid(s.next_due, s.poll);
+        }
         std::mem::take(&mut self.connect_failures) > 0
     }
 
@@ -239,7 +244,8 @@ impl PollSchedule {
         };
         s.failures += 1;
         let retry_in = s.backoff.delay(s.failures);
-        s.next_due = now + retry_in;
+        // Back on the wake grid, which a unit that recovers keeps.
+        s.next_due = on_wake_grid(now + retry_in, s.poll);
         Failed {
             retry_in,
             change: s.set_up(false),
@@ -327,6 +333,22 @@ mod tests {
                     count += 1;
                 }
             }
+            // A unit that fails and a link that cannot connect come back on the grid.
+            let mut s = PollSchedule::new(&[unit(poll, 10_000); 2], 3, T0);
+            let off_grid = T0 + Duration::from_micros(grid / 3 + 1);
+            s.failed(0, off_grid, false);
+            assert_eq!(
+                s.slots[0].next_due.as_micros() % grid,
+                0,
+                "{poll} ms: failed"
+            );
+            s.connect_failed(off_grid + ms(poll));
+            s.connected();
+            assert_eq!(
+                s.slots[1].next_due.as_micros() % grid,
+                0,
+                "{poll} ms: link down"
+            );
             // 400 first polls over 40 % of a second: at most 41 steps of 10 ms, not ~400.
             if poll == 1_000 {
                 assert!(steps.len() <= 42 && count == 400, "{} steps", steps.len());
