@@ -102,10 +102,12 @@ impl Slot {
     }
 }
 
-/// The first poll of a unit is put on a grid of the monotonic timeline shared by every link:
-/// a hundredth of the interval, 1 to 10 ms. The polls stay spread over the interval, but those
-/// due in the same grid step share one wake-up of the runtime and their data messages leave in
-/// one MQTT flush (at 400 cells @ 1 Hz, ten polls a wake instead of about one).
+/// A unit's first poll, its retries and its polls after a reconnect are put on a grid of the
+/// monotonic timeline shared by every link: a hundredth of the interval, 1 to 10 ms (later
+/// polls keep it: each is one interval after the last). The polls stay spread over the
+/// interval, but those due in the same grid step share one wake-up of the runtime and their
+/// data messages leave in one MQTT flush (at 400 cells @ 1 Hz, ten polls a wake instead of
+/// about one).
 fn on_wake_grid(at: Mono, poll: Duration) -> Mono {
     let grid = (poll / 100)
         .clamp(Duration::from_millis(1), Duration::from_millis(10))
