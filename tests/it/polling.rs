@@ -174,6 +174,59 @@ async fn an_unmapped_register_inside_a_block_never_blinds_the_rest_case() {
     running.stop().await;
 }
 
+#[test]
+fn an_exception_after_a_probe_read_leaves_no_value_behind() {
+    run_watched(an_exception_after_a_probe_read_leaves_no_value_behind_case());
+}
+
+/// A block fails with 02 (register 3 unmapped), the probe reads the prefix 0-1 (values 100,
+/// 200), then the longer prefix 0-2 fails with 04 (register 2: server device failure). Tags a
+/// and b are then bad with exception 04, and must not carry the probe's earlier values: a
+/// consumer that reads `v` without `q` would take 100 for a current reading.
+async fn an_exception_after_a_probe_read_leaves_no_value_behind_case() {
+    let dev = Device::default();
+    dev.set_holding(1, 0, &[100, 200, 300, 400]);
+    dev.unmap(1, 3);
+    dev.fail_reads(
+        1,
+        2,
+        tokio_modbus::prelude::ExceptionCode::ServerDeviceFailure,
+    );
+    let cells = Served::start(dev).await;
+    let (broker, mut sub) = embedded_with_sub("test-sub", "alsentry/#").await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Agent::new("gw")
+        .state_dir(state.path())
+        .mqtt(&broker.url())
+        .section("[data]\nmode = \"poll\"")
+        .device(Dev::tcp("plc", cells.addr).poll("200ms").tags(
+            r#"[
+  { name = "a", table = "holding", address = 0 },
+  { name = "b", table = "holding", address = 1 },
+  { name = "c", table = "holding", address = 2 },
+  { name = "d", table = "holding", address = 3 },
+]"#,
+        ))
+        .build();
+    let running = alsentry::app::start(cfg, SystemClock::new()).await.unwrap();
+    let m = sub
+        .wait_for(Duration::from_secs(10), |m| m.topic.ends_with("/plc/data"))
+        .await
+        .expect("a data message of plc");
+    let values = &m.json()["values"];
+    for tag in ["a", "b", "c"] {
+        assert_eq!(values[tag]["q"], "bad:exception_04", "{tag}: {values}");
+        assert!(values[tag]["v"].is_null(), "{tag} keeps a value: {values}");
+    }
+    // The probe did read 0-1 before the failing read (else this test shows nothing).
+    let reads = cells.device.reads();
+    assert!(
+        reads.iter().any(|r| (r.2, r.3) == (0, 2)) && reads.iter().any(|r| (r.2, r.3) == (0, 3)),
+        "reads: {reads:?}"
+    );
+    running.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Flapping, slow and dead devices do not slow the healthy ones
 // ---------------------------------------------------------------------------------------------

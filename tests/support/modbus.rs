@@ -34,6 +34,9 @@ pub struct Regs {
     pub stuck: HashSet<(u8, u16)>,
     /// Units that take reads but never answer a write (it times out on the agent's side).
     pub deaf_to_writes: HashSet<u8>,
+    /// (unit, address) that answer this exception when a read touches them (after `unmapped`,
+    /// so a read touching both gets 02).
+    pub failing: HashMap<(u8, u16), ExceptionCode>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,6 +62,9 @@ impl Device {
     }
     pub fn unmap(&self, unit: u8, addr: u16) {
         self.regs.lock().unwrap().unmapped.insert((unit, addr));
+    }
+    pub fn fail_reads(&self, unit: u8, addr: u16, code: ExceptionCode) {
+        self.regs.lock().unwrap().failing.insert((unit, addr), code);
     }
     pub fn silence(&self, unit: u8, silent: bool) {
         let mut r = self.regs.lock().unwrap();
@@ -162,6 +168,14 @@ impl Service for Device {
             .any(|(u, a)| *u == unit && span.contains(a))
         {
             return Box::pin(std::future::ready(Err(ExceptionCode::IllegalDataAddress)));
+        }
+        if let Some(code) = r
+            .failing
+            .iter()
+            .find(|((u, a), _)| *u == unit && span.contains(a))
+            .map(|(_, code)| *code)
+        {
+            return Box::pin(std::future::ready(Err(code)));
         }
         let words = |m: &HashMap<(u8, u16), u16>| {
             span.clone()
