@@ -100,6 +100,13 @@ pub use super::session::STATUS_INTERVAL;
 /// An outbox record in flight: its id and class.
 type RecordId = (u64, Class);
 
+/// Why a message did not go out live: `Refused` gives it back to be stored; `Lost` only if the
+/// MQTT client kept what it was handed (it gives a refused publish back).
+enum SendLive {
+    Refused(Arc<Message>),
+    Lost(Class),
+}
+
 pub struct SinkTask {
     pub index: usize,
     pub cfg: MqttSink,
@@ -190,6 +197,21 @@ impl Client {
         payload: Vec<u8>,
         props: Props,
     ) -> Result<(), String> {
+        self.publish_parts(topic, qos, retain, payload, props)
+            .map_err(|_| "the client's request queue is full or closed".to_string())
+    }
+
+    /// `publish`, giving the topic and payload back when the client's queue refuses them (full
+    /// or closed), so the caller can still store the message it handed over. (`None` only if
+    /// the client returned something else than the publish it was given.)
+    fn publish_parts(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Vec<u8>,
+        props: Props,
+    ) -> Result<(), Option<(String, Vec<u8>)>> {
         match self {
             Client::V4(c) => {
                 let q = if qos == 0 {
@@ -198,7 +220,13 @@ impl Client {
                     QoS::AtLeastOnce
                 };
                 c.try_publish(topic, q, retain, payload)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match e {
+                        rumqttc::ClientError::Request(rumqttc::Request::Publish(p))
+                        | rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p)) => {
+                            Some((p.topic, Vec::from(p.payload)))
+                        }
+                        _ => None,
+                    })
             }
             Client::V5(c) => {
                 let q = if qos == 0 {
@@ -216,7 +244,15 @@ impl Client {
                     ..Default::default()
                 };
                 c.try_publish_with_properties(topic, q, retain, payload, properties)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match e {
+                        rumqttc::v5::ClientError::Request(rumqttc::v5::Request::Publish(p))
+                        | rumqttc::v5::ClientError::TryRequest(rumqttc::v5::Request::Publish(p)) => {
+                            String::from_utf8(Vec::from(p.topic))
+                                .ok()
+                                .map(|topic| (topic, Vec::from(p.payload)))
+                        }
+                        _ => None,
+                    })
             }
         }
     }
@@ -585,18 +621,23 @@ impl Runner<'_> {
 
     /// An alarm the outbox could not take still goes out while the broker is connected (QoS 1,
     /// without durability); otherwise it is lost and counted.
-    fn store_or_send(&mut self, m: &Message, conn: Option<&Conn>) {
-        if data_meta::is_data_meta(m) {
+    fn store_or_send(&mut self, m: Arc<Message>, conn: Option<&Conn>) {
+        if data_meta::is_data_meta(&m) {
             // Kept and sent like the status, not stored: it goes again on every connection.
             if self.sp.is_none() && self.t.cfg.carries(m.class, m.priority) {
-                self.metas.offer(m);
+                self.metas.offer(&m);
             }
             return;
         }
-        if self.send_live_data(m, conn) {
-            return;
-        }
-        if self.store(m) {
+        let m = match self.send_live_data(m, conn) {
+            Ok(()) => return,
+            Err(SendLive::Refused(m)) => m,
+            Err(SendLive::Lost(class)) => {
+                self.own_drops.io[class.index()] += 1;
+                return;
+            }
+        };
+        if self.store(&m) {
             return;
         }
         if m.class == Class::Alarm {
@@ -625,33 +666,60 @@ impl Runner<'_> {
     /// Raw data with `data_qos = 0` goes straight to a connected broker at QoS 0: no disk
     /// write, no PUBACK to wait for, and no place in the window alarms use. While the broker
     /// is away (or the data lane is full) it is kept in the outbox and replayed like the rest.
-    fn send_live_data(&mut self, m: &Message, conn: Option<&Conn>) -> bool {
+    fn send_live_data(&mut self, m: Arc<Message>, conn: Option<&Conn>) -> Result<(), SendLive> {
         if m.class != Class::Data
-            || data_meta::is_data_meta(m)
-            || self.metas.holds_back(m)
+            || data_meta::is_data_meta(&m)
+            || self.metas.holds_back(&m)
             || self.sp.is_some()
             || self.t.cfg.data_qos != 0
             || !self.session.data_has_room()
             || !self.t.cfg.carries(m.class, m.priority)
         {
-            return false;
+            return Err(SendLive::Refused(m));
         }
         let Some(c) = conn.filter(|c| c.connected) else {
-            return false;
+            return Err(SendLive::Refused(m));
         };
         let props = self.props(m.class, Some(&m.payload), 0);
-        if c.client
-            .publish(m.topic.clone(), 0, m.retain, m.payload.clone(), props)
-            .is_err()
-        {
-            return false;
+        let bytes = m.payload.len();
+        // Usually this sink holds the only reference (the engine let go of it): the topic and
+        // the payload are handed to the client as they are, not copied.
+        match Arc::try_unwrap(m) {
+            Ok(Message {
+                class,
+                topic,
+                payload,
+                retain,
+                priority,
+            }) => {
+                if let Err(back) = c.client.publish_parts(topic, 0, retain, payload, props) {
+                    return Err(match back {
+                        Some((topic, payload)) => SendLive::Refused(Arc::new(Message {
+                            class,
+                            topic,
+                            payload,
+                            retain,
+                            priority,
+                        })),
+                        None => SendLive::Lost(class),
+                    });
+                }
+            }
+            Err(m) => {
+                if c.client
+                    .publish(m.topic.clone(), 0, m.retain, m.payload.clone(), props)
+                    .is_err()
+                {
+                    return Err(SendLive::Refused(m));
+                }
+            }
         }
         self.session.handed_data();
         emit(Published {
             sink: self.sm,
-            bytes: m.payload.len(),
+            bytes,
         });
-        true
+        Ok(())
     }
 
     /// Replies to commands answer something this sink received: always carried.
@@ -808,15 +876,20 @@ impl Runner<'_> {
     fn take_messages(&mut self, first: Arc<Message>, conn: Option<&Conn>) {
         let mut m = first;
         for _ in 1..DATA_BURST {
-            if !self.send_live_data(&m, conn) {
-                break;
+            match self.send_live_data(m, conn) {
+                Ok(()) => {}
+                Err(SendLive::Refused(back)) => {
+                    self.store_or_send(back, conn);
+                    return;
+                }
+                Err(SendLive::Lost(class)) => self.own_drops.io[class.index()] += 1,
             }
             match self.t.rx.try_recv() {
                 Ok(next) => m = next,
                 Err(_) => return,
             }
         }
-        self.store_or_send(&m, conn);
+        self.store_or_send(m, conn);
     }
 
     /// A publish on the command topic: to the engine task, which answers it; answered `busy`
@@ -1285,6 +1358,32 @@ fn v311_network_options() -> rumqttc::NetworkOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A publish the client's queue refuses comes back whole (topic and payload), so live data
+    /// handed over without a copy can still be stored: nothing is lost when the queue is full.
+    #[test]
+    fn a_refused_publish_gives_its_topic_and_payload_back() {
+        let (v4, _events) = rumqttc::AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 1);
+        let (v5, _events5) =
+            rumqttc::v5::AsyncClient::new(rumqttc::v5::MqttOptions::new("t", "127.0.0.1", 1), 1);
+        for client in [Client::V4(v4), Client::V5(v5)] {
+            let publish = |n: u8| {
+                client.publish_parts(
+                    format!("a/{n}/data"),
+                    0,
+                    false,
+                    vec![n; 700],
+                    Props::default(),
+                )
+            };
+            // Nothing drains the queue of one: the first fills it, the second is refused.
+            assert_eq!(publish(1), Ok(()));
+            assert_eq!(
+                publish(2),
+                Err(Some(("a/2/data".to_string(), vec![2; 700])))
+            );
+        }
+    }
 
     /// Publishes already queued when the event loop takes one leave in the same flush: the
     /// broker side gets all of them though the loop was polled for the first one only
