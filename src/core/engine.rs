@@ -1,8 +1,8 @@
 //! The engine owns every window and every alarm. It is fed sample batches and clock ticks,
 //! and answers with alarm events; it never does I/O and never reads the clock.
 //!
-//! Per sample: the tag's window is updated once, then each rule watching the tag updates its
-//! own incremental statistics and yields a condition for its alarm. Derived tags are computed
+//! Per sample: the tag's window (kept only for tags a rule reads) is updated once, then each
+//! rule watching the tag updates its own incremental statistics and yields a condition for its alarm. Derived tags are computed
 //! from the device's latest values after each batch. Suppression by design (by another alarm
 //! or by an expression), area-scoped rules (one alarm for many devices), the built-in
 //! communication-loss alarm, flood handling and the alarm KPIs live here too.

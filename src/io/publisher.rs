@@ -198,7 +198,9 @@ impl Client {
         props: Props,
     ) -> Result<(), String> {
         self.publish_parts(topic, qos, retain, payload, props)
-            .map_err(|_| "the client's request queue is full or closed".to_string())
+            .map_err(|_| {
+                "refused by the client (queue full or closed, or an invalid topic)".to_string()
+            })
     }
 
     /// `publish`, giving the topic and payload back when the client's queue refuses them (full
@@ -682,8 +684,8 @@ impl Runner<'_> {
         };
         let props = self.props(m.class, Some(&m.payload), 0);
         let bytes = m.payload.len();
-        // Usually this sink holds the only reference (the engine let go of it): the topic and
-        // the payload are handed to the client as they are, not copied.
+        // Usually this sink holds the only reference (the engine let go of it): the payload is
+        // handed to the client as it is, not copied (rumqttc still copies the topic).
         match Arc::try_unwrap(m) {
             Ok(Message {
                 class,
@@ -701,7 +703,12 @@ impl Runner<'_> {
                             retain,
                             priority,
                         })),
-                        None => SendLive::Lost(class),
+                        None => {
+                            // Cannot happen with the rumqttc we build against: it gives every
+                            // refused publish back. Said loudly should an upgrade change that.
+                            tracing::error!(sink = %self.t.cfg.name, "the MQTT client kept a publish it refused: one data message lost");
+                            SendLive::Lost(class)
+                        }
                     });
                 }
             }
