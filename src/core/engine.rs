@@ -2,10 +2,11 @@
 //! and answers with alarm events; it never does I/O and never reads the clock.
 //!
 //! Per sample: the tag's window (kept only for tags a rule reads) is updated once, then each
-//! rule watching the tag updates its own incremental statistics and yields a condition for its alarm. Derived tags are computed
-//! from the device's latest values after each batch. Suppression by design (by another alarm
-//! or by an expression), area-scoped rules (one alarm for many devices), the built-in
-//! communication-loss alarm, flood handling and the alarm KPIs live here too.
+//! rule watching the tag updates its own incremental statistics and yields a condition for its
+//! alarm. Derived tags are computed from the device's latest values after each batch.
+//! Suppression by design (by another alarm or by an expression), area-scoped rules (one alarm
+//! for many devices), the built-in communication-loss alarm, flood handling and the alarm KPIs
+//! live here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -835,13 +836,11 @@ impl Engine {
         t.quality = if good { Quality::Good } else { quality };
         t.summary.add(v, good);
         let p = Point { ts, v };
-        let evicted = if good {
+        if good {
             t.last = Some(p);
-            if t.windowed {
-                t.window.push(p)
-            } else {
-                None
-            }
+        }
+        let evicted = if good && t.windowed {
+            t.window.push(p)
         } else {
             None
         };
