@@ -1026,8 +1026,8 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w("```sh")
     w("cargo build --release --no-default-features --bin alsentry \\")
     w("    --example modbus_ceiling --example publish_floor --example flat_cells   # the gateway build")
-    w("cargo bench --bench engine --bench core --bench outbox --bench core_stats   # criterion, ~6 min")
-    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~25 min; --peers adds ~10)")
+    w("cargo bench --bench engine --bench core --bench outbox --bench core_stats   # criterion, ~12 min with its build")
+    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~20 min; --peers adds ~11)")
     w("```")
     w("")
     dur = getattr(a, "duration_min", None)
@@ -1116,11 +1116,11 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
             w(f"| bare tokio-modbus loop, plan {c['plan']}, {c['cells']} cells | {c['reads_per_poll']} | {c['polls_per_s']:.0f} [{runs_text(c, lambda x: x['polls_per_s'])}] | {c['polls_per_s'] * TAGS_PER_CELL:.0f} | {c.get('cores', 0):.2f} | {c['errors']} | - |")
         for v in ([fast["one_thread"]] if fast.get("one_thread") else []) + [fast]:
             vps = polls_per_s(v)
-            w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | {ceiling['reads_per_poll']} | {vps:.0f} [{runs_text(v, polls_per_s)}] ({vps / cps * 100:.0f} % of the ceiling) | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} |")
+            w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | {ceiling['reads_per_poll']} | {vps:.0f} [{runs_text(v, polls_per_s)}] ({vps / cps * 100:.1f} % of the ceiling) | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} |")
         w("")
         judged = fast.get("one_thread") or fast
         w(f"alsentry at fastest polling in its default configuration (worker_threads = {judged.get('threads', 1)}) = "
-          f"**{polls_per_s(judged) / cps * 100:.0f} %** of the ceiling for the same reads. The bare loop does nothing "
+          f"**{polls_per_s(judged) / cps * 100:.1f} %** of the ceiling for the same reads. The bare loop does nothing "
           f"but the requests; the agent also decodes {TAGS_PER_CELL} tags, evaluates the rules and keeps its metrics "
           "for every poll, on the same 2 cores as the simulator, which is the bottleneck: whatever CPU a client "
           "spends per poll is taken from the simulator, so a second worker thread competes with it.")
@@ -1291,11 +1291,11 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
             rows = [(fast["one_thread"], "", "worker_threads = 1 (the default)"), (fast, "(variant) ", "worker_threads = 2")]
         for v, lead, what in rows:
             frac = polls_per_s(v) / ceiling["polls_per_s"]
-            how = verdict(frac >= 0.9, f"{(frac - 0.9) * 100:+.0f} points")
+            how = verdict(frac >= 0.9, f"{(frac - 0.9) * 100:+.1f} points")
             if ceiling_capped(ceiling):
                 how = "**not comparable** (too few cells for a 1 ms poll interval to reach the ceiling)"
             w(f"| {lead}≥ 90 % of the transport ceiling: alsentry polling back to back, {what}, medians of "
-              f"{len(v.get('all') or [1])} | {frac * 100:.0f} % | {how} |")
+              f"{len(v.get('all') or [1])} | {frac * 100:.1f} % | {how} |")
     # The 0-rule case is the baseline (windows and summaries only), not a rule-engine figure.
     eng = [(n, ns, e) for n, ns, e, _ in crit if n.startswith("engine_on_batch/") and "_0x4rules" not in n] if crit else []
     for n, ns, e in eng:
@@ -1389,6 +1389,7 @@ def main():
         meta = res["meta"]
         a.base, a.mqtt_port, a.max_cells = meta["base"], meta["mqtt_port"], meta["max_cells"]
         a.warmup, a.window, a.repeat = meta["warmup"], meta["window"], meta.get("repeat", 1)
+        a.duration_min = meta.get("duration_min")
         # The build and cell of the run rendered, not of this invocation.
         a.quick, a.profile, a.bin = meta.get("quick", a.quick), meta.get("profile", a.profile), meta.get("bin", a.bin)
         set_build(a)
@@ -1523,7 +1524,7 @@ def main():
         meta = {"base": a.base, "mqtt_port": a.mqtt_port, "max_cells": a.max_cells, "warmup": a.warmup,
                 "window": a.window, "repeat": a.repeat, "quick": a.quick, "profile": a.profile, "bin": a.bin,
                 "cell": CELL, "argv": sys.argv, "machine": mach, "load_start": load_start,
-                "load_end": load_end, "started": started, "notes": notes}
+                "load_end": load_end, "started": started, "notes": notes, "duration_min": a.duration_min}
         json.dump({"meta": meta, "runs": runs, "diags": diags, "ceiling": ceiling, "minimal": minimal, "fast": fast, "profile": prof,
                    "peers": peers, "floors": floors}, fj, indent=1, default=str)
     print(f"wrote {a.out} in {a.duration_min:.1f} min; raw results in {a.tmp}/results.json", flush=True)
