@@ -109,8 +109,9 @@ impl Slot {
 /// data messages leave in one MQTT flush. At 400 cells @ 1 Hz a grid of a hundredth (10 ms)
 /// put about 10 polls on a step and still cost 0.4 context switches per poll; a twentieth
 /// (50 ms) puts about 50 on one and cost 0.17, a third less CPU per poll
-/// (`bench/hot_counts.py`, docs/DEPLOYMENT.md). A step's burst of requests goes to different
-/// links; the units of one link are still read one at a time.
+/// (`bench/hot_counts.py`, docs/DEPLOYMENT.md). The units of one link that share a step are
+/// read one after the other, as always: on a slow serial line the later ones start a few
+/// round trips late, and none is missed.
 fn on_wake_grid(at: Mono, poll: Duration) -> Mono {
     let grid = (poll / 20)
         .clamp(Duration::from_millis(1), Duration::from_millis(50))
