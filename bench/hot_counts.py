@@ -8,7 +8,8 @@ Same setup as bench/e2e.py's alsentry stage (its cell, simulator, rules, `[data]
 issue 22's 16-float32 cell, examples/flat_cells.rs) or `--cell cell` (`alsentry sim`).
 `--floor` also counts the publishing floor (examples/publish_floor.rs) at each load, so the two
 can be compared poll for poll (`--floor-nodelay`: with TCP_NODELAY, as alsentry's MQTT 5
-connections; its 3.1.1 ones keep Nagle for QoS 0 data, like the floor); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each.
+connections; its 3.1.1 ones keep Nagle for QoS 0 data, like the floor); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each (`--dwarf`: with DWARF call
+graphs, so inclusive shares are right; `--freq HZ` for more samples at light loads).
 
     cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells
     python3 bench/hot_counts.py --profile soak --loads 400x1.0,400x0.1 --floor
@@ -62,8 +63,11 @@ def cpu_text(c0, c1, ok):
 
 def perf_record(a, name, pid):
     data = os.path.join(a.tmp, f"{name}.perf.data")
-    subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", data, "--",
-                    "sleep", str(a.record)], capture_output=True)
+    # The release build keeps no frame pointers, so `-g` stacks stop at the first frame; DWARF
+    # unwinding gives whole call chains (inclusive shares) at the cost of larger files.
+    graph = ["--call-graph", "dwarf,16384"] if a.dwarf else ["-g"]
+    subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", str(a.freq)] + graph + ["-p", str(pid), "-o", data,
+                    "--", "sleep", str(a.record)], capture_output=True)
     print(f"  perf data: {data}")
 
 
@@ -134,6 +138,9 @@ def main():
     ap.add_argument("--floor-nodelay", action="store_true",
                     help="the floor with TCP_NODELAY on its broker connection")
     ap.add_argument("--record", type=float, default=0, help="seconds of perf record after each window")
+    ap.add_argument("--dwarf", action="store_true",
+                    help="record DWARF call graphs (whole call chains; `perf report --children` is then meaningful)")
+    ap.add_argument("--freq", type=int, default=999, help="perf record sampling frequency (Hz)")
     ap.add_argument("--loads", default="400x1.0,400x0.1")
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=20.0)

@@ -17,8 +17,8 @@ use alsentry::outbox::{Class, Outbox, OutboxOptions};
 
 use crate::support::agent::Agent;
 use crate::support::delivery::{
-    assert_consecutive, collect, msg, one_cell_agent, seqs, set_volts, settled_transitions,
-    sink_task, toggle, ALARMS,
+    all_acked, assert_consecutive, collect, msg, one_cell_agent, seqs, set_volts,
+    settled_transitions, sink_task, toggle, ALARMS,
 };
 use crate::support::harness::wait_until;
 use crate::support::modbus::{Device, Served};
@@ -57,6 +57,7 @@ async fn a_broker_outage_loses_nothing_and_keeps_the_order() {
     })
     .await;
     assert_eq!(got.len() as u64, before, "before the outage");
+    all_acked(&running.metrics, 0).await;
 
     proxy.set_up(false);
     let down_at = alsentry::clock::wall_ms();
@@ -132,6 +133,7 @@ async fn a_broker_killed_with_sigkill_loses_no_alarm() {
     })
     .await;
     assert_eq!(got.len() as u64, before, "before the kill");
+    all_acked(&running.metrics, 0).await;
 
     // SIGKILL, then alarm activity at once while the broker is dead.
     mosq.kill();

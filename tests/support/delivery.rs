@@ -108,6 +108,19 @@ pub async fn settled_transitions(m: &Metrics) -> u64 {
     }
 }
 
+/// Waits until sink `sink`'s outbox is empty: every alarm stored so far was acknowledged by
+/// the broker. A test that cuts the link once its subscriber has the messages must wait for
+/// this too: the subscriber can have a message whose PUBACK is still on its way to the agent,
+/// and the agent rightly resends such a message after the cut (QoS 1), which then reads as an
+/// old transition resent. The depth is refreshed every 500 ms, so call it after the
+/// transitions settled (`settled_transitions` waits 700 ms of quiet).
+pub async fn all_acked(m: &Metrics, sink: usize) {
+    super::harness::wait_until(Duration::from_secs(10), "every alarm acknowledged", || {
+        m.sinks[sink].outbox_depth.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
 pub fn assert_consecutive(s: &[u64]) {
     for w in s.windows(2) {
         assert_eq!(w[1], w[0] + 1, "out of order or missing: {s:?}");
