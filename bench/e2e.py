@@ -654,7 +654,7 @@ def ceiling_share(ceiling, v):
     """The median of the per-repeat shares; one run's share without them."""
     ps = ceiling_pairs(ceiling, v)
     if ps:
-        return sorted(ps)[(len(ps) - 1) // 2]
+        return statistics.median(ps)
     return polls_per_s(v) / ceiling["polls_per_s"] if ceiling["polls_per_s"] else 0.0
 
 
