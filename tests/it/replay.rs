@@ -900,6 +900,10 @@ priority = "critical""#,
         .wait_for(w, |m| m.json()["state"] == "active_unacked")
         .await
         .expect("anode effect raised");
+    // Hold the anode effect three more polls. Live applies a batch at its arrival, replay at its
+    // source timestamp; cleared at once, the high run lasts the on-delay to within those
+    // milliseconds and replay can fall a millisecond short of raising (CI failed once so).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     cells.device.set_input(2, 0, &f32_words(4.25, "CDAB"));
     let cleared = sub
         .wait_for(w, |m| m.json()["state"] == "returned_unacked")
