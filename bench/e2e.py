@@ -455,6 +455,9 @@ def polls(http_port):
         m = re.match(r"alsentry_batches_dropped_total(?:\{.*\})?\s+(\d+)", line)
         if m:
             out["dropped"] += int(m.group(1))
+        m = re.match(r"alsentry_engine_turns_total(?:\{.*\})?\s+(\d+)", line)
+        if m:
+            out["engine_turns"] = int(m.group(1))
     return out
 
 

@@ -35,6 +35,22 @@ EVENTS = [
 ]
 
 
+def add_malloc_probes(binary):
+    """Uprobes on the C library's malloc and realloc the agent links (`perf probe`, root): heap
+    allocations per poll, a count that does not depend on how busy the machine is."""
+    libc = None
+    for line in subprocess.run(["ldd", binary], capture_output=True, text=True).stdout.splitlines():
+        if "libc.so" in line and "=>" in line:
+            libc = line.split("=>")[1].split("(")[0].strip()
+    if not libc:
+        raise SystemExit(f"--mallocs: no C library found in `ldd {binary}` (a static build?)")
+    for fn in ("malloc", "realloc"):
+        r = subprocess.run(["perf", "probe", "-x", libc, "--add", fn], capture_output=True, text=True)
+        if r.returncode != 0 and "already exists" not in r.stderr:
+            raise SystemExit(f"--mallocs: perf probe -x {libc} --add {fn}: {r.stderr.strip()}")
+        EVENTS.append(f"probe_libc:{fn}")
+
+
 def perf_window(pid, seconds):
     out = subprocess.run(["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid), "--",
                           "sleep", str(seconds)], capture_output=True, text=True).stderr
@@ -110,7 +126,7 @@ def run(a, cells, period_s):
     http_port = e2e.free_port()
     cfg = os.path.join(a.tmp, f"{name}.toml")
     e2e.agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells,
-                     f"{int(round(period_s * 1000))}ms", "poll", True, 1)
+                     f"{int(round(period_s * 1000))}ms", a.data, True, a.threads)
     p = e2e.Proc(name, [a.bin, "run", "--config", cfg], a.tmp, env=dict(os.environ, RUST_LOG="warn"))
     try:
         if not e2e.wait_port(http_port, 20):
@@ -125,7 +141,9 @@ def run(a, cells, period_s):
     finally:
         p.stop()
     ok = p1["ok"] - p0["ok"]
-    show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}, dropped {p1['dropped'] - p0['dropped']}; "
+    turns = p1.get("engine_turns", 0) - p0.get("engine_turns", 0)
+    show(name, ok, counts, f", failed {p1['failed'] - p0['failed']}, dropped {p1['dropped'] - p0['dropped']}, "
+         f"engine turns {turns / ok if ok else 0:.2f} per poll; "
          f"cpu {(sum(c1) - sum(c0)) / (t1 - t0):.3f} cores; {cpu_text(c0, c1, ok)}; rss {rss[0] / 1024:.1f} MiB, peak {rss[1] / 1024:.1f} MiB")
 
 
@@ -141,13 +159,21 @@ def main():
     ap.add_argument("--dwarf", action="store_true",
                     help="record DWARF call graphs (whole call chains; `perf report --children` is then meaningful)")
     ap.add_argument("--freq", type=int, default=999, help="perf record sampling frequency (Hz)")
-    ap.add_argument("--loads", default="400x1.0,400x0.1")
+    ap.add_argument("--loads", default="400x1.0,400x0.1",
+                    help="CELLSxPERIOD_S, comma separated; 400x0.001 polls back to back, like e2e.py's ceiling")
+    ap.add_argument("--data", default="poll", choices=("poll", "change", "off"),
+                    help="the agent's [data] mode (e2e.py's ceiling stage runs with off)")
+    ap.add_argument("--threads", type=int, default=1, help="the agent's worker_threads")
+    ap.add_argument("--mallocs", action="store_true",
+                    help="also count malloc and realloc calls per poll (uprobes on the C library; root)")
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=20.0)
     a = ap.parse_args()
     e2e.set_build(a)
     e2e.set_cell(a.cell)
     a.bin = e2e.BIN
+    if a.mallocs:
+        add_malloc_probes(a.bin)
     a.tmp = tempfile.mkdtemp(prefix="alsentry-hot-")
     a.base = e2e.find_port_range(400, 31100)
     a.mqtt_port = e2e.free_port()

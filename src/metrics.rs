@@ -263,6 +263,8 @@ pub struct Metrics {
     pub batches_dropped: AtomicU64,
     /// Link pollers restarted by the supervisor after they died.
     pub link_restarts: AtomicU64,
+    /// Turns of the engine loop: a burst of polls answered together should cost one.
+    pub engine_turns: AtomicU64,
     pub alarm_transitions: AtomicU64,
     pub started_ms: AtomicI64,
     /// Every successful Modbus read's round trip, all devices together.
@@ -278,6 +280,7 @@ impl Default for Metrics {
             sinks: Vec::new(),
             batches_dropped: AtomicU64::new(0),
             link_restarts: AtomicU64::new(0),
+            engine_turns: AtomicU64::new(0),
             alarm_transitions: AtomicU64::new(0),
             started_ms: AtomicI64::new(0),
             modbus_rtt: rtt_buckets(),
@@ -302,6 +305,10 @@ const BATCHES_DROPPED: (&str, &str) = (
 const LINK_RESTARTS: (&str, &str) = (
     "alsentry_link_restarts_total",
     "Link pollers that died (a panic) and were restarted by the supervisor, with backoff.",
+);
+const ENGINE_TURNS: (&str, &str) = (
+    "alsentry_engine_turns_total",
+    "Turns of the engine loop (each a wake-up); batches of polls answered together share one, so rate(alsentry_engine_turns_total) / rate(alsentry_polls_total) well below 1 means they do.",
 );
 const ALARM_TRANSITIONS: (&str, &str) = (
     "alsentry_alarm_transitions_total",
@@ -741,6 +748,11 @@ impl Metrics {
                 Value::Int(load(&self.link_restarts)),
             ),
             single(
+                ENGINE_TURNS,
+                Kind::Counter,
+                Value::Int(load(&self.engine_turns)),
+            ),
+            single(
                 ALARM_TRANSITIONS,
                 Kind::Counter,
                 Value::Int(load(&self.alarm_transitions)),
@@ -1093,7 +1105,7 @@ mod tests {
             let declared = families(&text);
             assert_eq!(
                 declared.len(),
-                DEVICE_FAMILIES.len() + 9 + SINK_FAMILIES.len() + 2 + 7,
+                DEVICE_FAMILIES.len() + 10 + SINK_FAMILIES.len() + 2 + 7,
                 "{n}: {declared:?}"
             );
             for i in 0..n {
@@ -1146,6 +1158,7 @@ mod tests {
             "alsentry_modbus_rtt_seconds_bucket{",
             "alsentry_batches_dropped_total ",
             "alsentry_link_restarts_total ",
+            "alsentry_engine_turns_total ",
             "alsentry_alarm_transitions_total ",
             "alsentry_alarm_latency_seconds_bucket{",
             "alsentry_alarm_floods_total ",

@@ -450,9 +450,10 @@ impl EngineTask {
                 }
             }
             self.publish_events().await;
-            // One clock reading per turn (at 1 Hz each poll is a turn of its own).
+            // One clock reading per turn (a turn takes in every batch already waiting).
             let (mono, now) = self.shared.clock.stamp();
             self.shared.pulse.engine_turned(mono);
+            crate::metrics::inc(&self.shared.metrics.engine_turns);
             self.save_at(false, mono, now);
         }
     }

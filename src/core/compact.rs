@@ -23,12 +23,12 @@ pub const META_SCHEMA: &str = "alsentry/data-meta/1";
 impl Identity {
     /// `{root}/{site}/{area}/{device}/data/compact`
     pub fn compact_data_topic(&self, device: &str) -> String {
-        format!("{}/compact", self.data_topic(device))
+        self.topic(&[device, "data", "compact"])
     }
 
     /// `{root}/{site}/{area}/{device}/data/meta`, retained.
     pub fn data_meta_topic(&self, device: &str) -> String {
-        format!("{}/meta", self.data_topic(device))
+        self.topic(&[device, "data", "meta"])
     }
 }
 

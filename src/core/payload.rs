@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::engine::AlarmEvent;
 use super::model::{Quality, Ts};
-use super::time::rfc3339_ms;
+use super::time::{push_rfc3339_ms, rfc3339_ms};
 
 /// A number as published: the shortest text that reads back to it, and for a value that is
 /// exactly a float32 (an f32 register decoded without scaling) the float32's own shortest
@@ -54,17 +54,27 @@ pub struct Identity {
 
 impl Identity {
     pub fn alarm_topic(&self, device: &str, rule: &str) -> String {
-        format!(
-            "{}/{}/{}/{}/alarm/{}",
-            self.topic_root, self.site, self.area, device, rule
-        )
+        self.topic(&[device, "alarm", rule])
     }
 
     pub fn agent_topic(&self, leaf: &str) -> String {
-        format!(
-            "{}/{}/{}/_agent/{}/{}",
-            self.topic_root, self.site, self.area, self.agent, leaf
-        )
+        self.topic(&["_agent", &self.agent, leaf])
+    }
+
+    /// `{topic_root}/{site}/{area}/` and `rest` joined by `/`, in a String sized up front: a
+    /// topic is built for every data message, and `format!` grew its String on the way.
+    pub fn topic(&self, rest: &[&str]) -> String {
+        let head = [self.topic_root.as_str(), &self.site, &self.area];
+        let parts = head.len() + rest.len();
+        let len = head.iter().chain(rest).map(|p| p.len()).sum::<usize>() + parts - 1;
+        let mut t = String::with_capacity(len);
+        for (i, part) in head.iter().chain(rest).enumerate() {
+            if i > 0 {
+                t.push('/');
+            }
+            t.push_str(part);
+        }
+        t
     }
 }
 
@@ -263,6 +273,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn topics_are_spelled_as_documented_in_strings_that_never_grew() {
+        let who = Identity {
+            topic_root: "alsentry".into(),
+            agent: "gw-qz-01".into(),
+            site: "qingzhen".into(),
+            area: "potline-1".into(),
+        };
+        let topics = [
+            (
+                who.data_topic("pot-042"),
+                "alsentry/qingzhen/potline-1/pot-042/data",
+            ),
+            (
+                who.compact_data_topic("pot-042"),
+                "alsentry/qingzhen/potline-1/pot-042/data/compact",
+            ),
+            (
+                who.data_meta_topic("pot-042"),
+                "alsentry/qingzhen/potline-1/pot-042/data/meta",
+            ),
+            (
+                who.summary_topic("pot-042"),
+                "alsentry/qingzhen/potline-1/pot-042/summary",
+            ),
+            (
+                who.alarm_topic("pot-042", "anode_effect"),
+                "alsentry/qingzhen/potline-1/pot-042/alarm/anode_effect",
+            ),
+            (
+                who.agent_topic("status"),
+                "alsentry/qingzhen/potline-1/_agent/gw-qz-01/status",
+            ),
+        ];
+        for (topic, want) in topics {
+            assert_eq!(topic, want);
+            assert_eq!(topic.capacity(), topic.len(), "{topic}");
+        }
+        // An empty part keeps its separator, as format! did.
+        let bare = Identity {
+            topic_root: String::new(),
+            ..who
+        };
+        assert_eq!(bare.data_topic("p"), "/qingzhen/potline-1/p/data");
+    }
+
+    #[test]
     fn status_payload_has_every_documented_field_once_in_order() {
         let who = Identity {
             topic_root: "alsentry".into(),
@@ -404,17 +460,11 @@ pub fn energy_kwh_t(voltage: f64, ce: f64, rectifier: f64) -> (f64, f64) {
 
 impl Identity {
     pub fn summary_topic(&self, device: &str) -> String {
-        format!(
-            "{}/{}/{}/{}/summary",
-            self.topic_root, self.site, self.area, device
-        )
+        self.topic(&[device, "summary"])
     }
 
     pub fn data_topic(&self, device: &str) -> String {
-        format!(
-            "{}/{}/{}/{}/data",
-            self.topic_root, self.site, self.area, device
-        )
+        self.topic(&[device, "data"])
     }
 }
 
@@ -637,7 +687,7 @@ impl DataFilter {
                 serde_json::to_writer(&mut out, agent).ok()?;
                 out.extend_from_slice(&device.device_json);
                 out.extend_from_slice(b",\"ts\":\"");
-                out.extend_from_slice(rfc3339_ms(batch.ts).as_bytes());
+                push_rfc3339_ms(&mut out, batch.ts);
                 out.extend_from_slice(b"\",\"values\":{");
             } else {
                 out.push(b',');

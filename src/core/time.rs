@@ -7,8 +7,24 @@ use super::model::Ts;
 
 /// RFC 3339 UTC with milliseconds, e.g. "2026-11-28T16:05:53.123Z".
 pub fn rfc3339_ms(ts: Ts) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    let mut s = String::with_capacity(RFC3339_MS_LEN);
+    // Writing into a String cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{}", rfc3339_millis(ts)));
+    s
+}
+
+/// Appends [`rfc3339_ms`] of `ts` to `out` without a String of its own (once per data message).
+pub fn push_rfc3339_ms(out: &mut Vec<u8>, ts: Ts) {
+    // Writing into a Vec cannot fail.
+    let _ = std::io::Write::write_fmt(out, format_args!("{}", rfc3339_millis(ts)));
+}
+
+/// `2025-11-28T16:05:53.123Z`: sized up front, so the String never grows (`to_string` grew it
+/// twice per timestamp).
+const RFC3339_MS_LEN: usize = 24;
+
+fn rfc3339_millis(ts: Ts) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64))
 }
 
 /// Parses RFC 3339 or epoch milliseconds.
@@ -31,6 +47,10 @@ mod tests {
     fn formats_and_parses_timestamps() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_764_345_953_123), "2025-11-28T16:05:53.123Z");
+        let mut out = b"ts=".to_vec();
+        push_rfc3339_ms(&mut out, 1_764_345_953_123);
+        assert_eq!(out, b"ts=2025-11-28T16:05:53.123Z");
+        assert_eq!(rfc3339_ms(1_764_345_953_123).capacity(), RFC3339_MS_LEN);
         assert_eq!(
             parse_ts("2025-11-28T16:05:53.123Z"),
             Some(1_764_345_953_123)
