@@ -19,8 +19,7 @@ pub fn push_rfc3339_ms(out: &mut Vec<u8>, ts: Ts) {
     let _ = std::io::Write::write_fmt(out, format_args!("{}", rfc3339_millis(ts)));
 }
 
-/// `2025-11-28T16:05:53.123Z`: sized up front, so the String never grows (`to_string` grew it
-/// twice per timestamp).
+/// The length of `2025-11-28T16:05:53.123Z`.
 const RFC3339_MS_LEN: usize = 24;
 
 fn rfc3339_millis(ts: Ts) -> humantime::Rfc3339Timestamp {
