@@ -195,6 +195,10 @@ def main():
     finally:
         for p in reversed(procs):
             p.stop()
+        if a.mallocs:
+            # The probes were set for this run: leave the machine's uprobe events as they were.
+            subprocess.run(["perf", "probe", "-d", "probe_libc:malloc", "-d", "probe_libc:realloc"],
+                           capture_output=True)
 
 
 if __name__ == "__main__":

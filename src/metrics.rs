@@ -308,7 +308,7 @@ const LINK_RESTARTS: (&str, &str) = (
 );
 const ENGINE_TURNS: (&str, &str) = (
     "alsentry_engine_turns_total",
-    "Turns of the engine loop (each a wake-up); batches of polls answered together share one, so rate(alsentry_engine_turns_total) / rate(alsentry_polls_total) well below 1 means they do.",
+    "Turns of the engine loop (each a wake-up): polls answered together share one; its 250 ms tick adds 4 a second. Compare rate(alsentry_engine_turns_total[5m]) with sum(rate(alsentry_polls_total[5m])).",
 );
 const ALARM_TRANSITIONS: (&str, &str) = (
     "alsentry_alarm_transitions_total",

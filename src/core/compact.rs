@@ -23,12 +23,14 @@ pub const META_SCHEMA: &str = "alsentry/data-meta/1";
 impl Identity {
     /// `{root}/{site}/{area}/{device}/data/compact`
     pub fn compact_data_topic(&self, device: &str) -> String {
-        self.topic(&[device, "data", "compact"])
+        let root = &*self.topic_root;
+        [root, &self.site, &self.area, device, "data", "compact"].join("/")
     }
 
     /// `{root}/{site}/{area}/{device}/data/meta`, retained.
     pub fn data_meta_topic(&self, device: &str) -> String {
-        self.topic(&[device, "data", "meta"])
+        let root = &*self.topic_root;
+        [root, &self.site, &self.area, device, "data", "meta"].join("/")
     }
 }
 
