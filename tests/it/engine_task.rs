@@ -553,7 +553,7 @@ limit = 8.0
     let cfg = Config::from_str(std::path::Path::new("turns.toml"), &text).unwrap();
     let metrics = Metrics::new(cfg.devices.iter().map(|d| d.name.clone()), []);
     let (sink_tx, mut sink) = mpsc::channel(1024);
-    // The pollers' channel, as `app` sizes it: room for every batch of the burst.
+    // Room for every batch of the burst, as in `app` (4096).
     let (batch_tx, batch_rx) = mpsc::channel(256);
     let (_commands, command_rx) = mpsc::channel(1);
     let (_control, control_rx) = mpsc::channel(1);
