@@ -18,6 +18,7 @@ Needs perf with tracepoints readable (`perf stat -e syscalls:sys_enter_writev tr
 mosquitto at /usr/sbin/mosquitto.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,29 @@ def run_floor(a, cells, period_s):
          + cpu_text(c0, c1, ok))
 
 
+def run_ceiling(a, cells):
+    """The transport ceiling (examples/modbus_ceiling.rs, the cell's reads, back to back) over the
+    same window: its syscalls per poll beside the agent polling flat out."""
+    name = f"ceiling-{cells}c"
+    plan = "flat16" if a.cell == "flat16" else "alsentry"
+    p = e2e.Proc(name, [e2e.CEILING, "--first-port", str(a.base), "--cells", str(cells), "--plan", plan,
+                        "--warmup", str(a.warmup), "--seconds", str(a.window)], a.tmp)
+    try:
+        time.sleep(a.warmup)
+        c0, t0 = user_sys(p.pid), time.monotonic()
+        counts = perf_window(p.pid, a.window)
+        c1, t1 = user_sys(p.pid), time.monotonic()
+        p.p.wait(timeout=a.window + 30)
+    finally:
+        p.stop()
+    with open(os.path.join(a.tmp, f"{name}.log")) as f:
+        line = f.read().strip().splitlines()[-1]
+    # The ceiling counts over its own window, the same length as perf's, started at the same time.
+    ok = int(round(json.loads(line)["polls_per_s"] * (t1 - t0)))
+    show(name, ok, counts, f" (from its polls/s over the window); cpu {(sum(c1) - sum(c0)) / (t1 - t0):.3f} cores; "
+         + cpu_text(c0, c1, ok))
+
+
 def run(a, cells, period_s):
     name = f"hot-{cells}c-{period_s}s"
     http_port = e2e.free_port()
@@ -155,6 +179,8 @@ def main():
     ap.add_argument("--floor", action="store_true", help="also count the publishing floor at each load")
     ap.add_argument("--floor-nodelay", action="store_true",
                     help="the floor with TCP_NODELAY on its broker connection")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also count the transport ceiling (bare loop, back to back) after each load")
     ap.add_argument("--record", type=float, default=0, help="seconds of perf record after each window")
     ap.add_argument("--dwarf", action="store_true",
                     help="record DWARF call graphs (whole call chains; `perf report --children` is then meaningful)")
@@ -192,6 +218,8 @@ def main():
             run(a, int(cells), float(period))
             if a.floor:
                 run_floor(a, int(cells), float(period))
+            if a.ceiling:
+                run_ceiling(a, int(cells))
     finally:
         for p in reversed(procs):
             p.stop()

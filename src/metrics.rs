@@ -17,12 +17,14 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{text, DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::core::model::{Priority, Ts};
+
+mod histogram;
+pub use histogram::{exponential_buckets, Histogram};
 
 /// The media type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -42,9 +44,9 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 13))
 }
 
-/// Observes a duration in seconds.
+/// Observes a duration (exported in seconds).
 pub fn observe(h: &Histogram, d: Duration) {
-    h.observe(d.as_secs_f64());
+    h.observe(d);
 }
 
 #[derive(Debug)]

@@ -12,6 +12,68 @@ async fn broker() -> EmbeddedBroker {
     crate::support::broker::embedded().await
 }
 
+/// An engine task on `cfg` with its inputs, as `app` wires one: its data and alarm messages go
+/// to the one sink channel returned, batches in through the sender returned.
+struct EngineUnderTest {
+    task: alsentry::app::engine::EngineTask,
+    inputs: alsentry::app::engine::Inputs,
+    batches: tokio::sync::mpsc::Sender<alsentry::core::engine::SampleBatch>,
+    sink: tokio::sync::mpsc::Receiver<std::sync::Arc<alsentry::io::publisher::Message>>,
+    /// Held, not used: a dropped sender makes its `recv()` arm of the engine's `select!` ready
+    /// with `None` on every turn, and the loop spins.
+    _held: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+fn engine_under_test(
+    cfg: &Config,
+    state: &std::path::Path,
+    clock: std::sync::Arc<dyn alsentry::clock::Clock>,
+    metrics: std::sync::Arc<alsentry::metrics::Metrics>,
+    recorder: Option<alsentry::io::record::Recorder>,
+    batch_room: usize,
+) -> EngineUnderTest {
+    use alsentry::app::engine::{EngineTask, Inputs, Outlets, Shared};
+    use alsentry::core::engine::Engine;
+    use alsentry::io::http::AlarmSnapshot;
+    use alsentry::io::seq::SeqLease;
+    use tokio::sync::{mpsc, watch};
+
+    let (sink_tx, sink) = mpsc::channel(1024);
+    let (batches, batch_rx) = mpsc::channel(batch_room);
+    let (commands, command_rx) = mpsc::channel(1);
+    let (control, control_rx) = mpsc::channel(1);
+    let (reloads, reload_rx) = mpsc::channel(1);
+    let task = EngineTask::new(
+        cfg,
+        Engine::new(&cfg.spec),
+        SeqLease::open(state, Default::default(), 0).unwrap(),
+        Outlets::new(cfg, vec![sink_tx]),
+        Shared {
+            clock,
+            metrics,
+            alarms: watch::channel(AlarmSnapshot::default()).0,
+            recorder,
+            reloads,
+            history: None,
+            pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
+            report: None,
+        },
+    );
+    let inputs = Inputs {
+        batches: batch_rx,
+        commands: command_rx,
+        control: control_rx,
+        queries: mpsc::channel(1).1,
+    };
+    EngineUnderTest {
+        task,
+        inputs,
+        batches,
+        sink,
+        _held: vec![Box::new(commands), Box::new(control), Box::new(reload_rx)],
+    }
+}
+
 /// Regression: raw data went out under the first sink's `topic_root` on every sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_data_reaches_each_sink_under_its_own_topic_root() {
@@ -77,15 +139,11 @@ tags = [ {{ name = "voltage", table = "input", address = 0, type = "f32", unit =
 /// time; replaying the recording gives byte for byte the alarm payloads published live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_replays_to_the_alarm_payloads_published_live() {
-    use alsentry::app::engine::{EngineTask, Inputs, Outlets, Shared};
     use alsentry::clock::ManualClock;
-    use alsentry::core::engine::{Engine, SampleBatch};
+    use alsentry::core::engine::SampleBatch;
     use alsentry::core::model::{BadReason, Quality};
-    use alsentry::io::http::AlarmSnapshot;
-    use alsentry::io::seq::SeqLease;
     use alsentry::metrics::Metrics;
     use alsentry::replay::{run_replay, ReplayOptions};
-    use tokio::sync::{mpsc, watch};
 
     let state = tempfile::tempdir().unwrap();
     let text = format!(
@@ -141,35 +199,23 @@ limit = 6.0
     let rc = cfg.record.clone().unwrap();
     let t0: i64 = 1_767_225_600_000;
     let clock = ManualClock::new(t0);
-    let (sink_tx, mut sink) = mpsc::channel(1024);
-    let (batch_tx, batch_rx) = mpsc::channel(16);
-    let (_commands, command_rx) = mpsc::channel(1);
-    let (_control, control_rx) = mpsc::channel(1);
-    let (reloads, _reload_rx) = mpsc::channel(1);
     let (recorder, writer) = alsentry::io::record::recorder(&rc, &cfg, 4096);
     let writer = tokio::task::spawn_blocking(move || writer.run());
-    let task = EngineTask::new(
+    let metrics = Metrics::new(cfg.devices.iter().map(|d| d.name.clone()), []);
+    let EngineUnderTest {
+        task,
+        inputs,
+        batches: batch_tx,
+        mut sink,
+        _held,
+    } = engine_under_test(
         &cfg,
-        Engine::new(&cfg.spec),
-        SeqLease::open(state.path(), Default::default(), 0).unwrap(),
-        Outlets::new(&cfg, vec![sink_tx]),
-        Shared {
-            clock: clock.clone(),
-            metrics: Metrics::new(cfg.devices.iter().map(|d| d.name.clone()), []),
-            alarms: watch::channel(AlarmSnapshot::default()).0,
-            recorder: Some(recorder),
-            reloads,
-            history: None,
-            pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
-            report: None,
-        },
+        state.path(),
+        clock.clone(),
+        metrics,
+        Some(recorder),
+        16,
     );
-    let inputs = Inputs {
-        batches: batch_rx,
-        commands: command_rx,
-        control: control_rx,
-        queries: tokio::sync::mpsc::channel(1).1,
-    };
     let engine = tokio::spawn(task.run(inputs, tokio_util::sync::CancellationToken::new()));
 
     // 60 s at 10 Hz, the two cells 37 ms apart: an anode effect on pot-001 (5-12 s); on pot-002
@@ -510,13 +556,9 @@ units = "1"
 async fn batches_of_pollers_woken_together_share_one_engine_turn() {
     use std::sync::atomic::Ordering;
 
-    use alsentry::app::engine::{EngineTask, Inputs, Outlets, Shared};
-    use alsentry::core::engine::{Engine, SampleBatch};
+    use alsentry::core::engine::SampleBatch;
     use alsentry::core::model::Quality;
-    use alsentry::io::http::AlarmSnapshot;
-    use alsentry::io::seq::SeqLease;
     use alsentry::metrics::Metrics;
-    use tokio::sync::{mpsc, watch};
 
     const POLLERS: u32 = 40;
     let state = tempfile::tempdir().unwrap();
@@ -552,34 +594,21 @@ limit = 8.0
     );
     let cfg = Config::from_str(std::path::Path::new("turns.toml"), &text).unwrap();
     let metrics = Metrics::new(cfg.devices.iter().map(|d| d.name.clone()), []);
-    let (sink_tx, mut sink) = mpsc::channel(1024);
-    // Room for every batch of the burst, as in `app` (4096).
-    let (batch_tx, batch_rx) = mpsc::channel(256);
-    let (_commands, command_rx) = mpsc::channel(1);
-    let (_control, control_rx) = mpsc::channel(1);
-    let (reloads, _reload_rx) = mpsc::channel(1);
-    let task = EngineTask::new(
+    // Room for every batch of the burst (`app` gives its engine 4096).
+    let EngineUnderTest {
+        task,
+        inputs,
+        batches: batch_tx,
+        mut sink,
+        _held,
+    } = engine_under_test(
         &cfg,
-        Engine::new(&cfg.spec),
-        SeqLease::open(state.path(), Default::default(), 0).unwrap(),
-        Outlets::new(&cfg, vec![sink_tx]),
-        Shared {
-            clock: SystemClock::new(),
-            metrics: metrics.clone(),
-            alarms: watch::channel(AlarmSnapshot::default()).0,
-            recorder: None,
-            reloads,
-            history: None,
-            pulse: alsentry::io::health::Pulse::new(Default::default(), Default::default()),
-            report: None,
-        },
+        state.path(),
+        SystemClock::new(),
+        metrics.clone(),
+        None,
+        256,
     );
-    let inputs = Inputs {
-        batches: batch_rx,
-        commands: command_rx,
-        control: control_rx,
-        queries: mpsc::channel(1).1,
-    };
     let cancel = tokio_util::sync::CancellationToken::new();
     let engine = tokio::spawn(task.run(inputs, cancel.clone()));
 
