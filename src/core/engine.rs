@@ -129,18 +129,6 @@ impl Default for TagSummary {
 }
 
 impl TagSummary {
-    fn add(&mut self, v: f64, good: bool) {
-        self.count += 1;
-        if good {
-            self.good += 1;
-            self.min = self.min.min(v);
-            self.max = self.max.max(v);
-            self.sum += v;
-            self.sum_sq += v * v;
-            self.last = Some(v);
-        }
-    }
-
     pub fn mean(&self) -> Option<f64> {
         (self.good > 0).then(|| self.sum / self.good as f64)
     }
@@ -171,19 +159,113 @@ pub struct TagTrend {
     pub points: Vec<(Ts, f64)>,
 }
 
+/// What a tag's samples rarely touch: its names, its history for the rules that read one,
+/// and those rules. Every sample writes [`HotTag`] instead.
 #[derive(Debug)]
 struct TagState {
     name: Arc<str>,
     unit: Arc<str>,
-    /// Whether a rule reads this tag's history: only then does `window` take its samples.
-    /// The others (most of a cell's tags) keep their last point in `last` alone, which spares
-    /// every sample a write to a buffer of its own (a cache miss per tag at 400 cells).
-    windowed: bool,
     window: Window,
-    last: Option<Point>,
-    quality: Quality,
     watchers: Vec<u32>,
-    summary: TagSummary,
+}
+
+/// `HotTag::last_ts` before the tag's first good sample.
+const NO_POINT: Ts = Ts::MIN;
+
+/// What every sample of a tag reads and writes, in one cache line of its own. At 400 cells
+/// the tags' states leave the cache between polls; when these fields sat in a ~200-byte state
+/// beside the names and the window, a sample touched three lines of it.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct HotTag {
+    /// The summary interval's figures ([`TagSummary`]; counts saturate).
+    count: u32,
+    good: u32,
+    min: f64,
+    max: f64,
+    sum: f64,
+    sum_sq: f64,
+    /// The last good point ([`NO_POINT`] before the first).
+    last_ts: Ts,
+    last_v: f64,
+    quality: Quality,
+    /// Whether a rule reads this tag's history: only then does its window take its samples.
+    /// The others (most of a cell's tags) keep their last point here alone, which spares every
+    /// sample a write to a buffer of its own (a cache miss per tag at 400 cells).
+    windowed: bool,
+    /// Whether any rule watches the tag: the others skip evaluation altogether.
+    watched: bool,
+}
+
+impl HotTag {
+    fn new(windowed: bool) -> HotTag {
+        HotTag {
+            count: 0,
+            good: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            sum: 0.0,
+            sum_sq: 0.0,
+            last_ts: NO_POINT,
+            last_v: f64::NAN,
+            quality: Quality::Bad(BadReason::ConnectionLost),
+            windowed,
+            watched: false,
+        }
+    }
+
+    fn last(&self) -> Option<Point> {
+        (self.last_ts != NO_POINT).then_some(Point {
+            ts: self.last_ts,
+            v: self.last_v,
+        })
+    }
+
+    fn add(&mut self, p: Point, good: bool, quality: Quality) {
+        self.count = self.count.saturating_add(1);
+        self.quality = if good { Quality::Good } else { quality };
+        if good {
+            self.good = self.good.saturating_add(1);
+            self.min = self.min.min(p.v);
+            self.max = self.max.max(p.v);
+            self.sum += p.v;
+            self.sum_sq += p.v * p.v;
+            self.last_ts = p.ts;
+            self.last_v = p.v;
+        }
+    }
+
+    /// The interval's figures so far; the last good value is the last point's while the
+    /// interval has a good sample.
+    fn summary(&self) -> TagSummary {
+        TagSummary {
+            count: u64::from(self.count),
+            good: u64::from(self.good),
+            min: self.min,
+            max: self.max,
+            sum: self.sum,
+            sum_sq: self.sum_sq,
+            last: (self.good > 0).then_some(self.last_v),
+        }
+    }
+
+    /// [`Self::summary`], and a new interval begins.
+    fn take_summary(&mut self) -> TagSummary {
+        let s = self.summary();
+        let fresh = HotTag::new(self.windowed);
+        (self.count, self.good) = (0, 0);
+        (self.min, self.max, self.sum, self.sum_sq) = (fresh.min, fresh.max, 0.0, 0.0);
+        s
+    }
+
+    /// Takes the samples' state of `old` (a reload): what this tag's rules read stays its own.
+    fn carry(&mut self, old: &HotTag) {
+        *self = HotTag {
+            windowed: self.windowed,
+            watched: self.watched,
+            ..*old
+        };
+    }
 }
 
 /// Where an evaluator's condition goes.
@@ -352,6 +434,7 @@ pub struct Engine {
     started: Option<Ts>,
     devices: Vec<DeviceState>,
     tags: Vec<TagState>,
+    hot: Vec<HotTag>,
     latest: Vec<f64>,
     evaluators: Vec<Evaluator>,
     /// The slot each evaluator watches.
@@ -380,6 +463,8 @@ struct Stored {
     p: Point,
     quality: Quality,
     good: bool,
+    /// A rule watches the slot: only then is the sample evaluated.
+    watched: bool,
     evicted: Option<(u64, Point)>,
 }
 
@@ -401,6 +486,7 @@ impl Engine {
         // Sized exactly: one slot per tag is ~200 B, and growth by doubling left up to half of
         // this, the engine's largest allocation, unused (1.5 MB at 400 cells).
         let mut tags: Vec<TagState> = Vec::with_capacity(spec.tag_count());
+        let mut hot: Vec<HotTag> = Vec::with_capacity(spec.tag_count());
         let mut alarms: Vec<AlarmSlot> = Vec::new();
         let mut by_name = HashMap::new();
         // Window span each tag needs: the longest window of the rules watching it.
@@ -432,13 +518,10 @@ impl Engine {
                 tags.push(TagState {
                     name: intern(&t.name),
                     unit: intern(&t.unit),
-                    windowed: span.is_some(),
                     window: Window::new(capacity),
-                    last: None,
-                    quality: Quality::Bad(BadReason::ConnectionLost),
                     watchers: Vec::new(),
-                    summary: TagSummary::default(),
                 });
+                hot.push(HotTag::new(span.is_some()));
             }
             let derived = d
                 .tags
@@ -488,6 +571,7 @@ impl Engine {
             devices,
             latest: vec![f64::NAN; tags.len()],
             tags,
+            hot,
             evaluators: Vec::new(),
             evaluator_slot: Vec::new(),
             alarms,
@@ -653,6 +737,7 @@ impl Engine {
             };
             let ev = self.evaluators.len() as u32;
             self.tags[slot as usize].watchers.push(ev);
+            self.hot[slot as usize].watched = true;
             let holds = rule
                 .holds
                 .iter()
@@ -755,7 +840,9 @@ impl Engine {
                 comm_bad = false;
             }
             let stored = self.store((first + u32::from(tag)) as usize, batch.ts, v, quality);
-            scratch.push(stored);
+            if stored.watched {
+                scratch.push(stored);
+            }
         }
         for i in 0..self.devices[di].derived.len() {
             let d = &self.devices[di].derived[i];
@@ -775,7 +862,9 @@ impl Engine {
                 (false, _) => (f64::NAN, Quality::Bad(BadReason::Input)),
             };
             let stored = self.store(slot, batch.ts, v, q);
-            scratch.push(stored);
+            if stored.watched {
+                scratch.push(stored);
+            }
         }
         // A suppression that ends is applied after the rules saw this batch: an alarm whose
         // condition held while suppressed (a sensor reading 150 V) must not annunciate on the
@@ -831,16 +920,13 @@ impl Engine {
     /// Records a sample of a slot: latest value, quality, summary and window.
     fn store(&mut self, slot: usize, ts: Ts, v: f64, quality: Quality) -> Stored {
         let good = quality.is_good() && v.is_finite();
-        let t = &mut self.tags[slot];
-        self.latest[slot] = if good { v } else { f64::NAN };
-        t.quality = if good { Quality::Good } else { quality };
-        t.summary.add(v, good);
         let p = Point { ts, v };
-        if good {
-            t.last = Some(p);
-        }
-        let evicted = if good && t.windowed {
-            t.window.push(p)
+        self.latest[slot] = if good { v } else { f64::NAN };
+        let h = &mut self.hot[slot];
+        h.add(p, good, quality);
+        let watched = h.watched;
+        let evicted = if good && h.windowed {
+            self.tags[slot].window.push(p)
         } else {
             None
         };
@@ -849,6 +935,7 @@ impl Engine {
             p,
             quality,
             good,
+            watched,
             evicted,
         }
     }
@@ -1195,9 +1282,7 @@ impl Engine {
                     continue;
                 };
                 let (new_t, old_t) = (&mut self.tags[s], &mut old.tags[os]);
-                new_t.last = old_t.last;
-                new_t.quality = old_t.quality;
-                new_t.summary = old_t.summary;
+                self.hot[s].carry(&old.hot[os]);
                 self.latest[s] = old.latest[os];
                 if new_t.window.capacity() == old_t.window.capacity() {
                     std::mem::swap(&mut new_t.window, &mut old_t.window);
@@ -1563,8 +1648,8 @@ impl Engine {
     /// last good value must not keep an interlock true.
     pub fn fresh_value(&self, device: &str, tag: &str, now: Ts) -> Option<f64> {
         let di = self.devices.iter().position(|d| &*d.name == device)?;
-        let t = &self.tags[self.slot_of(di, tag)? as usize];
-        let p = t.last.filter(|_| t.quality.is_good())?;
+        let h = &self.hot[self.slot_of(di, tag)? as usize];
+        let p = h.last().filter(|_| h.quality.is_good())?;
         let max_age = (FRESH_POLLS * self.devices[di].poll_ms).max(FRESH_MIN_MS);
         (now - p.ts <= max_age && p.v.is_finite()).then_some(p.v)
     }
@@ -1573,8 +1658,8 @@ impl Engine {
     pub fn tag_value(&self, device: &str, tag: &str) -> Option<(Option<f64>, Quality)> {
         let di = self.devices.iter().position(|d| &*d.name == device)?;
         let s = self.slot_of(di, tag)?;
-        let t = &self.tags[s as usize];
-        Some((t.last.map(|p| p.v), t.quality))
+        let h = &self.hot[s as usize];
+        Some((h.last().map(|p| p.v), h.quality))
     }
 
     /// Every tag of `device`: its latest value and quality, and the points its window (the
@@ -1587,11 +1672,12 @@ impl Engine {
     ) -> Option<Vec<TagTrend>> {
         let d = self.devices.iter().find(|d| &*d.name == device)?;
         let range = d.first_slot as usize..(d.first_slot + u32::from(d.slot_count)) as usize;
-        let out = self.tags[range]
+        let out = self.tags[range.clone()]
             .iter_mut()
-            .map(|t| {
+            .zip(&self.hot[range])
+            .map(|(t, h)| {
                 // An unwindowed tag's window stays empty: its history is its last good point.
-                let last = if t.windowed { None } else { t.last };
+                let last = if h.windowed { None } else { h.last() };
                 let pts: Vec<(Ts, f64)> = t
                     .window
                     .iter()
@@ -1603,8 +1689,8 @@ impl Engine {
                 TagTrend {
                     name: t.name.clone(),
                     unit: t.unit.clone(),
-                    value: t.last.map(|p| p.v).filter(|v| v.is_finite()),
-                    quality: t.quality,
+                    value: h.last().map(|p| p.v).filter(|v| v.is_finite()),
+                    quality: h.quality,
                     points: pts.into_iter().step_by(step).collect(),
                 }
             })
@@ -1618,18 +1704,14 @@ impl Engine {
     /// (400 cells made a 1.3 MiB heap spike every interval, which the allocator kept as RSS).
     pub fn take_summaries(&mut self, now: Ts) -> impl Iterator<Item = DeviceSummary> + Send + '_ {
         let from = self.summary_from.replace(now).unwrap_or(now);
-        let tags = &mut self.tags;
+        // `&mut`: a window is not `Sync`, so a shared borrow of the tags would not be `Send`.
+        let (tags, hot) = (&mut self.tags, &mut self.hot);
         self.devices.iter().map(move |d| {
             let range = d.first_slot as usize..(d.first_slot + u32::from(d.slot_count)) as usize;
-            let tags = tags[range]
+            let tags = tags[range.clone()]
                 .iter_mut()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        t.unit.clone(),
-                        std::mem::take(&mut t.summary),
-                    )
-                })
+                .zip(&mut hot[range])
+                .map(|(t, h)| (t.name.clone(), t.unit.clone(), h.take_summary()))
                 .collect();
             DeviceSummary {
                 device: d.name.clone(),
@@ -1644,6 +1726,12 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_every_sample_writes_fits_one_cache_line() {
+        assert_eq!(std::mem::size_of::<HotTag>(), 64);
+        assert_eq!(std::mem::align_of::<HotTag>(), 64);
+    }
     use crate::core::rule::Suppression;
     use crate::core::spec::{Draft, RuleDraft};
 
@@ -1751,7 +1839,7 @@ mod tests {
             13_000,
             &mut out,
         );
-        let windowed: Vec<bool> = e.tags[..3].iter().map(|t| t.windowed).collect();
+        let windowed: Vec<bool> = e.hot[..3].iter().map(|h| h.windowed).collect();
         assert_eq!(windowed, [true, false, false]);
         assert!(e.tags[1].window.is_empty(), "no rule reads current");
         let trend = e.device_trend("pot-001", 0, 100).unwrap();
