@@ -1,7 +1,8 @@
 //! The agent's metrics and beside each its exported name, type and help: adding a metric is
 //! a field here plus a row in its family table (and the bump in the event of `telemetry.rs`
 //! that moves it). Counters and gauges are plain atomics (each value has one writer, the
-//! event that bumps it); latencies are prometheus-client histograms. `render` encodes them
+//! event that bumps it); latencies are histograms of our own (`metrics/histogram.rs`: a poll
+//! observes two). `render` encodes them
 //! all, with the standard `process_*` series, through prometheus-client's OpenMetrics text
 //! encoder; the HTTP endpoint only serves that text with [`CONTENT_TYPE`].
 //!

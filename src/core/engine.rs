@@ -252,9 +252,9 @@ impl HotTag {
     /// [`Self::summary`], and a new interval begins.
     fn take_summary(&mut self) -> TagSummary {
         let s = self.summary();
-        let fresh = HotTag::new(self.windowed);
         (self.count, self.good) = (0, 0);
-        (self.min, self.max, self.sum, self.sum_sq) = (fresh.min, fresh.max, 0.0, 0.0);
+        (self.min, self.max) = (f64::INFINITY, f64::NEG_INFINITY);
+        (self.sum, self.sum_sq) = (0.0, 0.0);
         s
     }
 
@@ -483,8 +483,8 @@ impl Engine {
     pub fn new(spec: &Spec) -> Engine {
         let area: Arc<str> = spec.area().clone();
         let alarm_options = spec.alarms();
-        // Sized exactly: one slot per tag is ~200 B, and growth by doubling left up to half of
-        // this, the engine's largest allocation, unused (1.5 MB at 400 cells).
+        // Sized exactly: the per-tag vectors are the engine's largest allocations, and growth by
+        // doubling left up to half of them unused (1.5 MB at 400 cells when they were one).
         let mut tags: Vec<TagState> = Vec::with_capacity(spec.tag_count());
         let mut hot: Vec<HotTag> = Vec::with_capacity(spec.tag_count());
         let mut alarms: Vec<AlarmSlot> = Vec::new();
@@ -1726,14 +1726,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::rule::Suppression;
+    use crate::core::spec::{Draft, RuleDraft};
 
     #[test]
     fn what_every_sample_writes_fits_one_cache_line() {
         assert_eq!(std::mem::size_of::<HotTag>(), 64);
         assert_eq!(std::mem::align_of::<HotTag>(), 64);
     }
-    use crate::core::rule::Suppression;
-    use crate::core::spec::{Draft, RuleDraft};
 
     /// Four cells of one template: voltage, current and the derived pseudo-resistance.
     fn spec(rules: Vec<RuleDraft>) -> Spec {

@@ -20,7 +20,8 @@ struct EngineUnderTest {
     batches: tokio::sync::mpsc::Sender<alsentry::core::engine::SampleBatch>,
     sink: tokio::sync::mpsc::Receiver<std::sync::Arc<alsentry::io::publisher::Message>>,
     /// Held, not used: a dropped sender makes its `recv()` arm of the engine's `select!` ready
-    /// with `None` on every turn, and the loop spins.
+    /// with `None` on every turn, and the loop spins; the reload receiver is held so that the
+    /// engine's reload requests do not fail.
     _held: Vec<Box<dyn std::any::Any + Send>>,
 }
 
