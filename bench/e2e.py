@@ -1123,10 +1123,10 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
         variants = ([fast["one_thread"]] if fast.get("one_thread") else []) + [fast]
         paired = all(ceiling_pairs(ceiling, v) for v in variants)
         reps = len(ceiling.get("all") or [cps])
-        order = "bare loop, then alsentry with one worker thread, then with two" if fast.get("one_thread") else \
-            "bare loop, then alsentry"
+        order = ("bare loop, alsentry with one worker thread, with two; the next repeat in reverse order, and so on"
+                 if fast.get("one_thread") else "bare loop, then alsentry")
         how = (f"Each polls/s figure is the median of {reps} run(s), every run's in brackets, the systems interleaved "
-               f"({order}, repeated); each share of the ceiling is the median of the runs' shares, each alsentry run "
+               f"({order}); each share of the ceiling is the median of the runs' shares, each alsentry run "
                "against the bare loop of its own repeat." if paired else
                "One run of each (results of an older harness: no per-repeat pairs).")
         w(f"`{os.path.relpath(CEILING, ROOT)} --cells {ceiling['cells']} --plan {ceiling['plan']}`: a bare tokio-modbus "
@@ -1411,6 +1411,9 @@ def main():
                     help="cells of the ceiling stage (the transport ceiling and alsentry polling back to back); "
                          "alsentry's 1 ms shortest interval caps it at 1000 polls/s per cell, so a fast ceiling "
                          "needs several hundred (default 400)")
+    ap.add_argument("--ceiling-repeat", type=int, default=5,
+                    help="repeats of the ceiling stage (bare loop and alsentry, interleaved, in alternating order); "
+                         "its shares move more with the host's load than the other stages' figures (default 5)")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()
@@ -1494,19 +1497,24 @@ def main():
         if "ceiling" in stages:
             cells = a.ceiling_cells
             plan = "flat16" if CELL == "flat16" else "alsentry"
-            # The bare loop and alsentry with one and with two worker threads, --repeat times,
-            # interleaved: single runs of this stage moved by 20 % with the host's load. The
-            # default single worker caps the agent at one core; on a 2-core machine an
-            # integrator may set worker_threads = 2 (the simulator needs the other core).
-            # --quick: once, 2 threads only.
-            reps = 1 if a.quick else a.repeat
+            # The bare loop and alsentry with one and with two worker threads, --ceiling-repeat
+            # times, interleaved: single runs of this stage moved by 20 % with the host's load.
+            # Every other repeat runs them in reverse order, so a drift of the host's speed
+            # over a repeat favours neither the bare loop nor alsentry. The default single
+            # worker caps the agent at one core; on a 2-core machine an integrator may set
+            # worker_threads = 2 (the simulator needs the other core). --quick: once, 2 threads only.
+            reps = 1 if a.quick else a.ceiling_repeat
             bare_runs, one_runs, two_runs = [], [], []
             for i in range(reps):
-                print(f"run ceiling, repeat {i + 1}/{reps}", flush=True)
-                c = run_ceiling(a, cells, 5 if a.quick else 20, plan)
-                print(f"  {c}", flush=True)
-                bare_runs.append(c)
-                for threads, into in ((1, one_runs), (2, two_runs)):
+                order = ["bare", 1, 2] if i % 2 == 0 else [2, 1, "bare"]
+                for which in order:
+                    if which == "bare":
+                        print(f"run ceiling, repeat {i + 1}/{reps}", flush=True)
+                        c = run_ceiling(a, cells, 5 if a.quick else 20, plan)
+                        print(f"  {c}", flush=True)
+                        bare_runs.append(c)
+                        continue
+                    threads, into = which, (one_runs if which == 1 else two_runs)
                     if a.quick and threads == 1:
                         continue
                     print(f"run alsentry at poll = 1ms (back to back), worker_threads = {threads}, "

@@ -145,17 +145,46 @@ def run_ceiling(a, cells):
          + cpu_text(c0, c1, ok))
 
 
+def callgrind_window(a, name, p, http_port, out):
+    """Instructions per poll under callgrind: counted from the window's start (instrumentation
+    switched on) to its end (a dump). Each thread's count, summed; repeatable for one binary,
+    whatever else the machine does, so two builds compare without interleaving."""
+    subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], capture_output=True, check=True)
+    p0 = e2e.polls(http_port)
+    time.sleep(a.window)
+    p1 = e2e.polls(http_port)
+    subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, check=True)
+    ir = 0
+    for f in os.listdir(a.tmp):
+        if f.startswith(os.path.basename(out)):
+            with open(os.path.join(a.tmp, f)) as fi:
+                for line in fi:
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        ir += int(line.split()[1])
+                        break
+    ok = p1["ok"] - p0["ok"]
+    turns = p1.get("engine_turns", 0) - p0.get("engine_turns", 0)
+    print(f"{name} (callgrind): {ok} polls ok, failed {p1['failed'] - p0['failed']}, "
+          f"engine turns {turns / ok if ok else 0:.3f} per poll; {ir / ok if ok else 0:,.0f} instructions per poll")
+
+
 def run(a, cells, period_s):
     name = f"hot-{cells}c-{period_s}s"
     http_port = e2e.free_port()
     cfg = os.path.join(a.tmp, f"{name}.toml")
     e2e.agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells,
                      f"{int(round(period_s * 1000))}ms", a.data, True, a.threads)
-    p = e2e.Proc(name, [a.bin, "run", "--config", cfg], a.tmp, env=dict(os.environ, RUST_LOG="warn"))
+    cmd = [a.bin, "run", "--config", cfg]
+    if a.callgrind:
+        out = os.path.join(a.tmp, f"{name}.callgrind")
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"] + cmd
+    p = e2e.Proc(name, cmd, a.tmp, env=dict(os.environ, RUST_LOG="warn"))
     try:
-        if not e2e.wait_port(http_port, 20):
+        if not e2e.wait_port(http_port, 120 if a.callgrind else 20):
             raise SystemExit(f"{name}: no HTTP endpoint; see {a.tmp}/{name}.log")
         time.sleep(a.warmup)
+        if a.callgrind:
+            return callgrind_window(a, name, p, http_port, out)
         p0, c0, t0 = e2e.polls(http_port), user_sys(p.pid), time.monotonic()
         counts = perf_window(p.pid, a.window)
         p1, c1, t1 = e2e.polls(http_port), user_sys(p.pid), time.monotonic()
@@ -192,6 +221,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="the agent's worker_threads")
     ap.add_argument("--mallocs", action="store_true",
                     help="also count malloc and realloc calls per poll (uprobes on the C library; root)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run the agent under valgrind's callgrind and count instructions per poll over the "
+                         "window (no perf; the agent runs ~50x slower, so polls back to back come far fewer)")
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=20.0)
     a = ap.parse_args()

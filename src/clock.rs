@@ -175,6 +175,17 @@ pub async fn sleep_until(clock: &dyn Clock, at: Mono) {
     }
 }
 
+/// The instant `after` from now on tokio's timeline, for a timer that bounds an I/O wait (a
+/// request's timeout). tokio's own clock, not a [`Clock`]: such timers measure real waits, and
+/// tests with paused tokio time still move them.
+#[allow(clippy::disallowed_methods)]
+pub fn timer_deadline(after: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    // As `tokio::time::timeout` does for a duration past the end of time: a year is forever.
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
+}
+
 /// Real elapsed time for tools and benchmarks that report how long something took (never for
 /// decisions: those take `now`).
 #[derive(Debug, Clone, Copy)]

@@ -237,8 +237,10 @@ impl InternalEvent for PollFinished<'_> {
             crate::metrics::observe(&d.modbus_rtt, rtt);
         }
         d.samples.fetch_add(self.samples as u64, Ordering::Relaxed);
-        d.decode_errors
-            .fetch_add(self.decode_errors as u64, Ordering::Relaxed);
+        if self.decode_errors > 0 {
+            d.decode_errors
+                .fetch_add(self.decode_errors as u64, Ordering::Relaxed);
+        }
         match self.result {
             PollResult::Ok => inc(&d.polls_ok),
             PollResult::Failed { reason, retry_in } => {

@@ -10,7 +10,7 @@
 //! counts link pollers that died and wait for their restart ([`Pulse`], one writer each). The
 //! decisions ([`liveness`], [`readiness`]) are pure and take `now`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,45 +74,93 @@ impl DeviceHealth {
 
 /// The writing side, one clone per poller.
 #[derive(Debug, Clone)]
-pub struct HealthTx(Arc<watch::Sender<DeviceHealth>>);
+pub struct HealthTx {
+    tx: Arc<watch::Sender<DeviceHealth>>,
+    /// What the watch holds for each device ([`UP`], [`POLLED`]), readable without its lock.
+    /// Nearly every poll changes nothing, and the watch's lock is one for all links: with
+    /// this mirror such a poll takes no lock. Written only under the lock, so it always
+    /// matches the watch once a writer is done; each device has one writer at a time (its
+    /// link, or the supervisor once that link has died).
+    seen: Arc<[AtomicU8]>,
+}
+
+const UP: u8 = 1;
+const POLLED: u8 = 2;
 
 impl HealthTx {
+    fn seen(&self, device: u32) -> u8 {
+        self.seen
+            .get(device as usize)
+            .map_or(0, |s| s.load(Ordering::Relaxed))
+    }
+
+    fn mirror(&self, device: u32, up: bool, polled: bool) {
+        if let Some(s) = self.seen.get(device as usize) {
+            s.store(
+                u8::from(up) * UP + u8::from(polled) * POLLED,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Records whether `device` answers; readers are woken only on a change.
     pub fn set(&self, device: u32, up: bool) {
-        self.0
-            .send_if_modified(|h| match h.up.get_mut(device as usize) {
+        if (self.seen(device) & UP != 0) == up {
+            return;
+        }
+        self.tx.send_if_modified(|h| {
+            let i = device as usize;
+            let changed = match h.up.get_mut(i) {
                 Some(u) if *u != up => {
                     *u = up;
                     true
                 }
                 _ => false,
-            });
+            };
+            self.mirror(device, up, h.polled.get(i).copied().unwrap_or(false));
+            changed
+        });
     }
 
     /// `device` was polled (answered or not); readers are woken only the first time.
     pub fn polled(&self, device: u32) {
-        self.0
-            .send_if_modified(|h| match h.polled.get_mut(device as usize) {
+        if self.seen(device) & POLLED != 0 {
+            return;
+        }
+        self.tx.send_if_modified(|h| {
+            let i = device as usize;
+            let changed = match h.polled.get_mut(i) {
                 Some(p) if !*p => {
                     *p = true;
                     h.unpolled -= 1;
                     true
                 }
                 _ => false,
-            });
+            };
+            self.mirror(device, h.up.get(i).copied().unwrap_or(false), true);
+            changed
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<DeviceHealth> {
-        self.0.subscribe()
+        self.tx.subscribe()
     }
 }
 
-/// A health channel for `names` (all down).
+/// The health channel of `names` (all down, none polled yet).
 pub fn channel(
     names: impl IntoIterator<Item = String>,
 ) -> (HealthTx, watch::Receiver<DeviceHealth>) {
-    let (tx, rx) = watch::channel(DeviceHealth::new(names));
-    (HealthTx(Arc::new(tx)), rx)
+    let health = DeviceHealth::new(names);
+    let seen = (0..health.devices()).map(|_| AtomicU8::new(0)).collect();
+    let (tx, rx) = watch::channel(health);
+    (
+        HealthTx {
+            tx: Arc::new(tx),
+            seen,
+        },
+        rx,
+    )
 }
 
 /// Bounds of the health decisions.
@@ -329,5 +377,30 @@ mod tests {
         assert!(rx.borrow_and_update().first_cycle_done());
         tx.polled(1);
         assert!(!rx.has_changed().unwrap(), "woken once per device");
+    }
+
+    #[test]
+    fn writes_skipped_by_the_lock_free_mirror_are_exactly_the_no_ops() {
+        let (link, mut rx) = channel(["a".to_string(), "b".to_string()]);
+        let supervisor = link.clone();
+        // Up before the first "polled" and polled after: neither bit hides the other.
+        link.set(0, true);
+        link.polled(0);
+        let h = rx.borrow_and_update().clone();
+        assert!(h.is_up(0) && !h.first_cycle_done());
+        link.set(0, true);
+        link.polled(0);
+        assert!(!rx.has_changed().unwrap(), "no change, no lock, no wake-up");
+        // Another writer's change is seen by the mirror of every clone: the link's next
+        // "up" after the supervisor set the device down goes through.
+        supervisor.set(0, false);
+        assert!(!rx.borrow_and_update().is_up(0));
+        link.set(0, true);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().is_up(0));
+        link.polled(1);
+        link.set(1, false);
+        let h = rx.borrow_and_update().clone();
+        assert!(h.first_cycle_done() && !h.is_up(1) && h.is_up(0));
     }
 }

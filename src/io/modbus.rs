@@ -5,9 +5,11 @@
 //! the TCP client out of step (docs/STANDARDS.md 4.6): after any timeout or protocol error the
 //! caller must drop the connection and reconnect.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{Request, Response, SlaveContext};
 use tokio_modbus::Slave;
@@ -67,6 +69,11 @@ pub enum ConnectError {
 
 pub struct Connection {
     ctx: Context,
+    /// The deadline of the request in flight: one timer for the connection's life, moved later
+    /// for each request. tokio moves a timer later with one atomic write, where a new timer per
+    /// request (`tokio::time::timeout`) is filed into and taken out of the timer wheel under
+    /// the driver's lock: twice per read, at up to 100,000 reads a second when polling flat out.
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -145,7 +152,10 @@ impl Connection {
                 tokio_modbus::client::rtu::attach_slave(s, Slave(1))
             }
         };
-        Ok(Connection { ctx })
+        let deadline = Box::pin(tokio::time::sleep_until(crate::clock::timer_deadline(
+            timeout,
+        )));
+        Ok(Connection { ctx, deadline })
     }
 
     /// One request within `timeout`, its failure sorted into device "no" and wire trouble.
@@ -154,12 +164,20 @@ impl Connection {
         request: Request<'static>,
         timeout: Duration,
     ) -> Result<Response, ReadError> {
-        match tokio::time::timeout(timeout, self.ctx.call(request)).await {
-            Err(_) => Err(ReadError::Timeout(timeout)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ReadError::Transport(e.to_string())),
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(ReadError::Protocol(e.to_string())),
-            Ok(Ok(Err(code))) => Err(ReadError::Exception(u8::from(code))),
-            Ok(Ok(Ok(response))) => Ok(response),
+        self.deadline
+            .as_mut()
+            .reset(crate::clock::timer_deadline(timeout));
+        // The reply first, as `tokio::time::timeout` does: one that is in is not a timeout.
+        let reply = tokio::select! {
+            biased;
+            reply = self.ctx.call(request) => reply,
+            () = self.deadline.as_mut() => return Err(ReadError::Timeout(timeout)),
+        };
+        match reply {
+            Err(tokio_modbus::Error::Transport(e)) => Err(ReadError::Transport(e.to_string())),
+            Err(tokio_modbus::Error::Protocol(e)) => Err(ReadError::Protocol(e.to_string())),
+            Ok(Err(code)) => Err(ReadError::Exception(u8::from(code))),
+            Ok(Ok(response)) => Ok(response),
         }
     }
 
@@ -309,5 +327,75 @@ mod tests {
             );
             assert!(r.unwrap_err().poisons_connection());
         }
+    }
+
+    /// A server that answers its n-th read of holding registers (full replies of zeros) after
+    /// `script[n]`, or never (`None`, and nothing after it).
+    async fn scripted_replier(script: Vec<Option<Duration>>) -> Endpoint {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            for delay in script {
+                if s.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                let Some(delay) = delay else {
+                    // Silent, but the connection stays open until the client drops it.
+                    let _ = s.read(&mut req).await;
+                    return;
+                };
+                tokio::time::sleep(delay).await;
+                let words = usize::from(u16::from_be_bytes([req[10], req[11]]));
+                let mut f = vec![req[0], req[1], 0, 0];
+                f.extend_from_slice(&((words * 2 + 3) as u16).to_be_bytes());
+                f.extend_from_slice(&[req[6], req[7], (words * 2) as u8]);
+                f.resize(f.len() + words * 2, 0);
+                if s.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Endpoint::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    // The connection keeps one timer and moves it for each request: each request gets its
+    // whole timeout (slow replies that add up to more than one timeout all arrive), a shorter
+    // timeout after a longer one still fires on time, and a silent device times out.
+    #[tokio::test]
+    async fn every_request_gets_its_own_whole_timeout_from_the_one_timer() {
+        let slow = Duration::from_millis(150);
+        let ep = scripted_replier(vec![Some(slow), Some(slow), Some(slow), Some(slow), None]).await;
+        let t = Duration::from_millis(400);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        for i in 0..4 {
+            let r = c.read(1, Table::Holding, 0, 3, t).await;
+            assert_eq!(r.ok(), Some(ReadData::Registers(vec![0; 3])), "read {i}");
+        }
+        let took = crate::clock::Stopwatch::start();
+        let r = c.read(1, Table::Holding, 0, 3, t).await;
+        assert!(matches!(r, Err(ReadError::Timeout(d)) if d == t), "{r:?}");
+        let took = took.elapsed();
+        assert!(took >= t && took < t * 5, "timed out after {took:?}");
+
+        let ep = scripted_replier(vec![Some(Duration::ZERO), None]).await;
+        let (long, short) = (Duration::from_secs(30), Duration::from_millis(200));
+        let mut c = Connection::open(&ep, long).await.unwrap();
+        assert!(c.read(1, Table::Holding, 0, 1, long).await.is_ok());
+        let took = crate::clock::Stopwatch::start();
+        let r = c.read(1, Table::Holding, 0, 1, short).await;
+        assert!(
+            matches!(r, Err(ReadError::Timeout(d)) if d == short),
+            "{r:?}"
+        );
+        let took = took.elapsed();
+        assert!(
+            took >= short && took < Duration::from_secs(5),
+            "timed out after {took:?}"
+        );
     }
 }

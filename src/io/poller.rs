@@ -535,13 +535,15 @@ impl Link {
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let planned = d.planner.blocks().len();
         let mut next_planned = 0;
-        // The clock is read once per read: a read starts when the one before it ended (so a
-        // round trip includes decoding the block before it: microseconds, below the smallest
-        // bucket of the histogram).
-        let mut mark = started;
+        // The clock is read once per read, at its start (the first starts with the poll), and
+        // once at the poll's end: a read ends when the next one starts or the poll ends, so a
+        // round trip includes decoding its block (microseconds, below the smallest bucket of
+        // the histogram).
         let mut outcome = PollOutcome::Ok;
         let mut reads: u32 = 0;
         let mut last_rtt = None;
+        // The start of the read that answered last, until its end is known.
+        let mut answered_at: Option<clock::Mono> = None;
         let mut decode_errors = 0;
         loop {
             let (owned, probe) = match queue.pop_front() {
@@ -563,10 +565,12 @@ impl Link {
                 };
                 (b.table, b.start, b.count)
             };
+            let t0 = if reads == 0 { started } else { clock.mono() };
+            if let Some(at) = answered_at.take() {
+                last_rtt = Some(t0.since(at));
+            }
             reads += 1;
-            let t0 = mark;
             let result = conn.read(d.unit, table, start, count, d.timeout).await;
-            mark = clock.mono();
             // A probe learns from success and from exception 02 alike.
             if let (Some(mut pr), Ok(_) | Err(ReadError::Exception(2))) = (probe, &result) {
                 let ok = result.is_ok();
@@ -588,7 +592,7 @@ impl Link {
             };
             match result {
                 Ok(data) => {
-                    last_rtt = Some(mark.since(t0));
+                    answered_at = Some(t0);
                     let image = match &data {
                         ReadData::Registers(words) => Image::Registers { start, words },
                         ReadData::Bits(bits) => Image::Bits { start, bits },
@@ -661,6 +665,9 @@ impl Link {
         // One reading for the poll's end: its duration and its samples' timestamp.
         let (ended, ts) = clock.stamp();
         let took = ended.since(started);
+        if let Some(at) = answered_at {
+            last_rtt = Some(ended.since(at));
+        }
         let mut good = 0;
         for (ti, slot) in values.iter_mut().enumerate() {
             if read[ti] {
