@@ -917,7 +917,10 @@ impl Engine {
         self.apply_alarm_suppressions(now, out);
     }
 
-    /// Records a sample of a slot: latest value, quality, summary and window.
+    /// Records a sample of a slot: latest value, quality, summary and window. Inlined into its
+    /// two loops: called for every sample, and returned through memory its result cost as much
+    /// as the work (callgrind, 400 cells polled back to back).
+    #[inline(always)]
     fn store(&mut self, slot: usize, ts: Ts, v: f64, quality: Quality) -> Stored {
         let good = quality.is_good() && v.is_finite();
         let p = Point { ts, v };
