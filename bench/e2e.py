@@ -606,8 +606,11 @@ def representative(rs):
 
 
 def polls_per_s(v):
-    """Polls done per second of an agent run's window."""
-    return v["polls"]["ok"] / v["seconds"] if v["seconds"] else 0.0
+    """Polls done per second of an agent run's window, counting only those whose samples reached
+    the engine: flat out, a poller whose batch finds the engine's queue full drops it (a stale
+    batch is worth less than the next), and such a poll did not do the agent's job."""
+    done = v["polls"]["ok"] - v["polls"].get("dropped", 0)
+    return done / v["seconds"] if v["seconds"] else 0.0
 
 
 def median_run(rs, key):
@@ -1127,7 +1130,9 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
                  if fast.get("one_thread") else "bare loop, then alsentry")
         how = (f"Each polls/s figure is the median of {reps} run(s), every run's in brackets, the systems interleaved "
                f"({order}); each share of the ceiling is the median of the runs' shares, each alsentry run "
-               "against the bare loop of its own repeat." if paired else
+               "against the bare loop of its own repeat. alsentry's polls count only those whose samples reached "
+               "its engine: flat out, a poller drops a batch that finds the engine's queue full (the median run's "
+               "count is in the last column)." if paired else
                "One run of each (results of an older harness: no per-repeat pairs).")
         w(f"`{os.path.relpath(CEILING, ROOT)} --cells {ceiling['cells']} --plan {ceiling['plan']}`: a bare tokio-modbus "
           f"client, one connection per cell, polls back to back with no decoding or publishing, with the same "
@@ -1143,13 +1148,13 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
             ps = ceiling_pairs(ceiling, v)
             return f" [{', '.join(f'{x * 100:.1f}' for x in ps)}]" if ps and len(ps) > 1 else ""
 
-        w("| | reads/poll | polls/s (median) | share of the ceiling (median) | tag samples/s | CPU (cores) | failed | missed |")
-        w("|---|---|---|---|---|---|---|---|")
+        w("| | reads/poll | polls/s (median) | share of the ceiling (median) | tag samples/s | CPU (cores) | failed | missed | batches dropped |")
+        w("|---|---|---|---|---|---|---|---|---|")
         for c in [ceiling]:
-            w(f"| bare tokio-modbus loop, plan {c['plan']}, {c['cells']} cells | {c['reads_per_poll']} | {c['polls_per_s']:.0f} [{runs_text(c, lambda x: x['polls_per_s'])}] | 100 % | {c['polls_per_s'] * TAGS_PER_CELL:.0f} | {c.get('cores', 0):.2f} | {c['errors']} | - |")
+            w(f"| bare tokio-modbus loop, plan {c['plan']}, {c['cells']} cells | {c['reads_per_poll']} | {c['polls_per_s']:.0f} [{runs_text(c, lambda x: x['polls_per_s'])}] | 100 % | {c['polls_per_s'] * TAGS_PER_CELL:.0f} | {c.get('cores', 0):.2f} | {c['errors']} | - | - |")
         for v in variants:
             vps = polls_per_s(v)
-            w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | {ceiling['reads_per_poll']} | {vps:.0f} [{runs_text(v, polls_per_s)}] | {ceiling_share(ceiling, v) * 100:.1f} %{shares_text(v)} | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} |")
+            w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | {ceiling['reads_per_poll']} | {vps:.0f} [{runs_text(v, polls_per_s)}] | {ceiling_share(ceiling, v) * 100:.1f} %{shares_text(v)} | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} | {v['polls'].get('dropped', 0)} |")
         w("")
         judged = fast.get("one_thread") or fast
         what = "in its default configuration (worker_threads = 1)" if fast.get("one_thread") else \
@@ -1564,8 +1569,7 @@ def main():
             p.stop()
     load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
     a.duration_min = (time.monotonic() - t_start) / 60
-    write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, a.out,
-                 floors)
+    # The raw results first: a report that fails to render can be rendered again from them (--render).
     with open(os.path.join(a.tmp, "results.json"), "w") as fj:
         meta = {"base": a.base, "mqtt_port": a.mqtt_port, "max_cells": a.max_cells, "warmup": a.warmup,
                 "window": a.window, "repeat": a.repeat, "quick": a.quick, "profile": a.profile, "bin": a.bin,
@@ -1574,6 +1578,8 @@ def main():
                 "build_kind": a.build_kind}
         json.dump({"meta": meta, "runs": runs, "diags": diags, "ceiling": ceiling, "minimal": minimal, "fast": fast, "profile": prof,
                    "peers": peers, "floors": floors}, fj, indent=1, default=str)
+    write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, minimal, fast, prof, peers, notes, a.out,
+                 floors)
     print(f"wrote {a.out} in {a.duration_min:.1f} min; raw results in {a.tmp}/results.json", flush=True)
     if not a.keep:
         shutil.rmtree(a.tmp, ignore_errors=True)

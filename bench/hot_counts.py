@@ -14,6 +14,11 @@ graphs, so inclusive shares are right; `--freq HZ` for more samples at light loa
     cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells
     python3 bench/hot_counts.py --profile soak --loads 400x1.0,400x0.1 --floor
 
+`--callgrind` counts user-space instructions per poll instead, under valgrind (repeatable for
+one binary whatever the machine is doing, so two builds compare without interleaving):
+
+    python3 bench/hot_counts.py --profile release --loads 400x0.001 --data off --callgrind --ceiling
+
 Needs perf with tracepoints readable (`perf stat -e syscalls:sys_enter_writev true` works) and
 mosquitto at /usr/sbin/mosquitto.
 """
@@ -127,6 +132,8 @@ def run_ceiling(a, cells):
     same window: its syscalls per poll beside the agent polling flat out."""
     name = f"ceiling-{cells}c"
     plan = "flat16" if a.cell == "flat16" else "alsentry"
+    if a.callgrind:
+        return callgrind_ceiling(a, name, cells, plan)
     p = e2e.Proc(name, [e2e.CEILING, "--first-port", str(a.base), "--cells", str(cells), "--plan", plan,
                         "--warmup", str(a.warmup), "--seconds", str(a.window)], a.tmp)
     try:
@@ -166,6 +173,28 @@ def callgrind_window(a, name, p, http_port, out):
     turns = p1.get("engine_turns", 0) - p0.get("engine_turns", 0)
     print(f"{name} (callgrind): {ok} polls ok, failed {p1['failed'] - p0['failed']}, "
           f"engine turns {turns / ok if ok else 0:.3f} per poll; {ir / ok if ok else 0:,.0f} instructions per poll")
+
+
+def callgrind_ceiling(a, name, cells, plan):
+    """The bare loop's instructions per poll: the whole run under callgrind (no warm-up; opening
+    the connections is a rounding error beside the polls) over the polls it counted."""
+    out = os.path.join(a.tmp, f"{name}.callgrind")
+    p = e2e.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", e2e.CEILING,
+                        "--first-port", str(a.base), "--cells", str(cells), "--plan", plan,
+                        "--warmup", "0", "--seconds", str(a.window)], a.tmp)
+    try:
+        p.p.wait(timeout=a.window + 120)
+    finally:
+        p.stop()
+    with open(os.path.join(a.tmp, f"{name}.log")) as f:
+        polls = json.loads([x for x in f.read().splitlines() if x.startswith("{")][-1])["polls"]
+    ir = 0
+    with open(out) as fi:
+        for line in fi:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                ir = int(line.split()[1])
+                break
+    print(f"{name} (callgrind): {polls} polls ok; {ir / polls if polls else 0:,.0f} instructions per poll")
 
 
 def run(a, cells, period_s):
@@ -222,8 +251,9 @@ def main():
     ap.add_argument("--mallocs", action="store_true",
                     help="also count malloc and realloc calls per poll (uprobes on the C library; root)")
     ap.add_argument("--callgrind", action="store_true",
-                    help="run the agent under valgrind's callgrind and count instructions per poll over the "
-                         "window (no perf; the agent runs ~50x slower, so polls back to back come far fewer)")
+                    help="run the agent (and with --ceiling the bare loop) under valgrind's callgrind and count "
+                         "user-space instructions per poll over the window (no perf; they run ~50x slower, so "
+                         "polls back to back come far fewer)")
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=20.0)
     a = ap.parse_args()
