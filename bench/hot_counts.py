@@ -11,7 +11,7 @@ can be compared poll for poll (`--floor-nodelay`: with TCP_NODELAY, as alsentry'
 connections; its 3.1.1 ones keep Nagle for QoS 0 data, like the floor); `--record SECONDS` adds a `perf record -e cpu-clock -g` of each (`--dwarf`: with DWARF call
 graphs, so inclusive shares are right; `--freq HZ` for more samples at light loads).
 
-    cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells
+    cargo build --profile soak --bin alsentry --example publish_floor --example flat_cells --example modbus_ceiling
     python3 bench/hot_counts.py --profile soak --loads 400x1.0,400x0.1 --floor
 
 `--callgrind` counts user-space instructions per poll instead, under valgrind (repeatable for
@@ -154,30 +154,35 @@ def run_ceiling(a, cells):
 
 def callgrind_window(a, name, p, http_port, out):
     """Instructions per poll under callgrind: counted from the window's start (instrumentation
-    switched on) to its end (a dump). Each thread's count, summed; repeatable for one binary,
-    whatever else the machine does, so two builds compare without interleaving."""
+    switched on) to its end (the first dump, `<out>.1`; all threads in one count), the window's
+    two scrapes of /metrics included. Repeatable for one binary whatever else the machine does,
+    so two builds compare without interleaving."""
     subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], capture_output=True, check=True)
     p0 = e2e.polls(http_port)
     time.sleep(a.window)
     p1 = e2e.polls(http_port)
     subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, check=True)
-    ir = 0
-    for f in os.listdir(a.tmp):
-        if f.startswith(os.path.basename(out)):
-            with open(os.path.join(a.tmp, f)) as fi:
-                for line in fi:
-                    if line.startswith("summary:") or line.startswith("totals:"):
-                        ir += int(line.split()[1])
-                        break
+    ir = callgrind_total(out + ".1")
     ok = p1["ok"] - p0["ok"]
     turns = p1.get("engine_turns", 0) - p0.get("engine_turns", 0)
     print(f"{name} (callgrind): {ok} polls ok, failed {p1['failed'] - p0['failed']}, "
-          f"engine turns {turns / ok if ok else 0:.3f} per poll; {ir / ok if ok else 0:,.0f} instructions per poll")
+          f"dropped {p1['dropped'] - p0['dropped']}, engine turns {turns / ok if ok else 0:.3f} per poll; "
+          f"{ir / ok if ok else 0:,.0f} instructions per poll")
+
+
+def callgrind_total(path):
+    """The instruction count of one callgrind output file."""
+    with open(path) as fi:
+        for line in fi:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise SystemExit(f"no instruction count in {path}")
 
 
 def callgrind_ceiling(a, name, cells, plan):
-    """The bare loop's instructions per poll: the whole run under callgrind (no warm-up; opening
-    the connections is a rounding error beside the polls) over the polls it counted."""
+    """The bare loop's instructions per poll: its whole run under callgrind (no warm-up; start-up
+    and opening the connections included, a rounding error beside the polls) over the polls it
+    counted."""
     out = os.path.join(a.tmp, f"{name}.callgrind")
     p = e2e.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", e2e.CEILING,
                         "--first-port", str(a.base), "--cells", str(cells), "--plan", plan,
@@ -188,12 +193,7 @@ def callgrind_ceiling(a, name, cells, plan):
         p.stop()
     with open(os.path.join(a.tmp, f"{name}.log")) as f:
         polls = json.loads([x for x in f.read().splitlines() if x.startswith("{")][-1])["polls"]
-    ir = 0
-    with open(out) as fi:
-        for line in fi:
-            if line.startswith("summary:") or line.startswith("totals:"):
-                ir = int(line.split()[1])
-                break
+    ir = callgrind_total(out)
     print(f"{name} (callgrind): {polls} polls ok; {ir / polls if polls else 0:,.0f} instructions per poll")
 
 

@@ -181,7 +181,7 @@ pub async fn sleep_until(clock: &dyn Clock, at: Mono) {
 #[allow(clippy::disallowed_methods)]
 pub fn timer_deadline(after: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    // As `tokio::time::timeout` does for a duration past the end of time: a year is forever.
+    // A duration past the end of time (no configured timeout is one): a year is never here.
     now.checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }

@@ -918,8 +918,8 @@ impl Engine {
     }
 
     /// Records a sample of a slot: latest value, quality, summary and window. Inlined into its
-    /// two loops: called for every sample, and returned through memory its result cost as much
-    /// as the work (callgrind, 400 cells polled back to back).
+    /// two loops: it runs for every sample, and as a call its result went back through memory,
+    /// which cost as much as the work itself (callgrind, 400 cells polled back to back).
     #[inline(always)]
     fn store(&mut self, slot: usize, ts: Ts, v: f64, quality: Quality) -> Stored {
         let good = quality.is_good() && v.is_finite();

@@ -380,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_skipped_by_the_lock_free_mirror_are_exactly_the_no_ops() {
+    fn the_mirror_follows_every_writer_so_only_no_ops_are_skipped() {
         let (link, mut rx) = channel(["a".to_string(), "b".to_string()]);
         let supervisor = link.clone();
         // Up before the first "polled" and polled after: neither bit hides the other.

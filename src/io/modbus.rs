@@ -73,7 +73,11 @@ pub struct Connection {
     /// for each request. tokio moves a timer later with one atomic write, where a new timer per
     /// request (`tokio::time::timeout`) is filed into and taken out of the timer wheel under
     /// the driver's lock: twice per read, at up to 100,000 reads a second when polling flat out.
+    /// Between polls [`Connection::idle_for`] moves it past the next one, so it never fires
+    /// (waking the link for nothing) while the link sleeps.
     deadline: Pin<Box<Sleep>>,
+    /// The timeout of the last request.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Connection {
@@ -155,7 +159,11 @@ impl Connection {
         let deadline = Box::pin(tokio::time::sleep_until(crate::clock::timer_deadline(
             timeout,
         )));
-        Ok(Connection { ctx, deadline })
+        Ok(Connection {
+            ctx,
+            deadline,
+            timeout,
+        })
     }
 
     /// One request within `timeout`, its failure sorted into device "no" and wire trouble.
@@ -164,6 +172,7 @@ impl Connection {
         request: Request<'static>,
         timeout: Duration,
     ) -> Result<Response, ReadError> {
+        self.timeout = timeout;
         self.deadline
             .as_mut()
             .reset(crate::clock::timer_deadline(timeout));
@@ -178,6 +187,22 @@ impl Connection {
             Err(tokio_modbus::Error::Protocol(e)) => Err(ReadError::Protocol(e.to_string())),
             Ok(Err(code)) => Err(ReadError::Exception(u8::from(code))),
             Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// The link sends nothing for `idle` (it sleeps until its next step): the deadline moves to
+    /// a little before the end of that wait plus the last timeout. It does not fire meanwhile,
+    /// and the next request, starting after the wait, moves it later with one atomic write
+    /// instead of filing it anew. Only a cost: every request sets its own deadline.
+    pub fn idle_for(&mut self, idle: Duration) {
+        // The margin covers the clock reads between here and the next request's (tokio files
+        // timers to the millisecond): without it the next deadline could come out earlier.
+        let after = idle
+            .saturating_add(self.timeout)
+            .saturating_sub(Duration::from_millis(2));
+        let at = crate::clock::timer_deadline(after);
+        if at > self.deadline.deadline() {
+            self.deadline.as_mut().reset(at);
         }
     }
 
@@ -397,5 +422,66 @@ mod tests {
             took >= short && took < Duration::from_secs(5),
             "timed out after {took:?}"
         );
+    }
+
+    // Between polls the link moves the deadline past its next poll, so the timer does not fire
+    // (waking the link for nothing) while it sleeps; a deadline that did fire while the link
+    // was idle still bounds the next request.
+    #[tokio::test]
+    async fn an_idle_link_keeps_its_deadline_ahead_and_a_fired_one_is_set_again() {
+        let slow = Duration::from_millis(150);
+        let ep = scripted_replier(vec![Some(Duration::ZERO), Some(slow), Some(slow), None]).await;
+        let (t, wait) = (Duration::from_millis(300), Duration::from_millis(500));
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        assert!(c.read(1, Table::Holding, 0, 2, t).await.is_ok());
+        c.idle_for(wait + Duration::from_millis(200));
+        tokio::time::sleep(wait).await;
+        assert!(!c.deadline.is_elapsed(), "fired while the link was idle");
+        assert!(c.read(1, Table::Holding, 0, 2, t).await.is_ok());
+        // No word of the idle time: the deadline fires after `t` and is set again.
+        tokio::time::sleep(wait).await;
+        assert!(c.deadline.is_elapsed());
+        assert!(c.read(1, Table::Holding, 0, 2, t).await.is_ok());
+        let took = crate::clock::Stopwatch::start();
+        let r = c.read(1, Table::Holding, 0, 2, t).await;
+        assert!(matches!(r, Err(ReadError::Timeout(d)) if d == t), "{r:?}");
+        let took = took.elapsed();
+        assert!(
+            took >= t && took < Duration::from_secs(5),
+            "timed out after {took:?}"
+        );
+    }
+
+    // The reply's byte count promises more registers than the frame holds (the vendored
+    // tokio-modbus takes registers out in one pass, vendor/README.md): an error that drops the
+    // connection, not a panic and not a short value.
+    #[tokio::test]
+    async fn a_reply_whose_byte_count_overruns_its_frame_is_a_wire_error() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            if s.read_exact(&mut req).await.is_ok() {
+                // Byte count 6 (3 registers), 4 bytes of data; the MBAP length matches the frame.
+                let pdu = [req[7], 6, 0, 1, 0, 2];
+                let mut f = vec![req[0], req[1], 0, 0, 0, (pdu.len() + 1) as u8, req[6]];
+                f.extend_from_slice(&pdu);
+                let _ = s.write_all(&f).await;
+                let _ = s.read(&mut req).await;
+            }
+        });
+        let ep = Endpoint::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        let t = Duration::from_secs(2);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        let r = c.read(1, Table::Holding, 0, 3, t).await;
+        assert!(
+            matches!(r, Err(ReadError::Transport(_) | ReadError::Protocol(_))),
+            "{r:?}"
+        );
+        assert!(r.unwrap_err().poisons_connection());
     }
 }

@@ -235,6 +235,9 @@ impl Link {
             };
             let mut now = self.clock.mono();
             let job = if now < at {
+                if let Some(c) = conn.as_mut() {
+                    c.idle_for(at.since(now));
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = clock::sleep_until(&*self.clock, at) => None,
