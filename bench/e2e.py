@@ -12,7 +12,7 @@ loopback. Writes BENCHMARKS.md.
     # it rebuilds target/release/alsentry with the default features
     cargo build --release --no-default-features --bin alsentry \
         --example modbus_ceiling --example publish_floor --example flat_cells
-    python3 bench/e2e.py                      # about 20 min (3 repeats; --peers: 31); --quick: ~2 min
+    python3 bench/e2e.py                      # about 22 min (3 repeats, ceiling 5; --peers: 33); --quick: ~2 min
 
 --cell flat16 (the default) is issue 22's harness cell: 16 float32 tags read in one request
 from examples/flat_cells.rs, one threshold rule; --cell cell is the simulated potline cell of
@@ -1052,7 +1052,7 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w("# (first: cargo bench rebuilds target/release/alsentry with the default features)")
     w("cargo build --release --no-default-features --bin alsentry \\")
     w("    --example modbus_ceiling --example publish_floor --example flat_cells   # the gateway build")
-    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~20 min; --peers adds ~11)")
+    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~22 min; --peers adds ~11)")
     w("```")
     w("")
     dur = getattr(a, "duration_min", None)
