@@ -388,6 +388,15 @@ mod tests {
         }
     }
 
+    /// Reads once more with `t` and asserts a timeout: not before `t`, and before `within`.
+    async fn assert_times_out(c: &mut Connection, count: u16, t: Duration, within: Duration) {
+        let took = crate::clock::Stopwatch::start();
+        let r = c.read(1, Table::Holding, 0, count, t).await;
+        assert!(matches!(r, Err(ReadError::Timeout(d)) if d == t), "{r:?}");
+        let took = took.elapsed();
+        assert!(took >= t && took < within, "timed out after {took:?}");
+    }
+
     // The connection keeps one timer and moves it for each request: each request gets its
     // whole timeout (slow replies that add up to more than one timeout all arrive), a shorter
     // timeout after a longer one still fires on time, and a silent device times out.
@@ -401,27 +410,13 @@ mod tests {
             let r = c.read(1, Table::Holding, 0, 3, t).await;
             assert_eq!(r.ok(), Some(ReadData::Registers(vec![0; 3])), "read {i}");
         }
-        let took = crate::clock::Stopwatch::start();
-        let r = c.read(1, Table::Holding, 0, 3, t).await;
-        assert!(matches!(r, Err(ReadError::Timeout(d)) if d == t), "{r:?}");
-        let took = took.elapsed();
-        assert!(took >= t && took < t * 5, "timed out after {took:?}");
+        assert_times_out(&mut c, 3, t, t * 5).await;
 
         let ep = scripted_replier(vec![Some(Duration::ZERO), None]).await;
         let (long, short) = (Duration::from_secs(30), Duration::from_millis(200));
         let mut c = Connection::open(&ep, long).await.unwrap();
         assert!(c.read(1, Table::Holding, 0, 1, long).await.is_ok());
-        let took = crate::clock::Stopwatch::start();
-        let r = c.read(1, Table::Holding, 0, 1, short).await;
-        assert!(
-            matches!(r, Err(ReadError::Timeout(d)) if d == short),
-            "{r:?}"
-        );
-        let took = took.elapsed();
-        assert!(
-            took >= short && took < Duration::from_secs(5),
-            "timed out after {took:?}"
-        );
+        assert_times_out(&mut c, 1, short, Duration::from_secs(5)).await;
     }
 
     // Between polls the link moves the deadline past its next poll, so the timer does not fire
@@ -442,14 +437,7 @@ mod tests {
         tokio::time::sleep(wait).await;
         assert!(c.deadline.is_elapsed());
         assert!(c.read(1, Table::Holding, 0, 2, t).await.is_ok());
-        let took = crate::clock::Stopwatch::start();
-        let r = c.read(1, Table::Holding, 0, 2, t).await;
-        assert!(matches!(r, Err(ReadError::Timeout(d)) if d == t), "{r:?}");
-        let took = took.elapsed();
-        assert!(
-            took >= t && took < Duration::from_secs(5),
-            "timed out after {took:?}"
-        );
+        assert_times_out(&mut c, 2, t, Duration::from_secs(5)).await;
     }
 
     // The reply's byte count promises more registers than the frame holds (the vendored
