@@ -12,7 +12,7 @@ loopback. Writes BENCHMARKS.md.
     # it rebuilds target/release/alsentry with the default features
     cargo build --release --no-default-features --bin alsentry \
         --example modbus_ceiling --example publish_floor --example flat_cells
-    python3 bench/e2e.py                      # about 22 min (3 repeats, ceiling 5; --peers: 33); --quick: ~2 min
+    python3 bench/e2e.py                      # about 18 min (3 repeats, the ceiling in 20 rounds; --peers: 29); --quick: ~2 min
 
 --cell flat16 (the default) is issue 22's harness cell: 16 float32 tags read in one request
 from examples/flat_cells.rs, one threshold rule; --cell cell is the simulated potline cell of
@@ -648,8 +648,8 @@ def peer_run(a, kind, cells, period_s, suffix=""):
 
 
 def ceiling_pairs(ceiling, v):
-    """alsentry's polls/s over the bare loop's of the same repeat, one per repeat (None when the
-    runs were not recorded per repeat, as in results of an older harness)."""
+    """alsentry's polls/s over the bare loop's of the same repeat (or round of slices), one per
+    repeat (None when the runs were not recorded per repeat, as in results of an older harness)."""
     mine, bare = v.get("all"), ceiling.get("all")
     if not mine or not bare or len(mine) != len(bare) or not all(bare):
         return None
@@ -731,18 +731,102 @@ def profile_run(a, env, cells, period_s, seconds=15):
             "inclusive": inclusive}
 
 
-def run_ceiling(a, cells, secs, plan):
-    t = time.monotonic()
-    out_path = os.path.join(a.tmp, f"ceiling-{plan}.out")
-    with open(out_path, "w") as fo:
-        cp = subprocess.Popen([CEILING, "--cells", str(cells), "--first-port", str(a.base),
-                               "--seconds", str(secs), "--plan", plan], stdout=fo)
-        _, _, usage = os.wait4(cp.pid, 0)
-    with open(out_path) as fi:
-        c = json.loads(fi.read().strip().splitlines()[-1])
-    # Whole process lifetime (2 s warm-up included) from the kernel's accounting.
-    c["cores"] = (usage.ru_utime + usage.ru_stime) / (time.monotonic() - t)
-    return c
+def progress_counts(proc, log_path, timeout=3.0):
+    """The ceiling loop's cumulative counters now: SIGUSR1 makes it print them (--progress)."""
+    before = len(floor_lines(log_path))
+    proc.p.send_signal(signal.SIGUSR1)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        lines = floor_lines(log_path)
+        if len(lines) > before:
+            return json.loads(lines[-1])
+        time.sleep(0.002)
+    raise SystemExit(f"{proc.name}: no progress line within {timeout} s; see {log_path}")
+
+
+def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
+    """The transport ceiling and alsentry polling back to back, side by side. The bare loop and the
+    agent with one and with two worker threads all connect to the same simulator and stay
+    connected, but only one runs at a time: the others are stopped (SIGSTOP), their connections
+    idle. Each runs for `slice_s` seconds in turn (counted after `settle_s` seconds back, when the
+    replies that waited for it are read), round after round, the order rotated every round; each
+    round's shares compare slices a few seconds apart. Sequential 20 s runs moved by 20 % with the
+    host's speed (the five paired runs of one report ranged 66-101 %), and even adjacent 1-3 s
+    slices on a VM move by a quarter, so many short pairs are taken and their median reported.
+
+    Returns the bare loop's figures and each agent's, in the shapes of a run (per-round polls/s in
+    `all`, so each share is the median of the rounds' shares)."""
+    poll = "1ms"
+    bare_log = os.path.join(a.tmp, "ceiling-bare.log")
+    bare = Proc("ceiling-bare", [CEILING, "--cells", str(cells), "--first-port", str(a.base), "--plan", plan,
+                                 "--seconds", "0", "--progress"], a.tmp)
+    systems = [("bare", bare, None)]
+    try:
+        for threads in (1, 2):
+            name = f"alsentry-fastest-{threads}t"
+            http_port = free_port()
+            cfg = os.path.join(a.tmp, f"{name}.toml")
+            agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells, poll, "off", True, threads)
+            p = Proc(name, [BIN, "run", "--config", cfg], a.tmp, env=dict(env, RUST_LOG="warn"))
+            systems.append((threads, p, http_port))
+            if not wait_port(http_port, 20):
+                raise SystemExit(f"{name}: agent HTTP endpoint did not come up; see {a.tmp}/{name}.log")
+        time.sleep(max(2.0, settle_s))  # every connection open, plans learned
+        for _, p, _ in systems:
+            os.kill(p.pid, signal.SIGSTOP)
+
+        def counts(which, p, http_port):
+            if which == "bare":
+                c = progress_counts(p, bare_log)
+                return {"ok": c["polls"], "failed": c["errors"]}
+            c = polls(http_port)
+            if c is None:
+                raise SystemExit(f"{p.name}: /metrics did not answer; see {a.tmp}/{p.name}.log")
+            return c
+
+        slices = {which: [] for which, _, _ in systems}
+        for r in range(rounds):
+            k = r % len(systems)
+            for which, p, http_port in systems[k:] + systems[:k]:
+                os.kill(p.pid, signal.SIGCONT)
+                time.sleep(settle_s)
+                c0, u0, t0 = counts(which, p, http_port), cpu_seconds(p.pid), time.monotonic()
+                time.sleep(slice_s)
+                c1, u1, t1 = counts(which, p, http_port), cpu_seconds(p.pid), time.monotonic()
+                os.kill(p.pid, signal.SIGSTOP)
+                d = {key: c1.get(key, 0) - c0.get(key, 0) for key in c1}
+                slices[which].append({"seconds": t1 - t0, "cpu_s": u1 - u0, "polls": d})
+            row = {which: polls_per_s(slices[which][-1]) for which, _, _ in systems}
+            print(f"  round {r + 1}/{rounds}: polls/s " + ", ".join(f"{w}: {v:.0f}" for w, v in row.items()) +
+                  "; shares " + ", ".join(f"{row[t] / row['bare'] * 100:.1f} %" for t in (1, 2) if row["bare"]),
+                  flush=True)
+    finally:
+        for _, p, _ in systems:
+            if p.alive():
+                os.kill(p.pid, signal.SIGCONT)
+            p.stop()
+
+    def total(rs):
+        keys = {k for r in rs for k in r["polls"]}
+        return {"seconds": sum(r["seconds"] for r in rs), "cpu_s": sum(r["cpu_s"] for r in rs),
+                "polls": {k: sum(r["polls"].get(k, 0) for r in rs) for k in keys}}
+
+    bt = total(slices["bare"])
+    per_round = [polls_per_s(r) for r in slices["bare"]]
+    ceiling = {"plan": plan, "reads_per_poll": 1 if plan == "flat16" else 4, "cells": cells,
+               "method": "slices", "rounds": rounds, "slice_s": slice_s, "settle_s": settle_s,
+               "seconds": bt["seconds"], "polls": bt["polls"]["ok"], "polls_per_s": statistics.median(per_round),
+               "all": per_round, "errors": bt["polls"]["failed"], "cores": bt["cpu_s"] / bt["seconds"]}
+    agents = {}
+    for threads in (1, 2):
+        t = total(slices[threads])
+        for k in ("ok", "failed", "missed", "dropped"):
+            t["polls"].setdefault(k, 0)
+        agents[threads] = dict(
+            t, name=f"alsentry-fastest-{threads}t", system="alsentry", cells=cells, period_s=0.001, poll=poll,
+            data_mode="off", rules=True, threads=threads, cores=t["cpu_s"] / t["seconds"],
+            all=[polls_per_s(r) for r in slices[threads]], lat=[])
+    return ceiling, agents[1], agents[2]
 
 
 # ---------------------------------------------------------------- Node-RED
@@ -1126,34 +1210,56 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
         variants = ([fast["one_thread"]] if fast.get("one_thread") else []) + [fast]
         paired = all(ceiling_pairs(ceiling, v) for v in variants)
         reps = len(ceiling.get("all") or [cps])
-        order = ("bare loop, alsentry with one worker thread, with two; the next repeat in reverse order, and so on"
-                 if fast.get("one_thread") else "bare loop, then alsentry")
-        how = (f"Each polls/s figure is the median of {reps} run(s), every run's in brackets, the systems interleaved "
-               f"({order}); each share of the ceiling is the median of the runs' shares, each alsentry run "
-               "against the bare loop of its own repeat. alsentry's polls count only those whose samples reached "
-               "its engine: flat out, a poller drops a batch that finds the engine's queue full (the median run's "
-               "count is in the last column)." if paired else
-               "One run of each (results of an older harness: no per-repeat pairs).")
+        if ceiling.get("method") == "slices":
+            how = (f"The three ran side by side, one at a time, in {reps} rounds: each round the bare loop and "
+                   "alsentry with one and with two worker threads ran in turn (the order rotated every round) "
+                   f"for {ceiling['slice_s']:g} s each, counted after {ceiling['settle_s']:g} s back, the other two "
+                   "stopped (SIGSTOP) with their connections to the same simulator open. Each polls/s figure is the "
+                   "median of the rounds' slices (the lowest and highest in brackets); each share of the ceiling "
+                   "is the median of the rounds' shares, each alsentry slice against the bare loop's of its own "
+                   "round (the quartiles in brackets). The host's speed moves within seconds on this VM, so single "
+                   "runs, even adjacent ones, are not comparable; the median of many short pairs is. alsentry's "
+                   "polls count only those whose samples reached its engine: flat out, a poller drops a batch "
+                   "that finds the engine's queue full (all rounds' count in the last column; failed and missed "
+                   "are all rounds' too).")
+        else:
+            order = ("bare loop, alsentry with one worker thread, with two; the next repeat in reverse order, and so on"
+                     if fast.get("one_thread") else "bare loop, then alsentry")
+            how = (f"Each polls/s figure is the median of {reps} run(s), every run's in brackets, the systems "
+                   f"interleaved ({order}); each share of the ceiling is the median of the runs' shares, each "
+                   "alsentry run against the bare loop of its own repeat. alsentry's polls count only those whose "
+                   "samples reached its engine: flat out, a poller drops a batch that finds the engine's queue full "
+                   "(the median run's count is in the last column)." if paired else
+                   "One run of each (results of an older harness: no per-repeat pairs).")
         w(f"`{os.path.relpath(CEILING, ROOT)} --cells {ceiling['cells']} --plan {ceiling['plan']}`: a bare tokio-modbus "
           f"client, one connection per cell, polls back to back with no decoding or publishing, with the same "
           f"{ceiling['reads_per_poll']} read(s) per poll alsentry's planner settles on for this device (also what a "
           f"hand-written client would use). {how}")
         w("")
 
+        sliced = ceiling.get("method") == "slices"
+
         def runs_text(r, key):
             al = r.get("all") or [key(r)]
+            if sliced:
+                return f"{min(al):.0f}-{max(al):.0f}"
             return ", ".join(f"{x:.0f}" for x in al)
 
         def shares_text(v):
             ps = ceiling_pairs(ceiling, v)
-            return f" [{', '.join(f'{x * 100:.1f}' for x in ps)}]" if ps and len(ps) > 1 else ""
+            if not ps or len(ps) < 2:
+                return ""
+            if sliced and len(ps) >= 4:
+                q = statistics.quantiles(ps, n=4)
+                return f" [{q[0] * 100:.1f}-{q[2] * 100:.1f}]"
+            return f" [{', '.join(f'{x * 100:.1f}' for x in ps)}]"
 
         w("| | reads/poll | polls/s (median) | share of the ceiling (median) | tag samples/s | CPU (cores) | failed | missed | batches dropped |")
         w("|---|---|---|---|---|---|---|---|---|")
         for c in [ceiling]:
             w(f"| bare tokio-modbus loop, plan {c['plan']}, {c['cells']} cells | {c['reads_per_poll']} | {c['polls_per_s']:.0f} [{runs_text(c, lambda x: x['polls_per_s'])}] | 100 % | {c['polls_per_s'] * TAGS_PER_CELL:.0f} | {c.get('cores', 0):.2f} | {c['errors']} | - | - |")
         for v in variants:
-            vps = polls_per_s(v)
+            vps = statistics.median(v["all"]) if sliced else polls_per_s(v)
             w(f"| alsentry, {v['cells']} cells, poll = \"{v['period_s'] * 1000:g}ms\" (polls back to back), worker_threads = {v.get('threads', 1)}, data mode {v['data_mode']} | {ceiling['reads_per_poll']} | {vps:.0f} [{runs_text(v, polls_per_s)}] | {ceiling_share(ceiling, v) * 100:.1f} %{shares_text(v)} | {vps * TAGS_PER_CELL:.0f} | {v['cores']:.2f} | {v['polls']['failed']} | {v['polls']['missed']} | {v['polls'].get('dropped', 0)} |")
         w("")
         judged = fast.get("one_thread") or fast
@@ -1334,8 +1440,9 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
             if ceiling_capped(ceiling):
                 how = "**not comparable** (too few cells for a 1 ms poll interval to reach the ceiling)"
             n_pairs = len(ceiling_pairs(ceiling, v) or [1])
+            pairs = "rounds of side-by-side slices" if ceiling.get("method") == "slices" else "paired runs"
             w(f"| {lead}≥ 90 % of the transport ceiling: alsentry polling back to back, {what}, "
-              f"{f'median of {n_pairs} paired runs' if n_pairs > 1 else 'one run'} | {frac * 100:.1f} % | {how} |")
+              f"{f'median of {n_pairs} {pairs}' if n_pairs > 1 else 'one run'} | {frac * 100:.1f} % | {how} |")
     # The 0-rule case is the baseline (windows and summaries only), not a rule-engine figure.
     eng = [(n, ns, e) for n, ns, e, _ in crit if n.startswith("engine_on_batch/") and "_0x4rules" not in n] if crit else []
     for n, ns, e in eng:
@@ -1416,9 +1523,11 @@ def main():
                     help="cells of the ceiling stage (the transport ceiling and alsentry polling back to back); "
                          "alsentry's 1 ms shortest interval caps it at 1000 polls/s per cell, so a fast ceiling "
                          "needs several hundred (default 400)")
-    ap.add_argument("--ceiling-repeat", type=int, default=5,
-                    help="repeats of the ceiling stage (bare loop and alsentry, interleaved, in alternating order); "
-                         "its shares move more with the host's load than the other stages' figures (default 5)")
+    ap.add_argument("--ceiling-rounds", type=int, default=20,
+                    help="rounds of the ceiling stage: in each, the bare loop and alsentry with one and with two "
+                         "worker threads run one at a time for a slice each (default 20)")
+    ap.add_argument("--ceiling-slice", type=float, default=2.0,
+                    help="seconds each system runs per round of the ceiling stage (default 2)")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()
@@ -1426,6 +1535,7 @@ def main():
     set_cell(a.cell)
     if a.quick:
         a.warmup, a.window, a.repeat, a.ceiling_cells = 3.0, 6.0, 1, 20
+        a.ceiling_rounds, a.ceiling_slice = 3, 1.0
     if a.render:
         with open(a.render) as fr:
             res = json.load(fr)
@@ -1502,35 +1612,14 @@ def main():
         if "ceiling" in stages:
             cells = a.ceiling_cells
             plan = "flat16" if CELL == "flat16" else "alsentry"
-            # The bare loop and alsentry with one and with two worker threads, --ceiling-repeat
-            # times, interleaved: single runs of this stage moved by 20 % with the host's load.
-            # Every other repeat runs them in reverse order, so a drift of the host's speed
-            # over a repeat favours neither the bare loop nor alsentry. The default single
-            # worker caps the agent at one core; on a 2-core machine an integrator may set
-            # worker_threads = 2 (the simulator needs the other core). --quick: once, 2 threads only.
-            reps = 1 if a.quick else a.ceiling_repeat
-            bare_runs, one_runs, two_runs = [], [], []
-            for i in range(reps):
-                order = ["bare", 1, 2] if i % 2 == 0 else [2, 1, "bare"]
-                for which in order:
-                    if which == "bare":
-                        print(f"run ceiling, repeat {i + 1}/{reps}", flush=True)
-                        c = run_ceiling(a, cells, 5 if a.quick else 20, plan)
-                        print(f"  {c}", flush=True)
-                        bare_runs.append(c)
-                        continue
-                    threads, into = which, (one_runs if which == 1 else two_runs)
-                    if a.quick and threads == 1:
-                        continue
-                    print(f"run alsentry at poll = 1ms (back to back), worker_threads = {threads}, "
-                          f"repeat {i + 1}/{reps}", flush=True)
-                    v = agent_run(a, env, f"alsentry-fastest-{threads}t-r{i}", cells, 0.001, data_mode="off",
-                                  latency=False, threads=threads)
-                    print(f"  {v['polls']} cpu {v['cores']:.3f} = {polls_per_s(v):.0f} polls/s", flush=True)
-                    into.append(v)
-            ceiling = median_run(bare_runs, lambda c: c["polls_per_s"])
-            fast = median_run(two_runs, polls_per_s)
-            fast["one_thread"] = median_run(one_runs, polls_per_s) if one_runs else None
+            # The bare loop and alsentry with one and with two worker threads, in alternating
+            # short slices (see run_ceiling_slices). The default single worker caps the agent at
+            # one core; on a 2-core machine an integrator may set worker_threads = 2 (the
+            # simulator needs the other core).
+            print(f"run the ceiling stage: {a.ceiling_rounds} rounds of {a.ceiling_slice:g} s slices", flush=True)
+            ceiling, one, fast = run_ceiling_slices(a, env, cells, plan, a.ceiling_rounds, a.ceiling_slice,
+                                                    0.3 if a.quick else 0.5)
+            fast["one_thread"] = one
         if "diag" in stages:
             for name, data, rules in ((f"alsentry-{diag_cells}c-1.0s-nodata", "off", True),
                                       (f"alsentry-{diag_cells}c-1.0s-bare", "off", False)):

@@ -9,12 +9,16 @@
 //!
 //! `cargo run --release --example modbus_ceiling -- --cells 100 --seconds 20`
 //! Prints one JSON line: {"cells":..,"seconds":..,"polls":..,"polls_per_s":..,"errors":..}.
+//! `--progress` also prints the cumulative counters, {"polls":..,"errors":..,"final":false}, at
+//! once on each SIGUSR1 (with `--seconds 0` it runs until SIGTERM): bench/e2e.py reads them to
+//! alternate this loop and the agent in short slices on the same simulator.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_modbus::client::Reader;
 use tokio_modbus::Slave;
 
@@ -36,6 +40,12 @@ struct Args {
     /// "minimal" (the same) or "flat16" (issue 22's cell: input 0-31 in one read).
     #[arg(long, default_value = "alsentry")]
     plan: String,
+    /// Print the cumulative counters on each SIGUSR1.
+    #[arg(long)]
+    progress: bool,
+    /// Worker threads of the runtime (default: one per core, tokio's default).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// (input register?, start, count) of each read of one poll.
@@ -49,9 +59,11 @@ fn reads(plan: &str) -> anyhow::Result<Vec<(bool, u16, u16)>> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(run(args))
 }
 
@@ -60,6 +72,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let plan = Arc::new(reads(&args.plan)?);
+    // Installed before any poll starts: SIGUSR1's default action ends the process.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut tasks = Vec::new();
     for i in 0..args.cells {
         let addr = format!("{}:{}", args.host, args.first_port + i).parse()?;
@@ -87,6 +101,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }));
+    }
+    if args.seconds <= 0.0 {
+        let counters = |last: bool| {
+            format!(
+                "{{\"polls\":{},\"errors\":{},\"final\":{last}}}",
+                polls.load(Ordering::Relaxed),
+                errors.load(Ordering::Relaxed)
+            )
+        };
+        let mut term = signal(SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    if args.progress {
+                        println!("{}", counters(false));
+                    }
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        println!("{}", counters(true));
+        return Ok(());
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let (p0, t0) = (
