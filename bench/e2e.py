@@ -1139,7 +1139,7 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     w("# (first: cargo bench rebuilds target/release/alsentry with the default features)")
     w("cargo build --release --no-default-features --bin alsentry \\")
     w("    --example modbus_ceiling --example publish_floor --example flat_cells   # the gateway build")
-    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~22 min; --peers adds ~11)")
+    w("python3 bench/e2e.py            # flat16 cell, 3 repeats, writes this file (~18 min; --peers adds ~11)")
     w("```")
     w("")
     dur = getattr(a, "duration_min", None)
@@ -1272,6 +1272,16 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
           f"the same reads. The bare loop does nothing but the requests; the agent also decodes {TAGS_PER_CELL} tags, "
           "evaluates the rules and keeps its metrics for every poll, on the same 2 cores as the simulator: flat out "
           "both are saturated, so whatever CPU a client spends per poll is taken from the simulator.")
+        if sliced and ceiling.get("polls") and judged["polls"]["ok"]:
+            # CPU per poll over all slices: what a share of the ceiling allows the agent to spend.
+            bare_us = ceiling["cores"] * ceiling["seconds"] / ceiling["polls"] * 1e6
+            mine_us = judged["cpu_s"] / (judged["polls"]["ok"] - judged["polls"].get("dropped", 0)) * 1e6
+            w("")
+            w(f"Over all slices the bare loop spent {bare_us:.2f} µs of CPU per poll (user and kernel) and alsentry "
+              f"{mine_us:.2f} µs: {mine_us - bare_us:.2f} µs more for its work per poll, where 90 % of the ceiling "
+              f"allows {bare_us / 0.9 - bare_us:.2f} µs (both clients at about one core, so polls/s go as one over "
+              "the CPU per poll). `bench/hot_counts.py --callgrind --ceiling` counts the user-space instructions "
+              "of each per poll, repeatable whatever the host does.")
         if ceiling_capped(ceiling):
             w("")
             w(f"**Not comparable here:** alsentry's shortest poll interval is 1 ms, so {ceiling['cells']} cells poll at "
