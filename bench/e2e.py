@@ -770,13 +770,25 @@ def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
             # Agents connected to one broker at once need their own MQTT client ids (the id's).
             agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells, poll, "off", True, threads,
                          agent_id=f"bench-{threads}t")
+            check = subprocess.run([BIN, "check", "--config", cfg], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise SystemExit(f"generated config {cfg} does not pass `alsentry check`:\n{check.stdout}{check.stderr}")
             p = Proc(name, [BIN, "run", "--config", cfg], a.tmp, env=dict(env, RUST_LOG="warn"))
             systems.append((threads, p, http_port))
             if not wait_port(http_port, 20):
                 raise SystemExit(f"{name}: agent HTTP endpoint did not come up; see {a.tmp}/{name}.log")
         time.sleep(max(2.0, settle_s))  # every connection open, plans learned
+        # A cell the bare loop could not connect to is counted once, at start, and never polled:
+        # a slower ceiling that would flatter the agent, so it ends the stage.
+        start = progress_counts(bare, bare_log)
+        if start["errors"] or not start["polls"]:
+            raise SystemExit(f"the bare loop did not poll every cell ({start}); see {bare_log}")
+        for which, p, http_port in systems[1:]:
+            c = polls(http_port)
+            if not c or not c["ok"]:
+                raise SystemExit(f"{p.name} has not polled yet ({c}); see {a.tmp}/{p.name}.log")
         for _, p, _ in systems:
-            os.kill(p.pid, signal.SIGSTOP)
+            p.p.send_signal(signal.SIGSTOP)
 
         def counts(which, p, http_port):
             if which == "bare":
@@ -791,14 +803,16 @@ def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
         for r in range(rounds):
             k = r % len(systems)
             for which, p, http_port in systems[k:] + systems[:k]:
-                os.kill(p.pid, signal.SIGCONT)
+                p.p.send_signal(signal.SIGCONT)
                 time.sleep(settle_s)
-                c0, u0, t0 = counts(which, p, http_port), cpu_seconds(p.pid), time.monotonic()
+                c0, u0, s0, t0 = counts(which, p, http_port), cpu_seconds(p.pid), cpu_seconds(a.sim.pid), \
+                    time.monotonic()
                 time.sleep(slice_s)
-                c1, u1, t1 = counts(which, p, http_port), cpu_seconds(p.pid), time.monotonic()
-                os.kill(p.pid, signal.SIGSTOP)
+                c1, u1, s1, t1 = counts(which, p, http_port), cpu_seconds(p.pid), cpu_seconds(a.sim.pid), \
+                    time.monotonic()
+                p.p.send_signal(signal.SIGSTOP)
                 d = {key: c1.get(key, 0) - c0.get(key, 0) for key in c1}
-                slices[which].append({"seconds": t1 - t0, "cpu_s": u1 - u0, "polls": d})
+                slices[which].append({"seconds": t1 - t0, "cpu_s": u1 - u0, "sim_cpu_s": s1 - s0, "polls": d})
             row = {which: polls_per_s(slices[which][-1]) for which, _, _ in systems}
             print(f"  round {r + 1}/{rounds}: polls/s " + ", ".join(f"{w}: {v:.0f}" for w, v in row.items()) +
                   "; shares " + ", ".join(f"{row[t] / row['bare'] * 100:.1f} %" for t in (1, 2) if row["bare"]),
@@ -806,12 +820,13 @@ def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
     finally:
         for _, p, _ in systems:
             if p.alive():
-                os.kill(p.pid, signal.SIGCONT)
+                p.p.send_signal(signal.SIGCONT)
             p.stop()
 
     def total(rs):
         keys = {k for r in rs for k in r["polls"]}
         return {"seconds": sum(r["seconds"] for r in rs), "cpu_s": sum(r["cpu_s"] for r in rs),
+                "sim_cpu_s": sum(r["sim_cpu_s"] for r in rs),
                 "polls": {k: sum(r["polls"].get(k, 0) for r in rs) for k in keys}}
 
     bt = total(slices["bare"])
@@ -819,7 +834,8 @@ def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
     ceiling = {"plan": plan, "reads_per_poll": 1 if plan == "flat16" else 4, "cells": cells,
                "method": "slices", "rounds": rounds, "slice_s": slice_s, "settle_s": settle_s,
                "seconds": bt["seconds"], "polls": bt["polls"]["ok"], "polls_per_s": statistics.median(per_round),
-               "all": per_round, "errors": bt["polls"]["failed"], "cores": bt["cpu_s"] / bt["seconds"]}
+               "all": per_round, "errors": bt["polls"]["failed"], "cores": bt["cpu_s"] / bt["seconds"],
+               "sim_cores": bt["sim_cpu_s"] / bt["seconds"]}
     agents = {}
     for threads in (1, 2):
         t = total(slices[threads])
@@ -828,6 +844,7 @@ def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
         agents[threads] = dict(
             t, name=f"alsentry-fastest-{threads}t", system="alsentry", cells=cells, period_s=0.001, poll=poll,
             data_mode="off", rules=True, threads=threads, cores=t["cpu_s"] / t["seconds"],
+            sim_cores=t["sim_cpu_s"] / t["seconds"],
             all=[polls_per_s(r) for r in slices[threads]], lat=[])
     return ceiling, agents[1], agents[2]
 
@@ -997,7 +1014,17 @@ def criterion_medians():
         thr = meta.get("throughput") or {}
         elems = thr.get("Elements")
         mtime = os.path.getmtime(os.path.join(dirpath, "estimates.json"))
-        rows.append((meta.get("full_id") or meta.get("title"), median_ns, elems, mtime))
+        # criterion compares each run with the one before (change/: the relative change of the
+        # median); that run's median is shown beside the latest, so a rerun of a noisy benchmark
+        # is visible in the report.
+        before = None
+        change = os.path.join(os.path.dirname(dirpath), "change", "estimates.json")
+        if os.path.isfile(change):
+            with open(change) as f:
+                rel = json.load(f)["median"]["point_estimate"]
+            if rel > -1:
+                before = median_ns / (1 + rel)
+        rows.append((meta.get("full_id") or meta.get("title"), median_ns, elems, mtime, before))
     return sorted(rows)
 
 
@@ -1214,17 +1241,20 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
         paired = all(ceiling_pairs(ceiling, v) for v in variants)
         reps = len(ceiling.get("all") or [cps])
         if ceiling.get("method") == "slices":
-            how = (f"The three ran side by side, one at a time, in {reps} rounds: each round the bare loop and "
-                   "alsentry with one and with two worker threads ran in turn (the order rotated every round) "
-                   f"for {ceiling['slice_s']:g} s each, counted after {ceiling['settle_s']:g} s back, the other two "
-                   "stopped (SIGSTOP) with their connections to the same simulator open. Each polls/s figure is the "
-                   "median of the rounds' slices (the lowest and highest in brackets); each share of the ceiling "
-                   "is the median of the rounds' shares, each alsentry slice against the bare loop's of its own "
-                   "round (the quartiles in brackets). The host's speed moves within seconds on this VM, so single "
-                   "runs, even adjacent ones, are not comparable; the median of many short pairs is. alsentry's "
-                   "polls count only those whose samples reached its engine: flat out, a poller drops a batch "
-                   "that finds the engine's queue full (all rounds' count in the last column; failed and missed "
-                   "are all rounds' too).")
+            spread = "the quartiles" if reps >= 4 else "every round's"
+            how = (f"The three ran side by side, one at a time, in {reps} rounds: each round the bare loop (on "
+                   "tokio's default runtime, a worker per core) and alsentry with one and with two worker threads "
+                   f"ran in turn (the order rotated every round) for {ceiling['slice_s']:g} s each, counted after "
+                   f"{ceiling['settle_s']:g} s back, the other two stopped (SIGSTOP) with their connections to the "
+                   "same simulator open. Each polls/s figure is the median of the rounds' slices (the lowest and "
+                   "highest in brackets); each share of the ceiling is the median of the rounds' shares, each "
+                   f"alsentry slice against the bare loop's of its own round ({spread} in brackets). The host's "
+                   "speed moves within seconds on this VM, so single runs, even adjacent ones, are not comparable; "
+                   "the median of many short pairs is. alsentry's polls count only those whose samples reached its "
+                   "engine: flat out, a poller drops a batch that finds the engine's queue full. The failed, missed "
+                   "and dropped columns add up the counted windows of all rounds: a request in flight when an agent "
+                   "was stopped may time out when it resumes (its deadline passed while it was stopped), and such "
+                   "failures fall in the settle time before the window.")
         else:
             order = ("bare loop, alsentry with one worker thread, with two; the next repeat in reverse order, and so on"
                      if fast.get("one_thread") else "bare loop, then alsentry")
@@ -1272,16 +1302,20 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
           f"the same reads. The bare loop does nothing but the requests; the agent also decodes {TAGS_PER_CELL} tags, "
           "evaluates the rules and keeps its metrics for every poll, on the same 2 cores as the simulator: flat out "
           "both are saturated, so whatever CPU a client spends per poll is taken from the simulator.")
-        if sliced and ceiling.get("polls") and judged["polls"]["ok"]:
+        done = judged["polls"]["ok"] - judged["polls"].get("dropped", 0)
+        if sliced and ceiling.get("polls") and done > 0 and not ceiling_capped(ceiling):
             # CPU per poll over all slices: what a share of the ceiling allows the agent to spend.
             bare_us = ceiling["cores"] * ceiling["seconds"] / ceiling["polls"] * 1e6
-            mine_us = judged["cpu_s"] / (judged["polls"]["ok"] - judged["polls"].get("dropped", 0)) * 1e6
+            mine_us = judged["cpu_s"] / done * 1e6
             w("")
             w(f"Over all slices the bare loop spent {bare_us:.2f} µs of CPU per poll (user and kernel) and alsentry "
               f"{mine_us:.2f} µs: {mine_us - bare_us:.2f} µs more for its work per poll, where 90 % of the ceiling "
               f"allows {bare_us / 0.9 - bare_us:.2f} µs (both clients at about one core, so polls/s go as one over "
-              "the CPU per poll). `bench/hot_counts.py --callgrind --ceiling` counts the user-space instructions "
-              "of each per poll, repeatable whatever the host does.")
+              "the CPU per poll)."
+              + (f" The simulator used {ceiling['sim_cores']:.2f} core while the bare loop ran, "
+                 f"{judged['sim_cores']:.2f} while alsentry did." if "sim_cores" in judged else "")
+              + " `bench/hot_counts.py --callgrind --ceiling` counts the user-space instructions of each per poll, "
+              "repeatable whatever the host does.")
         if ceiling_capped(ceiling):
             w("")
             w(f"**Not comparable here:** alsentry's shortest poll interval is 1 ms, so {ceiling['cells']} cells poll at "
@@ -1362,15 +1396,21 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
     crit = criterion_medians()
     if crit:
         w("From `target/criterion/*/new/estimates.json` (the latest `cargo bench` run on this machine; each row "
-          "is the median time per iteration).")
+          "is the median time per iteration), and the median of the run before it on this machine where the "
+          "benchmark ran more than once (from criterion's `change/`): on a VM the same code can measure several "
+          "times slower in a slow phase of the host.")
         w("")
-        w("| Benchmark | median / iteration | throughput | measured |")
-        w("|---|---|---|---|")
-        for name, ns, elems, mtime in crit:
+        w("| Benchmark | median / iteration | throughput | measured | the run before |")
+        w("|---|---|---|---|---|")
+
+        def when(t):
+            return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+        for name, ns, elems, mtime, before in crit:
             rate = elems / ns * 1e9 if elems else 0
             thr = (f"{rate / 1e6:.2f} M elements/s" if rate >= 1e5 else f"{rate:,.0f} elements/s") if elems else ""
-            when = dt.datetime.utcfromtimestamp(mtime).strftime("%Y-%m-%d %H:%M")
-            w(f"| `{name}` | {fmt_ns(ns)} | {thr} | {when} |")
+            prev = fmt_ns(before) if before else "-"
+            w(f"| `{name}` | {fmt_ns(ns)} | {thr} | {when(mtime)} | {prev} |")
     else:
         w("No criterion results in target/criterion (run the `cargo bench` line above).")
     w("")
@@ -1457,10 +1497,12 @@ def write_report(a, mach, load_start, load_end, started, runs, diags, ceiling, m
             w(f"| {lead}≥ 90 % of the transport ceiling: alsentry polling back to back, {what}, "
               f"{f'median of {n_pairs} {pairs}' if n_pairs > 1 else 'one run'} | {frac * 100:.1f} % | {how} |")
     # The 0-rule case is the baseline (windows and summaries only), not a rule-engine figure.
-    eng = [(n, ns, e) for n, ns, e, _ in crit if n.startswith("engine_on_batch/") and "_0x4rules" not in n] if crit else []
-    for n, ns, e in eng:
+    eng = [(n, ns, e, before) for n, ns, e, _, before in crit
+           if n.startswith("engine_on_batch/") and "_0x4rules" not in n] if crit else []
+    for n, ns, e, before in eng:
         rate = e / ns * 1e9
-        w(f"| engine ≥ 2 M tag samples/s (`{n.split('/', 1)[1]}`) | {rate / 1e6:.2f} M/s | {verdict(rate >= 2e6, f'{rate / 2e6:.2f}× the target')} |")
+        prev = f" (the run before: {e / before * 1e9 / 1e6:.2f} M/s)" if before else ""
+        w(f"| engine ≥ 2 M tag samples/s (`{n.split('/', 1)[1]}`) | {rate / 1e6:.2f} M/s{prev} | {verdict(rate >= 2e6, f'{rate / 2e6:.2f}× the target')} |")
     lat_all = [(r, pct(r["lat"], 99)) for r in runs if r["lat"]]
     for r, p99 in lat_all:
         w(f"| alarm poll-to-publish p99 < 10 ms ({r['cells']} cells @ {1 / r['period_s']:g} Hz) | {p99:.1f} ms (n={len(r['lat'])}) | {verdict(p99 < 10, f'{10 - p99:+.1f} ms margin')} |")
@@ -1544,6 +1586,8 @@ def main():
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only rewrite the report from a kept run's results.json (and the current criterion results)")
     a = ap.parse_args()
+    if a.ceiling_rounds < 1 or not a.ceiling_slice > 0:
+        ap.error("--ceiling-rounds must be at least 1 and --ceiling-slice above 0")
     set_build(a)
     set_cell(a.cell)
     if a.quick:

@@ -9,9 +9,10 @@
 //!
 //! `cargo run --release --example modbus_ceiling -- --cells 100 --seconds 20`
 //! Prints one JSON line: {"cells":..,"seconds":..,"polls":..,"polls_per_s":..,"errors":..}.
-//! `--progress` also prints the cumulative counters, {"polls":..,"errors":..,"final":false}, at
-//! once on each SIGUSR1 (with `--seconds 0` it runs until SIGTERM): bench/e2e.py reads them to
-//! alternate this loop and the agent in short slices on the same simulator.
+//! `--seconds 0` runs until SIGTERM or SIGINT, with no warm-up, and its last line holds the
+//! counters since start: {"polls":..,"errors":..,"final":true}. `--progress` prints the same
+//! cumulative counters ("final":false) at once on each SIGUSR1, in either mode: bench/e2e.py
+//! reads them to alternate this loop and the agent in short slices on the same simulator.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,10 +32,11 @@ struct Args {
     first_port: u16,
     #[arg(long, default_value_t = 100)]
     cells: u16,
-    #[arg(long, default_value_t = 20.0)]
+    /// Seconds counted; 0: run until SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 20.0, value_parser = seconds)]
     seconds: f64,
     /// Seconds polled before counting starts (connections open, caches warm).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     warmup: f64,
     /// Reads per poll: "alsentry" (the agent's learned plan for the simulated cell, 4 reads),
     /// "minimal" (the same) or "flat16" (issue 22's cell: input 0-31 in one read).
@@ -46,6 +48,14 @@ struct Args {
     /// Worker threads of the runtime (default: one per core, tokio's default).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// A finite, non-negative number of seconds.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds >= 0")),
+    }
 }
 
 /// (input register?, start, count) of each read of one poll.
@@ -74,9 +84,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Arc::new(reads(&args.plan)?);
     // Installed before any poll starts: SIGUSR1's default action ends the process.
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let mut tasks = Vec::new();
     for i in 0..args.cells {
-        let addr = format!("{}:{}", args.host, args.first_port + i).parse()?;
+        let port = args
+            .first_port
+            .checked_add(i)
+            .ok_or_else(|| anyhow::anyhow!("port range passes 65535"))?;
+        let addr = format!("{}:{port}", args.host).parse()?;
         let (polls, errors, stop, plan) =
             (polls.clone(), errors.clone(), stop.clone(), plan.clone());
         tasks.push(tokio::spawn(async move {
@@ -102,42 +118,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }));
     }
-    if args.seconds <= 0.0 {
-        let counters = |last: bool| {
-            format!(
-                "{{\"polls\":{},\"errors\":{},\"final\":{last}}}",
-                polls.load(Ordering::Relaxed),
-                errors.load(Ordering::Relaxed)
-            )
-        };
-        let mut term = signal(SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                _ = usr1.recv() => {
-                    if args.progress {
-                        println!("{}", counters(false));
-                    }
-                }
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+    let counters = |last: bool| {
+        format!(
+            "{{\"polls\":{},\"errors\":{},\"final\":{last}}}",
+            polls.load(Ordering::Relaxed),
+            errors.load(Ordering::Relaxed)
+        )
+    };
+    // SIGUSR1 is answered in both modes; the timed mode ends after its window, the other on
+    // SIGTERM or SIGINT.
+    let progress = async {
+        while usr1.recv().await.is_some() {
+            if args.progress {
+                println!("{}", counters(false));
             }
+        }
+    };
+    if args.seconds <= 0.0 {
+        tokio::select! {
+            _ = progress => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
         stop.store(true, Ordering::Relaxed);
         println!("{}", counters(true));
         return Ok(());
     }
-    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let (p0, t0) = (
-        polls.load(Ordering::Relaxed),
-        alsentry::clock::Stopwatch::start(),
-    );
-    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
-    let (p1, dt) = (polls.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    let window = async {
+        tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+        let (p0, t0) = (
+            polls.load(Ordering::Relaxed),
+            alsentry::clock::Stopwatch::start(),
+        );
+        tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+        (
+            polls.load(Ordering::Relaxed) - p0,
+            t0.elapsed().as_secs_f64(),
+        )
+    };
+    let (n, dt) = tokio::select! {
+        w = window => w,
+        _ = progress => anyhow::bail!("the SIGUSR1 stream ended"),
+    };
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    let n = p1 - p0;
     println!(
         "{{\"plan\":\"{}\",\"reads_per_poll\":{},\"cells\":{},\"seconds\":{:.3},\"polls\":{},\"polls_per_s\":{:.1},\"errors\":{}}}",
         args.plan,
