@@ -545,18 +545,26 @@ def floor_lines(log_path):
         return [line for line in fl if line.startswith("{") and line.endswith("}\n")]
 
 
-def floor_polls(proc, log_path, timeout=3.0):
-    """The floor's cumulative counters now, in the agent's terms: SIGUSR1 makes it print them."""
+def progress_line(proc, log_path, timeout=3.0):
+    """The cumulative counters a --progress example (publish_floor, modbus_ceiling) prints at
+    once on SIGUSR1, parsed; None when no new line came within `timeout` seconds."""
     before = len(floor_lines(log_path))
     proc.p.send_signal(signal.SIGUSR1)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         lines = floor_lines(log_path)
         if len(lines) > before:
-            j = json.loads(lines[-1])
-            return {"ok": j["polls"], "failed": j["failed"], "missed": j["missed"], "dropped": j["publish_errors"]}
-        time.sleep(0.005)
+            return json.loads(lines[-1])
+        time.sleep(0.002)
     return None
+
+
+def floor_polls(proc, log_path, timeout=3.0):
+    """The floor's cumulative counters now, in the agent's terms."""
+    j = progress_line(proc, log_path, timeout)
+    if j is None:
+        return None
+    return {"ok": j["polls"], "failed": j["failed"], "missed": j["missed"], "dropped": j["publish_errors"]}
 
 
 def floor_run(a, cells, period_s, publish=True):
@@ -733,16 +741,11 @@ def profile_run(a, env, cells, period_s, seconds=15):
 
 
 def progress_counts(proc, log_path, timeout=3.0):
-    """The ceiling loop's cumulative counters now: SIGUSR1 makes it print them (--progress)."""
-    before = len(floor_lines(log_path))
-    proc.p.send_signal(signal.SIGUSR1)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        lines = floor_lines(log_path)
-        if len(lines) > before:
-            return json.loads(lines[-1])
-        time.sleep(0.002)
-    raise SystemExit(f"{proc.name}: no progress line within {timeout} s; see {log_path}")
+    """The ceiling loop's cumulative counters now; a loop that does not answer ends the stage."""
+    j = progress_line(proc, log_path, timeout)
+    if j is None:
+        raise SystemExit(f"{proc.name}: no progress line within {timeout} s; see {log_path}")
+    return j
 
 
 def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
@@ -767,7 +770,7 @@ def run_ceiling_slices(a, env, cells, plan, rounds, slice_s, settle_s):
             name = f"alsentry-fastest-{threads}t"
             http_port = free_port()
             cfg = os.path.join(a.tmp, f"{name}.toml")
-            # Agents connected to one broker at once need their own MQTT client ids (the id's).
+            # Agents connected to one broker at once need their own MQTT client ids (made of [agent] id).
             agent_config(cfg, a.tmp, name, a.mqtt_port, http_port, a.base, cells, poll, "off", True, threads,
                          agent_id=f"bench-{threads}t")
             check = subprocess.run([BIN, "check", "--config", cfg], capture_output=True, text=True)
