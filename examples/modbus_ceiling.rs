@@ -1,5 +1,7 @@
 //! Transport ceiling for the end-to-end bench: a bare tokio-modbus client polling simulated
-//! cells back to back, as fast as they answer. `--plan alsentry` (default) issues the 4 reads per
+//! cells back to back, as fast as they answer. `--client alsentry` runs the same loop on
+//! alsentry's own Modbus TCP client (`io/modbus.rs`) instead: the ceiling of the agent's own
+//! transport, so that the agent's share of it is the cost of everything else it does. `--plan alsentry` (default) issues the 4 reads per
 //! poll alsentry's planner settles on for the cell template once it has probed the simulator's
 //! unmapped registers (input 18-19, holding 2-9: exception 02) out of its first plan (input 0-20,
 //! holding 0-16): input 0-17, 20 and holding 0-1, 10-16, the same 4 reads a hand-written client
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use alsentry::core::decode::Table;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_modbus::client::Reader;
@@ -48,7 +51,55 @@ struct Args {
     /// Worker threads of the runtime (default: one per core, tokio's default).
     #[arg(long)]
     threads: Option<usize>,
+    /// The Modbus client: "tokio-modbus" or "alsentry" (the agent's own TCP client).
+    #[arg(long, default_value = "tokio-modbus", value_parser = ["tokio-modbus", "alsentry"])]
+    client: String,
 }
+
+/// One connection of either client.
+enum Client {
+    TokioModbus(tokio_modbus::client::Context),
+    Alsentry(alsentry::io::modbus::Connection),
+}
+
+impl Client {
+    async fn connect(alsentry: bool, host: &str, port: u16) -> anyhow::Result<Client> {
+        if alsentry {
+            let ep = alsentry::config::Endpoint::Tcp {
+                host: host.to_string(),
+                port,
+            };
+            let c = alsentry::io::modbus::Connection::open(&ep, TIMEOUT).await?;
+            return Ok(Client::Alsentry(c));
+        }
+        let addr = format!("{host}:{port}").parse()?;
+        Ok(Client::TokioModbus(
+            tokio_modbus::client::tcp::connect_slave(addr, Slave(1)).await?,
+        ))
+    }
+
+    async fn read(&mut self, input: bool, start: u16, count: u16) -> bool {
+        match self {
+            Client::TokioModbus(ctx) => {
+                let r = if input {
+                    ctx.read_input_registers(start, count).await
+                } else {
+                    ctx.read_holding_registers(start, count).await
+                };
+                matches!(r, Ok(Ok(_)))
+            }
+            Client::Alsentry(c) => {
+                let table = if input { Table::Input } else { Table::Holding };
+                c.read(1, table, start, count, TIMEOUT).await.is_ok()
+            }
+        }
+    }
+}
+
+/// The alsentry client's per-request timeout. The tokio-modbus loop has none, and the bench
+/// stops these loops (SIGSTOP) for seconds at a time: a shorter one would time out requests
+/// whose replies are waiting, and a timed-out connection is out of step for good.
+const TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A finite, non-negative number of seconds.
 fn seconds(text: &str) -> Result<f64, String> {
@@ -92,23 +143,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .first_port
             .checked_add(i)
             .ok_or_else(|| anyhow::anyhow!("port range passes 65535"))?;
-        let addr = format!("{}:{port}", args.host).parse()?;
         let (polls, errors, stop, plan) =
             (polls.clone(), errors.clone(), stop.clone(), plan.clone());
+        let (host, alsentry) = (args.host.clone(), args.client == "alsentry");
         tasks.push(tokio::spawn(async move {
-            let Ok(mut ctx) = tokio_modbus::client::tcp::connect_slave(addr, Slave(1)).await else {
+            let Ok(mut client) = Client::connect(alsentry, &host, port).await else {
                 errors.fetch_add(1, Ordering::Relaxed);
                 return;
             };
             while !stop.load(Ordering::Relaxed) {
                 let mut ok = true;
                 for &(input, start, count) in plan.iter() {
-                    let r = if input {
-                        ctx.read_input_registers(start, count).await
-                    } else {
-                        ctx.read_holding_registers(start, count).await
-                    };
-                    ok &= matches!(r, Ok(Ok(_)));
+                    ok &= client.read(input, start, count).await;
                 }
                 if ok {
                     polls.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +211,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = t.await;
     }
     println!(
-        "{{\"plan\":\"{}\",\"reads_per_poll\":{},\"cells\":{},\"seconds\":{:.3},\"polls\":{},\"polls_per_s\":{:.1},\"errors\":{}}}",
+        "{{\"client\":\"{}\",\"plan\":\"{}\",\"reads_per_poll\":{},\"cells\":{},\"seconds\":{:.3},\"polls\":{},\"polls_per_s\":{:.1},\"errors\":{}}}",
+        args.client,
         args.plan,
         plan.len(),
         args.cells,

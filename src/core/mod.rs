@@ -12,6 +12,7 @@ pub(crate) mod eval;
 pub mod expand;
 pub mod expr;
 pub(crate) mod flood;
+pub mod mbap;
 pub(crate) mod message;
 pub mod model;
 pub(crate) mod outbound;

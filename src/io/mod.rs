@@ -9,7 +9,7 @@ pub mod durable;
 pub mod health;
 pub mod http;
 pub(crate) mod inbound;
-pub(crate) mod modbus;
+pub mod modbus;
 pub(crate) mod notify;
 pub mod poller;
 pub mod publisher;

@@ -1,13 +1,20 @@
 //! The Modbus client edge: connect with a timeout, read one block with a timeout, and tell
 //! "the device said no" (an exception) apart from "the wire broke" (transport or protocol).
 //!
-//! tokio-modbus has no timeouts of its own, and a reply that arrives after a timeout leaves
-//! the TCP client out of step (docs/STANDARDS.md 4.6): after any timeout or protocol error the
-//! caller must drop the connection and reconnect.
+//! Modbus TCP links use alsentry's own client: the frames are `core/mbap.rs` (pure, with
+//! tokio-modbus's checks), the socket work is here, and a read allocates nothing (the request
+//! is 12 bytes on the stack, the reply lands in the connection's buffer and its values in
+//! vectors the connection keeps). Polling flat out, tokio-modbus's general client (a request
+//! enum, a framed codec, a vector per reply) cost about as much CPU per poll as all of
+//! alsentry's own work (docs/BENCHMARKING.md). RTU and RTU over TCP keep tokio-modbus.
+//!
+//! A reply that arrives after a timeout leaves the stream out of step (docs/STANDARDS.md 4.6):
+//! after any timeout or protocol error the caller must drop the connection and reconnect.
 
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_modbus::client::{Client, Context};
@@ -18,12 +25,13 @@ use crate::config::endpoint::{Parity, Serial};
 use crate::config::Endpoint;
 use crate::core::action::WriteData;
 use crate::core::decode::Table;
+use crate::core::mbap::{self, ReplyError};
 
-/// What one read produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadData {
-    Registers(Vec<u16>),
-    Bits(Vec<bool>),
+/// What one read produced, borrowed from the connection's buffers until its next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadData<'a> {
+    Registers(&'a [u16]),
+    Bits(&'a [bool]),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +76,10 @@ pub enum ConnectError {
 }
 
 pub struct Connection {
-    ctx: Context,
+    transport: Transport,
+    /// The values of the last read (kept: no allocation per read).
+    words: Vec<u16>,
+    bits: Vec<bool>,
     /// The deadline of the request in flight: one timer for the connection's life, moved later
     /// for each request. tokio moves a timer later with one atomic write, where a new timer per
     /// request (`tokio::time::timeout`) is filed into and taken out of the timer wheel under
@@ -78,6 +89,103 @@ pub struct Connection {
     deadline: Pin<Box<Sleep>>,
     /// The timeout of the last request.
     timeout: Duration,
+}
+
+enum Transport {
+    Tcp(TcpClient),
+    /// tokio-modbus: RTU on a serial line or over TCP.
+    Framed(Context),
+}
+
+/// The socket half of the Modbus TCP client: one request at a time, its reply read into `buf`.
+struct TcpClient {
+    stream: TcpStream,
+    /// The transaction id of the next request.
+    next_tid: u16,
+    buf: Box<[u8; mbap::MAX_FRAME]>,
+    /// A write request (writes are rare; reads are built on the stack).
+    request: Vec<u8>,
+}
+
+fn transport_error(e: std::io::Error) -> ReadError {
+    ReadError::Transport(e.to_string())
+}
+
+impl From<ReplyError> for ReadError {
+    fn from(e: ReplyError) -> ReadError {
+        match e {
+            ReplyError::Exception(code) => ReadError::Exception(code),
+            ReplyError::Malformed(why) => ReadError::Protocol(why),
+            ReplyError::Short { got, expected } => ReadError::ShortReply { got, expected },
+        }
+    }
+}
+
+impl TcpClient {
+    fn new(stream: TcpStream) -> TcpClient {
+        TcpClient {
+            stream,
+            next_tid: 0,
+            buf: Box::new([0; mbap::MAX_FRAME]),
+            request: Vec::new(),
+        }
+    }
+
+    fn take_tid(&mut self) -> u16 {
+        let tid = self.next_tid;
+        self.next_tid = self.next_tid.wrapping_add(1);
+        tid
+    }
+
+    /// Sends `request` and reads one whole reply frame into `buf`; returns its length.
+    async fn exchange(
+        stream: &TcpStream,
+        buf: &mut [u8],
+        request: &[u8],
+    ) -> Result<usize, ReadError> {
+        let mut sent = 0;
+        while sent < request.len() {
+            match stream.try_write(&request[sent..]) {
+                Ok(0) => return Err(ReadError::Transport("the connection is closed".into())),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    stream.writable().await.map_err(transport_error)?;
+                }
+                Err(e) => return Err(transport_error(e)),
+            }
+        }
+        let mut filled = 0;
+        loop {
+            if let Some(len) = mbap::frame_len(&buf[..filled])? {
+                if filled == len {
+                    // The reply is in and the socket holds nothing more (a reply comes alone):
+                    // without this, the next request's first read would be a system call that
+                    // finds nothing, since tokio keeps a socket readable until a read does.
+                    // Data that arrived meanwhile sets it readable again with its own event.
+                    let _ = stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                    return Ok(len);
+                }
+                if filled > len {
+                    return Err(ReadError::Protocol(
+                        "more bytes came than one reply: the stream is out of step".into(),
+                    ));
+                }
+            }
+            stream.readable().await.map_err(transport_error)?;
+            match stream.try_read(&mut buf[filled..]) {
+                Ok(0) => {
+                    return Err(ReadError::Transport(
+                        "the device closed the connection".into(),
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(transport_error(e)),
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -142,45 +250,54 @@ fn open_serial(s: &Serial) -> Result<tokio_serial::SerialStream, ConnectError> {
 
 impl Connection {
     pub async fn open(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, ConnectError> {
-        let ctx = match endpoint {
+        let transport = match endpoint {
             Endpoint::Tcp { host, port } => {
-                let s = tcp_connect(host, *port, timeout).await?;
-                tokio_modbus::client::tcp::attach_slave(s, Slave(1))
+                Transport::Tcp(TcpClient::new(tcp_connect(host, *port, timeout).await?))
             }
             Endpoint::RtuOverTcp { host, port } => {
                 let s = tcp_connect(host, *port, timeout).await?;
-                tokio_modbus::client::rtu::attach_slave(s, Slave(1))
+                Transport::Framed(tokio_modbus::client::rtu::attach_slave(s, Slave(1)))
             }
             Endpoint::Rtu(serial) => {
                 let s = open_serial(serial)?;
-                tokio_modbus::client::rtu::attach_slave(s, Slave(1))
+                Transport::Framed(tokio_modbus::client::rtu::attach_slave(s, Slave(1)))
             }
         };
         let deadline = Box::pin(tokio::time::sleep_until(crate::clock::timer_deadline(
             timeout,
         )));
         Ok(Connection {
-            ctx,
+            transport,
+            words: Vec::new(),
+            bits: Vec::new(),
             deadline,
             timeout,
         })
     }
 
-    /// One request within `timeout`, its failure sorted into device "no" and wire trouble.
-    async fn call(
-        &mut self,
-        request: Request<'static>,
-        timeout: Duration,
-    ) -> Result<Response, ReadError> {
+    /// Starts the clock of one request.
+    fn arm(&mut self, timeout: Duration) {
         self.timeout = timeout;
         self.deadline
             .as_mut()
             .reset(crate::clock::timer_deadline(timeout));
+    }
+
+    /// One tokio-modbus request before the deadline, its failure sorted into device "no" and
+    /// wire trouble.
+    async fn framed_call(
+        ctx: &mut Context,
+        deadline: Pin<&mut Sleep>,
+        unit: u8,
+        request: Request<'static>,
+        timeout: Duration,
+    ) -> Result<Response, ReadError> {
+        ctx.set_slave(Slave(unit));
         // The reply first, as `tokio::time::timeout` does: one that is in is not a timeout.
         let reply = tokio::select! {
             biased;
-            reply = self.ctx.call(request) => reply,
-            () = self.deadline.as_mut() => return Err(ReadError::Timeout(timeout)),
+            reply = ctx.call(request) => reply,
+            () = deadline => return Err(ReadError::Timeout(timeout)),
         };
         match reply {
             Err(tokio_modbus::Error::Transport(e)) => Err(ReadError::Transport(e.to_string())),
@@ -206,7 +323,8 @@ impl Connection {
         }
     }
 
-    /// Reads `count` addresses from `table` of unit `unit`, within `timeout`.
+    /// Reads `count` addresses from `table` of unit `unit`, within `timeout`. The values are
+    /// at least `count` (bits exactly `count`), borrowed until the next request.
     pub async fn read(
         &mut self,
         unit: u8,
@@ -214,48 +332,72 @@ impl Connection {
         start: u16,
         count: u16,
         timeout: Duration,
-    ) -> Result<ReadData, ReadError> {
-        self.ctx.set_slave(Slave(unit));
-        // `Client::call`, not the `Reader` helpers: those `debug_assert` the reply length, so a
-        // device answering with fewer values than asked would panic the link task in debug
-        // builds. The length is checked below for every build.
-        let request = match table {
-            Table::Holding => Request::ReadHoldingRegisters(start, count),
-            Table::Input => Request::ReadInputRegisters(start, count),
-            Table::Coil => Request::ReadCoils(start, count),
-            Table::Discrete => Request::ReadDiscreteInputs(start, count),
-        };
-        let response = self.call(request, timeout).await?;
-        let mut data = match (table, response) {
-            (Table::Holding, Response::ReadHoldingRegisters(words))
-            | (Table::Input, Response::ReadInputRegisters(words)) => ReadData::Registers(words),
-            (Table::Coil, Response::ReadCoils(bits))
-            | (Table::Discrete, Response::ReadDiscreteInputs(bits)) => ReadData::Bits(bits),
-            (_, other) => {
-                return Err(ReadError::Protocol(format!(
-                    "reply {other:?} does not answer a read of the {table} table"
-                )))
+    ) -> Result<ReadData<'_>, ReadError> {
+        self.arm(timeout);
+        let registers = matches!(table, Table::Holding | Table::Input);
+        match &mut self.transport {
+            Transport::Tcp(c) => {
+                let tid = c.take_tid();
+                let request = mbap::read_request(tid, unit, table, start, count);
+                let len = tokio::select! {
+                    biased;
+                    r = TcpClient::exchange(&c.stream, &mut c.buf[..], &request) => r?,
+                    () = self.deadline.as_mut() => return Err(ReadError::Timeout(timeout)),
+                };
+                let pdu = mbap::reply_pdu(&c.buf[..len], tid, unit, mbap::read_function(table))?;
+                if registers {
+                    mbap::registers(pdu, count, &mut self.words)?;
+                } else {
+                    mbap::bits(pdu, count, &mut self.bits)?;
+                }
             }
-        };
-        let got = match &data {
-            ReadData::Registers(r) => r.len(),
-            // Bit replies are padded to whole bytes.
-            ReadData::Bits(b) => b.len().min(usize::from(count)),
-        };
-        if got < usize::from(count) {
-            return Err(ReadError::ShortReply {
-                got,
-                expected: usize::from(count),
-            });
+            Transport::Framed(ctx) => {
+                // `Client::call`, not the `Reader` helpers: those `debug_assert` the reply
+                // length, so a device answering with fewer values than asked would panic the
+                // link task in debug builds. The length is checked below for every build.
+                let request = match table {
+                    Table::Holding => Request::ReadHoldingRegisters(start, count),
+                    Table::Input => Request::ReadInputRegisters(start, count),
+                    Table::Coil => Request::ReadCoils(start, count),
+                    Table::Discrete => Request::ReadDiscreteInputs(start, count),
+                };
+                let deadline = self.deadline.as_mut();
+                match (
+                    table,
+                    Self::framed_call(ctx, deadline, unit, request, timeout).await?,
+                ) {
+                    (Table::Holding, Response::ReadHoldingRegisters(words))
+                    | (Table::Input, Response::ReadInputRegisters(words)) => self.words = words,
+                    (Table::Coil, Response::ReadCoils(bits))
+                    | (Table::Discrete, Response::ReadDiscreteInputs(bits)) => self.bits = bits,
+                    (_, other) => {
+                        return Err(ReadError::Protocol(format!(
+                            "reply {other:?} does not answer a read of the {table} table"
+                        )))
+                    }
+                }
+                // Bit replies are padded to whole bytes.
+                let got = if registers {
+                    self.words.len()
+                } else {
+                    self.bits.len().min(usize::from(count))
+                };
+                if got < usize::from(count) {
+                    return Err(ReadError::ShortReply {
+                        got,
+                        expected: usize::from(count),
+                    });
+                }
+                self.bits.truncate(usize::from(count));
+            }
         }
-        if let ReadData::Bits(b) = &mut data {
-            b.truncate(usize::from(count));
-        }
-        Ok(data)
+        Ok(if registers {
+            ReadData::Registers(&self.words)
+        } else {
+            ReadData::Bits(&self.bits)
+        })
     }
-}
 
-impl Connection {
     /// Writes `data` at `start` of unit `unit` within `timeout`: FC 05 or 15 for coils, FC 06
     /// or 16 for holding registers. The same error split as reads: an exception is the
     /// device's "no", anything else poisons the connection.
@@ -266,32 +408,52 @@ impl Connection {
         data: &WriteData,
         timeout: Duration,
     ) -> Result<(), ReadError> {
-        self.ctx.set_slave(Slave(unit));
-        let request = match (data, data.function_code()) {
-            (WriteData::Coils(b), 5) => Request::WriteSingleCoil(start, b[0]),
-            (WriteData::Coils(b), _) => Request::WriteMultipleCoils(start, b.clone().into()),
-            (WriteData::Registers(w), 6) => Request::WriteSingleRegister(start, w[0]),
-            (WriteData::Registers(w), _) => {
-                Request::WriteMultipleRegisters(start, w.clone().into())
+        self.arm(timeout);
+        match &mut self.transport {
+            Transport::Tcp(c) => {
+                let tid = c.take_tid();
+                mbap::write_request(&mut c.request, tid, unit, start, data);
+                let len = tokio::select! {
+                    biased;
+                    r = TcpClient::exchange(&c.stream, &mut c.buf[..], &c.request) => r?,
+                    () = self.deadline.as_mut() => return Err(ReadError::Timeout(timeout)),
+                };
+                let pdu = mbap::reply_pdu(&c.buf[..len], tid, unit, data.function_code())?;
+                Ok(mbap::write_echo(pdu, start, data)?)
             }
-        };
-        let response = self.call(request, timeout).await?;
-        // The echo must name what was asked: a reply for another request means the stream
-        // is out of step.
-        let echoed = match response {
-            Response::WriteSingleCoil(a, _) | Response::WriteSingleRegister(a, _) => a == start,
-            Response::WriteMultipleCoils(a, n) | Response::WriteMultipleRegisters(a, n) => {
-                a == start && n == data.len()
+            Transport::Framed(ctx) => {
+                let request = match (data, data.function_code()) {
+                    (WriteData::Coils(b), 5) => Request::WriteSingleCoil(start, b[0]),
+                    (WriteData::Coils(b), _) => {
+                        Request::WriteMultipleCoils(start, b.clone().into())
+                    }
+                    (WriteData::Registers(w), 6) => Request::WriteSingleRegister(start, w[0]),
+                    (WriteData::Registers(w), _) => {
+                        Request::WriteMultipleRegisters(start, w.clone().into())
+                    }
+                };
+                let deadline = self.deadline.as_mut();
+                let response = Self::framed_call(ctx, deadline, unit, request, timeout).await?;
+                // The echo must name what was asked: a reply for another request means the
+                // stream is out of step.
+                let echoed = match response {
+                    Response::WriteSingleCoil(a, _) | Response::WriteSingleRegister(a, _) => {
+                        a == start
+                    }
+                    Response::WriteMultipleCoils(a, n) | Response::WriteMultipleRegisters(a, n) => {
+                        a == start && n == data.len()
+                    }
+                    _ => false,
+                };
+                if !echoed {
+                    return Err(ReadError::Protocol(format!(
+                        "the reply to a write of {} at {start} does not echo it",
+                        data.len()
+                    )));
+                }
+                Ok(())
             }
-            _ => false,
-        };
-        if !echoed {
-            return Err(ReadError::Protocol(format!(
-                "the reply to a write of {} at {start} does not echo it",
-                data.len()
-            )));
         }
-        Ok(())
     }
 }
 
@@ -408,7 +570,7 @@ mod tests {
         let mut c = Connection::open(&ep, t).await.unwrap();
         for i in 0..4 {
             let r = c.read(1, Table::Holding, 0, 3, t).await;
-            assert_eq!(r.ok(), Some(ReadData::Registers(vec![0; 3])), "read {i}");
+            assert_eq!(r.ok(), Some(ReadData::Registers(&[0; 3])), "read {i}");
         }
         assert_times_out(&mut c, 3, t, t * 5).await;
 
@@ -471,5 +633,147 @@ mod tests {
             "{r:?}"
         );
         assert!(r.unwrap_err().poisons_connection());
+    }
+
+    /// A server that reads one request at a time and answers with what `reply` makes of it,
+    /// written in the pieces it returns (each written on its own, `gap` apart).
+    async fn replier(
+        reply: impl Fn([u8; 12]) -> Vec<Vec<u8>> + Send + 'static,
+        gap: Duration,
+    ) -> Endpoint {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            let mut req = [0u8; 12];
+            while s.read_exact(&mut req).await.is_ok() {
+                for piece in reply(req) {
+                    if s.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+            }
+        });
+        Endpoint::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    /// The reply to read request `req`: registers 0, 1, 2, ... as asked.
+    fn counting_reply(req: [u8; 12]) -> Vec<u8> {
+        let words = u16::from_be_bytes([req[10], req[11]]);
+        let mut f = vec![req[0], req[1], 0, 0];
+        f.extend_from_slice(&(words * 2 + 3).to_be_bytes());
+        f.extend_from_slice(&[req[6], req[7], (words * 2) as u8]);
+        for w in 0..words {
+            f.extend_from_slice(&w.to_be_bytes());
+        }
+        f
+    }
+
+    // A reply may come in several segments (a slow gateway, a serial bridge): it is put
+    // together, header first, and read after read stays in step.
+    #[tokio::test]
+    async fn a_reply_split_across_segments_is_put_together() {
+        let ep = replier(
+            |req| {
+                let f = counting_reply(req);
+                vec![f[..3].to_vec(), f[3..8].to_vec(), f[8..].to_vec()]
+            },
+            Duration::from_millis(20),
+        )
+        .await;
+        let t = Duration::from_secs(2);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        for _ in 0..3 {
+            let r = c.read(7, Table::Holding, 100, 4, t).await;
+            assert_eq!(r.unwrap(), ReadData::Registers(&[0, 1, 2, 3]));
+        }
+    }
+
+    // Replies that do not answer the request in flight are wire errors (the connection is
+    // dropped), never values: another transaction id, another unit, or more bytes than one
+    // reply.
+    #[tokio::test]
+    async fn replies_out_of_step_are_wire_errors() {
+        let t = Duration::from_secs(2);
+        type Reply = fn([u8; 12]) -> Vec<Vec<u8>>;
+        let cases: [(&str, Reply); 3] = [
+            ("transaction", |req| {
+                let mut f = counting_reply(req);
+                f[1] = f[1].wrapping_add(1);
+                vec![f]
+            }),
+            ("unit", |req| {
+                let mut f = counting_reply(req);
+                f[6] = f[6].wrapping_add(1);
+                vec![f]
+            }),
+            ("trailing bytes", |req| {
+                let mut f = counting_reply(req);
+                f.extend_from_slice(&[0, 0]);
+                vec![f]
+            }),
+        ];
+        for (what, reply) in cases {
+            let ep = replier(reply, Duration::ZERO).await;
+            let mut c = Connection::open(&ep, t).await.unwrap();
+            let r = c.read(1, Table::Input, 0, 2, t).await;
+            assert!(matches!(r, Err(ReadError::Protocol(_))), "{what}: {r:?}");
+            assert!(r.unwrap_err().poisons_connection(), "{what}");
+        }
+    }
+
+    // An exception is the device's "no": the connection stays in step and the next read works.
+    #[tokio::test]
+    async fn an_exception_leaves_the_connection_usable() {
+        let ep = replier(
+            |req| {
+                if req[9] == 2 {
+                    let mut f = vec![req[0], req[1], 0, 0, 0, 3, req[6]];
+                    f.extend_from_slice(&[req[7] | 0x80, 2]);
+                    vec![f]
+                } else {
+                    vec![counting_reply(req)]
+                }
+            },
+            Duration::ZERO,
+        )
+        .await;
+        let t = Duration::from_secs(2);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        let r = c.read(1, Table::Holding, 2, 1, t).await;
+        assert!(matches!(r, Err(ReadError::Exception(2))), "{r:?}");
+        assert!(!r.unwrap_err().poisons_connection());
+        let r = c.read(1, Table::Holding, 0, 2, t).await;
+        assert_eq!(r.unwrap(), ReadData::Registers(&[0, 1]));
+    }
+
+    // A device that hangs up mid-reply is a transport error, not a hang until the timeout.
+    #[tokio::test]
+    async fn a_device_hanging_up_mid_reply_is_a_transport_error_at_once() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            if s.read_exact(&mut req).await.is_ok() {
+                let f = counting_reply(req);
+                let _ = s.write_all(&f[..5]).await;
+            }
+        });
+        let ep = Endpoint::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        let t = Duration::from_secs(30);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        let took = crate::clock::Stopwatch::start();
+        let r = c.read(1, Table::Holding, 0, 2, t).await;
+        assert!(matches!(r, Err(ReadError::Transport(_))), "{r:?}");
+        assert!(took.elapsed() < Duration::from_secs(10));
     }
 }

@@ -435,8 +435,8 @@ impl Link {
             .read(d.unit, table, o.address, o.data.len(), d.timeout)
             .await
         {
-            Ok(ReadData::Registers(w)) => Ok(w),
-            Ok(ReadData::Bits(b)) => Ok(b.into_iter().map(u16::from).collect()),
+            Ok(ReadData::Registers(w)) => Ok(w.to_vec()),
+            Ok(ReadData::Bits(b)) => Ok(b.iter().map(|&x| u16::from(x)).collect()),
             Err(e) => {
                 if !matches!(e, ReadError::Exception(_)) {
                     *conn = None;
@@ -596,7 +596,7 @@ impl Link {
             match result {
                 Ok(data) => {
                     answered_at = Some(t0);
-                    let image = match &data {
+                    let image = match data {
                         ReadData::Registers(words) => Image::Registers { start, words },
                         ReadData::Bits(bits) => Image::Bits { start, bits },
                     };
