@@ -92,6 +92,8 @@ pub fn write_request(out: &mut Vec<u8>, tid: u16, unit: u8, start: u16, data: &W
         }
     }
     let pdu_len = out.len() - HEADER;
+    // A write's data is at most 123 registers or 1968 coils (the config checks it).
+    debug_assert!(pdu_len <= 253, "a {pdu_len}-byte PDU");
     header(out, tid, unit, pdu_len);
 }
 
@@ -161,7 +163,8 @@ fn read_data(pdu: &[u8]) -> Result<&[u8], ReplyError> {
     })
 }
 
-/// The registers of a read reply's PDU (FC 03/04), into `out`: at least `count` of them.
+/// The registers of a read reply's PDU (FC 03/04), into `out`: the first `count` of them (a
+/// reply with more is taken as tokio-modbus does, the extra ones dropped).
 pub fn registers(pdu: &[u8], count: u16, out: &mut Vec<u16>) -> Result<(), ReplyError> {
     let data = read_data(pdu)?;
     if data.len() % 2 != 0 {
@@ -181,6 +184,7 @@ pub fn registers(pdu: &[u8], count: u16, out: &mut Vec<u16>) -> Result<(), Reply
             expected: usize::from(count),
         });
     }
+    out.truncate(usize::from(count));
     Ok(())
 }
 
@@ -285,8 +289,9 @@ mod tests {
         let mut words = vec![99];
         registers(pdu, 2, &mut words).unwrap();
         assert_eq!(words, [0x1234, 0xABCD]);
-        // More than asked is fine (the decoder reads what it needs); fewer is short.
+        // More than asked is cut to the count; fewer is short.
         registers(pdu, 1, &mut words).unwrap();
+        assert_eq!(words, [0x1234]);
         assert_eq!(
             registers(pdu, 3, &mut words),
             Err(ReplyError::Short {

@@ -41,9 +41,10 @@ pub enum ReadError {
     Exception(u8),
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    /// The connection broke or the reply did not match the request.
+    /// The connection broke or closed.
     #[error("transport: {0}")]
     Transport(String),
+    /// The reply did not match the request (malformed or out of step).
     #[error("protocol: {0}")]
     Protocol(String),
     /// The reply was well-formed but had the wrong number of values.
@@ -137,7 +138,9 @@ impl TcpClient {
         tid
     }
 
-    /// Sends `request` and reads one whole reply frame into `buf`; returns its length.
+    /// Sends `request` and reads one whole reply frame into `buf`; returns its length. Not
+    /// cancellation safe: a request cut short by its deadline leaves the stream out of step,
+    /// and every caller drops the connection on any error but an exception.
     async fn exchange(
         stream: &TcpStream,
         buf: &mut [u8],
@@ -168,9 +171,10 @@ impl TcpClient {
                     return Ok(len);
                 }
                 if filled > len {
-                    return Err(ReadError::Protocol(
-                        "more bytes came than one reply: the stream is out of step".into(),
-                    ));
+                    // Bytes that came with the reply (a gateway that appends a CRC) are
+                    // dropped, as tokio-modbus drops them; a reply out of step still fails the
+                    // next exchange's transaction id check.
+                    return Ok(len);
                 }
             }
             stream.readable().await.map_err(transport_error)?;
@@ -695,13 +699,12 @@ mod tests {
     }
 
     // Replies that do not answer the request in flight are wire errors (the connection is
-    // dropped), never values: another transaction id, another unit, or more bytes than one
-    // reply.
+    // dropped), never values: another transaction id or another unit.
     #[tokio::test]
     async fn replies_out_of_step_are_wire_errors() {
         let t = Duration::from_secs(2);
         type Reply = fn([u8; 12]) -> Vec<Vec<u8>>;
-        let cases: [(&str, Reply); 3] = [
+        let cases: [(&str, Reply); 2] = [
             ("transaction", |req| {
                 let mut f = counting_reply(req);
                 f[1] = f[1].wrapping_add(1);
@@ -710,11 +713,6 @@ mod tests {
             ("unit", |req| {
                 let mut f = counting_reply(req);
                 f[6] = f[6].wrapping_add(1);
-                vec![f]
-            }),
-            ("trailing bytes", |req| {
-                let mut f = counting_reply(req);
-                f.extend_from_slice(&[0, 0]);
                 vec![f]
             }),
         ];
@@ -775,5 +773,26 @@ mod tests {
         let r = c.read(1, Table::Holding, 0, 2, t).await;
         assert!(matches!(r, Err(ReadError::Transport(_))), "{r:?}");
         assert!(took.elapsed() < Duration::from_secs(10));
+    }
+
+    // Bytes that come with a reply (a gateway appending an RTU CRC) are dropped, as
+    // tokio-modbus drops them: the values are read and the next exchange stays in step.
+    #[tokio::test]
+    async fn bytes_trailing_a_reply_are_dropped_and_the_next_reply_is_read() {
+        let ep = replier(
+            |req| {
+                let mut f = counting_reply(req);
+                f.extend_from_slice(&[0xAB, 0xCD]);
+                vec![f]
+            },
+            Duration::ZERO,
+        )
+        .await;
+        let t = Duration::from_secs(2);
+        let mut c = Connection::open(&ep, t).await.unwrap();
+        for _ in 0..3 {
+            let r = c.read(1, Table::Input, 0, 3, t).await;
+            assert_eq!(r.unwrap(), ReadData::Registers(&[0, 1, 2]));
+        }
     }
 }
