@@ -130,12 +130,12 @@ def run_floor(a, cells, period_s):
 def run_ceiling(a, cells):
     """The transport ceiling (examples/modbus_ceiling.rs, the cell's reads, back to back) over the
     same window: its syscalls per poll beside the agent polling flat out."""
-    name = f"ceiling-{cells}c"
+    name = f"ceiling-{cells}c" + ("-own" if a.ceiling_client == "alsentry" else "")
     plan = "flat16" if a.cell == "flat16" else "alsentry"
     if a.callgrind:
         return callgrind_ceiling(a, name, cells, plan)
     p = e2e.Proc(name, [e2e.CEILING, "--first-port", str(a.base), "--cells", str(cells), "--plan", plan,
-                        "--warmup", str(a.warmup), "--seconds", str(a.window)], a.tmp)
+                        "--warmup", str(a.warmup), "--seconds", str(a.window), "--client", a.ceiling_client], a.tmp)
     try:
         time.sleep(a.warmup)
         c0, t0 = user_sys(p.pid), time.monotonic()
@@ -186,7 +186,7 @@ def callgrind_ceiling(a, name, cells, plan):
     out = os.path.join(a.tmp, f"{name}.callgrind")
     p = e2e.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", e2e.CEILING,
                         "--first-port", str(a.base), "--cells", str(cells), "--plan", plan,
-                        "--warmup", "0", "--seconds", str(a.window)], a.tmp)
+                        "--warmup", "0", "--seconds", str(a.window), "--client", a.ceiling_client], a.tmp)
     try:
         p.p.wait(timeout=a.window + 120)
     finally:
@@ -239,6 +239,8 @@ def main():
                     help="the floor with TCP_NODELAY on its broker connection")
     ap.add_argument("--ceiling", action="store_true",
                     help="also count the transport ceiling (bare loop, back to back) after each load")
+    ap.add_argument("--ceiling-client", choices=("tokio-modbus", "alsentry"), default="tokio-modbus",
+                    help="the bare loop's Modbus client: tokio-modbus, or alsentry's own TCP client")
     ap.add_argument("--record", type=float, default=0, help="seconds of perf record after each window")
     ap.add_argument("--dwarf", action="store_true",
                     help="record DWARF call graphs (whole call chains; `perf report --children` is then meaningful)")
