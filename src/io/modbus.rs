@@ -611,24 +611,17 @@ mod tests {
     // connection, not a panic and not a short value.
     #[tokio::test]
     async fn a_reply_whose_byte_count_overruns_its_frame_is_a_wire_error() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut req = [0u8; 12];
-            if s.read_exact(&mut req).await.is_ok() {
+        let ep = serve_once(
+            |req| {
                 // Byte count 6 (3 registers), 4 bytes of data; the MBAP length matches the frame.
                 let pdu = [req[7], 6, 0, 1, 0, 2];
                 let mut f = vec![req[0], req[1], 0, 0, 0, (pdu.len() + 1) as u8, req[6]];
                 f.extend_from_slice(&pdu);
-                let _ = s.write_all(&f).await;
-                let _ = s.read(&mut req).await;
-            }
-        });
-        let ep = Endpoint::Tcp {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        };
+                f
+            },
+            true,
+        )
+        .await;
         let t = Duration::from_secs(2);
         let mut c = Connection::open(&ep, t).await.unwrap();
         let r = c.read(1, Table::Holding, 0, 3, t).await;
@@ -657,6 +650,30 @@ mod tests {
                         return;
                     }
                     tokio::time::sleep(gap).await;
+                }
+            }
+        });
+        Endpoint::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    /// A server that answers one request with what `reply` makes of it, then keeps the
+    /// connection open until the client drops it (`keep_open`) or hangs up at once.
+    async fn serve_once(
+        reply: impl FnOnce([u8; 12]) -> Vec<u8> + Send + 'static,
+        keep_open: bool,
+    ) -> Endpoint {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            if s.read_exact(&mut req).await.is_ok() {
+                let _ = s.write_all(&reply(req)).await;
+                if keep_open {
+                    let _ = s.read(&mut req).await;
                 }
             }
         });
@@ -753,20 +770,7 @@ mod tests {
     // A device that hangs up mid-reply is a transport error, not a hang until the timeout.
     #[tokio::test]
     async fn a_device_hanging_up_mid_reply_is_a_transport_error_at_once() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut req = [0u8; 12];
-            if s.read_exact(&mut req).await.is_ok() {
-                let f = counting_reply(req);
-                let _ = s.write_all(&f[..5]).await;
-            }
-        });
-        let ep = Endpoint::Tcp {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        };
+        let ep = serve_once(|req| counting_reply(req)[..5].to_vec(), false).await;
         let t = Duration::from_secs(30);
         let mut c = Connection::open(&ep, t).await.unwrap();
         let took = crate::clock::Stopwatch::start();
